@@ -1,0 +1,4 @@
+//! The calxdp node agent: command line, policy sources, the control thread, and the parity runner.
+
+pub mod check;
+pub mod parity;

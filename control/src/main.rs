@@ -1,0 +1,81 @@
+//! `calxdp`: a userspace AF_XDP dataplane that enforces Calico network policy with Linux Calico's verdicts.
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use clap::{Parser, Subcommand};
+
+use calxdp::check::check_path;
+use calxdp::parity::{self, Level};
+
+#[derive(Parser, Debug)]
+#[command(name = "calxdp", version, about = "Calico network policy on AF_XDP, with Linux Calico's verdicts")]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand, Debug)]
+enum Command {
+    /// Validate Calico / Kubernetes policy manifests (files or directories) and parity scenarios.
+    Check {
+        #[arg(required = true)]
+        paths: Vec<PathBuf>,
+    },
+    /// Run parity scenarios and compare every verdict with Linux Calico's.
+    Parity {
+        /// reference | compiled | pipeline | live | all
+        #[arg(long, default_value = "pipeline")]
+        level: String,
+        #[arg(required = true)]
+        paths: Vec<PathBuf>,
+    },
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    match cli.command {
+        Command::Check { paths } => {
+            let mut failed = false;
+            for p in &paths {
+                match check_path(p) {
+                    Ok(c) => {
+                        for w in &c.warnings {
+                            eprintln!("{w}");
+                        }
+                        println!("{}: ok ({} resources)", c.path.display(), c.resources);
+                    }
+                    Err(e) => {
+                        eprintln!("{e}");
+                        failed = true;
+                    }
+                }
+            }
+            if failed {
+                ExitCode::FAILURE
+            } else {
+                ExitCode::SUCCESS
+            }
+        }
+        Command::Parity { level, paths } => {
+            let Some(levels) = Level::parse(&level) else {
+                eprintln!("calxdp parity: unknown level '{level}' (expected reference, compiled, pipeline, live or all)");
+                return ExitCode::from(2);
+            };
+            match parity::run(&paths, &levels) {
+                Ok((report, tally)) => {
+                    print!("{report}");
+                    if tally.failed == 0 {
+                        ExitCode::SUCCESS
+                    } else {
+                        ExitCode::FAILURE
+                    }
+                }
+                Err(e) => {
+                    eprintln!("calxdp parity: {e}");
+                    ExitCode::from(2)
+                }
+            }
+        }
+    }
+}

@@ -1,0 +1,279 @@
+//! The parity runner: every scenario through one level of calxdp, one line per failing step, and the closing
+//! line `N passed, N failed` (shared/parity/FORMAT.md).
+
+pub mod scenario;
+
+use std::fmt::Write as _;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use calxdp_policy::node::NodeConfig;
+use calxdp_policy::packet::PacketHeader;
+use calxdp_policy::reference::flows::Tuple;
+use calxdp_policy::reference::{Attach, ReferenceNode};
+use calxdp_policy::resource::ResourceSet;
+use calxdp_policy::selector::Selector;
+use calxdp_policy::verdict::{Outcome, Verdict};
+
+use scenario::{parse_scenario, PacketStep, Scenario, ScenarioFile, SelectorExpect, SelectorVectors, Step};
+
+/// The levels of calxdp a scenario can run through.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Level {
+    Reference,
+    Compiled,
+    Pipeline,
+    Live,
+}
+
+impl Level {
+    pub fn name(self) -> &'static str {
+        match self {
+            Level::Reference => "reference",
+            Level::Compiled => "compiled",
+            Level::Pipeline => "pipeline",
+            Level::Live => "live",
+        }
+    }
+
+    pub fn parse(text: &str) -> Option<Vec<Level>> {
+        Some(match text {
+            "reference" => vec![Level::Reference],
+            "compiled" => vec![Level::Compiled],
+            "pipeline" => vec![Level::Pipeline],
+            "live" => vec![Level::Live],
+            "all" => vec![Level::Reference, Level::Compiled, Level::Pipeline, Level::Live],
+            _ => return None,
+        })
+    }
+}
+
+/// A dataplane under test: takes resources, packets and time, as a scenario gives them.
+pub trait Dataplane {
+    /// Puts a whole resource set in force. An error rejects it and leaves the previous set in force.
+    fn apply(&mut self, resources: &ResourceSet) -> Result<(), String>;
+    fn process(&mut self, at: &Attach, pkt: &PacketHeader, inner: Option<Tuple>) -> Result<Outcome, String>;
+    fn advance(&mut self, by: Duration);
+}
+
+impl Dataplane for ReferenceNode {
+    fn apply(&mut self, resources: &ResourceSet) -> Result<(), String> {
+        self.set_resources(resources.clone());
+        Ok(())
+    }
+
+    fn process(&mut self, at: &Attach, pkt: &PacketHeader, inner: Option<Tuple>) -> Result<Outcome, String> {
+        ReferenceNode::process(self, at, pkt, inner)
+    }
+
+    fn advance(&mut self, by: Duration) {
+        ReferenceNode::advance(self, by)
+    }
+}
+
+/// Builds a fresh dataplane of a level for a node and its initial resources.
+pub fn build(level: Level, node: &NodeConfig, resources: &ResourceSet) -> Result<Box<dyn Dataplane>, String> {
+    match level {
+        Level::Reference => Ok(Box::new(ReferenceNode::new(node.clone(), resources.clone()))),
+        other => Err(format!("level {} is not available in this build yet; use --level reference", other.name())),
+    }
+}
+
+/// Totals of a run.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Tally {
+    pub passed: usize,
+    pub failed: usize,
+}
+
+impl Tally {
+    fn add(&mut self, other: Tally) {
+        self.passed += other.passed;
+        self.failed += other.failed;
+    }
+}
+
+/// Every `.yaml`/`.yml` file under the paths, sorted.
+pub fn scenario_files(paths: &[PathBuf]) -> Result<Vec<PathBuf>, String> {
+    let mut out = Vec::new();
+    for p in paths {
+        collect(p, &mut out).map_err(|e| format!("{}: {e}", p.display()))?;
+    }
+    out.sort();
+    Ok(out)
+}
+
+fn collect(p: &Path, out: &mut Vec<PathBuf>) -> std::io::Result<()> {
+    if p.is_dir() {
+        for e in std::fs::read_dir(p)? {
+            collect(&e?.path(), out)?;
+        }
+    } else if p.is_file() || !p.exists() {
+        if !p.exists() {
+            return Err(std::io::Error::new(std::io::ErrorKind::NotFound, "no such file or directory"));
+        }
+        if matches!(p.extension().and_then(|e| e.to_str()), Some("yaml" | "yml")) {
+            out.push(p.to_path_buf());
+        }
+    }
+    Ok(())
+}
+
+/// Runs one file at one level, writing failure lines to `report`.
+pub fn run_file(path: &Path, level: Level, report: &mut String) -> Tally {
+    let file = path.display().to_string();
+    let text = match std::fs::read_to_string(path) {
+        Ok(t) => t,
+        Err(e) => {
+            let _ = writeln!(report, "FAIL {file}: cannot read: {e}");
+            return Tally { passed: 0, failed: 1 };
+        }
+    };
+    match parse_scenario(&text, &file) {
+        Err(e) => {
+            let _ = writeln!(report, "FAIL {e}");
+            Tally { passed: 0, failed: 1 }
+        }
+        Ok(ScenarioFile::Selectors(v)) => run_selectors(&v, report),
+        Ok(ScenarioFile::Scenario(s)) => run_scenario(&s, level, report),
+    }
+}
+
+fn run_selectors(v: &SelectorVectors, report: &mut String) -> Tally {
+    let mut t = Tally::default();
+    for case in &v.cases {
+        let got = match Selector::parse(&case.selector) {
+            Err(_) => SelectorExpect::Error,
+            Ok(s) if s.matches(&case.labels) => SelectorExpect::Match,
+            Ok(_) => SelectorExpect::NoMatch,
+        };
+        if got == case.expect {
+            t.passed += 1;
+        } else {
+            t.failed += 1;
+            let _ = writeln!(
+                report,
+                "FAIL {}:{}: {}: selector {:?} on {:?}: expected {:?}, got {:?}",
+                v.file, case.line, v.name, case.selector, case.labels, case.expect, got
+            );
+        }
+    }
+    t
+}
+
+/// Runs a scenario's steps in order through one dataplane, so conntrack state carries over.
+pub fn run_scenario(s: &Scenario, level: Level, report: &mut String) -> Tally {
+    let mut t = Tally::default();
+    let mut resources = ResourceSet::new();
+    resources.apply_all(s.resources.iter().map(|d| d.resource.clone()));
+    let mut dp = match build(level, &s.node, &resources) {
+        Ok(dp) => dp,
+        Err(e) => {
+            let _ = writeln!(report, "FAIL {}: {}: {e}", s.file, s.name);
+            return Tally { passed: 0, failed: 1 };
+        }
+    };
+    for step in &s.steps {
+        match step {
+            Step::Apply { line, docs } => {
+                let mut next = resources.clone();
+                next.apply_all(docs.iter().map(|d| d.resource.clone()));
+                match dp.apply(&next) {
+                    Ok(()) => resources = next,
+                    Err(e) => {
+                        t.failed += 1;
+                        let _ = writeln!(report, "FAIL {}:{line}: {}: apply rejected: {e}", s.file, s.name);
+                    }
+                }
+            }
+            Step::Delete { line, key } => {
+                let mut next = resources.clone();
+                if next.delete(key) == 0 {
+                    t.failed += 1;
+                    let _ = writeln!(report, "FAIL {}:{line}: {}: delete {key}: no such resource", s.file, s.name);
+                    continue;
+                }
+                match dp.apply(&next) {
+                    Ok(()) => resources = next,
+                    Err(e) => {
+                        t.failed += 1;
+                        let _ = writeln!(report, "FAIL {}:{line}: {}: delete rejected: {e}", s.file, s.name);
+                    }
+                }
+            }
+            Step::Advance { by, .. } => dp.advance(*by),
+            Step::Packet(p) => match dp.process(&p.attach, &p.header, p.inner) {
+                Err(e) => {
+                    t.failed += 1;
+                    let _ = writeln!(report, "FAIL {}:{}: {}: {}: {e}", s.file, p.line, s.name, p.name);
+                }
+                Ok(outcome) => match compare(p, &outcome) {
+                    None => t.passed += 1,
+                    Some(problem) => {
+                        t.failed += 1;
+                        let _ = writeln!(
+                            report,
+                            "FAIL {}:{}: {}: {}: {problem}; decided by: {}",
+                            s.file, p.line, s.name, p.name, outcome.reason
+                        );
+                    }
+                },
+            },
+        }
+    }
+    t
+}
+
+/// What differs between a step's expectations and an outcome, if anything.
+pub fn compare(p: &PacketStep, o: &Outcome) -> Option<String> {
+    let name = |v: Verdict| if v == Verdict::Allow { "allow" } else { "drop" };
+    if o.verdict != p.expect {
+        return Some(format!("expected {}, got {}", name(p.expect), name(o.verdict)));
+    }
+    let mut problems = Vec::new();
+    if let Some(want) = &p.out {
+        let got = o.out.as_ref().map(|e| e.to_string()).unwrap_or_else(|| "nowhere".into());
+        if &got != want {
+            problems.push(format!("expected out {want}, got {got}"));
+        }
+    }
+    if let Some(want) = p.translated {
+        let ok = match o.translated {
+            Some(got) => got.ip() == want.ip() && (want.port() == 0 || got.port() == want.port()),
+            None => false,
+        };
+        if !ok {
+            problems.push(format!("expected translated {want}, got {:?}", o.translated));
+        }
+    }
+    if let Some(want) = p.tracked {
+        if o.tracked != want {
+            problems.push(format!("expected tracked {want}, got {}", o.tracked));
+        }
+    }
+    if let Some(want) = p.logged {
+        let got = !o.logs.is_empty();
+        if got != want {
+            problems.push(format!("expected logged {want}, got {got}"));
+        }
+    }
+    if problems.is_empty() {
+        None
+    } else {
+        Some(problems.join("; "))
+    }
+}
+
+/// Runs every file under `paths` at each level; the report holds failure lines and the closing line.
+pub fn run(paths: &[PathBuf], levels: &[Level]) -> Result<(String, Tally), String> {
+    let files = scenario_files(paths)?;
+    let mut report = String::new();
+    let mut total = Tally::default();
+    for &level in levels {
+        for f in &files {
+            total.add(run_file(f, level, &mut report));
+        }
+    }
+    let _ = writeln!(report, "{} passed, {} failed", total.passed, total.failed);
+    Ok((report, total))
+}

@@ -1,0 +1,1 @@
+//! The calxdp dataplane: frames in, verdicts and frames out.

@@ -1,0 +1,15 @@
+//! Calico policy for calxdp: resources as users write them, the selector language, the node model,
+//! and the reference evaluator that every faster level is checked against.
+#![forbid(unsafe_code)]
+
+pub mod conntrack;
+pub mod net;
+pub mod node;
+pub mod packet;
+pub mod reference;
+pub mod resolve;
+pub mod resource;
+pub mod selector;
+pub mod service;
+pub mod verdict;
+pub mod yaml;

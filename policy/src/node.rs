@@ -1,0 +1,416 @@
+//! The node calxdp runs on: its uplinks and addresses, its pods, the namespaces and services it knows, and
+//! the Felix configuration that shapes verdicts. Read from the `node:` section of a parity scenario or from
+//! a `--node` file; both use the same schema (shared/parity/FORMAT.md).
+
+use std::collections::BTreeMap;
+use std::net::{IpAddr, SocketAddr};
+
+use crate::net::IpNet;
+use crate::resource::parse_named_port;
+use crate::resource::{Labels, NamedPort, Protocol};
+use crate::yaml::{Field, LoadError};
+
+/// An uplink: one of the node's own interfaces, where host endpoints bind.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Uplink {
+    pub name: String,
+    /// The host's addresses on this interface, with their subnets.
+    pub ips: Vec<IpNet>,
+    /// Host addresses exactly as configured (the prefix only says which subnet is on-link).
+    pub addrs: Vec<IpAddr>,
+    pub gateway: Option<IpAddr>,
+}
+
+#[derive(Clone, Debug, PartialEq)]
+pub struct Namespace {
+    pub name: String,
+    pub labels: Labels,
+}
+
+/// A pod: on this node (`interface` set) or elsewhere in the cluster (a remote endpoint).
+#[derive(Clone, Debug, PartialEq)]
+pub struct Workload {
+    pub name: String,
+    pub namespace: String,
+    /// The host side of the pod's veth; `None` for a pod on another node.
+    pub interface: Option<String>,
+    pub ips: Vec<IpAddr>,
+    pub labels: Labels,
+    pub service_account: String,
+    pub ports: Vec<NamedPort>,
+}
+
+/// A Kubernetes Service as kube-proxy programs it.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Service {
+    pub name: String,
+    pub namespace: String,
+    pub protocol: Protocol,
+    pub cluster_ip: Option<IpAddr>,
+    pub port: u16,
+    pub node_port: Option<u16>,
+    pub backends: Vec<SocketAddr>,
+}
+
+/// `DefaultEndpointToHostAction` (semantics §7.6).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum EndpointToHostAction {
+    Drop,
+    /// Hand the packet to the host's own INPUT rules; calxdp delivers it (FORMAT.md).
+    Return,
+    Accept,
+}
+
+/// One failsafe entry (semantics §7.5).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Failsafe {
+    pub protocol: Protocol,
+    pub port: u16,
+    /// For inbound entries the source must be inside; for outbound the destination.
+    pub net: Option<IpNet>,
+}
+
+impl Failsafe {
+    fn list(entries: &[(&str, u16)]) -> Vec<Failsafe> {
+        entries
+            .iter()
+            .map(|(p, port)| Failsafe { protocol: Protocol::parse(p).unwrap_or(Protocol::TCP), port: *port, net: None })
+            .collect()
+    }
+}
+
+/// The Felix configuration that changes verdicts (semantics §10), with Felix's defaults.
+#[derive(Clone, Debug, PartialEq)]
+pub struct FelixConfig {
+    pub default_endpoint_to_host_action: EndpointToHostAction,
+    pub failsafe_inbound: Vec<Failsafe>,
+    pub failsafe_outbound: Vec<Failsafe>,
+    pub disable_conntrack_invalid_check: bool,
+    pub allow_vxlan_from_workloads: bool,
+    pub allow_ipip_from_workloads: bool,
+    pub vxlan_port: u16,
+    pub log_prefix: String,
+}
+
+impl Default for FelixConfig {
+    fn default() -> FelixConfig {
+        FelixConfig {
+            default_endpoint_to_host_action: EndpointToHostAction::Drop,
+            failsafe_inbound: Failsafe::list(&[
+                ("tcp", 22),
+                ("udp", 68),
+                ("tcp", 179),
+                ("tcp", 2379),
+                ("tcp", 2380),
+                ("tcp", 5473),
+                ("tcp", 6443),
+                ("tcp", 6666),
+                ("tcp", 6667),
+            ]),
+            failsafe_outbound: Failsafe::list(&[
+                ("udp", 53),
+                ("udp", 67),
+                ("tcp", 179),
+                ("tcp", 2379),
+                ("tcp", 2380),
+                ("tcp", 5473),
+                ("tcp", 6443),
+                ("tcp", 6666),
+                ("tcp", 6667),
+            ]),
+            disable_conntrack_invalid_check: false,
+            allow_vxlan_from_workloads: false,
+            allow_ipip_from_workloads: false,
+            vxlan_port: 4789,
+            log_prefix: "calico-packet".into(),
+        }
+    }
+}
+
+/// Everything calxdp knows about the node it runs on.
+#[derive(Clone, Debug, PartialEq)]
+pub struct NodeConfig {
+    pub name: String,
+    pub uplinks: Vec<Uplink>,
+    pub namespaces: Vec<Namespace>,
+    pub workloads: Vec<Workload>,
+    pub remote_endpoints: Vec<Workload>,
+    pub services: Vec<Service>,
+    pub felix: FelixConfig,
+}
+
+/// Felix parameters calxdp accepts in `config` without acting on them (they do not change verdicts here).
+const KNOWN_INERT_FELIX_KEYS: &[&str] = &[
+    "iptablesMarkMask",
+    "chainInsertMode",
+    "interfaceExclude",
+    "serviceLoopPrevention",
+    "kubeNodePortRanges",
+    "logActionRateLimit",
+    "logActionRateLimitBurst",
+    "workloadSourceSpoofing",
+];
+
+impl NodeConfig {
+    /// Reads a node from its YAML mapping.
+    pub fn parse(f: Field<'_>) -> Result<NodeConfig, LoadError> {
+        f.only_keys(&["name", "interfaces", "namespaces", "workloads", "remoteEndpoints", "services", "config"])?;
+        let name = f.require("name", |n| n.string())?;
+        let uplinks = f.with("interfaces", |l| l.map(|l| l.each(parse_uplink)).transpose())?.unwrap_or_default();
+        let namespaces = f.with("namespaces", |l| l.map(|l| l.each(parse_namespace)).transpose())?.unwrap_or_default();
+        let workloads = f.with("workloads", |l| l.map(|l| l.each(|w| parse_workload(w, true))).transpose())?.unwrap_or_default();
+        let remote_endpoints =
+            f.with("remoteEndpoints", |l| l.map(|l| l.each(|w| parse_workload(w, false))).transpose())?.unwrap_or_default();
+        let services = f.with("services", |l| l.map(|l| l.each(parse_service)).transpose())?.unwrap_or_default();
+        let felix = f.with("config", |c| c.map(parse_felix).transpose())?.unwrap_or_default();
+        let node = NodeConfig { name, uplinks, namespaces, workloads, remote_endpoints, services, felix };
+        node.validate(f)?;
+        Ok(node)
+    }
+
+    fn validate(&self, f: Field<'_>) -> Result<(), LoadError> {
+        let mut names: BTreeMap<&str, &str> = BTreeMap::new();
+        for u in &self.uplinks {
+            if names.insert(&u.name, "interface").is_some() {
+                return Err(f.error(format!("interface name '{}' is used twice", u.name)));
+            }
+        }
+        for w in &self.workloads {
+            if names.insert(&w.name, "workload").is_some() || w.name == "host" {
+                return Err(f.error(format!("workload name '{}' is already used by an interface, a workload or 'host'", w.name)));
+            }
+            if let Some(i) = &w.interface {
+                if self.uplinks.iter().any(|u| &u.name == i) || self.workloads.iter().filter(|o| o.interface.as_ref() == Some(i)).count() > 1 {
+                    return Err(f.error(format!("workload interface '{i}' is used twice")));
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// Whether `ip` is one of the host's own addresses.
+    pub fn is_host_ip(&self, ip: IpAddr) -> bool {
+        ip.is_loopback() || self.uplinks.iter().any(|u| u.addrs.contains(&ip))
+    }
+
+    /// The local workload that owns `ip`.
+    pub fn local_workload_by_ip(&self, ip: IpAddr) -> Option<usize> {
+        self.workloads.iter().position(|w| w.ips.contains(&ip))
+    }
+
+    pub fn workload_by_name(&self, name: &str) -> Option<usize> {
+        self.workloads.iter().position(|w| w.name == name)
+    }
+
+    pub fn uplink_by_name(&self, name: &str) -> Option<usize> {
+        self.uplinks.iter().position(|u| u.name == name)
+    }
+
+    /// The uplink a packet to `dst` leaves by: the one whose subnet holds it, else the first with a gateway,
+    /// else the first.
+    pub fn uplink_for(&self, dst: IpAddr) -> Option<usize> {
+        self.uplinks
+            .iter()
+            .position(|u| u.ips.iter().any(|n| n.contains(dst)))
+            .or_else(|| self.uplinks.iter().position(|u| u.gateway.is_some_and(|g| IpNet::host(g).family() == IpNet::host(dst).family())))
+            .or(if self.uplinks.is_empty() { None } else { Some(0) })
+    }
+
+    /// Every namespace the node knows: declared ones, then ones only named by pods.
+    pub fn all_namespaces(&self) -> Vec<Namespace> {
+        let mut out = self.namespaces.clone();
+        for w in self.workloads.iter().chain(&self.remote_endpoints) {
+            if !out.iter().any(|n| n.name == w.namespace) {
+                out.push(Namespace { name: w.namespace.clone(), labels: Labels::new() });
+            }
+        }
+        out
+    }
+}
+
+fn parse_uplink(f: Field<'_>) -> Result<Uplink, LoadError> {
+    f.only_keys(&["name", "ips", "gateway", "mac"])?;
+    let name = f.require("name", |n| n.string())?;
+    let mut ips = Vec::new();
+    let mut addrs = Vec::new();
+    f.with("ips", |l| {
+        if let Some(l) = l {
+            l.each(|ip| {
+                let text = ip.str()?;
+                let addr: IpAddr = text
+                    .split('/')
+                    .next()
+                    .unwrap_or("")
+                    .parse()
+                    .map_err(|_| ip.error(format!("'{text}' is not an address with an optional prefix (e.g. 10.0.0.10/24)")))?;
+                let net: IpNet = text.parse().map_err(|e: crate::net::BadNet| ip.error(e.to_string()))?;
+                addrs.push(addr);
+                ips.push(net);
+                Ok(())
+            })?;
+        }
+        Ok(())
+    })?;
+    let gateway = f.with("gateway", |g| g.map(parse_ip).transpose())?;
+    Ok(Uplink { name, ips, addrs, gateway })
+}
+
+fn parse_ip(f: Field<'_>) -> Result<IpAddr, LoadError> {
+    let text = f.str()?;
+    let bare = text.strip_suffix("/32").or_else(|| text.strip_suffix("/128")).unwrap_or(text);
+    bare.parse().map_err(|_| f.error(format!("'{text}' is not an IP address")))
+}
+
+fn parse_namespace(f: Field<'_>) -> Result<Namespace, LoadError> {
+    f.only_keys(&["name", "labels"])?;
+    let name = f.require("name", |n| n.string())?;
+    let labels = f.with("labels", |l| l.map(|l| l.string_map()).transpose())?.unwrap_or_default();
+    Ok(Namespace { name, labels })
+}
+
+fn parse_workload(f: Field<'_>, local: bool) -> Result<Workload, LoadError> {
+    let mut keys = vec!["name", "namespace", "ips", "labels", "serviceAccount", "ports"];
+    if local {
+        keys.push("interface");
+        keys.push("mac");
+    } else {
+        keys.push("node");
+    }
+    f.only_keys(&keys)?;
+    let name = f.require("name", |n| n.string())?;
+    let namespace = f.with("namespace", |n| n.map(|n| n.string()).transpose())?.unwrap_or_else(|| "default".into());
+    let interface = if local { Some(f.require("interface", |i| i.string())?) } else { None };
+    let ips = f.require("ips", |l| l.each(parse_ip))?;
+    let labels = f.with("labels", |l| l.map(|l| l.string_map()).transpose())?.unwrap_or_default();
+    // Every Kubernetes pod runs as a service account; `default` unless it says otherwise.
+    let service_account = f.with("serviceAccount", |s| s.map(|s| s.string()).transpose())?.unwrap_or_else(|| "default".into());
+    let ports = f.with("ports", |p| p.map(|p| p.each(parse_named_port)).transpose())?.unwrap_or_default();
+    Ok(Workload { name, namespace, interface, ips, labels, service_account, ports })
+}
+
+fn parse_service(f: Field<'_>) -> Result<Service, LoadError> {
+    f.only_keys(&["name", "namespace", "protocol", "clusterIP", "port", "nodePort", "backends"])?;
+    let name = f.require("name", |n| n.string())?;
+    let namespace = f.with("namespace", |n| n.map(|n| n.string()).transpose())?.unwrap_or_else(|| "default".into());
+    let protocol = f.with("protocol", |p| {
+        p.map(|p| {
+            let text = p.str()?;
+            Protocol::parse(text).filter(|pr| pr.has_ports()).ok_or_else(|| p.error(format!("expected TCP, UDP or SCTP, found '{text}'")))
+        })
+        .transpose()
+    })?;
+    let cluster_ip = f.with("clusterIP", |c| c.map(parse_ip).transpose())?;
+    let port = f.require("port", |p| p.uint(65535).map(|v| v as u16))?;
+    let node_port = f.with("nodePort", |p| p.map(|p| p.uint(65535).map(|v| v as u16)).transpose())?;
+    let backends = f
+        .with("backends", |b| {
+            b.map(|b| {
+                b.each(|e| {
+                    let text = e.str()?;
+                    text.parse::<SocketAddr>()
+                        .map_err(|_| e.error(format!("'{text}' is not ip:port (IPv6 as [fd00::1]:80)")))
+                })
+            })
+            .transpose()
+        })?
+        .unwrap_or_default();
+    Ok(Service { name, namespace, protocol: protocol.unwrap_or(Protocol::TCP), cluster_ip, port, node_port, backends })
+}
+
+fn parse_felix(f: Field<'_>) -> Result<FelixConfig, LoadError> {
+    let mut c = FelixConfig::default();
+    let mut known = vec![
+        "defaultEndpointToHostAction",
+        "failsafeInboundHostPorts",
+        "failsafeOutboundHostPorts",
+        "disableConntrackInvalidCheck",
+        "allowVXLANPacketsFromWorkloads",
+        "allowIPIPPacketsFromWorkloads",
+        "vxlanPort",
+        "logPrefix",
+    ];
+    known.extend_from_slice(KNOWN_INERT_FELIX_KEYS);
+    f.only_keys(&known)?;
+    if let Some(a) = f.with("defaultEndpointToHostAction", |a| {
+        a.map(|a| match a.str()?.to_ascii_lowercase().as_str() {
+            "drop" => Ok(EndpointToHostAction::Drop),
+            "return" => Ok(EndpointToHostAction::Return),
+            "accept" => Ok(EndpointToHostAction::Accept),
+            other => Err(a.error(format!("expected Drop, Return or Accept, found '{other}'"))),
+        })
+        .transpose()
+    })? {
+        c.default_endpoint_to_host_action = a;
+    }
+    if let Some(l) = f.with("failsafeInboundHostPorts", |l| l.map(parse_failsafes).transpose())? {
+        c.failsafe_inbound = l;
+    }
+    if let Some(l) = f.with("failsafeOutboundHostPorts", |l| l.map(parse_failsafes).transpose())? {
+        c.failsafe_outbound = l;
+    }
+    let flag = |key: &str| f.with(key, |b| b.map(|b| b.bool()).transpose());
+    if let Some(v) = flag("disableConntrackInvalidCheck")? {
+        c.disable_conntrack_invalid_check = v;
+    }
+    if let Some(v) = flag("allowVXLANPacketsFromWorkloads")? {
+        c.allow_vxlan_from_workloads = v;
+    }
+    if let Some(v) = flag("allowIPIPPacketsFromWorkloads")? {
+        c.allow_ipip_from_workloads = v;
+    }
+    if let Some(p) = f.with("vxlanPort", |p| p.map(|p| p.uint(65535).map(|v| v as u16)).transpose())? {
+        c.vxlan_port = p;
+    }
+    if let Some(p) = f.with("logPrefix", |p| p.map(|p| p.string()).transpose())? {
+        c.log_prefix = p;
+    }
+    Ok(c)
+}
+
+/// A failsafe list as FelixConfiguration writes it: `[{protocol, port, net}]`; `[]` disables
+/// (semantics §7.5). The env-var string form (`tcp:22,udp:68`, `none`) is accepted too.
+fn parse_failsafes(f: Field<'_>) -> Result<Vec<Failsafe>, LoadError> {
+    if let Ok(text) = f.str() {
+        return parse_failsafe_string(text).map_err(|m| f.error(m));
+    }
+    f.each(|e| {
+        e.only_keys(&["protocol", "port", "net"])?;
+        let protocol = e.with("protocol", |p| {
+            p.map(|p| match p.str()?.to_ascii_lowercase().as_str() {
+                "tcp" => Ok(Protocol::TCP),
+                "udp" => Ok(Protocol::UDP),
+                "sctp" => Ok(Protocol::SCTP),
+                other => Err(p.error(format!("expected tcp or udp, found '{other}'"))),
+            })
+            .transpose()
+        })?;
+        let port = e.require("port", |p| p.uint(65535).map(|v| v as u16))?;
+        let net = e.with("net", |n| n.map(crate::resource::rule::parse_net).transpose())?;
+        Ok(Failsafe { protocol: protocol.unwrap_or(Protocol::TCP), port, net })
+    })
+}
+
+fn parse_failsafe_string(text: &str) -> Result<Vec<Failsafe>, String> {
+    let text = text.trim();
+    if text.eq_ignore_ascii_case("none") {
+        return Ok(Vec::new());
+    }
+    text.split(',')
+        .map(|entry| {
+            let entry = entry.trim();
+            let (proto, rest) = match entry.split_once(':') {
+                Some((p, r)) if p.eq_ignore_ascii_case("tcp") || p.eq_ignore_ascii_case("udp") => (Protocol::parse(p), r),
+                _ => (Some(Protocol::TCP), entry),
+            };
+            let (net, port) = match rest.rsplit_once(':') {
+                Some((net, port)) => {
+                    let net = net.trim_start_matches('[').trim_end_matches(']');
+                    (Some(net.parse::<IpNet>().map_err(|e| e.to_string())?), port)
+                }
+                None => (None, rest),
+            };
+            let port = port.parse::<u16>().map_err(|_| format!("bad failsafe entry '{entry}' (expected proto:port or proto:cidr:port)"))?;
+            Ok(Failsafe { protocol: proto.unwrap_or(Protocol::TCP), port, net })
+        })
+        .collect()
+}

@@ -1,0 +1,199 @@
+//! A plain model of the kernel's conntrack table: a list of entries searched one by one. The dataplane's
+//! flow table is checked against this.
+
+use std::net::IpAddr;
+use std::time::Duration;
+
+use crate::conntrack::{tcp_step, CtState, FlowDir, TcpState, TcpStep, Timeouts};
+use crate::packet::PacketHeader;
+use crate::resource::Protocol;
+
+/// One direction of a flow, as conntrack keys it. ICMP echo uses the identifier as both ports.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub struct Tuple {
+    pub src: IpAddr,
+    pub dst: IpAddr,
+    pub protocol: Protocol,
+    pub src_port: u16,
+    pub dst_port: u16,
+}
+
+impl Tuple {
+    pub fn of(pkt: &PacketHeader) -> Tuple {
+        let (src_port, dst_port) = if pkt.has_ports() {
+            (pkt.src_port, pkt.dst_port)
+        } else if pkt.is_icmp_echo() {
+            (pkt.icmp_id, pkt.icmp_id)
+        } else {
+            (0, 0)
+        };
+        Tuple { src: pkt.src, dst: pkt.dst, protocol: pkt.protocol, src_port, dst_port }
+    }
+
+    pub fn reversed(&self) -> Tuple {
+        Tuple { src: self.dst, dst: self.src, protocol: self.protocol, src_port: self.dst_port, dst_port: self.src_port }
+    }
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum FlowKind {
+    Tcp(TcpState),
+    Udp,
+    Icmp,
+    Other,
+}
+
+/// A conntrack entry: the original tuple, the tuple replies carry (after NAT), and state.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Entry {
+    pub original: Tuple,
+    pub reply: Tuple,
+    pub kind: FlowKind,
+    pub seen_reply: bool,
+    pub expires: Duration,
+}
+
+/// Where a packet stands in the table.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Lookup {
+    pub state: CtState,
+    /// The entry and the packet's direction in it, when one matched.
+    pub entry: Option<(usize, FlowDir)>,
+    /// For TCP: the state the entry moves to if the packet is let through.
+    pub tcp_next: Option<TcpState>,
+}
+
+#[derive(Clone, Debug, Default)]
+pub struct Flows {
+    pub entries: Vec<Entry>,
+    pub timeouts: Timeouts,
+}
+
+/// ICMP types that may start a tracked flow (requests).
+fn icmp_request(pkt: &PacketHeader) -> bool {
+    match pkt.protocol {
+        Protocol::ICMP => matches!(pkt.icmp_type, 8 | 13 | 15 | 17),
+        Protocol::ICMPV6 => pkt.icmp_type == 128,
+        _ => false,
+    }
+}
+
+/// ICMPv6 neighbour discovery and MLD: conntrack leaves them untracked.
+fn icmpv6_untracked(pkt: &PacketHeader) -> bool {
+    pkt.protocol == Protocol::ICMPV6 && matches!(pkt.icmp_type, 130..=137)
+}
+
+impl Flows {
+    pub fn expire(&mut self, now: Duration) {
+        self.entries.retain(|e| e.expires > now);
+    }
+
+    /// Classifies a packet (semantics §8.1, §8.3). `inner` is the flow an ICMP error quotes, if any.
+    pub fn lookup(&self, pkt: &PacketHeader, inner: Option<Tuple>) -> Lookup {
+        let none = |state| Lookup { state, entry: None, tcp_next: None };
+        if pkt.is_icmp_error() {
+            let related = inner.is_some_and(|t| self.entries.iter().any(|e| e.original == t || e.reply == t));
+            return none(if related { CtState::Related } else { CtState::Invalid });
+        }
+        if icmpv6_untracked(pkt) {
+            return none(CtState::Untracked);
+        }
+        let t = Tuple::of(pkt);
+        let found = self.entries.iter().enumerate().find_map(|(i, e)| {
+            if e.original == t {
+                Some((i, FlowDir::Original))
+            } else if e.reply == t {
+                Some((i, FlowDir::Reply))
+            } else {
+                None
+            }
+        });
+        match found {
+            Some((i, dir)) => {
+                let e = &self.entries[i];
+                let mut established = dir == FlowDir::Reply || e.seen_reply;
+                let mut tcp_next = None;
+                if let FlowKind::Tcp(st) = e.kind {
+                    match tcp_step(Some(st), dir, pkt.tcp_flags) {
+                        TcpStep::Invalid => return Lookup { state: CtState::Invalid, entry: Some((i, dir)), tcp_next: None },
+                        TcpStep::Ignore => tcp_next = Some(st),
+                        TcpStep::To(next) => {
+                            // A SYN reopening a closed flow starts a new connection (RFC 1122).
+                            if next == TcpState::SynSent && matches!(st, TcpState::TimeWait | TcpState::Close) {
+                                established = false;
+                            }
+                            tcp_next = Some(next);
+                        }
+                    }
+                }
+                Lookup { state: if established { CtState::Established } else { CtState::New }, entry: Some((i, dir)), tcp_next }
+            }
+            None => match pkt.protocol {
+                Protocol::TCP => match tcp_step(None, FlowDir::Original, pkt.tcp_flags) {
+                    TcpStep::To(next) => Lookup { state: CtState::New, entry: None, tcp_next: Some(next) },
+                    _ => none(CtState::Invalid),
+                },
+                Protocol::ICMP | Protocol::ICMPV6 => none(if icmp_request(pkt) { CtState::New } else { CtState::Invalid }),
+                _ => none(CtState::New),
+            },
+        }
+    }
+
+    /// Records an allowed packet: updates its entry, or creates one for a new flow whose replies carry
+    /// `reply` (the reversed tuple after NAT).
+    pub fn commit(&mut self, pkt: &PacketHeader, lookup: &Lookup, reply: Tuple, now: Duration) {
+        match lookup.entry {
+            Some((i, dir)) => {
+                let reopened = matches!(lookup.tcp_next, Some(TcpState::SynSent))
+                    && matches!(self.entries[i].kind, FlowKind::Tcp(TcpState::TimeWait | TcpState::Close));
+                let e = &mut self.entries[i];
+                if reopened {
+                    e.seen_reply = false;
+                }
+                if dir == FlowDir::Reply {
+                    e.seen_reply = true;
+                }
+                if let Some(next) = lookup.tcp_next {
+                    e.kind = FlowKind::Tcp(next);
+                }
+                e.expires = now + timeout(&self.timeouts, e);
+            }
+            None => {
+                if lookup.state != CtState::New {
+                    return;
+                }
+                let kind = match pkt.protocol {
+                    Protocol::TCP => FlowKind::Tcp(lookup.tcp_next.unwrap_or(TcpState::SynSent)),
+                    Protocol::UDP | Protocol::UDPLITE => FlowKind::Udp,
+                    Protocol::ICMP | Protocol::ICMPV6 => FlowKind::Icmp,
+                    _ => FlowKind::Other,
+                };
+                let mut e = Entry { original: Tuple::of(pkt), reply, kind, seen_reply: false, expires: now };
+                e.expires = now + timeout(&self.timeouts, &e);
+                self.entries.push(e);
+            }
+        }
+    }
+
+    /// Whether an entry holds this packet's flow.
+    pub fn tracks(&self, pkt: &PacketHeader) -> bool {
+        let t = Tuple::of(pkt);
+        self.entries.iter().any(|e| e.original == t || e.reply == t)
+    }
+
+    /// Removes every entry whose original or reply source is `ip` (semantics §8.2).
+    pub fn flush_ip(&mut self, ip: IpAddr) {
+        self.entries.retain(|e| e.original.src != ip && e.reply.src != ip);
+    }
+}
+
+/// How long an entry lives after its last packet (semantics §8.3).
+fn timeout(t: &Timeouts, e: &Entry) -> Duration {
+    match e.kind {
+        FlowKind::Tcp(st) => t.tcp(st),
+        FlowKind::Udp if e.seen_reply => t.udp_replied,
+        FlowKind::Udp => t.udp_unreplied,
+        FlowKind::Icmp => t.icmp,
+        FlowKind::Other => t.generic,
+    }
+}

@@ -1,0 +1,560 @@
+//! The reference evaluator: Felix's Linux dataplane interpreted directly from the resources, one packet at a
+//! time, following the kernel path hook by hook (semantics §7, restated as one procedure in §12). It is
+//! slow and meant to be obviously right; every faster level is checked against it.
+
+pub mod flows;
+pub mod matching;
+pub mod walk;
+
+use std::net::{IpAddr, SocketAddr};
+use std::time::Duration;
+
+use flows::{Flows, Lookup, Tuple};
+use walk::{walk_normal, walk_tiers, TierEnd, WalkInput};
+
+use crate::conntrack::{CtState, FlowDir};
+use crate::net::IpFamily;
+use crate::node::{EndpointToHostAction, Failsafe, NodeConfig};
+use crate::packet::PacketHeader;
+use crate::resolve::{Direction, Endpoint, ResolvedNode, Stage, LOOPBACK};
+use crate::resource::{Protocol, ResourceSet};
+use crate::service::{find_service, pick_backend, ServiceNat};
+use crate::verdict::{Egress, LogEvent, Outcome, Reason, Verdict};
+
+/// Where a packet enters the node.
+#[derive(Clone, Debug, PartialEq, Eq, Hash)]
+pub enum Attach {
+    /// Arrives on this uplink from outside.
+    Uplink(String),
+    /// Sent by this local pod (by name).
+    Workload(String),
+    /// Sent by a process in the host's network stack.
+    Host,
+}
+
+/// Where routing sends a packet.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Route {
+    /// To the host itself.
+    Local,
+    Workload(usize),
+    Uplink(usize),
+}
+
+/// One endpoint chain's answer (the iptables chain returning ACCEPT, DROP, or nothing).
+#[derive(Clone, Debug, PartialEq, Eq)]
+enum Chain {
+    Accept(Reason),
+    Drop(Reason),
+    /// No verdict: later hooks or the host's defaults decide.
+    Return(Reason),
+}
+
+/// A node with state: resources in force, conntrack and a clock.
+#[derive(Debug)]
+pub struct ReferenceNode {
+    resources: ResourceSet,
+    world: ResolvedNode,
+    flows: Flows,
+    now: Duration,
+}
+
+/// The packet being followed through the hooks, with what earlier hooks recorded.
+struct Walk {
+    logs: Vec<LogEvent>,
+    trace: Vec<Reason>,
+}
+
+impl ReferenceNode {
+    pub fn new(node: NodeConfig, resources: ResourceSet) -> ReferenceNode {
+        let world = ResolvedNode::new(&node, &resources);
+        ReferenceNode { resources, world, flows: Flows::default(), now: Duration::ZERO }
+    }
+
+    pub fn resources(&self) -> &ResourceSet {
+        &self.resources
+    }
+
+    pub fn world(&self) -> &ResolvedNode {
+        &self.world
+    }
+
+    /// Replaces the resources in force. Conntrack is kept: Felix does not flush it on policy change
+    /// (semantics §8.2).
+    pub fn set_resources(&mut self, resources: ResourceSet) {
+        self.world = ResolvedNode::new(&self.world.node, &resources);
+        self.resources = resources;
+    }
+
+    /// Lets time pass (conntrack expiry).
+    pub fn advance(&mut self, by: Duration) {
+        self.now += by;
+        self.flows.expire(self.now);
+    }
+
+    /// Follows one packet through the node. `inner` is the flow an ICMP error quotes, if any.
+    /// Errors only for an attachment point the node does not have.
+    pub fn process(&mut self, at: &Attach, pkt: &PacketHeader, inner: Option<Tuple>) -> Result<Outcome, String> {
+        self.flows.expire(self.now);
+        let node = &self.world.node;
+        let source = match at {
+            Attach::Uplink(name) => {
+                Source::Uplink(node.uplink_by_name(name).ok_or_else(|| format!("the node has no interface '{name}'"))?)
+            }
+            Attach::Workload(name) => {
+                Source::Workload(node.workload_by_name(name).ok_or_else(|| format!("the node has no workload '{name}'"))?)
+            }
+            Attach::Host => Source::Host,
+        };
+        let mut w = Walk { logs: Vec::new(), trace: Vec::new() };
+        let result = self.follow(source, pkt, inner, &mut w);
+        Ok(self.finish(result, pkt, w))
+    }
+
+    fn finish(&mut self, result: Result<Delivered, Reason>, pkt: &PacketHeader, w: Walk) -> Outcome {
+        match result {
+            Err(reason) => {
+                let tracked = self.flows.tracks(pkt);
+                Outcome { verdict: Verdict::Drop, out: None, translated: None, tracked, logs: w.logs, reason, trace: w.trace }
+            }
+            Ok(d) => {
+                if let Some((lookup, reply)) = d.commit {
+                    self.flows.commit(pkt, &lookup, reply, self.now);
+                }
+                let tracked = self.flows.tracks(pkt);
+                let reason = w.trace.last().cloned().unwrap_or(Reason::NoCalicoVerdict);
+                Outcome {
+                    verdict: Verdict::Allow,
+                    out: Some(d.out),
+                    translated: Some(SocketAddr::new(d.dst, d.dst_port)),
+                    tracked,
+                    logs: w.logs,
+                    reason,
+                    trace: w.trace,
+                }
+            }
+        }
+    }
+
+    fn follow(&self, source: Source, pkt: &PacketHeader, inner: Option<Tuple>, w: &mut Walk) -> Result<Delivered, Reason> {
+        let node = &self.world.node;
+
+        // raw PREROUTING / OUTPUT.
+        if let Source::Workload(i) = source {
+            // Strict reverse-path check: a pod may only send from its own addresses (semantics §7.1 (R) 3).
+            if !node.workloads[i].ips.contains(&pkt.src) {
+                return Err(Reason::SourceSpoofed);
+            }
+        }
+        let first_route = self.route(pkt.dst);
+        let mut accepted: Option<Reason> = None;
+        let untracked_hep = match source {
+            Source::Uplink(u) => self.world.interface_hep.get(&node.uplinks[u].name).copied(),
+            Source::Host => self.world.interface_hep.get(self.interface_name(first_route)).copied(),
+            Source::Workload(_) => None,
+        };
+        // Untracked policy applies only on a named host endpoint that has some (semantics §7.7).
+        if let Some(h) = untracked_hep.filter(|h| self.world.has_policies(&self.world.host_endpoints[*h].endpoint, Stage::Untracked)) {
+            let direction = if source == Source::Host { Direction::Egress } else { Direction::Ingress };
+            match self.untracked_chain(h, direction, pkt, w) {
+                Chain::Drop(r) => return Err(self.note(w, r)),
+                Chain::Accept(r) => {
+                    self.note(w, r);
+                    accepted = Some(Reason::UntrackedAllow);
+                }
+                Chain::Return(_) => {}
+            }
+        }
+
+        // conntrack.
+        let lookup = if accepted.is_some() {
+            Lookup { state: CtState::Untracked, entry: None, tcp_next: None }
+        } else {
+            self.flows.lookup(pkt, inner)
+        };
+        if matches!(lookup.state, CtState::Established | CtState::Related) {
+            // Every tracked chain accepts ESTABLISHED/RELATED first (semantics §8.1).
+            let reason = if lookup.state == CtState::Established { Reason::Established } else { Reason::Related };
+            self.note(w, reason);
+            let (dst, dst_port) = match lookup.entry {
+                Some((i, FlowDir::Original)) => {
+                    let e = &self.flows.entries[i];
+                    (e.reply.src, e.reply.src_port)
+                }
+                Some((i, FlowDir::Reply)) => {
+                    let e = &self.flows.entries[i];
+                    (e.original.src, e.original.src_port)
+                }
+                None => (pkt.dst, pkt.dst_port),
+            };
+            let dst_port = if pkt.has_ports() { dst_port } else { pkt.dst_port };
+            let out = self.egress_of(self.route(dst));
+            return Ok(Delivered { out, dst, dst_port, commit: Some((lookup, Tuple::of(pkt).reversed())) });
+        }
+
+        // mangle PREROUTING: pre-DNAT policy on the ingress host endpoint (semantics §7.1 (M)).
+        if accepted.is_none() && source != Source::Host {
+            if let Some(h) = self.prednat_hep(source) {
+                match self.prednat_chain(h, pkt, lookup.state, w) {
+                    Chain::Drop(r) => return Err(self.note(w, r)),
+                    Chain::Accept(r) => {
+                        self.note(w, r);
+                        accepted = Some(Reason::PreDnatAllow);
+                    }
+                    Chain::Return(_) => {}
+                }
+            }
+        }
+
+        // nat PREROUTING / OUTPUT: service DNAT (semantics §3 "What addresses policy sees").
+        let mut post = *pkt;
+        let mut snat: Option<IpAddr> = None;
+        if pkt.has_ports() && lookup.state == CtState::New {
+            if let Some(svc) = find_service(node, pkt.protocol, pkt.dst, pkt.dst_port) {
+                match pick_backend(svc, pkt.src, pkt.src_port) {
+                    ServiceNat::NoBackends => return Err(self.note(w, Reason::ServiceWithoutEndpoints)),
+                    ServiceNat::Backend(b) => {
+                        let via_node_port = svc.node_port == Some(pkt.dst_port) && node.is_host_ip(pkt.dst);
+                        post.dst = b.ip();
+                        post.dst_port = b.port();
+                        // externalTrafficPolicy Cluster: a NodePort flow forwarded to another node is masqueraded.
+                        if via_node_port && source != Source::Host {
+                            if let Route::Uplink(u) = self.route(b.ip()) {
+                                snat = node.uplinks[u].addrs.iter().copied().find(|a| IpFamily::of(*a) == IpFamily::of(b.ip()));
+                            }
+                        }
+                    }
+                }
+            }
+        }
+        let route = self.route(post.dst);
+        let ct = lookup.state;
+
+        let out = match source {
+            Source::Host => self.local_output(route, &post, ct, accepted, w)?,
+            Source::Workload(_) | Source::Uplink(_) => match route {
+                Route::Local => self.local_input(source, &post, ct, accepted, w)?,
+                _ => self.forward(source, route, &post, ct, accepted, w)?,
+            },
+        };
+
+        let mut reply = Tuple::of(&post).reversed();
+        if let Some(a) = snat {
+            reply.dst = a;
+        }
+        let commit = (ct == CtState::New).then_some((lookup, reply));
+        Ok(Delivered { out, dst: post.dst, dst_port: post.dst_port, commit })
+    }
+
+    /// filter INPUT (semantics §7.1 (I)).
+    fn local_input(&self, source: Source, pkt: &PacketHeader, ct: CtState, accepted: Option<Reason>, w: &mut Walk) -> Result<Egress, Reason> {
+        let felix = &self.world.node.felix;
+        if let Source::Workload(i) = source {
+            // Workload-to-host: the pod's egress policy, then DefaultEndpointToHostAction (§7.6).
+            if pkt.protocol == Protocol::ICMPV6 && matches!(pkt.icmp_type, 130..=133 | 135 | 136) {
+                self.note(w, Reason::Icmpv6FromWorkload);
+                return Ok(Egress::Host);
+            }
+            match self.workload_chain(i, Direction::Egress, pkt, ct, w) {
+                Chain::Drop(r) => return Err(self.note(w, r)),
+                Chain::Accept(r) | Chain::Return(r) => self.note(w, r),
+            };
+            let action = felix.default_endpoint_to_host_action;
+            let r = self.note(w, Reason::EndpointToHost(action));
+            return match action {
+                EndpointToHostAction::Drop => Err(r),
+                EndpointToHostAction::Accept | EndpointToHostAction::Return => Ok(Egress::Host),
+            };
+        }
+        if let Some(r) = accepted {
+            self.note(w, r);
+            return Ok(Egress::Host);
+        }
+        let Source::Uplink(u) = source else { return Ok(Egress::Host) };
+        self.host_input(&self.world.node.uplinks[u].name.clone(), pkt, ct, w)?;
+        Ok(Egress::Host)
+    }
+
+    /// The normal ingress chain of the host endpoint of `iface` (named, else `*`).
+    fn host_input(&self, iface: &str, pkt: &PacketHeader, ct: CtState, w: &mut Walk) -> Result<(), Reason> {
+        match self.world.hep_for_interface(iface, true) {
+            None => {
+                self.note(w, Reason::NoHostEndpoint);
+                Ok(())
+            }
+            Some(h) => match self.host_normal_chain(h, Direction::Ingress, pkt, ct, w) {
+                Chain::Drop(r) => Err(self.note(w, r)),
+                Chain::Accept(r) | Chain::Return(r) => {
+                    self.note(w, r);
+                    Ok(())
+                }
+            },
+        }
+    }
+
+    /// filter FORWARD (semantics §7.1 (F)): ingress HEP forward chain, source pod egress, destination pod
+    /// ingress, egress HEP forward chain. Each must not drop.
+    fn forward(&self, source: Source, route: Route, pkt: &PacketHeader, ct: CtState, accepted: Option<Reason>, w: &mut Walk) -> Result<Egress, Reason> {
+        let node = &self.world.node;
+        let mut chains: Vec<Chain> = Vec::new();
+        if let Some(r) = accepted {
+            self.note(w, r);
+        } else {
+            let in_hep = match source {
+                Source::Uplink(u) => self.world.hep_for_interface(&node.uplinks[u].name, true),
+                // Named host endpoints never bind to pod interfaces: only `*` applies (semantics §7.7).
+                _ => self.world.star_hep,
+            };
+            if let Some(h) = in_hep {
+                chains.push(self.host_forward_chain(h, Direction::Ingress, pkt, ct, w));
+            }
+        }
+        if let Source::Workload(i) = source {
+            chains.push(self.workload_chain(i, Direction::Egress, pkt, ct, w));
+        }
+        let out_hep = match route {
+            Route::Workload(j) => {
+                chains.push(self.workload_chain(j, Direction::Ingress, pkt, ct, w));
+                self.world.star_hep
+            }
+            Route::Uplink(u) => self.world.hep_for_interface(&node.uplinks[u].name, true),
+            Route::Local => None,
+        };
+        if let Some(h) = out_hep {
+            chains.push(self.host_forward_chain(h, Direction::Egress, pkt, ct, w));
+        }
+        for c in chains {
+            match c {
+                Chain::Drop(r) => return Err(self.note(w, r)),
+                Chain::Accept(r) | Chain::Return(r) => {
+                    self.note(w, r);
+                }
+            }
+        }
+        if w.trace.is_empty() {
+            self.note(w, Reason::NoCalicoVerdict);
+        }
+        Ok(self.egress_of(route))
+    }
+
+    /// raw OUTPUT was done by the caller; filter OUTPUT and mangle POSTROUTING (semantics §7.2).
+    fn local_output(&self, route: Route, pkt: &PacketHeader, ct: CtState, accepted: Option<Reason>, w: &mut Walk) -> Result<Egress, Reason> {
+        if let Some(r) = accepted {
+            self.note(w, r);
+            return Ok(self.egress_of(route));
+        }
+        match route {
+            Route::Workload(_) => {
+                self.note(w, Reason::HostToLocalWorkload);
+                Ok(self.egress_of(route))
+            }
+            Route::Local => {
+                // To one of its own addresses the host talks over `lo`: out through OUTPUT, in through INPUT.
+                self.host_output(LOOPBACK, pkt, ct, w)?;
+                self.host_input(LOOPBACK, pkt, ct, w)?;
+                Ok(Egress::Host)
+            }
+            Route::Uplink(u) => {
+                let name = self.world.node.uplinks[u].name.clone();
+                self.host_output(&name, pkt, ct, w)?;
+                Ok(self.egress_of(route))
+            }
+        }
+    }
+
+    fn host_output(&self, iface: &str, pkt: &PacketHeader, ct: CtState, w: &mut Walk) -> Result<(), Reason> {
+        match self.world.hep_for_interface(iface, true) {
+            None => {
+                self.note(w, Reason::NoHostEndpoint);
+                Ok(())
+            }
+            Some(h) => match self.host_normal_chain(h, Direction::Egress, pkt, ct, w) {
+                Chain::Drop(r) => Err(self.note(w, r)),
+                Chain::Accept(r) | Chain::Return(r) => {
+                    self.note(w, r);
+                    Ok(())
+                }
+            },
+        }
+    }
+
+    /// The conntrack head of every tracked endpoint chain (semantics §8.1).
+    fn conntrack_head(&self, ct: CtState) -> Option<Chain> {
+        match ct {
+            CtState::Established => Some(Chain::Accept(Reason::Established)),
+            CtState::Related => Some(Chain::Accept(Reason::Related)),
+            CtState::Invalid if !self.world.node.felix.disable_conntrack_invalid_check => Some(Chain::Drop(Reason::Invalid)),
+            _ => None,
+        }
+    }
+
+    /// A pod's chain (semantics §4.4 "WEP normal", §7.8 encapsulation drops).
+    fn workload_chain(&self, i: usize, d: Direction, pkt: &PacketHeader, ct: CtState, w: &mut Walk) -> Chain {
+        if let Some(c) = self.conntrack_head(ct) {
+            return c;
+        }
+        let felix = &self.world.node.felix;
+        if d == Direction::Egress {
+            let vxlan = pkt.protocol == Protocol::UDP && pkt.dst_port == felix.vxlan_port && !felix.allow_vxlan_from_workloads;
+            let ipip = pkt.protocol == Protocol(4) && !felix.allow_ipip_from_workloads;
+            if vxlan || ipip {
+                return Chain::Drop(Reason::EncapFromWorkload);
+            }
+        }
+        let endpoint = &self.world.workloads[i];
+        self.normal_walk(endpoint, d, pkt, w)
+    }
+
+    fn normal_walk(&self, endpoint: &Endpoint, d: Direction, pkt: &PacketHeader, w: &mut Walk) -> Chain {
+        let input = WalkInput { world: &self.world, endpoint, direction: d, stage: Stage::Normal, pkt };
+        match walk_normal(&input, &mut w.logs) {
+            Ok(r) => Chain::Accept(r),
+            Err(r) => Chain::Drop(r),
+        }
+    }
+
+    /// A host endpoint's normal chain (semantics §4.4 "HEP normal"): conntrack, failsafes, tiers, profiles.
+    fn host_normal_chain(&self, h: usize, d: Direction, pkt: &PacketHeader, ct: CtState, w: &mut Walk) -> Chain {
+        if let Some(c) = self.conntrack_head(ct) {
+            return c;
+        }
+        let felix = &self.world.node.felix;
+        let failsafe = match d {
+            Direction::Ingress => failsafe_hit(&felix.failsafe_inbound, pkt, pkt.dst_port, pkt.src).map(|f| (true, f)),
+            Direction::Egress => failsafe_hit(&felix.failsafe_outbound, pkt, pkt.dst_port, pkt.dst).map(|f| (false, f)),
+        };
+        if let Some((inbound, f)) = failsafe {
+            return Chain::Accept(Reason::Failsafe { inbound, protocol: f.protocol.0, port: f.port });
+        }
+        self.normal_walk(&self.world.host_endpoints[h].endpoint, d, pkt, w)
+    }
+
+    /// A host endpoint's forward chain (semantics §4.4 "HEP forward", §7.4).
+    fn host_forward_chain(&self, h: usize, d: Direction, pkt: &PacketHeader, ct: CtState, w: &mut Walk) -> Chain {
+        if let Some(c) = self.conntrack_head(ct) {
+            return c;
+        }
+        let endpoint = &self.world.host_endpoints[h].endpoint;
+        if !self.world.has_policies_for(endpoint, Stage::Forward, d) {
+            return Chain::Accept(Reason::ForwardDefaultAllow);
+        }
+        let input = WalkInput { world: &self.world, endpoint, direction: d, stage: Stage::Forward, pkt };
+        match walk_tiers(&input, &mut w.logs) {
+            TierEnd::Allow(r) => Chain::Accept(Reason::Rule(r)),
+            TierEnd::Deny(r) => Chain::Drop(Reason::Rule(r)),
+            TierEnd::EndOfTier(tier) => {
+                Chain::Drop(Reason::EndOfTier { stage: Stage::Forward, direction: d, endpoint: endpoint.id.clone(), tier })
+            }
+            // Passed out of the last tier: no verdict, the kernel FORWARD chain's default accepts.
+            TierEnd::FellThrough => Chain::Return(Reason::NoCalicoVerdict),
+        }
+    }
+
+    /// The pre-DNAT chain (semantics §7.1 (M) 3): INVALID drop, inbound failsafes, pre-DNAT tiers.
+    fn prednat_chain(&self, h: usize, pkt: &PacketHeader, ct: CtState, w: &mut Walk) -> Chain {
+        if ct == CtState::Invalid && !self.world.node.felix.disable_conntrack_invalid_check {
+            return Chain::Drop(Reason::Invalid);
+        }
+        let felix = &self.world.node.felix;
+        if let Some(f) = failsafe_hit(&felix.failsafe_inbound, pkt, pkt.dst_port, pkt.src) {
+            return Chain::Return(Reason::Failsafe { inbound: true, protocol: f.protocol.0, port: f.port });
+        }
+        let endpoint = &self.world.host_endpoints[h].endpoint;
+        let input = WalkInput { world: &self.world, endpoint, direction: Direction::Ingress, stage: Stage::PreDnat, pkt };
+        match walk_tiers(&input, &mut w.logs) {
+            TierEnd::Allow(r) => Chain::Accept(Reason::Rule(r)),
+            TierEnd::Deny(r) => Chain::Drop(Reason::Rule(r)),
+            _ => Chain::Return(Reason::NoCalicoVerdict),
+        }
+    }
+
+    /// The untracked chain (semantics §7.1 (R) 4, §7.2 (R), §7.5 raw failsafes).
+    fn untracked_chain(&self, h: usize, d: Direction, pkt: &PacketHeader, w: &mut Walk) -> Chain {
+        let felix = &self.world.node.felix;
+        let failsafe = match d {
+            Direction::Ingress => failsafe_hit(&felix.failsafe_inbound, pkt, pkt.dst_port, pkt.src)
+                .or_else(|| failsafe_hit(&felix.failsafe_outbound, pkt, pkt.src_port, pkt.src)),
+            Direction::Egress => failsafe_hit(&felix.failsafe_outbound, pkt, pkt.dst_port, pkt.dst)
+                .or_else(|| failsafe_hit(&felix.failsafe_inbound, pkt, pkt.src_port, pkt.dst)),
+        };
+        if let Some(f) = failsafe {
+            // Accepted but still tracked: the rest of the path runs as usual.
+            return Chain::Return(Reason::Failsafe { inbound: d == Direction::Ingress, protocol: f.protocol.0, port: f.port });
+        }
+        let endpoint = &self.world.host_endpoints[h].endpoint;
+        let input = WalkInput { world: &self.world, endpoint, direction: d, stage: Stage::Untracked, pkt };
+        match walk_tiers(&input, &mut w.logs) {
+            TierEnd::Allow(r) => Chain::Accept(Reason::Rule(r)),
+            TierEnd::Deny(r) => Chain::Drop(Reason::Rule(r)),
+            _ => Chain::Return(Reason::NoCalicoVerdict),
+        }
+    }
+
+    /// The host endpoint whose pre-DNAT policy applies to packets arriving from `source`: the interface's
+    /// own if it has pre-DNAT policy, else the `*` one if it has (semantics §7.7 [derived]).
+    fn prednat_hep(&self, source: Source) -> Option<usize> {
+        let has = |h: usize| self.world.has_policies_for(&self.world.host_endpoints[h].endpoint, Stage::PreDnat, Direction::Ingress);
+        let named = match source {
+            Source::Uplink(u) => self.world.interface_hep.get(&self.world.node.uplinks[u].name).copied(),
+            _ => None,
+        };
+        named.filter(|h| has(*h)).or(self.world.star_hep.filter(|h| has(*h)))
+    }
+
+    fn route(&self, dst: IpAddr) -> Route {
+        let node = &self.world.node;
+        if node.is_host_ip(dst) {
+            Route::Local
+        } else if let Some(i) = node.local_workload_by_ip(dst) {
+            Route::Workload(i)
+        } else {
+            node.uplink_for(dst).map(Route::Uplink).unwrap_or(Route::Local)
+        }
+    }
+
+    fn interface_name(&self, route: Route) -> &str {
+        let node = &self.world.node;
+        match route {
+            Route::Local => LOOPBACK,
+            Route::Workload(i) => node.workloads[i].interface.as_deref().unwrap_or(""),
+            Route::Uplink(u) => &node.uplinks[u].name,
+        }
+    }
+
+    fn egress_of(&self, route: Route) -> Egress {
+        let node = &self.world.node;
+        match route {
+            Route::Local => Egress::Host,
+            Route::Workload(i) => Egress::Workload(node.workloads[i].name.clone()),
+            Route::Uplink(u) => Egress::Uplink(node.uplinks[u].name.clone()),
+        }
+    }
+
+    fn note(&self, w: &mut Walk, r: Reason) -> Reason {
+        w.trace.push(r.clone());
+        r
+    }
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Source {
+    Uplink(usize),
+    Workload(usize),
+    Host,
+}
+
+/// An allowed packet: where it goes, its destination after NAT, and what conntrack records.
+struct Delivered {
+    out: Egress,
+    dst: IpAddr,
+    dst_port: u16,
+    commit: Option<(Lookup, Tuple)>,
+}
+
+/// The failsafe entry matching (protocol, `port`), with `remote` inside its CIDR if it has one.
+fn failsafe_hit<'a>(list: &'a [Failsafe], pkt: &PacketHeader, port: u16, remote: IpAddr) -> Option<&'a Failsafe> {
+    if !pkt.has_ports() {
+        return None;
+    }
+    list.iter().find(|f| f.protocol == pkt.protocol && f.port == port && f.net.is_none_or(|n| n.contains(remote)))
+}

@@ -1,0 +1,171 @@
+//! One endpoint's policy walk for one direction and stage (semantics §4.2, §4.4): tiers in order, the
+//! policies of a tier that select the endpoint in order, rules in order; then profiles.
+
+use super::matching::rule_matches;
+use crate::packet::PacketHeader;
+use crate::resolve::{Direction, Endpoint, ResolvedNode, Stage};
+use crate::resource::{Action, TierDefault};
+use crate::verdict::{LogEvent, Reason, RuleOwner, RuleRef};
+
+/// How a walk through the tiers ended.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum TierEnd {
+    Allow(RuleRef),
+    Deny(RuleRef),
+    /// A tier had policies for the endpoint and none gave a verdict, and its default is Deny.
+    EndOfTier(String),
+    /// No tier had a policy for the endpoint, or the last one that had ended in Pass.
+    FellThrough,
+}
+
+/// How the profiles ended.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum ProfileEnd {
+    Allow(RuleRef),
+    Deny(RuleRef),
+    NoMatch,
+}
+
+/// What an endpoint is to the walk: its labels pick policies, its id names it in explanations.
+pub struct WalkInput<'a> {
+    pub world: &'a ResolvedNode,
+    pub endpoint: &'a Endpoint,
+    pub direction: Direction,
+    pub stage: Stage,
+    pub pkt: &'a PacketHeader,
+}
+
+/// Walks the tiers (semantics §4.2). Log rules append to `logs` and continue.
+pub fn walk_tiers(input: &WalkInput<'_>, logs: &mut Vec<LogEvent>) -> TierEnd {
+    let WalkInput { world, endpoint, direction, stage, pkt } = *input;
+    for tier in &world.tiers {
+        let mut present = false;
+        let mut passed = false;
+        'policies: for &pi in &tier.policies {
+            let policy = &world.policies[pi];
+            if !(stage.holds(policy) && policy.applies(direction) && policy.selector.matches(&endpoint.labels)) {
+                continue;
+            }
+            present = true;
+            for (index, rule) in policy.rules(direction).iter().enumerate() {
+                if !rule_matches(rule, pkt, world) {
+                    continue;
+                }
+                let at = || RuleRef {
+                    stage,
+                    direction,
+                    endpoint: endpoint.id.clone(),
+                    owner: RuleOwner::Policy { tier: tier.name.clone(), id: policy.id.clone() },
+                    index,
+                    action: rule.action,
+                };
+                match rule.action {
+                    Action::Log => logs.push(log_event(world, at())),
+                    Action::Allow => return TierEnd::Allow(at()),
+                    Action::Deny => return TierEnd::Deny(at()),
+                    Action::Pass => {
+                        passed = true;
+                        break 'policies;
+                    }
+                }
+            }
+        }
+        if !present {
+            // A tier with no enforced policy for this endpoint and direction is invisible.
+            continue;
+        }
+        // Untracked and pre-DNAT tiers never end in a drop (semantics §2.1).
+        let default = if stage.forces_pass() { TierDefault::Pass } else { tier.default_action };
+        if !passed && default == TierDefault::Deny {
+            return TierEnd::EndOfTier(tier.name.clone());
+        }
+    }
+    TierEnd::FellThrough
+}
+
+/// Runs the endpoint's profiles in order (semantics §4.2, §1.4). A missing profile denies; Pass in a profile
+/// ends that profile only.
+pub fn walk_profiles(input: &WalkInput<'_>, logs: &mut Vec<LogEvent>) -> ProfileEnd {
+    let WalkInput { world, endpoint, direction, stage, pkt } = *input;
+    for name in &endpoint.profiles {
+        let at = |index, action| RuleRef {
+            stage,
+            direction,
+            endpoint: endpoint.id.clone(),
+            owner: RuleOwner::Profile(name.clone()),
+            index,
+            action,
+        };
+        let Some(profile) = world.profiles.get(name) else {
+            return ProfileEnd::Deny(at(0, Action::Deny));
+        };
+        for (index, rule) in profile.rules(direction).iter().enumerate() {
+            if !rule_matches(rule, pkt, world) {
+                continue;
+            }
+            match rule.action {
+                Action::Log => logs.push(log_event(world, at(index, Action::Log))),
+                Action::Allow => return ProfileEnd::Allow(at(index, Action::Allow)),
+                Action::Deny => return ProfileEnd::Deny(at(index, Action::Deny)),
+                Action::Pass => break,
+            }
+        }
+    }
+    ProfileEnd::NoMatch
+}
+
+/// The verdict of a full normal walk: tiers, then profiles, then drop (semantics §4.2).
+pub fn walk_normal(input: &WalkInput<'_>, logs: &mut Vec<LogEvent>) -> Result<Reason, Reason> {
+    match walk_tiers(input, logs) {
+        TierEnd::Allow(r) => Ok(Reason::Rule(r)),
+        TierEnd::Deny(r) => Err(Reason::Rule(r)),
+        TierEnd::EndOfTier(tier) => Err(Reason::EndOfTier {
+            stage: input.stage,
+            direction: input.direction,
+            endpoint: input.endpoint.id.clone(),
+            tier,
+        }),
+        TierEnd::FellThrough => match walk_profiles(input, logs) {
+            ProfileEnd::Allow(r) => Ok(Reason::Rule(r)),
+            ProfileEnd::Deny(r) => Err(Reason::Rule(r)),
+            ProfileEnd::NoMatch => {
+                Err(Reason::NoProfileMatched { direction: input.direction, endpoint: input.endpoint.id.clone() })
+            }
+        },
+    }
+}
+
+/// The log prefix of a Log rule with its placeholders filled in (semantics §9.1).
+fn log_event(world: &ResolvedNode, rule: RuleRef) -> LogEvent {
+    let template = &world.node.felix.log_prefix;
+    let (tier, kind, name, qualified) = match &rule.owner {
+        RuleOwner::Policy { tier, id } => {
+            let qualified = match &id.namespace {
+                Some(ns) => format!("{ns}/{}", id.name),
+                None => id.name.clone(),
+            };
+            (tier.clone(), id.kind.short_name().to_string(), id.name.clone(), qualified)
+        }
+        RuleOwner::Profile(p) => (String::new(), "pro".to_string(), p.clone(), p.clone()),
+    };
+    let mut prefix = String::new();
+    let mut chars = template.chars();
+    while let Some(c) = chars.next() {
+        if c != '%' {
+            prefix.push(c);
+            continue;
+        }
+        match chars.next() {
+            Some('t') => prefix.push_str(&tier),
+            Some('k') => prefix.push_str(&kind),
+            Some('n') => prefix.push_str(&name),
+            Some('p') => prefix.push_str(&qualified),
+            Some(other) => {
+                prefix.push('%');
+                prefix.push(other);
+            }
+            None => prefix.push('%'),
+        }
+    }
+    LogEvent { rule, prefix }
+}

@@ -1,0 +1,329 @@
+//! Calico resources as users apply them: `projectcalico.org/v3` kinds, `networking.k8s.io/v1`
+//! NetworkPolicy, and the calicoctl v1 forms, all read into one model (semantics §1).
+//!
+//! Loading is all-or-nothing: a file with one bad document yields an error naming the file, line, column
+//! and field, and no resource from it.
+
+mod k8s;
+mod load;
+pub mod rule;
+mod v1;
+mod v3;
+
+use std::collections::BTreeMap;
+use std::fmt;
+use std::net::IpAddr;
+
+pub use load::{load_path, load_text, ResourceDoc};
+pub use v3::parse_named_port;
+pub use rule::{Action, EntityRule, IcmpMatch, Port, Protocol, Rule, ServiceRef};
+
+use crate::net::IpNet;
+use crate::selector::Selector;
+
+pub type Labels = BTreeMap<String, String>;
+
+/// The kinds of policy, as Felix tells them apart (semantics §1.2, §1.3).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub enum PolicyKind {
+    GlobalNetworkPolicy,
+    NetworkPolicy,
+    KubernetesNetworkPolicy,
+    StagedGlobalNetworkPolicy,
+    StagedNetworkPolicy,
+    StagedKubernetesNetworkPolicy,
+}
+
+impl PolicyKind {
+    /// Staged kinds are loaded but never enforced (semantics §1.2).
+    pub fn is_staged(self) -> bool {
+        matches!(
+            self,
+            PolicyKind::StagedGlobalNetworkPolicy | PolicyKind::StagedNetworkPolicy | PolicyKind::StagedKubernetesNetworkPolicy
+        )
+    }
+
+    /// The short name used in log prefixes (`%k`, semantics §9.1).
+    pub fn short_name(self) -> &'static str {
+        match self {
+            PolicyKind::GlobalNetworkPolicy => "gnp",
+            PolicyKind::NetworkPolicy => "np",
+            PolicyKind::KubernetesNetworkPolicy => "knp",
+            PolicyKind::StagedGlobalNetworkPolicy => "sgnp",
+            PolicyKind::StagedNetworkPolicy => "snp",
+            PolicyKind::StagedKubernetesNetworkPolicy => "sknp",
+        }
+    }
+
+    pub fn name(self) -> &'static str {
+        match self {
+            PolicyKind::GlobalNetworkPolicy => "GlobalNetworkPolicy",
+            PolicyKind::NetworkPolicy => "NetworkPolicy",
+            PolicyKind::KubernetesNetworkPolicy => "KubernetesNetworkPolicy",
+            PolicyKind::StagedGlobalNetworkPolicy => "StagedGlobalNetworkPolicy",
+            PolicyKind::StagedNetworkPolicy => "StagedNetworkPolicy",
+            PolicyKind::StagedKubernetesNetworkPolicy => "StagedKubernetesNetworkPolicy",
+        }
+    }
+}
+
+/// A policy's identity: kind, namespace (for namespaced kinds) and name.
+#[derive(Clone, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct PolicyId {
+    pub kind: PolicyKind,
+    pub namespace: Option<String>,
+    pub name: String,
+}
+
+impl fmt::Display for PolicyId {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match &self.namespace {
+            Some(ns) => write!(f, "{}/{}/{}", self.kind.name(), ns, self.name),
+            None => write!(f, "{}/{}", self.kind.name(), self.name),
+        }
+    }
+}
+
+/// A policy of any kind, with its target selector already scoped (semantics §2.1) and its rules' peers
+/// scoped (§2.2), its `types` defaulted (§1.2).
+#[derive(Clone, Debug, PartialEq)]
+pub struct Policy {
+    pub id: PolicyId,
+    pub tier: String,
+    /// `None` is +∞: after every ordered policy (semantics §1.2).
+    pub order: Option<f64>,
+    /// The effective target selector.
+    pub selector: Selector,
+    pub applies_ingress: bool,
+    pub applies_egress: bool,
+    pub ingress: Vec<Rule>,
+    pub egress: Vec<Rule>,
+    pub do_not_track: bool,
+    pub pre_dnat: bool,
+    pub apply_on_forward: bool,
+}
+
+/// `Tier.spec.defaultAction`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum TierDefault {
+    Deny,
+    Pass,
+}
+
+#[derive(Clone, Debug, PartialEq)]
+pub struct Tier {
+    pub name: String,
+    /// `None` is +∞ (semantics §1.5).
+    pub order: Option<f64>,
+    pub default_action: TierDefault,
+}
+
+/// The name of the tier of policies that name none.
+pub const DEFAULT_TIER: &str = "default";
+
+impl Tier {
+    /// The tiers Calico always has, with their fixed orders (semantics §1.5).
+    pub fn builtin() -> Vec<Tier> {
+        vec![
+            Tier { name: "kube-admin".into(), order: Some(1_000.0), default_action: TierDefault::Pass },
+            Tier { name: DEFAULT_TIER.into(), order: Some(1_000_000.0), default_action: TierDefault::Deny },
+            Tier { name: "kube-baseline".into(), order: Some(10_000_000.0), default_action: TierDefault::Pass },
+        ]
+    }
+}
+
+/// A named port an endpoint declares.
+#[derive(Clone, Debug, PartialEq, Eq, Hash)]
+pub struct NamedPort {
+    pub name: String,
+    pub protocol: Protocol,
+    pub port: u16,
+}
+
+/// `HostEndpoint` (semantics §1.1).
+#[derive(Clone, Debug, PartialEq)]
+pub struct HostEndpoint {
+    pub name: String,
+    pub node: String,
+    /// `None` when empty: the interface is found by `expected_ips`. `Some("*")` is the all-interfaces HEP.
+    pub interface_name: Option<String>,
+    pub expected_ips: Vec<IpAddr>,
+    pub labels: Labels,
+    pub profiles: Vec<String>,
+    pub ports: Vec<NamedPort>,
+}
+
+impl HostEndpoint {
+    pub fn is_wildcard(&self) -> bool {
+        self.interface_name.as_deref() == Some("*")
+    }
+}
+
+/// `Profile` (semantics §1.4).
+#[derive(Clone, Debug, PartialEq)]
+pub struct Profile {
+    pub name: String,
+    pub ingress: Vec<Rule>,
+    pub egress: Vec<Rule>,
+    pub labels_to_apply: Labels,
+}
+
+impl Profile {
+    /// The built-in allow-all profile used by auto host endpoints.
+    pub const DEFAULT_ALLOW: &'static str = "projectcalico-default-allow";
+}
+
+/// `GlobalNetworkSet` or (with a namespace) `NetworkSet`.
+#[derive(Clone, Debug, PartialEq)]
+pub struct NetworkSet {
+    pub namespace: Option<String>,
+    pub name: String,
+    pub labels: Labels,
+    pub nets: Vec<IpNet>,
+}
+
+/// One loaded resource.
+#[derive(Clone, Debug, PartialEq)]
+pub enum Resource {
+    Policy(Policy),
+    Tier(Tier),
+    HostEndpoint(HostEndpoint),
+    Profile(Profile),
+    NetworkSet(NetworkSet),
+}
+
+/// A resource's identity in the store: `kind/name` or `kind/namespace/name`.
+#[derive(Clone, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct ResourceKey {
+    pub kind: String,
+    pub namespace: Option<String>,
+    pub name: String,
+}
+
+impl fmt::Display for ResourceKey {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match &self.namespace {
+            Some(ns) => write!(f, "{}/{}/{}", self.kind, ns, self.name),
+            None => write!(f, "{}/{}", self.kind, self.name),
+        }
+    }
+}
+
+impl ResourceKey {
+    /// Parses `Kind/name` or `Kind/namespace/name`.
+    pub fn parse(text: &str) -> Option<ResourceKey> {
+        let parts: Vec<&str> = text.split('/').collect();
+        match parts.as_slice() {
+            [kind, name] if !kind.is_empty() && !name.is_empty() => {
+                Some(ResourceKey { kind: kind.to_string(), namespace: None, name: name.to_string() })
+            }
+            [kind, ns, name] if !kind.is_empty() && !ns.is_empty() && !name.is_empty() => {
+                Some(ResourceKey { kind: kind.to_string(), namespace: Some(ns.to_string()), name: name.to_string() })
+            }
+            _ => None,
+        }
+    }
+
+    /// Whether a key typed by a user (as in `delete: NetworkPolicy/ns/name`) names this stored key:
+    /// a Kubernetes NetworkPolicy answers to `NetworkPolicy` as well as its own kind.
+    pub fn answers_to(&self, asked: &ResourceKey) -> bool {
+        let kind_ok = self.kind.eq_ignore_ascii_case(&asked.kind)
+            || (self.kind == PolicyKind::KubernetesNetworkPolicy.name() && asked.kind.eq_ignore_ascii_case("NetworkPolicy"));
+        kind_ok && self.namespace == asked.namespace && self.name == asked.name
+    }
+}
+
+impl Resource {
+    pub fn key(&self) -> ResourceKey {
+        match self {
+            Resource::Policy(p) => {
+                ResourceKey { kind: p.id.kind.name().into(), namespace: p.id.namespace.clone(), name: p.id.name.clone() }
+            }
+            Resource::Tier(t) => ResourceKey { kind: "Tier".into(), namespace: None, name: t.name.clone() },
+            Resource::HostEndpoint(h) => ResourceKey { kind: "HostEndpoint".into(), namespace: None, name: h.name.clone() },
+            Resource::Profile(p) => ResourceKey { kind: "Profile".into(), namespace: None, name: p.name.clone() },
+            Resource::NetworkSet(s) => ResourceKey {
+                kind: if s.namespace.is_some() { "NetworkSet" } else { "GlobalNetworkSet" }.into(),
+                namespace: s.namespace.clone(),
+                name: s.name.clone(),
+            },
+        }
+    }
+}
+
+/// Every resource in force, keyed as the datastore keys them; applying a resource with an existing key
+/// replaces it.
+#[derive(Clone, Debug, Default, PartialEq)]
+pub struct ResourceSet {
+    by_key: BTreeMap<ResourceKey, Resource>,
+}
+
+impl ResourceSet {
+    pub fn new() -> ResourceSet {
+        ResourceSet::default()
+    }
+
+    pub fn apply(&mut self, r: Resource) {
+        self.by_key.insert(r.key(), r);
+    }
+
+    pub fn apply_all(&mut self, rs: impl IntoIterator<Item = Resource>) {
+        for r in rs {
+            self.apply(r);
+        }
+    }
+
+    /// Removes what `asked` names; returns how many resources were removed.
+    pub fn delete(&mut self, asked: &ResourceKey) -> usize {
+        let before = self.by_key.len();
+        self.by_key.retain(|k, _| !k.answers_to(asked));
+        before - self.by_key.len()
+    }
+
+    pub fn iter(&self) -> impl Iterator<Item = &Resource> {
+        self.by_key.values()
+    }
+
+    pub fn len(&self) -> usize {
+        self.by_key.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.by_key.is_empty()
+    }
+
+    pub fn policies(&self) -> impl Iterator<Item = &Policy> {
+        self.iter().filter_map(|r| match r {
+            Resource::Policy(p) => Some(p),
+            _ => None,
+        })
+    }
+
+    pub fn tiers(&self) -> impl Iterator<Item = &Tier> {
+        self.iter().filter_map(|r| match r {
+            Resource::Tier(t) => Some(t),
+            _ => None,
+        })
+    }
+
+    pub fn host_endpoints(&self) -> impl Iterator<Item = &HostEndpoint> {
+        self.iter().filter_map(|r| match r {
+            Resource::HostEndpoint(h) => Some(h),
+            _ => None,
+        })
+    }
+
+    pub fn profiles(&self) -> impl Iterator<Item = &Profile> {
+        self.iter().filter_map(|r| match r {
+            Resource::Profile(p) => Some(p),
+            _ => None,
+        })
+    }
+
+    pub fn network_sets(&self) -> impl Iterator<Item = &NetworkSet> {
+        self.iter().filter_map(|r| match r {
+            Resource::NetworkSet(s) => Some(s),
+            _ => None,
+        })
+    }
+}
