@@ -415,7 +415,8 @@ mod tests {
     #[test]
     fn positions_are_one_based_lines_and_columns() {
         let d = docs("a: 1\nb:\n  c: x\n");
-        let root = Field::root(&d[0], &Origin::file("t.yaml"));
+        let origin = Origin::file("t.yaml");
+        let root = Field::root(&d[0], &origin);
         root.require("b", |b| {
             b.require("c", |c| {
                 assert_eq!(c.pos(), Pos { line: 3, col: 6 });
@@ -436,7 +437,8 @@ mod tests {
     #[test]
     fn quoted_scalars_are_marked() {
         let d = docs("a: \"80\"\nb: 80\nc: ~\n");
-        let root = Field::root(&d[0], &Origin::file("t.yaml"));
+        let origin = Origin::file("t.yaml");
+        let root = Field::root(&d[0], &origin);
         root.require("a", |a| Ok(assert!(a.is_quoted()))).unwrap();
         root.require("b", |b| Ok(assert!(!b.is_quoted()))).unwrap();
         root.with("c", |c| Ok(assert!(c.is_none()))).unwrap();
@@ -463,7 +465,8 @@ mod tests {
     #[test]
     fn unknown_keys_are_named() {
         let d = docs("a: 1\nzz: 2\n");
-        let root = Field::root(&d[0], &Origin::file("t.yaml"));
+        let origin = Origin::file("t.yaml");
+        let root = Field::root(&d[0], &origin);
         let err = root.only_keys(&["a", "b"]).unwrap_err();
         assert_eq!(err.line, 2);
         assert!(err.message.contains("unknown field 'zz'"));
@@ -472,7 +475,8 @@ mod tests {
     #[test]
     fn anchors_and_aliases_copy_values() {
         let d = docs("a: &x {k: v}\nb: *x\n");
-        let root = Field::root(&d[0], &Origin::file("t.yaml"));
+        let origin = Origin::file("t.yaml");
+        let root = Field::root(&d[0], &origin);
         let m = root.require("b", |b| b.string_map()).unwrap();
         assert_eq!(m.get("k").map(String::as_str), Some("v"));
     }

@@ -558,3 +558,6 @@ fn failsafe_hit<'a>(list: &'a [Failsafe], pkt: &PacketHeader, port: u16, remote:
     }
     list.iter().find(|f| f.protocol == pkt.protocol && f.port == port && f.net.is_none_or(|n| n.contains(remote)))
 }
+
+#[cfg(test)]
+mod tests;

@@ -27,6 +27,7 @@ pub enum ProfileEnd {
 }
 
 /// What an endpoint is to the walk: its labels pick policies, its id names it in explanations.
+#[derive(Debug)]
 pub struct WalkInput<'a> {
     pub world: &'a ResolvedNode,
     pub endpoint: &'a Endpoint,
