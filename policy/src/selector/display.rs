@@ -4,8 +4,9 @@
 //! is glued to its operand, strings are double-quoted unless they contain `"`, sets print sorted
 //! and de-duplicated (a `BTreeSet` already is), and the two-word operators use their spaced
 //! spelling. Because groups are always parenthesised and `!` binds tighter than any binary
-//! operator, re-parsing the text gives back an equivalent selector (the same tree, except that a
-//! run of `Not`s collapses by parity).
+//! operator, re-parsing the text gives back the very same tree. The one place this differs from
+//! Felix: a `Not` directly under a `Not` (only from `!(!x)` or code) prints as `!(!x)` where Felix
+//! prints `!!x`, which would re-parse as `x`.
 
 use std::fmt;
 
@@ -85,6 +86,8 @@ impl fmt::Display for Expr {
                 write!(f, "{k} ends with ")?;
                 write_quoted(f, v)
             }
+            // `!!x` would re-parse as `x` (parity collapse); parenthesising keeps the tree.
+            Expr::Not(inner) if matches!(**inner, Expr::Not(_)) => write!(f, "!({inner})"),
             Expr::Not(inner) => write!(f, "!{inner}"),
             Expr::And(terms) => write_group(f, terms, " && "),
             Expr::Or(terms) => write_group(f, terms, " || "),
@@ -148,6 +151,9 @@ mod tests {
                 "((has(a) && has(b)) && has(c))",
             ),
             ("has(a) && has(b) && has(c)", "(has(a) && has(b) && has(c))"),
+            ("!(!has(a))", "!(!has(a))"),
+            ("!(!(!a == 'b'))", r#"!(!(!a == "b"))"#),
+            ("!!(!has(a))", "!has(a)"),
         ] {
             assert_eq!(canon(text), want, "{text:?}");
         }

@@ -99,18 +99,18 @@ impl Parser {
     /// Any number of `!`, collapsed by parity as Calico does (`!!a` is `a`).
     fn unary(&mut self) -> Result<Expr, SelectorError> {
         let mut negated = false;
-        let mut bang = None;
+        let mut any_bang = false;
         while self.tok.tok == Tok::Not {
-            bang = Some(self.tok.column);
+            any_bang = true;
             negated = !negated;
             self.advance()?;
         }
-        let e = self.primary(bang)?;
+        let e = self.primary(any_bang)?;
         Ok(if negated { Expr::Not(Box::new(e)) } else { e })
     }
 
-    /// `after_bang` is the column of a preceding `!`, to word the error when nothing follows it.
-    fn primary(&mut self, after_bang: Option<usize>) -> Result<Expr, SelectorError> {
+    /// `after_bang`: a `!` came just before, which words the error when nothing usable follows.
+    fn primary(&mut self, after_bang: bool) -> Result<Expr, SelectorError> {
         let start = self.advance()?;
         match start.tok {
             Tok::LParen => self.group(start.column),
@@ -119,10 +119,7 @@ impl Parser {
             Tok::Global => Ok(Expr::Global),
             Tok::Label(label) => self.comparison(label),
             other => {
-                let after = match after_bang {
-                    Some(_) => " after '!'",
-                    None => "",
-                };
+                let after = if after_bang { " after '!'" } else { "" };
                 let hint = match other {
                     Tok::Str(_) => " (the label must be on the left, unquoted)",
                     Tok::RParen => " (empty parentheses are not an expression)",

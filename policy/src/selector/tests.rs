@@ -33,7 +33,14 @@ use Expect::{Error, Match, NoMatch};
 const LONG_LABEL_VECTOR: &str = "\"a\" repeated 513 times == \"value\"";
 
 /// /work/shared/parity/cases/selectors-public.yaml, in file order.
-const PUBLIC_VECTORS: &[(&str, &[(&str, &str)], Expect)] = &[
+/// One vector: selector text, the entity's labels, the expected verdict.
+type Vector = (
+    &'static str,
+    &'static [(&'static str, &'static str)],
+    Expect,
+);
+
+const PUBLIC_VECTORS: &[Vector] = &[
     ("a == 'a1' && b == 'b1'", &[("a", "a1"), ("b", "b1")], Match),
     (" ", &[], Match),
     ("a starts with \"a\"", &[("a", "baa")], NoMatch),
@@ -169,6 +176,9 @@ fn label_maps() -> Vec<Map> {
             ("e", "f"),
             ("in", ""),
         ]),
+        labels(&[("a", "prez"), ("b", "y"), ("e", "g"), ("in", "")]),
+        labels(&[("a", "x"), ("c", "it's"), ("d", "2"), ("e", "f")]),
+        labels(&[("contains", "x"), ("not", "y"), ("a", "prefix-yx")]),
     ]
 }
 
@@ -217,7 +227,7 @@ const ROUND_TRIP: &[&str] = &[
     "(a == 'x' && (b == 'y' || (c == 'd' && (d == '2' || !has(e)))))",
 ];
 
-// semantics §5.4: the canonical form re-parses to an equivalent selector, and is a fixpoint
+// semantics §5.4: the canonical form re-parses to an equivalent selector (here: the same tree)
 #[test]
 fn canonical_round_trip() {
     let maps = label_maps();
@@ -229,6 +239,10 @@ fn canonical_round_trip() {
         };
         let canonical = original.to_string();
         let reparsed = sel(&canonical);
+        assert_eq!(
+            reparsed, original,
+            "{text:?} printed as {canonical:?} re-parses to another tree"
+        );
         assert_eq!(
             reparsed.to_string(),
             canonical,
@@ -272,6 +286,7 @@ fn built_trees_round_trip() {
     ];
     for s in built {
         let reparsed = sel(&s.to_string());
+        assert_eq!(reparsed, s, "{s}");
         for m in &maps {
             assert_eq!(s.matches(m), reparsed.matches(m), "{s} on {m:?}");
         }
@@ -366,7 +381,7 @@ fn arbitrary_input_never_panics() {
             Ok(s) => {
                 parsed += 1;
                 let reparsed = sel(&s.to_string());
-                assert_eq!(reparsed.to_string(), s.to_string(), "{text:?}");
+                assert_eq!(reparsed, s, "{text:?} printed as {s}");
                 for m in &maps {
                     assert_eq!(s.matches(m), reparsed.matches(m), "{text:?} on {m:?}");
                 }
