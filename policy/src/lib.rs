@@ -2,6 +2,7 @@
 //! and the reference evaluator that every faster level is checked against.
 #![forbid(unsafe_code)]
 
+pub mod compile;
 pub mod conntrack;
 pub mod net;
 pub mod node;

@@ -10,7 +10,8 @@ use std::time::Duration;
 use calxdp_policy::node::NodeConfig;
 use calxdp_policy::packet::PacketHeader;
 use calxdp_policy::reference::flows::Tuple;
-use calxdp_policy::reference::{Attach, ReferenceNode};
+use calxdp_policy::compile::walker::Compiled;
+use calxdp_policy::reference::{Attach, NodeModel, PolicyWalker, ReferenceNode};
 use calxdp_policy::resource::ResourceSet;
 use calxdp_policy::selector::Selector;
 use calxdp_policy::verdict::{Outcome, Verdict};
@@ -56,18 +57,18 @@ pub trait Dataplane {
     fn advance(&mut self, by: Duration);
 }
 
-impl Dataplane for ReferenceNode {
+/// The reference level (interpreted walks) and the compiled level (compiled programs) share the node model.
+impl<W: PolicyWalker> Dataplane for NodeModel<W> {
     fn apply(&mut self, resources: &ResourceSet) -> Result<(), String> {
-        self.set_resources(resources.clone());
-        Ok(())
+        self.set_resources(resources.clone())
     }
 
     fn process(&mut self, at: &Attach, pkt: &PacketHeader, inner: Option<Tuple>) -> Result<Outcome, String> {
-        ReferenceNode::process(self, at, pkt, inner)
+        NodeModel::process(self, at, pkt, inner)
     }
 
     fn advance(&mut self, by: Duration) {
-        ReferenceNode::advance(self, by)
+        NodeModel::advance(self, by)
     }
 }
 
@@ -75,6 +76,7 @@ impl Dataplane for ReferenceNode {
 pub fn build(level: Level, node: &NodeConfig, resources: &ResourceSet) -> Result<Box<dyn Dataplane>, String> {
     match level {
         Level::Reference => Ok(Box::new(ReferenceNode::new(node.clone(), resources.clone()))),
+        Level::Compiled => Ok(Box::new(NodeModel::with_walker(node.clone(), resources.clone(), Compiled::default())?)),
         other => Err(format!("level {} is not available in this build yet; use --level reference", other.name())),
     }
 }

@@ -5,18 +5,19 @@
 pub mod flows;
 pub mod matching;
 pub mod walk;
+pub mod walker;
 
 use std::net::{IpAddr, SocketAddr};
 use std::time::Duration;
 
 use flows::{Flows, Lookup, Tuple};
-use walk::{walk_normal, walk_tiers, TierEnd, WalkInput};
+pub use walker::{EndpointRef, Interpreted, PolicyWalker, WalkEnd};
 
 use crate::conntrack::{CtState, FlowDir};
 use crate::net::IpFamily;
 use crate::node::{EndpointToHostAction, Failsafe, NodeConfig};
 use crate::packet::PacketHeader;
-use crate::resolve::{Direction, Endpoint, ResolvedNode, Stage, LOOPBACK};
+use crate::resolve::{Direction, ResolvedNode, Stage, LOOPBACK};
 use crate::resource::{Protocol, ResourceSet};
 use crate::service::{find_service, pick_backend, ServiceNat};
 use crate::verdict::{Egress, LogEvent, Outcome, Reason, Verdict};
@@ -50,14 +51,19 @@ enum Chain {
     Return(Reason),
 }
 
-/// A node with state: resources in force, conntrack and a clock.
+/// A node with state: resources in force, conntrack and a clock. The hooks are followed here; the policy
+/// walks inside them are done by `W` (interpreted from the resources, or by compiled programs).
 #[derive(Debug)]
-pub struct ReferenceNode {
+pub struct NodeModel<W: PolicyWalker> {
     resources: ResourceSet,
     world: ResolvedNode,
+    walker: W,
     flows: Flows,
     now: Duration,
 }
+
+/// The reference evaluator: every walk interpreted directly from the resources.
+pub type ReferenceNode = NodeModel<Interpreted>;
 
 /// The packet being followed through the hooks, with what earlier hooks recorded.
 struct Walk {
@@ -67,8 +73,23 @@ struct Walk {
 
 impl ReferenceNode {
     pub fn new(node: NodeConfig, resources: ResourceSet) -> ReferenceNode {
+        match NodeModel::with_walker(node, resources, Interpreted) {
+            Ok(n) => n,
+            Err(e) => unreachable!("the interpreted walker accepts every resource set: {e}"),
+        }
+    }
+}
+
+impl<W: PolicyWalker> NodeModel<W> {
+    /// A node whose walks `walker` does; fails if the walker cannot take the resources.
+    pub fn with_walker(node: NodeConfig, resources: ResourceSet, mut walker: W) -> Result<NodeModel<W>, String> {
         let world = ResolvedNode::new(&node, &resources);
-        ReferenceNode { resources, world, flows: Flows::default(), now: Duration::ZERO }
+        walker.rebuild(&world)?;
+        Ok(NodeModel { resources, world, walker, flows: Flows::default(), now: Duration::ZERO })
+    }
+
+    pub fn walker(&self) -> &W {
+        &self.walker
     }
 
     pub fn resources(&self) -> &ResourceSet {
@@ -79,11 +100,14 @@ impl ReferenceNode {
         &self.world
     }
 
-    /// Replaces the resources in force. Conntrack is kept: Felix does not flush it on policy change
-    /// (semantics §8.2).
-    pub fn set_resources(&mut self, resources: ResourceSet) {
-        self.world = ResolvedNode::new(&self.world.node, &resources);
+    /// Replaces the resources in force; if the walker rejects them, the previous ones stay. Conntrack is
+    /// kept: Felix does not flush it on policy change (semantics §8.2).
+    pub fn set_resources(&mut self, resources: ResourceSet) -> Result<(), String> {
+        let world = ResolvedNode::new(&self.world.node, &resources);
+        self.walker.rebuild(&world)?;
+        self.world = world;
         self.resources = resources;
+        Ok(())
     }
 
     /// Lets time pass (conntrack expiry).
@@ -154,7 +178,8 @@ impl ReferenceNode {
             Source::Workload(_) => None,
         };
         // Untracked policy applies only on a named host endpoint that has some (semantics §7.7).
-        if let Some(h) = untracked_hep.filter(|h| self.world.has_policies(&self.world.host_endpoints[*h].endpoint, Stage::Untracked)) {
+        let has_untracked = |h: &usize| self.walker.has_policies(&self.world, EndpointRef::Host(*h), Stage::Untracked, None);
+        if let Some(h) = untracked_hep.filter(has_untracked) {
             let direction = if source == Source::Host { Direction::Egress } else { Direction::Ingress };
             match self.untracked_chain(h, direction, pkt, w) {
                 Chain::Drop(r) => return Err(self.note(w, r)),
@@ -401,15 +426,27 @@ impl ReferenceNode {
                 return Chain::Drop(Reason::EncapFromWorkload);
             }
         }
-        let endpoint = &self.world.workloads[i];
-        self.normal_walk(endpoint, d, pkt, w)
+        self.normal_walk(EndpointRef::Workload(i), d, pkt, w)
     }
 
-    fn normal_walk(&self, endpoint: &Endpoint, d: Direction, pkt: &PacketHeader, w: &mut Walk) -> Chain {
-        let input = WalkInput { world: &self.world, endpoint, direction: d, stage: Stage::Normal, pkt };
-        match walk_normal(&input, &mut w.logs) {
-            Ok(r) => Chain::Accept(r),
-            Err(r) => Chain::Drop(r),
+    /// Tiers, profiles, then drop (semantics §4.2).
+    fn normal_walk(&self, ep: EndpointRef, d: Direction, pkt: &PacketHeader, w: &mut Walk) -> Chain {
+        match self.walker.walk(&self.world, ep, d, Stage::Normal, pkt, &mut w.logs) {
+            WalkEnd::Allow(r) => Chain::Accept(Reason::Rule(r)),
+            WalkEnd::Deny(r) => Chain::Drop(Reason::Rule(r)),
+            WalkEnd::EndOfTier(tier) => {
+                Chain::Drop(Reason::EndOfTier { stage: Stage::Normal, direction: d, endpoint: self.endpoint_id(ep), tier })
+            }
+            WalkEnd::NoProfileMatched | WalkEnd::FellThrough => {
+                Chain::Drop(Reason::NoProfileMatched { direction: d, endpoint: self.endpoint_id(ep) })
+            }
+        }
+    }
+
+    fn endpoint_id(&self, ep: EndpointRef) -> String {
+        match ep {
+            EndpointRef::Workload(i) => self.world.workloads[i].id.clone(),
+            EndpointRef::Host(h) => self.world.host_endpoints[h].endpoint.id.clone(),
         }
     }
 
@@ -426,7 +463,7 @@ impl ReferenceNode {
         if let Some((inbound, f)) = failsafe {
             return Chain::Accept(Reason::Failsafe { inbound, protocol: f.protocol.0, port: f.port });
         }
-        self.normal_walk(&self.world.host_endpoints[h].endpoint, d, pkt, w)
+        self.normal_walk(EndpointRef::Host(h), d, pkt, w)
     }
 
     /// A host endpoint's forward chain (semantics §4.4 "HEP forward", §7.4).
@@ -434,19 +471,18 @@ impl ReferenceNode {
         if let Some(c) = self.conntrack_head(ct) {
             return c;
         }
-        let endpoint = &self.world.host_endpoints[h].endpoint;
-        if !self.world.has_policies_for(endpoint, Stage::Forward, d) {
+        let ep = EndpointRef::Host(h);
+        if !self.walker.has_policies(&self.world, ep, Stage::Forward, Some(d)) {
             return Chain::Accept(Reason::ForwardDefaultAllow);
         }
-        let input = WalkInput { world: &self.world, endpoint, direction: d, stage: Stage::Forward, pkt };
-        match walk_tiers(&input, &mut w.logs) {
-            TierEnd::Allow(r) => Chain::Accept(Reason::Rule(r)),
-            TierEnd::Deny(r) => Chain::Drop(Reason::Rule(r)),
-            TierEnd::EndOfTier(tier) => {
-                Chain::Drop(Reason::EndOfTier { stage: Stage::Forward, direction: d, endpoint: endpoint.id.clone(), tier })
+        match self.walker.walk(&self.world, ep, d, Stage::Forward, pkt, &mut w.logs) {
+            WalkEnd::Allow(r) => Chain::Accept(Reason::Rule(r)),
+            WalkEnd::Deny(r) => Chain::Drop(Reason::Rule(r)),
+            WalkEnd::EndOfTier(tier) => {
+                Chain::Drop(Reason::EndOfTier { stage: Stage::Forward, direction: d, endpoint: self.endpoint_id(ep), tier })
             }
             // Passed out of the last tier: no verdict, the kernel FORWARD chain's default accepts.
-            TierEnd::FellThrough => Chain::Return(Reason::NoCalicoVerdict),
+            WalkEnd::FellThrough | WalkEnd::NoProfileMatched => Chain::Return(Reason::NoCalicoVerdict),
         }
     }
 
@@ -459,11 +495,14 @@ impl ReferenceNode {
         if let Some(f) = failsafe_hit(&felix.failsafe_inbound, pkt, pkt.dst_port, pkt.src) {
             return Chain::Return(Reason::Failsafe { inbound: true, protocol: f.protocol.0, port: f.port });
         }
-        let endpoint = &self.world.host_endpoints[h].endpoint;
-        let input = WalkInput { world: &self.world, endpoint, direction: Direction::Ingress, stage: Stage::PreDnat, pkt };
-        match walk_tiers(&input, &mut w.logs) {
-            TierEnd::Allow(r) => Chain::Accept(Reason::Rule(r)),
-            TierEnd::Deny(r) => Chain::Drop(Reason::Rule(r)),
+        self.passing_walk(EndpointRef::Host(h), Direction::Ingress, Stage::PreDnat, pkt, w)
+    }
+
+    /// A walk whose tiers never end in a drop (untracked, pre-DNAT): Allow, Deny, or no verdict.
+    fn passing_walk(&self, ep: EndpointRef, d: Direction, stage: Stage, pkt: &PacketHeader, w: &mut Walk) -> Chain {
+        match self.walker.walk(&self.world, ep, d, stage, pkt, &mut w.logs) {
+            WalkEnd::Allow(r) => Chain::Accept(Reason::Rule(r)),
+            WalkEnd::Deny(r) => Chain::Drop(Reason::Rule(r)),
             _ => Chain::Return(Reason::NoCalicoVerdict),
         }
     }
@@ -481,19 +520,13 @@ impl ReferenceNode {
             // Accepted but still tracked: the rest of the path runs as usual.
             return Chain::Return(Reason::Failsafe { inbound: d == Direction::Ingress, protocol: f.protocol.0, port: f.port });
         }
-        let endpoint = &self.world.host_endpoints[h].endpoint;
-        let input = WalkInput { world: &self.world, endpoint, direction: d, stage: Stage::Untracked, pkt };
-        match walk_tiers(&input, &mut w.logs) {
-            TierEnd::Allow(r) => Chain::Accept(Reason::Rule(r)),
-            TierEnd::Deny(r) => Chain::Drop(Reason::Rule(r)),
-            _ => Chain::Return(Reason::NoCalicoVerdict),
-        }
+        self.passing_walk(EndpointRef::Host(h), d, Stage::Untracked, pkt, w)
     }
 
     /// The host endpoint whose pre-DNAT policy applies to packets arriving from `source`: the interface's
     /// own if it has pre-DNAT policy, else the `*` one if it has (semantics §7.7 [derived]).
     fn prednat_hep(&self, source: Source) -> Option<usize> {
-        let has = |h: usize| self.world.has_policies_for(&self.world.host_endpoints[h].endpoint, Stage::PreDnat, Direction::Ingress);
+        let has = |h: usize| self.walker.has_policies(&self.world, EndpointRef::Host(h), Stage::PreDnat, Some(Direction::Ingress));
         let named = match source {
             Source::Uplink(u) => self.world.interface_hep.get(&self.world.node.uplinks[u].name).copied(),
             _ => None,

@@ -233,7 +233,7 @@ fn forward_default_allow_then_aof_policy() {
     let aof = format!(
         "{HEP}---\napiVersion: projectcalico.org/v3\nkind: GlobalNetworkPolicy\nmetadata: {{name: aof}}\nspec: {{selector: has(host-endpoint), applyOnForward: true, ingress: [{{action: Deny, protocol: TCP, destination: {{ports: [3000]}}}}]}}\n"
     );
-    n.set_resources(resources(&aof));
+    n.set_resources(resources(&aof)).unwrap();
     assert_eq!(run(&mut n, eth0(), tcp(X, 40001, "192.168.1.10", 3000, tcp_flags::SYN)).0, Verdict::Drop);
 }
 
@@ -256,7 +256,7 @@ fn conntrack_survives_policy_change_and_invalid_is_dropped() {
     let mut n = ReferenceNode::new(node(""), ResourceSet::new());
     assert_eq!(run(&mut n, pod("podB"), tcp("192.168.1.11", 5000, "192.168.1.10", 80, tcp_flags::SYN)).0, Verdict::Allow);
     assert_eq!(run(&mut n, pod("podA"), tcp("192.168.1.10", 80, "192.168.1.11", 5000, tcp_flags::SYN | tcp_flags::ACK)).0, Verdict::Allow);
-    n.set_resources(resources("apiVersion: projectcalico.org/v3\nkind: GlobalNetworkPolicy\nmetadata: {name: d}\nspec: {selector: all(), ingress: [{action: Deny}], egress: [{action: Deny}]}\n"));
+    n.set_resources(resources("apiVersion: projectcalico.org/v3\nkind: GlobalNetworkPolicy\nmetadata: {name: d}\nspec: {selector: all(), ingress: [{action: Deny}], egress: [{action: Deny}]}\n")).unwrap();
     let (v, r) = run(&mut n, pod("podB"), tcp("192.168.1.11", 5000, "192.168.1.10", 80, tcp_flags::ACK));
     assert_eq!((v, r), (Verdict::Allow, Reason::Established));
     let (v, r) = run(&mut n, pod("podA"), tcp("192.168.1.10", 81, "192.168.1.11", 5001, tcp_flags::SYN | tcp_flags::ACK));

@@ -137,7 +137,7 @@ pub fn walk_normal(input: &WalkInput<'_>, logs: &mut Vec<LogEvent>) -> Result<Re
 }
 
 /// The log prefix of a Log rule with its placeholders filled in (semantics §9.1).
-fn log_event(world: &ResolvedNode, rule: RuleRef) -> LogEvent {
+pub(crate) fn log_event(world: &ResolvedNode, rule: RuleRef) -> LogEvent {
     let template = &world.node.felix.log_prefix;
     let (tier, kind, name, qualified) = match &rule.owner {
         RuleOwner::Policy { tier, id } => {

@@ -1,0 +1,236 @@
+//! The policy compiler: resources and the node's endpoints → one first-match program per (endpoint,
+//! direction, stage), each with a classifier that does not scan rules (docs/classifier.md).
+//!
+//! Programs are deduplicated and cached by what they were built from, so a change to one policy, endpoint
+//! or set member rebuilds only the programs it touches; the rest are shared with the previous tables.
+
+pub mod classifier;
+pub mod ranges;
+pub mod terms;
+pub mod walker;
+
+use std::collections::hash_map::DefaultHasher;
+use std::collections::HashMap;
+use std::hash::{Hash, Hasher};
+use std::sync::Arc;
+
+use classifier::{Classifier, FlowKey};
+use terms::{flatten, ip_key, FlatProgram, SetResolver, TermAction, NO_VALUE};
+
+use crate::net::IpFamily;
+use crate::packet::PacketHeader;
+use crate::resolve::{Direction, ResolvedNode, Stage};
+use crate::resource::Action;
+
+/// How a program's evaluation ended.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum ProgramEnd {
+    /// Allow or Deny by the rule with this index in [`Program::rules`].
+    Allow(u32),
+    Deny(u32),
+    /// End-of-tier drop of the tier with this index in [`Program::tiers`].
+    EndOfTier(u32),
+    NoProfileMatched,
+    /// Fell out of the last tier (stages without profiles).
+    FellThrough,
+}
+
+/// One compiled (endpoint, direction, stage) walk.
+#[derive(Debug)]
+pub struct Program {
+    pub flat: FlatProgram,
+    pub classifier: Classifier,
+}
+
+impl Program {
+    pub fn build(flat: FlatProgram) -> Program {
+        let classifier = Classifier::build(&flat.terms);
+        Program { flat, classifier }
+    }
+
+    /// Runs the program: first match from the start, Log rules reported to `on_log` and skipped, Pass
+    /// resuming at the next section. No allocation.
+    #[inline]
+    pub fn evaluate(&self, key: &FlowKey, mut on_log: impl FnMut(u32)) -> ProgramEnd {
+        let mut start = 0usize;
+        loop {
+            let Some(i) = self.classifier.first_match(key, start) else { return ProgramEnd::FellThrough };
+            match self.flat.terms[i].action {
+                TermAction::Rule { rule, action, resume } => match action {
+                    Action::Allow => return ProgramEnd::Allow(rule),
+                    Action::Deny => return ProgramEnd::Deny(rule),
+                    Action::Log => {
+                        on_log(rule);
+                        start = resume as usize;
+                    }
+                    Action::Pass => start = resume as usize,
+                },
+                TermAction::EndOfTier { tier } => return ProgramEnd::EndOfTier(tier),
+                TermAction::NoProfileMatched => return ProgramEnd::NoProfileMatched,
+            }
+        }
+    }
+}
+
+/// The classifier's key for a packet.
+#[inline]
+pub fn flow_key(pkt: &PacketHeader) -> FlowKey {
+    let family = match pkt.family() {
+        IpFamily::V4 => 0u16,
+        IpFamily::V6 => 1u16,
+    };
+    let (src_port, dst_port) = if pkt.has_ports() { (pkt.src_port as u32, pkt.dst_port as u32) } else { (NO_VALUE, NO_VALUE) };
+    let icmp = if pkt.is_icmp() { (pkt.icmp_type as u32) << 8 | pkt.icmp_code as u32 } else { NO_VALUE };
+    FlowKey { proto: family * 256 + pkt.protocol.0 as u16, src_ip: ip_key(pkt.src), dst_ip: ip_key(pkt.dst), src_port, dst_port, icmp }
+}
+
+/// The walks of all four stages and both directions of one endpoint: `[stage][direction]`.
+#[derive(Clone, Debug, Default)]
+pub struct EndpointPrograms {
+    programs: [[Option<Arc<Program>>; 2]; 4],
+}
+
+fn stage_index(s: Stage) -> usize {
+    match s {
+        Stage::Untracked => 0,
+        Stage::PreDnat => 1,
+        Stage::Normal => 2,
+        Stage::Forward => 3,
+    }
+}
+
+fn dir_index(d: Direction) -> usize {
+    match d {
+        Direction::Ingress => 0,
+        Direction::Egress => 1,
+    }
+}
+
+impl EndpointPrograms {
+    pub fn get(&self, stage: Stage, d: Direction) -> Option<&Arc<Program>> {
+        self.programs[stage_index(stage)][dir_index(d)].as_ref()
+    }
+}
+
+/// Everything the hot path needs to decide policy for this node's endpoints, built as a whole and
+/// published at once.
+#[derive(Debug, Default)]
+pub struct CompiledTables {
+    pub epoch: u64,
+    /// Same order as the node's workloads.
+    pub workloads: Vec<EndpointPrograms>,
+    /// Same order as [`ResolvedNode::host_endpoints`].
+    pub host_endpoints: Vec<EndpointPrograms>,
+    pub stats: CompileStats,
+}
+
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct CompileStats {
+    /// Distinct programs in the tables.
+    pub programs: usize,
+    /// Programs built by this compile (the rest came from the cache).
+    pub built: usize,
+    pub terms: usize,
+    pub table_bytes: usize,
+}
+
+/// Keeps built programs by a fingerprint of what they were built from, across compiles.
+#[derive(Debug, Default)]
+pub struct ProgramCache {
+    by_key: HashMap<u64, Arc<Program>>,
+}
+
+/// Stages a workload endpoint has (semantics §2.1: only the normal bucket applies to pods).
+const WORKLOAD_STAGES: &[Stage] = &[Stage::Normal];
+const HOST_STAGES: &[Stage] = &[Stage::Untracked, Stage::PreDnat, Stage::Normal, Stage::Forward];
+
+impl ProgramCache {
+    pub fn new() -> ProgramCache {
+        ProgramCache::default()
+    }
+
+    /// Compiles tables for the resolved node, reusing cached programs whose inputs did not change.
+    pub fn compile(&mut self, world: &ResolvedNode, epoch: u64) -> CompiledTables {
+        let mut resolver = SetResolver::new(world);
+        let fingerprints = Fingerprints::new(world);
+        let mut fresh: HashMap<u64, Arc<Program>> = HashMap::new();
+        let mut stats = CompileStats::default();
+        let mut build = |labels: &crate::resource::Labels, profiles: &[String], stages: &[Stage]| -> EndpointPrograms {
+            let mut eps = EndpointPrograms::default();
+            for &stage in stages {
+                for d in [Direction::Ingress, Direction::Egress] {
+                    let key = fingerprints.program_key(world, labels, profiles, d, stage);
+                    let program = match fresh.get(&key).or_else(|| self.by_key.get(&key)) {
+                        Some(p) => p.clone(),
+                        None => {
+                            stats.built += 1;
+                            Arc::new(Program::build(flatten(world, &mut resolver, labels, profiles, d, stage)))
+                        }
+                    };
+                    fresh.insert(key, program.clone());
+                    eps.programs[stage_index(stage)][dir_index(d)] = Some(program);
+                }
+            }
+            eps
+        };
+        let workloads = world.workloads.iter().map(|w| build(&w.labels, &w.profiles, WORKLOAD_STAGES)).collect();
+        let host_endpoints =
+            world.host_endpoints.iter().map(|h| build(&h.endpoint.labels, &h.endpoint.profiles, HOST_STAGES)).collect();
+        stats.programs = fresh.len();
+        for p in fresh.values() {
+            stats.terms += p.flat.terms.len();
+            stats.table_bytes += p.classifier.table_bytes();
+        }
+        self.by_key = fresh;
+        CompiledTables { epoch, workloads, host_endpoints, stats }
+    }
+}
+
+/// Fingerprints of the inputs of programs: each policy and profile, and the entities selectors resolve to.
+struct Fingerprints {
+    policies: Vec<u64>,
+    profiles: HashMap<String, u64>,
+    entities: u64,
+}
+
+fn hash_debug<T: std::fmt::Debug>(v: &T) -> u64 {
+    let mut h = DefaultHasher::new();
+    format!("{v:?}").hash(&mut h);
+    h.finish()
+}
+
+impl Fingerprints {
+    fn new(world: &ResolvedNode) -> Fingerprints {
+        Fingerprints {
+            policies: world.policies.iter().map(hash_debug).collect(),
+            profiles: world.profiles.iter().map(|(k, v)| (k.clone(), hash_debug(v))).collect(),
+            entities: hash_debug(&(&world.entities, &world.node.services)),
+        }
+    }
+
+    /// What a program is built from: the stage and direction, the tiers and policies that select the
+    /// endpoint (with their contents), its profiles, and the entities and services rules resolve to.
+    fn program_key(&self, world: &ResolvedNode, labels: &crate::resource::Labels, profiles: &[String], d: Direction, stage: Stage) -> u64 {
+        let mut h = DefaultHasher::new();
+        (stage_index(stage), dir_index(d), self.entities).hash(&mut h);
+        for tier in &world.tiers {
+            let mut any = false;
+            for &i in &tier.policies {
+                let p = &world.policies[i];
+                if stage.holds(p) && p.applies(d) && p.selector.matches(labels) {
+                    any = true;
+                    self.policies[i].hash(&mut h);
+                }
+            }
+            if any {
+                (&tier.name, tier.default_action == crate::resource::TierDefault::Deny).hash(&mut h);
+            }
+        }
+        if stage == Stage::Normal {
+            for p in profiles {
+                (p, self.profiles.get(p)).hash(&mut h);
+            }
+        }
+        h.finish()
+    }
+}

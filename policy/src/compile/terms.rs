@@ -1,0 +1,492 @@
+//! From one endpoint's policy walk (semantics §4.2) to a flat first-match list of terms, each a conjunction
+//! of per-field predicates over ids and numbers: no selector, name or string survives this step.
+//!
+//! A rule becomes one term per IP family and per alternative of each side (a side with numeric and named
+//! ports matches either way, semantics §3 "Ports"). Tier ends, Pass targets and profile boundaries become
+//! terms and jump targets, so first-match over the list with "resume at" reproduces Felix's order.
+
+use std::collections::{BTreeSet, HashMap};
+use std::net::IpAddr;
+use std::sync::Arc;
+
+use super::ranges::RangeSet;
+use crate::net::{IpFamily, IpNet};
+use crate::resolve::{Direction, Entity, ResolvedNode, Stage};
+use crate::resource::{Action, EntityRule, Port, Protocol, Rule, TierDefault};
+use crate::selector::Selector;
+use crate::verdict::RuleOwner;
+
+/// An address on the classifier's one number line: IPv4 as `::ffff:a.b.c.d`, IPv6 as itself.
+pub fn ip_key(ip: IpAddr) -> u128 {
+    match ip {
+        IpAddr::V4(a) => V4_BASE | u32::from(a) as u128,
+        IpAddr::V6(a) => u128::from(a),
+    }
+}
+
+const V4_BASE: u128 = 0xffff_0000_0000;
+
+/// Every address of a family on the number line.
+pub fn family_range(f: IpFamily) -> RangeSet {
+    match f {
+        IpFamily::V4 => RangeSet::span(V4_BASE, V4_BASE | u32::MAX as u128),
+        IpFamily::V6 => RangeSet::span(0, u128::MAX).difference(&RangeSet::span(V4_BASE, V4_BASE | u32::MAX as u128)),
+    }
+}
+
+fn net_range(n: &IpNet) -> RangeSet {
+    let bits = match n.family() {
+        IpFamily::V4 => 32,
+        IpFamily::V6 => 128,
+    };
+    let lo = ip_key(n.addr());
+    let host_bits = bits - n.prefix_len() as u32;
+    let span = if host_bits >= 128 { u128::MAX } else { (1u128 << host_bits) - 1 };
+    RangeSet::span(lo, lo.saturating_add(span))
+}
+
+/// The port/ICMP number line: 0–65535 are values, 65536 means "the packet has none".
+pub const NO_VALUE: u32 = 65_536;
+
+/// What a term requires of one (ip, protocol, port) tuple field (named ports, service endpoints).
+#[derive(Clone, Debug, PartialEq, Eq, Hash)]
+pub enum TupleCond {
+    Any,
+    In(Arc<BTreeSet<TupleKey>>),
+    NotIn(Arc<BTreeSet<TupleKey>>),
+}
+
+/// (address, protocol, port) as named ports and service endpoints resolve to.
+pub type TupleKey = (u128, u8, u16);
+
+/// A conjunction of field predicates; `None` means any value.
+#[derive(Clone, Debug, PartialEq, Eq, Hash)]
+pub struct Conditions {
+    /// Allowed `family * 256 + protocol` keys.
+    pub proto: RangeSet,
+    pub src_ip: Option<RangeSet>,
+    pub dst_ip: Option<RangeSet>,
+    pub src_port: Option<RangeSet>,
+    pub dst_port: Option<RangeSet>,
+    /// `type << 8 | code` for ICMP packets, [`NO_VALUE`] for others.
+    pub icmp: Option<RangeSet>,
+    pub src_tuple: TupleCond,
+    pub dst_tuple: TupleCond,
+}
+
+impl Conditions {
+    /// Matches every packet.
+    pub fn always() -> Conditions {
+        Conditions {
+            proto: RangeSet::span(0, 511),
+            src_ip: None,
+            dst_ip: None,
+            src_port: None,
+            dst_port: None,
+            icmp: None,
+            src_tuple: TupleCond::Any,
+            dst_tuple: TupleCond::Any,
+        }
+    }
+}
+
+/// What a term does when it is the first match at or after the resume point.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum TermAction {
+    /// A rule: `rule` indexes [`Program::rules`]; Pass and Log carry where evaluation resumes.
+    Rule { rule: u32, action: Action, resume: u32 },
+    /// End of a tier whose default is Deny: `tier` indexes [`Program::tiers`].
+    EndOfTier { tier: u32 },
+    /// Nothing in the tiers or profiles allowed (normal stage only).
+    NoProfileMatched,
+}
+
+/// Where a rule came from, for explanations: owner and index in its list.
+#[derive(Clone, Debug, PartialEq, Eq, Hash)]
+pub struct RuleOrigin {
+    pub owner: RuleOwner,
+    pub index: usize,
+    pub action: Action,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, Hash)]
+pub struct Term {
+    pub conditions: Conditions,
+    pub action: TermAction,
+}
+
+/// The flattened walk of one (endpoint, direction, stage).
+#[derive(Clone, Debug, Default, PartialEq)]
+pub struct FlatProgram {
+    pub terms: Vec<Term>,
+    pub rules: Vec<RuleOrigin>,
+    pub tiers: Vec<String>,
+    /// Whether any policy of the stage selects the endpoint for the direction.
+    pub has_policies: bool,
+}
+
+/// Resolves rule selectors to address sets and named ports to tuple sets, caching per selector.
+#[derive(Debug)]
+pub struct SetResolver<'a> {
+    entities: &'a [Entity],
+    ips: HashMap<String, RangeSet>,
+}
+
+impl<'a> SetResolver<'a> {
+    pub fn new(world: &'a ResolvedNode) -> SetResolver<'a> {
+        SetResolver { entities: &world.entities, ips: HashMap::new() }
+    }
+
+    /// The addresses of every entity `sel` matches (semantics §2.2).
+    fn selector_ips(&mut self, sel: &Selector) -> RangeSet {
+        let key = sel.to_string();
+        if let Some(s) = self.ips.get(&key) {
+            return s.clone();
+        }
+        let ranges: Vec<(u128, u128)> = self
+            .entities
+            .iter()
+            .filter(|e| sel.matches(&e.labels))
+            .flat_map(|e| e.nets.iter().flat_map(|n| net_range(n).ranges().to_vec()))
+            .collect();
+        let set = RangeSet::from_ranges(ranges);
+        self.ips.insert(key, set.clone());
+        set
+    }
+
+    /// (ip, protocol, port) of every named port `names` of entities matching `sel` (all if none), with a
+    /// protocol compatible with `rule_protocol` (semantics §3 "Named port").
+    fn named_ports(&self, names: &[&str], sel: Option<&Selector>, rule_protocol: Option<Protocol>) -> BTreeSet<TupleKey> {
+        let mut out = BTreeSet::new();
+        for e in self.entities {
+            if sel.is_some_and(|s| !s.matches(&e.labels)) {
+                continue;
+            }
+            for np in &e.ports {
+                if names.contains(&np.name.as_str()) && rule_protocol.is_none_or(|p| p == np.protocol) {
+                    for n in &e.nets {
+                        // Named ports belong to endpoints, whose nets are single addresses.
+                        out.insert((ip_key(n.addr()), np.protocol.0, np.port));
+                    }
+                }
+            }
+        }
+        out
+    }
+}
+
+/// Flattens the walk of `endpoint_labels`' policies for one direction and stage; profiles (normal stage
+/// only) follow the tiers.
+pub fn flatten(
+    world: &ResolvedNode,
+    resolver: &mut SetResolver<'_>,
+    labels: &crate::resource::Labels,
+    profiles: &[String],
+    d: Direction,
+    stage: Stage,
+) -> FlatProgram {
+    let mut p = FlatProgram::default();
+    // Pass targets are only known once the next section starts: remember which terms to patch.
+    let mut pending_pass: Vec<usize> = Vec::new();
+    for tier in &world.tiers {
+        let members: Vec<usize> = tier
+            .policies
+            .iter()
+            .copied()
+            .filter(|&i| {
+                let pol = &world.policies[i];
+                stage.holds(pol) && pol.applies(d) && pol.selector.matches(labels)
+            })
+            .collect();
+        if members.is_empty() {
+            continue;
+        }
+        p.has_policies = true;
+        patch_resume(&mut p, &mut pending_pass);
+        let tier_id = p.tiers.len() as u32;
+        p.tiers.push(tier.name.clone());
+        for &i in &members {
+            let pol = &world.policies[i];
+            for (index, rule) in pol.rules(d).iter().enumerate() {
+                let owner = RuleOwner::Policy { tier: tier.name.clone(), id: pol.id.clone() };
+                push_rule(&mut p, resolver, world, rule, owner, index, &mut pending_pass);
+            }
+        }
+        let default = if stage.forces_pass() { TierDefault::Pass } else { tier.default_action };
+        if default == TierDefault::Deny {
+            p.terms.push(Term { conditions: Conditions::always(), action: TermAction::EndOfTier { tier: tier_id } });
+        }
+    }
+    if stage == Stage::Normal {
+        for name in profiles {
+            patch_resume(&mut p, &mut pending_pass);
+            match world.profiles.get(name) {
+                // A profile that does not exist denies (semantics §1.4).
+                None => {
+                    let rule = p.rules.len() as u32;
+                    p.rules.push(RuleOrigin { owner: RuleOwner::Profile(name.clone()), index: 0, action: Action::Deny });
+                    p.terms.push(Term {
+                        conditions: Conditions::always(),
+                        action: TermAction::Rule { rule, action: Action::Deny, resume: 0 },
+                    });
+                }
+                Some(profile) => {
+                    for (index, rule) in profile.rules(d).iter().enumerate() {
+                        push_rule(&mut p, resolver, world, rule, RuleOwner::Profile(name.clone()), index, &mut pending_pass);
+                    }
+                }
+            }
+        }
+        patch_resume(&mut p, &mut pending_pass);
+        p.terms.push(Term { conditions: Conditions::always(), action: TermAction::NoProfileMatched });
+    } else {
+        patch_resume(&mut p, &mut pending_pass);
+    }
+    p
+}
+
+/// Points every pending Pass at the current end of the list (the next section's first term).
+fn patch_resume(p: &mut FlatProgram, pending: &mut Vec<usize>) {
+    let here = p.terms.len() as u32;
+    for t in pending.drain(..) {
+        if let TermAction::Rule { resume, .. } = &mut p.terms[t].action {
+            *resume = here;
+        }
+    }
+}
+
+fn push_rule(
+    p: &mut FlatProgram,
+    resolver: &mut SetResolver<'_>,
+    world: &ResolvedNode,
+    rule: &Rule,
+    owner: RuleOwner,
+    index: usize,
+    pending_pass: &mut Vec<usize>,
+) {
+    let rule_id = p.rules.len() as u32;
+    p.rules.push(RuleOrigin { owner, index, action: rule.action });
+    for family in [IpFamily::V4, IpFamily::V6] {
+        for conditions in rule_conditions(resolver, world, rule, family) {
+            let at = p.terms.len();
+            // Log resumes right after its own rule's terms; patched below.
+            p.terms.push(Term { conditions, action: TermAction::Rule { rule: rule_id, action: rule.action, resume: 0 } });
+            if rule.action == Action::Pass {
+                pending_pass.push(at);
+            }
+        }
+    }
+    if rule.action == Action::Log {
+        // A Log rule fires once however many of its terms match; evaluation continues after all of them.
+        let after = p.terms.len() as u32;
+        for t in p.terms.iter_mut().rev() {
+            match &mut t.action {
+                TermAction::Rule { rule, resume, .. } if *rule == rule_id => *resume = after,
+                _ => break,
+            }
+        }
+    }
+}
+
+/// One side's alternatives: (address set, port set, tuple condition). `None` when the side can never match.
+type SideAlt = (Option<RangeSet>, Option<RangeSet>, TupleCond);
+
+fn rule_conditions(resolver: &mut SetResolver<'_>, world: &ResolvedNode, rule: &Rule, family: IpFamily) -> Vec<Conditions> {
+    if rule.family().is_some_and(|f| f != family) {
+        return Vec::new();
+    }
+    let base = (family as u128) * 256;
+    let mut proto = RangeSet::span(base, base + 255);
+    if let Some(p) = rule.protocol {
+        proto = proto.intersect(&RangeSet::span(base + p.0 as u128, base + p.0 as u128));
+    }
+    if let Some(p) = rule.not_protocol {
+        proto = proto.difference(&RangeSet::span(base + p.0 as u128, base + p.0 as u128));
+    }
+    if rule.source.has_port_criteria() || rule.destination.has_port_criteria() || rule.destination.services.is_some() {
+        let with_ports = [Protocol::TCP, Protocol::UDP, Protocol::SCTP, Protocol::UDPLITE];
+        let allowed = RangeSet::from_ranges(with_ports.iter().map(|p| (base + p.0 as u128, base + p.0 as u128)).collect());
+        proto = proto.intersect(&allowed);
+    }
+    if proto.is_empty() {
+        return Vec::new();
+    }
+    let icmp = icmp_set(rule);
+    let Some(src_alts) = side_alternatives(resolver, world, rule, &rule.source, family, true) else { return Vec::new() };
+    let Some(dst_alts) = side_alternatives(resolver, world, rule, &rule.destination, family, false) else { return Vec::new() };
+    let mut out = Vec::new();
+    for (src_ip, src_port, src_tuple) in &src_alts {
+        for (dst_ip, dst_port, dst_tuple) in &dst_alts {
+            out.push(Conditions {
+                proto: proto.clone(),
+                src_ip: src_ip.clone(),
+                dst_ip: dst_ip.clone(),
+                src_port: src_port.clone(),
+                dst_port: dst_port.clone(),
+                icmp: icmp.clone(),
+                src_tuple: src_tuple.clone(),
+                dst_tuple: dst_tuple.clone(),
+            });
+        }
+    }
+    out
+}
+
+fn icmp_set(rule: &Rule) -> Option<RangeSet> {
+    let one = |m: crate::resource::IcmpMatch| {
+        let t = (m.icmp_type as u128) << 8;
+        match m.code {
+            Some(c) => RangeSet::span(t | c as u128, t | c as u128),
+            None => RangeSet::span(t, t | 0xff),
+        }
+    };
+    let everything = RangeSet::span(0, NO_VALUE as u128);
+    match (rule.icmp, rule.not_icmp) {
+        (None, None) => None,
+        (Some(m), None) => Some(one(m)),
+        // notICMP only excludes ICMP packets of that type/code; others (NO_VALUE) still match.
+        (None, Some(n)) => Some(everything.difference(&one(n))),
+        (Some(m), Some(n)) => Some(one(m).difference(&one(n))),
+    }
+}
+
+/// semantics §3 "IP-family filtering": the list's nets of `family`; `None` when the list was non-empty and
+/// none is of the family (the rule is then absent for the family).
+fn family_nets(list: &[IpNet], family: IpFamily) -> Option<Vec<IpNet>> {
+    let kept: Vec<IpNet> = list.iter().copied().filter(|n| n.family() == family).collect();
+    if !list.is_empty() && kept.is_empty() {
+        None
+    } else {
+        Some(kept)
+    }
+}
+
+fn side_alternatives(
+    resolver: &mut SetResolver<'_>,
+    world: &ResolvedNode,
+    rule: &Rule,
+    side: &EntityRule,
+    family: IpFamily,
+    is_source: bool,
+) -> Option<Vec<SideAlt>> {
+    let fam = family_range(family);
+    let nets = family_nets(&side.nets, family)?;
+    let not_nets = family_nets(&side.not_nets, family)?;
+    if not_nets.iter().any(IpNet::is_catch_all) {
+        return None;
+    }
+    let mut base: Option<RangeSet> = None;
+    let restrict = |base: &mut Option<RangeSet>, set: RangeSet| {
+        *base = Some(match base.take() {
+            Some(b) => b.intersect(&set),
+            None => set.intersect(&fam),
+        });
+    };
+    if !nets.is_empty() {
+        restrict(&mut base, RangeSet::from_ranges(nets.iter().flat_map(|n| net_range(n).ranges().to_vec()).collect()));
+    }
+    if !not_nets.is_empty() {
+        let excluded = RangeSet::from_ranges(not_nets.iter().flat_map(|n| net_range(n).ranges().to_vec()).collect());
+        restrict(&mut base, excluded.complement_within(&fam));
+    }
+    if let Some(neg) = &side.not_selector {
+        let excluded = resolver.selector_ips(neg);
+        restrict(&mut base, excluded.complement_within(&fam));
+    }
+    let mut tuple = TupleCond::Any;
+    if let Some(svc) = &side.services {
+        let service = world.node.services.iter().find(|s| s.name == svc.name && s.namespace == svc.namespace);
+        let backends: Vec<std::net::SocketAddr> = service.map(|s| s.backends.clone()).unwrap_or_default();
+        if is_source {
+            let ips = RangeSet::from_ranges(backends.iter().map(|b| (ip_key(b.ip()), ip_key(b.ip()))).collect());
+            restrict(&mut base, ips);
+        } else {
+            let protocol = service.map(|s| s.protocol.0).unwrap_or(0);
+            let set: BTreeSet<TupleKey> = backends.iter().map(|b| (ip_key(b.ip()), protocol, b.port())).collect();
+            tuple = TupleCond::In(Arc::new(set));
+        }
+    }
+    let positive = side.selector.as_ref();
+    let numeric: Vec<(u128, u128)> = side
+        .ports
+        .iter()
+        .filter_map(|p| match p {
+            Port::Range(lo, hi) => Some((*lo as u128, *hi as u128)),
+            Port::Named(_) => None,
+        })
+        .collect();
+    let names: Vec<&str> = side
+        .ports
+        .iter()
+        .filter_map(|p| match p {
+            Port::Named(n) => Some(n.as_str()),
+            Port::Range(..) => None,
+        })
+        .collect();
+    let not_numeric: Vec<(u128, u128)> = side
+        .not_ports
+        .iter()
+        .filter_map(|p| match p {
+            Port::Range(lo, hi) => Some((*lo as u128, *hi as u128)),
+            Port::Named(_) => None,
+        })
+        .collect();
+    let not_names: Vec<&str> = side
+        .not_ports
+        .iter()
+        .filter_map(|p| match p {
+            Port::Named(n) => Some(n.as_str()),
+            Port::Range(..) => None,
+        })
+        .collect();
+    let port_universe = RangeSet::span(0, 65_535);
+    let port_excluded = RangeSet::from_ranges(not_numeric);
+    let has_criteria = side.has_port_criteria();
+    let ports_of = |set: Option<RangeSet>| -> Option<RangeSet> {
+        let mut s = set;
+        if has_criteria {
+            s = Some(s.unwrap_or_else(|| port_universe.clone()));
+        }
+        if !port_excluded.is_empty() {
+            s = Some(s.unwrap_or_else(|| port_universe.clone()).difference(&port_excluded));
+        }
+        s
+    };
+    let not_named = (!not_names.is_empty()).then(|| resolver.named_ports(&not_names, positive, rule.protocol));
+    let with_exclusion = |cond: TupleCond| -> TupleCond {
+        match (&not_named, cond) {
+            (None, c) => c,
+            (Some(ex), TupleCond::Any) => TupleCond::NotIn(Arc::new(ex.clone())),
+            (Some(ex), TupleCond::In(s)) => TupleCond::In(Arc::new(s.difference(ex).copied().collect())),
+            (Some(ex), TupleCond::NotIn(s)) => TupleCond::NotIn(Arc::new(s.union(ex).copied().collect())),
+        }
+    };
+
+    let mut alts: Vec<SideAlt> = Vec::new();
+    if side.ports.is_empty() {
+        let mut ip = base.clone();
+        if let Some(sel) = positive {
+            restrict(&mut ip, resolver.selector_ips(sel));
+        }
+        alts.push((ip, ports_of(None), with_exclusion(tuple.clone())));
+    } else {
+        if !numeric.is_empty() {
+            let mut ip = base.clone();
+            if let Some(sel) = positive {
+                restrict(&mut ip, resolver.selector_ips(sel));
+            }
+            alts.push((ip, ports_of(Some(RangeSet::from_ranges(numeric))), with_exclusion(tuple.clone())));
+        }
+        if !names.is_empty() {
+            let named = resolver.named_ports(&names, positive, rule.protocol);
+            alts.push((base.clone(), ports_of(None), with_exclusion(TupleCond::In(Arc::new(named)))));
+        }
+    }
+    // Drop alternatives that can never match.
+    alts.retain(|(ip, port, t)| {
+        ip.as_ref().is_none_or(|s| !s.is_empty())
+            && port.as_ref().is_none_or(|s| !s.is_empty())
+            && !matches!(t, TupleCond::In(s) if s.is_empty())
+    });
+    Some(alts)
+}

@@ -1,0 +1,66 @@
+//! Policy walks done by compiled programs, for the compiled parity level and the differential test.
+
+use std::sync::Arc;
+
+use super::{flow_key, CompiledTables, ProgramCache, ProgramEnd};
+use crate::packet::PacketHeader;
+use crate::reference::walker::log_for;
+use crate::reference::{EndpointRef, PolicyWalker, WalkEnd};
+use crate::resolve::{Direction, ResolvedNode, Stage};
+use crate::verdict::{LogEvent, RuleRef};
+
+/// Walks with the compiled tables of the current resolved node.
+#[derive(Debug, Default)]
+pub struct Compiled {
+    cache: ProgramCache,
+    tables: Arc<CompiledTables>,
+    epoch: u64,
+}
+
+impl Compiled {
+    pub fn tables(&self) -> &Arc<CompiledTables> {
+        &self.tables
+    }
+}
+
+impl PolicyWalker for Compiled {
+    fn rebuild(&mut self, world: &ResolvedNode) -> Result<(), String> {
+        self.epoch += 1;
+        self.tables = Arc::new(self.cache.compile(world, self.epoch));
+        Ok(())
+    }
+
+    fn walk(&self, world: &ResolvedNode, ep: EndpointRef, d: Direction, stage: Stage, pkt: &PacketHeader, logs: &mut Vec<LogEvent>) -> WalkEnd {
+        let programs = match ep {
+            EndpointRef::Workload(i) => &self.tables.workloads[i],
+            EndpointRef::Host(h) => &self.tables.host_endpoints[h],
+        };
+        let Some(program) = programs.get(stage, d) else { return WalkEnd::FellThrough };
+        let endpoint = ep.endpoint(world).id.clone();
+        let rule_ref = |rule: u32| {
+            let origin = &program.flat.rules[rule as usize];
+            RuleRef { stage, direction: d, endpoint: endpoint.clone(), owner: origin.owner.clone(), index: origin.index, action: origin.action }
+        };
+        let key = flow_key(pkt);
+        let end = program.evaluate(&key, |rule| logs.push(log_for(world, rule_ref(rule))));
+        match end {
+            ProgramEnd::Allow(r) => WalkEnd::Allow(rule_ref(r)),
+            ProgramEnd::Deny(r) => WalkEnd::Deny(rule_ref(r)),
+            ProgramEnd::EndOfTier(t) => WalkEnd::EndOfTier(program.flat.tiers[t as usize].clone()),
+            ProgramEnd::NoProfileMatched => WalkEnd::NoProfileMatched,
+            ProgramEnd::FellThrough => WalkEnd::FellThrough,
+        }
+    }
+
+    fn has_policies(&self, _world: &ResolvedNode, ep: EndpointRef, stage: Stage, d: Option<Direction>) -> bool {
+        let programs = match ep {
+            EndpointRef::Workload(i) => &self.tables.workloads[i],
+            EndpointRef::Host(h) => &self.tables.host_endpoints[h],
+        };
+        let has = |d| programs.get(stage, d).is_some_and(|p| p.flat.has_policies);
+        match d {
+            Some(d) => has(d),
+            None => has(Direction::Ingress) || has(Direction::Egress),
+        }
+    }
+}
