@@ -1,1 +1,114 @@
-fn main() { eprintln!("calxdp-bench: no report yet"); std::process::exit(2); }
+//! Quick performance reports, each measured against a baseline in the same run:
+//!
+//! - `classify --quick`: new-flow classification against the linear first-match scan of the same rules;
+//! - `compile --quick`: full compile and one-policy recompile times, and table size.
+
+use std::hint::black_box;
+use std::process::ExitCode;
+use std::time::{Duration, Instant};
+
+use calxdp_bench::synth;
+use calxdp_policy::compile::{flow_key, ProgramCache};
+use calxdp_policy::resolve::{Direction, ResolvedNode, Stage};
+use calxdp_policy::resource::{load_text, Resource};
+use calxdp_policy::yaml::Origin;
+
+fn main() -> ExitCode {
+    let args: Vec<String> = std::env::args().skip(1).collect();
+    let quick = args.iter().any(|a| a == "--quick");
+    match args.first().map(String::as_str) {
+        Some("classify") => classify(quick),
+        Some("compile") => compile(quick),
+        _ => {
+            eprintln!("usage: calxdp-bench classify|compile [--quick]");
+            return ExitCode::from(2);
+        }
+    }
+    ExitCode::SUCCESS
+}
+
+/// Runs `f` over the keys repeatedly for about `budget`; returns lookups per second.
+fn rate(budget: Duration, n: usize, mut f: impl FnMut(usize)) -> f64 {
+    let start = Instant::now();
+    let mut done = 0usize;
+    while start.elapsed() < budget {
+        for i in 0..n {
+            f(i);
+        }
+        done += n;
+    }
+    done as f64 / start.elapsed().as_secs_f64()
+}
+
+fn classify(quick: bool) {
+    let sizes: &[usize] = &[10, 100, 1_000, 10_000, 100_000];
+    let budget = Duration::from_millis(if quick { 400 } else { 2000 });
+    let node = synth::node(20);
+    for &rules in sizes {
+        let rules_each = 10.min(rules);
+        let yaml = synth::policies(7, rules / rules_each, rules_each, |_| "all()".into());
+        let resources = synth::load(&yaml);
+        let world = ResolvedNode::new(&node, &resources);
+        let tables = ProgramCache::new().compile(&world, 1);
+        let Some(program) = tables.workloads[0].get(Stage::Normal, Direction::Ingress) else { continue };
+        let keys: Vec<_> = synth::packets(11, 4096, 20).iter().map(flow_key).collect();
+        // The two must agree before either is timed.
+        for k in &keys {
+            assert_eq!(program.evaluate(k, |_| {}), program.evaluate_linear(k, |_| {}), "classifier and linear scan disagree");
+        }
+        let fast = rate(budget, keys.len(), |i| {
+            black_box(program.evaluate(black_box(&keys[i]), |_| {}));
+        });
+        let linear_keys = if rules >= 10_000 { 256 } else { keys.len() };
+        let slow = rate(budget, linear_keys, |i| {
+            black_box(program.evaluate_linear(black_box(&keys[i]), |_| {}));
+        });
+        println!(
+            "rules={rules} terms={} classifier_mpps={:.3} linear_mpps={:.4} ratio={:.1} table_bytes={}",
+            program.flat.terms.len(),
+            fast / 1e6,
+            slow / 1e6,
+            fast / slow,
+            program.classifier.table_bytes()
+        );
+    }
+}
+
+fn compile(quick: bool) {
+    let sizes: &[usize] = if quick { &[1_000, 10_000] } else { &[1_000, 10_000, 20_000] };
+    let node = synth::node(50);
+    for &policies in sizes {
+        // Most policies select one app; one in twenty selects every pod (cluster-wide rules).
+        let selector = |p: usize| if p % 20 == 0 { "all()".to_string() } else { format!("app == 'app{}'", p % synth::APPS) };
+        let yaml = synth::policies(3, policies, 3, selector);
+        let resources = synth::load(&yaml);
+
+        let t = Instant::now();
+        let world = ResolvedNode::new(&node, &resources);
+        let mut cache = ProgramCache::new();
+        let tables = cache.compile(&world, 1);
+        let full = t.elapsed();
+
+        // Change one app-scoped policy: a new port in its first rule.
+        let changed = load_text(
+            "apiVersion: projectcalico.org/v3\nkind: GlobalNetworkPolicy\nmetadata: {name: pol-000005}\nspec: {order: 5, selector: \"app == 'app5'\", types: [Ingress], ingress: [{action: Allow, protocol: TCP, destination: {ports: [12345]}}]}\n",
+            &Origin::file("change"),
+        )
+        .expect("change loads");
+        let mut next = resources.clone();
+        next.apply_all(changed.into_iter().map(|d| d.resource));
+        let t = Instant::now();
+        let world2 = ResolvedNode::new(&node, &next);
+        let tables2 = cache.compile(&world2, 2);
+        let one = t.elapsed();
+        assert!(matches!(next.iter().find(|r| matches!(r, Resource::Policy(p) if p.id.name == "pol-000005")), Some(_)));
+        println!(
+            "policies={policies} full_ms={:.1} one_change_ms={:.1} table_bytes={} programs={} rebuilt_programs={}",
+            full.as_secs_f64() * 1e3,
+            one.as_secs_f64() * 1e3,
+            tables.stats.table_bytes,
+            tables.stats.programs,
+            tables2.stats.built
+        );
+    }
+}

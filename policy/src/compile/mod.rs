@@ -5,6 +5,7 @@
 //! or set member rebuilds only the programs it touches; the rest are shared with the previous tables.
 
 pub mod classifier;
+pub mod linear;
 pub mod ranges;
 pub mod terms;
 pub mod walker;
@@ -48,13 +49,23 @@ impl Program {
         Program { flat, classifier }
     }
 
+    /// [`Program::evaluate`] with the linear scan instead of the classifier (the benchmark baseline).
+    pub fn evaluate_linear(&self, key: &FlowKey, on_log: impl FnMut(u32)) -> ProgramEnd {
+        self.run(|start| linear::first_match_linear(&self.flat.terms, key, start), on_log)
+    }
+
     /// Runs the program: first match from the start, Log rules reported to `on_log` and skipped, Pass
     /// resuming at the next section. No allocation.
     #[inline]
-    pub fn evaluate(&self, key: &FlowKey, mut on_log: impl FnMut(u32)) -> ProgramEnd {
+    pub fn evaluate(&self, key: &FlowKey, on_log: impl FnMut(u32)) -> ProgramEnd {
+        self.run(|start| self.classifier.first_match(key, start), on_log)
+    }
+
+    #[inline]
+    fn run(&self, first_match: impl Fn(usize) -> Option<usize>, mut on_log: impl FnMut(u32)) -> ProgramEnd {
         let mut start = 0usize;
         loop {
-            let Some(i) = self.classifier.first_match(key, start) else { return ProgramEnd::FellThrough };
+            let Some(i) = first_match(start) else { return ProgramEnd::FellThrough };
             match self.flat.terms[i].action {
                 TermAction::Rule { rule, action, resume } => match action {
                     Action::Allow => return ProgramEnd::Allow(rule),

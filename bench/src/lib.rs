@@ -1,0 +1,5 @@
+//! Synthetic but realistic policy sets for the benchmarks: many policies with a mix of label selectors
+//! (which resolve to pod address sets), CIDRs, port ranges, named ports, protocols and actions, and the
+//! packets to classify against them.
+
+pub mod synth;
