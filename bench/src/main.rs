@@ -71,6 +71,9 @@ fn classify(quick: bool) {
             fast / slow,
             program.classifier.table_bytes()
         );
+        if std::env::var_os("CALXDP_BENCH_FIELDS").is_some() {
+            println!("  fields (name, classes, bytes): {:?}", program.classifier.field_sizes());
+        }
     }
 }
 

@@ -27,59 +27,172 @@ pub struct FlowKey {
     pub icmp: u32,
 }
 
-/// Interval index: sorted starts of the elementary intervals and the class of each.
-#[derive(Clone, Debug, Default)]
-struct IntervalField {
-    starts: Vec<u128>,
+/// Interval index: sorted starts of the elementary intervals and the class of each. The first start is
+/// the domain's minimum.
+#[derive(Clone, Debug)]
+struct Intervals<T> {
+    starts: Vec<T>,
     classes: Vec<u32>,
 }
 
-impl IntervalField {
+impl<T: Copy + Ord> Intervals<T> {
     #[inline]
-    fn class(&self, v: u128) -> u32 {
-        // The first start is always the domain's minimum, so the partition point is at least 1.
+    fn class(&self, v: T) -> u32 {
         let i = self.starts.partition_point(|&s| s <= v);
         self.classes[i.saturating_sub(1)]
     }
 }
 
-/// A narrower index for fields whose domain fits in `u32` (ports, ICMP).
-#[derive(Clone, Debug, Default)]
-struct SmallField {
-    starts: Vec<u32>,
-    classes: Vec<u32>,
+/// An interval field in two parts, whose classes are ORed: the wide sets' and the narrow sets' (see
+/// [`split_by_width`]).
+#[derive(Clone, Debug)]
+struct IntervalField<T> {
+    wide: Intervals<T>,
+    narrow: Intervals<T>,
 }
 
-impl SmallField {
+impl<T: Copy + Ord> IntervalField<T> {
     #[inline]
-    fn class(&self, v: u32) -> u32 {
-        let i = self.starts.partition_point(|&s| s <= v);
-        self.classes[i.saturating_sub(1)]
+    fn classes(&self, v: T) -> (u32, u32) {
+        (self.wide.class(v), self.narrow.class(v))
     }
 }
 
 #[derive(Clone, Debug, Default)]
 struct TupleField {
-    by_tuple: HashMap<TupleKey, u32>,
+    by_tuple: HashMap<TupleKey, u32, FastHash>,
     /// The class of tuples in no set.
     default: u32,
 }
 
-/// Bit vectors of one field's classes, with their summary bits.
+impl TupleField {
+    #[inline]
+    fn class(&self, ip: u128, proto: u16, port: u32) -> u32 {
+        if port == NO_VALUE {
+            return self.default;
+        }
+        *self.by_tuple.get(&(ip, (proto & 0xff) as u8, port as u16)).unwrap_or(&self.default)
+    }
+}
+
+/// The bit vectors of one field's classes. Terms with no predicate on the field (wildcards) are in every
+/// class, so they are kept once in `wild`; each class stores only its specific terms, as the non-zero words
+/// of its vector found by rank: `sum` marks which words are non-zero, `rank` counts the marks before each
+/// summary word, and `words` holds them in order. A lookup gets word `w` of a class in O(1).
 #[derive(Clone, Debug, Default)]
 struct ClassBits {
+    wild: Vec<u64>,
+    wild_sum: Vec<u64>,
+    /// `summary_words` per class.
+    sum: Vec<u64>,
+    rank: Vec<u32>,
+    /// Start of each class's words in `words`.
+    offset: Vec<u32>,
     words: Vec<u64>,
-    summary: Vec<u64>,
+}
+
+impl ClassBits {
+    fn new(words: usize, summary_words: usize, wildcards: &[bool]) -> ClassBits {
+        let mut wild = vec![0u64; words];
+        for (t, &w) in wildcards.iter().enumerate() {
+            if w {
+                wild[t / 64] |= 1 << (t % 64);
+            }
+        }
+        let wild_sum = summary_of(&wild, summary_words);
+        let mut bits = ClassBits { wild, wild_sum, ..ClassBits::default() };
+        // Class 0 holds no specific term: the class of a part a field does not have.
+        bits.push(&vec![0u64; words], summary_words);
+        bits
+    }
+
+    /// Appends a class whose specific terms are `dense`; returns its id.
+    fn push(&mut self, dense: &[u64], summary_words: usize) -> u32 {
+        let id = self.offset.len() as u32;
+        self.offset.push(self.words.len() as u32);
+        let sum = summary_of(dense, summary_words);
+        let mut count = 0u32;
+        for s in &sum {
+            self.rank.push(count);
+            count += s.count_ones();
+        }
+        self.sum.extend_from_slice(&sum);
+        self.words.extend(dense.iter().copied().filter(|w| *w != 0));
+        id
+    }
+
+    fn bytes(&self) -> usize {
+        (self.wild.len() + self.wild_sum.len() + self.sum.len() + self.words.len()) * 8 + (self.rank.len() + self.offset.len()) * 4
+    }
+}
+
+fn summary_of(dense: &[u64], summary_words: usize) -> Vec<u64> {
+    let mut sum = vec![0u64; summary_words];
+    for (i, w) in dense.iter().enumerate() {
+        if *w != 0 {
+            sum[i / 64] |= 1 << (i % 64);
+        }
+    }
+    sum
+}
+
+/// One stored class, ready for word access.
+#[derive(Clone, Copy)]
+struct Sparse<'a> {
+    sum: &'a [u64],
+    rank: &'a [u32],
+    words: &'a [u64],
+}
+
+impl<'a> Sparse<'a> {
+    #[inline]
+    fn of(b: &'a ClassBits, class: u32, summary_words: usize) -> Sparse<'a> {
+        let c = class as usize;
+        let sums = c * summary_words..(c + 1) * summary_words;
+        Sparse { sum: &b.sum[sums.clone()], rank: &b.rank[sums], words: &b.words[b.offset[c] as usize..] }
+    }
+
+    #[inline]
+    fn word(&self, w: usize) -> u64 {
+        let (sw, bit) = (w / 64, w % 64);
+        let marks = self.sum[sw];
+        if marks & (1 << bit) == 0 {
+            return 0;
+        }
+        let before = (marks & ((1u64 << bit) - 1)).count_ones();
+        self.words[(self.rank[sw] + before) as usize]
+    }
+}
+
+/// One field's vector for a packet: its wildcards ORed with up to two stored classes.
+#[derive(Clone, Copy)]
+struct Row<'a> {
+    wild: &'a [u64],
+    wild_sum: &'a [u64],
+    a: Sparse<'a>,
+    b: Sparse<'a>,
+}
+
+impl Row<'_> {
+    #[inline]
+    fn summary(&self, sw: usize) -> u64 {
+        self.wild_sum[sw] | self.a.sum[sw] | self.b.sum[sw]
+    }
+
+    #[inline]
+    fn word(&self, w: usize) -> u64 {
+        self.wild[w] | self.a.word(w) | self.b.word(w)
+    }
 }
 
 #[derive(Clone, Debug)]
 enum Index {
     Proto(Box<[u32; 512]>),
-    SrcIp(IntervalField),
-    DstIp(IntervalField),
-    SrcPort(SmallField),
-    DstPort(SmallField),
-    Icmp(SmallField),
+    SrcIp(IntervalField<u128>),
+    DstIp(IntervalField<u128>),
+    SrcPort(IntervalField<u32>),
+    DstPort(IntervalField<u32>),
+    Icmp(IntervalField<u32>),
     SrcTuple(TupleField),
     DstTuple(TupleField),
 }
@@ -94,14 +207,13 @@ struct Field {
 #[derive(Clone, Debug, Default)]
 pub struct Classifier {
     terms: usize,
-    words: usize,
     summary_words: usize,
     /// Only fields where some term is not a wildcard; the rest match everything.
     fields: Vec<Field>,
 }
 
 /// Most fields a classifier can have.
-const MAX_FIELDS: usize = 8;
+const MAX_FIELDS: usize = 13;
 
 impl Classifier {
     pub fn build(terms: &[Term]) -> Classifier {
@@ -111,40 +223,48 @@ impl Classifier {
         let mut fields = Vec::new();
         let conds: Vec<&Conditions> = terms.iter().map(|t| &t.conditions).collect();
 
-        let proto: Vec<Option<RangeSet>> = conds.iter().map(|c| Some(c.proto.clone())).collect();
-        if proto.iter().any(|p| p.as_ref().is_some_and(|p| p != &RangeSet::span(0, 511))) {
-            let (starts, classes, bits) = build_intervals(&proto, 0, words, summary_words);
+        let every_proto = RangeSet::span(0, 511);
+        let proto: Vec<Option<RangeSet>> = conds.iter().map(|c| (c.proto != every_proto).then(|| c.proto.clone())).collect();
+        if proto.iter().any(Option::is_some) {
+            let mut bits = ClassBits::new(words, summary_words, &wildcards_of(&proto));
+            let parts = build_intervals(&proto, &mut bits, words, summary_words);
             let mut table = Box::new([0u32; 512]);
             for (v, slot) in table.iter_mut().enumerate() {
-                let i = starts.partition_point(|&s| s <= v as u128);
-                *slot = classes[i - 1];
+                *slot = parts.class(v as u128);
             }
             fields.push(Field { index: Index::Proto(table), bits });
         }
-        let wide = |get: fn(&Conditions) -> &Option<RangeSet>| -> Option<(Vec<u128>, Vec<u32>, ClassBits)> {
+        // Each interval field's sets are split into wide and narrow ones (see `split_by_width`), indexed
+        // apart and ORed at lookup: wide sets are then not copied into every class narrow sets create.
+        let interval_field = |get: fn(&Conditions) -> &Option<RangeSet>| -> Option<(IntervalField<u128>, ClassBits)> {
             let sets: Vec<Option<RangeSet>> = conds.iter().map(|c| get(c).clone()).collect();
-            sets.iter().any(Option::is_some).then(|| build_intervals(&sets, 0, words, summary_words))
+            if sets.iter().all(Option::is_none) {
+                return None;
+            }
+            let mut bits = ClassBits::new(words, summary_words, &wildcards_of(&sets));
+            let (wide, narrow) = split_by_width(&sets);
+            let wide = build_intervals(&wide, &mut bits, words, summary_words);
+            let narrow = build_intervals(&narrow, &mut bits, words, summary_words);
+            Some((IntervalField { wide, narrow }, bits))
         };
-        if let Some((starts, classes, bits)) = wide(|c| &c.src_ip) {
-            fields.push(Field { index: Index::SrcIp(IntervalField { starts, classes }), bits });
-        }
-        if let Some((starts, classes, bits)) = wide(|c| &c.dst_ip) {
-            fields.push(Field { index: Index::DstIp(IntervalField { starts, classes }), bits });
-        }
-        let small = |(starts, classes, bits): (Vec<u128>, Vec<u32>, ClassBits)| {
-            (SmallField { starts: starts.into_iter().map(|s| s.min(u32::MAX as u128) as u32).collect(), classes }, bits)
+        let small = |f: IntervalField<u128>| -> IntervalField<u32> {
+            let narrow = |i: Intervals<u128>| Intervals { starts: i.starts.into_iter().map(|s| s.min(u32::MAX as u128) as u32).collect(), classes: i.classes };
+            IntervalField { wide: narrow(f.wide), narrow: narrow(f.narrow) }
         };
-        if let Some(b) = wide(|c| &c.src_port) {
-            let (f, bits) = small(b);
-            fields.push(Field { index: Index::SrcPort(f), bits });
+        if let Some((f, bits)) = interval_field(|c| &c.src_ip) {
+            fields.push(Field { index: Index::SrcIp(f), bits });
         }
-        if let Some(b) = wide(|c| &c.dst_port) {
-            let (f, bits) = small(b);
-            fields.push(Field { index: Index::DstPort(f), bits });
+        if let Some((f, bits)) = interval_field(|c| &c.dst_ip) {
+            fields.push(Field { index: Index::DstIp(f), bits });
         }
-        if let Some(b) = wide(|c| &c.icmp) {
-            let (f, bits) = small(b);
-            fields.push(Field { index: Index::Icmp(f), bits });
+        if let Some((f, bits)) = interval_field(|c| &c.src_port) {
+            fields.push(Field { index: Index::SrcPort(small(f)), bits });
+        }
+        if let Some((f, bits)) = interval_field(|c| &c.dst_port) {
+            fields.push(Field { index: Index::DstPort(small(f)), bits });
+        }
+        if let Some((f, bits)) = interval_field(|c| &c.icmp) {
+            fields.push(Field { index: Index::Icmp(small(f)), bits });
         }
         let src_t: Vec<&TupleCond> = conds.iter().map(|c| &c.src_tuple).collect();
         if src_t.iter().any(|t| !matches!(t, TupleCond::Any)) {
@@ -157,11 +277,31 @@ impl Classifier {
             fields.push(Field { index: Index::DstTuple(f), bits });
         }
         debug_assert!(fields.len() <= MAX_FIELDS);
-        Classifier { terms: n, words, summary_words, fields }
+        Classifier { terms: n, summary_words, fields }
     }
 
     pub fn terms(&self) -> usize {
         self.terms
+    }
+
+    /// Per field: its name, number of classes, and bytes held.
+    pub fn field_sizes(&self) -> Vec<(&'static str, usize, usize)> {
+        self.fields
+            .iter()
+            .map(|f| {
+                let name = match &f.index {
+                    Index::Proto(_) => "proto",
+                    Index::SrcIp(_) => "src_ip",
+                    Index::DstIp(_) => "dst_ip",
+                    Index::SrcPort(_) => "src_port",
+                    Index::DstPort(_) => "dst_port",
+                    Index::Icmp(_) => "icmp",
+                    Index::SrcTuple(_) => "src_tuple",
+                    Index::DstTuple(_) => "dst_tuple",
+                };
+                (name, f.bits.offset.len(), f.bits.bytes())
+            })
+            .collect()
     }
 
     /// Bytes held by the lookup structures.
@@ -171,11 +311,11 @@ impl Classifier {
             .map(|f| {
                 let idx = match &f.index {
                     Index::Proto(_) => 512 * 4,
-                    Index::SrcIp(i) | Index::DstIp(i) => i.starts.len() * 16 + i.classes.len() * 4,
-                    Index::SrcPort(i) | Index::DstPort(i) | Index::Icmp(i) => i.starts.len() * 4 + i.classes.len() * 4,
+                    Index::SrcIp(i) | Index::DstIp(i) => (i.wide.starts.len() + i.narrow.starts.len()) * 20,
+                    Index::SrcPort(i) | Index::DstPort(i) | Index::Icmp(i) => (i.wide.starts.len() + i.narrow.starts.len()) * 8,
                     Index::SrcTuple(t) | Index::DstTuple(t) => t.by_tuple.len() * 32,
                 };
-                idx + (f.bits.words.len() + f.bits.summary.len()) * 8
+                idx + f.bits.bytes()
             })
             .sum()
     }
@@ -189,37 +329,32 @@ impl Classifier {
         if self.fields.is_empty() {
             return Some(start);
         }
-        let mut rows: [(&[u64], &[u64]); MAX_FIELDS] = [(&[], &[]); MAX_FIELDS];
+        const NONE: Sparse<'static> = Sparse { sum: &[], rank: &[], words: &[] };
+        const EMPTY: Row<'static> = Row { wild: &[], wild_sum: &[], a: NONE, b: NONE };
+        let mut rows: [Row<'_>; MAX_FIELDS] = [EMPTY; MAX_FIELDS];
         let nf = self.fields.len();
+        let sw_n = self.summary_words;
         for (slot, f) in rows.iter_mut().zip(&self.fields) {
-            let class = match &f.index {
-                Index::Proto(t) => t[key.proto as usize & 511],
-                Index::SrcIp(i) => i.class(key.src_ip),
-                Index::DstIp(i) => i.class(key.dst_ip),
-                Index::SrcPort(i) => i.class(key.src_port),
-                Index::DstPort(i) => i.class(key.dst_port),
-                Index::Icmp(i) => i.class(key.icmp),
-                Index::SrcTuple(t) => {
-                    let tk = (key.src_ip, (key.proto & 0xff) as u8, key.src_port as u16);
-                    if key.src_port == NO_VALUE { t.default } else { *t.by_tuple.get(&tk).unwrap_or(&t.default) }
-                }
-                Index::DstTuple(t) => {
-                    let tk = (key.dst_ip, (key.proto & 0xff) as u8, key.dst_port as u16);
-                    if key.dst_port == NO_VALUE { t.default } else { *t.by_tuple.get(&tk).unwrap_or(&t.default) }
-                }
-            } as usize;
-            *slot = (
-                &f.bits.words[class * self.words..(class + 1) * self.words],
-                &f.bits.summary[class * self.summary_words..(class + 1) * self.summary_words],
-            );
+            let (a, b) = match &f.index {
+                Index::Proto(t) => (t[key.proto as usize & 511], 0),
+                Index::SrcIp(i) => i.classes(key.src_ip),
+                Index::DstIp(i) => i.classes(key.dst_ip),
+                Index::SrcPort(i) => i.classes(key.src_port),
+                Index::DstPort(i) => i.classes(key.dst_port),
+                Index::Icmp(i) => i.classes(key.icmp),
+                Index::SrcTuple(t) => (t.class(key.src_ip, key.proto, key.src_port), 0),
+                Index::DstTuple(t) => (t.class(key.dst_ip, key.proto, key.dst_port), 0),
+            };
+            let bits = &f.bits;
+            *slot = Row { wild: &bits.wild, wild_sum: &bits.wild_sum, a: Sparse::of(bits, a, sw_n), b: Sparse::of(bits, b, sw_n) };
         }
         let rows = &rows[..nf];
         let start_word = start / 64;
         let mut sw = start_word / 64;
         while sw < self.summary_words {
             let mut s = u64::MAX;
-            for (_, sum) in rows {
-                s &= sum[sw];
+            for r in rows {
+                s &= r.summary(sw);
             }
             if sw == start_word / 64 {
                 s &= u64::MAX << (start_word % 64);
@@ -228,8 +363,11 @@ impl Classifier {
                 let w = sw * 64 + s.trailing_zeros() as usize;
                 s &= s - 1;
                 let mut x = u64::MAX;
-                for (words, _) in rows {
-                    x &= words[w];
+                for r in rows {
+                    x &= r.word(w);
+                    if x == 0 {
+                        break;
+                    }
                 }
                 if w == start_word {
                     x &= u64::MAX << (start % 64);
@@ -244,61 +382,36 @@ impl Classifier {
     }
 }
 
-/// Builds one interval field: the elementary intervals of every term's set, each interval's class (the
-/// set of terms holding there, deduplicated), and the classes' bit vectors. `None` sets are wildcards.
-fn build_intervals(sets: &[Option<RangeSet>], min: u128, words: usize, summary_words: usize) -> (Vec<u128>, Vec<u32>, ClassBits) {
-    // Toggle events: a term enters at `lo` and leaves at `hi + 1`.
+fn wildcards_of(sets: &[Option<RangeSet>]) -> Vec<bool> {
+    sets.iter().map(Option::is_none).collect()
+}
+
+/// Indexes the elementary intervals of the `Some` sets: each interval's class is the set of those terms
+/// holding there, deduplicated and stored in `bits`. `None` sets are left to the field's wildcards.
+fn build_intervals(sets: &[Option<RangeSet>], bits: &mut ClassBits, words: usize, summary_words: usize) -> Intervals<u128> {
+    // Toggle events of the specific terms: a term enters at `lo` and leaves at `hi + 1`.
     let mut events: Vec<(u128, u32)> = Vec::new();
-    let mut current = vec![0u64; words];
     for (t, s) in sets.iter().enumerate() {
-        match s {
-            None => current[t / 64] |= 1 << (t % 64),
-            Some(s) => {
-                for &(lo, hi) in s.ranges() {
-                    events.push((lo, t as u32));
-                    if hi != u128::MAX {
-                        events.push((hi + 1, t as u32));
-                    }
+        if let Some(s) = s {
+            for &(lo, hi) in s.ranges() {
+                events.push((lo, t as u32));
+                if hi != u128::MAX {
+                    events.push((hi + 1, t as u32));
                 }
             }
         }
     }
     events.sort_unstable();
-    // Zobrist hashing: each term has a random 64-bit code; a bit vector's hash is the XOR of its terms'
-    // codes, updated in O(1) per toggle, so deduplicating classes costs no scan of the vector.
+    // Zobrist hashing: each term has a random 64-bit code and a vector's hash is the XOR of its terms'
+    // codes, updated in O(1) per toggle, so finding an existing class costs no scan of the vector.
     let code = |t: u32| -> u64 { splitmix(t as u64 + 1) };
+    let mut current = vec![0u64; words];
     let mut hash: u64 = 0;
-    for (t, s) in sets.iter().enumerate() {
-        if s.is_none() {
-            hash ^= code(t as u32);
-        }
-    }
+    let mut interner = Interner::default();
     let mut starts: Vec<u128> = Vec::new();
     let mut classes: Vec<u32> = Vec::new();
-    let mut bits = ClassBits::default();
-    let mut by_hash: HashMap<u64, Vec<u32>> = HashMap::new();
-    let mut intern = |current: &[u64], hash: u64, bits: &mut ClassBits| -> u32 {
-        let candidates = by_hash.entry(hash).or_default();
-        for &c in candidates.iter() {
-            let c = c as usize;
-            if bits.words[c * words..(c + 1) * words] == *current {
-                return c as u32;
-            }
-        }
-        let id = (bits.words.len() / words) as u32;
-        bits.words.extend_from_slice(current);
-        let mut summary = vec![0u64; summary_words];
-        for (i, w) in current.iter().enumerate() {
-            if *w != 0 {
-                summary[i / 64] |= 1 << (i % 64);
-            }
-        }
-        bits.summary.extend_from_slice(&summary);
-        candidates.push(id);
-        id
-    };
     let mut i = 0;
-    let mut at = min;
+    let mut at = 0u128;
     loop {
         while i < events.len() && events[i].0 == at {
             let t = events[i].1;
@@ -306,7 +419,7 @@ fn build_intervals(sets: &[Option<RangeSet>], min: u128, words: usize, summary_w
             hash ^= code(t);
             i += 1;
         }
-        let class = intern(&current, hash, &mut bits);
+        let class = interner.intern(&current, hash, bits, summary_words);
         if classes.last() != Some(&class) {
             starts.push(at);
             classes.push(class);
@@ -316,7 +429,79 @@ fn build_intervals(sets: &[Option<RangeSet>], min: u128, words: usize, summary_w
         }
         at = events[i].0;
     }
-    (starts, classes, bits)
+    Intervals { starts, classes }
+}
+
+/// Splits a field's sets into (wide, narrow) halves: a set is wide when more than [`WIDE_SPAN`] of the
+/// field's boundaries fall inside it. Each half keeps the other half's terms as wildcards.
+fn split_by_width(sets: &[Option<RangeSet>]) -> (Vec<Option<RangeSet>>, Vec<Option<RangeSet>>) {
+    let mut bounds: Vec<u128> = sets.iter().flatten().flat_map(|s| s.ranges().iter().map(|r| r.0)).collect();
+    bounds.sort_unstable();
+    bounds.dedup();
+    let inside = |s: &RangeSet| -> usize {
+        s.ranges().iter().map(|&(lo, hi)| bounds.partition_point(|&b| b <= hi) - bounds.partition_point(|&b| b < lo)).sum()
+    };
+    let mut wide = Vec::with_capacity(sets.len());
+    let mut narrow = Vec::with_capacity(sets.len());
+    for s in sets {
+        match s {
+            Some(set) if inside(set) > WIDE_SPAN => {
+                wide.push(Some(set.clone()));
+                narrow.push(None);
+            }
+            other => {
+                wide.push(None);
+                narrow.push(other.clone());
+            }
+        }
+    }
+    (wide, narrow)
+}
+
+/// How many boundaries a set may contain and still count as narrow.
+const WIDE_SPAN: usize = 8;
+
+/// Finds or adds a class by its vector of specific terms.
+#[derive(Default)]
+struct Interner {
+    by_hash: HashMap<u64, Vec<u32>>,
+}
+
+impl Interner {
+    fn intern(&mut self, dense: &[u64], hash: u64, bits: &mut ClassBits, summary_words: usize) -> u32 {
+        if dense.iter().all(|w| *w == 0) {
+            return 0;
+        }
+        let candidates = self.by_hash.entry(hash).or_default();
+        for &c in candidates.iter() {
+            if same_class(bits, c, dense, summary_words) {
+                return c;
+            }
+        }
+        let id = bits.push(dense, summary_words);
+        candidates.push(id);
+        id
+    }
+}
+
+/// Whether stored class `c` holds exactly the specific terms of `dense`.
+fn same_class(bits: &ClassBits, c: u32, dense: &[u64], summary_words: usize) -> bool {
+    let c = c as usize;
+    let sum = &bits.sum[c * summary_words..(c + 1) * summary_words];
+    let mut k = bits.offset[c] as usize;
+    for (w, &word) in dense.iter().enumerate() {
+        let marked = sum[w / 64] & (1 << (w % 64)) != 0;
+        if marked != (word != 0) {
+            return false;
+        }
+        if marked {
+            if bits.words[k] != word {
+                return false;
+            }
+            k += 1;
+        }
+    }
+    true
 }
 
 fn build_tuples(conds: &[&TupleCond], words: usize, summary_words: usize) -> (TupleField, ClassBits) {
@@ -329,29 +514,15 @@ fn build_tuples(conds: &[&TupleCond], words: usize, summary_words: usize) -> (Tu
         .collect();
     universe.sort_unstable();
     universe.dedup();
-    let mut bits = ClassBits::default();
-    let mut by_vector: HashMap<Vec<u64>, u32> = HashMap::new();
-    let mut intern = |v: Vec<u64>, bits: &mut ClassBits| -> u32 {
-        if let Some(&c) = by_vector.get(&v) {
-            return c;
-        }
-        let id = (bits.words.len() / words) as u32;
-        bits.words.extend_from_slice(&v);
-        let mut summary = vec![0u64; summary_words];
-        for (i, w) in v.iter().enumerate() {
-            if *w != 0 {
-                summary[i / 64] |= 1 << (i % 64);
-            }
-        }
-        bits.summary.extend_from_slice(&summary);
-        by_vector.insert(v, id);
-        id
-    };
-    let vector_for = |tuple: Option<&TupleKey>| -> Vec<u64> {
+    let wildcards: Vec<bool> = conds.iter().map(|c| matches!(c, TupleCond::Any)).collect();
+    let mut bits = ClassBits::new(words, summary_words, &wildcards);
+    let mut interner = Interner::default();
+    let vector_for = |tuple: Option<&TupleKey>| -> (Vec<u64>, u64) {
         let mut v = vec![0u64; words];
+        let mut hash = 0u64;
         for (t, c) in conds.iter().enumerate() {
             let holds = match (c, tuple) {
-                (TupleCond::Any, _) => true,
+                (TupleCond::Any, _) => false,
                 (TupleCond::In(s), Some(k)) => s.contains(k),
                 (TupleCond::In(_), None) => false,
                 (TupleCond::NotIn(s), Some(k)) => !s.contains(k),
@@ -359,17 +530,59 @@ fn build_tuples(conds: &[&TupleCond], words: usize, summary_words: usize) -> (Tu
             };
             if holds {
                 v[t / 64] |= 1 << (t % 64);
+                hash ^= splitmix(t as u64 + 1);
             }
         }
-        v
+        (v, hash)
     };
-    let default = intern(vector_for(None), &mut bits);
-    let mut by_tuple = HashMap::with_capacity(universe.len());
+    let (v, h) = vector_for(None);
+    let default = interner.intern(&v, h, &mut bits, summary_words);
+    let mut by_tuple = HashMap::with_capacity_and_hasher(universe.len(), FastHash::default());
     for k in &universe {
-        let c = intern(vector_for(Some(k)), &mut bits);
+        let (v, h) = vector_for(Some(k));
+        let c = interner.intern(&v, h, &mut bits, summary_words);
         by_tuple.insert(*k, c);
     }
     (TupleField { by_tuple, default }, bits)
+}
+
+/// A small, fast hash for the tuple field's keys (addresses and ports are not attacker-chosen keys of a
+/// long-lived map here: the map is built once per compile from the node's own endpoints).
+#[derive(Clone, Copy, Debug, Default)]
+struct FastHash;
+
+impl std::hash::BuildHasher for FastHash {
+    type Hasher = FxHasher;
+    fn build_hasher(&self) -> FxHasher {
+        FxHasher(0)
+    }
+}
+
+#[derive(Clone, Copy, Debug, Default)]
+struct FxHasher(u64);
+
+impl std::hash::Hasher for FxHasher {
+    fn finish(&self) -> u64 {
+        self.0
+    }
+    fn write(&mut self, bytes: &[u8]) {
+        for b in bytes {
+            self.write_u64(*b as u64);
+        }
+    }
+    fn write_u8(&mut self, v: u8) {
+        self.write_u64(v as u64)
+    }
+    fn write_u16(&mut self, v: u16) {
+        self.write_u64(v as u64)
+    }
+    fn write_u128(&mut self, v: u128) {
+        self.write_u64(v as u64);
+        self.write_u64((v >> 64) as u64);
+    }
+    fn write_u64(&mut self, v: u64) {
+        self.0 = (self.0.rotate_left(5) ^ v).wrapping_mul(0x51_7c_c1_b7_27_22_0a_95);
+    }
 }
 
 fn splitmix(mut x: u64) -> u64 {
