@@ -88,9 +88,13 @@ fn compile(quick: bool) {
 
         let t = Instant::now();
         let world = ResolvedNode::new(&node, &resources);
+        let resolve = t.elapsed();
         let mut cache = ProgramCache::new();
         let tables = cache.compile(&world, 1);
         let full = t.elapsed();
+        if std::env::var_os("CALXDP_BENCH_FIELDS").is_some() {
+            println!("  resolve_ms={:.1} compile_ms={:.1}", resolve.as_secs_f64() * 1e3, (full - resolve).as_secs_f64() * 1e3);
+        }
 
         // Change one app-scoped policy: a new port in its first rule.
         let changed = load_text(

@@ -178,7 +178,8 @@ impl ResolvedNode {
         }
 
         let mut policies: Vec<Policy> = resources.policies().filter(|p| !p.id.kind.is_staged()).cloned().collect();
-        policies.sort_by(policy_order);
+        // semantics §4.1: `(order, "<name>/<namespace>/<kind>")`, absent order last.
+        policies.sort_by_cached_key(|p| (OrderKey(p.order.unwrap_or(f64::INFINITY)), tiebreak(p)));
         let tiers = sort_tiers(resources, &policies);
 
         ResolvedNode { node: node.clone(), policies, tiers, profiles, workloads, host_endpoints, interface_hep, star_hep, entities }
@@ -200,10 +201,22 @@ impl ResolvedNode {
     }
 }
 
-/// semantics §4.1: `(order, "<name>/<namespace>/<kind>")`, absent order last.
-fn policy_order(a: &Policy, b: &Policy) -> Ordering {
-    let order = |p: &Policy| p.order.unwrap_or(f64::INFINITY);
-    order(a).total_cmp(&order(b)).then_with(|| tiebreak(a).cmp(&tiebreak(b)))
+/// A policy order as a sort key (orders are never NaN).
+#[derive(Clone, Copy, PartialEq)]
+struct OrderKey(f64);
+
+impl Eq for OrderKey {}
+
+impl PartialOrd for OrderKey {
+    fn partial_cmp(&self, other: &Self) -> Option<Ordering> {
+        Some(self.cmp(other))
+    }
+}
+
+impl Ord for OrderKey {
+    fn cmp(&self, other: &Self) -> Ordering {
+        self.0.total_cmp(&other.0)
+    }
 }
 
 fn tiebreak(p: &Policy) -> String {

@@ -443,9 +443,11 @@ fn split_by_width(sets: &[Option<RangeSet>]) -> (Vec<Option<RangeSet>>, Vec<Opti
     };
     let mut wide = Vec::with_capacity(sets.len());
     let mut narrow = Vec::with_capacity(sets.len());
+    // A set with many ranges is wide whatever lies between them; only count for the others.
+    let is_wide = |set: &RangeSet| set.ranges().len() * 2 > WIDE_SPAN || inside(set) > WIDE_SPAN;
     for s in sets {
         match s {
-            Some(set) if inside(set) > WIDE_SPAN => {
+            Some(set) if is_wide(set) => {
                 wide.push(Some(set.clone()));
                 narrow.push(None);
             }

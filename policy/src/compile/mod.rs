@@ -161,16 +161,20 @@ impl ProgramCache {
     }
 
     /// Compiles tables for the resolved node, reusing cached programs whose inputs did not change.
-    pub fn compile(&mut self, world: &ResolvedNode, epoch: u64) -> CompiledTables {
+    pub fn compile<'w>(&mut self, world: &'w ResolvedNode, epoch: u64) -> CompiledTables {
         let mut resolver = SetResolver::new(world);
         let fingerprints = Fingerprints::new(world);
         let mut fresh: HashMap<u64, Arc<Program>> = HashMap::new();
         let mut stats = CompileStats::default();
-        let mut build = |labels: &crate::resource::Labels, profiles: &[String], stages: &[Stage]| -> EndpointPrograms {
+        // Endpoints with the same labels and profiles get the same programs: key them once.
+        let mut keys: HashMap<(&'w crate::resource::Labels, &'w [String], usize, usize), u64> = HashMap::new();
+        let mut build = |labels: &'w crate::resource::Labels, profiles: &'w [String], stages: &[Stage]| -> EndpointPrograms {
             let mut eps = EndpointPrograms::default();
             for &stage in stages {
                 for d in [Direction::Ingress, Direction::Egress] {
-                    let key = fingerprints.program_key(world, labels, profiles, d, stage);
+                    let key = *keys
+                        .entry((labels, profiles, stage_index(stage), dir_index(d)))
+                        .or_insert_with(|| fingerprints.program_key(world, labels, profiles, d, stage));
                     let program = match fresh.get(&key).or_else(|| self.by_key.get(&key)) {
                         Some(p) => p.clone(),
                         None => {
@@ -204,18 +208,18 @@ struct Fingerprints {
     entities: u64,
 }
 
-fn hash_debug<T: std::fmt::Debug>(v: &T) -> u64 {
+fn hash_of<T: Hash + ?Sized>(v: &T) -> u64 {
     let mut h = DefaultHasher::new();
-    format!("{v:?}").hash(&mut h);
+    v.hash(&mut h);
     h.finish()
 }
 
 impl Fingerprints {
     fn new(world: &ResolvedNode) -> Fingerprints {
         Fingerprints {
-            policies: world.policies.iter().map(hash_debug).collect(),
-            profiles: world.profiles.iter().map(|(k, v)| (k.clone(), hash_debug(v))).collect(),
-            entities: hash_debug(&(&world.entities, &world.node.services)),
+            policies: world.policies.iter().map(hash_of).collect(),
+            profiles: world.profiles.iter().map(|(k, v)| (k.clone(), hash_of(v))).collect(),
+            entities: hash_of(&format!("{:?}", (&world.entities, &world.node.services))),
         }
     }
 

@@ -160,12 +160,25 @@ impl HostEndpoint {
 }
 
 /// `Profile` (semantics §1.4).
-#[derive(Clone, Debug, PartialEq)]
+#[derive(Clone, Debug, PartialEq, Hash)]
 pub struct Profile {
     pub name: String,
     pub ingress: Vec<Rule>,
     pub egress: Vec<Rule>,
     pub labels_to_apply: Labels,
+}
+
+impl std::hash::Hash for Policy {
+    /// Everything that changes what the policy does; the order by its bits (it is never NaN).
+    fn hash<H: std::hash::Hasher>(&self, h: &mut H) {
+        self.id.hash(h);
+        self.tier.hash(h);
+        self.order.map(f64::to_bits).hash(h);
+        self.selector.hash(h);
+        (self.applies_ingress, self.applies_egress, self.do_not_track, self.pre_dnat, self.apply_on_forward).hash(h);
+        self.ingress.hash(h);
+        self.egress.hash(h);
+    }
 }
 
 impl Profile {

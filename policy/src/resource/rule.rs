@@ -103,7 +103,7 @@ pub struct ServiceRef {
 
 /// One side of a rule after Felix's scoping (semantics §2.2): `selector` is the effective positive selector
 /// (namespace and service-account terms folded in), `not_selector` is kept as written.
-#[derive(Clone, Debug, Default, PartialEq)]
+#[derive(Clone, Debug, Default, PartialEq, Hash)]
 pub struct EntityRule {
     pub nets: Vec<IpNet>,
     pub not_nets: Vec<IpNet>,
@@ -121,7 +121,7 @@ impl EntityRule {
 }
 
 /// One rule of a policy or profile.
-#[derive(Clone, Debug, PartialEq)]
+#[derive(Clone, Debug, PartialEq, Hash)]
 pub struct Rule {
     pub action: Action,
     pub ip_version: Option<IpFamily>,
