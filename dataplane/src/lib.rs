@@ -1,1 +1,3 @@
 //! The calxdp dataplane: frames in, verdicts and frames out.
+
+pub mod tables;
