@@ -11,7 +11,7 @@
 use std::collections::HashMap;
 
 use super::ranges::RangeSet;
-use super::terms::{Conditions, Term, TupleCond, TupleKey, NO_VALUE};
+use super::terms::{Conditions, Term, TupleCond, TupleKey, NO_VALUE, V4_BASE};
 
 /// The values of a packet the classifier looks at.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
@@ -49,6 +49,45 @@ impl<T: Copy + Ord> Intervals<T> {
 struct IntervalField<T> {
     wide: Intervals<T>,
     narrow: Intervals<T>,
+}
+
+/// An address field: the two parts on the whole number line, and again restricted to IPv4 with 4-byte
+/// starts, so the common IPv4 lookup searches a quarter of the bytes.
+#[derive(Clone, Debug)]
+struct AddressField {
+    all: IntervalField<u128>,
+    v4: IntervalField<u32>,
+}
+
+impl AddressField {
+    fn new(all: IntervalField<u128>) -> AddressField {
+        let v4 = IntervalField { wide: v4_part(&all.wide), narrow: v4_part(&all.narrow) };
+        AddressField { all, v4 }
+    }
+
+    #[inline]
+    fn classes(&self, ip: u128) -> (u32, u32) {
+        if ip >> 32 == V4_BASE >> 32 {
+            self.v4.classes(ip as u32)
+        } else {
+            self.all.classes(ip)
+        }
+    }
+}
+
+/// The IPv4 slice of an interval index: the class at the first IPv4 address, then every start inside.
+fn v4_part(i: &Intervals<u128>) -> Intervals<u32> {
+    let lo = V4_BASE;
+    let hi = V4_BASE | u32::MAX as u128;
+    let mut starts = vec![0u32];
+    let mut classes = vec![i.class(lo)];
+    for (s, c) in i.starts.iter().zip(&i.classes) {
+        if *s > lo && *s <= hi {
+            starts.push((*s - lo) as u32);
+            classes.push(*c);
+        }
+    }
+    Intervals { starts, classes }
 }
 
 impl<T: Copy + Ord> IntervalField<T> {
@@ -188,8 +227,8 @@ impl Row<'_> {
 #[derive(Clone, Debug)]
 enum Index {
     Proto(Box<[u32; 512]>),
-    SrcIp(IntervalField<u128>),
-    DstIp(IntervalField<u128>),
+    SrcIp(AddressField),
+    DstIp(AddressField),
     SrcPort(IntervalField<u32>),
     DstPort(IntervalField<u32>),
     Icmp(IntervalField<u32>),
@@ -252,10 +291,10 @@ impl Classifier {
             IntervalField { wide: narrow(f.wide), narrow: narrow(f.narrow) }
         };
         if let Some((f, bits)) = interval_field(|c| &c.src_ip) {
-            fields.push(Field { index: Index::SrcIp(f), bits });
+            fields.push(Field { index: Index::SrcIp(AddressField::new(f)), bits });
         }
         if let Some((f, bits)) = interval_field(|c| &c.dst_ip) {
-            fields.push(Field { index: Index::DstIp(f), bits });
+            fields.push(Field { index: Index::DstIp(AddressField::new(f)), bits });
         }
         if let Some((f, bits)) = interval_field(|c| &c.src_port) {
             fields.push(Field { index: Index::SrcPort(small(f)), bits });
@@ -311,7 +350,9 @@ impl Classifier {
             .map(|f| {
                 let idx = match &f.index {
                     Index::Proto(_) => 512 * 4,
-                    Index::SrcIp(i) | Index::DstIp(i) => (i.wide.starts.len() + i.narrow.starts.len()) * 20,
+                    Index::SrcIp(i) | Index::DstIp(i) => {
+                        (i.all.wide.starts.len() + i.all.narrow.starts.len()) * 20 + (i.v4.wide.starts.len() + i.v4.narrow.starts.len()) * 8
+                    }
                     Index::SrcPort(i) | Index::DstPort(i) | Index::Icmp(i) => (i.wide.starts.len() + i.narrow.starts.len()) * 8,
                     Index::SrcTuple(t) | Index::DstTuple(t) => t.by_tuple.len() * 32,
                 };
@@ -323,16 +364,16 @@ impl Classifier {
     /// The first term at or after `start` whose every predicate holds for `key`.
     #[inline]
     pub fn first_match(&self, key: &FlowKey, start: usize) -> Option<usize> {
-        if start >= self.terms {
-            return None;
-        }
-        if self.fields.is_empty() {
-            return Some(start);
-        }
+        self.prepare(key).first_match(start)
+    }
+
+    /// Resolves every field's class for `key` once; the result answers first-match queries from any
+    /// resume point (Log and Pass resume without looking the fields up again).
+    #[inline]
+    pub fn prepare<'a>(&'a self, key: &FlowKey) -> Prepared<'a> {
         const NONE: Sparse<'static> = Sparse { sum: &[], rank: &[], words: &[] };
         const EMPTY: Row<'static> = Row { wild: &[], wild_sum: &[], a: NONE, b: NONE };
-        let mut rows: [Row<'_>; MAX_FIELDS] = [EMPTY; MAX_FIELDS];
-        let nf = self.fields.len();
+        let mut rows: [Row<'a>; MAX_FIELDS] = [EMPTY; MAX_FIELDS];
         let sw_n = self.summary_words;
         for (slot, f) in rows.iter_mut().zip(&self.fields) {
             let (a, b) = match &f.index {
@@ -348,7 +389,35 @@ impl Classifier {
             let bits = &f.bits;
             *slot = Row { wild: &bits.wild, wild_sum: &bits.wild_sum, a: Sparse::of(bits, a, sw_n), b: Sparse::of(bits, b, sw_n) };
         }
-        let rows = &rows[..nf];
+        Prepared { rows, fields: self.fields.len(), terms: self.terms, summary_words: self.summary_words }
+    }
+}
+
+/// A packet's field classes, resolved: first-match queries from any resume point.
+pub struct Prepared<'a> {
+    rows: [Row<'a>; MAX_FIELDS],
+    fields: usize,
+    terms: usize,
+    summary_words: usize,
+}
+
+impl std::fmt::Debug for Prepared<'_> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Prepared").field("fields", &self.fields).field("terms", &self.terms).finish()
+    }
+}
+
+impl Prepared<'_> {
+    /// The first term at or after `start` whose every predicate holds.
+    #[inline]
+    pub fn first_match(&self, start: usize) -> Option<usize> {
+        if start >= self.terms {
+            return None;
+        }
+        if self.fields == 0 {
+            return Some(start);
+        }
+        let rows = &self.rows[..self.fields];
         let start_word = start / 64;
         let mut sw = start_word / 64;
         while sw < self.summary_words {

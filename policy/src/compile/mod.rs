@@ -58,7 +58,8 @@ impl Program {
     /// resuming at the next section. No allocation.
     #[inline]
     pub fn evaluate(&self, key: &FlowKey, on_log: impl FnMut(u32)) -> ProgramEnd {
-        self.run(|start| self.classifier.first_match(key, start), on_log)
+        let prepared = self.classifier.prepare(key);
+        self.run(|start| prepared.first_match(start), on_log)
     }
 
     #[inline]

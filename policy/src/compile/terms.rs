@@ -24,7 +24,8 @@ pub fn ip_key(ip: IpAddr) -> u128 {
     }
 }
 
-const V4_BASE: u128 = 0xffff_0000_0000;
+/// Where IPv4 addresses start on the number line (`::ffff:0.0.0.0`).
+pub const V4_BASE: u128 = 0xffff_0000_0000;
 
 /// Every address of a family on the number line.
 pub fn family_range(f: IpFamily) -> RangeSet {
