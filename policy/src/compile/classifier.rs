@@ -263,7 +263,7 @@ impl Classifier {
         let conds: Vec<&Conditions> = terms.iter().map(|t| &t.conditions).collect();
 
         let every_proto = RangeSet::span(0, 511);
-        let proto: Vec<Option<RangeSet>> = conds.iter().map(|c| (c.proto != every_proto).then(|| c.proto.clone())).collect();
+        let proto: Vec<Option<&RangeSet>> = conds.iter().map(|c| (c.proto != every_proto).then_some(&c.proto)).collect();
         if proto.iter().any(Option::is_some) {
             let mut bits = ClassBits::new(words, summary_words, &wildcards_of(&proto));
             let parts = build_intervals(&proto, &mut bits, words, summary_words);
@@ -276,7 +276,7 @@ impl Classifier {
         // Each interval field's sets are split into wide and narrow ones (see `split_by_width`), indexed
         // apart and ORed at lookup: wide sets are then not copied into every class narrow sets create.
         let interval_field = |get: fn(&Conditions) -> &Option<RangeSet>| -> Option<(IntervalField<u128>, ClassBits)> {
-            let sets: Vec<Option<RangeSet>> = conds.iter().map(|c| get(c).clone()).collect();
+            let sets: Vec<Option<&RangeSet>> = conds.iter().map(|c| get(c).as_ref()).collect();
             if sets.iter().all(Option::is_none) {
                 return None;
             }
@@ -451,29 +451,40 @@ impl Prepared<'_> {
     }
 }
 
-fn wildcards_of(sets: &[Option<RangeSet>]) -> Vec<bool> {
+fn wildcards_of(sets: &[Option<&RangeSet>]) -> Vec<bool> {
     sets.iter().map(Option::is_none).collect()
 }
 
 /// Indexes the elementary intervals of the `Some` sets: each interval's class is the set of those terms
 /// holding there, deduplicated and stored in `bits`. `None` sets are left to the field's wildcards.
-fn build_intervals(sets: &[Option<RangeSet>], bits: &mut ClassBits, words: usize, summary_words: usize) -> Intervals<u128> {
-    // Toggle events of the specific terms: a term enters at `lo` and leaves at `hi + 1`.
-    let mut events: Vec<(u128, u32)> = Vec::new();
+fn build_intervals(sets: &[Option<&RangeSet>], bits: &mut ClassBits, words: usize, summary_words: usize) -> Intervals<u128> {
+    // Terms with the same set (the rules of one selector, say) enter and leave together: group them, so
+    // the sweep has one pair of events per range of each distinct set.
+    let mut group_of: HashMap<&RangeSet, usize> = HashMap::new();
+    let mut groups: Vec<(&RangeSet, Vec<u32>, u64)> = Vec::new();
     for (t, s) in sets.iter().enumerate() {
         if let Some(s) = s {
-            for &(lo, hi) in s.ranges() {
-                events.push((lo, t as u32));
-                if hi != u128::MAX {
-                    events.push((hi + 1, t as u32));
-                }
+            let g = *group_of.entry(*s).or_insert_with(|| {
+                groups.push((*s, Vec::new(), 0));
+                groups.len() - 1
+            });
+            groups[g].1.push(t as u32);
+            // Zobrist hashing: each term has a random 64-bit code and a vector's hash is the XOR of its
+            // terms' codes, updated in O(1) per group toggle, so finding a class costs no scan.
+            groups[g].2 ^= splitmix(t as u64 + 1);
+        }
+    }
+    // Toggle events: a group enters at `lo` and leaves at `hi + 1`.
+    let mut events: Vec<(u128, u32)> = Vec::new();
+    for (g, (set, _, _)) in groups.iter().enumerate() {
+        for &(lo, hi) in set.ranges() {
+            events.push((lo, g as u32));
+            if hi != u128::MAX {
+                events.push((hi + 1, g as u32));
             }
         }
     }
     events.sort_unstable();
-    // Zobrist hashing: each term has a random 64-bit code and a vector's hash is the XOR of its terms'
-    // codes, updated in O(1) per toggle, so finding an existing class costs no scan of the vector.
-    let code = |t: u32| -> u64 { splitmix(t as u64 + 1) };
     let mut current = vec![0u64; words];
     let mut hash: u64 = 0;
     let mut interner = Interner::default();
@@ -483,9 +494,11 @@ fn build_intervals(sets: &[Option<RangeSet>], bits: &mut ClassBits, words: usize
     let mut at = 0u128;
     loop {
         while i < events.len() && events[i].0 == at {
-            let t = events[i].1;
-            current[t as usize / 64] ^= 1 << (t % 64);
-            hash ^= code(t);
+            let (_, terms, code) = &groups[events[i].1 as usize];
+            for &t in terms {
+                current[t as usize / 64] ^= 1 << (t % 64);
+            }
+            hash ^= code;
             i += 1;
         }
         let class = interner.intern(&current, hash, bits, summary_words);
@@ -503,26 +516,27 @@ fn build_intervals(sets: &[Option<RangeSet>], bits: &mut ClassBits, words: usize
 
 /// Splits a field's sets into (wide, narrow) halves: a set is wide when more than [`WIDE_SPAN`] of the
 /// field's boundaries fall inside it. Each half keeps the other half's terms as wildcards.
-fn split_by_width(sets: &[Option<RangeSet>]) -> (Vec<Option<RangeSet>>, Vec<Option<RangeSet>>) {
-    let mut bounds: Vec<u128> = sets.iter().flatten().flat_map(|s| s.ranges().iter().map(|r| r.0)).collect();
+fn split_by_width<'s>(sets: &[Option<&'s RangeSet>]) -> (Vec<Option<&'s RangeSet>>, Vec<Option<&'s RangeSet>>) {
+    let distinct: std::collections::HashSet<&RangeSet> = sets.iter().flatten().copied().collect();
+    let mut bounds: Vec<u128> = distinct.iter().flat_map(|s| s.ranges().iter().map(|r| r.0)).collect();
     bounds.sort_unstable();
     bounds.dedup();
     let inside = |s: &RangeSet| -> usize {
         s.ranges().iter().map(|&(lo, hi)| bounds.partition_point(|&b| b <= hi) - bounds.partition_point(|&b| b < lo)).sum()
     };
-    let mut wide = Vec::with_capacity(sets.len());
-    let mut narrow = Vec::with_capacity(sets.len());
     // A set with many ranges is wide whatever lies between them; only count for the others.
     let is_wide = |set: &RangeSet| set.ranges().len() * 2 > WIDE_SPAN || inside(set) > WIDE_SPAN;
+    let mut wide = Vec::with_capacity(sets.len());
+    let mut narrow = Vec::with_capacity(sets.len());
     for s in sets {
         match s {
             Some(set) if is_wide(set) => {
-                wide.push(Some(set.clone()));
+                wide.push(Some(*set));
                 narrow.push(None);
             }
             other => {
                 wide.push(None);
-                narrow.push(other.clone());
+                narrow.push(*other);
             }
         }
     }

@@ -167,20 +167,33 @@ impl ProgramCache {
         let fingerprints = Fingerprints::new(world);
         let mut fresh: HashMap<u64, Arc<Program>> = HashMap::new();
         let mut stats = CompileStats::default();
-        // Endpoints with the same labels and profiles get the same programs: key them once.
-        let mut keys: HashMap<(&'w crate::resource::Labels, &'w [String], usize, usize), u64> = HashMap::new();
+        // Endpoints with the same labels and profiles get the same programs: key them once, evaluating each
+        // policy's selector once per label set.
+        type Keys = ([[u64; 2]; 4], std::rc::Rc<Vec<bool>>);
+        let mut keys: HashMap<(&'w crate::resource::Labels, &'w [String]), Keys> = HashMap::new();
         let mut build = |labels: &'w crate::resource::Labels, profiles: &'w [String], stages: &[Stage]| -> EndpointPrograms {
             let mut eps = EndpointPrograms::default();
+            let (endpoint_keys, selecting) = keys
+                .entry((labels, profiles))
+                .or_insert_with(|| {
+                    let selecting: Vec<bool> = world.policies.iter().map(|p| p.selector.matches(labels)).collect();
+                    let mut k = [[0u64; 2]; 4];
+                    for &stage in stages {
+                        for d in [Direction::Ingress, Direction::Egress] {
+                            k[stage_index(stage)][dir_index(d)] = fingerprints.program_key(world, &selecting, profiles, d, stage);
+                        }
+                    }
+                    (k, std::rc::Rc::new(selecting))
+                })
+                .clone();
             for &stage in stages {
                 for d in [Direction::Ingress, Direction::Egress] {
-                    let key = *keys
-                        .entry((labels, profiles, stage_index(stage), dir_index(d)))
-                        .or_insert_with(|| fingerprints.program_key(world, labels, profiles, d, stage));
+                    let key = endpoint_keys[stage_index(stage)][dir_index(d)];
                     let program = match fresh.get(&key).or_else(|| self.by_key.get(&key)) {
                         Some(p) => p.clone(),
                         None => {
                             stats.built += 1;
-                            Arc::new(Program::build(flatten(world, &mut resolver, labels, profiles, d, stage)))
+                            Arc::new(Program::build(flatten(world, &mut resolver, &selecting, profiles, d, stage)))
                         }
                     };
                     fresh.insert(key, program.clone());
@@ -226,14 +239,14 @@ impl Fingerprints {
 
     /// What a program is built from: the stage and direction, the tiers and policies that select the
     /// endpoint (with their contents), its profiles, and the entities and services rules resolve to.
-    fn program_key(&self, world: &ResolvedNode, labels: &crate::resource::Labels, profiles: &[String], d: Direction, stage: Stage) -> u64 {
+    fn program_key(&self, world: &ResolvedNode, selecting: &[bool], profiles: &[String], d: Direction, stage: Stage) -> u64 {
         let mut h = DefaultHasher::new();
         (stage_index(stage), dir_index(d), self.entities).hash(&mut h);
         for tier in &world.tiers {
             let mut any = false;
             for &i in &tier.policies {
                 let p = &world.policies[i];
-                if stage.holds(p) && p.applies(d) && p.selector.matches(labels) {
+                if selecting[i] && stage.holds(p) && p.applies(d) {
                     any = true;
                     self.policies[i].hash(&mut h);
                 }

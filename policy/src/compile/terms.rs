@@ -130,18 +130,22 @@ pub struct FlatProgram {
 #[derive(Debug)]
 pub struct SetResolver<'a> {
     entities: &'a [Entity],
-    ips: HashMap<String, RangeSet>,
+    ips: HashMap<&'a Selector, RangeSet>,
+    families: [RangeSet; 2],
 }
 
 impl<'a> SetResolver<'a> {
     pub fn new(world: &'a ResolvedNode) -> SetResolver<'a> {
-        SetResolver { entities: &world.entities, ips: HashMap::new() }
+        SetResolver { entities: &world.entities, ips: HashMap::new(), families: [family_range(IpFamily::V4), family_range(IpFamily::V6)] }
+    }
+
+    fn family(&self, f: IpFamily) -> &RangeSet {
+        &self.families[f as usize]
     }
 
     /// The addresses of every entity `sel` matches (semantics §2.2).
-    fn selector_ips(&mut self, sel: &Selector) -> RangeSet {
-        let key = sel.to_string();
-        if let Some(s) = self.ips.get(&key) {
+    fn selector_ips(&mut self, sel: &'a Selector) -> RangeSet {
+        if let Some(s) = self.ips.get(sel) {
             return s.clone();
         }
         let ranges: Vec<(u128, u128)> = self
@@ -151,7 +155,7 @@ impl<'a> SetResolver<'a> {
             .flat_map(|e| e.nets.iter().flat_map(|n| net_range(n).ranges().to_vec()))
             .collect();
         let set = RangeSet::from_ranges(ranges);
-        self.ips.insert(key, set.clone());
+        self.ips.insert(sel, set.clone());
         set
     }
 
@@ -176,12 +180,12 @@ impl<'a> SetResolver<'a> {
     }
 }
 
-/// Flattens the walk of `endpoint_labels`' policies for one direction and stage; profiles (normal stage
-/// only) follow the tiers.
-pub fn flatten(
-    world: &ResolvedNode,
-    resolver: &mut SetResolver<'_>,
-    labels: &crate::resource::Labels,
+/// Flattens the walk of an endpoint's policies for one direction and stage; profiles (normal stage only)
+/// follow the tiers. `selecting[i]` says whether policy `i`'s selector matches the endpoint.
+pub fn flatten<'a>(
+    world: &'a ResolvedNode,
+    resolver: &mut SetResolver<'a>,
+    selecting: &[bool],
     profiles: &[String],
     d: Direction,
     stage: Stage,
@@ -196,7 +200,7 @@ pub fn flatten(
             .copied()
             .filter(|&i| {
                 let pol = &world.policies[i];
-                stage.holds(pol) && pol.applies(d) && pol.selector.matches(labels)
+                selecting[i] && stage.holds(pol) && pol.applies(d)
             })
             .collect();
         if members.is_empty() {
@@ -256,11 +260,11 @@ fn patch_resume(p: &mut FlatProgram, pending: &mut Vec<usize>) {
     }
 }
 
-fn push_rule(
+fn push_rule<'a>(
     p: &mut FlatProgram,
-    resolver: &mut SetResolver<'_>,
-    world: &ResolvedNode,
-    rule: &Rule,
+    resolver: &mut SetResolver<'a>,
+    world: &'a ResolvedNode,
+    rule: &'a Rule,
     owner: RuleOwner,
     index: usize,
     pending_pass: &mut Vec<usize>,
@@ -292,7 +296,7 @@ fn push_rule(
 /// One side's alternatives: (address set, port set, tuple condition). `None` when the side can never match.
 type SideAlt = (Option<RangeSet>, Option<RangeSet>, TupleCond);
 
-fn rule_conditions(resolver: &mut SetResolver<'_>, world: &ResolvedNode, rule: &Rule, family: IpFamily) -> Vec<Conditions> {
+fn rule_conditions<'a>(resolver: &mut SetResolver<'a>, world: &'a ResolvedNode, rule: &'a Rule, family: IpFamily) -> Vec<Conditions> {
     if rule.family().is_some_and(|f| f != family) {
         return Vec::new();
     }
@@ -362,15 +366,15 @@ fn family_nets(list: &[IpNet], family: IpFamily) -> Option<Vec<IpNet>> {
     }
 }
 
-fn side_alternatives(
-    resolver: &mut SetResolver<'_>,
-    world: &ResolvedNode,
-    rule: &Rule,
-    side: &EntityRule,
+fn side_alternatives<'a>(
+    resolver: &mut SetResolver<'a>,
+    world: &'a ResolvedNode,
+    rule: &'a Rule,
+    side: &'a EntityRule,
     family: IpFamily,
     is_source: bool,
 ) -> Option<Vec<SideAlt>> {
-    let fam = family_range(family);
+    let fam = resolver.family(family).clone();
     let nets = family_nets(&side.nets, family)?;
     let not_nets = family_nets(&side.not_nets, family)?;
     if not_nets.iter().any(IpNet::is_catch_all) {
