@@ -1,3 +1,4 @@
 //! The calxdp dataplane: frames in, verdicts and frames out.
 
+pub mod flow;
 pub mod tables;

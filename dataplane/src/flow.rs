@@ -1,0 +1,540 @@
+//! The flow table: the dataplane's conntrack. Fixed capacity, allocated once; every entry indexed under
+//! both its original and its reply tuple, so a reply finds its flow (and its NAT) in one probe sequence.
+//!
+//! It follows the reference model (`calxdp_policy::reference::flows`) rule for rule — the same TCP state
+//! machine, the same "established once a reply was seen", the same timeouts — and a property test applies
+//! the same random operations to both. What the model does not have: a capacity. When the table is full a
+//! new flow is refused (counted by the caller); existing flows are never evicted to make room.
+//!
+//! Layout: entries in one array with a free list; an open-addressing index of `u32` (slot << 1 | direction)
+//! with linear probing and backward-shift deletion, sized to stay at most a quarter full (two keys per
+//! entry, half load). 96 bytes per entry plus 16 of index.
+
+use std::net::IpAddr;
+
+use calxdp_policy::conntrack::{tcp_step, CtState, FlowDir, TcpState, TcpStep, Timeouts};
+use calxdp_policy::packet::PacketHeader;
+use calxdp_policy::reference::flows::{FlowKind, Tuple};
+use calxdp_policy::resource::Protocol;
+
+/// Nanoseconds since the dataplane's clock started: read once per batch.
+pub type Nanos = u64;
+
+const EMPTY: u32 = u32::MAX;
+
+/// A stored tuple: addresses as 16 bytes (IPv4 mapped), so both families share one layout.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+#[repr(C)]
+struct Key {
+    src: [u8; 16],
+    dst: [u8; 16],
+    src_port: u16,
+    dst_port: u16,
+    protocol: u8,
+    v4: bool,
+}
+
+impl Key {
+    fn of(t: &Tuple) -> Key {
+        let addr = |ip: IpAddr| match ip {
+            IpAddr::V4(a) => a.to_ipv6_mapped().octets(),
+            IpAddr::V6(a) => a.octets(),
+        };
+        Key { src: addr(t.src), dst: addr(t.dst), src_port: t.src_port, dst_port: t.dst_port, protocol: t.protocol.0, v4: t.src.is_ipv4() }
+    }
+
+    fn tuple(&self) -> Tuple {
+        let addr = |b: [u8; 16]| {
+            let a = std::net::Ipv6Addr::from(b);
+            match (self.v4, a.to_ipv4_mapped()) {
+                (true, Some(v4)) => IpAddr::V4(v4),
+                _ => IpAddr::V6(a),
+            }
+        };
+        Tuple { src: addr(self.src), dst: addr(self.dst), protocol: Protocol(self.protocol), src_port: self.src_port, dst_port: self.dst_port }
+    }
+
+    fn hash(&self) -> u64 {
+        // FNV-1a over the key's fields: keys come from packets, but the index is probed, never trusted,
+        // and its load is bounded, so a weak hash costs speed at worst, never correctness.
+        let mut h: u64 = 0xcbf2_9ce4_8422_2325;
+        let mut feed = |b: u8| {
+            h ^= b as u64;
+            h = h.wrapping_mul(0x0100_0000_01b3);
+        };
+        self.src.iter().chain(self.dst.iter()).for_each(|b| feed(*b));
+        self.src_port.to_le_bytes().iter().chain(self.dst_port.to_le_bytes().iter()).for_each(|b| feed(*b));
+        feed(self.protocol);
+        h ^ (h >> 29)
+    }
+}
+
+/// One flow.
+#[derive(Clone, Copy, Debug)]
+struct Entry {
+    original: Key,
+    reply: Key,
+    expires: Nanos,
+    /// The epoch of the tables that admitted the flow.
+    epoch: u32,
+    kind: u8,
+    tcp: u8,
+    seen_reply: bool,
+    live: bool,
+}
+
+impl Entry {
+    const VACANT: Entry = Entry {
+        original: Key { src: [0; 16], dst: [0; 16], src_port: 0, dst_port: 0, protocol: 0, v4: false },
+        reply: Key { src: [0; 16], dst: [0; 16], src_port: 0, dst_port: 0, protocol: 0, v4: false },
+        expires: 0,
+        epoch: 0,
+        kind: 0,
+        tcp: 0,
+        seen_reply: false,
+        live: false,
+    };
+}
+
+const KIND_TCP: u8 = 0;
+const KIND_UDP: u8 = 1;
+const KIND_ICMP: u8 = 2;
+const KIND_OTHER: u8 = 3;
+
+fn tcp_code(s: TcpState) -> u8 {
+    match s {
+        TcpState::SynSent => 0,
+        TcpState::SynRecv => 1,
+        TcpState::Established => 2,
+        TcpState::FinWait => 3,
+        TcpState::CloseWait => 4,
+        TcpState::LastAck => 5,
+        TcpState::TimeWait => 6,
+        TcpState::Close => 7,
+        TcpState::SynSent2 => 8,
+    }
+}
+
+fn tcp_state(c: u8) -> TcpState {
+    match c {
+        0 => TcpState::SynSent,
+        1 => TcpState::SynRecv,
+        2 => TcpState::Established,
+        3 => TcpState::FinWait,
+        4 => TcpState::CloseWait,
+        5 => TcpState::LastAck,
+        6 => TcpState::TimeWait,
+        7 => TcpState::Close,
+        _ => TcpState::SynSent2,
+    }
+}
+
+/// Where a packet stands: its conntrack state, its entry and direction, and for TCP the state the entry
+/// moves to if the packet is let through.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct FlowLookup {
+    pub state: CtState,
+    pub entry: Option<(u32, FlowDir)>,
+    pub tcp_next: Option<TcpState>,
+}
+
+/// Why a flow was not recorded.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum CommitError {
+    /// Every slot is in use: the new flow is refused and counted; no existing flow is evicted.
+    Full,
+}
+
+/// The conntrack table.
+#[derive(Debug)]
+pub struct FlowTable {
+    entries: Vec<Entry>,
+    free: Vec<u32>,
+    index: Vec<u32>,
+    mask: usize,
+    live: usize,
+    timeouts: Timeouts,
+    /// Next slot the incremental expiry sweep looks at.
+    sweep: usize,
+}
+
+impl FlowTable {
+    /// A table for `capacity` flows; all memory is allocated here.
+    pub fn with_capacity(capacity: usize) -> FlowTable {
+        let capacity = capacity.max(1);
+        let index_len = (capacity * 4).next_power_of_two();
+        FlowTable {
+            entries: vec![Entry::VACANT; capacity],
+            free: (0..capacity as u32).rev().collect(),
+            index: vec![EMPTY; index_len],
+            mask: index_len - 1,
+            live: 0,
+            timeouts: Timeouts::default(),
+            sweep: 0,
+        }
+    }
+
+    pub fn len(&self) -> usize {
+        self.live
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.live == 0
+    }
+
+    pub fn capacity(&self) -> usize {
+        self.entries.len()
+    }
+
+    /// Bytes per flow this table holds (entry and index).
+    pub fn bytes_per_flow(&self) -> usize {
+        (self.entries.len() * std::mem::size_of::<Entry>() + self.index.len() * 4) / self.entries.len()
+    }
+
+    fn find(&self, k: &Key) -> Option<(u32, FlowDir)> {
+        let mut i = k.hash() as usize & self.mask;
+        loop {
+            let v = self.index[i];
+            if v == EMPTY {
+                return None;
+            }
+            let slot = v >> 1;
+            let e = &self.entries[slot as usize];
+            let dir = if v & 1 == 0 { FlowDir::Original } else { FlowDir::Reply };
+            let stored = if dir == FlowDir::Original { &e.original } else { &e.reply };
+            if stored == k {
+                return Some((slot, dir));
+            }
+            i = (i + 1) & self.mask;
+        }
+    }
+
+    fn index_insert(&mut self, k: &Key, value: u32) {
+        let mut i = k.hash() as usize & self.mask;
+        while self.index[i] != EMPTY {
+            i = (i + 1) & self.mask;
+        }
+        self.index[i] = value;
+    }
+
+    /// Removes `value` from the index by backward-shift deletion (no tombstones).
+    fn index_remove(&mut self, k: &Key, value: u32) {
+        let mut i = k.hash() as usize & self.mask;
+        while self.index[i] != value {
+            if self.index[i] == EMPTY {
+                return;
+            }
+            i = (i + 1) & self.mask;
+        }
+        let mut hole = i;
+        let mut j = (i + 1) & self.mask;
+        while self.index[j] != EMPTY {
+            let v = self.index[j];
+            let e = &self.entries[(v >> 1) as usize];
+            let key = if v & 1 == 0 { &e.original } else { &e.reply };
+            let home = key.hash() as usize & self.mask;
+            // Move it back if its home is not in (hole, j] cyclically.
+            let between = if hole <= j { home > hole && home <= j } else { home > hole || home <= j };
+            if !between {
+                self.index[hole] = v;
+                hole = j;
+            }
+            j = (j + 1) & self.mask;
+        }
+        self.index[hole] = EMPTY;
+    }
+
+    fn remove(&mut self, slot: u32) {
+        let e = self.entries[slot as usize];
+        if !e.live {
+            return;
+        }
+        self.index_remove(&e.original, slot << 1);
+        self.index_remove(&e.reply, slot << 1 | 1);
+        self.entries[slot as usize].live = false;
+        self.free.push(slot);
+        self.live -= 1;
+    }
+
+    /// Classifies a packet (semantics §8.1, §8.3); an expired entry is removed on the way. `inner` is the
+    /// flow an ICMP error quotes.
+    pub fn lookup(&mut self, pkt: &PacketHeader, inner: Option<Tuple>, now: Nanos) -> FlowLookup {
+        let none = |state| FlowLookup { state, entry: None, tcp_next: None };
+        if pkt.is_icmp_error() {
+            let related = inner.is_some_and(|t| self.find_live(&Key::of(&t), now).is_some());
+            return none(if related { CtState::Related } else { CtState::Invalid });
+        }
+        if pkt.protocol == Protocol::ICMPV6 && matches!(pkt.icmp_type, 130..=137) {
+            return none(CtState::Untracked);
+        }
+        let k = Key::of(&Tuple::of(pkt));
+        match self.find_live(&k, now) {
+            Some((slot, dir)) => {
+                let e = &self.entries[slot as usize];
+                let mut established = dir == FlowDir::Reply || e.seen_reply;
+                let mut tcp_next = None;
+                if e.kind == KIND_TCP {
+                    let st = tcp_state(e.tcp);
+                    match tcp_step(Some(st), dir, pkt.tcp_flags) {
+                        TcpStep::Invalid => {
+                            return FlowLookup { state: CtState::Invalid, entry: Some((slot, dir)), tcp_next: None };
+                        }
+                        TcpStep::Ignore => tcp_next = Some(st),
+                        TcpStep::To(next) => {
+                            if next == TcpState::SynSent && matches!(st, TcpState::TimeWait | TcpState::Close) {
+                                established = false;
+                            }
+                            tcp_next = Some(next);
+                        }
+                    }
+                }
+                FlowLookup { state: if established { CtState::Established } else { CtState::New }, entry: Some((slot, dir)), tcp_next }
+            }
+            None => match pkt.protocol {
+                Protocol::TCP => match tcp_step(None, FlowDir::Original, pkt.tcp_flags) {
+                    TcpStep::To(next) => FlowLookup { state: CtState::New, entry: None, tcp_next: Some(next) },
+                    _ => none(CtState::Invalid),
+                },
+                Protocol::ICMP => none(if matches!(pkt.icmp_type, 8 | 13 | 15 | 17) { CtState::New } else { CtState::Invalid }),
+                Protocol::ICMPV6 => none(if pkt.icmp_type == 128 { CtState::New } else { CtState::Invalid }),
+                _ => none(CtState::New),
+            },
+        }
+    }
+
+    fn find_live(&mut self, k: &Key, now: Nanos) -> Option<(u32, FlowDir)> {
+        let (slot, dir) = self.find(k)?;
+        if self.entries[slot as usize].expires <= now {
+            self.remove(slot);
+            return None;
+        }
+        Some((slot, dir))
+    }
+
+    /// Records an allowed packet: updates its entry, or creates one whose replies carry `reply`.
+    pub fn commit(&mut self, pkt: &PacketHeader, lookup: &FlowLookup, reply: Tuple, epoch: u32, now: Nanos) -> Result<(), CommitError> {
+        match lookup.entry {
+            Some((slot, dir)) => {
+                let timeouts = self.timeouts;
+                let e = &mut self.entries[slot as usize];
+                let reopened = matches!(lookup.tcp_next, Some(TcpState::SynSent))
+                    && e.kind == KIND_TCP
+                    && matches!(tcp_state(e.tcp), TcpState::TimeWait | TcpState::Close);
+                if reopened {
+                    e.seen_reply = false;
+                }
+                if dir == FlowDir::Reply {
+                    e.seen_reply = true;
+                }
+                if let Some(next) = lookup.tcp_next {
+                    e.tcp = tcp_code(next);
+                }
+                e.expires = now + timeout_of(&timeouts, e);
+                Ok(())
+            }
+            None => {
+                if lookup.state != CtState::New {
+                    return Ok(());
+                }
+                let Some(slot) = self.free.pop() else { return Err(CommitError::Full) };
+                let kind = match pkt.protocol {
+                    Protocol::TCP => KIND_TCP,
+                    Protocol::UDP | Protocol::UDPLITE => KIND_UDP,
+                    Protocol::ICMP | Protocol::ICMPV6 => KIND_ICMP,
+                    _ => KIND_OTHER,
+                };
+                let mut e = Entry {
+                    original: Key::of(&Tuple::of(pkt)),
+                    reply: Key::of(&reply),
+                    expires: 0,
+                    epoch,
+                    kind,
+                    tcp: tcp_code(lookup.tcp_next.unwrap_or(TcpState::SynSent)),
+                    seen_reply: false,
+                    live: true,
+                };
+                e.expires = now + timeout_of(&self.timeouts, &e);
+                self.entries[slot as usize] = e;
+                self.index_insert(&e.original, slot << 1);
+                self.index_insert(&e.reply, slot << 1 | 1);
+                self.live += 1;
+                Ok(())
+            }
+        }
+    }
+
+    /// The tuples of an entry: what the original direction is rewritten to, and back.
+    pub fn tuples(&self, slot: u32) -> (Tuple, Tuple) {
+        let e = &self.entries[slot as usize];
+        (e.original.tuple(), e.reply.tuple())
+    }
+
+    /// The epoch of the tables that admitted a flow.
+    pub fn epoch_of(&self, slot: u32) -> u32 {
+        self.entries[slot as usize].epoch
+    }
+
+    /// Whether a live entry holds this packet's flow.
+    pub fn tracks(&mut self, pkt: &PacketHeader, now: Nanos) -> bool {
+        self.find_live(&Key::of(&Tuple::of(pkt)), now).is_some()
+    }
+
+    /// Removes up to `budget` expired entries, continuing where the last sweep stopped.
+    pub fn expire(&mut self, now: Nanos, budget: usize) -> usize {
+        let mut removed = 0;
+        for _ in 0..budget.min(self.entries.len()) {
+            let slot = self.sweep;
+            self.sweep = (self.sweep + 1) % self.entries.len();
+            let e = &self.entries[slot];
+            if e.live && e.expires <= now {
+                self.remove(slot as u32);
+                removed += 1;
+            }
+        }
+        removed
+    }
+
+    /// Removes every flow whose original or reply source is `ip` (semantics §8.2: a deleted endpoint).
+    pub fn flush_ip(&mut self, ip: IpAddr) -> usize {
+        let mut removed = 0;
+        for slot in 0..self.entries.len() {
+            let e = &self.entries[slot];
+            if e.live && (e.original.tuple().src == ip || e.reply.tuple().src == ip) {
+                self.remove(slot as u32);
+                removed += 1;
+            }
+        }
+        removed
+    }
+}
+
+fn timeout_of(t: &Timeouts, e: &Entry) -> Nanos {
+    let d = match e.kind {
+        KIND_TCP => t.tcp(tcp_state(e.tcp)),
+        KIND_UDP if e.seen_reply => t.udp_replied,
+        KIND_UDP => t.udp_unreplied,
+        KIND_ICMP => t.icmp,
+        _ => t.generic,
+    };
+    d.as_nanos() as Nanos
+}
+
+/// The reference model's kind of a flow, for comparisons in tests.
+pub fn kind_name(k: FlowKind) -> &'static str {
+    match k {
+        FlowKind::Tcp(_) => "tcp",
+        FlowKind::Udp => "udp",
+        FlowKind::Icmp => "icmp",
+        FlowKind::Other => "other",
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::time::Duration;
+
+    use super::*;
+    use calxdp_policy::packet::tcp_flags;
+    use calxdp_policy::reference::flows::Flows;
+
+    fn pkt(src: u8, dst: u8, proto: Protocol, sport: u16, dport: u16, flags: u8) -> PacketHeader {
+        PacketHeader {
+            src: IpAddr::V4(std::net::Ipv4Addr::new(10, 0, 0, src)),
+            dst: IpAddr::V4(std::net::Ipv4Addr::new(10, 0, 0, dst)),
+            protocol: proto,
+            src_port: sport,
+            dst_port: dport,
+            tcp_flags: flags,
+            icmp_type: if proto == Protocol::ICMP { 8 } else { 0 },
+            icmp_code: 0,
+            icmp_id: sport,
+        }
+    }
+
+    #[test]
+    fn entry_fits_the_budget() {
+        let t = FlowTable::with_capacity(1 << 20);
+        assert!(t.bytes_per_flow() <= 128, "{} bytes per flow", t.bytes_per_flow());
+    }
+
+    #[test]
+    fn full_table_refuses_new_flows_and_keeps_old_ones() {
+        let mut t = FlowTable::with_capacity(2);
+        for i in 0..2 {
+            let p = pkt(1, 2, Protocol::UDP, 1000 + i, 53, 0);
+            let l = t.lookup(&p, None, 0);
+            t.commit(&p, &l, Tuple::of(&p).reversed(), 1, 0).unwrap();
+        }
+        let p = pkt(1, 2, Protocol::UDP, 2000, 53, 0);
+        let l = t.lookup(&p, None, 0);
+        assert_eq!(t.commit(&p, &l, Tuple::of(&p).reversed(), 1, 0), Err(CommitError::Full));
+        assert!(t.tracks(&pkt(1, 2, Protocol::UDP, 1000, 53, 0), 0));
+        assert_eq!(t.len(), 2);
+    }
+
+    /// One operation of the op-model test.
+    #[derive(Clone, Copy, Debug)]
+    enum Op {
+        Packet { reply: bool, flow: u8, flags: u8 },
+        Advance(u64),
+        Flush(u8),
+    }
+
+    fn xorshift(s: &mut u64) -> u64 {
+        *s ^= *s << 13;
+        *s ^= *s >> 7;
+        *s ^= *s << 17;
+        *s
+    }
+
+    // STYLE 6: the same random operations applied to the real table and to the reference model.
+    #[test]
+    fn behaves_like_the_reference_model() {
+        let flags = [tcp_flags::SYN, tcp_flags::SYN | tcp_flags::ACK, tcp_flags::ACK, tcp_flags::FIN | tcp_flags::ACK, tcp_flags::RST, 0];
+        for seed in 1..200u64 {
+            let mut s = seed * 0x9e37_79b9;
+            let mut table = FlowTable::with_capacity(64);
+            let mut model = Flows::default();
+            let mut now = Duration::ZERO;
+            for _ in 0..300 {
+                let op = match xorshift(&mut s) % 10 {
+                    0 => Op::Advance(xorshift(&mut s) % 200),
+                    1 => Op::Flush((xorshift(&mut s) % 6) as u8),
+                    _ => Op::Packet { reply: xorshift(&mut s) % 3 == 0, flow: (xorshift(&mut s) % 12) as u8, flags: flags[(xorshift(&mut s) % 6) as usize] },
+                };
+                match op {
+                    Op::Advance(secs) => {
+                        now += Duration::from_secs(secs);
+                        model.expire(now);
+                    }
+                    Op::Flush(host) => {
+                        let ip = IpAddr::V4(std::net::Ipv4Addr::new(10, 0, 0, host));
+                        table.flush_ip(ip);
+                        model.flush_ip(ip);
+                    }
+                    Op::Packet { reply, flow, flags } => {
+                        let proto = [Protocol::TCP, Protocol::UDP, Protocol::ICMP, Protocol(47)][(flow % 4) as usize];
+                        let (a, b, sp, dp) = (1 + flow % 3, 4 + flow % 2, 1000 + flow as u16, 80);
+                        let p = if reply { pkt(b, a, proto, dp, sp, flags) } else { pkt(a, b, proto, sp, dp, flags) };
+                        let mut p = p;
+                        if proto == Protocol::ICMP {
+                            p.icmp_type = if reply { 0 } else { 8 };
+                            p.icmp_id = sp;
+                        }
+                        let nanos = now.as_nanos() as u64;
+                        let got = table.lookup(&p, None, nanos);
+                        let want = model.lookup(&p, None);
+                        assert_eq!(got.state, want.state, "seed {seed} {op:?} {p:?}");
+                        assert_eq!(got.tcp_next, want.tcp_next, "seed {seed} {op:?}");
+                        if got.state != CtState::Invalid {
+                            let reply_tuple = Tuple::of(&p).reversed();
+                            let _ = table.commit(&p, &got, reply_tuple, 1, nanos);
+                            model.commit(&p, &want, reply_tuple, now);
+                        }
+                        assert_eq!(table.tracks(&p, nanos), model.tracks(&p), "seed {seed} {op:?}");
+                    }
+                }
+            }
+        }
+    }
+}
