@@ -46,7 +46,7 @@ impl TablePublisher {
         let mut cache = ProgramCache::new();
         let world = ResolvedNode::new(&node, &resources);
         let compiled = cache.compile(&world, 1);
-        let slot = Arc::new(TableSlot::new(TableSet { epoch: 1, world: Arc::new(world), compiled: Arc::new(compiled) }));
+        let slot = Arc::new(TableSlot::new(TableSet::new(1, Arc::new(world), Arc::new(compiled))));
         TablePublisher { node, resources, cache, slot, epoch: 1 }
     }
 
@@ -82,7 +82,7 @@ impl TablePublisher {
         validate(&world, &compiled).map_err(Rejected)?;
         self.epoch += 1;
         let stats = compiled.stats;
-        self.slot.publish(TableSet { epoch: self.epoch, world: Arc::new(world), compiled: Arc::new(compiled) });
+        self.slot.publish(TableSet::new(self.epoch, Arc::new(world), Arc::new(compiled)));
         self.resources = next;
         Ok(Published { epoch: self.epoch, stats, took: start.elapsed() })
     }

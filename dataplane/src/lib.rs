@@ -1,4 +1,6 @@
 //! The calxdp dataplane: frames in, verdicts and frames out.
 
 pub mod flow;
+pub mod path;
+pub mod pipeline;
 pub mod tables;

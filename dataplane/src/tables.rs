@@ -12,6 +12,8 @@ use arc_swap::ArcSwap;
 use calxdp_policy::compile::CompiledTables;
 use calxdp_policy::resolve::ResolvedNode;
 
+use crate::path::PortMap;
+
 /// One consistent version of everything the pipeline decides with.
 #[derive(Debug)]
 pub struct TableSet {
@@ -20,6 +22,15 @@ pub struct TableSet {
     /// The node and resources the tables were compiled from (endpoint bindings, services, configuration).
     pub world: Arc<ResolvedNode>,
     pub compiled: Arc<CompiledTables>,
+    /// Port bindings resolved from `world`, so the hot path looks up no names.
+    pub ports: PortMap,
+}
+
+impl TableSet {
+    pub fn new(epoch: u64, world: Arc<ResolvedNode>, compiled: Arc<CompiledTables>) -> TableSet {
+        let ports = PortMap::new(&world);
+        TableSet { epoch, world, compiled, ports }
+    }
 }
 
 /// Where workers find the current tables.

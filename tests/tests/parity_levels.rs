@@ -30,3 +30,13 @@ fn own_scenarios_reference() {
 fn own_scenarios_compiled() {
     check(Level::Compiled, own_scenarios());
 }
+
+#[test]
+fn shared_cases_pipeline() {
+    check(Level::Pipeline, shared_cases());
+}
+
+#[test]
+fn own_scenarios_pipeline() {
+    check(Level::Pipeline, own_scenarios());
+}

@@ -1,0 +1,87 @@
+//! What the pipeline knows about the node's ports, resolved once per table version so the hot path never
+//! looks up a name: which host endpoint governs each uplink and `lo`, the `*` host endpoint, the local
+//! workloads by address, and routes (DESIGN.md "The node").
+
+use std::collections::HashMap;
+use std::net::IpAddr;
+
+use calxdp_policy::resolve::{ResolvedNode, LOOPBACK};
+
+/// Where a frame enters or leaves the node.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum Port {
+    /// An uplink, by index in the node's interfaces.
+    Uplink(u16),
+    /// A local pod's interface, by index in the node's workloads.
+    Workload(u16),
+    /// The host's own network stack (the tap).
+    Host,
+}
+
+/// Where routing sends a packet.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Route {
+    /// To one of the host's addresses.
+    Local,
+    Workload(u16),
+    Uplink(u16),
+}
+
+/// Port bindings of one table version.
+#[derive(Debug, Default)]
+pub struct PortMap {
+    /// The named host endpoint of each uplink (index in `ResolvedNode::host_endpoints`).
+    pub uplink_hep: Vec<Option<u32>>,
+    /// The named host endpoint of `lo`, where host-to-own-address traffic crosses.
+    pub loopback_hep: Option<u32>,
+    pub star_hep: Option<u32>,
+    pub workload_by_ip: HashMap<IpAddr, u16>,
+    pub host_ips: Vec<IpAddr>,
+}
+
+impl PortMap {
+    pub fn new(world: &ResolvedNode) -> PortMap {
+        let node = &world.node;
+        let named = |iface: &str| world.interface_hep.get(iface).map(|&h| h as u32);
+        let mut workload_by_ip = HashMap::new();
+        for (i, w) in node.workloads.iter().enumerate() {
+            for ip in &w.ips {
+                workload_by_ip.insert(*ip, i as u16);
+            }
+        }
+        PortMap {
+            uplink_hep: node.uplinks.iter().map(|u| named(&u.name)).collect(),
+            loopback_hep: named(LOOPBACK),
+            star_hep: world.star_hep.map(|h| h as u32),
+            workload_by_ip,
+            host_ips: node.uplinks.iter().flat_map(|u| u.addrs.iter().copied()).collect(),
+        }
+    }
+
+    pub fn is_host_ip(&self, ip: IpAddr) -> bool {
+        ip.is_loopback() || self.host_ips.contains(&ip)
+    }
+
+    /// The host endpoint of an uplink: its own, else `*`.
+    pub fn uplink_or_star(&self, u: u16) -> Option<u32> {
+        self.uplink_hep.get(u as usize).copied().flatten().or(self.star_hep)
+    }
+
+    /// The host endpoint of `lo`: its own, else `*`.
+    pub fn loopback_or_star(&self) -> Option<u32> {
+        self.loopback_hep.or(self.star_hep)
+    }
+
+    pub fn route(&self, world: &ResolvedNode, dst: IpAddr) -> Route {
+        if self.is_host_ip(dst) {
+            Route::Local
+        } else if let Some(&w) = self.workload_by_ip.get(&dst) {
+            Route::Workload(w)
+        } else {
+            match world.node.uplink_for(dst) {
+                Some(u) => Route::Uplink(u as u16),
+                None => Route::Local,
+            }
+        }
+    }
+}

@@ -1,0 +1,735 @@
+//! The pipeline: Felix's hooks as stages over a batch of packets (DESIGN.md "The pipeline, per frame, in
+//! Felix's order"). Each stage is one pass over the batch; a packet that gets its verdict stops taking part.
+//! The tables are loaded once per batch, the clock is read once per batch, nothing allocates.
+//!
+//! Stages: source checks → untracked (raw) → conntrack → pre-DNAT (mangle) → service NAT → route and
+//! filter (INPUT / FORWARD / OUTPUT) → commit (conntrack entry, NAT to apply, counters).
+
+use std::net::{IpAddr, SocketAddr};
+use std::sync::Arc;
+
+use calxdp_policy::compile::{flow_key, Program, ProgramEnd};
+use calxdp_policy::conntrack::{CtState, FlowDir};
+use calxdp_policy::net::IpFamily;
+use calxdp_policy::node::{EndpointToHostAction, Failsafe};
+use calxdp_policy::packet::PacketHeader;
+use calxdp_policy::reference::flows::Tuple;
+use calxdp_policy::reference::EndpointRef;
+use calxdp_policy::resolve::{Direction, Stage};
+use calxdp_policy::resource::Protocol;
+use calxdp_policy::service::{find_service, pick_backend, ServiceNat};
+use calxdp_policy::verdict::{Reason, RuleOwner, RuleRef, Verdict};
+
+use crate::flow::{FlowLookup, FlowTable, Nanos};
+use crate::path::{Port, Route};
+use crate::tables::{TableSet, TableSlot};
+
+/// A decision without names: which rule (by its index in the program that decided), or which static
+/// behaviour. Turned into a [`Reason`] only when someone asks why.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Decision {
+    Rule { ep: EndpointRef, stage: Stage, dir: Direction, rule: u32 },
+    EndOfTier { ep: EndpointRef, stage: Stage, dir: Direction, tier: u32 },
+    NoProfile { ep: EndpointRef, dir: Direction },
+    Failsafe { inbound: bool, protocol: u8, port: u16 },
+    EndpointToHost(EndpointToHostAction),
+    HostToLocalWorkload,
+    Established,
+    Related,
+    Invalid,
+    NoHostEndpoint,
+    ForwardDefaultAllow,
+    UntrackedAllow,
+    PreDnatAllow,
+    SourceSpoofed,
+    EncapFromWorkload,
+    Icmpv6FromWorkload,
+    NoCalicoVerdict,
+    ConntrackFull,
+    ServiceWithoutEndpoints,
+    /// A frame that did not parse, with its counter name.
+    Malformed(&'static str),
+}
+
+/// Why packets were dropped, as counters.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum DropReason {
+    PolicyDeny,
+    EndOfTier,
+    NoProfile,
+    EndpointToHost,
+    Invalid,
+    SourceSpoofed,
+    EncapFromWorkload,
+    ConntrackFull,
+    ServiceWithoutEndpoints,
+    Malformed,
+}
+
+impl DropReason {
+    pub const ALL: [DropReason; 10] = [
+        DropReason::PolicyDeny,
+        DropReason::EndOfTier,
+        DropReason::NoProfile,
+        DropReason::EndpointToHost,
+        DropReason::Invalid,
+        DropReason::SourceSpoofed,
+        DropReason::EncapFromWorkload,
+        DropReason::ConntrackFull,
+        DropReason::ServiceWithoutEndpoints,
+        DropReason::Malformed,
+    ];
+
+    pub fn name(self) -> &'static str {
+        match self {
+            DropReason::PolicyDeny => "policy_deny",
+            DropReason::EndOfTier => "end_of_tier",
+            DropReason::NoProfile => "no_profile_matched",
+            DropReason::EndpointToHost => "endpoint_to_host_action",
+            DropReason::Invalid => "conntrack_invalid",
+            DropReason::SourceSpoofed => "source_spoofed",
+            DropReason::EncapFromWorkload => "encap_from_workload",
+            DropReason::ConntrackFull => "conntrack_full",
+            DropReason::ServiceWithoutEndpoints => "service_without_endpoints",
+            DropReason::Malformed => "malformed",
+        }
+    }
+
+    fn of(d: &Decision) -> DropReason {
+        match d {
+            Decision::Rule { .. } => DropReason::PolicyDeny,
+            Decision::EndOfTier { .. } => DropReason::EndOfTier,
+            Decision::NoProfile { .. } => DropReason::NoProfile,
+            Decision::EndpointToHost(_) => DropReason::EndpointToHost,
+            Decision::SourceSpoofed => DropReason::SourceSpoofed,
+            Decision::EncapFromWorkload => DropReason::EncapFromWorkload,
+            Decision::ConntrackFull => DropReason::ConntrackFull,
+            Decision::ServiceWithoutEndpoints => DropReason::ServiceWithoutEndpoints,
+            Decision::Malformed(_) => DropReason::Malformed,
+            _ => DropReason::Invalid,
+        }
+    }
+}
+
+/// Counters of one worker; summed across workers on read.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Counters {
+    pub packets: u64,
+    pub allowed: u64,
+    pub drops: [u64; DropReason::ALL.len()],
+    /// Log rules that fired more often than a packet can record.
+    pub logs_overflowed: u64,
+}
+
+impl Counters {
+    pub fn dropped(&self, r: DropReason) -> u64 {
+        self.drops[r as usize]
+    }
+}
+
+/// A Log rule that fired for a packet.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct LogHit {
+    pub ep: EndpointRef,
+    pub stage: Stage,
+    pub dir: Direction,
+    pub rule: u32,
+}
+
+/// Most Log hits a packet records.
+pub const MAX_LOGS: usize = 4;
+
+/// One packet of a batch: what arrived, and what the pipeline decided.
+#[derive(Clone, Copy, Debug)]
+pub struct Packet {
+    pub port: Port,
+    pub header: PacketHeader,
+    /// The flow an ICMP error quotes.
+    pub inner: Option<Tuple>,
+    // Results.
+    pub verdict: Verdict,
+    pub decision: Decision,
+    pub out: Option<Port>,
+    /// The destination after NAT.
+    pub translated: Option<SocketAddr>,
+    /// The source after NAT (SNAT, or un-DNAT of a reply).
+    pub translated_src: Option<SocketAddr>,
+    pub logs: [Option<LogHit>; MAX_LOGS],
+    // Working state between stages.
+    done: bool,
+    accepted: Option<Decision>,
+    lookup: FlowLookup,
+    post: PacketHeader,
+    snat: Option<IpAddr>,
+    route: Route,
+}
+
+impl Packet {
+    pub fn new(port: Port, header: PacketHeader, inner: Option<Tuple>) -> Packet {
+        Packet {
+            port,
+            header,
+            inner,
+            verdict: Verdict::Drop,
+            decision: Decision::NoCalicoVerdict,
+            out: None,
+            translated: None,
+            translated_src: None,
+            logs: [None; MAX_LOGS],
+            done: false,
+            accepted: None,
+            lookup: FlowLookup { state: CtState::New, entry: None, tcp_next: None },
+            post: header,
+            snat: None,
+            route: Route::Local,
+        }
+    }
+
+    /// A packet that failed to parse: dropped before any stage.
+    pub fn malformed(port: Port, reason: &'static str) -> Packet {
+        let blank = PacketHeader {
+            src: IpAddr::V4(std::net::Ipv4Addr::UNSPECIFIED),
+            dst: IpAddr::V4(std::net::Ipv4Addr::UNSPECIFIED),
+            protocol: Protocol(0),
+            src_port: 0,
+            dst_port: 0,
+            tcp_flags: 0,
+            icmp_type: 0,
+            icmp_code: 0,
+            icmp_id: 0,
+        };
+        let mut p = Packet::new(port, blank, None);
+        p.done = true;
+        p.decision = Decision::Malformed(reason);
+        p
+    }
+
+    fn drop(&mut self, d: Decision) {
+        self.verdict = Verdict::Drop;
+        self.decision = d;
+        self.done = true;
+    }
+
+    fn note(&mut self, d: Decision) {
+        self.decision = d;
+    }
+
+    fn log(&mut self, hit: LogHit) -> bool {
+        match self.logs.iter_mut().find(|l| l.is_none()) {
+            Some(slot) => {
+                *slot = Some(hit);
+                true
+            }
+            None => false,
+        }
+    }
+}
+
+/// One chain's answer.
+enum Chain {
+    Accept(Decision),
+    Drop(Decision),
+    Return(Decision),
+}
+
+/// A worker's pipeline: its flow table, its counters, and where it reads tables.
+#[derive(Debug)]
+pub struct Pipeline {
+    slot: Arc<TableSlot>,
+    pub flows: FlowTable,
+    pub counters: Counters,
+}
+
+impl Pipeline {
+    pub fn new(slot: Arc<TableSlot>, flow_capacity: usize) -> Pipeline {
+        Pipeline { slot, flows: FlowTable::with_capacity(flow_capacity), counters: Counters::default() }
+    }
+
+    /// Decides a batch. `now` is read once per batch by the caller.
+    pub fn process(&mut self, batch: &mut [Packet], now: Nanos) {
+        let guard = self.slot.load();
+        let t: &TableSet = &guard;
+        for p in batch.iter_mut().filter(|p| !p.done) {
+            source_checks(t, p);
+        }
+        for p in batch.iter_mut().filter(|p| !p.done) {
+            untracked_stage(t, p);
+        }
+        for p in batch.iter_mut().filter(|p| !p.done) {
+            p.lookup = if p.accepted.is_some() {
+                FlowLookup { state: CtState::Untracked, entry: None, tcp_next: None }
+            } else {
+                self.flows.lookup(&p.header, p.inner, now)
+            };
+            if matches!(p.lookup.state, CtState::Established | CtState::Related) {
+                established(t, &self.flows, p);
+            }
+        }
+        for p in batch.iter_mut().filter(|p| !p.done) {
+            prednat_stage(t, p);
+        }
+        for p in batch.iter_mut().filter(|p| !p.done) {
+            service_nat(t, p);
+        }
+        for p in batch.iter_mut().filter(|p| !p.done) {
+            filter_stage(t, p);
+        }
+        let epoch = t.epoch as u32;
+        for p in batch.iter_mut() {
+            self.counters.packets += 1;
+            if p.verdict == Verdict::Allow {
+                let lookup = p.lookup;
+                let track = p.accepted.is_none() && matches!(lookup.state, CtState::New | CtState::Established | CtState::Related);
+                if track && (lookup.entry.is_some() || lookup.state == CtState::New) {
+                    let mut reply = Tuple::of(&p.post).reversed();
+                    if let Some(a) = p.snat {
+                        reply.dst = a;
+                    }
+                    if self.flows.commit(&p.header, &lookup, reply, epoch, now).is_err() {
+                        p.drop(Decision::ConntrackFull);
+                    }
+                }
+            }
+            match p.verdict {
+                Verdict::Allow => self.counters.allowed += 1,
+                Verdict::Drop => self.counters.drops[DropReason::of(&p.decision) as usize] += 1,
+            }
+            if p.logs.iter().all(Option::is_some) {
+                self.counters.logs_overflowed += 1;
+            }
+        }
+    }
+
+    pub fn tables(&self) -> arc_swap::Guard<Arc<TableSet>> {
+        self.slot.load()
+    }
+}
+
+/// Strict reverse-path check for pods (semantics §7.1 (R) 3).
+fn source_checks(t: &TableSet, p: &mut Packet) {
+    if let Port::Workload(w) = p.port {
+        if !t.world.node.workloads[w as usize].ips.contains(&p.header.src) {
+            p.drop(Decision::SourceSpoofed);
+        }
+    }
+}
+
+/// raw PREROUTING / OUTPUT: doNotTrack policy of a named host endpoint (semantics §7.1 (R) 4, §7.2 (R)).
+fn untracked_stage(t: &TableSet, p: &mut Packet) {
+    let (hep, dir) = match p.port {
+        Port::Uplink(u) => (t.ports.uplink_hep.get(u as usize).copied().flatten(), Direction::Ingress),
+        Port::Host => {
+            let hep = match t.ports.route(&t.world, p.header.dst) {
+                Route::Uplink(u) => t.ports.uplink_hep.get(u as usize).copied().flatten(),
+                Route::Local => t.ports.loopback_hep,
+                Route::Workload(_) => None,
+            };
+            (hep, Direction::Egress)
+        }
+        Port::Workload(_) => (None, Direction::Ingress),
+    };
+    let Some(h) = hep else { return };
+    let ep = EndpointRef::Host(h as usize);
+    if !has_policies(t, ep, Stage::Untracked, None) {
+        return;
+    }
+    let felix = &t.world.node.felix;
+    let h_ = &p.header;
+    let failsafe = match dir {
+        Direction::Ingress => failsafe_hit(&felix.failsafe_inbound, h_, h_.dst_port, h_.src)
+            .or_else(|| failsafe_hit(&felix.failsafe_outbound, h_, h_.src_port, h_.src)),
+        Direction::Egress => failsafe_hit(&felix.failsafe_outbound, h_, h_.dst_port, h_.dst)
+            .or_else(|| failsafe_hit(&felix.failsafe_inbound, h_, h_.src_port, h_.dst)),
+    };
+    if failsafe.is_some() {
+        return;
+    }
+    match walk(t, ep, dir, Stage::Untracked, p) {
+        Chain::Drop(d) => p.drop(d),
+        Chain::Accept(d) => {
+            p.note(d);
+            p.accepted = Some(Decision::UntrackedAllow);
+        }
+        Chain::Return(_) => {}
+    }
+}
+
+/// Every tracked chain accepts ESTABLISHED/RELATED first (semantics §8.1): NAT comes from the entry.
+fn established(t: &TableSet, flows: &FlowTable, p: &mut Packet) {
+    let (mut dst, mut dst_port) = (p.header.dst, p.header.dst_port);
+    let (mut src, mut src_port) = (p.header.src, p.header.src_port);
+    if let Some((slot, dir)) = p.lookup.entry {
+        let (original, reply) = flows.tuples(slot);
+        match dir {
+            FlowDir::Original => {
+                dst = reply.src;
+                dst_port = reply.src_port;
+                src = reply.dst;
+                src_port = reply.dst_port;
+            }
+            FlowDir::Reply => {
+                dst = original.src;
+                dst_port = original.src_port;
+                src = original.dst;
+                src_port = original.dst_port;
+            }
+        }
+    }
+    if !p.header.has_ports() {
+        dst_port = p.header.dst_port;
+        src_port = p.header.src_port;
+    }
+    p.note(if p.lookup.state == CtState::Established { Decision::Established } else { Decision::Related });
+    p.verdict = Verdict::Allow;
+    p.out = Some(egress_port(t.ports.route(&t.world, dst)));
+    p.translated = Some(SocketAddr::new(dst, dst_port));
+    p.translated_src = Some(SocketAddr::new(src, src_port));
+    p.done = true;
+}
+
+/// mangle PREROUTING: pre-DNAT policy of the ingress host endpoint, or of `*` (semantics §7.1 (M), §7.7).
+fn prednat_stage(t: &TableSet, p: &mut Packet) {
+    if p.accepted.is_some() || p.port == Port::Host {
+        return;
+    }
+    let has = |h: u32| has_policies(t, EndpointRef::Host(h as usize), Stage::PreDnat, Some(Direction::Ingress));
+    let named = match p.port {
+        Port::Uplink(u) => t.ports.uplink_hep.get(u as usize).copied().flatten(),
+        _ => None,
+    };
+    let Some(h) = named.filter(|h| has(*h)).or(t.ports.star_hep.filter(|h| has(*h))) else { return };
+    if p.lookup.state == CtState::Invalid && !t.world.node.felix.disable_conntrack_invalid_check {
+        p.drop(Decision::Invalid);
+        return;
+    }
+    if failsafe_hit(&t.world.node.felix.failsafe_inbound, &p.header, p.header.dst_port, p.header.src).is_some() {
+        return;
+    }
+    match walk(t, EndpointRef::Host(h as usize), Direction::Ingress, Stage::PreDnat, p) {
+        Chain::Drop(d) => p.drop(d),
+        Chain::Accept(d) => {
+            p.note(d);
+            p.accepted = Some(Decision::PreDnatAllow);
+        }
+        Chain::Return(_) => {}
+    }
+}
+
+/// nat PREROUTING / OUTPUT: ClusterIP and NodePort DNAT as kube-proxy does; a NodePort flow forwarded
+/// to another node is masqueraded (externalTrafficPolicy Cluster).
+fn service_nat(t: &TableSet, p: &mut Packet) {
+    p.post = p.header;
+    if !(p.header.has_ports() && p.lookup.state == CtState::New) {
+        p.route = t.ports.route(&t.world, p.post.dst);
+        return;
+    }
+    let node = &t.world.node;
+    if let Some(svc) = find_service(node, p.header.protocol, p.header.dst, p.header.dst_port) {
+        match pick_backend(svc, p.header.src, p.header.src_port) {
+            ServiceNat::NoBackends => {
+                p.drop(Decision::ServiceWithoutEndpoints);
+                return;
+            }
+            ServiceNat::Backend(b) => {
+                let via_node_port = svc.node_port == Some(p.header.dst_port) && t.ports.is_host_ip(p.header.dst);
+                p.post.dst = b.ip();
+                p.post.dst_port = b.port();
+                if via_node_port && p.port != Port::Host {
+                    if let Route::Uplink(u) = t.ports.route(&t.world, b.ip()) {
+                        p.snat = node.uplinks[u as usize].addrs.iter().copied().find(|a| IpFamily::of(*a) == IpFamily::of(b.ip()));
+                    }
+                }
+            }
+        }
+    }
+    p.route = t.ports.route(&t.world, p.post.dst);
+}
+
+/// filter INPUT / FORWARD / OUTPUT by path (semantics §7.1 (I), (F), §7.2 (O)).
+fn filter_stage(t: &TableSet, p: &mut Packet) {
+    let result = match (p.port, p.route) {
+        (Port::Host, route) => local_output(t, p, route),
+        (_, Route::Local) => local_input(t, p),
+        (_, route) => forward(t, p, route),
+    };
+    match result {
+        Err(d) => p.drop(d),
+        Ok(out) => {
+            p.verdict = Verdict::Allow;
+            p.out = Some(out);
+            p.translated = Some(SocketAddr::new(p.post.dst, p.post.dst_port));
+            p.translated_src = Some(SocketAddr::new(p.snat.unwrap_or(p.post.src), p.post.src_port));
+        }
+    }
+    p.done = true;
+}
+
+fn local_input(t: &TableSet, p: &mut Packet) -> Result<Port, Decision> {
+    if let Port::Workload(w) = p.port {
+        if p.post.protocol == Protocol::ICMPV6 && matches!(p.post.icmp_type, 130..=133 | 135 | 136) {
+            p.note(Decision::Icmpv6FromWorkload);
+            return Ok(Port::Host);
+        }
+        match workload_chain(t, w, Direction::Egress, p) {
+            Chain::Drop(d) => return Err(d),
+            Chain::Accept(d) | Chain::Return(d) => p.note(d),
+        }
+        let action = t.world.node.felix.default_endpoint_to_host_action;
+        p.note(Decision::EndpointToHost(action));
+        return match action {
+            EndpointToHostAction::Drop => Err(Decision::EndpointToHost(action)),
+            _ => Ok(Port::Host),
+        };
+    }
+    if let Some(d) = p.accepted {
+        p.note(d);
+        return Ok(Port::Host);
+    }
+    let hep = match p.port {
+        Port::Uplink(u) => t.ports.uplink_or_star(u),
+        _ => None,
+    };
+    host_chain(t, hep, Direction::Ingress, p)?;
+    Ok(Port::Host)
+}
+
+fn host_chain(t: &TableSet, hep: Option<u32>, dir: Direction, p: &mut Packet) -> Result<(), Decision> {
+    match hep {
+        None => {
+            p.note(Decision::NoHostEndpoint);
+            Ok(())
+        }
+        Some(h) => match host_normal_chain(t, h, dir, p) {
+            Chain::Drop(d) => Err(d),
+            Chain::Accept(d) | Chain::Return(d) => {
+                p.note(d);
+                Ok(())
+            }
+        },
+    }
+}
+
+fn forward(t: &TableSet, p: &mut Packet, route: Route) -> Result<Port, Decision> {
+    if let Some(d) = p.accepted {
+        p.note(d);
+    } else {
+        let in_hep = match p.port {
+            Port::Uplink(u) => t.ports.uplink_or_star(u),
+            _ => t.ports.star_hep,
+        };
+        if let Some(h) = in_hep {
+            {
+            let c = host_forward_chain(t, h, Direction::Ingress, p);
+            chain_step(p, c)?;
+        }
+        }
+    }
+    if let Port::Workload(w) = p.port {
+        {
+            let c = workload_chain(t, w, Direction::Egress, p);
+            chain_step(p, c)?;
+        }
+    }
+    let out_hep = match route {
+        Route::Workload(w) => {
+            {
+            let c = workload_chain(t, w, Direction::Ingress, p);
+            chain_step(p, c)?;
+        }
+            t.ports.star_hep
+        }
+        Route::Uplink(u) => t.ports.uplink_or_star(u),
+        Route::Local => None,
+    };
+    if let Some(h) = out_hep {
+        {
+            let c = host_forward_chain(t, h, Direction::Egress, p);
+            chain_step(p, c)?;
+        }
+    }
+    Ok(egress_port(route))
+}
+
+fn chain_step(p: &mut Packet, c: Chain) -> Result<(), Decision> {
+    match c {
+        Chain::Drop(d) => Err(d),
+        Chain::Accept(d) | Chain::Return(d) => {
+            p.note(d);
+            Ok(())
+        }
+    }
+}
+
+fn local_output(t: &TableSet, p: &mut Packet, route: Route) -> Result<Port, Decision> {
+    if let Some(d) = p.accepted {
+        p.note(d);
+        return Ok(egress_port(route));
+    }
+    match route {
+        Route::Workload(_) => {
+            p.note(Decision::HostToLocalWorkload);
+            Ok(egress_port(route))
+        }
+        Route::Local => {
+            host_chain(t, t.ports.loopback_or_star(), Direction::Egress, p)?;
+            host_chain(t, t.ports.loopback_or_star(), Direction::Ingress, p)?;
+            Ok(Port::Host)
+        }
+        Route::Uplink(u) => {
+            host_chain(t, t.ports.uplink_or_star(u), Direction::Egress, p)?;
+            Ok(egress_port(route))
+        }
+    }
+}
+
+fn conntrack_head(t: &TableSet, p: &Packet) -> Option<Chain> {
+    match p.lookup.state {
+        CtState::Established => Some(Chain::Accept(Decision::Established)),
+        CtState::Related => Some(Chain::Accept(Decision::Related)),
+        CtState::Invalid if !t.world.node.felix.disable_conntrack_invalid_check => Some(Chain::Drop(Decision::Invalid)),
+        _ => None,
+    }
+}
+
+fn workload_chain(t: &TableSet, w: u16, dir: Direction, p: &mut Packet) -> Chain {
+    if let Some(c) = conntrack_head(t, p) {
+        return c;
+    }
+    let felix = &t.world.node.felix;
+    if dir == Direction::Egress {
+        let vxlan = p.post.protocol == Protocol::UDP && p.post.dst_port == felix.vxlan_port && !felix.allow_vxlan_from_workloads;
+        let ipip = p.post.protocol == Protocol(4) && !felix.allow_ipip_from_workloads;
+        if vxlan || ipip {
+            return Chain::Drop(Decision::EncapFromWorkload);
+        }
+    }
+    normal_walk(t, EndpointRef::Workload(w as usize), dir, p)
+}
+
+fn host_normal_chain(t: &TableSet, h: u32, dir: Direction, p: &mut Packet) -> Chain {
+    if let Some(c) = conntrack_head(t, p) {
+        return c;
+    }
+    let felix = &t.world.node.felix;
+    let hd = &p.post;
+    let failsafe = match dir {
+        Direction::Ingress => failsafe_hit(&felix.failsafe_inbound, hd, hd.dst_port, hd.src).map(|f| (true, f)),
+        Direction::Egress => failsafe_hit(&felix.failsafe_outbound, hd, hd.dst_port, hd.dst).map(|f| (false, f)),
+    };
+    if let Some((inbound, f)) = failsafe {
+        return Chain::Accept(Decision::Failsafe { inbound, protocol: f.protocol.0, port: f.port });
+    }
+    normal_walk(t, EndpointRef::Host(h as usize), dir, p)
+}
+
+fn host_forward_chain(t: &TableSet, h: u32, dir: Direction, p: &mut Packet) -> Chain {
+    if let Some(c) = conntrack_head(t, p) {
+        return c;
+    }
+    let ep = EndpointRef::Host(h as usize);
+    if !has_policies(t, ep, Stage::Forward, Some(dir)) {
+        return Chain::Accept(Decision::ForwardDefaultAllow);
+    }
+    match walk(t, ep, dir, Stage::Forward, p) {
+        Chain::Return(_) => Chain::Return(Decision::NoCalicoVerdict),
+        other => other,
+    }
+}
+
+fn normal_walk(t: &TableSet, ep: EndpointRef, dir: Direction, p: &mut Packet) -> Chain {
+    match walk(t, ep, dir, Stage::Normal, p) {
+        Chain::Return(_) => Chain::Drop(Decision::NoProfile { ep, dir }),
+        other => other,
+    }
+}
+
+fn program(t: &TableSet, ep: EndpointRef, stage: Stage, dir: Direction) -> Option<&Program> {
+    let programs = match ep {
+        EndpointRef::Workload(i) => t.compiled.workloads.get(i)?,
+        EndpointRef::Host(h) => t.compiled.host_endpoints.get(h)?,
+    };
+    programs.get(stage, dir).map(|p| &**p)
+}
+
+fn has_policies(t: &TableSet, ep: EndpointRef, stage: Stage, dir: Option<Direction>) -> bool {
+    let has = |d| program(t, ep, stage, d).is_some_and(|p| p.flat.has_policies);
+    match dir {
+        Some(d) => has(d),
+        None => has(Direction::Ingress) || has(Direction::Egress),
+    }
+}
+
+/// Runs one compiled walk on the packet (post-NAT addresses except in the untracked and pre-DNAT stages,
+/// which see the original destination — semantics §3 "What addresses policy sees").
+fn walk(t: &TableSet, ep: EndpointRef, dir: Direction, stage: Stage, p: &mut Packet) -> Chain {
+    let Some(prog) = program(t, ep, stage, dir) else { return Chain::Return(Decision::NoCalicoVerdict) };
+    let header = if matches!(stage, Stage::Untracked | Stage::PreDnat) { p.header } else { p.post };
+    let key = flow_key(&header);
+    let mut overflow = false;
+    let end = prog.evaluate(&key, |rule| {
+        if !p.log(LogHit { ep, stage, dir, rule }) {
+            overflow = true;
+        }
+    });
+    match end {
+        ProgramEnd::Allow(rule) => Chain::Accept(Decision::Rule { ep, stage, dir, rule }),
+        ProgramEnd::Deny(rule) => Chain::Drop(Decision::Rule { ep, stage, dir, rule }),
+        ProgramEnd::EndOfTier(tier) => Chain::Drop(Decision::EndOfTier { ep, stage, dir, tier }),
+        ProgramEnd::NoProfileMatched => Chain::Drop(Decision::NoProfile { ep, dir }),
+        ProgramEnd::FellThrough => Chain::Return(Decision::NoCalicoVerdict),
+    }
+}
+
+fn failsafe_hit<'a>(list: &'a [Failsafe], pkt: &PacketHeader, port: u16, remote: IpAddr) -> Option<&'a Failsafe> {
+    if !pkt.has_ports() {
+        return None;
+    }
+    list.iter().find(|f| f.protocol == pkt.protocol && f.port == port && f.net.is_none_or(|n| n.contains(remote)))
+}
+
+fn egress_port(route: Route) -> Port {
+    match route {
+        Route::Local => Port::Host,
+        Route::Workload(w) => Port::Workload(w),
+        Route::Uplink(u) => Port::Uplink(u),
+    }
+}
+
+/// The named explanation of a decision, for traces, logs and the parity runner.
+pub fn explain(t: &TableSet, d: &Decision) -> Reason {
+    let endpoint = |ep: &EndpointRef| ep.endpoint(&t.world).id.clone();
+    match d {
+        Decision::Rule { ep, stage, dir, rule } => Reason::Rule(rule_ref(t, *ep, *stage, *dir, *rule)),
+        Decision::EndOfTier { ep, stage, dir, tier } => {
+            let name = program(t, *ep, *stage, *dir).and_then(|p| p.flat.tiers.get(*tier as usize)).cloned().unwrap_or_default();
+            Reason::EndOfTier { stage: *stage, direction: *dir, endpoint: endpoint(ep), tier: name }
+        }
+        Decision::NoProfile { ep, dir } => Reason::NoProfileMatched { direction: *dir, endpoint: endpoint(ep) },
+        Decision::Failsafe { inbound, protocol, port } => Reason::Failsafe { inbound: *inbound, protocol: *protocol, port: *port },
+        Decision::EndpointToHost(a) => Reason::EndpointToHost(*a),
+        Decision::HostToLocalWorkload => Reason::HostToLocalWorkload,
+        Decision::Established => Reason::Established,
+        Decision::Related => Reason::Related,
+        Decision::Invalid => Reason::Invalid,
+        Decision::NoHostEndpoint => Reason::NoHostEndpoint,
+        Decision::ForwardDefaultAllow => Reason::ForwardDefaultAllow,
+        Decision::UntrackedAllow => Reason::UntrackedAllow,
+        Decision::PreDnatAllow => Reason::PreDnatAllow,
+        Decision::SourceSpoofed => Reason::SourceSpoofed,
+        Decision::EncapFromWorkload => Reason::EncapFromWorkload,
+        Decision::Icmpv6FromWorkload => Reason::Icmpv6FromWorkload,
+        Decision::NoCalicoVerdict | Decision::Malformed(_) => Reason::NoCalicoVerdict,
+        Decision::ConntrackFull => Reason::ConntrackFull,
+        Decision::ServiceWithoutEndpoints => Reason::ServiceWithoutEndpoints,
+    }
+}
+
+/// A rule of a compiled program, named.
+pub fn rule_ref(t: &TableSet, ep: EndpointRef, stage: Stage, dir: Direction, rule: u32) -> RuleRef {
+    let origin = program(t, ep, stage, dir).and_then(|p| p.flat.rules.get(rule as usize));
+    let (owner, index, action) = match origin {
+        Some(o) => (o.owner.clone(), o.index, o.action),
+        None => (RuleOwner::Profile(String::new()), 0, calxdp_policy::resource::Action::Deny),
+    };
+    RuleRef { stage, direction: dir, endpoint: ep.endpoint(&t.world).id.clone(), owner, index, action }
+}
