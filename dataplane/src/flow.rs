@@ -55,17 +55,17 @@ impl Key {
     }
 
     fn hash(&self) -> u64 {
-        // FNV-1a over the key's fields: keys come from packets, but the index is probed, never trusted,
-        // and its load is bounded, so a weak hash costs speed at worst, never correctness.
-        let mut h: u64 = 0xcbf2_9ce4_8422_2325;
-        let mut feed = |b: u8| {
-            h ^= b as u64;
-            h = h.wrapping_mul(0x0100_0000_01b3);
-        };
-        self.src.iter().chain(self.dst.iter()).for_each(|b| feed(*b));
-        self.src_port.to_le_bytes().iter().chain(self.dst_port.to_le_bytes().iter()).for_each(|b| feed(*b));
-        feed(self.protocol);
-        h ^ (h >> 29)
+        // Multiply-fold over the key's words: keys come from packets, but the index is probed, never
+        // trusted, and its load is bounded, so a weak hash costs speed at worst, never correctness.
+        let word = |b: &[u8; 16], i: usize| u64::from_le_bytes([b[i], b[i + 1], b[i + 2], b[i + 3], b[i + 4], b[i + 5], b[i + 6], b[i + 7]]);
+        let mix = |h: u64, v: u64| (h ^ v).wrapping_mul(0x9e37_79b9_7f4a_7c15).rotate_left(29);
+        let mut h = 0x243f_6a88_85a3_08d3u64;
+        h = mix(h, word(&self.src, 0));
+        h = mix(h, word(&self.src, 8));
+        h = mix(h, word(&self.dst, 0));
+        h = mix(h, word(&self.dst, 8));
+        h = mix(h, (self.src_port as u64) << 32 | (self.dst_port as u64) << 16 | self.protocol as u64);
+        h ^ (h >> 32)
     }
 }
 
@@ -315,7 +315,7 @@ impl FlowTable {
     pub fn commit(&mut self, pkt: &PacketHeader, lookup: &FlowLookup, reply: Tuple, epoch: u32, now: Nanos) -> Result<(), CommitError> {
         match lookup.entry {
             Some((slot, dir)) => {
-                let timeouts = self.timeouts;
+                let timeouts = &self.timeouts;
                 let e = &mut self.entries[slot as usize];
                 let reopened = matches!(lookup.tcp_next, Some(TcpState::SynSent))
                     && e.kind == KIND_TCP
@@ -329,7 +329,7 @@ impl FlowTable {
                 if let Some(next) = lookup.tcp_next {
                     e.tcp = tcp_code(next);
                 }
-                e.expires = now + timeout_of(&timeouts, e);
+                e.expires = now + timeout_of(timeouts, e);
                 Ok(())
             }
             None => {
