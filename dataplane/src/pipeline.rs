@@ -279,7 +279,8 @@ impl Pipeline {
             self.counters.packets += 1;
             if p.verdict == Verdict::Allow {
                 let lookup = p.lookup;
-                let track = p.accepted.is_none() && matches!(lookup.state, CtState::New | CtState::Established | CtState::Related);
+                // Untracked packets (a doNotTrack allow) never get an entry; everything else allowed does.
+                let track = matches!(lookup.state, CtState::New | CtState::Established | CtState::Related);
                 if track && (lookup.entry.is_some() || lookup.state == CtState::New) {
                     let mut reply = Tuple::of(&p.post).reversed();
                     if let Some(a) = p.snat {

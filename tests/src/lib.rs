@@ -14,3 +14,4 @@ pub fn shared_cases() -> PathBuf {
 pub fn own_scenarios() -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("scenarios")
 }
+pub mod gen;

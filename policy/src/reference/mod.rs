@@ -321,7 +321,15 @@ impl<W: PolicyWalker> NodeModel<W> {
     /// ingress, egress HEP forward chain. Each must not drop.
     fn forward(&self, source: Source, route: Route, pkt: &PacketHeader, ct: CtState, accepted: Option<Reason>, w: &mut Walk) -> Result<Egress, Reason> {
         let node = &self.world.node;
-        let mut chains: Vec<Chain> = Vec::new();
+        // Chains run in order and the first DROP ends the packet: later chains (and their Log rules) are
+        // never reached, as in the kernel's FORWARD chain.
+        let run = |c: Chain, w: &mut Walk| match c {
+            Chain::Drop(r) => Err(self.note(w, r)),
+            Chain::Accept(r) | Chain::Return(r) => {
+                self.note(w, r);
+                Ok(())
+            }
+        };
         if let Some(r) = accepted {
             self.note(w, r);
         } else {
@@ -331,30 +339,26 @@ impl<W: PolicyWalker> NodeModel<W> {
                 _ => self.world.star_hep,
             };
             if let Some(h) = in_hep {
-                chains.push(self.host_forward_chain(h, Direction::Ingress, pkt, ct, w));
+                let c = self.host_forward_chain(h, Direction::Ingress, pkt, ct, w);
+                run(c, w)?;
             }
         }
         if let Source::Workload(i) = source {
-            chains.push(self.workload_chain(i, Direction::Egress, pkt, ct, w));
+            let c = self.workload_chain(i, Direction::Egress, pkt, ct, w);
+            run(c, w)?;
         }
         let out_hep = match route {
             Route::Workload(j) => {
-                chains.push(self.workload_chain(j, Direction::Ingress, pkt, ct, w));
+                let c = self.workload_chain(j, Direction::Ingress, pkt, ct, w);
+                run(c, w)?;
                 self.world.star_hep
             }
             Route::Uplink(u) => self.world.hep_for_interface(&node.uplinks[u].name, true),
             Route::Local => None,
         };
         if let Some(h) = out_hep {
-            chains.push(self.host_forward_chain(h, Direction::Egress, pkt, ct, w));
-        }
-        for c in chains {
-            match c {
-                Chain::Drop(r) => return Err(self.note(w, r)),
-                Chain::Accept(r) | Chain::Return(r) => {
-                    self.note(w, r);
-                }
-            }
+            let c = self.host_forward_chain(h, Direction::Egress, pkt, ct, w);
+            run(c, w)?;
         }
         if w.trace.is_empty() {
             self.note(w, Reason::NoCalicoVerdict);
