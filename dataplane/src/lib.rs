@@ -1,6 +1,7 @@
 //! The calxdp dataplane: frames in, verdicts and frames out.
 
 pub mod flow;
+pub mod io;
 pub mod path;
 pub mod pipeline;
 pub mod tables;
