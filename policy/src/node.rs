@@ -41,7 +41,7 @@ pub struct Workload {
 }
 
 /// A Kubernetes Service as kube-proxy programs it.
-#[derive(Clone, Debug, PartialEq)]
+#[derive(Clone, Debug, PartialEq, Hash)]
 pub struct Service {
     pub name: String,
     pub namespace: String,

@@ -103,7 +103,7 @@ pub struct Endpoint {
 }
 
 /// A thing rule selectors can match: a pod (local or remote), a host endpoint, or a network set.
-#[derive(Clone, Debug, PartialEq)]
+#[derive(Clone, Debug, PartialEq, Hash)]
 pub struct Entity {
     pub labels: Labels,
     pub nets: Vec<IpNet>,
@@ -132,8 +132,8 @@ pub const LOOPBACK: &str = "lo";
 #[derive(Clone, Debug, PartialEq)]
 pub struct ResolvedNode {
     pub node: NodeConfig,
-    /// Enforced (non-staged) policies.
-    pub policies: Vec<Policy>,
+    /// Enforced (non-staged) policies, shared with the resource set they came from.
+    pub policies: Vec<std::sync::Arc<Policy>>,
     pub tiers: Vec<SortedTier>,
     pub profiles: BTreeMap<String, Profile>,
     /// Same indices as `node.workloads`.
@@ -177,7 +177,7 @@ impl ResolvedNode {
             entities.push(Entity { labels, nets: s.nets.clone(), ports: Vec::new() });
         }
 
-        let mut policies: Vec<Policy> = resources.policies().filter(|p| !p.id.kind.is_staged()).cloned().collect();
+        let mut policies: Vec<std::sync::Arc<Policy>> = resources.policies().filter(|p| !p.id.kind.is_staged()).cloned().collect();
         // semantics §4.1: `(order, "<name>/<namespace>/<kind>")`, absent order last.
         policies.sort_by_cached_key(|p| (OrderKey(p.order.unwrap_or(f64::INFINITY)), tiebreak(p)));
         let tiers = sort_tiers(resources, &policies);
@@ -225,7 +225,7 @@ fn tiebreak(p: &Policy) -> String {
 
 /// semantics §1.5: existing tiers before merely referenced ones, finite orders before absent, ascending
 /// order, then name. Built-in tiers always exist.
-fn sort_tiers(resources: &ResourceSet, policies: &[Policy]) -> Vec<SortedTier> {
+fn sort_tiers(resources: &ResourceSet, policies: &[std::sync::Arc<Policy>]) -> Vec<SortedTier> {
     let mut known: BTreeMap<String, Tier> = resources.tiers().map(|t| (t.name.clone(), t.clone())).collect();
     for t in Tier::builtin() {
         known.insert(t.name.clone(), t);

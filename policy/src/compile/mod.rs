@@ -150,6 +150,9 @@ pub struct CompileStats {
 #[derive(Debug, Default)]
 pub struct ProgramCache {
     by_key: HashMap<u64, Arc<Program>>,
+    /// Content hashes of policies by identity: an unchanged policy is shared between resource-set
+    /// versions, so it is hashed once. The `Arc` kept here pins the address the key is made of.
+    policy_hashes: HashMap<usize, (Arc<crate::resource::Policy>, u64)>,
 }
 
 /// Stages a workload endpoint has (semantics §2.1: only the normal bucket applies to pods).
@@ -164,7 +167,8 @@ impl ProgramCache {
     /// Compiles tables for the resolved node, reusing cached programs whose inputs did not change.
     pub fn compile<'w>(&mut self, world: &'w ResolvedNode, epoch: u64) -> CompiledTables {
         let mut resolver = SetResolver::new(world);
-        let fingerprints = Fingerprints::new(world);
+        let fingerprints = Fingerprints::new(world, &mut self.policy_hashes);
+        let selectors = DistinctSelectors::new(world);
         let mut fresh: HashMap<u64, Arc<Program>> = HashMap::new();
         let mut stats = CompileStats::default();
         // Endpoints with the same labels and profiles get the same programs: key them once, evaluating each
@@ -176,7 +180,8 @@ impl ProgramCache {
             let (endpoint_keys, selecting) = keys
                 .entry((labels, profiles))
                 .or_insert_with(|| {
-                    let selecting: Vec<bool> = world.policies.iter().map(|p| p.selector.matches(labels)).collect();
+                    let verdicts: Vec<bool> = selectors.distinct.iter().map(|sel| sel.matches(labels)).collect();
+                    let selecting: Vec<bool> = selectors.of_policy.iter().map(|&d| verdicts[d]).collect();
                     let mut k = [[0u64; 2]; 4];
                     for &stage in stages {
                         for d in [Direction::Ingress, Direction::Egress] {
@@ -215,6 +220,31 @@ impl ProgramCache {
     }
 }
 
+/// Policies' selectors, deduplicated: many policies share one (every policy of an app, every
+/// cluster-wide `all()`), so each distinct selector is evaluated once per label set.
+struct DistinctSelectors<'w> {
+    distinct: Vec<&'w crate::selector::Selector>,
+    of_policy: Vec<usize>,
+}
+
+impl<'w> DistinctSelectors<'w> {
+    fn new(world: &'w ResolvedNode) -> DistinctSelectors<'w> {
+        let mut index: HashMap<&crate::selector::Selector, usize> = HashMap::new();
+        let mut distinct = Vec::new();
+        let of_policy = world
+            .policies
+            .iter()
+            .map(|p| {
+                *index.entry(&p.selector).or_insert_with(|| {
+                    distinct.push(&p.selector);
+                    distinct.len() - 1
+                })
+            })
+            .collect();
+        DistinctSelectors { distinct, of_policy }
+    }
+}
+
 /// Fingerprints of the inputs of programs: each policy and profile, and the entities selectors resolve to.
 struct Fingerprints {
     policies: Vec<u64>,
@@ -229,11 +259,26 @@ fn hash_of<T: Hash + ?Sized>(v: &T) -> u64 {
 }
 
 impl Fingerprints {
-    fn new(world: &ResolvedNode) -> Fingerprints {
+    fn new(world: &ResolvedNode, known: &mut HashMap<usize, (Arc<crate::resource::Policy>, u64)>) -> Fingerprints {
+        let mut next = HashMap::with_capacity(world.policies.len());
+        let policies = world
+            .policies
+            .iter()
+            .map(|p| {
+                let id = Arc::as_ptr(p) as usize;
+                let h = match known.get(&id) {
+                    Some((_, h)) => *h,
+                    None => hash_of(&**p),
+                };
+                next.insert(id, (p.clone(), h));
+                h
+            })
+            .collect();
+        *known = next;
         Fingerprints {
-            policies: world.policies.iter().map(hash_of).collect(),
+            policies,
             profiles: world.profiles.iter().map(|(k, v)| (k.clone(), hash_of(v))).collect(),
-            entities: hash_of(&format!("{:?}", (&world.entities, &world.node.services))),
+            entities: hash_of(&(&world.entities, &world.node.services)),
         }
     }
 

@@ -61,7 +61,7 @@ fn convert(f: Field<'_>, kind: PolicyKind, warnings: &mut Vec<String>) -> Result
         if let Some(p) = pod_selector {
             selector = selector.and(p);
         }
-        Ok(Resource::Policy(Policy {
+        Ok(Resource::Policy(std::sync::Arc::new(Policy {
             id: PolicyId { kind, namespace: Some(namespace.clone()), name: meta.name.clone() },
             tier: DEFAULT_TIER.into(),
             order: Some(K8S_POLICY_ORDER),
@@ -73,7 +73,7 @@ fn convert(f: Field<'_>, kind: PolicyKind, warnings: &mut Vec<String>) -> Result
             do_not_track: false,
             pre_dnat: false,
             apply_on_forward: false,
-        }))
+        })))
     })
 }
 

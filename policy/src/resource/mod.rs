@@ -13,6 +13,7 @@ mod v3;
 use std::collections::BTreeMap;
 use std::fmt;
 use std::net::IpAddr;
+use std::sync::Arc;
 
 pub use load::{load_path, load_text, ResourceDoc};
 pub use v3::parse_named_port;
@@ -198,7 +199,9 @@ pub struct NetworkSet {
 /// One loaded resource.
 #[derive(Clone, Debug, PartialEq)]
 pub enum Resource {
-    Policy(Policy),
+    /// Shared: an unchanged policy keeps its identity across resource-set versions, which the compiler's
+    /// caches key on.
+    Policy(Arc<Policy>),
     Tier(Tier),
     HostEndpoint(HostEndpoint),
     Profile(Profile),
@@ -305,7 +308,7 @@ impl ResourceSet {
         self.by_key.is_empty()
     }
 
-    pub fn policies(&self) -> impl Iterator<Item = &Policy> {
+    pub fn policies(&self) -> impl Iterator<Item = &Arc<Policy>> {
         self.iter().filter_map(|r| match r {
             Resource::Policy(p) => Some(p),
             _ => None,

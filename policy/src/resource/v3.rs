@@ -137,7 +137,7 @@ pub(super) fn parse_policy(f: Field<'_>, kind: PolicyKind, dialect: Dialect) -> 
         }
 
         let target = target_selector(selector, namespace.as_deref(), ns_selector, sa_selector);
-        Ok(Resource::Policy(Policy {
+        Ok(Resource::Policy(std::sync::Arc::new(Policy {
             id: PolicyId { kind, namespace, name: meta.name.clone() },
             tier,
             order,
@@ -149,7 +149,7 @@ pub(super) fn parse_policy(f: Field<'_>, kind: PolicyKind, dialect: Dialect) -> 
             do_not_track,
             pre_dnat,
             apply_on_forward,
-        }))
+        })))
     })
 }
 
