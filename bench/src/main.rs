@@ -42,7 +42,12 @@ fn rate(budget: Duration, n: usize, mut f: impl FnMut(usize)) -> f64 {
 }
 
 fn classify(quick: bool) {
-    let sizes: &[usize] = &[10, 100, 1_000, 10_000, 100_000];
+    let all: &[usize] = &[10, 100, 1_000, 10_000, 100_000];
+    // CALXDP_BENCH_SIZES=10000 runs one size (for profiling).
+    let picked: Vec<usize> = std::env::var("CALXDP_BENCH_SIZES")
+        .map(|v| v.split(',').filter_map(|x| x.trim().parse().ok()).collect())
+        .unwrap_or_else(|_| all.to_vec());
+    let sizes = &picked[..];
     let budget = Duration::from_millis(if quick { 400 } else { 2000 });
     let node = synth::node(20);
     for &rules in sizes {
@@ -61,7 +66,7 @@ fn classify(quick: bool) {
             black_box(program.evaluate(black_box(&keys[i]), |_| {}));
         });
         let linear_keys = if rules >= 10_000 { 256 } else { keys.len() };
-        let slow = rate(budget, linear_keys, |i| {
+        let slow = rate(if std::env::var_os("CALXDP_BENCH_SIZES").is_some() { Duration::from_millis(50) } else { budget }, linear_keys, |i| {
             black_box(program.evaluate_linear(black_box(&keys[i]), |_| {}));
         });
         println!(

@@ -175,52 +175,45 @@ fn summary_of(dense: &[u64], summary_words: usize) -> Vec<u64> {
     sum
 }
 
-/// One stored class, ready for word access.
+/// One field's vector for a packet: its wildcards ORed with up to two stored classes (class 0 is empty).
 #[derive(Clone, Copy)]
-struct Sparse<'a> {
-    sum: &'a [u64],
-    rank: &'a [u32],
-    words: &'a [u64],
+struct Row<'a> {
+    bits: &'a ClassBits,
+    /// Start of each class's summary words (= class × summary words).
+    sum_a: u32,
+    sum_b: u32,
 }
 
-impl<'a> Sparse<'a> {
+impl<'a> Row<'a> {
     #[inline]
-    fn of(b: &'a ClassBits, class: u32, summary_words: usize) -> Sparse<'a> {
-        let c = class as usize;
-        let sums = c * summary_words..(c + 1) * summary_words;
-        Sparse { sum: &b.sum[sums.clone()], rank: &b.rank[sums], words: &b.words[b.offset[c] as usize..] }
+    fn new(bits: &'a ClassBits, a: u32, b: u32, summary_words: usize) -> Row<'a> {
+        Row { bits, sum_a: a * summary_words as u32, sum_b: b * summary_words as u32 }
     }
 
     #[inline]
-    fn word(&self, w: usize) -> u64 {
+    fn summary(&self, sw: usize) -> u64 {
+        let b = self.bits;
+        b.wild_sum[sw] | b.sum[self.sum_a as usize + sw] | b.sum[self.sum_b as usize + sw]
+    }
+
+    /// Word `w` of the stored class whose summary starts at `sum_at`.
+    #[inline]
+    fn class_word(&self, sum_at: u32, w: usize, summary_words: usize) -> u64 {
+        let b = self.bits;
         let (sw, bit) = (w / 64, w % 64);
-        let marks = self.sum[sw];
+        let at = sum_at as usize + sw;
+        let marks = b.sum[at];
         if marks & (1 << bit) == 0 {
             return 0;
         }
+        let class = sum_at as usize / summary_words;
         let before = (marks & ((1u64 << bit) - 1)).count_ones();
-        self.words[(self.rank[sw] + before) as usize]
-    }
-}
-
-/// One field's vector for a packet: its wildcards ORed with up to two stored classes.
-#[derive(Clone, Copy)]
-struct Row<'a> {
-    wild: &'a [u64],
-    wild_sum: &'a [u64],
-    a: Sparse<'a>,
-    b: Sparse<'a>,
-}
-
-impl Row<'_> {
-    #[inline]
-    fn summary(&self, sw: usize) -> u64 {
-        self.wild_sum[sw] | self.a.sum[sw] | self.b.sum[sw]
+        b.words[(b.offset[class] + b.rank[at] + before) as usize]
     }
 
     #[inline]
-    fn word(&self, w: usize) -> u64 {
-        self.wild[w] | self.a.word(w) | self.b.word(w)
+    fn word(&self, w: usize, summary_words: usize) -> u64 {
+        self.bits.wild[w] | self.class_word(self.sum_a, w, summary_words) | self.class_word(self.sum_b, w, summary_words)
     }
 }
 
@@ -252,7 +245,7 @@ pub struct Classifier {
 }
 
 /// Most fields a classifier can have.
-const MAX_FIELDS: usize = 13;
+const MAX_FIELDS: usize = 8;
 
 impl Classifier {
     pub fn build(terms: &[Term]) -> Classifier {
@@ -371,10 +364,8 @@ impl Classifier {
     /// resume point (Log and Pass resume without looking the fields up again).
     #[inline]
     pub fn prepare<'a>(&'a self, key: &FlowKey) -> Prepared<'a> {
-        const NONE: Sparse<'static> = Sparse { sum: &[], rank: &[], words: &[] };
-        const EMPTY: Row<'static> = Row { wild: &[], wild_sum: &[], a: NONE, b: NONE };
-        let mut rows: [Row<'a>; MAX_FIELDS] = [EMPTY; MAX_FIELDS];
         let sw_n = self.summary_words;
+        let mut rows: [Option<Row<'a>>; MAX_FIELDS] = [None; MAX_FIELDS];
         for (slot, f) in rows.iter_mut().zip(&self.fields) {
             let (a, b) = match &f.index {
                 Index::Proto(t) => (t[key.proto as usize & 511], 0),
@@ -386,8 +377,7 @@ impl Classifier {
                 Index::SrcTuple(t) => (t.class(key.src_ip, key.proto, key.src_port), 0),
                 Index::DstTuple(t) => (t.class(key.dst_ip, key.proto, key.dst_port), 0),
             };
-            let bits = &f.bits;
-            *slot = Row { wild: &bits.wild, wild_sum: &bits.wild_sum, a: Sparse::of(bits, a, sw_n), b: Sparse::of(bits, b, sw_n) };
+            *slot = Some(Row::new(&f.bits, a, b, sw_n));
         }
         Prepared { rows, fields: self.fields.len(), terms: self.terms, summary_words: self.summary_words }
     }
@@ -395,7 +385,7 @@ impl Classifier {
 
 /// A packet's field classes, resolved: first-match queries from any resume point.
 pub struct Prepared<'a> {
-    rows: [Row<'a>; MAX_FIELDS],
+    rows: [Option<Row<'a>>; MAX_FIELDS],
     fields: usize,
     terms: usize,
     summary_words: usize,
@@ -418,11 +408,12 @@ impl Prepared<'_> {
             return Some(start);
         }
         let rows = &self.rows[..self.fields];
+        let swn = self.summary_words;
         let start_word = start / 64;
         let mut sw = start_word / 64;
         while sw < self.summary_words {
             let mut s = u64::MAX;
-            for r in rows {
+            for r in rows.iter().flatten() {
                 s &= r.summary(sw);
             }
             if sw == start_word / 64 {
@@ -432,8 +423,8 @@ impl Prepared<'_> {
                 let w = sw * 64 + s.trailing_zeros() as usize;
                 s &= s - 1;
                 let mut x = u64::MAX;
-                for r in rows {
-                    x &= r.word(w);
+                for r in rows.iter().flatten() {
+                    x &= r.word(w, swn);
                     if x == 0 {
                         break;
                     }
