@@ -1,7 +1,9 @@
 //! The calxdp dataplane: frames in, verdicts and frames out.
 
 pub mod flow;
+pub mod frames;
 pub mod io;
 pub mod path;
 pub mod pipeline;
 pub mod tables;
+pub mod wire;

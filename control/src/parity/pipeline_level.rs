@@ -5,8 +5,10 @@ use std::net::SocketAddr;
 use std::time::Duration;
 
 use calxdp_dataplane::flow::Nanos;
+use calxdp_dataplane::frames::{ingest, ipv4_header_ok, rewrite};
 use calxdp_dataplane::path::Port;
-use calxdp_dataplane::pipeline::{explain, rule_ref, Packet, Pipeline};
+use calxdp_dataplane::pipeline::{explain, rule_ref, Pipeline};
+use calxdp_dataplane::wire::{build_icmp_error, parse, FrameSpec};
 use calxdp_policy::node::NodeConfig;
 use calxdp_policy::packet::PacketHeader;
 use calxdp_policy::reference::flows::Tuple;
@@ -56,11 +58,34 @@ impl Dataplane for PipelineNode {
         self.publisher.replace(resources.clone()).map(|_| ()).map_err(|e| e.to_string())
     }
 
+    /// The step as a real frame: built, parsed, decided, rewritten, and parsed again on the way out.
     fn process(&mut self, at: &Attach, pkt: &PacketHeader, inner: Option<Tuple>) -> Result<Outcome, String> {
         let port = self.port(at)?;
-        let mut batch = [Packet::new(port, *pkt, inner)];
+        let spec = FrameSpec::new(*pkt);
+        let mut frame = match inner {
+            Some(t) => {
+                let quoted = PacketHeader { src: t.src, dst: t.dst, protocol: t.protocol, src_port: t.src_port, dst_port: t.dst_port, tcp_flags: 0, icmp_type: 8, icmp_code: 0, icmp_id: t.src_port };
+                build_icmp_error(&spec, &quoted)
+            }
+            None => spec.build(),
+        };
+        let (packet, parsed) = ingest(port, &frame);
+        let Some(parsed) = parsed else { return Err(format!("the built frame does not parse: {:?}", packet.decision)) };
+        if packet.header != *pkt {
+            return Err(format!("the frame parsed back as {:?}", packet.header));
+        }
+        let mut batch = [packet];
         self.pipeline.process(&mut batch, self.now);
         let p = &batch[0];
+        let mut translated = None;
+        if p.verdict == Verdict::Allow {
+            rewrite(&mut frame, &parsed, p).map_err(|e| format!("rewrite: {e:?}"))?;
+            let out = parse(&frame).map_err(|m| format!("the rewritten frame does not parse: {}", m.as_str()))?;
+            if !ipv4_header_ok(&frame, &out) || !out.verify_l4_checksum(&frame) {
+                return Err("the rewritten frame has a bad checksum".into());
+            }
+            translated = Some(SocketAddr::new(out.header.dst, out.header.dst_port));
+        }
         let tables = self.pipeline.tables();
         let logs = p
             .logs
@@ -72,7 +97,7 @@ impl Dataplane for PipelineNode {
         Ok(Outcome {
             verdict: p.verdict,
             out: if p.verdict == Verdict::Allow { p.out.map(|o| self.egress(o)) } else { None },
-            translated: if p.verdict == Verdict::Allow { p.translated } else { None::<SocketAddr> },
+            translated,
             tracked,
             logs,
             reason: explain(&tables, &p.decision),

@@ -1,0 +1,149 @@
+//! Frames in and out of the pipeline: a frame is parsed into a [`Packet`] (a malformed one is counted and
+//! dropped, never a panic), and after the verdict an allowed frame is rewritten in place: NAT of addresses
+//! and ports with incremental checksum updates (RFC 1624), and TTL / hop-limit decrement for forwarded
+//! packets, as the kernel's forwarding path does.
+
+use std::net::{IpAddr, SocketAddr};
+
+use calxdp_policy::resource::Protocol;
+use calxdp_policy::verdict::Verdict;
+
+use crate::path::Port;
+use crate::pipeline::Packet;
+use calxdp_policy::reference::flows::Tuple;
+
+use crate::wire::checksum::{checksum, fill_l4_checksum, update_addr, update_u16};
+use crate::wire::{parse, Parsed, L3};
+
+/// Why an allowed frame could not be sent on.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum RewriteError {
+    /// The TTL or hop limit ran out on a forwarded packet (Linux answers with ICMP time exceeded).
+    TtlExceeded,
+}
+
+/// Parses a frame that arrived on `port` into a pipeline packet.
+pub fn ingest(port: Port, frame: &[u8]) -> (Packet, Option<Parsed>) {
+    match parse(frame) {
+        Ok(parsed) if parsed.is_ip() => {
+            let inner = parsed.inner.map(|i| Tuple::of(&i.to_packet_header()));
+            (Packet::new(port, parsed.header, inner), Some(parsed))
+        }
+        Ok(parsed) => (Packet::malformed(port, "not_ip"), Some(parsed)),
+        Err(m) => (Packet::malformed(port, m.as_str()), None),
+    }
+}
+
+/// Applies the pipeline's decision to an allowed frame: NAT and TTL. A dropped frame is left alone.
+pub fn rewrite(frame: &mut [u8], parsed: &Parsed, p: &Packet) -> Result<(), RewriteError> {
+    if p.verdict != Verdict::Allow || !parsed.is_ip() {
+        return Ok(());
+    }
+    let l3 = parsed.l3_offset;
+    let l4 = parsed.l4_offset;
+    let h = &parsed.header;
+    let forwarded = p.port != Port::Host && !matches!(p.out, Some(Port::Host));
+    if forwarded {
+        decrement_ttl(frame, parsed.l3, l3)?;
+    }
+    if let Some(dst) = p.translated {
+        if dst.ip() != h.dst || (h.has_ports() && dst.port() != h.dst_port) {
+            rewrite_endpoint(frame, parsed, l3, l4, false, SocketAddr::new(h.dst, h.dst_port), dst);
+        }
+    }
+    if let Some(src) = p.translated_src {
+        if src.ip() != h.src || (h.has_ports() && src.port() != h.src_port) {
+            rewrite_endpoint(frame, parsed, l3, l4, true, SocketAddr::new(h.src, h.src_port), src);
+        }
+    }
+    if h.protocol == Protocol::SCTP && (p.translated.is_some() || p.translated_src.is_some()) {
+        refresh_sctp_crc(frame, parsed);
+    }
+    Ok(())
+}
+
+fn decrement_ttl(frame: &mut [u8], l3: L3, at: usize) -> Result<(), RewriteError> {
+    match l3 {
+        L3::Ipv4 => {
+            let ttl = frame[at + 8];
+            if ttl <= 1 {
+                return Err(RewriteError::TtlExceeded);
+            }
+            // TTL and protocol share one 16-bit word of the header checksum.
+            let old = u16::from_be_bytes([ttl, frame[at + 9]]);
+            frame[at + 8] = ttl - 1;
+            let new = u16::from_be_bytes([ttl - 1, frame[at + 9]]);
+            let csum = u16::from_be_bytes([frame[at + 10], frame[at + 11]]);
+            frame[at + 10..at + 12].copy_from_slice(&update_u16(csum, old, new).to_be_bytes());
+            Ok(())
+        }
+        L3::Ipv6 => {
+            let hops = frame[at + 7];
+            if hops <= 1 {
+                return Err(RewriteError::TtlExceeded);
+            }
+            frame[at + 7] = hops - 1;
+            Ok(())
+        }
+        L3::NotIp(_) => Ok(()),
+    }
+}
+
+/// Where a protocol keeps its checksum in the L4 header, if the pseudo-header covers addresses.
+fn l4_checksum_at(protocol: Protocol, l3: L3) -> Option<usize> {
+    match (protocol, l3) {
+        (Protocol::TCP, _) => Some(16),
+        (Protocol::UDP, _) | (Protocol::UDPLITE, _) => Some(6),
+        (Protocol::ICMPV6, _) => Some(2),
+        _ => None,
+    }
+}
+
+fn rewrite_endpoint(frame: &mut [u8], parsed: &Parsed, l3: usize, l4: usize, source: bool, old: SocketAddr, new: SocketAddr) {
+    let h = &parsed.header;
+    let csum_at = l4_checksum_at(h.protocol, parsed.l3).map(|o| l4 + o).filter(|&o| o + 2 <= frame.len());
+    // UDP over IPv4 may carry no checksum (0): it must stay 0.
+    let l4_csum_live = csum_at.is_some_and(|o| !(h.protocol == Protocol::UDP && parsed.l3 == L3::Ipv4 && frame[o..o + 2] == [0, 0]));
+    if old.ip() != new.ip() {
+        let (v4_at, v6_at) = if source { (12, 8) } else { (16, 24) };
+        match (old.ip(), new.ip()) {
+            (IpAddr::V4(_), IpAddr::V4(n)) => {
+                frame[l3 + v4_at..l3 + v4_at + 4].copy_from_slice(&n.octets());
+                let csum = u16::from_be_bytes([frame[l3 + 10], frame[l3 + 11]]);
+                frame[l3 + 10..l3 + 12].copy_from_slice(&update_addr(csum, old.ip(), new.ip()).to_be_bytes());
+            }
+            (IpAddr::V6(_), IpAddr::V6(n)) => frame[l3 + v6_at..l3 + v6_at + 16].copy_from_slice(&n.octets()),
+            // Service NAT never changes the family.
+            _ => return,
+        }
+        if let (true, Some(o)) = (l4_csum_live, csum_at) {
+            let csum = u16::from_be_bytes([frame[o], frame[o + 1]]);
+            frame[o..o + 2].copy_from_slice(&update_addr(csum, old.ip(), new.ip()).to_be_bytes());
+        }
+    }
+    if h.has_ports() && old.port() != new.port() {
+        let at = l4 + if source { 0 } else { 2 };
+        frame[at..at + 2].copy_from_slice(&new.port().to_be_bytes());
+        if let (true, Some(o)) = (l4_csum_live, csum_at) {
+            let csum = u16::from_be_bytes([frame[o], frame[o + 1]]);
+            frame[o..o + 2].copy_from_slice(&update_u16(csum, old.port(), new.port()).to_be_bytes());
+        }
+    }
+}
+
+/// SCTP's CRC32c covers the whole packet, not a pseudo-header: recompute it after ports change.
+fn refresh_sctp_crc(frame: &mut [u8], parsed: &Parsed) {
+    let (l4, end) = (parsed.l4_offset, parsed.l3_end.min(frame.len()));
+    if end > l4 {
+        fill_l4_checksum(parsed.header.src, parsed.header.dst, Protocol::SCTP, &mut frame[l4..end]);
+    }
+}
+
+/// Whether an IPv4 header's checksum is valid (for tests and the parity runner).
+pub fn ipv4_header_ok(frame: &[u8], parsed: &Parsed) -> bool {
+    if parsed.l3 != L3::Ipv4 {
+        return true;
+    }
+    let ihl = ((frame[parsed.l3_offset] & 0x0f) as usize) * 4;
+    checksum(&frame[parsed.l3_offset..parsed.l3_offset + ihl]) == 0
+}
