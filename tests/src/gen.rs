@@ -286,8 +286,14 @@ pub fn packet() -> impl Strategy<Value = PacketHeader> {
             } else {
                 (ADDRS[s].parse().unwrap(), ADDRS[d].parse().unwrap())
             };
-            let protocol = Protocol(proto.parse().unwrap());
+            // ICMP is protocol 1 over IPv4 and 58 over IPv6; the other pairing is not ICMP on the wire.
+            let protocol = match (v6, proto) {
+                (true, "1") => Protocol::ICMPV6,
+                (false, "58") => Protocol::ICMP,
+                _ => Protocol(proto.parse().unwrap()),
+            };
             let ports = matches!(protocol, Protocol::TCP | Protocol::UDP | Protocol::SCTP);
+            let icmp = matches!(protocol, Protocol::ICMP | Protocol::ICMPV6);
             PacketHeader {
                 src,
                 dst,
@@ -295,8 +301,8 @@ pub fn packet() -> impl Strategy<Value = PacketHeader> {
                 src_port: if ports { sport.parse().unwrap() } else { 0 },
                 dst_port: if ports { dport.parse().unwrap() } else { 0 },
                 tcp_flags: if protocol == Protocol::TCP { flags.parse().unwrap() } else { 0 },
-                icmp_type: if ports { 0 } else { t },
-                icmp_code: if ports { 0 } else { c },
+                icmp_type: if icmp { t } else { 0 },
+                icmp_code: if icmp { c } else { 0 },
                 icmp_id: 0,
             }
         })

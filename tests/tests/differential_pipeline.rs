@@ -26,9 +26,13 @@ fn reply_to(p: &PacketHeader) -> PacketHeader {
     let mut r = *p;
     std::mem::swap(&mut r.src, &mut r.dst);
     std::mem::swap(&mut r.src_port, &mut r.dst_port);
-    r.tcp_flags = if p.tcp_flags & tcp_flags::SYN != 0 { tcp_flags::SYN | tcp_flags::ACK } else { tcp_flags::ACK };
-    if r.icmp_type == 8 {
-        r.icmp_type = 0;
+    if p.protocol == calxdp_policy::resource::Protocol::TCP {
+        r.tcp_flags = if p.tcp_flags & tcp_flags::SYN != 0 { tcp_flags::SYN | tcp_flags::ACK } else { tcp_flags::ACK };
+    }
+    match (r.protocol.0, r.icmp_type) {
+        (1, 8) => r.icmp_type = 0,
+        (58, 128) => r.icmp_type = 129,
+        _ => {}
     }
     r
 }
