@@ -3,3 +3,4 @@
 pub mod check;
 pub mod parity;
 pub mod publisher;
+pub mod replay;

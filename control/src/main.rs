@@ -22,6 +22,19 @@ enum Command {
         #[arg(required = true)]
         paths: Vec<PathBuf>,
     },
+    /// Replay a pcap capture through the pipeline offline (no root): each frame's verdict and why.
+    Replay {
+        /// The node: interfaces, pods, namespaces, services, Felix configuration.
+        #[arg(long)]
+        node: PathBuf,
+        /// A policy file or a directory of them.
+        #[arg(long)]
+        policies: PathBuf,
+        /// Write the frames that left, one pcap per output port, into this directory.
+        #[arg(long)]
+        out_dir: Option<PathBuf>,
+        capture: PathBuf,
+    },
     /// Run parity scenarios and compare every verdict with Linux Calico's.
     Parity {
         /// reference | compiled | pipeline | live | all
@@ -55,6 +68,26 @@ fn main() -> ExitCode {
                 ExitCode::FAILURE
             } else {
                 ExitCode::SUCCESS
+            }
+        }
+        Command::Replay { node, policies, out_dir, capture } => {
+            let result = calxdp::replay::load_node(&node).and_then(|n| calxdp::replay::replay(n, &policies, &capture));
+            match result {
+                Ok(r) => {
+                    print!("{}", r.report);
+                    if let Some(dir) = out_dir {
+                        if let Err(e) = calxdp::replay::write_outputs(&dir, &r.out) {
+                            eprintln!("calxdp replay: {e}");
+                            return ExitCode::FAILURE;
+                        }
+                        println!("wrote {} output captures to {}", r.out.len(), dir.display());
+                    }
+                    ExitCode::SUCCESS
+                }
+                Err(e) => {
+                    eprintln!("calxdp replay: {e}");
+                    ExitCode::FAILURE
+                }
             }
         }
         Command::Parity { level, paths } => {

@@ -1,0 +1,163 @@
+//! `calxdp replay`: a capture through the pipeline, offline and without root. Every frame's verdict and
+//! what decided it, as a table; optionally the frames that left, one pcap per output port.
+//!
+//! A pcap does not say where a frame arrived, so its ingress is inferred from its source address: a
+//! local pod's address means that pod's interface, one of the host's addresses means the host stack,
+//! anything else the first uplink.
+
+use std::collections::BTreeMap;
+use std::fmt::Write as _;
+use std::path::Path;
+
+use calxdp_dataplane::frames::{ingest, rewrite};
+use calxdp_dataplane::io::pcap::{self, Record};
+use calxdp_dataplane::path::Port;
+use calxdp_dataplane::pipeline::{explain, Decision, Pipeline};
+use calxdp_policy::node::NodeConfig;
+use calxdp_policy::resource::{load_path, ResourceSet};
+use calxdp_policy::verdict::Verdict;
+use calxdp_policy::yaml::{parse_documents, Field, LoadError, Origin};
+
+use crate::publisher::TablePublisher;
+
+/// Reads a node file (the schema of a parity scenario's `node:` section).
+pub fn load_node(path: &Path) -> Result<NodeConfig, String> {
+    let file = path.display().to_string();
+    let text = std::fs::read_to_string(path).map_err(|e| format!("{file}: cannot read: {e}"))?;
+    let origin = Origin::file(file.clone());
+    let docs = parse_documents(&text, &origin).map_err(|e| e.to_string())?;
+    let doc = docs.first().ok_or_else(|| format!("{file}: empty node file"))?;
+    NodeConfig::parse(Field::root(doc, &origin)).map_err(|e: LoadError| e.to_string())
+}
+
+/// What a replay produced.
+#[derive(Debug)]
+pub struct Replay {
+    /// The table, one line per frame, then the counters.
+    pub report: String,
+    pub allowed: usize,
+    pub dropped: usize,
+    /// Frames that left, by output port name.
+    pub out: BTreeMap<String, Vec<Record>>,
+}
+
+pub fn replay(node: NodeConfig, policies: &Path, capture: &Path) -> Result<Replay, String> {
+    let mut resources = ResourceSet::new();
+    resources.apply_all(load_path(policies).map_err(|e| e.to_string())?.into_iter().map(|d| d.resource));
+    let file = std::fs::File::open(capture).map_err(|e| format!("{}: {e}", capture.display()))?;
+    let records = pcap::read_all(std::io::BufReader::new(file)).map_err(|e| format!("{}: {e}", capture.display()))?;
+
+    let publisher = TablePublisher::new(node.clone(), resources);
+    let mut pipeline = Pipeline::new(publisher.slot(), 1 << 16);
+    let start = records.first().map(|r| r.nanos).unwrap_or(0);
+    let port_name = |p: Port| match p {
+        Port::Host => "host".to_string(),
+        Port::Uplink(u) => node.uplinks[u as usize].name.clone(),
+        Port::Workload(w) => node.workloads[w as usize].name.clone(),
+    };
+    let mut report = String::new();
+    let _ = writeln!(report, "{:>4}  {:>9}  {:<10} {:<5} {:<44} {:<7} {:<10} {:<22} why", "#", "time_s", "in", "proto", "flow", "verdict", "out", "translated");
+    let (mut allowed, mut dropped) = (0, 0);
+    let mut out: BTreeMap<String, Vec<Record>> = BTreeMap::new();
+    for (i, rec) in records.iter().enumerate() {
+        let mut frame = rec.data.clone();
+        let port = match calxdp_dataplane::wire::parse(&frame) {
+            Ok(p) if p.is_ip() => ingress_of(&node, p.header.src),
+            _ => Port::Uplink(0),
+        };
+        let (packet, parsed) = ingest(port, &frame);
+        let mut batch = [packet];
+        let now = rec.nanos.saturating_sub(start);
+        pipeline.process(&mut batch, now);
+        let p = &batch[0];
+        let tables = pipeline.tables();
+        let h = &p.header;
+        let malformed = matches!(p.decision, Decision::Malformed(_));
+        let flow = if malformed {
+            format!("({} bytes)", rec.data.len())
+        } else if h.has_ports() {
+            format!("{}:{} -> {}:{}", h.src, h.src_port, h.dst, h.dst_port)
+        } else {
+            format!("{} -> {}", h.src, h.dst)
+        };
+        let why = match p.decision {
+            Decision::Malformed(reason) => format!("malformed frame: {reason}"),
+            d => explain(&tables, &d).to_string(),
+        };
+        let mut verdict = p.verdict;
+        if verdict == Verdict::Allow {
+            if let Some(parsed) = &parsed {
+                if rewrite(&mut frame, parsed, p).is_err() {
+                    verdict = Verdict::Drop;
+                }
+            }
+        }
+        let (v, o, t) = match verdict {
+            Verdict::Allow => {
+                allowed += 1;
+                let o = p.out.map(port_name).unwrap_or_default();
+                out.entry(o.clone()).or_default().push(Record { nanos: rec.nanos, data: frame });
+                ("allow", o, p.translated.map(|s| s.to_string()).unwrap_or_default())
+            }
+            Verdict::Drop => {
+                dropped += 1;
+                ("drop", String::new(), String::new())
+            }
+        };
+        let _ = writeln!(
+            report,
+            "{:>4}  {:>9.3}  {:<10} {:<5} {:<44} {:<7} {:<10} {:<22} {}",
+            i + 1,
+            now as f64 / 1e9,
+            port_name(port),
+            if malformed { "-".to_string() } else { proto_name(h.protocol.0) },
+            flow,
+            v,
+            o,
+            t,
+            why
+        );
+    }
+    let c = &pipeline.counters;
+    let _ = writeln!(report, "\n{} frames: {allowed} allowed, {dropped} dropped", records.len());
+    for r in calxdp_dataplane::pipeline::DropReason::ALL {
+        if c.dropped(r) > 0 {
+            let _ = writeln!(report, "  dropped {:<26} {}", r.name(), c.dropped(r));
+        }
+    }
+    let _ = writeln!(report, "  conntrack entries at the end: {}", pipeline.flows.len());
+    Ok(Replay { report, allowed, dropped, out })
+}
+
+/// Where a captured frame arrived, from its source address (see the module comment).
+fn ingress_of(node: &NodeConfig, src: std::net::IpAddr) -> Port {
+    if let Some(w) = node.local_workload_by_ip(src) {
+        return Port::Workload(w as u16);
+    }
+    if node.is_host_ip(src) {
+        return Port::Host;
+    }
+    Port::Uplink(0)
+}
+
+fn proto_name(p: u8) -> String {
+    match p {
+        1 => "icmp".into(),
+        6 => "tcp".into(),
+        17 => "udp".into(),
+        58 => "icmp6".into(),
+        132 => "sctp".into(),
+        n => n.to_string(),
+    }
+}
+
+/// Writes one pcap per output port into `dir`.
+pub fn write_outputs(dir: &Path, out: &BTreeMap<String, Vec<Record>>) -> Result<(), String> {
+    std::fs::create_dir_all(dir).map_err(|e| format!("{}: {e}", dir.display()))?;
+    for (port, records) in out {
+        let path = dir.join(format!("{port}.pcap"));
+        let f = std::fs::File::create(&path).map_err(|e| format!("{}: {e}", path.display()))?;
+        pcap::write_all(std::io::BufWriter::new(f), records).map_err(|e| format!("{}: {e}", path.display()))?;
+    }
+    Ok(())
+}
