@@ -10,9 +10,11 @@ use std::fmt::Write as _;
 use std::path::Path;
 
 use calxdp_dataplane::frames::{ingest, rewrite};
+use calxdp_dataplane::log::{log_line, LogLimiter};
+use calxdp_policy::reference::walker::log_for;
 use calxdp_dataplane::io::pcap::{self, Record};
 use calxdp_dataplane::path::Port;
-use calxdp_dataplane::pipeline::{explain, Decision, Pipeline};
+use calxdp_dataplane::pipeline::{explain, rule_ref, Decision, Pipeline};
 use calxdp_policy::node::NodeConfig;
 use calxdp_policy::resource::{load_path, ResourceSet};
 use calxdp_policy::verdict::Verdict;
@@ -49,6 +51,9 @@ pub fn replay(node: NodeConfig, policies: &Path, capture: &Path) -> Result<Repla
 
     let publisher = TablePublisher::new(node.clone(), resources);
     let mut pipeline = Pipeline::new(publisher.slot(), 1 << 16);
+    let felix = &node.felix;
+    let mut limiter = LogLimiter::new(felix.log_rate_limit.as_deref(), felix.log_rate_burst)?;
+    let mut log_lines: Vec<String> = Vec::new();
     let start = records.first().map(|r| r.nanos).unwrap_or(0);
     let port_name = |p: Port| match p {
         Port::Host => "host".to_string(),
@@ -84,6 +89,19 @@ pub fn replay(node: NodeConfig, policies: &Path, capture: &Path) -> Result<Repla
             Decision::Malformed(reason) => format!("malformed frame: {reason}"),
             d => explain(&tables, &d).to_string(),
         };
+        if let Some(parsed) = &parsed {
+            for hit in p.logs.iter().flatten() {
+                if limiter.admit(now) {
+                    let prefix = log_for(&tables.world, rule_ref(&tables, hit.ep, hit.stage, hit.dir, hit.rule)).prefix;
+                    let in_if = if port == Port::Host { String::new() } else { port_name(port) };
+                    let out_if = match p.out {
+                        Some(Port::Host) | None => String::new(),
+                        Some(o) => port_name(o),
+                    };
+                    log_lines.push(format!("{:>4}  {}", i + 1, log_line(&prefix, &in_if, &out_if, &rec.data, parsed)));
+                }
+            }
+        }
         let mut verdict = p.verdict;
         if verdict == Verdict::Allow {
             if let Some(parsed) = &parsed {
@@ -117,6 +135,12 @@ pub fn replay(node: NodeConfig, policies: &Path, capture: &Path) -> Result<Repla
             t,
             why
         );
+    }
+    if !log_lines.is_empty() || limiter.suppressed > 0 {
+        let _ = writeln!(report, "\nLog rules ({} lines, {} over the rate limit):", log_lines.len(), limiter.suppressed);
+        for l in &log_lines {
+            let _ = writeln!(report, "{l}");
+        }
     }
     let c = &pipeline.counters;
     let _ = writeln!(report, "\n{} frames: {allowed} allowed, {dropped} dropped", records.len());

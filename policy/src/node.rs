@@ -90,6 +90,10 @@ pub struct FelixConfig {
     pub allow_ipip_from_workloads: bool,
     pub vxlan_port: u16,
     pub log_prefix: String,
+    /// `LogActionRateLimit`, e.g. `"10/second"`; `None` for no limit.
+    pub log_rate_limit: Option<String>,
+    /// `LogActionRateLimitBurst` (Felix's default 5).
+    pub log_rate_burst: Option<u64>,
 }
 
 impl Default for FelixConfig {
@@ -123,6 +127,8 @@ impl Default for FelixConfig {
             allow_ipip_from_workloads: false,
             vxlan_port: 4789,
             log_prefix: "calico-packet".into(),
+            log_rate_limit: None,
+            log_rate_burst: None,
         }
     }
 }
@@ -146,8 +152,6 @@ const KNOWN_INERT_FELIX_KEYS: &[&str] = &[
     "interfaceExclude",
     "serviceLoopPrevention",
     "kubeNodePortRanges",
-    "logActionRateLimit",
-    "logActionRateLimitBurst",
     "workloadSourceSpoofing",
 ];
 
@@ -328,6 +332,8 @@ fn parse_felix(f: Field<'_>) -> Result<FelixConfig, LoadError> {
         "allowIPIPPacketsFromWorkloads",
         "vxlanPort",
         "logPrefix",
+        "logActionRateLimit",
+        "logActionRateLimitBurst",
     ];
     known.extend_from_slice(KNOWN_INERT_FELIX_KEYS);
     f.only_keys(&known)?;
@@ -364,6 +370,8 @@ fn parse_felix(f: Field<'_>) -> Result<FelixConfig, LoadError> {
     if let Some(p) = f.with("logPrefix", |p| p.map(|p| p.string()).transpose())? {
         c.log_prefix = p;
     }
+    c.log_rate_limit = f.with("logActionRateLimit", |p| p.map(|p| p.string()).transpose())?;
+    c.log_rate_burst = f.with("logActionRateLimitBurst", |p| p.map(|p| p.uint(9999)).transpose())?;
     Ok(c)
 }
 

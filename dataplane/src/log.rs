@@ -1,0 +1,182 @@
+//! Log rules' output: one line per hit in the format of the kernel's LOG target (semantics §9.2), so
+//! existing `calico-packet:` grep and alerting keep working, rate-limited as Felix's
+//! `LogActionRateLimit` / `LogActionRateLimitBurst` configure `-m limit` (§9.1).
+//!
+//! The pipeline only records which Log rules fired (no text on the hot path); lines are formatted here,
+//! after the batch, from the frame as it arrived.
+
+use std::fmt::Write as _;
+
+use calxdp_policy::resource::Protocol;
+
+use crate::flow::Nanos;
+use crate::wire::{Parsed, L3};
+
+/// A token bucket: `rate` lines per `per` nanoseconds, at most `burst` at once. `None` rate: unlimited.
+#[derive(Clone, Debug)]
+pub struct LogLimiter {
+    rate: Option<(u64, u64)>,
+    burst: u64,
+    tokens: u64,
+    last: Nanos,
+    /// Lines the limit suppressed.
+    pub suppressed: u64,
+}
+
+impl LogLimiter {
+    /// From Felix's settings: `"10/second"`, `"5/minute"`, … (`None` = no limit) and the burst (default 5).
+    pub fn new(rate: Option<&str>, burst: Option<u64>) -> Result<LogLimiter, String> {
+        let burst = burst.unwrap_or(5).max(1);
+        let rate = match rate {
+            None => None,
+            Some(text) => {
+                let (n, unit) = text.split_once('/').ok_or_else(|| format!("bad log rate '{text}' (expected N/second|minute|hour|day)"))?;
+                let n: u64 = n.trim().parse().ok().filter(|n| (1..=9999).contains(n)).ok_or_else(|| format!("bad log rate '{text}': N must be 1-9999"))?;
+                let per = match unit.trim() {
+                    "second" | "s" => 1_000_000_000,
+                    "minute" | "m" => 60_000_000_000,
+                    "hour" | "h" => 3_600_000_000_000,
+                    "day" | "d" => 86_400_000_000_000,
+                    other => return Err(format!("bad log rate unit '{other}' (expected second, minute, hour or day)")),
+                };
+                Some((n, per))
+            }
+        };
+        Ok(LogLimiter { rate, burst, tokens: burst, last: 0, suppressed: 0 })
+    }
+
+    /// Whether a line may be written at `now`.
+    pub fn admit(&mut self, now: Nanos) -> bool {
+        let Some((n, per)) = self.rate else { return true };
+        let refill = (now.saturating_sub(self.last) as u128 * n as u128 / per as u128) as u64;
+        if refill > 0 {
+            self.tokens = (self.tokens + refill).min(self.burst);
+            self.last = now;
+        }
+        if self.tokens > 0 {
+            self.tokens -= 1;
+            true
+        } else {
+            self.suppressed += 1;
+            false
+        }
+    }
+}
+
+/// One kernel-style LOG line for `frame` (parsed as `parsed`), e.g.
+/// `calico-packet: IN=eth0 OUT=cali1 MAC=… SRC=… DST=… LEN=60 TOS=0x00 PREC=0x00 TTL=64 ID=0 DF PROTO=TCP
+/// SPT=… DPT=… WINDOW=… RES=0x00 SYN URGP=0`. `in_if` is empty for host-originated packets, `out_if` for
+/// packets delivered to the host, as iptables prints them.
+pub fn log_line(prefix: &str, in_if: &str, out_if: &str, frame: &[u8], parsed: &Parsed) -> String {
+    let mut s = String::with_capacity(200);
+    let _ = write!(s, "{prefix}: IN={in_if} OUT={out_if} ");
+    if !in_if.is_empty() && frame.len() >= 14 {
+        // Destination MAC, source MAC, ethertype, as one colon-separated run.
+        let mac: Vec<String> = frame[..12].iter().chain(&parsed.ethertype.to_be_bytes()).map(|b| format!("{b:02x}")).collect();
+        let _ = write!(s, "MAC={} ", mac.join(":"));
+    }
+    let l3 = parsed.l3_offset;
+    let h = &parsed.header;
+    match parsed.l3 {
+        L3::Ipv4 if frame.len() >= l3 + 20 => {
+            let total = u16::from_be_bytes([frame[l3 + 2], frame[l3 + 3]]);
+            let tos = frame[l3 + 1];
+            let id = u16::from_be_bytes([frame[l3 + 4], frame[l3 + 5]]);
+            let frag = u16::from_be_bytes([frame[l3 + 6], frame[l3 + 7]]);
+            let _ = write!(s, "SRC={} DST={} LEN={total} TOS=0x{:02X} PREC=0x{:02X} TTL={} ID={id} ", h.src, h.dst, tos & 0x1e, tos & 0xe0, frame[l3 + 8]);
+            if frag & 0x4000 != 0 {
+                s.push_str("DF ");
+            }
+            if frag & 0x2000 != 0 {
+                s.push_str("MF ");
+            }
+        }
+        L3::Ipv6 if frame.len() >= l3 + 40 => {
+            let payload = u16::from_be_bytes([frame[l3 + 4], frame[l3 + 5]]);
+            let tc = ((frame[l3] & 0x0f) << 4) | (frame[l3 + 1] >> 4);
+            let flow = u32::from_be_bytes([0, frame[l3 + 1] & 0x0f, frame[l3 + 2], frame[l3 + 3]]);
+            let _ = write!(s, "SRC={} DST={} LEN={} TC={tc} HOPLIMIT={} FLOWLBL={flow} ", h.src, h.dst, payload as usize + 40, frame[l3 + 7]);
+        }
+        _ => {}
+    }
+    let l4 = parsed.l4_offset;
+    match h.protocol {
+        Protocol::TCP if frame.len() >= l4 + 20 => {
+            let window = u16::from_be_bytes([frame[l4 + 14], frame[l4 + 15]]);
+            let urgp = u16::from_be_bytes([frame[l4 + 18], frame[l4 + 19]]);
+            let flags = frame[l4 + 13];
+            let _ = write!(s, "PROTO=TCP SPT={} DPT={} WINDOW={window} RES=0x{:02x} ", h.src_port, h.dst_port, frame[l4 + 12] & 0x0e);
+            for (bit, name) in [(0x80, "CWR"), (0x40, "ECE"), (0x20, "URG"), (0x10, "ACK"), (0x08, "PSH"), (0x04, "RST"), (0x02, "SYN"), (0x01, "FIN")] {
+                if flags & bit != 0 {
+                    let _ = write!(s, "{name} ");
+                }
+            }
+            let _ = write!(s, "URGP={urgp}");
+        }
+        Protocol::UDP if frame.len() >= l4 + 8 => {
+            let len = u16::from_be_bytes([frame[l4 + 4], frame[l4 + 5]]);
+            let _ = write!(s, "PROTO=UDP SPT={} DPT={} LEN={len}", h.src_port, h.dst_port);
+        }
+        Protocol::ICMP => {
+            let _ = write!(s, "PROTO=ICMP TYPE={} CODE={}", h.icmp_type, h.icmp_code);
+            if matches!(h.icmp_type, 0 | 8) {
+                let seq = frame.get(l4 + 6..l4 + 8).map(|b| u16::from_be_bytes([b[0], b[1]])).unwrap_or(0);
+                let _ = write!(s, " ID={} SEQ={seq}", h.icmp_id);
+            }
+        }
+        Protocol::ICMPV6 => {
+            let _ = write!(s, "PROTO=ICMPv6 TYPE={} CODE={}", h.icmp_type, h.icmp_code);
+        }
+        Protocol::SCTP => {
+            let _ = write!(s, "PROTO=SCTP SPT={} DPT={}", h.src_port, h.dst_port);
+        }
+        Protocol(n) => {
+            let _ = write!(s, "PROTO={n}");
+        }
+    }
+    s.trim_end().to_string()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::wire::{parse, FrameSpec};
+    use calxdp_policy::packet::{tcp_flags, PacketHeader};
+
+    #[test]
+    fn tcp_syn_line_has_the_kernel_fields_in_order() {
+        let h = PacketHeader {
+            src: "172.16.193.134".parse().unwrap(),
+            dst: "69.147.80.15".parse().unwrap(),
+            protocol: Protocol::TCP,
+            src_port: 45588,
+            dst_port: 80,
+            tcp_flags: tcp_flags::SYN,
+            icmp_type: 0,
+            icmp_code: 0,
+            icmp_id: 0,
+        };
+        let frame = FrameSpec::new(h).build();
+        let parsed = parse(&frame).unwrap();
+        let line = log_line("calico-packet", "cali527b0801ecb", "eth0", &frame, &parsed);
+        assert!(line.starts_with("calico-packet: IN=cali527b0801ecb OUT=eth0 MAC="), "{line}");
+        assert!(line.contains(":08:00 SRC=172.16.193.134 DST=69.147.80.15 LEN="), "{line}");
+        assert!(line.contains("PROTO=TCP SPT=45588 DPT=80 WINDOW="), "{line}");
+        assert!(line.ends_with("SYN URGP=0"), "{line}");
+        let out = log_line("calico-packet", "", "eth0", &frame, &parsed);
+        assert!(out.starts_with("calico-packet: IN= OUT=eth0 SRC="), "no MAC without an input device: {out}");
+    }
+
+    #[test]
+    fn rate_limit_allows_a_burst_then_the_rate() {
+        let mut l = LogLimiter::new(Some("2/second"), Some(3)).unwrap();
+        let admitted = (0..10).filter(|_| l.admit(0)).count();
+        assert_eq!(admitted, 3);
+        assert!(l.admit(500_000_000), "one token after half a second at 2/s");
+        assert!(!l.admit(500_000_000));
+        assert_eq!(l.suppressed, 8);
+        assert!(LogLimiter::new(Some("10/fortnight"), None).is_err());
+        let mut free = LogLimiter::new(None, None).unwrap();
+        assert!((0..100).all(|_| free.admit(0)));
+    }
+}
