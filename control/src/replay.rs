@@ -150,6 +150,18 @@ pub fn replay(node: NodeConfig, policies: &Path, capture: &Path) -> Result<Repla
         }
     }
     let _ = writeln!(report, "  conntrack entries at the end: {}", pipeline.flows.len());
+    let ports: Vec<Port> = (0..node.uplinks.len() as u16)
+        .map(Port::Uplink)
+        .chain((0..node.workloads.len() as u16).map(Port::Workload))
+        .chain(std::iter::once(Port::Host))
+        .collect();
+    for port in ports {
+        let slot = calxdp_dataplane::pipeline::Counters::port_slot(port, node.uplinks.len(), node.workloads.len());
+        let (rx, tx) = (c.rx.get(slot).copied().unwrap_or(0), c.tx.get(slot).copied().unwrap_or(0));
+        if rx + tx > 0 {
+            let _ = writeln!(report, "  port {:<10} rx {rx:>4}  tx {tx:>4}", port_name(port));
+        }
+    }
     Ok(Replay { report, allowed, dropped, out })
 }
 

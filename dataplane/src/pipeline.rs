@@ -111,7 +111,7 @@ impl DropReason {
     }
 }
 
-/// Counters of one worker; summed across workers on read.
+/// Counters of one worker; summed across workers on read ([`Counters::add`]).
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct Counters {
     pub packets: u64,
@@ -119,11 +119,41 @@ pub struct Counters {
     pub drops: [u64; DropReason::ALL.len()],
     /// Log rules that fired more often than a packet can record.
     pub logs_overflowed: u64,
+    /// Packets received and sent per port: uplinks, then workloads, then the host.
+    pub rx: Vec<u64>,
+    pub tx: Vec<u64>,
 }
 
 impl Counters {
     pub fn dropped(&self, r: DropReason) -> u64 {
         self.drops[r as usize]
+    }
+
+    /// Adds another worker's counters.
+    pub fn add(&mut self, o: &Counters) {
+        self.packets += o.packets;
+        self.allowed += o.allowed;
+        for (a, b) in self.drops.iter_mut().zip(&o.drops) {
+            *a += b;
+        }
+        self.logs_overflowed += o.logs_overflowed;
+        for (mine, theirs) in [(&mut self.rx, &o.rx), (&mut self.tx, &o.tx)] {
+            if mine.len() < theirs.len() {
+                mine.resize(theirs.len(), 0);
+            }
+            for (a, b) in mine.iter_mut().zip(theirs) {
+                *a += b;
+            }
+        }
+    }
+
+    /// The counter slot of a port for a node with `uplinks` uplinks and `workloads` pods.
+    pub fn port_slot(port: Port, uplinks: usize, workloads: usize) -> usize {
+        match port {
+            Port::Uplink(u) => u as usize,
+            Port::Workload(w) => uplinks + w as usize,
+            Port::Host => uplinks + workloads,
+        }
     }
 }
 
@@ -275,8 +305,16 @@ impl Pipeline {
             filter_stage(t, p);
         }
         let epoch = t.epoch as u32;
+        let (uplinks, workloads) = (t.world.node.uplinks.len(), t.world.node.workloads.len());
+        let ports = uplinks + workloads + 1;
+        if self.counters.rx.len() < ports {
+            // Only when the node gains ports (a table change), never per packet.
+            self.counters.rx.resize(ports, 0);
+            self.counters.tx.resize(ports, 0);
+        }
         for p in batch.iter_mut() {
             self.counters.packets += 1;
+            self.counters.rx[Counters::port_slot(p.port, uplinks, workloads).min(ports - 1)] += 1;
             if p.verdict == Verdict::Allow {
                 let lookup = p.lookup;
                 // Untracked packets (a doNotTrack allow) never get an entry; everything else allowed does.
@@ -292,7 +330,12 @@ impl Pipeline {
                 }
             }
             match p.verdict {
-                Verdict::Allow => self.counters.allowed += 1,
+                Verdict::Allow => {
+                    self.counters.allowed += 1;
+                    if let Some(out) = p.out {
+                        self.counters.tx[Counters::port_slot(out, uplinks, workloads).min(ports - 1)] += 1;
+                    }
+                }
                 Verdict::Drop => self.counters.drops[DropReason::of(&p.decision) as usize] += 1,
             }
             if p.logs.iter().all(Option::is_some) {
