@@ -77,7 +77,7 @@ pub fn replay(node: NodeConfig, policies: &Path, capture: &Path) -> Result<Repla
         let p = &batch[0];
         let tables = pipeline.tables();
         let h = &p.header;
-        let malformed = matches!(p.decision, Decision::Malformed(_));
+        let malformed = matches!(p.decision, Decision::Malformed(_) | Decision::NotIp);
         let flow = if malformed {
             format!("({} bytes)", rec.data.len())
         } else if h.has_ports() {
@@ -86,7 +86,8 @@ pub fn replay(node: NodeConfig, policies: &Path, capture: &Path) -> Result<Repla
             format!("{} -> {}", h.src, h.dst)
         };
         let why = match p.decision {
-            Decision::Malformed(reason) => format!("malformed frame: {reason}"),
+            Decision::Malformed(reason) => format!("malformed frame: {}", reason.as_str()),
+            Decision::NotIp => "not an IP frame".to_string(),
             d => explain(&tables, &d).to_string(),
         };
         if let Some(parsed) = &parsed {
@@ -147,6 +148,11 @@ pub fn replay(node: NodeConfig, policies: &Path, capture: &Path) -> Result<Repla
     for r in calxdp_dataplane::pipeline::DropReason::ALL {
         if c.dropped(r) > 0 {
             let _ = writeln!(report, "  dropped {:<26} {}", r.name(), c.dropped(r));
+        }
+    }
+    for m in calxdp_dataplane::wire::Malformed::ALL {
+        if c.malformed[m.index()] > 0 {
+            let _ = writeln!(report, "    malformed {:<24} {}", m.as_str(), c.malformed[m.index()]);
         }
     }
     let _ = writeln!(report, "  conntrack entries at the end: {}", pipeline.flows.len());

@@ -9,7 +9,7 @@ use calxdp_policy::resource::Protocol;
 use calxdp_policy::verdict::Verdict;
 
 use crate::path::Port;
-use crate::pipeline::Packet;
+use crate::pipeline::{Decision, Packet};
 use calxdp_policy::reference::flows::Tuple;
 
 use crate::wire::checksum::{checksum, fill_l4_checksum, update_addr, update_u16};
@@ -29,8 +29,8 @@ pub fn ingest(port: Port, frame: &[u8]) -> (Packet, Option<Parsed>) {
             let inner = parsed.inner.map(|i| Tuple::of(&i.to_packet_header()));
             (Packet::new(port, parsed.header, inner), Some(parsed))
         }
-        Ok(parsed) => (Packet::malformed(port, "not_ip"), Some(parsed)),
-        Err(m) => (Packet::malformed(port, m.as_str()), None),
+        Ok(parsed) => (Packet::unparsed(port, Decision::NotIp), Some(parsed)),
+        Err(m) => (Packet::unparsed(port, Decision::Malformed(m)), None),
     }
 }
 

@@ -47,8 +47,10 @@ pub enum Decision {
     NoCalicoVerdict,
     ConntrackFull,
     ServiceWithoutEndpoints,
-    /// A frame that did not parse, with its counter name.
-    Malformed(&'static str),
+    /// A frame that did not parse.
+    Malformed(crate::wire::Malformed),
+    /// A frame that is not IP (ARP and friends), which the pipeline does not forward.
+    NotIp,
 }
 
 /// Why packets were dropped, as counters.
@@ -64,10 +66,11 @@ pub enum DropReason {
     ConntrackFull,
     ServiceWithoutEndpoints,
     Malformed,
+    NotIp,
 }
 
 impl DropReason {
-    pub const ALL: [DropReason; 10] = [
+    pub const ALL: [DropReason; 11] = [
         DropReason::PolicyDeny,
         DropReason::EndOfTier,
         DropReason::NoProfile,
@@ -78,6 +81,7 @@ impl DropReason {
         DropReason::ConntrackFull,
         DropReason::ServiceWithoutEndpoints,
         DropReason::Malformed,
+        DropReason::NotIp,
     ];
 
     pub fn name(self) -> &'static str {
@@ -92,6 +96,7 @@ impl DropReason {
             DropReason::ConntrackFull => "conntrack_full",
             DropReason::ServiceWithoutEndpoints => "service_without_endpoints",
             DropReason::Malformed => "malformed",
+            DropReason::NotIp => "not_ip",
         }
     }
 
@@ -106,6 +111,7 @@ impl DropReason {
             Decision::ConntrackFull => DropReason::ConntrackFull,
             Decision::ServiceWithoutEndpoints => DropReason::ServiceWithoutEndpoints,
             Decision::Malformed(_) => DropReason::Malformed,
+            Decision::NotIp => DropReason::NotIp,
             _ => DropReason::Invalid,
         }
     }
@@ -117,6 +123,8 @@ pub struct Counters {
     pub packets: u64,
     pub allowed: u64,
     pub drops: [u64; DropReason::ALL.len()],
+    /// Malformed frames by reason (indexed by `Malformed::index`).
+    pub malformed: [u64; crate::wire::Malformed::COUNT],
     /// Log rules that fired more often than a packet can record.
     pub logs_overflowed: u64,
     /// Packets received and sent per port: uplinks, then workloads, then the host.
@@ -134,6 +142,9 @@ impl Counters {
         self.packets += o.packets;
         self.allowed += o.allowed;
         for (a, b) in self.drops.iter_mut().zip(&o.drops) {
+            *a += b;
+        }
+        for (a, b) in self.malformed.iter_mut().zip(&o.malformed) {
             *a += b;
         }
         self.logs_overflowed += o.logs_overflowed;
@@ -215,8 +226,9 @@ impl Packet {
         }
     }
 
-    /// A packet that failed to parse: dropped before any stage.
-    pub fn malformed(port: Port, reason: &'static str) -> Packet {
+    /// A frame that could not become a packet (`Decision::Malformed` or `Decision::NotIp`): dropped
+    /// before any stage, counted under its reason.
+    pub fn unparsed(port: Port, reason: Decision) -> Packet {
         let blank = PacketHeader {
             src: IpAddr::V4(std::net::Ipv4Addr::UNSPECIFIED),
             dst: IpAddr::V4(std::net::Ipv4Addr::UNSPECIFIED),
@@ -230,7 +242,7 @@ impl Packet {
         };
         let mut p = Packet::new(port, blank, None);
         p.done = true;
-        p.decision = Decision::Malformed(reason);
+        p.decision = reason;
         p
     }
 
@@ -336,7 +348,12 @@ impl Pipeline {
                         self.counters.tx[Counters::port_slot(out, uplinks, workloads).min(ports - 1)] += 1;
                     }
                 }
-                Verdict::Drop => self.counters.drops[DropReason::of(&p.decision) as usize] += 1,
+                Verdict::Drop => {
+                    self.counters.drops[DropReason::of(&p.decision) as usize] += 1;
+                    if let Decision::Malformed(m) = p.decision {
+                        self.counters.malformed[m.index()] += 1;
+                    }
+                }
             }
             if p.logs.iter().all(Option::is_some) {
                 self.counters.logs_overflowed += 1;
@@ -762,7 +779,7 @@ pub fn explain(t: &TableSet, d: &Decision) -> Reason {
         Decision::SourceSpoofed => Reason::SourceSpoofed,
         Decision::EncapFromWorkload => Reason::EncapFromWorkload,
         Decision::Icmpv6FromWorkload => Reason::Icmpv6FromWorkload,
-        Decision::NoCalicoVerdict | Decision::Malformed(_) => Reason::NoCalicoVerdict,
+        Decision::NoCalicoVerdict | Decision::Malformed(_) | Decision::NotIp => Reason::NoCalicoVerdict,
         Decision::ConntrackFull => Reason::ConntrackFull,
         Decision::ServiceWithoutEndpoints => Reason::ServiceWithoutEndpoints,
     }
