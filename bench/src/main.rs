@@ -130,35 +130,12 @@ fn compile(quick: bool) {
 fn pipeline(quick: bool) {
     use calxdp_dataplane::path::Port;
     use calxdp_dataplane::pipeline::{Packet, Pipeline};
-    use calxdp_dataplane::tables::{TableSet, TableSlot};
-    use calxdp_policy::packet::PacketHeader;
-    use std::net::{IpAddr, Ipv4Addr};
-    use std::sync::Arc;
 
     let budget = Duration::from_millis(if quick { 500 } else { 3000 });
-    let node = synth::node(20);
-    // 1k rules, and in front of them the DNS allow every cluster has, so the benchmark's flows are admitted.
-    let mut yaml = synth::policies(5, 100, 10, |_| "all()".into());
-    yaml.push_str("---\napiVersion: projectcalico.org/v3\nkind: Tier\nmetadata: {name: cluster-essentials}\nspec: {order: 1}\n---\napiVersion: projectcalico.org/v3\nkind: GlobalNetworkPolicy\nmetadata: {name: allow-dns}\nspec: {tier: cluster-essentials, order: 0, selector: all(), ingress: [{action: Allow, protocol: UDP, destination: {ports: [53]}}]}\n");
-    let resources = synth::load(&yaml);
-    let world = ResolvedNode::new(&node, &resources);
-    let compiled = ProgramCache::new().compile(&world, 1);
-    let slot = Arc::new(TableSlot::new(TableSet::new(1, Arc::new(world), Arc::new(compiled))));
+    let slot = synth::pipeline_tables();
     const BATCH: usize = 32;
     let flows = 100_000usize;
-    // The new-flow path must classify, not hit a cached allow: policies decide against the whole walk.
-    // Flow i: a client of the uplink to pod 0's port 80 (the synthetic policies decide each new one).
-    let header = |i: usize| PacketHeader {
-        src: IpAddr::V4(Ipv4Addr::new(10, 244, (i / 250 % 8) as u8, (i % 250 + 2) as u8)),
-        dst: IpAddr::V4(synth::pod_ip(0)),
-        protocol: calxdp_policy::resource::Protocol::UDP,
-        src_port: 1024 + (i / 2000) as u16,
-        dst_port: 53,
-        tcp_flags: 0,
-        icmp_type: 0,
-        icmp_code: 0,
-        icmp_id: 0,
-    };
+    let header = synth::dns_flow;
 
     // New flows: every packet a flow the table has never seen; a fresh table per round, outside the timing.
     let mut new_pkts = 0usize;

@@ -178,3 +178,34 @@ pub fn packets(seed: u64, n: usize, local: usize) -> Vec<PacketHeader> {
         })
         .collect()
 }
+
+/// Tables for the pipeline benchmarks: 1k synthetic rules on every pod, behind the DNS allow every cluster
+/// has (its own first tier), so the benchmark's flows are admitted after a real classification.
+pub fn pipeline_tables() -> std::sync::Arc<calxdp_dataplane::tables::TableSlot> {
+    use calxdp_dataplane::tables::{TableSet, TableSlot};
+    use calxdp_policy::compile::ProgramCache;
+    use calxdp_policy::resolve::ResolvedNode;
+    use std::sync::Arc;
+    let node = node(20);
+    let mut yaml = policies(5, 100, 10, |_| "all()".into());
+    yaml.push_str("---\napiVersion: projectcalico.org/v3\nkind: Tier\nmetadata: {name: cluster-essentials}\nspec: {order: 1}\n---\napiVersion: projectcalico.org/v3\nkind: GlobalNetworkPolicy\nmetadata: {name: allow-dns}\nspec: {tier: cluster-essentials, order: 0, selector: all(), ingress: [{action: Allow, protocol: UDP, destination: {ports: [53]}}]}\n");
+    let resources = load(&yaml);
+    let world = ResolvedNode::new(&node, &resources);
+    let compiled = ProgramCache::new().compile(&world, 1);
+    Arc::new(TableSlot::new(TableSet::new(1, Arc::new(world), Arc::new(compiled))))
+}
+
+/// Flow `i` of the pipeline benchmarks: a client beyond the uplink asking pod 0 for DNS.
+pub fn dns_flow(i: usize) -> PacketHeader {
+    PacketHeader {
+        src: IpAddr::V4(Ipv4Addr::new(10, 244, (i / 250 % 8) as u8, (i % 250 + 2) as u8)),
+        dst: IpAddr::V4(pod_ip(0)),
+        protocol: Protocol::UDP,
+        src_port: 1024 + (i / 2000) as u16,
+        dst_port: 53,
+        tcp_flags: 0,
+        icmp_type: 0,
+        icmp_code: 0,
+        icmp_id: 0,
+    }
+}
