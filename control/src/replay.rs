@@ -143,6 +143,18 @@ pub fn replay(node: NodeConfig, policies: &Path, capture: &Path) -> Result<Repla
             let _ = writeln!(report, "{l}");
         }
     }
+    let tables = pipeline.tables();
+    let hits = pipeline.rule_hits.by_rule(&tables);
+    if !hits.is_empty() {
+        let _ = writeln!(report, "\nRule hits (like iptables -c):");
+        for (r, n) in &hits {
+            let owner = match &r.owner {
+                calxdp_policy::verdict::RuleOwner::Policy { tier, id } => format!("tier {tier} policy {id}"),
+                calxdp_policy::verdict::RuleOwner::Profile(p) => format!("profile {p}"),
+            };
+            let _ = writeln!(report, "  {n:>5}  {} {} rule {} ({}) of {owner}", r.stage.name(), r.direction.name(), r.index, r.action);
+        }
+    }
     let c = &pipeline.counters;
     let _ = writeln!(report, "\n{} frames: {allowed} allowed, {dropped} dropped", records.len());
     for r in calxdp_dataplane::pipeline::DropReason::ALL {

@@ -179,6 +179,80 @@ pub struct LogHit {
 
 /// Most Log hits a packet records.
 pub const MAX_LOGS: usize = 4;
+/// Most deciding rules (one per chain it crossed) a packet records for the hit counters.
+pub const MAX_RULE_HITS: usize = 4;
+
+/// Hits per rule, like `iptables -c`: a fixed-capacity open-addressing table keyed by (program, rule),
+/// so counting allocates nothing. Rules beyond its capacity are counted in `overflow`.
+#[derive(Debug)]
+pub struct RuleHits {
+    keys: Vec<(usize, u32)>,
+    counts: Vec<u64>,
+    mask: usize,
+    pub overflow: u64,
+}
+
+const NO_PROGRAM: usize = 0;
+
+impl RuleHits {
+    pub fn with_capacity(n: usize) -> RuleHits {
+        let cap = (n * 2).next_power_of_two();
+        RuleHits { keys: vec![(NO_PROGRAM, 0); cap], counts: vec![0; cap], mask: cap - 1, overflow: 0 }
+    }
+
+    fn add(&mut self, program: usize, rule: u32) {
+        let mut i = (program ^ (rule as usize).wrapping_mul(0x9e37_79b9)).wrapping_mul(0x2545_f491) >> 7 & self.mask;
+        for _ in 0..=self.mask {
+            match self.keys[i] {
+                (p, r) if p == program && r == rule => {
+                    self.counts[i] += 1;
+                    return;
+                }
+                (NO_PROGRAM, _) => {
+                    self.keys[i] = (program, rule);
+                    self.counts[i] = 1;
+                    return;
+                }
+                _ => i = (i + 1) & self.mask,
+            }
+        }
+        self.overflow += 1;
+    }
+
+    /// Every counted rule of the current tables with its hits, summed over the programs that share it
+    /// (as iptables counts a policy chain shared by every endpoint it applies to). The `endpoint` of the
+    /// returned references is empty.
+    pub fn by_rule(&self, t: &TableSet) -> Vec<(RuleRef, u64)> {
+        let mut totals: Vec<(RuleRef, u64)> = Vec::new();
+        let eps = (0..t.compiled.workloads.len())
+            .map(EndpointRef::Workload)
+            .chain((0..t.compiled.host_endpoints.len()).map(EndpointRef::Host));
+        let mut seen = std::collections::HashSet::new();
+        for ep in eps {
+            for stage in [Stage::Untracked, Stage::PreDnat, Stage::Normal, Stage::Forward] {
+                for dir in [Direction::Ingress, Direction::Egress] {
+                    let Some(prog) = program(t, ep, stage, dir) else { continue };
+                    let addr = prog as *const Program as usize;
+                    if !seen.insert(addr) {
+                        continue;
+                    }
+                    for (k, c) in self.keys.iter().zip(&self.counts) {
+                        if k.0 != addr || *c == 0 {
+                            continue;
+                        }
+                        let mut r = rule_ref(t, ep, stage, dir, k.1);
+                        r.endpoint.clear();
+                        match totals.iter_mut().find(|(t, _)| *t == r) {
+                            Some((_, n)) => *n += c,
+                            None => totals.push((r, *c)),
+                        }
+                    }
+                }
+            }
+        }
+        totals
+    }
+}
 
 /// One packet of a batch: what arrived, and what the pipeline decided.
 #[derive(Clone, Copy, Debug)]
@@ -196,6 +270,8 @@ pub struct Packet {
     /// The source after NAT (SNAT, or un-DNAT of a reply).
     pub translated_src: Option<SocketAddr>,
     pub logs: [Option<LogHit>; MAX_LOGS],
+    /// The rules that decided the chains the packet crossed (for the hit counters).
+    pub rule_hits: [Option<LogHit>; MAX_RULE_HITS],
     // Working state between stages.
     done: bool,
     accepted: Option<Decision>,
@@ -217,6 +293,7 @@ impl Packet {
             translated: None,
             translated_src: None,
             logs: [None; MAX_LOGS],
+            rule_hits: [None; MAX_RULE_HITS],
             done: false,
             accepted: None,
             lookup: FlowLookup { state: CtState::New, entry: None, tcp_next: None },
@@ -248,11 +325,16 @@ impl Packet {
 
     fn drop(&mut self, d: Decision) {
         self.verdict = Verdict::Drop;
-        self.decision = d;
+        self.note(d);
         self.done = true;
     }
 
     fn note(&mut self, d: Decision) {
+        if let Decision::Rule { ep, stage, dir, rule } = d {
+            if let Some(slot) = self.rule_hits.iter_mut().find(|h| h.is_none()) {
+                *slot = Some(LogHit { ep, stage, dir, rule });
+            }
+        }
         self.decision = d;
     }
 
@@ -280,11 +362,12 @@ pub struct Pipeline {
     slot: Arc<TableSlot>,
     pub flows: FlowTable,
     pub counters: Counters,
+    pub rule_hits: RuleHits,
 }
 
 impl Pipeline {
     pub fn new(slot: Arc<TableSlot>, flow_capacity: usize) -> Pipeline {
-        Pipeline { slot, flows: FlowTable::with_capacity(flow_capacity), counters: Counters::default() }
+        Pipeline { slot, flows: FlowTable::with_capacity(flow_capacity), counters: Counters::default(), rule_hits: RuleHits::with_capacity(1 << 15) }
     }
 
     /// Decides a batch. `now` is read once per batch by the caller.
@@ -357,6 +440,11 @@ impl Pipeline {
             }
             if p.logs.iter().all(Option::is_some) {
                 self.counters.logs_overflowed += 1;
+            }
+            for h in p.rule_hits.iter().chain(p.logs.iter()).flatten() {
+                if let Some(prog) = program(t, h.ep, h.stage, h.dir) {
+                    self.rule_hits.add(prog as *const Program as usize, h.rule);
+                }
             }
         }
     }

@@ -19,5 +19,6 @@ fn the_example_capture_replays_with_the_expected_verdicts() {
     assert!(row(11).contains("conntrack: invalid"), "{}", row(11));
     assert!(row(12).contains("malformed frame"), "{}", row(12));
     assert_eq!(r.out.get("web").map(Vec::len), Some(2));
+    assert!(r.report.contains("2  normal ingress rule 0 (Allow) of tier default policy KubernetesNetworkPolicy/shop/web-from-frontend"), "rule hits: {}", r.report);
     assert!(r.report.contains("   8  calico-packet: IN=eth0 OUT= MAC="), "the denied host access is logged: {}", r.report);
 }
