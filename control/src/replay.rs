@@ -9,7 +9,7 @@ use std::collections::BTreeMap;
 use std::fmt::Write as _;
 use std::path::Path;
 
-use calxdp_dataplane::frames::{ingest, rewrite};
+use calxdp_dataplane::frames::{ingest, rewrite, time_exceeded};
 use calxdp_dataplane::log::{log_line, LogLimiter};
 use calxdp_policy::reference::walker::log_for;
 use calxdp_dataplane::io::pcap::{self, Record};
@@ -104,10 +104,16 @@ pub fn replay(node: NodeConfig, policies: &Path, capture: &Path) -> Result<Repla
             }
         }
         let mut verdict = p.verdict;
+        let mut why = why;
         if verdict == Verdict::Allow {
             if let Some(parsed) = &parsed {
-                if rewrite(&mut frame, parsed, p).is_err() {
+                if rewrite(&mut frame, parsed, p, &tables.ports).is_err() {
                     verdict = Verdict::Drop;
+                    why = "TTL exceeded in transit (ICMP time exceeded sent back)".into();
+                    pipeline.dropped_after_rewrite(calxdp_dataplane::pipeline::DropReason::TtlExceeded);
+                    if let Some(icmp) = time_exceeded(parsed, &tables.ports) {
+                        out.entry(port_name(port)).or_default().push(Record { nanos: rec.nanos, data: icmp });
+                    }
                 }
             }
         }

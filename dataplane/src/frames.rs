@@ -8,7 +8,7 @@ use std::net::{IpAddr, SocketAddr};
 use calxdp_policy::resource::Protocol;
 use calxdp_policy::verdict::Verdict;
 
-use crate::path::Port;
+use crate::path::{Port, PortMap, WORKLOAD_GATEWAY_MAC};
 use crate::pipeline::{Decision, Packet};
 use calxdp_policy::reference::flows::Tuple;
 
@@ -34,8 +34,10 @@ pub fn ingest(port: Port, frame: &[u8]) -> (Packet, Option<Parsed>) {
     }
 }
 
-/// Applies the pipeline's decision to an allowed frame: NAT and TTL. A dropped frame is left alone.
-pub fn rewrite(frame: &mut [u8], parsed: &Parsed, p: &Packet) -> Result<(), RewriteError> {
+/// Applies the pipeline's decision to an allowed frame: NAT, TTL, and the MACs of the next hop (where
+/// known: configured pod and gateway MACs; an on-link neighbour needs ARP, which the live node does). A
+/// dropped frame is left alone.
+pub fn rewrite(frame: &mut [u8], parsed: &Parsed, p: &Packet, ports: &PortMap) -> Result<(), RewriteError> {
     if p.verdict != Verdict::Allow || !parsed.is_ip() {
         return Ok(());
     }
@@ -59,7 +61,52 @@ pub fn rewrite(frame: &mut [u8], parsed: &Parsed, p: &Packet) -> Result<(), Rewr
     if h.protocol == Protocol::SCTP && (p.translated.is_some() || p.translated_src.is_some()) {
         refresh_sctp_crc(frame, parsed);
     }
+    rewrite_macs(frame, p, ports);
     Ok(())
+}
+
+/// Source MAC: the egress port's. Destination MAC: the pod's, the gateway's for off-link destinations,
+/// the tap's (the uplink's MAC) for the host.
+fn rewrite_macs(frame: &mut [u8], p: &Packet, ports: &PortMap) {
+    if frame.len() < 12 {
+        return;
+    }
+    let (src, dst) = match p.out {
+        Some(Port::Workload(w)) => (Some(WORKLOAD_GATEWAY_MAC), ports.workload_mac.get(w as usize).copied().flatten()),
+        Some(Port::Uplink(u)) => {
+            let on_link = p.translated.is_some_and(|d| !ports.is_host_ip(d.ip()) && ports.uplink_on_link(u, d.ip()));
+            let gw = if on_link { None } else { ports.gateway_mac.get(u as usize).copied().flatten() };
+            (ports.uplink_mac.get(u as usize).copied().flatten(), gw)
+        }
+        Some(Port::Host) => (None, ports.uplink_mac.first().copied().flatten()),
+        None => (None, None),
+    };
+    if let Some(d) = dst {
+        frame[0..6].copy_from_slice(&d);
+    }
+    if let Some(s) = src {
+        frame[6..12].copy_from_slice(&s);
+    }
+}
+
+/// The ICMP time-exceeded error Linux sends back when a forwarded packet's TTL runs out: from the host's
+/// address on the ingress side to the packet's source, quoting its header.
+pub fn time_exceeded(parsed: &Parsed, ports: &PortMap) -> Option<Vec<u8>> {
+    let h = &parsed.header;
+    let from = ports.host_ips.iter().copied().find(|a| a.is_ipv4() == h.src.is_ipv4())?;
+    let icmp = if h.src.is_ipv4() { (Protocol::ICMP, 11) } else { (Protocol::ICMPV6, 3) };
+    let reply = calxdp_policy::packet::PacketHeader {
+        src: from,
+        dst: h.src,
+        protocol: icmp.0,
+        src_port: 0,
+        dst_port: 0,
+        tcp_flags: 0,
+        icmp_type: icmp.1,
+        icmp_code: 0,
+        icmp_id: 0,
+    };
+    Some(crate::wire::build_icmp_error(&crate::wire::FrameSpec::new(reply), h))
 }
 
 fn decrement_ttl(frame: &mut [u8], l3: L3, at: usize) -> Result<(), RewriteError> {
@@ -146,4 +193,67 @@ pub fn ipv4_header_ok(frame: &[u8], parsed: &Parsed) -> bool {
     }
     let ihl = ((frame[parsed.l3_offset] & 0x0f) as usize) * 4;
     checksum(&frame[parsed.l3_offset..parsed.l3_offset + ihl]) == 0
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::wire::FrameSpec;
+    use calxdp_policy::packet::{tcp_flags, PacketHeader};
+
+    fn ports() -> PortMap {
+        PortMap {
+            host_ips: vec!["10.0.0.1".parse().unwrap()],
+            uplink_mac: vec![Some([2, 0, 0, 0, 0, 1])],
+            gateway_mac: vec![Some([2, 0, 0, 0, 0, 0xfe])],
+            workload_mac: vec![Some([0x0a, 0x58, 0, 0, 0, 5])],
+            uplink_nets: vec![vec!["10.0.0.0/24".parse().unwrap()]],
+            ..PortMap::default()
+        }
+    }
+
+    fn allowed(port: Port, out: Port, frame: &[u8]) -> (Packet, Parsed) {
+        let (mut p, parsed) = ingest(port, frame);
+        p.verdict = Verdict::Allow;
+        p.out = Some(out);
+        (p, parsed.unwrap())
+    }
+
+    fn syn(src: &str, dst: &str) -> PacketHeader {
+        PacketHeader { src: src.parse().unwrap(), dst: dst.parse().unwrap(), protocol: Protocol::TCP, src_port: 40000, dst_port: 443, tcp_flags: tcp_flags::SYN, icmp_type: 0, icmp_code: 0, icmp_id: 0 }
+    }
+
+    #[test]
+    fn forwarding_rewrites_macs_and_decrements_ttl() {
+        let mut frame = FrameSpec::new(syn("192.168.1.10", "8.8.8.8")).build();
+        let (p, parsed) = allowed(Port::Workload(0), Port::Uplink(0), &frame);
+        rewrite(&mut frame, &parsed, &p, &ports()).unwrap();
+        assert_eq!(&frame[0..6], &[2, 0, 0, 0, 0, 0xfe], "off-link: to the gateway");
+        assert_eq!(&frame[6..12], &[2, 0, 0, 0, 0, 1], "from the uplink");
+        let out = parse(&frame).unwrap();
+        assert_eq!(frame[out.l3_offset + 8], 63);
+        assert!(ipv4_header_ok(&frame, &out) && out.verify_l4_checksum(&frame));
+
+        let mut to_pod = FrameSpec::new(syn("8.8.8.8", "192.168.1.10")).build();
+        let (p, parsed) = allowed(Port::Uplink(0), Port::Workload(0), &to_pod);
+        rewrite(&mut to_pod, &parsed, &p, &ports()).unwrap();
+        assert_eq!(&to_pod[0..6], &[0x0a, 0x58, 0, 0, 0, 5]);
+        assert_eq!(&to_pod[6..12], &WORKLOAD_GATEWAY_MAC);
+    }
+
+    #[test]
+    fn expiring_ttl_is_refused_and_answered() {
+        let mut spec = FrameSpec::new(syn("203.0.113.5", "192.168.1.10"));
+        spec.ttl = 1;
+        let mut frame = spec.build();
+        let (p, parsed) = allowed(Port::Uplink(0), Port::Workload(0), &frame);
+        assert_eq!(rewrite(&mut frame, &parsed, &p, &ports()), Err(RewriteError::TtlExceeded));
+        let icmp = time_exceeded(&parsed, &ports()).unwrap();
+        let answer = parse(&icmp).unwrap();
+        assert_eq!((answer.header.icmp_type, answer.header.dst), (11, "203.0.113.5".parse().unwrap()));
+        assert_eq!(answer.inner.map(|i| i.dst_port), Some(443), "it quotes the expired packet");
+        // Delivered to the host, a TTL of 1 is fine.
+        let (p, parsed) = allowed(Port::Uplink(0), Port::Host, &frame);
+        assert_eq!(rewrite(&mut frame, &parsed, &p, &ports()), Ok(()));
+    }
 }

@@ -37,7 +37,16 @@ pub struct PortMap {
     pub star_hep: Option<u32>,
     pub workload_by_ip: HashMap<IpAddr, u16, AddrHash>,
     pub host_ips: Vec<IpAddr>,
+    /// Each uplink's MAC and its gateway's MAC, where configured.
+    pub uplink_mac: Vec<Option<[u8; 6]>>,
+    pub gateway_mac: Vec<Option<[u8; 6]>>,
+    /// Each local pod's MAC, where configured.
+    pub workload_mac: Vec<Option<[u8; 6]>>,
+    pub uplink_nets: Vec<Vec<calxdp_policy::net::IpNet>>,
 }
+
+/// The MAC Calico gives the host side of every pod veth, so pods never need to learn another.
+pub const WORKLOAD_GATEWAY_MAC: [u8; 6] = [0xee; 6];
 
 impl PortMap {
     pub fn new(world: &ResolvedNode) -> PortMap {
@@ -55,7 +64,16 @@ impl PortMap {
             star_hep: world.star_hep.map(|h| h as u32),
             workload_by_ip,
             host_ips: node.uplinks.iter().flat_map(|u| u.addrs.iter().copied()).collect(),
+            uplink_mac: node.uplinks.iter().map(|u| u.mac).collect(),
+            gateway_mac: node.uplinks.iter().map(|u| u.gateway_mac).collect(),
+            workload_mac: node.workloads.iter().map(|w| w.mac).collect(),
+            uplink_nets: node.uplinks.iter().map(|u| u.ips.clone()).collect(),
         }
+    }
+
+    /// Whether `ip` is inside one of uplink `u`'s subnets (reachable without the gateway).
+    pub fn uplink_on_link(&self, u: u16, ip: IpAddr) -> bool {
+        self.uplink_nets.get(u as usize).is_some_and(|nets| nets.iter().any(|n| n.contains(ip)))
     }
 
     pub fn is_host_ip(&self, ip: IpAddr) -> bool {

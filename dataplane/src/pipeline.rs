@@ -67,10 +67,11 @@ pub enum DropReason {
     ServiceWithoutEndpoints,
     Malformed,
     NotIp,
+    TtlExceeded,
 }
 
 impl DropReason {
-    pub const ALL: [DropReason; 11] = [
+    pub const ALL: [DropReason; 12] = [
         DropReason::PolicyDeny,
         DropReason::EndOfTier,
         DropReason::NoProfile,
@@ -82,6 +83,7 @@ impl DropReason {
         DropReason::ServiceWithoutEndpoints,
         DropReason::Malformed,
         DropReason::NotIp,
+        DropReason::TtlExceeded,
     ];
 
     pub fn name(self) -> &'static str {
@@ -97,6 +99,7 @@ impl DropReason {
             DropReason::ServiceWithoutEndpoints => "service_without_endpoints",
             DropReason::Malformed => "malformed",
             DropReason::NotIp => "not_ip",
+            DropReason::TtlExceeded => "ttl_exceeded",
         }
     }
 
@@ -447,6 +450,12 @@ impl Pipeline {
                 }
             }
         }
+    }
+
+    /// An allowed packet that the rewrite could not send on (its TTL ran out): counted as that drop.
+    pub fn dropped_after_rewrite(&mut self, r: DropReason) {
+        self.counters.allowed = self.counters.allowed.saturating_sub(1);
+        self.counters.drops[r as usize] += 1;
     }
 
     pub fn tables(&self) -> arc_swap::Guard<Arc<TableSet>> {

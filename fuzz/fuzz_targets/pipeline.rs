@@ -52,7 +52,8 @@ fuzz_target!(|data: &[u8]| {
     let mut p = pipeline().lock().unwrap_or_else(|e| e.into_inner());
     p.process(&mut batch, u64::from(selector) * 1_000_000_000);
     if let Some(parsed) = parsed {
-        if rewrite(&mut frame, &parsed, &batch[0]).is_ok() && parsed.is_ip() && batch[0].verdict == calxdp_policy::verdict::Verdict::Allow {
+        let tables = p.tables();
+        if rewrite(&mut frame, &parsed, &batch[0], &tables.ports).is_ok() && parsed.is_ip() && batch[0].verdict == calxdp_policy::verdict::Verdict::Allow {
             assert!(parse(&frame).is_ok(), "a rewritten frame no longer parses");
         }
     }

@@ -19,6 +19,31 @@ pub struct Uplink {
     /// Host addresses exactly as configured (the prefix only says which subnet is on-link).
     pub addrs: Vec<IpAddr>,
     pub gateway: Option<IpAddr>,
+    /// The interface's MAC (the host tap carries it too).
+    pub mac: Option<[u8; 6]>,
+    /// The gateway's MAC, where ARP has not been done for it (offline replay, tests).
+    pub gateway_mac: Option<[u8; 6]>,
+}
+
+/// Parses `aa:bb:cc:dd:ee:ff`.
+pub fn parse_mac(text: &str) -> Option<[u8; 6]> {
+    let parts: Vec<&str> = text.split(':').collect();
+    if parts.len() != 6 {
+        return None;
+    }
+    let mut mac = [0u8; 6];
+    for (b, p) in mac.iter_mut().zip(parts) {
+        if p.len() != 2 {
+            return None;
+        }
+        *b = u8::from_str_radix(p, 16).ok()?;
+    }
+    Some(mac)
+}
+
+fn mac_field(f: Field<'_>) -> Result<[u8; 6], LoadError> {
+    let text = f.str()?;
+    parse_mac(text).ok_or_else(|| f.error(format!("'{text}' is not a MAC address (expected aa:bb:cc:dd:ee:ff)")))
 }
 
 #[derive(Clone, Debug, PartialEq)]
@@ -38,6 +63,8 @@ pub struct Workload {
     pub labels: Labels,
     pub service_account: String,
     pub ports: Vec<NamedPort>,
+    /// The pod's own MAC, behind its veth.
+    pub mac: Option<[u8; 6]>,
 }
 
 /// A Kubernetes Service as kube-proxy programs it.
@@ -233,7 +260,7 @@ impl NodeConfig {
 }
 
 fn parse_uplink(f: Field<'_>) -> Result<Uplink, LoadError> {
-    f.only_keys(&["name", "ips", "gateway", "mac"])?;
+    f.only_keys(&["name", "ips", "gateway", "mac", "gatewayMac"])?;
     let name = f.require("name", |n| n.string())?;
     let mut ips = Vec::new();
     let mut addrs = Vec::new();
@@ -256,7 +283,9 @@ fn parse_uplink(f: Field<'_>) -> Result<Uplink, LoadError> {
         Ok(())
     })?;
     let gateway = f.with("gateway", |g| g.map(parse_ip).transpose())?;
-    Ok(Uplink { name, ips, addrs, gateway })
+    let mac = f.with("mac", |m| m.map(mac_field).transpose())?;
+    let gateway_mac = f.with("gatewayMac", |m| m.map(mac_field).transpose())?;
+    Ok(Uplink { name, ips, addrs, gateway, mac, gateway_mac })
 }
 
 fn parse_ip(f: Field<'_>) -> Result<IpAddr, LoadError> {
@@ -289,7 +318,8 @@ fn parse_workload(f: Field<'_>, local: bool) -> Result<Workload, LoadError> {
     // Every Kubernetes pod runs as a service account; `default` unless it says otherwise.
     let service_account = f.with("serviceAccount", |s| s.map(|s| s.string()).transpose())?.unwrap_or_else(|| "default".into());
     let ports = f.with("ports", |p| p.map(|p| p.each(parse_named_port)).transpose())?.unwrap_or_default();
-    Ok(Workload { name, namespace, interface, ips, labels, service_account, ports })
+    let mac = if local { f.with("mac", |m| m.map(mac_field).transpose())? } else { None };
+    Ok(Workload { name, namespace, interface, ips, labels, service_account, ports, mac })
 }
 
 fn parse_service(f: Field<'_>) -> Result<Service, LoadError> {

@@ -79,7 +79,7 @@ impl Dataplane for PipelineNode {
         let p = &batch[0];
         let mut translated = None;
         if p.verdict == Verdict::Allow {
-            rewrite(&mut frame, &parsed, p).map_err(|e| format!("rewrite: {e:?}"))?;
+            rewrite(&mut frame, &parsed, p, &self.pipeline.tables().ports).map_err(|e| format!("rewrite: {e:?}"))?;
             let out = parse(&frame).map_err(|m| format!("the rewritten frame does not parse: {}", m.as_str()))?;
             if !ipv4_header_ok(&frame, &out) || !out.verify_l4_checksum(&frame) {
                 return Err("the rewritten frame has a bad checksum".into());
