@@ -153,7 +153,8 @@ pub struct FlowTable {
     index: Vec<u32>,
     mask: usize,
     live: usize,
-    timeouts: Timeouts,
+    /// The timeouts in nanoseconds, by [`timeout_slot`], so an update is one load.
+    timeout_ns: [Nanos; TIMEOUT_SLOTS],
     /// Next slot the incremental expiry sweep looks at.
     sweep: usize,
 }
@@ -169,7 +170,7 @@ impl FlowTable {
             index: vec![EMPTY; index_len],
             mask: index_len - 1,
             live: 0,
-            timeouts: Timeouts::default(),
+            timeout_ns: timeout_table(&Timeouts::default()),
             sweep: 0,
         }
     }
@@ -315,7 +316,7 @@ impl FlowTable {
     pub fn commit(&mut self, pkt: &PacketHeader, lookup: &FlowLookup, reply: Tuple, epoch: u32, now: Nanos) -> Result<(), CommitError> {
         match lookup.entry {
             Some((slot, dir)) => {
-                let timeouts = &self.timeouts;
+                let timeouts = &self.timeout_ns;
                 let e = &mut self.entries[slot as usize];
                 let reopened = matches!(lookup.tcp_next, Some(TcpState::SynSent))
                     && e.kind == KIND_TCP
@@ -329,7 +330,7 @@ impl FlowTable {
                 if let Some(next) = lookup.tcp_next {
                     e.tcp = tcp_code(next);
                 }
-                e.expires = now + timeout_of(timeouts, e);
+                e.expires = now + timeouts[timeout_slot(e)];
                 Ok(())
             }
             None => {
@@ -353,7 +354,7 @@ impl FlowTable {
                     seen_reply: false,
                     live: true,
                 };
-                e.expires = now + timeout_of(&self.timeouts, &e);
+                e.expires = now + self.timeout_ns[timeout_slot(&e)];
                 self.entries[slot as usize] = e;
                 self.index_insert(&e.original, slot << 1);
                 self.index_insert(&e.reply, slot << 1 | 1);
@@ -361,6 +362,14 @@ impl FlowTable {
                 Ok(())
             }
         }
+    }
+
+    /// Whether a flow is translated (its reply tuple is not the original reversed): when not, an
+    /// established packet needs no NAT and its tuples need not be read back.
+    pub fn is_translated(&self, slot: u32) -> bool {
+        let e = &self.entries[slot as usize];
+        let (o, r) = (&e.original, &e.reply);
+        !(o.src == r.dst && o.dst == r.src && o.src_port == r.dst_port && o.dst_port == r.src_port)
     }
 
     /// The tuples of an entry: what the original direction is rewritten to, and back.
@@ -408,15 +417,29 @@ impl FlowTable {
     }
 }
 
-fn timeout_of(t: &Timeouts, e: &Entry) -> Nanos {
-    let d = match e.kind {
-        KIND_TCP => t.tcp(tcp_state(e.tcp)),
-        KIND_UDP if e.seen_reply => t.udp_replied,
-        KIND_UDP => t.udp_unreplied,
-        KIND_ICMP => t.icmp,
-        _ => t.generic,
-    };
-    d.as_nanos() as Nanos
+/// Slots of the timeout table: the nine TCP states, then UDP unreplied and replied, ICMP, other.
+const TIMEOUT_SLOTS: usize = 13;
+
+fn timeout_slot(e: &Entry) -> usize {
+    match e.kind {
+        KIND_TCP => e.tcp as usize,
+        KIND_UDP if e.seen_reply => 10,
+        KIND_UDP => 9,
+        KIND_ICMP => 11,
+        _ => 12,
+    }
+}
+
+fn timeout_table(t: &Timeouts) -> [Nanos; TIMEOUT_SLOTS] {
+    let mut out = [0; TIMEOUT_SLOTS];
+    for code in 0..9u8 {
+        out[code as usize] = t.tcp(tcp_state(code)).as_nanos() as Nanos;
+    }
+    out[9] = t.udp_unreplied.as_nanos() as Nanos;
+    out[10] = t.udp_replied.as_nanos() as Nanos;
+    out[11] = t.icmp.as_nanos() as Nanos;
+    out[12] = t.generic.as_nanos() as Nanos;
+    out
 }
 
 /// The reference model's kind of a flow, for comparisons in tests.

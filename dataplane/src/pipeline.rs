@@ -516,7 +516,7 @@ fn untracked_stage(t: &TableSet, p: &mut Packet) {
 fn established(t: &TableSet, flows: &FlowTable, p: &mut Packet) {
     let (mut dst, mut dst_port) = (p.header.dst, p.header.dst_port);
     let (mut src, mut src_port) = (p.header.src, p.header.src_port);
-    if let Some((slot, dir)) = p.lookup.entry {
+    if let Some((slot, dir)) = p.lookup.entry.filter(|(slot, _)| flows.is_translated(*slot)) {
         let (original, reply) = flows.tuples(slot);
         match dir {
             FlowDir::Original => {
