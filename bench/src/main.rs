@@ -60,15 +60,23 @@ fn classify(quick: bool) {
         let keys: Vec<_> = synth::packets(11, 4096, 20).iter().map(flow_key).collect();
         // The two must agree before either is timed.
         for k in &keys {
-            assert_eq!(program.evaluate(k, |_| {}), program.evaluate_linear(k, |_| {}), "classifier and linear scan disagree");
+            assert_eq!(
+                program.evaluate(k, |_| {}),
+                program.evaluate_linear(k, |_| {}),
+                "classifier and linear scan disagree"
+            );
         }
         let fast = rate(budget, keys.len(), |i| {
             black_box(program.evaluate(black_box(&keys[i]), |_| {}));
         });
         let linear_keys = if rules >= 10_000 { 256 } else { keys.len() };
-        let slow = rate(if std::env::var_os("CALXDP_BENCH_SIZES").is_some() { Duration::from_millis(50) } else { budget }, linear_keys, |i| {
-            black_box(program.evaluate_linear(black_box(&keys[i]), |_| {}));
-        });
+        let slow = rate(
+            if std::env::var_os("CALXDP_BENCH_SIZES").is_some() { Duration::from_millis(50) } else { budget },
+            linear_keys,
+            |i| {
+                black_box(program.evaluate_linear(black_box(&keys[i]), |_| {}));
+            },
+        );
         println!(
             "rules={rules} terms={} classifier_mpps={:.3} linear_mpps={:.4} ratio={:.1} table_bytes={}",
             program.flat.terms.len(),
@@ -88,7 +96,8 @@ fn compile(quick: bool) {
     let node = synth::node(50);
     for &policies in sizes {
         // Most policies select one app; one in twenty selects every pod (cluster-wide rules).
-        let selector = |p: usize| if p % 20 == 0 { "all()".to_string() } else { format!("app == 'app{}'", p % synth::APPS) };
+        let selector =
+            |p: usize| if p % 20 == 0 { "all()".to_string() } else { format!("app == 'app{}'", p % synth::APPS) };
         let yaml = synth::policies(3, policies, 3, selector);
         let resources = synth::load(&yaml);
 
@@ -99,7 +108,11 @@ fn compile(quick: bool) {
         let tables = cache.compile(&world, 1);
         let full = t.elapsed();
         if std::env::var_os("CALXDP_BENCH_FIELDS").is_some() {
-            println!("  resolve_ms={:.1} compile_ms={:.1}", resolve.as_secs_f64() * 1e3, (full - resolve).as_secs_f64() * 1e3);
+            println!(
+                "  resolve_ms={:.1} compile_ms={:.1}",
+                resolve.as_secs_f64() * 1e3,
+                (full - resolve).as_secs_f64() * 1e3
+            );
         }
 
         // Change one app-scoped policy: a new port in its first rule.
@@ -114,7 +127,7 @@ fn compile(quick: bool) {
         let world2 = ResolvedNode::new(&node, &next);
         let tables2 = cache.compile(&world2, 2);
         let one = t.elapsed();
-        assert!(matches!(next.iter().find(|r| matches!(r, Resource::Policy(p) if p.id.name == "pol-000005")), Some(_)));
+        assert!(next.iter().any(|r| matches!(r, Resource::Policy(p) if p.id.name == "pol-000005")));
         println!(
             "policies={policies} full_ms={:.1} one_change_ms={:.1} table_bytes={} programs={} rebuilt_programs={}",
             full.as_secs_f64() * 1e3,

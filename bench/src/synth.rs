@@ -16,14 +16,14 @@ impl Rng {
     pub fn new(seed: u64) -> Rng {
         Rng(seed.wrapping_mul(0x9e37_79b9_7f4a_7c15) | 1)
     }
-    pub fn next(&mut self) -> u64 {
+    pub fn next_u64(&mut self) -> u64 {
         self.0 ^= self.0 >> 12;
         self.0 ^= self.0 << 25;
         self.0 ^= self.0 >> 27;
         self.0.wrapping_mul(0x2545_f491_4f6c_dd1d)
     }
     pub fn below(&mut self, n: u64) -> u64 {
-        self.next() % n.max(1)
+        self.next_u64() % n.max(1)
     }
     pub fn chance(&mut self, percent: u64) -> bool {
         self.below(100) < percent
@@ -41,7 +41,9 @@ pub fn pod_ip(i: usize) -> Ipv4Addr {
 
 /// A node with `local` pods and a cluster of remote pods, labelled `app=app<N>`, `tier`, in namespaces.
 pub fn node(local: usize) -> NodeConfig {
-    let mut y = String::from("name: bench-node\ninterfaces:\n  - {name: eth0, ips: [10.0.0.10/24], gateway: 10.0.0.1}\nnamespaces:\n");
+    let mut y = String::from(
+        "name: bench-node\ninterfaces:\n  - {name: eth0, ips: [10.0.0.10/24], gateway: 10.0.0.1}\nnamespaces:\n",
+    );
     for n in 0..NAMESPACES {
         let _ = writeln!(y, "  - {{name: ns{n}, labels: {{team: t{}}}}}", n % 5);
     }
@@ -83,7 +85,11 @@ fn rule(rng: &mut Rng) -> String {
     // Every rule names its peers, as real policies do: a packet matches deep in the list or not at all.
     let peer = match rng.below(5) {
         0 | 1 => format!("selector: \"app == 'app{}'\"", rng.below(APPS as u64)),
-        2 => format!("selector: \"tier == '{}'\", namespaceSelector: \"team == 't{}'\"", ["web", "api", "db"][rng.below(3) as usize], rng.below(5)),
+        2 => format!(
+            "selector: \"tier == '{}'\", namespaceSelector: \"team == 't{}'\"",
+            ["web", "api", "db"][rng.below(3) as usize],
+            rng.below(5)
+        ),
         3 => format!(
             "nets: [\"{}.{}.{}.0/{}\"]",
             10 + rng.below(200),
@@ -91,7 +97,12 @@ fn rule(rng: &mut Rng) -> String {
             rng.below(256),
             [8, 16, 20, 24, 28][rng.below(5) as usize]
         ),
-        _ => format!("nets: [\"172.{}.0.0/16\"], notNets: [\"172.{}.{}.0/24\"]", 16 + rng.below(16), 16 + rng.below(16), rng.below(256)),
+        _ => format!(
+            "nets: [\"172.{}.0.0/16\"], notNets: [\"172.{}.{}.0/24\"]",
+            16 + rng.below(16),
+            16 + rng.below(16),
+            rng.below(256)
+        ),
     };
     let (proto, ports) = match rng.below(8) {
         0..=3 => {
@@ -156,7 +167,12 @@ pub fn packets(seed: u64, n: usize, local: usize) -> Vec<PacketHeader> {
         .map(|_| {
             let src = match rng.below(4) {
                 0 | 1 => IpAddr::V4(pod_ip(rng.below((local + REMOTE_PODS) as u64) as usize)),
-                2 => IpAddr::V4(Ipv4Addr::new(10 + rng.below(200) as u8, rng.below(256) as u8, rng.below(256) as u8, 1 + rng.below(250) as u8)),
+                2 => IpAddr::V4(Ipv4Addr::new(
+                    10 + rng.below(200) as u8,
+                    rng.below(256) as u8,
+                    rng.below(256) as u8,
+                    1 + rng.below(250) as u8,
+                )),
                 _ => IpAddr::V4(Ipv4Addr::new(172, 16 + rng.below(16) as u8, rng.below(256) as u8, 7)),
             };
             let (protocol, dport) = match rng.below(10) {

@@ -29,8 +29,8 @@ fn main() {
     let story = [
         packet(tcp, "192.168.1.11", 40000, "192.168.1.10", 8080, s), // frontend -> web: the k8s policy admits it
         packet(tcp, "192.168.1.10", 8080, "192.168.1.11", 40000, sa), // the reply is established
-        packet(tcp, "192.168.1.11", 40001, "10.96.0.20", 80, s),   // frontend -> web via its ClusterIP
-        packet(udp, "192.168.1.11", 5353, "192.168.1.53", 53, 0),  // DNS, allowed by the platform tier
+        packet(tcp, "192.168.1.11", 40001, "10.96.0.20", 80, s),     // frontend -> web via its ClusterIP
+        packet(udp, "192.168.1.11", 5353, "192.168.1.53", 53, 0),    // DNS, allowed by the platform tier
         packet(tcp, "192.168.1.11", 40002, "93.184.216.34", 443, s), // frontend out: platform passes, profile allows
         packet(tcp, "203.0.113.7", 50000, "10.0.0.10", 30080, s), // office -> NodePort: preDNAT allows, but web's policy does not
         packet(tcp, "203.0.113.7", 50001, "10.0.0.10", 22, s),    // ssh to the host: failsafe
@@ -42,7 +42,10 @@ fn main() {
     let mut records: Vec<Record> = story
         .iter()
         .enumerate()
-        .map(|(i, h)| Record { nanos: 1_700_000_000_000_000_000 + i as u64 * 10_000_000, data: FrameSpec::new(*h).build() })
+        .map(|(i, h)| Record {
+            nanos: 1_700_000_000_000_000_000 + i as u64 * 10_000_000,
+            data: FrameSpec::new(*h).build(),
+        })
         .collect();
     // And one frame cut short on the wire: counted and dropped, never a panic.
     let mut cut = FrameSpec::new(story[0]).build();

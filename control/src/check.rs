@@ -39,6 +39,9 @@ pub fn check_path(path: &Path) -> Result<Checked, String> {
         }
     }
     let docs = load_path(path).map_err(|e| e.to_string())?;
-    let warnings = docs.iter().flat_map(|d| d.warnings.iter().map(move |w| format!("{}:{}: warning: {w}", d.file, d.line))).collect();
+    let warnings = docs
+        .iter()
+        .flat_map(|d| d.warnings.iter().map(move |w| format!("{}:{}: warning: {w}", d.file, d.line)))
+        .collect();
     Ok(Checked { path: path.to_path_buf(), resources: docs.len(), warnings })
 }

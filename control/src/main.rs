@@ -92,7 +92,9 @@ fn main() -> ExitCode {
         }
         Command::Parity { level, paths } => {
             let Some(levels) = Level::parse(&level) else {
-                eprintln!("calxdp parity: unknown level '{level}' (expected reference, compiled, pipeline, live or all)");
+                eprintln!(
+                    "calxdp parity: unknown level '{level}' (expected reference, compiled, pipeline, live or all)"
+                );
                 return ExitCode::from(2);
             };
             match parity::run(&paths, &levels) {

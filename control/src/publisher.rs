@@ -90,7 +90,8 @@ impl TablePublisher {
 
 /// Checks a table set is complete before workers may see it: every local endpoint has its programs.
 fn validate(world: &ResolvedNode, compiled: &calxdp_policy::compile::CompiledTables) -> Result<(), String> {
-    if compiled.workloads.len() != world.workloads.len() || compiled.host_endpoints.len() != world.host_endpoints.len() {
+    if compiled.workloads.len() != world.workloads.len() || compiled.host_endpoints.len() != world.host_endpoints.len()
+    {
         return Err("internal: compiled tables do not cover every endpoint".into());
     }
     Ok(())

@@ -10,12 +10,12 @@ use std::fmt::Write as _;
 use std::path::Path;
 
 use calxdp_dataplane::frames::{ingest, rewrite, time_exceeded};
-use calxdp_dataplane::log::{log_line, LogLimiter};
-use calxdp_policy::reference::walker::log_for;
 use calxdp_dataplane::io::pcap::{self, Record};
+use calxdp_dataplane::log::{log_line, LogLimiter};
 use calxdp_dataplane::path::Port;
 use calxdp_dataplane::pipeline::{explain, rule_ref, Decision, Pipeline};
 use calxdp_policy::node::NodeConfig;
+use calxdp_policy::reference::walker::log_for;
 use calxdp_policy::resource::{load_path, ResourceSet};
 use calxdp_policy::verdict::Verdict;
 use calxdp_policy::yaml::{parse_documents, Field, LoadError, Origin};
@@ -61,7 +61,11 @@ pub fn replay(node: NodeConfig, policies: &Path, capture: &Path) -> Result<Repla
         Port::Workload(w) => node.workloads[w as usize].name.clone(),
     };
     let mut report = String::new();
-    let _ = writeln!(report, "{:>4}  {:>9}  {:<10} {:<5} {:<44} {:<7} {:<10} {:<22} why", "#", "time_s", "in", "proto", "flow", "verdict", "out", "translated");
+    let _ = writeln!(
+        report,
+        "{:>4}  {:>9}  {:<10} {:<5} {:<44} {:<7} {:<10} {:<22} why",
+        "#", "time_s", "in", "proto", "flow", "verdict", "out", "translated"
+    );
     let (mut allowed, mut dropped) = (0, 0);
     let mut out: BTreeMap<String, Vec<Record>> = BTreeMap::new();
     for (i, rec) in records.iter().enumerate() {
@@ -144,7 +148,8 @@ pub fn replay(node: NodeConfig, policies: &Path, capture: &Path) -> Result<Repla
         );
     }
     if !log_lines.is_empty() || limiter.suppressed > 0 {
-        let _ = writeln!(report, "\nLog rules ({} lines, {} over the rate limit):", log_lines.len(), limiter.suppressed);
+        let _ =
+            writeln!(report, "\nLog rules ({} lines, {} over the rate limit):", log_lines.len(), limiter.suppressed);
         for l in &log_lines {
             let _ = writeln!(report, "{l}");
         }
@@ -158,7 +163,14 @@ pub fn replay(node: NodeConfig, policies: &Path, capture: &Path) -> Result<Repla
                 calxdp_policy::verdict::RuleOwner::Policy { tier, id } => format!("tier {tier} policy {id}"),
                 calxdp_policy::verdict::RuleOwner::Profile(p) => format!("profile {p}"),
             };
-            let _ = writeln!(report, "  {n:>5}  {} {} rule {} ({}) of {owner}", r.stage.name(), r.direction.name(), r.index, r.action);
+            let _ = writeln!(
+                report,
+                "  {n:>5}  {} {} rule {} ({}) of {owner}",
+                r.stage.name(),
+                r.direction.name(),
+                r.index,
+                r.action
+            );
         }
     }
     let c = &pipeline.counters;

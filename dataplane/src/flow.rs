@@ -40,7 +40,14 @@ impl Key {
             IpAddr::V4(a) => a.to_ipv6_mapped().octets(),
             IpAddr::V6(a) => a.octets(),
         };
-        Key { src: addr(t.src), dst: addr(t.dst), src_port: t.src_port, dst_port: t.dst_port, protocol: t.protocol.0, v4: t.src.is_ipv4() }
+        Key {
+            src: addr(t.src),
+            dst: addr(t.dst),
+            src_port: t.src_port,
+            dst_port: t.dst_port,
+            protocol: t.protocol.0,
+            v4: t.src.is_ipv4(),
+        }
     }
 
     fn tuple(&self) -> Tuple {
@@ -51,13 +58,21 @@ impl Key {
                 _ => IpAddr::V6(a),
             }
         };
-        Tuple { src: addr(self.src), dst: addr(self.dst), protocol: Protocol(self.protocol), src_port: self.src_port, dst_port: self.dst_port }
+        Tuple {
+            src: addr(self.src),
+            dst: addr(self.dst),
+            protocol: Protocol(self.protocol),
+            src_port: self.src_port,
+            dst_port: self.dst_port,
+        }
     }
 
     fn hash(&self) -> u64 {
         // Multiply-fold over the key's words: keys come from packets, but the index is probed, never
         // trusted, and its load is bounded, so a weak hash costs speed at worst, never correctness.
-        let word = |b: &[u8; 16], i: usize| u64::from_le_bytes([b[i], b[i + 1], b[i + 2], b[i + 3], b[i + 4], b[i + 5], b[i + 6], b[i + 7]]);
+        let word = |b: &[u8; 16], i: usize| {
+            u64::from_le_bytes([b[i], b[i + 1], b[i + 2], b[i + 3], b[i + 4], b[i + 5], b[i + 6], b[i + 7]])
+        };
         let mix = |h: u64, v: u64| (h ^ v).wrapping_mul(0x9e37_79b9_7f4a_7c15).rotate_left(29);
         let mut h = 0x243f_6a88_85a3_08d3u64;
         h = mix(h, word(&self.src, 0));
@@ -289,14 +304,20 @@ impl FlowTable {
                         }
                     }
                 }
-                FlowLookup { state: if established { CtState::Established } else { CtState::New }, entry: Some((slot, dir)), tcp_next }
+                FlowLookup {
+                    state: if established { CtState::Established } else { CtState::New },
+                    entry: Some((slot, dir)),
+                    tcp_next,
+                }
             }
             None => match pkt.protocol {
                 Protocol::TCP => match tcp_step(None, FlowDir::Original, pkt.tcp_flags) {
                     TcpStep::To(next) => FlowLookup { state: CtState::New, entry: None, tcp_next: Some(next) },
                     _ => none(CtState::Invalid),
                 },
-                Protocol::ICMP => none(if matches!(pkt.icmp_type, 8 | 13 | 15 | 17) { CtState::New } else { CtState::Invalid }),
+                Protocol::ICMP => {
+                    none(if matches!(pkt.icmp_type, 8 | 13 | 15 | 17) { CtState::New } else { CtState::Invalid })
+                }
                 Protocol::ICMPV6 => none(if pkt.icmp_type == 128 { CtState::New } else { CtState::Invalid }),
                 _ => none(CtState::New),
             },
@@ -313,7 +334,14 @@ impl FlowTable {
     }
 
     /// Records an allowed packet: updates its entry, or creates one whose replies carry `reply`.
-    pub fn commit(&mut self, pkt: &PacketHeader, lookup: &FlowLookup, reply: Tuple, epoch: u32, now: Nanos) -> Result<(), CommitError> {
+    pub fn commit(
+        &mut self,
+        pkt: &PacketHeader,
+        lookup: &FlowLookup,
+        reply: Tuple,
+        epoch: u32,
+        now: Nanos,
+    ) -> Result<(), CommitError> {
         match lookup.entry {
             Some((slot, dir)) => {
                 let timeouts = &self.timeout_ns;
@@ -513,7 +541,14 @@ mod tests {
     // STYLE 6: the same random operations applied to the real table and to the reference model.
     #[test]
     fn behaves_like_the_reference_model() {
-        let flags = [tcp_flags::SYN, tcp_flags::SYN | tcp_flags::ACK, tcp_flags::ACK, tcp_flags::FIN | tcp_flags::ACK, tcp_flags::RST, 0];
+        let flags = [
+            tcp_flags::SYN,
+            tcp_flags::SYN | tcp_flags::ACK,
+            tcp_flags::ACK,
+            tcp_flags::FIN | tcp_flags::ACK,
+            tcp_flags::RST,
+            0,
+        ];
         for seed in 1..200u64 {
             let mut s = seed * 0x9e37_79b9;
             let mut table = FlowTable::with_capacity(64);
@@ -523,7 +558,11 @@ mod tests {
                 let op = match xorshift(&mut s) % 10 {
                     0 => Op::Advance(xorshift(&mut s) % 200),
                     1 => Op::Flush((xorshift(&mut s) % 6) as u8),
-                    _ => Op::Packet { reply: xorshift(&mut s) % 3 == 0, flow: (xorshift(&mut s) % 12) as u8, flags: flags[(xorshift(&mut s) % 6) as usize] },
+                    _ => Op::Packet {
+                        reply: xorshift(&mut s) % 3 == 0,
+                        flow: (xorshift(&mut s) % 12) as u8,
+                        flags: flags[(xorshift(&mut s) % 6) as usize],
+                    },
                 };
                 match op {
                     Op::Advance(secs) => {

@@ -146,11 +146,20 @@ fn l4_checksum_at(protocol: Protocol, l3: L3) -> Option<usize> {
     }
 }
 
-fn rewrite_endpoint(frame: &mut [u8], parsed: &Parsed, l3: usize, l4: usize, source: bool, old: SocketAddr, new: SocketAddr) {
+fn rewrite_endpoint(
+    frame: &mut [u8],
+    parsed: &Parsed,
+    l3: usize,
+    l4: usize,
+    source: bool,
+    old: SocketAddr,
+    new: SocketAddr,
+) {
     let h = &parsed.header;
     let csum_at = l4_checksum_at(h.protocol, parsed.l3).map(|o| l4 + o).filter(|&o| o + 2 <= frame.len());
     // UDP over IPv4 may carry no checksum (0): it must stay 0.
-    let l4_csum_live = csum_at.is_some_and(|o| !(h.protocol == Protocol::UDP && parsed.l3 == L3::Ipv4 && frame[o..o + 2] == [0, 0]));
+    let l4_csum_live =
+        csum_at.is_some_and(|o| !(h.protocol == Protocol::UDP && parsed.l3 == L3::Ipv4 && frame[o..o + 2] == [0, 0]));
     if old.ip() != new.ip() {
         let (v4_at, v6_at) = if source { (12, 8) } else { (16, 24) };
         match (old.ip(), new.ip()) {
@@ -220,7 +229,17 @@ mod tests {
     }
 
     fn syn(src: &str, dst: &str) -> PacketHeader {
-        PacketHeader { src: src.parse().unwrap(), dst: dst.parse().unwrap(), protocol: Protocol::TCP, src_port: 40000, dst_port: 443, tcp_flags: tcp_flags::SYN, icmp_type: 0, icmp_code: 0, icmp_id: 0 }
+        PacketHeader {
+            src: src.parse().unwrap(),
+            dst: dst.parse().unwrap(),
+            protocol: Protocol::TCP,
+            src_port: 40000,
+            dst_port: 443,
+            tcp_flags: tcp_flags::SYN,
+            icmp_type: 0,
+            icmp_code: 0,
+            icmp_id: 0,
+        }
     }
 
     #[test]

@@ -30,8 +30,15 @@ impl LogLimiter {
         let rate = match rate {
             None => None,
             Some(text) => {
-                let (n, unit) = text.split_once('/').ok_or_else(|| format!("bad log rate '{text}' (expected N/second|minute|hour|day)"))?;
-                let n: u64 = n.trim().parse().ok().filter(|n| (1..=9999).contains(n)).ok_or_else(|| format!("bad log rate '{text}': N must be 1-9999"))?;
+                let (n, unit) = text
+                    .split_once('/')
+                    .ok_or_else(|| format!("bad log rate '{text}' (expected N/second|minute|hour|day)"))?;
+                let n: u64 = n
+                    .trim()
+                    .parse()
+                    .ok()
+                    .filter(|n| (1..=9999).contains(n))
+                    .ok_or_else(|| format!("bad log rate '{text}': N must be 1-9999"))?;
                 let per = match unit.trim() {
                     "second" | "s" => 1_000_000_000,
                     "minute" | "m" => 60_000_000_000,
@@ -72,7 +79,8 @@ pub fn log_line(prefix: &str, in_if: &str, out_if: &str, frame: &[u8], parsed: &
     let _ = write!(s, "{prefix}: IN={in_if} OUT={out_if} ");
     if !in_if.is_empty() && frame.len() >= 14 {
         // Destination MAC, source MAC, ethertype, as one colon-separated run.
-        let mac: Vec<String> = frame[..12].iter().chain(&parsed.ethertype.to_be_bytes()).map(|b| format!("{b:02x}")).collect();
+        let mac: Vec<String> =
+            frame[..12].iter().chain(&parsed.ethertype.to_be_bytes()).map(|b| format!("{b:02x}")).collect();
         let _ = write!(s, "MAC={} ", mac.join(":"));
     }
     let l3 = parsed.l3_offset;
@@ -83,7 +91,15 @@ pub fn log_line(prefix: &str, in_if: &str, out_if: &str, frame: &[u8], parsed: &
             let tos = frame[l3 + 1];
             let id = u16::from_be_bytes([frame[l3 + 4], frame[l3 + 5]]);
             let frag = u16::from_be_bytes([frame[l3 + 6], frame[l3 + 7]]);
-            let _ = write!(s, "SRC={} DST={} LEN={total} TOS=0x{:02X} PREC=0x{:02X} TTL={} ID={id} ", h.src, h.dst, tos & 0x1e, tos & 0xe0, frame[l3 + 8]);
+            let _ = write!(
+                s,
+                "SRC={} DST={} LEN={total} TOS=0x{:02X} PREC=0x{:02X} TTL={} ID={id} ",
+                h.src,
+                h.dst,
+                tos & 0x1e,
+                tos & 0xe0,
+                frame[l3 + 8]
+            );
             if frag & 0x4000 != 0 {
                 s.push_str("DF ");
             }
@@ -95,7 +111,14 @@ pub fn log_line(prefix: &str, in_if: &str, out_if: &str, frame: &[u8], parsed: &
             let payload = u16::from_be_bytes([frame[l3 + 4], frame[l3 + 5]]);
             let tc = ((frame[l3] & 0x0f) << 4) | (frame[l3 + 1] >> 4);
             let flow = u32::from_be_bytes([0, frame[l3 + 1] & 0x0f, frame[l3 + 2], frame[l3 + 3]]);
-            let _ = write!(s, "SRC={} DST={} LEN={} TC={tc} HOPLIMIT={} FLOWLBL={flow} ", h.src, h.dst, payload as usize + 40, frame[l3 + 7]);
+            let _ = write!(
+                s,
+                "SRC={} DST={} LEN={} TC={tc} HOPLIMIT={} FLOWLBL={flow} ",
+                h.src,
+                h.dst,
+                payload as usize + 40,
+                frame[l3 + 7]
+            );
         }
         _ => {}
     }
@@ -105,8 +128,23 @@ pub fn log_line(prefix: &str, in_if: &str, out_if: &str, frame: &[u8], parsed: &
             let window = u16::from_be_bytes([frame[l4 + 14], frame[l4 + 15]]);
             let urgp = u16::from_be_bytes([frame[l4 + 18], frame[l4 + 19]]);
             let flags = frame[l4 + 13];
-            let _ = write!(s, "PROTO=TCP SPT={} DPT={} WINDOW={window} RES=0x{:02x} ", h.src_port, h.dst_port, frame[l4 + 12] & 0x0e);
-            for (bit, name) in [(0x80, "CWR"), (0x40, "ECE"), (0x20, "URG"), (0x10, "ACK"), (0x08, "PSH"), (0x04, "RST"), (0x02, "SYN"), (0x01, "FIN")] {
+            let _ = write!(
+                s,
+                "PROTO=TCP SPT={} DPT={} WINDOW={window} RES=0x{:02x} ",
+                h.src_port,
+                h.dst_port,
+                frame[l4 + 12] & 0x0e
+            );
+            for (bit, name) in [
+                (0x80, "CWR"),
+                (0x40, "ECE"),
+                (0x20, "URG"),
+                (0x10, "ACK"),
+                (0x08, "PSH"),
+                (0x04, "RST"),
+                (0x02, "SYN"),
+                (0x01, "FIN"),
+            ] {
                 if flags & bit != 0 {
                     let _ = write!(s, "{name} ");
                 }

@@ -28,10 +28,27 @@ use crate::tables::{TableSet, TableSlot};
 /// behaviour. Turned into a [`Reason`] only when someone asks why.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Decision {
-    Rule { ep: EndpointRef, stage: Stage, dir: Direction, rule: u32 },
-    EndOfTier { ep: EndpointRef, stage: Stage, dir: Direction, tier: u32 },
-    NoProfile { ep: EndpointRef, dir: Direction },
-    Failsafe { inbound: bool, protocol: u8, port: u16 },
+    Rule {
+        ep: EndpointRef,
+        stage: Stage,
+        dir: Direction,
+        rule: u32,
+    },
+    EndOfTier {
+        ep: EndpointRef,
+        stage: Stage,
+        dir: Direction,
+        tier: u32,
+    },
+    NoProfile {
+        ep: EndpointRef,
+        dir: Direction,
+    },
+    Failsafe {
+        inbound: bool,
+        protocol: u8,
+        port: u16,
+    },
     EndpointToHost(EndpointToHostAction),
     HostToLocalWorkload,
     Established,
@@ -370,7 +387,12 @@ pub struct Pipeline {
 
 impl Pipeline {
     pub fn new(slot: Arc<TableSlot>, flow_capacity: usize) -> Pipeline {
-        Pipeline { slot, flows: FlowTable::with_capacity(flow_capacity), counters: Counters::default(), rule_hits: RuleHits::with_capacity(1 << 15) }
+        Pipeline {
+            slot,
+            flows: FlowTable::with_capacity(flow_capacity),
+            counters: Counters::default(),
+            rule_hits: RuleHits::with_capacity(1 << 15),
+        }
     }
 
     /// Decides a batch. `now` is read once per batch by the caller.
@@ -594,7 +616,11 @@ fn service_nat(t: &TableSet, p: &mut Packet) {
                 p.post.dst_port = b.port();
                 if via_node_port && p.port != Port::Host {
                     if let Route::Uplink(u) = t.ports.route(&t.world, b.ip()) {
-                        p.snat = node.uplinks[u as usize].addrs.iter().copied().find(|a| IpFamily::of(*a) == IpFamily::of(b.ip()));
+                        p.snat = node.uplinks[u as usize]
+                            .addrs
+                            .iter()
+                            .copied()
+                            .find(|a| IpFamily::of(*a) == IpFamily::of(b.ip()));
                     }
                 }
             }
@@ -677,9 +703,9 @@ fn forward(t: &TableSet, p: &mut Packet, route: Route) -> Result<Port, Decision>
         };
         if let Some(h) = in_hep {
             {
-            let c = host_forward_chain(t, h, Direction::Ingress, p);
-            chain_step(p, c)?;
-        }
+                let c = host_forward_chain(t, h, Direction::Ingress, p);
+                chain_step(p, c)?;
+            }
         }
     }
     if let Port::Workload(w) = p.port {
@@ -691,9 +717,9 @@ fn forward(t: &TableSet, p: &mut Packet, route: Route) -> Result<Port, Decision>
     let out_hep = match route {
         Route::Workload(w) => {
             {
-            let c = workload_chain(t, w, Direction::Ingress, p);
-            chain_step(p, c)?;
-        }
+                let c = workload_chain(t, w, Direction::Ingress, p);
+                chain_step(p, c)?;
+            }
             t.ports.star_hep
         }
         Route::Uplink(u) => t.ports.uplink_or_star(u),
@@ -755,7 +781,9 @@ fn workload_chain(t: &TableSet, w: u16, dir: Direction, p: &mut Packet) -> Chain
     }
     let felix = &t.world.node.felix;
     if dir == Direction::Egress {
-        let vxlan = p.post.protocol == Protocol::UDP && p.post.dst_port == felix.vxlan_port && !felix.allow_vxlan_from_workloads;
+        let vxlan = p.post.protocol == Protocol::UDP
+            && p.post.dst_port == felix.vxlan_port
+            && !felix.allow_vxlan_from_workloads;
         let ipip = p.post.protocol == Protocol(4) && !felix.allow_ipip_from_workloads;
         if vxlan || ipip {
             return Chain::Drop(Decision::EncapFromWorkload);
@@ -859,11 +887,16 @@ pub fn explain(t: &TableSet, d: &Decision) -> Reason {
     match d {
         Decision::Rule { ep, stage, dir, rule } => Reason::Rule(rule_ref(t, *ep, *stage, *dir, *rule)),
         Decision::EndOfTier { ep, stage, dir, tier } => {
-            let name = program(t, *ep, *stage, *dir).and_then(|p| p.flat.tiers.get(*tier as usize)).cloned().unwrap_or_default();
+            let name = program(t, *ep, *stage, *dir)
+                .and_then(|p| p.flat.tiers.get(*tier as usize))
+                .cloned()
+                .unwrap_or_default();
             Reason::EndOfTier { stage: *stage, direction: *dir, endpoint: endpoint(ep), tier: name }
         }
         Decision::NoProfile { ep, dir } => Reason::NoProfileMatched { direction: *dir, endpoint: endpoint(ep) },
-        Decision::Failsafe { inbound, protocol, port } => Reason::Failsafe { inbound: *inbound, protocol: *protocol, port: *port },
+        Decision::Failsafe { inbound, protocol, port } => {
+            Reason::Failsafe { inbound: *inbound, protocol: *protocol, port: *port }
+        }
         Decision::EndpointToHost(a) => Reason::EndpointToHost(*a),
         Decision::HostToLocalWorkload => Reason::HostToLocalWorkload,
         Decision::Established => Reason::Established,

@@ -122,14 +122,15 @@ impl FromStr for IpNet {
             Some((a, l)) => (a, Some(l)),
             None => (s, None),
         };
-        let addr: IpAddr = addr_text
-            .parse()
-            .map_err(|_| BadNet(format!("'{s}' is not an IP address or CIDR (expected e.g. 10.0.0.0/8 or fd00::/64)")))?;
+        let addr: IpAddr = addr_text.parse().map_err(|_| {
+            BadNet(format!("'{s}' is not an IP address or CIDR (expected e.g. 10.0.0.0/8 or fd00::/64)"))
+        })?;
         match len_text {
             None => Ok(IpNet::host(addr)),
             Some(l) => {
                 let len: u8 = l.parse().map_err(|_| BadNet(format!("'{s}' has a bad prefix length '{l}'")))?;
-                IpNet::new(addr, len).ok_or_else(|| BadNet(format!("'{s}' has a prefix length longer than the address")))
+                IpNet::new(addr, len)
+                    .ok_or_else(|| BadNet(format!("'{s}' has a prefix length longer than the address")))
             }
         }
     }

@@ -189,9 +189,11 @@ impl NodeConfig {
         let name = f.require("name", |n| n.string())?;
         let uplinks = f.with("interfaces", |l| l.map(|l| l.each(parse_uplink)).transpose())?.unwrap_or_default();
         let namespaces = f.with("namespaces", |l| l.map(|l| l.each(parse_namespace)).transpose())?.unwrap_or_default();
-        let workloads = f.with("workloads", |l| l.map(|l| l.each(|w| parse_workload(w, true))).transpose())?.unwrap_or_default();
-        let remote_endpoints =
-            f.with("remoteEndpoints", |l| l.map(|l| l.each(|w| parse_workload(w, false))).transpose())?.unwrap_or_default();
+        let workloads =
+            f.with("workloads", |l| l.map(|l| l.each(|w| parse_workload(w, true))).transpose())?.unwrap_or_default();
+        let remote_endpoints = f
+            .with("remoteEndpoints", |l| l.map(|l| l.each(|w| parse_workload(w, false))).transpose())?
+            .unwrap_or_default();
         let services = f.with("services", |l| l.map(|l| l.each(parse_service)).transpose())?.unwrap_or_default();
         let felix = f.with("config", |c| c.map(parse_felix).transpose())?.unwrap_or_default();
         let node = NodeConfig { name, uplinks, namespaces, workloads, remote_endpoints, services, felix };
@@ -208,10 +210,15 @@ impl NodeConfig {
         }
         for w in &self.workloads {
             if names.insert(&w.name, "workload").is_some() || w.name == "host" {
-                return Err(f.error(format!("workload name '{}' is already used by an interface, a workload or 'host'", w.name)));
+                return Err(f.error(format!(
+                    "workload name '{}' is already used by an interface, a workload or 'host'",
+                    w.name
+                )));
             }
             if let Some(i) = &w.interface {
-                if self.uplinks.iter().any(|u| &u.name == i) || self.workloads.iter().filter(|o| o.interface.as_ref() == Some(i)).count() > 1 {
+                if self.uplinks.iter().any(|u| &u.name == i)
+                    || self.workloads.iter().filter(|o| o.interface.as_ref() == Some(i)).count() > 1
+                {
                     return Err(f.error(format!("workload interface '{i}' is used twice")));
                 }
             }
@@ -243,7 +250,11 @@ impl NodeConfig {
         self.uplinks
             .iter()
             .position(|u| u.ips.iter().any(|n| n.contains(dst)))
-            .or_else(|| self.uplinks.iter().position(|u| u.gateway.is_some_and(|g| IpNet::host(g).family() == IpNet::host(dst).family())))
+            .or_else(|| {
+                self.uplinks
+                    .iter()
+                    .position(|u| u.gateway.is_some_and(|g| IpNet::host(g).family() == IpNet::host(dst).family()))
+            })
             .or(if self.uplinks.is_empty() { None } else { Some(0) })
     }
 
@@ -268,12 +279,9 @@ fn parse_uplink(f: Field<'_>) -> Result<Uplink, LoadError> {
         if let Some(l) = l {
             l.each(|ip| {
                 let text = ip.str()?;
-                let addr: IpAddr = text
-                    .split('/')
-                    .next()
-                    .unwrap_or("")
-                    .parse()
-                    .map_err(|_| ip.error(format!("'{text}' is not an address with an optional prefix (e.g. 10.0.0.10/24)")))?;
+                let addr: IpAddr = text.split('/').next().unwrap_or("").parse().map_err(|_| {
+                    ip.error(format!("'{text}' is not an address with an optional prefix (e.g. 10.0.0.10/24)"))
+                })?;
                 let net: IpNet = text.parse().map_err(|e: crate::net::BadNet| ip.error(e.to_string()))?;
                 addrs.push(addr);
                 ips.push(net);
@@ -316,7 +324,8 @@ fn parse_workload(f: Field<'_>, local: bool) -> Result<Workload, LoadError> {
     let ips = f.require("ips", |l| l.each(parse_ip))?;
     let labels = f.with("labels", |l| l.map(|l| l.string_map()).transpose())?.unwrap_or_default();
     // Every Kubernetes pod runs as a service account; `default` unless it says otherwise.
-    let service_account = f.with("serviceAccount", |s| s.map(|s| s.string()).transpose())?.unwrap_or_else(|| "default".into());
+    let service_account =
+        f.with("serviceAccount", |s| s.map(|s| s.string()).transpose())?.unwrap_or_else(|| "default".into());
     let ports = f.with("ports", |p| p.map(|p| p.each(parse_named_port)).transpose())?.unwrap_or_default();
     let mac = if local { f.with("mac", |m| m.map(mac_field).transpose())? } else { None };
     Ok(Workload { name, namespace, interface, ips, labels, service_account, ports, mac })
@@ -329,7 +338,9 @@ fn parse_service(f: Field<'_>) -> Result<Service, LoadError> {
     let protocol = f.with("protocol", |p| {
         p.map(|p| {
             let text = p.str()?;
-            Protocol::parse(text).filter(|pr| pr.has_ports()).ok_or_else(|| p.error(format!("expected TCP, UDP or SCTP, found '{text}'")))
+            Protocol::parse(text)
+                .filter(|pr| pr.has_ports())
+                .ok_or_else(|| p.error(format!("expected TCP, UDP or SCTP, found '{text}'")))
         })
         .transpose()
     })?;
@@ -437,7 +448,9 @@ fn parse_failsafe_string(text: &str) -> Result<Vec<Failsafe>, String> {
         .map(|entry| {
             let entry = entry.trim();
             let (proto, rest) = match entry.split_once(':') {
-                Some((p, r)) if p.eq_ignore_ascii_case("tcp") || p.eq_ignore_ascii_case("udp") => (Protocol::parse(p), r),
+                Some((p, r)) if p.eq_ignore_ascii_case("tcp") || p.eq_ignore_ascii_case("udp") => {
+                    (Protocol::parse(p), r)
+                }
                 _ => (Some(Protocol::TCP), entry),
             };
             let (net, port) = match rest.rsplit_once(':') {
@@ -447,7 +460,9 @@ fn parse_failsafe_string(text: &str) -> Result<Vec<Failsafe>, String> {
                 }
                 None => (None, rest),
             };
-            let port = port.parse::<u16>().map_err(|_| format!("bad failsafe entry '{entry}' (expected proto:port or proto:cidr:port)"))?;
+            let port = port
+                .parse::<u16>()
+                .map_err(|_| format!("bad failsafe entry '{entry}' (expected proto:port or proto:cidr:port)"))?;
             Ok(Failsafe { protocol: proto.unwrap_or(Protocol::TCP), port, net })
         })
         .collect()

@@ -8,9 +8,7 @@ use std::collections::BTreeMap;
 use crate::net::IpNet;
 use crate::node::{NodeConfig, Workload};
 use crate::resource::rule::{NAMESPACE_LABEL, ORCHESTRATOR_LABEL, SERVICE_ACCOUNT_LABEL};
-use crate::resource::{
-    Action, HostEndpoint, Labels, NamedPort, Policy, Profile, ResourceSet, Rule, Tier, TierDefault,
-};
+use crate::resource::{Action, HostEndpoint, Labels, NamedPort, Policy, Profile, ResourceSet, Rule, Tier, TierDefault};
 
 /// Which of a policy's flavours a walk uses (semantics §2.1 bucket table, §4.4).
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
@@ -162,11 +160,19 @@ impl ResolvedNode {
         let mut entities: Vec<Entity> = Vec::new();
         for w in node.workloads.iter().chain(&node.remote_endpoints) {
             let ep = workload_endpoint(node, w, &profiles);
-            entities.push(Entity { labels: ep.labels, nets: w.ips.iter().map(|ip| IpNet::host(*ip)).collect(), ports: w.ports.clone() });
+            entities.push(Entity {
+                labels: ep.labels,
+                nets: w.ips.iter().map(|ip| IpNet::host(*ip)).collect(),
+                ports: w.ports.clone(),
+            });
         }
         for h in resources.host_endpoints() {
             let ep = host_endpoint(h, &profiles);
-            entities.push(Entity { labels: ep.labels, nets: h.expected_ips.iter().map(|ip| IpNet::host(*ip)).collect(), ports: h.ports.clone() });
+            entities.push(Entity {
+                labels: ep.labels,
+                nets: h.expected_ips.iter().map(|ip| IpNet::host(*ip)).collect(),
+                ports: h.ports.clone(),
+            });
         }
         for s in resources.network_sets() {
             let mut labels = s.labels.clone();
@@ -177,12 +183,23 @@ impl ResolvedNode {
             entities.push(Entity { labels, nets: s.nets.clone(), ports: Vec::new() });
         }
 
-        let mut policies: Vec<std::sync::Arc<Policy>> = resources.policies().filter(|p| !p.id.kind.is_staged()).cloned().collect();
+        let mut policies: Vec<std::sync::Arc<Policy>> =
+            resources.policies().filter(|p| !p.id.kind.is_staged()).cloned().collect();
         // semantics §4.1: `(order, "<name>/<namespace>/<kind>")`, absent order last.
         policies.sort_by_cached_key(|p| (OrderKey(p.order.unwrap_or(f64::INFINITY)), tiebreak(p)));
         let tiers = sort_tiers(resources, &policies);
 
-        ResolvedNode { node: node.clone(), policies, tiers, profiles, workloads, host_endpoints, interface_hep, star_hep, entities }
+        ResolvedNode {
+            node: node.clone(),
+            policies,
+            tiers,
+            profiles,
+            workloads,
+            host_endpoints,
+            interface_hep,
+            star_hep,
+            entities,
+        }
     }
 
     /// The host endpoint of a host interface: its own, else the `*` one if `allow_star`.
@@ -266,14 +283,24 @@ fn all_profiles(node: &NodeConfig, resources: &ResourceSet) -> BTreeMap<String, 
         let name = format!("kns.{}", ns.name);
         out.insert(
             name.clone(),
-            Profile { name, ingress: vec![Rule::new(Action::Allow)], egress: vec![Rule::new(Action::Allow)], labels_to_apply: labels },
+            Profile {
+                name,
+                ingress: vec![Rule::new(Action::Allow)],
+                egress: vec![Rule::new(Action::Allow)],
+                labels_to_apply: labels,
+            },
         );
     }
     for w in node.workloads.iter().chain(&node.remote_endpoints) {
         let name = format!("ksa.{}.{}", w.namespace, w.service_account);
         let mut labels = Labels::new();
         labels.insert("pcsa.projectcalico.org/name".into(), w.service_account.clone());
-        out.entry(name.clone()).or_insert(Profile { name, ingress: Vec::new(), egress: Vec::new(), labels_to_apply: labels });
+        out.entry(name.clone()).or_insert(Profile {
+            name,
+            ingress: Vec::new(),
+            egress: Vec::new(),
+            labels_to_apply: labels,
+        });
     }
     out.insert(
         Profile::DEFAULT_ALLOW.into(),
@@ -324,8 +351,12 @@ fn host_endpoint(h: &HostEndpoint, profiles: &BTreeMap<String, Profile>) -> Endp
 /// candidate; the smallest HEP name wins. The smallest `*` HEP is the default for the rest.
 fn bind_host_endpoints(node: &NodeConfig, heps: &[LocalHostEndpoint]) -> (BTreeMap<String, usize>, Option<usize>) {
     let mut bound = BTreeMap::new();
-    let interfaces: Vec<(&str, &[std::net::IpAddr])> =
-        node.uplinks.iter().map(|u| (u.name.as_str(), u.addrs.as_slice())).chain(std::iter::once((LOOPBACK, &[][..]))).collect();
+    let interfaces: Vec<(&str, &[std::net::IpAddr])> = node
+        .uplinks
+        .iter()
+        .map(|u| (u.name.as_str(), u.addrs.as_slice()))
+        .chain(std::iter::once((LOOPBACK, &[][..])))
+        .collect();
     for (iface, addrs) in interfaces {
         // `heps` is sorted by name, so the first candidate is the smallest.
         let winner = heps.iter().position(|h| match h.hep.interface_name.as_deref() {

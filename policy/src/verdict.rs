@@ -37,11 +37,23 @@ pub enum Reason {
     /// An Allow or Deny rule.
     Rule(RuleRef),
     /// A tier had policies for the endpoint and none gave a verdict (semantics §4.2).
-    EndOfTier { stage: Stage, direction: Direction, endpoint: String, tier: String },
+    EndOfTier {
+        stage: Stage,
+        direction: Direction,
+        endpoint: String,
+        tier: String,
+    },
     /// Evaluation fell out of the last tier and no profile allowed or denied (semantics §4.2).
-    NoProfileMatched { direction: Direction, endpoint: String },
+    NoProfileMatched {
+        direction: Direction,
+        endpoint: String,
+    },
     /// A failsafe port (semantics §7.5); `inbound` tells which list.
-    Failsafe { inbound: bool, protocol: u8, port: u16 },
+    Failsafe {
+        inbound: bool,
+        protocol: u8,
+        port: u16,
+    },
     /// DefaultEndpointToHostAction for pod-to-own-host traffic (semantics §7.6).
     EndpointToHost(crate::node::EndpointToHostAction),
     /// Host to a local pod is never policed (semantics §7.2 (O) step 2).
@@ -93,7 +105,12 @@ impl fmt::Display for Reason {
                 )
             }
             Reason::EndOfTier { stage, direction, endpoint, tier } => {
-                write!(f, "end of tier {tier} drop: no {} {} policy of {endpoint} matched", stage.name(), direction.name())
+                write!(
+                    f,
+                    "end of tier {tier} drop: no {} {} policy of {endpoint} matched",
+                    stage.name(),
+                    direction.name()
+                )
             }
             Reason::NoProfileMatched { direction, endpoint } => {
                 write!(f, "no {} policy or profile of {endpoint} allowed it", direction.name())
@@ -108,7 +125,9 @@ impl fmt::Display for Reason {
             Reason::Related => f.write_str("conntrack: related"),
             Reason::Invalid => f.write_str("conntrack: invalid"),
             Reason::NoHostEndpoint => f.write_str("no host endpoint on the interface"),
-            Reason::ForwardDefaultAllow => f.write_str("forwarded traffic is allowed when no applyOnForward policy applies"),
+            Reason::ForwardDefaultAllow => {
+                f.write_str("forwarded traffic is allowed when no applyOnForward policy applies")
+            }
             Reason::UntrackedAllow => f.write_str("allowed untracked by a doNotTrack policy"),
             Reason::PreDnatAllow => f.write_str("allowed by a preDNAT policy"),
             Reason::SourceSpoofed => f.write_str("source address is not the workload's (reverse-path check)"),

@@ -41,7 +41,10 @@ pub struct Pos {
 pub enum Value {
     Null,
     /// A scalar's text; `quoted` tells `"8080"` (a string) from `8080` (a number) where that matters.
-    Scalar { text: String, quoted: bool },
+    Scalar {
+        text: String,
+        quoted: bool,
+    },
     Seq(Vec<Node>),
     Map(Vec<(Node, Node)>),
 }
@@ -152,7 +155,8 @@ impl MarkedEventReceiver for TreeBuilder {
             Event::Scalar(text, style, anchor, tag) => {
                 let quoted = !matches!(style, TScalarStyle::Plain);
                 let is_null_tag = tag.as_ref().is_some_and(|t| t.suffix == "null");
-                let value = if is_null_tag || (!quoted && matches!(text.as_str(), "" | "~" | "null" | "Null" | "NULL")) {
+                let value = if is_null_tag || (!quoted && matches!(text.as_str(), "" | "~" | "null" | "Null" | "NULL"))
+                {
                     Value::Null
                 } else {
                     let explicit_str = tag.as_ref().is_some_and(|t| t.suffix == "str");
@@ -290,7 +294,11 @@ impl<'a> Field<'a> {
     }
 
     /// Looks up `key` in this mapping and hands the child to `f` (the child's path lives on this stack frame).
-    pub fn with<R>(&self, key: &str, f: impl FnOnce(Option<Field<'_>>) -> Result<R, LoadError>) -> Result<R, LoadError> {
+    pub fn with<R>(
+        &self,
+        key: &str,
+        f: impl FnOnce(Option<Field<'_>>) -> Result<R, LoadError>,
+    ) -> Result<R, LoadError> {
         let entries = self.entries()?;
         let found = entries.iter().find(|(k, _)| scalar_text(k) == Some(key));
         match found {
@@ -382,7 +390,8 @@ impl<'a> Field<'a> {
     pub fn string_map(&self) -> Result<BTreeMap<String, String>, LoadError> {
         let mut out = BTreeMap::new();
         for (k, v) in self.entries()? {
-            let key = scalar_text(k).ok_or_else(|| LoadError::at(self.origin, k.pos, self.path(), "expected a string key"))?;
+            let key = scalar_text(k)
+                .ok_or_else(|| LoadError::at(self.origin, k.pos, self.path(), "expected a string key"))?;
             let seg = PathSeg::Key(self.path, key.to_string());
             let child = Field { node: v, origin: self.origin, path: &seg };
             let value = if child.is_null() { String::new() } else { child.string()? };
@@ -450,7 +459,9 @@ mod tests {
         let d = parse_documents("spec:\n  ingress:\n  - action: Alow\n", &origin).unwrap();
         let root = Field::root(&d[0], &origin);
         let err = root
-            .require("spec", |s| s.require("ingress", |i| i.each(|r| r.require("action", |a| Err::<(), _>(a.error("bad"))))))
+            .require("spec", |s| {
+                s.require("ingress", |i| i.each(|r| r.require("action", |a| Err::<(), _>(a.error("bad")))))
+            })
             .unwrap_err();
         assert_eq!(err.to_string(), "s.yaml:13:15: spec.ingress[0].action: bad");
     }

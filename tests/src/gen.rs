@@ -7,8 +7,8 @@ use proptest::prelude::*;
 
 use calxdp_policy::node::NodeConfig;
 use calxdp_policy::packet::PacketHeader;
-use calxdp_policy::resource::{load_text, Protocol, ResourceSet};
 use calxdp_policy::resolve::ResolvedNode;
+use calxdp_policy::resource::{load_text, Protocol, ResourceSet};
 use calxdp_policy::yaml::{parse_documents, Field, Origin};
 
 const SELECTORS: &[&str] = &[
@@ -25,7 +25,8 @@ const SELECTORS: &[&str] = &[
     "pcns.team == 'x'",
     "kind == 'set'",
 ];
-const NETS: &[&str] = &["10.1.0.0/24", "10.1.0.0/30", "10.0.0.0/8", "192.168.0.0/16", "10.1.0.7", "0.0.0.0/0", "fd00::/8", "::/0"];
+const NETS: &[&str] =
+    &["10.1.0.0/24", "10.1.0.0/30", "10.0.0.0/8", "192.168.0.0/16", "10.1.0.7", "0.0.0.0/0", "fd00::/8", "::/0"];
 const PORTS: &[&str] = &["80", "\"1000:2000\"", "53", "http", "dns", "\"20:30\""];
 const LABEL_VALUES: &[&str] = &["a", "b", "c"];
 
@@ -51,13 +52,19 @@ fn entity(ports_ok: bool, namespaced: bool, v6: bool) -> impl Strategy<Value = S
             if let Some(n) = &nets {
                 let n: Vec<&str> = n.iter().filter(keep).copied().collect();
                 if !n.is_empty() {
-                    parts.push(format!("nets: [{}]", n.iter().map(|x| format!("\"{x}\"")).collect::<Vec<_>>().join(", ")));
+                    parts.push(format!(
+                        "nets: [{}]",
+                        n.iter().map(|x| format!("\"{x}\"")).collect::<Vec<_>>().join(", ")
+                    ));
                 }
             }
             if let Some(n) = &not_nets {
                 let n: Vec<&str> = n.iter().filter(keep).copied().collect();
                 if !n.is_empty() {
-                    parts.push(format!("notNets: [{}]", n.iter().map(|x| format!("\"{x}\"")).collect::<Vec<_>>().join(", ")));
+                    parts.push(format!(
+                        "notNets: [{}]",
+                        n.iter().map(|x| format!("\"{x}\"")).collect::<Vec<_>>().join(", ")
+                    ));
                 }
             }
             if let Some(s) = sel {
@@ -157,7 +164,8 @@ fn policy(index: usize) -> impl Strategy<Value = String> {
             )
         })
         .prop_map(move |((namespaced, tier, order, sel, types, flavour), ingress, egress)| {
-            let (kind, ns) = if namespaced { ("NetworkPolicy", "\n  namespace: ns1") } else { ("GlobalNetworkPolicy", "") };
+            let (kind, ns) =
+                if namespaced { ("NetworkPolicy", "\n  namespace: ns1") } else { ("GlobalNetworkPolicy", "") };
             let mut spec = vec![format!("selector: \"{sel}\"")];
             if !tier.is_empty() {
                 spec.push(format!("tier: {tier}"));
@@ -186,7 +194,10 @@ fn policy(index: usize) -> impl Strategy<Value = String> {
             }
             spec.push(format!("ingress: [{}]", ingress.join(", ")));
             spec.push(format!("egress: [{}]", egress.join(", ")));
-            format!("apiVersion: projectcalico.org/v3\nkind: {kind}\nmetadata:\n  name: p{index}{ns}\nspec:\n  {}\n", spec.join("\n  "))
+            format!(
+                "apiVersion: projectcalico.org/v3\nkind: {kind}\nmetadata:\n  name: p{index}{ns}\nspec:\n  {}\n",
+                spec.join("\n  ")
+            )
         })
 }
 
@@ -265,7 +276,8 @@ pub fn case() -> impl Strategy<Value = Case> {
         })
 }
 
-const ADDRS: &[&str] = &["10.1.0.5", "10.1.0.6", "10.1.0.7", "10.1.0.8", "10.2.0.1", "10.0.0.1", "10.96.0.10", "8.8.8.8", "203.0.113.5"];
+const ADDRS: &[&str] =
+    &["10.1.0.5", "10.1.0.6", "10.1.0.7", "10.1.0.8", "10.2.0.1", "10.0.0.1", "10.96.0.10", "8.8.8.8", "203.0.113.5"];
 const ADDRS6: &[&str] = &["fd00::5", "fd00::6", "2001:db8::1"];
 
 pub fn packet() -> impl Strategy<Value = PacketHeader> {
@@ -314,7 +326,9 @@ pub fn load(c: &Case) -> Result<(NodeConfig, ResourceSet), String> {
     let docs = parse_documents(&c.node, &origin).map_err(|e| e.to_string())?;
     let node = NodeConfig::parse(Field::root(&docs[0], &origin)).map_err(|e| e.to_string())?;
     let mut rs = ResourceSet::new();
-    rs.apply_all(load_text(&c.resources, &Origin::file("resources")).map_err(|e| e.to_string())?.into_iter().map(|d| d.resource));
+    rs.apply_all(
+        load_text(&c.resources, &Origin::file("resources")).map_err(|e| e.to_string())?.into_iter().map(|d| d.resource),
+    );
     Ok((node, rs))
 }
 

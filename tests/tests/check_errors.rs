@@ -29,7 +29,10 @@ fn unknown_action() {
 
 #[test]
 fn bad_cidr() {
-    let e = error_of("cidr.yaml", &format!("{HEAD}spec:\n  ingress:\n    - action: Allow\n      source:\n        nets: [10.0.0.0/33]\n"));
+    let e = error_of(
+        "cidr.yaml",
+        &format!("{HEAD}spec:\n  ingress:\n    - action: Allow\n      source:\n        nets: [10.0.0.0/33]\n"),
+    );
     assert!(e.contains(":9:16: spec.ingress[0].source.nets[0]:"), "{e}");
 }
 
@@ -47,7 +50,10 @@ fn bad_indentation() {
 
 #[test]
 fn numeric_ports_need_a_protocol() {
-    let e = error_of("ports.yaml", &format!("{HEAD}spec:\n  ingress:\n    - action: Allow\n      destination:\n        ports: [80]\n"));
+    let e = error_of(
+        "ports.yaml",
+        &format!("{HEAD}spec:\n  ingress:\n    - action: Allow\n      destination:\n        ports: [80]\n"),
+    );
     assert!(e.contains("spec.ingress[0].destination: destination has numeric ports"), "{e}");
 }
 

@@ -8,10 +8,10 @@ use std::fmt::Write as _;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
+use calxdp_policy::compile::walker::Compiled;
 use calxdp_policy::node::NodeConfig;
 use calxdp_policy::packet::PacketHeader;
 use calxdp_policy::reference::flows::Tuple;
-use calxdp_policy::compile::walker::Compiled;
 use calxdp_policy::reference::{Attach, NodeModel, PolicyWalker, ReferenceNode};
 use calxdp_policy::resource::ResourceSet;
 use calxdp_policy::selector::Selector;

@@ -39,8 +39,14 @@ impl PipelineNode {
     fn port(&self, at: &Attach) -> Result<Port, String> {
         match at {
             Attach::Host => Ok(Port::Host),
-            Attach::Uplink(n) => self.node.uplink_by_name(n).map(|i| Port::Uplink(i as u16)).ok_or_else(|| format!("no interface {n}")),
-            Attach::Workload(n) => self.node.workload_by_name(n).map(|i| Port::Workload(i as u16)).ok_or_else(|| format!("no workload {n}")),
+            Attach::Uplink(n) => {
+                self.node.uplink_by_name(n).map(|i| Port::Uplink(i as u16)).ok_or_else(|| format!("no interface {n}"))
+            }
+            Attach::Workload(n) => self
+                .node
+                .workload_by_name(n)
+                .map(|i| Port::Workload(i as u16))
+                .ok_or_else(|| format!("no workload {n}")),
         }
     }
 
@@ -64,7 +70,17 @@ impl Dataplane for PipelineNode {
         let spec = FrameSpec::new(*pkt);
         let mut frame = match inner {
             Some(t) => {
-                let quoted = PacketHeader { src: t.src, dst: t.dst, protocol: t.protocol, src_port: t.src_port, dst_port: t.dst_port, tcp_flags: 0, icmp_type: 8, icmp_code: 0, icmp_id: t.src_port };
+                let quoted = PacketHeader {
+                    src: t.src,
+                    dst: t.dst,
+                    protocol: t.protocol,
+                    src_port: t.src_port,
+                    dst_port: t.dst_port,
+                    tcp_flags: 0,
+                    icmp_type: 8,
+                    icmp_code: 0,
+                    icmp_id: t.src_port,
+                };
                 build_icmp_error(&spec, &quoted)
             }
             None => spec.build(),

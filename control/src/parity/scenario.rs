@@ -16,7 +16,7 @@ use calxdp_policy::yaml::{parse_documents, Field, LoadError, Origin};
 /// A parsed scenario file.
 #[derive(Debug)]
 pub enum ScenarioFile {
-    Scenario(Scenario),
+    Scenario(Box<Scenario>),
     Selectors(SelectorVectors),
 }
 
@@ -87,7 +87,13 @@ pub fn parse_scenario(text: &str, file: &str) -> Result<ScenarioFile, LoadError>
     let origin = Origin::file(file);
     let docs = parse_documents(text, &origin)?;
     let Some(doc) = docs.first() else {
-        return Err(LoadError { file: file.into(), line: 1, col: 1, field: String::new(), message: "empty scenario file".into() });
+        return Err(LoadError {
+            file: file.into(),
+            line: 1,
+            col: 1,
+            field: String::new(),
+            message: "empty scenario file".into(),
+        });
     };
     let root = Field::root(doc, &origin);
     let name = root.require("name", |n| n.string())?;
@@ -106,7 +112,7 @@ pub fn parse_scenario(text: &str, file: &str) -> Result<ScenarioFile, LoadError>
         Some(s) => s.each(|st| parse_step(text, st, &node)),
         None => Ok(Vec::new()),
     })?;
-    Ok(ScenarioFile::Scenario(Scenario { name, file: file.into(), node, resources, steps }))
+    Ok(ScenarioFile::Scenario(Box::new(Scenario { name, file: file.into(), node, resources, steps })))
 }
 
 /// Loads the resources of a block string (`resources: |`), reporting positions in the scenario file.
@@ -159,7 +165,8 @@ fn parse_step(file_text: &str, f: Field<'_>, node: &NodeConfig) -> Result<Step, 
         f.only_keys(&["delete", "name"])?;
         let key = f.require("delete", |d| {
             let text = d.str()?;
-            ResourceKey::parse(text).ok_or_else(|| d.error(format!("expected Kind/name or Kind/namespace/name, found '{text}'")))
+            ResourceKey::parse(text)
+                .ok_or_else(|| d.error(format!("expected Kind/name or Kind/namespace/name, found '{text}'")))
         })?;
         return Ok(Step::Delete { line, key });
     }
@@ -167,7 +174,8 @@ fn parse_step(file_text: &str, f: Field<'_>, node: &NodeConfig) -> Result<Step, 
         f.only_keys(&["advance", "name"])?;
         let by = f.require("advance", |a| {
             let text = a.str()?;
-            parse_duration(text).ok_or_else(|| a.error(format!("expected a duration like 130s, 5m, 2h or 500ms, found '{text}'")))
+            parse_duration(text)
+                .ok_or_else(|| a.error(format!("expected a duration like 130s, 5m, 2h or 500ms, found '{text}'")))
         })?;
         return Ok(Step::Advance { line, by });
     }
@@ -193,9 +201,23 @@ pub fn parse_duration(text: &str) -> Option<Duration> {
 
 fn parse_packet_step(f: Field<'_>, node: &NodeConfig) -> Result<PacketStep, LoadError> {
     f.only_keys(&[
-        "name", "in", "proto", "src", "dst", "flags", "icmp", "inner", "expect", "out", "translated", "tracked", "logged",
+        "name",
+        "in",
+        "proto",
+        "src",
+        "dst",
+        "flags",
+        "icmp",
+        "inner",
+        "expect",
+        "out",
+        "translated",
+        "tracked",
+        "logged",
     ])?;
-    let name = f.with("name", |n| n.map(|n| n.string()).transpose())?.unwrap_or_else(|| format!("step at line {}", f.pos().line));
+    let name = f
+        .with("name", |n| n.map(|n| n.string()).transpose())?
+        .unwrap_or_else(|| format!("step at line {}", f.pos().line));
     let attach = f.require("in", |i| {
         let text = i.str()?;
         if text == "host" {
@@ -210,7 +232,9 @@ fn parse_packet_step(f: Field<'_>, node: &NodeConfig) -> Result<PacketStep, Load
     })?;
     let protocol = f.require("proto", |p| {
         let text = p.str()?;
-        Protocol::parse(text).ok_or_else(|| p.error(format!("unknown protocol '{text}' (expected tcp, udp, icmp, icmpv6, sctp or a number)")))
+        Protocol::parse(text).ok_or_else(|| {
+            p.error(format!("unknown protocol '{text}' (expected tcp, udp, icmp, icmpv6, sctp or a number)"))
+        })
     })?;
     let with_ports = matches!(protocol, Protocol::TCP | Protocol::UDP | Protocol::SCTP | Protocol::UDPLITE);
     let (src, src_port) = f.require("src", |s| parse_endpoint(s, with_ports))?;
@@ -265,17 +289,8 @@ fn parse_packet_step(f: Field<'_>, node: &NodeConfig) -> Result<PacketStep, Load
     })?;
     let tracked = f.with("tracked", |t| t.map(|t| t.bool()).transpose())?;
     let logged = f.with("logged", |t| t.map(|t| t.bool()).transpose())?;
-    let header = PacketHeader {
-        src,
-        dst,
-        protocol,
-        src_port,
-        dst_port,
-        tcp_flags: flags,
-        icmp_type,
-        icmp_code,
-        icmp_id,
-    };
+    let header =
+        PacketHeader { src, dst, protocol, src_port, dst_port, tcp_flags: flags, icmp_type, icmp_code, icmp_id };
     Ok(PacketStep { name, line: f.pos().line, attach, header, inner, expect, out, translated, tracked, logged })
 }
 

@@ -27,14 +27,19 @@ pub enum PcapError {
     /// Not an Ethernet capture.
     LinkType(u32),
     /// A record claims an impossible length.
-    BadRecord { index: usize, length: u32 },
+    BadRecord {
+        index: usize,
+        length: u32,
+    },
 }
 
 impl std::fmt::Display for PcapError {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         match self {
             PcapError::Io(e) => write!(f, "{e}"),
-            PcapError::BadMagic(m) => write!(f, "not a pcap file (magic {m:#010x}); pcapng is not supported, convert with `editcap -F pcap`"),
+            PcapError::BadMagic(m) => {
+                write!(f, "not a pcap file (magic {m:#010x}); pcapng is not supported, convert with `editcap -F pcap`")
+            }
             PcapError::LinkType(l) => write!(f, "link type {l} is not Ethernet (1)"),
             PcapError::BadRecord { index, length } => write!(f, "record {index} claims {length} bytes"),
         }
@@ -124,7 +129,10 @@ mod tests {
 
     #[test]
     fn round_trip() {
-        let records = vec![Record { nanos: 1_500_000_123_000, data: vec![1, 2, 3] }, Record { nanos: 2_000_000_000, data: vec![9; 60] }];
+        let records = vec![
+            Record { nanos: 1_500_000_123_000, data: vec![1, 2, 3] },
+            Record { nanos: 2_000_000_000, data: vec![9; 60] },
+        ];
         let mut buf = Vec::new();
         write_all(&mut buf, &records).unwrap();
         assert_eq!(read_all(&buf[..]).unwrap(), records);

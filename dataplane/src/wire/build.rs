@@ -94,22 +94,14 @@ pub fn build(spec: &FrameSpec) -> Vec<u8> {
 /// # Panics
 /// As [`build`]; also if `quoted` is of another family than `spec.header`.
 pub fn build_icmp_error(spec: &FrameSpec, quoted: &PacketHeader) -> Vec<u8> {
-    assert_eq!(
-        spec.header.family(),
-        quoted.family(),
-        "an ICMP error quotes a packet of its own family"
-    );
+    assert_eq!(spec.header.family(), quoted.family(), "an ICMP error quotes a packet of its own family");
     frame(spec, Some(quoted))
 }
 
 fn frame(spec: &FrameSpec, quoted: Option<&PacketHeader>) -> Vec<u8> {
     let ip = ip_packet(&spec.header, spec.payload_len, spec.ttl, quoted);
     let vlans = spec.vlan.as_slice();
-    let ethertype = if spec.header.src.is_ipv4() {
-        ethernet::ethertype::IPV4
-    } else {
-        ethernet::ethertype::IPV6
-    };
+    let ethertype = if spec.header.src.is_ipv4() { ethernet::ethertype::IPV4 } else { ethernet::ethertype::IPV6 };
     let mut frame = vec![0u8; ethernet::header_len_with_tags(vlans.len()) + ip.len()];
     let at = ethernet::write_header(&mut frame, spec.dst_mac, spec.src_mac, vlans, ethertype);
     frame[at..].copy_from_slice(&ip);
@@ -122,12 +114,7 @@ fn payload(len: usize) -> impl Iterator<Item = u8> {
 }
 
 /// An IP packet: header, L4 header with a valid checksum, payload.
-fn ip_packet(
-    h: &PacketHeader,
-    payload_len: usize,
-    ttl: u8,
-    quoted: Option<&PacketHeader>,
-) -> Vec<u8> {
+fn ip_packet(h: &PacketHeader, payload_len: usize, ttl: u8, quoted: Option<&PacketHeader>) -> Vec<u8> {
     let mut segment = l4_segment(h, payload_len, ttl, quoted);
     checksum::fill_l4_checksum(h.src, h.dst, h.protocol, &mut segment);
     match (h.src, h.dst) {
@@ -151,9 +138,7 @@ fn ip_packet(
             let mut buf = vec![0u8; ipv6::HEADER_LEN + segment.len()];
             let mut ip = Ipv6Packet::new_unchecked(&mut buf[..]);
             ip.set_version_tc_flow(0, 0);
-            ip.set_payload_len(
-                u16::try_from(segment.len()).expect("IPv6 payload longer than 65535 bytes"),
-            );
+            ip.set_payload_len(u16::try_from(segment.len()).expect("IPv6 payload longer than 65535 bytes"));
             ip.set_next_header(h.protocol.0);
             ip.set_hop_limit(ttl);
             ip.set_src_addr(src);
@@ -166,17 +151,8 @@ fn ip_packet(
 }
 
 /// The L4 header and payload, checksum field zero.
-fn l4_segment(
-    h: &PacketHeader,
-    payload_len: usize,
-    ttl: u8,
-    quoted: Option<&PacketHeader>,
-) -> Vec<u8> {
-    let icmp_protocol = if h.src.is_ipv4() {
-        Protocol::ICMP
-    } else {
-        Protocol::ICMPV6
-    };
+fn l4_segment(h: &PacketHeader, payload_len: usize, ttl: u8, quoted: Option<&PacketHeader>) -> Vec<u8> {
+    let icmp_protocol = if h.src.is_ipv4() { Protocol::ICMP } else { Protocol::ICMPV6 };
     let header_len = match h.protocol {
         Protocol::TCP => tcp::HEADER_LEN,
         Protocol::UDP | Protocol::UDPLITE => udp::HEADER_LEN,
@@ -196,13 +172,7 @@ fn l4_segment(
             t.set_src_port(h.src_port);
             t.set_dst_port(h.dst_port);
             t.set_seq_number(0x0100_0000);
-            t.set_ack_number(
-                if h.tcp_flags & calxdp_policy::packet::tcp_flags::ACK != 0 {
-                    0x0200_0000
-                } else {
-                    0
-                },
-            );
+            t.set_ack_number(if h.tcp_flags & calxdp_policy::packet::tcp_flags::ACK != 0 { 0x0200_0000 } else { 0 });
             t.set_header_len(tcp::HEADER_LEN);
             t.set_flags(h.tcp_flags);
             t.set_window_len(65535);
@@ -249,10 +219,7 @@ mod tests {
     fn all_headers() -> Vec<PacketHeader> {
         let pairs = [
             (IpAddr::from([10, 65, 0, 1]), IpAddr::from([10, 65, 0, 2])),
-            (
-                IpAddr::from(Ipv6Addr::new(0xfd00, 0, 0, 0, 0, 0, 0, 1)),
-                IpAddr::from(Ipv6Addr::LOCALHOST),
-            ),
+            (IpAddr::from(Ipv6Addr::new(0xfd00, 0, 0, 0, 0, 0, 0, 1)), IpAddr::from(Ipv6Addr::LOCALHOST)),
         ];
         let mut out = Vec::new();
         for (src, dst) in pairs {
@@ -267,29 +234,12 @@ mod tests {
                 icmp_code: 0,
                 icmp_id: 0,
             };
-            let ports = PacketHeader {
-                src_port: 33333,
-                dst_port: 8080,
-                ..base
-            };
-            for flags in [
-                tcp_flags::SYN,
-                tcp_flags::SYN | tcp_flags::ACK,
-                tcp_flags::RST,
-                0,
-                0xff,
-            ] {
-                out.push(PacketHeader {
-                    protocol: Protocol::TCP,
-                    tcp_flags: flags,
-                    ..ports
-                });
+            let ports = PacketHeader { src_port: 33333, dst_port: 8080, ..base };
+            for flags in [tcp_flags::SYN, tcp_flags::SYN | tcp_flags::ACK, tcp_flags::RST, 0, 0xff] {
+                out.push(PacketHeader { protocol: Protocol::TCP, tcp_flags: flags, ..ports });
             }
             for p in [Protocol::UDP, Protocol::SCTP, Protocol::UDPLITE] {
-                out.push(PacketHeader {
-                    protocol: p,
-                    ..ports
-                });
+                out.push(PacketHeader { protocol: p, ..ports });
             }
             let (icmp, echo, reply, error) = if src.is_ipv4() {
                 (Protocol::ICMP, 8, 0, [3, 4, 5, 11, 12])
@@ -297,34 +247,14 @@ mod tests {
                 (Protocol::ICMPV6, 128, 129, [1, 2, 3, 4, 4])
             };
             for t in [echo, reply] {
-                out.push(PacketHeader {
-                    protocol: icmp,
-                    icmp_type: t,
-                    icmp_id: 0xbeef,
-                    ..base
-                });
+                out.push(PacketHeader { protocol: icmp, icmp_type: t, icmp_id: 0xbeef, ..base });
             }
             for t in error {
-                out.push(PacketHeader {
-                    protocol: icmp,
-                    icmp_type: t,
-                    icmp_code: 1,
-                    ..base
-                });
+                out.push(PacketHeader { protocol: icmp, icmp_type: t, icmp_code: 1, ..base });
             }
-            out.push(PacketHeader {
-                protocol: icmp,
-                icmp_type: 133,
-                ..base
-            }); // v4: unassigned; v6: RS
-            out.push(PacketHeader {
-                protocol: Protocol(47),
-                ..base
-            });
-            out.push(PacketHeader {
-                protocol: Protocol(ipv6::next_header::ESP),
-                ..base
-            });
+            out.push(PacketHeader { protocol: icmp, icmp_type: 133, ..base }); // v4: unassigned; v6: RS
+            out.push(PacketHeader { protocol: Protocol(47), ..base });
+            out.push(PacketHeader { protocol: Protocol(ipv6::next_header::ESP), ..base });
         }
         out
     }
@@ -334,24 +264,12 @@ mod tests {
         for header in all_headers() {
             for vlan in [None, Some(4094)] {
                 for payload_len in [0, 1, 13, 200] {
-                    let spec = FrameSpec {
-                        vlan,
-                        payload_len,
-                        ttl: 3,
-                        ..FrameSpec::new(header)
-                    };
+                    let spec = FrameSpec { vlan, payload_len, ttl: 3, ..FrameSpec::new(header) };
                     let frame = build(&spec);
                     let p = parse(&frame).unwrap_or_else(|e| panic!("{header:?}: {e}"));
                     assert_eq!(p.header, header);
                     assert_eq!(p.outer_vlan, vlan);
-                    assert_eq!(
-                        p.l3,
-                        if header.src.is_ipv4() {
-                            L3::Ipv4
-                        } else {
-                            L3::Ipv6
-                        }
-                    );
+                    assert_eq!(p.l3, if header.src.is_ipv4() { L3::Ipv4 } else { L3::Ipv6 });
                     assert_eq!(p.l3_end, frame.len());
                     assert_eq!(p.inner.is_some(), header.is_icmp_error());
                     assert!(p.verify_l4_checksum(&frame), "{header:?}");
@@ -365,22 +283,12 @@ mod tests {
     #[test]
     fn icmp_error_quotes_what_it_is_given() {
         for header in all_headers().into_iter().filter(|h| h.is_icmp_error()) {
-            for quoted in all_headers()
-                .into_iter()
-                .filter(|q| q.family() == header.family())
-            {
+            for quoted in all_headers().into_iter().filter(|q| q.family() == header.family()) {
                 let frame = build_icmp_error(&FrameSpec::new(header), &quoted);
-                let p =
-                    parse(&frame).unwrap_or_else(|e| panic!("{header:?} quoting {quoted:?}: {e}"));
+                let p = parse(&frame).unwrap_or_else(|e| panic!("{header:?} quoting {quoted:?}: {e}"));
                 let inner = p.inner.unwrap().to_packet_header();
                 // The quote's first 8 bytes do not reach TCP's flags.
-                assert_eq!(
-                    inner,
-                    PacketHeader {
-                        tcp_flags: 0,
-                        ..quoted
-                    }
-                );
+                assert_eq!(inner, PacketHeader { tcp_flags: 0, ..quoted });
                 assert!(p.verify_l4_checksum(&frame));
             }
         }

@@ -117,10 +117,7 @@ fn pseudo_header_sum(src: IpAddr, dst: IpAddr, protocol: Protocol, length: usize
 /// `protocol`: what to store in the zeroed checksum field, or 0 when the segment's checksum is valid.
 /// For TCP, UDP and ICMPv6; see [`verify_l4_checksum`] for the per-protocol rules around it.
 pub fn pseudo_header_checksum(src: IpAddr, dst: IpAddr, protocol: Protocol, segment: &[u8]) -> u16 {
-    !fold(add(
-        pseudo_header_sum(src, dst, protocol, segment.len()),
-        segment,
-    ))
+    !fold(add(pseudo_header_sum(src, dst, protocol, segment.len()), segment))
 }
 
 /// Where the checksum field of an L4 header sits, for the protocols this module knows; with the family
@@ -209,20 +206,13 @@ pub fn fill_l4_checksum(src: IpAddr, dst: IpAddr, protocol: Protocol, segment: &
         let Some(coverage) = udplite_coverage(segment) else {
             return;
         };
-        !fold(add(
-            pseudo_header_sum(src, dst, protocol, segment.len()),
-            &segment[..coverage],
-        ))
+        !fold(add(pseudo_header_sum(src, dst, protocol, segment.len()), &segment[..coverage]))
     } else {
         pseudo_header_checksum(src, dst, protocol, segment)
     };
     // RFC 768 and RFC 3828 §3.1: a computed 0 is sent as all ones, 0 meaning "no checksum" (UDP/IPv4) or
     // being invalid. For TCP and ICMPv6 a computed 0 cannot differ from 0xffff for the receiver.
-    let c = if c == 0 && matches!(protocol, Protocol::UDP | Protocol::UDPLITE) {
-        0xffff
-    } else {
-        c
-    };
+    let c = if c == 0 && matches!(protocol, Protocol::UDP | Protocol::UDPLITE) { 0xffff } else { c };
     segment[field].copy_from_slice(&c.to_be_bytes());
 }
 
@@ -234,11 +224,7 @@ const CRC32C_TABLE: [u32; 256] = {
         let mut c = i as u32;
         let mut k = 0;
         while k < 8 {
-            c = if c & 1 != 0 {
-                (c >> 1) ^ 0x82f6_3b78
-            } else {
-                c >> 1
-            };
+            c = if c & 1 != 0 { (c >> 1) ^ 0x82f6_3b78 } else { c >> 1 };
             k += 1;
         }
         table[i] = c;
@@ -357,11 +343,7 @@ mod tests {
         let mut rng = XorShift::new(0x5eed_0002);
         for round in 0..20_000 {
             let v6 = round % 2 == 1;
-            let (protocol, csum_at) = if rng.below(2) == 0 {
-                (6u8, 16)
-            } else {
-                (17u8, 6)
-            };
+            let (protocol, csum_at) = if rng.below(2) == 0 { (6u8, 16) } else { (17u8, 6) };
             let mut segment = vec![0u8; 20 + rng.below(100)];
             rng.fill(&mut segment);
             segment[csum_at..csum_at + 2].fill(0);
@@ -386,11 +368,7 @@ mod tests {
             let updated = update_u32(updated, old_word, new_word);
             segment[8..12].copy_from_slice(&new_word.to_be_bytes());
             segment[csum_at..csum_at + 2].fill(0);
-            assert_eq!(
-                updated,
-                reference_l4(new_src, dst, protocol, &segment),
-                "round {round} u32"
-            );
+            assert_eq!(updated, reference_l4(new_src, dst, protocol, &segment), "round {round} u32");
         }
     }
 
@@ -425,12 +403,7 @@ mod tests {
         for round in 0..5_000 {
             let v6 = round % 2 == 1;
             let (src, dst) = (random_addr(&mut rng, v6), random_addr(&mut rng, v6));
-            let protocol = [
-                Protocol::TCP,
-                Protocol::UDP,
-                Protocol::UDPLITE,
-                Protocol::SCTP,
-            ][rng.below(4)];
+            let protocol = [Protocol::TCP, Protocol::UDP, Protocol::UDPLITE, Protocol::SCTP][rng.below(4)];
             let mut segment = vec![0u8; 20 + rng.below(60)];
             rng.fill(&mut segment);
             if protocol == Protocol::UDP {
@@ -442,10 +415,7 @@ mod tests {
                 segment[4..6].copy_from_slice(&[0, coverage]);
             }
             fill_l4_checksum(src, dst, protocol, &mut segment);
-            assert!(
-                verify_l4_checksum(src, dst, protocol, &segment),
-                "{protocol} round {round}"
-            );
+            assert!(verify_l4_checksum(src, dst, protocol, &segment), "{protocol} round {round}");
             if matches!(protocol, Protocol::TCP | Protocol::UDP) {
                 let at = if protocol == Protocol::TCP { 16 } else { 6 };
                 let stored = read_u16(&segment[at..]);
@@ -455,43 +425,21 @@ mod tests {
                 segment[at..at + 2].copy_from_slice(&stored.to_be_bytes());
             }
             // Any single flipped bit is caught, except in bytes a UDP-Lite checksum does not cover.
-            let covered = if protocol == Protocol::UDPLITE {
-                usize::from(segment[5])
-            } else {
-                segment.len()
-            };
+            let covered = if protocol == Protocol::UDPLITE { usize::from(segment[5]) } else { segment.len() };
             let at = rng.below(covered);
             segment[at] ^= 1 << rng.below(8);
-            assert!(
-                !verify_l4_checksum(src, dst, protocol, &segment),
-                "{protocol} flip at {at}"
-            );
+            assert!(!verify_l4_checksum(src, dst, protocol, &segment), "{protocol} flip at {at}");
         }
     }
 
     #[test]
     fn udp_zero_checksum_rules() {
         let v4 = (IpAddr::from([10, 0, 0, 1]), IpAddr::from([10, 0, 0, 2]));
-        let v6 = (
-            IpAddr::from(Ipv6Addr::LOCALHOST),
-            IpAddr::from(Ipv6Addr::LOCALHOST),
-        );
+        let v6 = (IpAddr::from(Ipv6Addr::LOCALHOST), IpAddr::from(Ipv6Addr::LOCALHOST));
         let segment = [0, 53, 0, 53, 0, 8, 0, 0];
-        assert!(
-            verify_l4_checksum(v4.0, v4.1, Protocol::UDP, &segment),
-            "no checksum over IPv4"
-        );
-        assert!(
-            !verify_l4_checksum(v6.0, v6.1, Protocol::UDP, &segment),
-            "required over IPv6"
-        );
-        assert!(
-            !verify_l4_checksum(v4.0, v4.1, Protocol::TCP, &segment),
-            "too short for TCP"
-        );
-        assert!(
-            verify_l4_checksum(v4.0, v4.1, Protocol(47), &segment),
-            "GRE: not known here"
-        );
+        assert!(verify_l4_checksum(v4.0, v4.1, Protocol::UDP, &segment), "no checksum over IPv4");
+        assert!(!verify_l4_checksum(v6.0, v6.1, Protocol::UDP, &segment), "required over IPv6");
+        assert!(!verify_l4_checksum(v4.0, v4.1, Protocol::TCP, &segment), "too short for TCP");
+        assert!(verify_l4_checksum(v4.0, v4.1, Protocol(47), &segment), "GRE: not known here");
     }
 }

@@ -121,14 +121,12 @@ impl<T: AsRef<[u8]>> EthernetFrame<T> {
 
     /// Tag `n`'s TPID (0 is the outermost).
     pub fn vlan_tpid(&self, n: usize) -> Option<u16> {
-        self.tag_at(n)
-            .map(|at| read_u16(&self.buffer.as_ref()[at..]))
+        self.tag_at(n).map(|at| read_u16(&self.buffer.as_ref()[at..]))
     }
 
     /// Tag `n`'s tag control information: priority (3 bits), drop eligible (1), VLAN id (12).
     pub fn vlan_tci(&self, n: usize) -> Option<u16> {
-        self.tag_at(n)
-            .map(|at| read_u16(&self.buffer.as_ref()[at + field::TCI..]))
+        self.tag_at(n).map(|at| read_u16(&self.buffer.as_ref()[at + field::TCI..]))
     }
 
     /// Tag `n`'s 12-bit VLAN id (0 is the outermost).
@@ -196,26 +194,13 @@ impl<T: AsRef<[u8]> + AsMut<[u8]>> EthernetFrame<T> {
 ///
 /// # Panics
 /// If `buf` is shorter than the header, or more than [`MAX_VLAN_TAGS`] ids are given.
-pub fn write_header(
-    buf: &mut [u8],
-    dst: MacAddr,
-    src: MacAddr,
-    vlans: &[u16],
-    ethertype: u16,
-) -> usize {
-    assert!(
-        vlans.len() <= MAX_VLAN_TAGS,
-        "at most {MAX_VLAN_TAGS} VLAN tags"
-    );
+pub fn write_header(buf: &mut [u8], dst: MacAddr, src: MacAddr, vlans: &[u16], ethertype: u16) -> usize {
+    assert!(vlans.len() <= MAX_VLAN_TAGS, "at most {MAX_VLAN_TAGS} VLAN tags");
     buf[field::DST].copy_from_slice(&dst);
     buf[field::SRC].copy_from_slice(&src);
     let mut at = field::TYPE.start;
     for (i, vid) in vlans.iter().enumerate() {
-        let tpid = if vlans.len() == 2 && i == 0 {
-            ethertype::QINQ
-        } else {
-            ethertype::VLAN
-        };
+        let tpid = if vlans.len() == 2 && i == 0 { ethertype::QINQ } else { ethertype::VLAN };
         write_u16(&mut buf[at..], tpid);
         write_u16(&mut buf[at + field::TCI..], vid & 0x0fff);
         at += field::TAG_LEN;
@@ -242,44 +227,23 @@ mod tests {
         assert_eq!(write_header(&mut buf, DST, SRC, &[], ethertype::IPV4), 14);
         let f = EthernetFrame::new_checked(&buf[..]).unwrap();
         assert_eq!((f.dst_addr(), f.src_addr()), (DST, SRC));
-        assert_eq!(
-            (f.vlan_count(), f.vlan_id(0), f.ethertype(), f.header_len()),
-            (0, None, 0x0800, 14)
-        );
+        assert_eq!((f.vlan_count(), f.vlan_id(0), f.ethertype(), f.header_len()), (0, None, 0x0800, 14));
         assert_eq!(f.payload().len(), 6);
     }
 
     #[test]
     fn one_and_two_tags() {
         let mut buf = [0u8; 22];
-        assert_eq!(
-            write_header(&mut buf, DST, SRC, &[100], ethertype::IPV6),
-            18
-        );
+        assert_eq!(write_header(&mut buf, DST, SRC, &[100], ethertype::IPV6), 18);
         let f = EthernetFrame::new_checked(&buf[..18]).unwrap();
-        assert_eq!(
-            (f.vlan_count(), f.vlan_id(0), f.vlan_id(1), f.ethertype()),
-            (1, Some(100), None, 0x86dd)
-        );
+        assert_eq!((f.vlan_count(), f.vlan_id(0), f.vlan_id(1), f.ethertype()), (1, Some(100), None, 0x86dd));
         assert_eq!(f.vlan_tpid(0), Some(ethertype::VLAN));
 
-        assert_eq!(
-            write_header(&mut buf, DST, SRC, &[7, 4095], ethertype::ARP),
-            22
-        );
+        assert_eq!(write_header(&mut buf, DST, SRC, &[7, 4095], ethertype::ARP), 22);
         let mut f = EthernetFrame::new_checked(&mut buf[..]).unwrap();
-        assert_eq!(
-            (f.vlan_count(), f.vlan_id(0), f.vlan_id(1)),
-            (2, Some(7), Some(4095))
-        );
-        assert_eq!(
-            (f.vlan_tpid(0), f.vlan_tpid(1)),
-            (Some(ethertype::QINQ), Some(ethertype::VLAN))
-        );
-        assert_eq!(
-            (f.ethertype(), f.header_len(), f.payload().len()),
-            (ethertype::ARP, 22, 0)
-        );
+        assert_eq!((f.vlan_count(), f.vlan_id(0), f.vlan_id(1)), (2, Some(7), Some(4095)));
+        assert_eq!((f.vlan_tpid(0), f.vlan_tpid(1)), (Some(ethertype::QINQ), Some(ethertype::VLAN)));
+        assert_eq!((f.ethertype(), f.header_len(), f.payload().len()), (ethertype::ARP, 22, 0));
         assert!(f.set_vlan_id(1, 12));
         assert!(!f.set_vlan_id(2, 12));
         f.set_ethertype(ethertype::IPV4);
@@ -291,20 +255,10 @@ mod tests {
         let mut buf = [0u8; 30];
         write_header(&mut buf, DST, SRC, &[1, 2], ethertype::IPV4);
         for len in 0..22 {
-            assert_eq!(
-                EthernetFrame::new_checked(&buf[..len]),
-                Err(Malformed::TooShortEthernet),
-                "{len}"
-            );
+            assert_eq!(EthernetFrame::new_checked(&buf[..len]), Err(Malformed::TooShortEthernet), "{len}");
         }
         buf[20..22].copy_from_slice(&ethertype::VLAN.to_be_bytes());
-        assert_eq!(
-            EthernetFrame::new_checked(&buf[..]),
-            Err(Malformed::TooManyVlanTags)
-        );
-        assert_eq!(
-            EthernetFrame::new_checked(&buf[..21]),
-            Err(Malformed::TooShortEthernet)
-        );
+        assert_eq!(EthernetFrame::new_checked(&buf[..]), Err(Malformed::TooManyVlanTags));
+        assert_eq!(EthernetFrame::new_checked(&buf[..21]), Err(Malformed::TooShortEthernet));
     }
 }

@@ -253,31 +253,21 @@ impl<T: AsRef<[u8]>> QuotedPacket<T> {
                 if ip.version() != 6 {
                     return Err(Malformed::BadIcmpInner);
                 }
-                let chain =
-                    ipv6::walk(data, ipv6::HEADER_LEN, ip.next_header()).map_err(|e| match e {
-                        Malformed::TooShortExtensionHeader => Malformed::TooShortIcmpInner,
-                        _ => Malformed::BadIcmpInner,
-                    })?;
+                let chain = ipv6::walk(data, ipv6::HEADER_LEN, ip.next_header()).map_err(|e| match e {
+                    Malformed::TooShortExtensionHeader => Malformed::TooShortIcmpInner,
+                    _ => Malformed::BadIcmpInner,
+                })?;
                 let first = chain.fragment.is_none_or(|f| f.offset == 0);
                 (chain.l4_offset, chain.protocol, first)
             }
         };
         let reads_l4 = protocol == protocol_of(family)
-            || matches!(
-                protocol,
-                Protocol::TCP | Protocol::UDP | Protocol::UDPLITE | Protocol::SCTP
-            );
+            || matches!(protocol, Protocol::TCP | Protocol::UDP | Protocol::UDPLITE | Protocol::SCTP);
         let has_l4 = reads_l4 && first_fragment;
         if has_l4 && data.len() < l4_offset + QUOTED_L4_LEN {
             return Err(Malformed::TooShortIcmpInner);
         }
-        Ok(QuotedPacket {
-            buffer,
-            family,
-            l4_offset,
-            protocol,
-            has_l4,
-        })
+        Ok(QuotedPacket { buffer, family, l4_offset, protocol, has_l4 })
     }
 
     pub fn into_inner(self) -> T {
@@ -332,11 +322,7 @@ impl<T: AsRef<[u8]>> QuotedPacket<T> {
     }
 
     fn has_ports(&self) -> bool {
-        self.has_l4
-            && matches!(
-                self.protocol,
-                Protocol::TCP | Protocol::UDP | Protocol::UDPLITE | Protocol::SCTP
-            )
+        self.has_l4 && matches!(self.protocol, Protocol::TCP | Protocol::UDP | Protocol::UDPLITE | Protocol::SCTP)
     }
 
     fn is_icmp(&self) -> bool {
@@ -368,11 +354,7 @@ impl<T: AsRef<[u8]>> QuotedPacket<T> {
             return (0, 0, 0);
         }
         let icmp = IcmpPacket::new_unchecked(&self.buffer.as_ref()[self.l4_offset..]);
-        let id = if is_echo(self.family, icmp.msg_type()) {
-            icmp.echo_ident()
-        } else {
-            0
-        };
+        let id = if is_echo(self.family, icmp.msg_type()) { icmp.echo_ident() } else { 0 };
         (icmp.msg_type(), icmp.msg_code(), id)
     }
 }
@@ -445,16 +427,8 @@ mod tests {
     #[test]
     fn echo_fields_and_checksums() {
         for (family, src, dst) in [
-            (
-                IpFamily::V4,
-                IpAddr::from([10, 0, 0, 1]),
-                IpAddr::from([10, 0, 0, 2]),
-            ),
-            (
-                IpFamily::V6,
-                IpAddr::from(Ipv6Addr::LOCALHOST),
-                IpAddr::from(Ipv6Addr::UNSPECIFIED),
-            ),
+            (IpFamily::V4, IpAddr::from([10, 0, 0, 1]), IpAddr::from([10, 0, 0, 2])),
+            (IpFamily::V6, IpAddr::from(Ipv6Addr::LOCALHOST), IpAddr::from(Ipv6Addr::UNSPECIFIED)),
         ] {
             let mut buf = [0u8; 12];
             let mut m = IcmpPacket::new_unchecked(&mut buf[..]);
@@ -464,16 +438,10 @@ mod tests {
             m.data_mut().copy_from_slice(b"ping");
             m.fill_checksum(src, dst);
             let m = IcmpPacket::new_checked(&buf[..]).unwrap();
-            assert_eq!(
-                (m.msg_code(), m.echo_ident(), m.echo_seq_no(), m.data()),
-                (0, 0x4242, 9, &b"ping"[..])
-            );
+            assert_eq!((m.msg_code(), m.echo_ident(), m.echo_seq_no(), m.data()), (0, 0x4242, 9, &b"ping"[..]));
             assert!(is_echo(family, m.msg_type()) && !is_error(family, m.msg_type()));
             assert!(m.verify_checksum(src, dst));
-            assert_eq!(
-                IcmpPacket::new_checked(&buf[..7]),
-                Err(Malformed::TooShortL4)
-            );
+            assert_eq!(IcmpPacket::new_checked(&buf[..7]), Err(Malformed::TooShortL4));
         }
     }
 
@@ -490,35 +458,17 @@ mod tests {
         ip.fill_checksum();
         q[20..24].copy_from_slice(&[0x9c, 0x40, 0, 53]);
         let mut view = QuotedPacket::new_checked(&mut q[..], IpFamily::V4).unwrap();
-        assert_eq!(
-            (view.protocol(), view.src_port(), view.dst_port()),
-            (Protocol::UDP, 40000, 53)
-        );
-        assert_eq!(
-            (view.src_addr(), view.dst_addr()),
-            (IpAddr::from([10, 0, 0, 1]), IpAddr::from([8, 8, 8, 8]))
-        );
+        assert_eq!((view.protocol(), view.src_port(), view.dst_port()), (Protocol::UDP, 40000, 53));
+        assert_eq!((view.src_addr(), view.dst_addr()), (IpAddr::from([10, 0, 0, 1]), IpAddr::from([8, 8, 8, 8])));
         view.set_src_addr(IpAddr::from([192, 168, 0, 1]));
         view.set_src_port(1234);
         view.fill_ipv4_checksum();
-        assert_eq!(
-            (view.src_addr(), view.src_port()),
-            (IpAddr::from([192, 168, 0, 1]), 1234)
-        );
+        assert_eq!((view.src_addr(), view.src_port()), (IpAddr::from([192, 168, 0, 1]), 1234));
         assert!(ipv4::Ipv4Packet::new_unchecked(view.ip_header()).verify_checksum());
-        assert_eq!(
-            QuotedPacket::new_checked(&q[..27], IpFamily::V4),
-            Err(Malformed::TooShortIcmpInner)
-        );
-        assert_eq!(
-            QuotedPacket::new_checked(&q[..], IpFamily::V6),
-            Err(Malformed::TooShortIcmpInner)
-        );
+        assert_eq!(QuotedPacket::new_checked(&q[..27], IpFamily::V4), Err(Malformed::TooShortIcmpInner));
+        assert_eq!(QuotedPacket::new_checked(&q[..], IpFamily::V6), Err(Malformed::TooShortIcmpInner));
         q[0] = 0x65;
-        assert_eq!(
-            QuotedPacket::new_checked(&q[..], IpFamily::V4),
-            Err(Malformed::BadIcmpInner)
-        );
+        assert_eq!(QuotedPacket::new_checked(&q[..], IpFamily::V4), Err(Malformed::BadIcmpInner));
     }
 
     #[test]
@@ -528,9 +478,6 @@ mod tests {
         q[9] = 47; // GRE
         let view = QuotedPacket::new_checked(&q[..], IpFamily::V4).unwrap();
         assert!(!view.has_l4());
-        assert_eq!(
-            (view.src_port(), view.l4_header().len(), view.icmp_fields()),
-            (0, 0, (0, 0, 0))
-        );
+        assert_eq!((view.src_port(), view.l4_header().len(), view.icmp_fields()), (0, 0, (0, 0, 0)));
     }
 }

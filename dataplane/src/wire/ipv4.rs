@@ -249,22 +249,10 @@ mod tests {
     fn fields_round_trip() {
         let buf = header();
         let p = Ipv4Packet::new_checked(&buf[..]).unwrap();
-        assert_eq!(
-            (p.version(), p.header_len(), p.total_len(), p.ident()),
-            (4, 20, 28, 0x1234)
-        );
-        assert_eq!(
-            (p.dont_frag(), p.more_frags(), p.frag_offset()),
-            (true, false, 0)
-        );
-        assert_eq!(
-            (p.ttl(), p.protocol(), p.payload().len()),
-            (64, Protocol::UDP, 8)
-        );
-        assert_eq!(
-            (p.src_addr(), p.dst_addr()),
-            (Ipv4Addr::new(10, 0, 0, 1), Ipv4Addr::new(10, 0, 0, 2))
-        );
+        assert_eq!((p.version(), p.header_len(), p.total_len(), p.ident()), (4, 20, 28, 0x1234));
+        assert_eq!((p.dont_frag(), p.more_frags(), p.frag_offset()), (true, false, 0));
+        assert_eq!((p.ttl(), p.protocol(), p.payload().len()), (64, Protocol::UDP, 8));
+        assert_eq!((p.src_addr(), p.dst_addr()), (Ipv4Addr::new(10, 0, 0, 1), Ipv4Addr::new(10, 0, 0, 2)));
         assert!(p.verify_checksum());
         assert!(p.options().is_empty());
     }
@@ -274,38 +262,20 @@ mod tests {
         let mut buf = header();
         let mut p = Ipv4Packet::new_unchecked(&mut buf[..]);
         p.set_fragment(false, true, 1480);
-        assert_eq!(
-            (p.dont_frag(), p.more_frags(), p.frag_offset()),
-            (false, true, 1480)
-        );
+        assert_eq!((p.dont_frag(), p.more_frags(), p.frag_offset()), (false, true, 1480));
     }
 
     #[test]
     fn check_len_reasons() {
         let buf = header();
-        assert_eq!(
-            Ipv4Packet::new_checked(&buf[..19]),
-            Err(Malformed::TooShortIp)
-        );
-        assert_eq!(
-            Ipv4Packet::new_checked(&buf[..27]),
-            Err(Malformed::IpTotalLengthExceedsFrame)
-        );
+        assert_eq!(Ipv4Packet::new_checked(&buf[..19]), Err(Malformed::TooShortIp));
+        assert_eq!(Ipv4Packet::new_checked(&buf[..27]), Err(Malformed::IpTotalLengthExceedsFrame));
         let mut bad = buf;
         bad[0] = 0x65;
-        assert_eq!(
-            Ipv4Packet::new_checked(&bad[..]),
-            Err(Malformed::BadIpVersion)
-        );
+        assert_eq!(Ipv4Packet::new_checked(&bad[..]), Err(Malformed::BadIpVersion));
         bad[0] = 0x44;
-        assert_eq!(
-            Ipv4Packet::new_checked(&bad[..]),
-            Err(Malformed::BadIpHeaderLength)
-        );
+        assert_eq!(Ipv4Packet::new_checked(&bad[..]), Err(Malformed::BadIpHeaderLength));
         bad[0] = 0x48; // 32-byte header in a 28-byte packet
-        assert_eq!(
-            Ipv4Packet::new_checked(&bad[..]),
-            Err(Malformed::BadIpHeaderLength)
-        );
+        assert_eq!(Ipv4Packet::new_checked(&bad[..]), Err(Malformed::BadIpHeaderLength));
     }
 }

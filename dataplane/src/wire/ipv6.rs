@@ -133,11 +133,8 @@ pub(super) fn walk(packet: &[u8], start: usize, first: u8) -> Result<ExtensionCh
         }
         if this == next_header::FRAGMENT {
             let off_m = read_u16(&ext[field::FRAG_OFF_M]);
-            let fragment = Ipv6Fragment {
-                offset: off_m & 0xfff8,
-                more: off_m & 1 != 0,
-                ident: read_u32(&ext[field::FRAG_IDENT]),
-            };
+            let fragment =
+                Ipv6Fragment { offset: off_m & 0xfff8, more: off_m & 1 != 0, ident: read_u32(&ext[field::FRAG_IDENT]) };
             chain.fragment = Some(fragment);
             if fragment.offset != 0 {
                 break;
@@ -311,46 +308,20 @@ mod tests {
     fn fixed_fields() {
         let buf = packet(&[], 6);
         let p = Ipv6Packet::new_checked(&buf[..]).unwrap();
-        assert_eq!(
-            (p.version(), p.traffic_class(), p.flow_label()),
-            (6, 0x12, 0xabcde)
-        );
+        assert_eq!((p.version(), p.traffic_class(), p.flow_label()), (6, 0x12, 0xabcde));
         assert_eq!((p.payload_len(), p.next_header(), p.hop_limit()), (8, 6, 9));
         let chain = p.extension_headers().unwrap();
-        assert_eq!(
-            (chain.protocol, chain.l4_offset, chain.count, chain.fragment),
-            (Protocol::TCP, 40, 0, None)
-        );
+        assert_eq!((chain.protocol, chain.l4_offset, chain.count, chain.fragment), (Protocol::TCP, 40, 0, None));
     }
 
     #[test]
     fn walks_every_kind() {
         use next_header::*;
-        let exts = [
-            (HOP_BY_HOP, 8),
-            (DEST_OPTS, 16),
-            (ROUTING, 24),
-            (FRAGMENT, 8),
-            (AUTH, 16),
-            (DEST_OPTS, 8),
-        ];
+        let exts = [(HOP_BY_HOP, 8), (DEST_OPTS, 16), (ROUTING, 24), (FRAGMENT, 8), (AUTH, 16), (DEST_OPTS, 8)];
         let buf = packet(&exts, 17);
-        let chain = Ipv6Packet::new_checked(&buf[..])
-            .unwrap()
-            .extension_headers()
-            .unwrap();
-        assert_eq!(
-            (chain.protocol, chain.l4_offset, chain.count),
-            (Protocol::UDP, 40 + 80, 6)
-        );
-        assert_eq!(
-            chain.fragment,
-            Some(Ipv6Fragment {
-                offset: 0,
-                more: false,
-                ident: 0
-            })
-        );
+        let chain = Ipv6Packet::new_checked(&buf[..]).unwrap().extension_headers().unwrap();
+        assert_eq!((chain.protocol, chain.l4_offset, chain.count), (Protocol::UDP, 40 + 80, 6));
+        assert_eq!(chain.fragment, Some(Ipv6Fragment { offset: 0, more: false, ident: 0 }));
         assert!(!chain.routing_pending);
     }
 
@@ -358,26 +329,17 @@ mod tests {
     fn at_most_eight() {
         let eight = [(next_header::DEST_OPTS, 8); 8];
         let buf = packet(&eight, 58);
-        let chain = Ipv6Packet::new_checked(&buf[..])
-            .unwrap()
-            .extension_headers()
-            .unwrap();
+        let chain = Ipv6Packet::new_checked(&buf[..]).unwrap().extension_headers().unwrap();
         assert_eq!((chain.protocol, chain.count), (Protocol::ICMPV6, 8));
         let nine = [(next_header::DEST_OPTS, 8); 9];
         let buf = packet(&nine, 58);
         let p = Ipv6Packet::new_checked(&buf[..]).unwrap();
-        assert_eq!(
-            p.extension_headers(),
-            Err(Malformed::TooManyExtensionHeaders)
-        );
+        assert_eq!(p.extension_headers(), Err(Malformed::TooManyExtensionHeaders));
     }
 
     #[test]
     fn hop_by_hop_only_first() {
-        let buf = packet(
-            &[(next_header::DEST_OPTS, 8), (next_header::HOP_BY_HOP, 8)],
-            6,
-        );
+        let buf = packet(&[(next_header::DEST_OPTS, 8), (next_header::HOP_BY_HOP, 8)], 6);
         let p = Ipv6Packet::new_checked(&buf[..]).unwrap();
         assert_eq!(p.extension_headers(), Err(Malformed::HopByHopNotFirst));
     }
@@ -387,64 +349,33 @@ mod tests {
         let mut buf = packet(&[(next_header::ROUTING, 16)], 6);
         buf[HEADER_LEN + 1] = 3; // claims 32 bytes; only 24 follow
         let p = Ipv6Packet::new_checked(&buf[..]).unwrap();
-        assert_eq!(
-            p.extension_headers(),
-            Err(Malformed::TooShortExtensionHeader)
-        );
+        assert_eq!(p.extension_headers(), Err(Malformed::TooShortExtensionHeader));
         // The walk is bounded by the payload length, not by the buffer.
         let buf = packet(&[(next_header::ROUTING, 16)], 6);
         let mut longer = buf.clone();
         longer.extend_from_slice(&[0; 64]);
         longer[5] = 4; // payload length 4
         let p = Ipv6Packet::new_checked(&longer[..]).unwrap();
-        assert_eq!(
-            p.extension_headers(),
-            Err(Malformed::TooShortExtensionHeader)
-        );
+        assert_eq!(p.extension_headers(), Err(Malformed::TooShortExtensionHeader));
     }
 
     #[test]
     fn non_first_fragment_ends_walk() {
-        let mut buf = packet(
-            &[(next_header::FRAGMENT, 8), (next_header::DEST_OPTS, 8)],
-            6,
-        );
+        let mut buf = packet(&[(next_header::FRAGMENT, 8), (next_header::DEST_OPTS, 8)], 6);
         buf[HEADER_LEN + 2..HEADER_LEN + 4].copy_from_slice(&(1232u16 | 1).to_be_bytes());
         buf[HEADER_LEN + 4..HEADER_LEN + 8].copy_from_slice(&7u32.to_be_bytes());
-        let chain = Ipv6Packet::new_checked(&buf[..])
-            .unwrap()
-            .extension_headers()
-            .unwrap();
-        assert_eq!(
-            chain.fragment,
-            Some(Ipv6Fragment {
-                offset: 1232,
-                more: true,
-                ident: 7
-            })
-        );
-        assert_eq!(
-            (chain.protocol.0, chain.l4_offset, chain.count),
-            (next_header::DEST_OPTS, 48, 1)
-        );
+        let chain = Ipv6Packet::new_checked(&buf[..]).unwrap().extension_headers().unwrap();
+        assert_eq!(chain.fragment, Some(Ipv6Fragment { offset: 1232, more: true, ident: 7 }));
+        assert_eq!((chain.protocol.0, chain.l4_offset, chain.count), (next_header::DEST_OPTS, 48, 1));
     }
 
     #[test]
     fn check_len_reasons() {
         let buf = packet(&[], 6);
-        assert_eq!(
-            Ipv6Packet::new_checked(&buf[..39]),
-            Err(Malformed::TooShortIp)
-        );
-        assert_eq!(
-            Ipv6Packet::new_checked(&buf[..47]),
-            Err(Malformed::IpTotalLengthExceedsFrame)
-        );
+        assert_eq!(Ipv6Packet::new_checked(&buf[..39]), Err(Malformed::TooShortIp));
+        assert_eq!(Ipv6Packet::new_checked(&buf[..47]), Err(Malformed::IpTotalLengthExceedsFrame));
         let mut bad = buf;
         bad[0] = 0x45;
-        assert_eq!(
-            Ipv6Packet::new_checked(&bad[..]),
-            Err(Malformed::BadIpVersion)
-        );
+        assert_eq!(Ipv6Packet::new_checked(&bad[..]), Err(Malformed::BadIpVersion));
     }
 }

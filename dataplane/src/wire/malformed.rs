@@ -100,17 +100,8 @@ mod tests {
         for (i, reason) in Malformed::ALL.iter().enumerate() {
             assert_eq!(reason.index(), i);
             let name = reason.as_str();
-            assert!(
-                name.bytes()
-                    .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'_'),
-                "{name}"
-            );
-            assert!(
-                Malformed::ALL[..i]
-                    .iter()
-                    .all(|other| other.as_str() != name),
-                "{name} twice"
-            );
+            assert!(name.bytes().all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'_'), "{name}");
+            assert!(Malformed::ALL[..i].iter().all(|other| other.as_str() != name), "{name} twice");
             assert!(reason.to_string().ends_with('.'));
         }
         assert_eq!(Malformed::COUNT, Malformed::ALL.len());

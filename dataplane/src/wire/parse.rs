@@ -143,12 +143,7 @@ impl Parsed {
             let len = usize::from(read_u16(&segment[4..6])).clamp(8, segment.len());
             segment = &segment[..len];
         }
-        checksum::verify_l4_checksum(
-            self.header.src,
-            self.header.dst,
-            self.header.protocol,
-            segment,
-        )
+        checksum::verify_l4_checksum(self.header.src, self.header.dst, self.header.protocol, segment)
     }
 }
 
@@ -294,36 +289,19 @@ mod tests {
     }
 
     fn header(src: IpAddr, dst: IpAddr, protocol: Protocol) -> PacketHeader {
-        PacketHeader {
-            src,
-            dst,
-            protocol,
-            ..EMPTY_HEADER
-        }
+        PacketHeader { src, dst, protocol, ..EMPTY_HEADER }
     }
 
     fn tcp(src: IpAddr, dst: IpAddr) -> PacketHeader {
-        PacketHeader {
-            src_port: 40000,
-            dst_port: 443,
-            tcp_flags: tcp_flags::SYN,
-            ..header(src, dst, Protocol::TCP)
-        }
+        PacketHeader { src_port: 40000, dst_port: 443, tcp_flags: tcp_flags::SYN, ..header(src, dst, Protocol::TCP) }
     }
 
     fn udp(src: IpAddr, dst: IpAddr) -> PacketHeader {
-        PacketHeader {
-            src_port: 5353,
-            dst_port: 53,
-            ..header(src, dst, Protocol::UDP)
-        }
+        PacketHeader { src_port: 5353, dst_port: 53, ..header(src, dst, Protocol::UDP) }
     }
 
     fn spec(header: PacketHeader) -> FrameSpec {
-        FrameSpec {
-            payload_len: 12,
-            ..FrameSpec::new(header)
-        }
+        FrameSpec { payload_len: 12, ..FrameSpec::new(header) }
     }
 
     /// Recomputes the IPv4 header checksum of an untagged frame after a test edited the header.
@@ -358,10 +336,7 @@ mod tests {
         let h = tcp(v4(1), v4(2));
         let frame = build(&spec(h));
         let p = parse(&frame).unwrap();
-        assert_eq!(
-            (p.l3, p.ethertype, p.outer_vlan, p.inner_vlan),
-            (L3::Ipv4, 0x0800, None, None)
-        );
+        assert_eq!((p.l3, p.ethertype, p.outer_vlan, p.inner_vlan), (L3::Ipv4, 0x0800, None, None));
         assert_eq!((p.l3_offset, p.l4_offset, p.l3_end), (14, 34, frame.len()));
         assert_eq!((p.header, p.inner, p.fragmented), (h, None, false));
         assert!(p.verify_l4_checksum(&frame));
@@ -386,10 +361,7 @@ mod tests {
     #[test]
     fn padding_is_not_payload() {
         let h = udp(v4(1), v4(2));
-        let mut frame = build(&FrameSpec {
-            payload_len: 0,
-            ..FrameSpec::new(h)
-        });
+        let mut frame = build(&FrameSpec { payload_len: 0, ..FrameSpec::new(h) });
         assert_eq!(frame.len(), 42);
         frame.resize(60, 0xee);
         let p = parse(&frame).unwrap();
@@ -400,50 +372,26 @@ mod tests {
     #[test]
     fn vlan_tags() {
         let h = udp(v6(1), v6(2));
-        let frame = build(&FrameSpec {
-            vlan: Some(42),
-            ..spec(h)
-        });
+        let frame = build(&FrameSpec { vlan: Some(42), ..spec(h) });
         let p = parse(&frame).unwrap();
-        assert_eq!(
-            (p.outer_vlan, p.inner_vlan, p.l3_offset, p.l4_offset),
-            (Some(42), None, 18, 58)
-        );
+        assert_eq!((p.outer_vlan, p.inner_vlan, p.l3_offset, p.l4_offset), (Some(42), None, 18, 58));
         assert_eq!((p.l3, p.header), (L3::Ipv6, h));
 
         // Q-in-Q: re-tag the same IP packet with two tags.
         let mut qinq = vec![0u8; 22];
-        write_header(
-            &mut qinq,
-            [2, 0, 0, 0, 0, 2],
-            [2, 0, 0, 0, 0, 1],
-            &[100, 42],
-            ethernet::ethertype::IPV6,
-        );
+        write_header(&mut qinq, [2, 0, 0, 0, 0, 2], [2, 0, 0, 0, 0, 1], &[100, 42], ethernet::ethertype::IPV6);
         qinq.extend_from_slice(&frame[18..]);
         let p = parse(&qinq).unwrap();
-        assert_eq!(
-            (p.outer_vlan, p.inner_vlan, p.l3_offset, p.header),
-            (Some(100), Some(42), 22, h)
-        );
+        assert_eq!((p.outer_vlan, p.inner_vlan, p.l3_offset, p.header), (Some(100), Some(42), 22, h));
         assert!(p.verify_l4_checksum(&qinq));
     }
 
     #[test]
     fn not_ip() {
         let mut arp = vec![0u8; 42];
-        write_header(
-            &mut arp,
-            [0xff; 6],
-            [2, 0, 0, 0, 0, 1],
-            &[7],
-            ethernet::ethertype::ARP,
-        );
+        write_header(&mut arp, [0xff; 6], [2, 0, 0, 0, 0, 1], &[7], ethernet::ethertype::ARP);
         let p = parse(&arp).unwrap();
-        assert_eq!(
-            (p.l3, p.ethertype, p.outer_vlan, p.l3_offset),
-            (L3::NotIp(0x0806), 0x0806, Some(7), 18)
-        );
+        assert_eq!((p.l3, p.ethertype, p.outer_vlan, p.l3_offset), (L3::NotIp(0x0806), 0x0806, Some(7), 18));
         assert_eq!((p.header, p.inner, p.is_ip()), (EMPTY_HEADER, None, false));
         assert!(p.verify_l4_checksum(&arp));
     }
@@ -453,19 +401,10 @@ mod tests {
         let h = tcp(v6(1), v6(2));
         let frame = build(&spec(h));
         use next_header::*;
-        let exts = [
-            (HOP_BY_HOP, 8),
-            (DEST_OPTS, 16),
-            (ROUTING, 24),
-            (FRAGMENT, 8),
-            (AUTH, 24),
-        ];
+        let exts = [(HOP_BY_HOP, 8), (DEST_OPTS, 16), (ROUTING, 24), (FRAGMENT, 8), (AUTH, 24)];
         let frame = with_extensions(&frame, &exts);
         let p = parse(&frame).unwrap();
-        assert_eq!(
-            (p.l4_offset, p.header, p.fragmented, p.routing_pending),
-            (54 + 80, h, false, false)
-        );
+        assert_eq!((p.l4_offset, p.header, p.fragmented, p.routing_pending), (54 + 80, h, false, false));
         assert!(p.verify_l4_checksum(&frame));
 
         // A first fragment of a fragmented datagram: parsed, flagged, checksum not judged.
@@ -483,22 +422,14 @@ mod tests {
 
     #[test]
     fn icmp_echo_and_errors() {
-        let echo = PacketHeader {
-            icmp_type: 8,
-            icmp_id: 777,
-            ..header(v4(1), v4(2), Protocol::ICMP)
-        };
+        let echo = PacketHeader { icmp_type: 8, icmp_id: 777, ..header(v4(1), v4(2), Protocol::ICMP) };
         let frame = build(&spec(echo));
         let p = parse(&frame).unwrap();
         assert_eq!((p.header, p.inner), (echo, None));
         assert!(p.verify_l4_checksum(&frame));
 
         // Port unreachable about a UDP packet, v4.
-        let error = PacketHeader {
-            icmp_type: 3,
-            icmp_code: 3,
-            ..header(v4(9), v4(1), Protocol::ICMP)
-        };
+        let error = PacketHeader { icmp_type: 3, icmp_code: 3, ..header(v4(9), v4(1), Protocol::ICMP) };
         let quoted = udp(v4(1), v4(2));
         let frame = build_icmp_error(&spec(error), &quoted);
         let p = parse(&frame).unwrap();
@@ -508,21 +439,12 @@ mod tests {
         assert!(p.verify_l4_checksum(&frame));
 
         // Time exceeded about an ICMP echo, v4: the inner echo's identifier.
-        let te = PacketHeader {
-            icmp_type: 11,
-            ..header(v4(9), v4(1), Protocol::ICMP)
-        };
+        let te = PacketHeader { icmp_type: 11, ..header(v4(9), v4(1), Protocol::ICMP) };
         let frame = build_icmp_error(&spec(te), &echo);
-        assert_eq!(
-            parse(&frame).unwrap().inner.unwrap().to_packet_header(),
-            echo
-        );
+        assert_eq!(parse(&frame).unwrap().inner.unwrap().to_packet_header(), echo);
 
         // Packet too big about TCP with an extension header, v6.
-        let ptb = PacketHeader {
-            icmp_type: 2,
-            ..header(v6(9), v6(1), Protocol::ICMPV6)
-        };
+        let ptb = PacketHeader { icmp_type: 2, ..header(v6(9), v6(1), Protocol::ICMPV6) };
         let quoted = tcp(v6(1), v6(2));
         let inner_frame = with_extensions(&build(&spec(quoted)), &[(next_header::DEST_OPTS, 8)]);
         let frame = build_icmp_error(&spec(ptb), &quoted);
@@ -535,20 +457,14 @@ mod tests {
         crate::wire::checksum::fill_l4_checksum(src, dst, Protocol::ICMPV6, &mut with_ext[54..]);
         let p = parse(&with_ext).unwrap();
         let inner = p.inner.unwrap();
-        assert_eq!(
-            (inner.protocol, inner.src_port, inner.dst_port),
-            (Protocol::TCP, 40000, 443)
-        );
+        assert_eq!((inner.protocol, inner.src_port, inner.dst_port), (Protocol::TCP, 40000, 443));
         assert_eq!((inner.src, inner.dst), (quoted.src, quoted.dst));
         assert!(p.verify_l4_checksum(&with_ext));
 
         // `build` alone quotes a UDP packet back from the error's destination to its source.
         let p = parse(&build(&spec(ptb))).unwrap();
         let inner = p.inner.unwrap();
-        assert_eq!(
-            (inner.src, inner.dst, inner.protocol),
-            (ptb.dst, ptb.src, Protocol::UDP)
-        );
+        assert_eq!((inner.src, inner.dst, inner.protocol), (ptb.dst, ptb.src, Protocol::UDP));
     }
 
     /// A hand-made frame for every reason: the exhaustive match makes a new reason fail to compile until
@@ -558,11 +474,7 @@ mod tests {
         let tcp4 = build(&spec(tcp(v4(1), v4(2))));
         let udp4 = build(&spec(udp(v4(1), v4(2))));
         let udp6 = build(&spec(udp(v6(1), v6(2))));
-        let error = PacketHeader {
-            icmp_type: 3,
-            icmp_code: 1,
-            ..header(v4(9), v4(1), Protocol::ICMP)
-        };
+        let error = PacketHeader { icmp_type: 3, icmp_code: 1, ..header(v4(9), v4(1), Protocol::ICMP) };
         let icmp_error = build_icmp_error(&FrameSpec::new(error), &udp(v4(1), v4(2)));
         match reason {
             Malformed::TooShortEthernet => tcp4[..13].to_vec(),
@@ -589,9 +501,7 @@ mod tests {
                 f[14 + 8] -= 1; // TTL
                 f
             }
-            Malformed::HopByHopNotFirst => {
-                with_extensions(&udp6, &[(DEST_OPTS, 8), (HOP_BY_HOP, 8)])
-            }
+            Malformed::HopByHopNotFirst => with_extensions(&udp6, &[(DEST_OPTS, 8), (HOP_BY_HOP, 8)]),
             Malformed::TooShortExtensionHeader => {
                 let mut f = with_extensions(&udp6, &[(ROUTING, 8)]);
                 f[55] = 4; // 40 bytes claimed, 8 + 20 there
@@ -639,21 +549,13 @@ mod tests {
     #[test]
     fn every_reason_has_a_frame() {
         for &reason in Malformed::ALL {
-            assert_eq!(
-                parse(&frame_for(reason)),
-                Err(reason),
-                "{}",
-                reason.as_str()
-            );
+            assert_eq!(parse(&frame_for(reason)), Err(reason), "{}", reason.as_str());
         }
     }
 
     #[test]
     fn ipv6_non_first_fragment() {
-        let mut f = with_extensions(
-            &build(&spec(udp(v6(1), v6(2)))),
-            &[(next_header::FRAGMENT, 8)],
-        );
+        let mut f = with_extensions(&build(&spec(udp(v6(1), v6(2)))), &[(next_header::FRAGMENT, 8)]);
         f[54 + 2..54 + 4].copy_from_slice(&1232u16.to_be_bytes());
         assert_eq!(parse(&f), Err(Malformed::NonFirstFragment));
     }
@@ -661,49 +563,17 @@ mod tests {
     /// Valid frames of every shape the parser walks, for the truncation and mutation tests.
     fn valid_frames() -> Vec<Vec<u8>> {
         use next_header::*;
-        let echo6 = PacketHeader {
-            icmp_type: 128,
-            icmp_id: 5,
-            ..header(v6(1), v6(2), Protocol::ICMPV6)
-        };
-        let unreachable6 = PacketHeader {
-            icmp_type: 1,
-            icmp_code: 4,
-            ..header(v6(9), v6(1), Protocol::ICMPV6)
-        };
-        let unreachable4 = PacketHeader {
-            icmp_type: 3,
-            icmp_code: 3,
-            ..header(v4(9), v4(1), Protocol::ICMP)
-        };
-        let sctp = PacketHeader {
-            src_port: 1,
-            dst_port: 2,
-            ..header(v4(1), v4(2), Protocol::SCTP)
-        };
-        let lite = PacketHeader {
-            src_port: 1,
-            dst_port: 2,
-            ..header(v6(1), v6(2), Protocol::UDPLITE)
-        };
+        let echo6 = PacketHeader { icmp_type: 128, icmp_id: 5, ..header(v6(1), v6(2), Protocol::ICMPV6) };
+        let unreachable6 = PacketHeader { icmp_type: 1, icmp_code: 4, ..header(v6(9), v6(1), Protocol::ICMPV6) };
+        let unreachable4 = PacketHeader { icmp_type: 3, icmp_code: 3, ..header(v4(9), v4(1), Protocol::ICMP) };
+        let sctp = PacketHeader { src_port: 1, dst_port: 2, ..header(v4(1), v4(2), Protocol::SCTP) };
+        let lite = PacketHeader { src_port: 1, dst_port: 2, ..header(v6(1), v6(2), Protocol::UDPLITE) };
         vec![
             build(&spec(tcp(v4(1), v4(2)))),
-            build(&FrameSpec {
-                vlan: Some(3),
-                ..spec(udp(v4(1), v4(2)))
-            }),
-            with_extensions(
-                &build(&spec(tcp(v6(1), v6(2)))),
-                &[(HOP_BY_HOP, 8), (ROUTING, 24), (FRAGMENT, 8)],
-            ),
+            build(&FrameSpec { vlan: Some(3), ..spec(udp(v4(1), v4(2))) }),
+            with_extensions(&build(&spec(tcp(v6(1), v6(2)))), &[(HOP_BY_HOP, 8), (ROUTING, 24), (FRAGMENT, 8)]),
             build(&spec(echo6)),
-            build_icmp_error(
-                &FrameSpec {
-                    vlan: Some(9),
-                    ..spec(unreachable4)
-                },
-                &tcp(v4(1), v4(2)),
-            ),
+            build_icmp_error(&FrameSpec { vlan: Some(9), ..spec(unreachable4) }, &tcp(v4(1), v4(2))),
             build_icmp_error(&spec(unreachable6), &udp(v6(1), v6(2))),
             build(&spec(sctp)),
             build(&spec(lite)),
@@ -717,11 +587,7 @@ mod tests {
             let p = parse(&frame).unwrap();
             assert!(p.verify_l4_checksum(&frame), "{p:?}");
             for len in 0..frame.len() {
-                assert!(
-                    parse(&frame[..len]).is_err(),
-                    "{len} of {}: {p:?}",
-                    frame.len()
-                );
+                assert!(parse(&frame[..len]).is_err(), "{len} of {}: {p:?}", frame.len());
             }
         }
     }

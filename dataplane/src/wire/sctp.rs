@@ -99,12 +99,7 @@ impl<T: AsRef<[u8]> + AsMut<[u8]>> SctpPacket<T> {
     /// NAT of SCTP recomputes it over the whole packet.
     pub fn fill_checksum(&mut self) {
         let unspecified = IpAddr::from([0, 0, 0, 0]);
-        checksum::fill_l4_checksum(
-            unspecified,
-            unspecified,
-            Protocol::SCTP,
-            self.buffer.as_mut(),
-        );
+        checksum::fill_l4_checksum(unspecified, unspecified, Protocol::SCTP, self.buffer.as_mut());
     }
 
     pub fn chunks_mut(&mut self) -> &mut [u8] {
@@ -123,22 +118,15 @@ mod tests {
         s.set_src_port(36412);
         s.set_dst_port(38412);
         s.set_verification_tag(0x0102_0304);
-        s.chunks_mut()
-            .copy_from_slice(&[1, 0, 0, 8, 0xaa, 0xbb, 0xcc, 0xdd]);
+        s.chunks_mut().copy_from_slice(&[1, 0, 0, 8, 0xaa, 0xbb, 0xcc, 0xdd]);
         s.fill_checksum();
         let s = SctpPacket::new_checked(&buf[..]).unwrap();
-        assert_eq!(
-            (s.src_port(), s.dst_port(), s.verification_tag()),
-            (36412, 38412, 0x0102_0304)
-        );
+        assert_eq!((s.src_port(), s.dst_port(), s.verification_tag()), (36412, 38412, 0x0102_0304));
         let any = IpAddr::from([192, 0, 2, 1]);
         assert!(s.verify_checksum(any, any));
         let mut zeroed = buf;
         zeroed[8..12].fill(0);
         assert_eq!(s.checksum(), checksum::crc32c(&zeroed));
-        assert_eq!(
-            SctpPacket::new_checked(&buf[..11]),
-            Err(Malformed::TooShortL4)
-        );
+        assert_eq!(SctpPacket::new_checked(&buf[..11]), Err(Malformed::TooShortL4));
     }
 }

@@ -190,14 +190,8 @@ mod tests {
         let (src, dst) = (IpAddr::from([10, 0, 0, 1]), IpAddr::from([10, 0, 0, 2]));
         t.fill_checksum(src, dst);
         let t = TcpPacket::new_checked(&buf[..]).unwrap();
-        assert_eq!(
-            (t.src_port(), t.dst_port(), t.seq_number(), t.ack_number()),
-            (40000, 443, 0xdead_beef, 7)
-        );
-        assert_eq!(
-            (t.header_len(), t.flags(), t.window_len(), t.urgent_at()),
-            (24, 0x12, 65535, 3)
-        );
+        assert_eq!((t.src_port(), t.dst_port(), t.seq_number(), t.ack_number()), (40000, 443, 0xdead_beef, 7));
+        assert_eq!((t.header_len(), t.flags(), t.window_len(), t.urgent_at()), (24, 0x12, 65535, 3));
         assert_eq!((t.options().len(), t.payload().len()), (4, 4));
         assert!(t.verify_checksum(src, dst));
         assert!(!t.verify_checksum(dst, IpAddr::from([10, 0, 0, 3])));
@@ -206,20 +200,11 @@ mod tests {
     #[test]
     fn check_len_reasons() {
         let mut buf = [0u8; 20];
-        assert_eq!(
-            TcpPacket::new_checked(&buf[..19]),
-            Err(Malformed::TooShortL4)
-        );
+        assert_eq!(TcpPacket::new_checked(&buf[..19]), Err(Malformed::TooShortL4));
         buf[12] = 0x40;
-        assert_eq!(
-            TcpPacket::new_checked(&buf[..]),
-            Err(Malformed::BadTcpDataOffset)
-        );
+        assert_eq!(TcpPacket::new_checked(&buf[..]), Err(Malformed::BadTcpDataOffset));
         buf[12] = 0x60;
-        assert_eq!(
-            TcpPacket::new_checked(&buf[..]),
-            Err(Malformed::BadTcpDataOffset)
-        );
+        assert_eq!(TcpPacket::new_checked(&buf[..]), Err(Malformed::BadTcpDataOffset));
         buf[12] = 0x50;
         assert!(TcpPacket::new_checked(&buf[..]).is_ok());
     }

@@ -153,10 +153,7 @@ mod tests {
         let (src, dst) = (IpAddr::from([10, 0, 0, 1]), IpAddr::from([10, 0, 0, 2]));
         u.fill_checksum(src, dst);
         let u = UdpPacket::new_checked(&buf[..]).unwrap();
-        assert_eq!(
-            (u.src_port(), u.dst_port(), u.len(), u.payload()),
-            (5353, 53, 12, &b"abcd"[..])
-        );
+        assert_eq!((u.src_port(), u.dst_port(), u.len(), u.payload()), (5353, 53, 12, &b"abcd"[..]));
         assert!(u.verify_checksum(src, dst));
         assert_ne!(u.checksum(), 0);
     }
@@ -164,28 +161,16 @@ mod tests {
     #[test]
     fn check_len_reasons() {
         let mut buf = [0u8; 10];
-        assert_eq!(
-            UdpPacket::new_checked(&buf[..7]),
-            Err(Malformed::TooShortL4)
-        );
+        assert_eq!(UdpPacket::new_checked(&buf[..7]), Err(Malformed::TooShortL4));
         buf[5] = 7;
-        assert_eq!(
-            UdpPacket::new_checked(&buf[..]),
-            Err(Malformed::BadUdpLength)
-        );
+        assert_eq!(UdpPacket::new_checked(&buf[..]), Err(Malformed::BadUdpLength));
         buf[5] = 11;
-        assert_eq!(
-            UdpPacket::new_checked(&buf[..]),
-            Err(Malformed::BadUdpLength)
-        );
+        assert_eq!(UdpPacket::new_checked(&buf[..]), Err(Malformed::BadUdpLength));
         buf[5] = 10;
         assert!(UdpPacket::new_checked(&buf[..]).is_ok());
         buf[5] = 200;
         let lite = UdpPacket::new_checked_header(&buf[..]).unwrap();
         assert_eq!(lite.payload().len(), 2);
-        assert_eq!(
-            UdpPacket::new_checked_header(&buf[..7]),
-            Err(Malformed::TooShortL4)
-        );
+        assert_eq!(UdpPacket::new_checked_header(&buf[..7]), Err(Malformed::TooShortL4));
     }
 }

@@ -161,7 +161,8 @@ impl ClassBits {
     }
 
     fn bytes(&self) -> usize {
-        (self.wild.len() + self.wild_sum.len() + self.sum.len() + self.words.len()) * 8 + (self.rank.len() + self.offset.len()) * 4
+        (self.wild.len() + self.wild_sum.len() + self.sum.len() + self.words.len()) * 8
+            + (self.rank.len() + self.offset.len()) * 4
     }
 }
 
@@ -213,7 +214,9 @@ impl<'a> Row<'a> {
 
     #[inline]
     fn word(&self, w: usize, summary_words: usize) -> u64 {
-        self.bits.wild[w] | self.class_word(self.sum_a, w, summary_words) | self.class_word(self.sum_b, w, summary_words)
+        self.bits.wild[w]
+            | self.class_word(self.sum_a, w, summary_words)
+            | self.class_word(self.sum_b, w, summary_words)
     }
 }
 
@@ -256,7 +259,8 @@ impl Classifier {
         let conds: Vec<&Conditions> = terms.iter().map(|t| &t.conditions).collect();
 
         let every_proto = RangeSet::span(0, 511);
-        let proto: Vec<Option<&RangeSet>> = conds.iter().map(|c| (c.proto != every_proto).then_some(&c.proto)).collect();
+        let proto: Vec<Option<&RangeSet>> =
+            conds.iter().map(|c| (c.proto != every_proto).then_some(&c.proto)).collect();
         if proto.iter().any(Option::is_some) {
             let mut bits = ClassBits::new(words, summary_words, &wildcards_of(&proto));
             let parts = build_intervals(&proto, &mut bits, words, summary_words);
@@ -280,7 +284,10 @@ impl Classifier {
             Some((IntervalField { wide, narrow }, bits))
         };
         let small = |f: IntervalField<u128>| -> IntervalField<u32> {
-            let narrow = |i: Intervals<u128>| Intervals { starts: i.starts.into_iter().map(|s| s.min(u32::MAX as u128) as u32).collect(), classes: i.classes };
+            let narrow = |i: Intervals<u128>| Intervals {
+                starts: i.starts.into_iter().map(|s| s.min(u32::MAX as u128) as u32).collect(),
+                classes: i.classes,
+            };
             IntervalField { wide: narrow(f.wide), narrow: narrow(f.narrow) }
         };
         if let Some((f, bits)) = interval_field(|c| &c.src_ip) {
@@ -344,9 +351,12 @@ impl Classifier {
                 let idx = match &f.index {
                     Index::Proto(_) => 512 * 4,
                     Index::SrcIp(i) | Index::DstIp(i) => {
-                        (i.all.wide.starts.len() + i.all.narrow.starts.len()) * 20 + (i.v4.wide.starts.len() + i.v4.narrow.starts.len()) * 8
+                        (i.all.wide.starts.len() + i.all.narrow.starts.len()) * 20
+                            + (i.v4.wide.starts.len() + i.v4.narrow.starts.len()) * 8
                     }
-                    Index::SrcPort(i) | Index::DstPort(i) | Index::Icmp(i) => (i.wide.starts.len() + i.narrow.starts.len()) * 8,
+                    Index::SrcPort(i) | Index::DstPort(i) | Index::Icmp(i) => {
+                        (i.wide.starts.len() + i.narrow.starts.len()) * 8
+                    }
                     Index::SrcTuple(t) | Index::DstTuple(t) => t.by_tuple.len() * 32,
                 };
                 idx + f.bits.bytes()
@@ -448,7 +458,12 @@ fn wildcards_of(sets: &[Option<&RangeSet>]) -> Vec<bool> {
 
 /// Indexes the elementary intervals of the `Some` sets: each interval's class is the set of those terms
 /// holding there, deduplicated and stored in `bits`. `None` sets are left to the field's wildcards.
-fn build_intervals(sets: &[Option<&RangeSet>], bits: &mut ClassBits, words: usize, summary_words: usize) -> Intervals<u128> {
+fn build_intervals(
+    sets: &[Option<&RangeSet>],
+    bits: &mut ClassBits,
+    words: usize,
+    summary_words: usize,
+) -> Intervals<u128> {
     // Terms with the same set (the rules of one selector, say) enter and leave together: group them, so
     // the sweep has one pair of events per range of each distinct set.
     let mut group_of: HashMap<&RangeSet, usize> = HashMap::new();
@@ -513,7 +528,10 @@ fn split_by_width<'s>(sets: &[Option<&'s RangeSet>]) -> (Vec<Option<&'s RangeSet
     bounds.sort_unstable();
     bounds.dedup();
     let inside = |s: &RangeSet| -> usize {
-        s.ranges().iter().map(|&(lo, hi)| bounds.partition_point(|&b| b <= hi) - bounds.partition_point(|&b| b < lo)).sum()
+        s.ranges()
+            .iter()
+            .map(|&(lo, hi)| bounds.partition_point(|&b| b <= hi) - bounds.partition_point(|&b| b < lo))
+            .sum()
     };
     // A set with many ranges is wide whatever lies between them; only count for the others.
     let is_wide = |set: &RangeSet| set.ranges().len() * 2 > WIDE_SPAN || inside(set) > WIDE_SPAN;
@@ -613,7 +631,7 @@ fn build_tuples(conds: &[&TupleCond], words: usize, summary_words: usize) -> (Tu
     };
     let (v, h) = vector_for(None);
     let default = interner.intern(&v, h, &mut bits, summary_words);
-    let mut by_tuple = HashMap::with_capacity_and_hasher(universe.len(), FastHash::default());
+    let mut by_tuple = HashMap::with_capacity_and_hasher(universe.len(), FastHash);
     for k in &universe {
         let (v, h) = vector_for(Some(k));
         let c = interner.intern(&v, h, &mut bits, summary_words);

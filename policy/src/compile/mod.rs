@@ -91,9 +91,17 @@ pub fn flow_key(pkt: &PacketHeader) -> FlowKey {
         IpFamily::V4 => 0u16,
         IpFamily::V6 => 1u16,
     };
-    let (src_port, dst_port) = if pkt.has_ports() { (pkt.src_port as u32, pkt.dst_port as u32) } else { (NO_VALUE, NO_VALUE) };
+    let (src_port, dst_port) =
+        if pkt.has_ports() { (pkt.src_port as u32, pkt.dst_port as u32) } else { (NO_VALUE, NO_VALUE) };
     let icmp = if pkt.is_icmp() { (pkt.icmp_type as u32) << 8 | pkt.icmp_code as u32 } else { NO_VALUE };
-    FlowKey { proto: family * 256 + pkt.protocol.0 as u16, src_ip: ip_key(pkt.src), dst_ip: ip_key(pkt.dst), src_port, dst_port, icmp }
+    FlowKey {
+        proto: family * 256 + pkt.protocol.0 as u16,
+        src_ip: ip_key(pkt.src),
+        dst_ip: ip_key(pkt.dst),
+        src_port,
+        dst_port,
+        icmp,
+    }
 }
 
 /// The walks of all four stages and both directions of one endpoint: `[stage][direction]`.
@@ -175,38 +183,40 @@ impl ProgramCache {
         // policy's selector once per label set.
         type Keys = ([[u64; 2]; 4], std::rc::Rc<Vec<bool>>);
         let mut keys: HashMap<(&'w crate::resource::Labels, &'w [String]), Keys> = HashMap::new();
-        let mut build = |labels: &'w crate::resource::Labels, profiles: &'w [String], stages: &[Stage]| -> EndpointPrograms {
-            let mut eps = EndpointPrograms::default();
-            let (endpoint_keys, selecting) = keys
-                .entry((labels, profiles))
-                .or_insert_with(|| {
-                    let verdicts: Vec<bool> = selectors.distinct.iter().map(|sel| sel.matches(labels)).collect();
-                    let selecting: Vec<bool> = selectors.of_policy.iter().map(|&d| verdicts[d]).collect();
-                    let mut k = [[0u64; 2]; 4];
-                    for &stage in stages {
-                        for d in [Direction::Ingress, Direction::Egress] {
-                            k[stage_index(stage)][dir_index(d)] = fingerprints.program_key(world, &selecting, profiles, d, stage);
+        let mut build =
+            |labels: &'w crate::resource::Labels, profiles: &'w [String], stages: &[Stage]| -> EndpointPrograms {
+                let mut eps = EndpointPrograms::default();
+                let (endpoint_keys, selecting) = keys
+                    .entry((labels, profiles))
+                    .or_insert_with(|| {
+                        let verdicts: Vec<bool> = selectors.distinct.iter().map(|sel| sel.matches(labels)).collect();
+                        let selecting: Vec<bool> = selectors.of_policy.iter().map(|&d| verdicts[d]).collect();
+                        let mut k = [[0u64; 2]; 4];
+                        for &stage in stages {
+                            for d in [Direction::Ingress, Direction::Egress] {
+                                k[stage_index(stage)][dir_index(d)] =
+                                    fingerprints.program_key(world, &selecting, profiles, d, stage);
+                            }
                         }
+                        (k, std::rc::Rc::new(selecting))
+                    })
+                    .clone();
+                for &stage in stages {
+                    for d in [Direction::Ingress, Direction::Egress] {
+                        let key = endpoint_keys[stage_index(stage)][dir_index(d)];
+                        let program = match fresh.get(&key).or_else(|| self.by_key.get(&key)) {
+                            Some(p) => p.clone(),
+                            None => {
+                                stats.built += 1;
+                                Arc::new(Program::build(flatten(world, &mut resolver, &selecting, profiles, d, stage)))
+                            }
+                        };
+                        fresh.insert(key, program.clone());
+                        eps.programs[stage_index(stage)][dir_index(d)] = Some(program);
                     }
-                    (k, std::rc::Rc::new(selecting))
-                })
-                .clone();
-            for &stage in stages {
-                for d in [Direction::Ingress, Direction::Egress] {
-                    let key = endpoint_keys[stage_index(stage)][dir_index(d)];
-                    let program = match fresh.get(&key).or_else(|| self.by_key.get(&key)) {
-                        Some(p) => p.clone(),
-                        None => {
-                            stats.built += 1;
-                            Arc::new(Program::build(flatten(world, &mut resolver, &selecting, profiles, d, stage)))
-                        }
-                    };
-                    fresh.insert(key, program.clone());
-                    eps.programs[stage_index(stage)][dir_index(d)] = Some(program);
                 }
-            }
-            eps
-        };
+                eps
+            };
         let workloads = world.workloads.iter().map(|w| build(&w.labels, &w.profiles, WORKLOAD_STAGES)).collect();
         let host_endpoints =
             world.host_endpoints.iter().map(|h| build(&h.endpoint.labels, &h.endpoint.profiles, HOST_STAGES)).collect();
@@ -284,7 +294,14 @@ impl Fingerprints {
 
     /// What a program is built from: the stage and direction, the tiers and policies that select the
     /// endpoint (with their contents), its profiles, and the entities and services rules resolve to.
-    fn program_key(&self, world: &ResolvedNode, selecting: &[bool], profiles: &[String], d: Direction, stage: Stage) -> u64 {
+    fn program_key(
+        &self,
+        world: &ResolvedNode,
+        selecting: &[bool],
+        profiles: &[String],
+        d: Direction,
+        stage: Stage,
+    ) -> u64 {
         let mut h = DefaultHasher::new();
         (stage_index(stage), dir_index(d), self.entities).hash(&mut h);
         for tier in &world.tiers {

@@ -136,7 +136,11 @@ pub struct SetResolver<'a> {
 
 impl<'a> SetResolver<'a> {
     pub fn new(world: &'a ResolvedNode) -> SetResolver<'a> {
-        SetResolver { entities: &world.entities, ips: HashMap::new(), families: [family_range(IpFamily::V4), family_range(IpFamily::V6)] }
+        SetResolver {
+            entities: &world.entities,
+            ips: HashMap::new(),
+            families: [family_range(IpFamily::V4), family_range(IpFamily::V6)],
+        }
     }
 
     fn family(&self, f: IpFamily) -> &RangeSet {
@@ -161,7 +165,12 @@ impl<'a> SetResolver<'a> {
 
     /// (ip, protocol, port) of every named port `names` of entities matching `sel` (all if none), with a
     /// protocol compatible with `rule_protocol` (semantics §3 "Named port").
-    fn named_ports(&self, names: &[&str], sel: Option<&Selector>, rule_protocol: Option<Protocol>) -> BTreeSet<TupleKey> {
+    fn named_ports(
+        &self,
+        names: &[&str],
+        sel: Option<&Selector>,
+        rule_protocol: Option<Protocol>,
+    ) -> BTreeSet<TupleKey> {
         let mut out = BTreeSet::new();
         for e in self.entities {
             if sel.is_some_and(|s| !s.matches(&e.labels)) {
@@ -229,7 +238,11 @@ pub fn flatten<'a>(
                 // A profile that does not exist denies (semantics §1.4).
                 None => {
                     let rule = p.rules.len() as u32;
-                    p.rules.push(RuleOrigin { owner: RuleOwner::Profile(name.clone()), index: 0, action: Action::Deny });
+                    p.rules.push(RuleOrigin {
+                        owner: RuleOwner::Profile(name.clone()),
+                        index: 0,
+                        action: Action::Deny,
+                    });
                     p.terms.push(Term {
                         conditions: Conditions::always(),
                         action: TermAction::Rule { rule, action: Action::Deny, resume: 0 },
@@ -237,7 +250,15 @@ pub fn flatten<'a>(
                 }
                 Some(profile) => {
                     for (index, rule) in profile.rules(d).iter().enumerate() {
-                        push_rule(&mut p, resolver, world, rule, RuleOwner::Profile(name.clone()), index, &mut pending_pass);
+                        push_rule(
+                            &mut p,
+                            resolver,
+                            world,
+                            rule,
+                            RuleOwner::Profile(name.clone()),
+                            index,
+                            &mut pending_pass,
+                        );
                     }
                 }
             }
@@ -275,7 +296,8 @@ fn push_rule<'a>(
         for conditions in rule_conditions(resolver, world, rule, family) {
             let at = p.terms.len();
             // Log resumes right after its own rule's terms; patched below.
-            p.terms.push(Term { conditions, action: TermAction::Rule { rule: rule_id, action: rule.action, resume: 0 } });
+            p.terms
+                .push(Term { conditions, action: TermAction::Rule { rule: rule_id, action: rule.action, resume: 0 } });
             if rule.action == Action::Pass {
                 pending_pass.push(at);
             }
@@ -296,7 +318,12 @@ fn push_rule<'a>(
 /// One side's alternatives: (address set, port set, tuple condition). `None` when the side can never match.
 type SideAlt = (Option<RangeSet>, Option<RangeSet>, TupleCond);
 
-fn rule_conditions<'a>(resolver: &mut SetResolver<'a>, world: &'a ResolvedNode, rule: &'a Rule, family: IpFamily) -> Vec<Conditions> {
+fn rule_conditions<'a>(
+    resolver: &mut SetResolver<'a>,
+    world: &'a ResolvedNode,
+    rule: &'a Rule,
+    family: IpFamily,
+) -> Vec<Conditions> {
     if rule.family().is_some_and(|f| f != family) {
         return Vec::new();
     }
@@ -310,15 +337,20 @@ fn rule_conditions<'a>(resolver: &mut SetResolver<'a>, world: &'a ResolvedNode, 
     }
     if rule.source.has_port_criteria() || rule.destination.has_port_criteria() || rule.destination.services.is_some() {
         let with_ports = [Protocol::TCP, Protocol::UDP, Protocol::SCTP, Protocol::UDPLITE];
-        let allowed = RangeSet::from_ranges(with_ports.iter().map(|p| (base + p.0 as u128, base + p.0 as u128)).collect());
+        let allowed =
+            RangeSet::from_ranges(with_ports.iter().map(|p| (base + p.0 as u128, base + p.0 as u128)).collect());
         proto = proto.intersect(&allowed);
     }
     if proto.is_empty() {
         return Vec::new();
     }
     let icmp = icmp_set(rule);
-    let Some(src_alts) = side_alternatives(resolver, world, rule, &rule.source, family, true) else { return Vec::new() };
-    let Some(dst_alts) = side_alternatives(resolver, world, rule, &rule.destination, family, false) else { return Vec::new() };
+    let Some(src_alts) = side_alternatives(resolver, world, rule, &rule.source, family, true) else {
+        return Vec::new();
+    };
+    let Some(dst_alts) = side_alternatives(resolver, world, rule, &rule.destination, family, false) else {
+        return Vec::new();
+    };
     let mut out = Vec::new();
     for (src_ip, src_port, src_tuple) in &src_alts {
         for (dst_ip, dst_port, dst_tuple) in &dst_alts {

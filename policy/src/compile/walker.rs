@@ -30,7 +30,15 @@ impl PolicyWalker for Compiled {
         Ok(())
     }
 
-    fn walk(&self, world: &ResolvedNode, ep: EndpointRef, d: Direction, stage: Stage, pkt: &PacketHeader, logs: &mut Vec<LogEvent>) -> WalkEnd {
+    fn walk(
+        &self,
+        world: &ResolvedNode,
+        ep: EndpointRef,
+        d: Direction,
+        stage: Stage,
+        pkt: &PacketHeader,
+        logs: &mut Vec<LogEvent>,
+    ) -> WalkEnd {
         let programs = match ep {
             EndpointRef::Workload(i) => &self.tables.workloads[i],
             EndpointRef::Host(h) => &self.tables.host_endpoints[h],
@@ -39,7 +47,14 @@ impl PolicyWalker for Compiled {
         let endpoint = ep.endpoint(world).id.clone();
         let rule_ref = |rule: u32| {
             let origin = &program.flat.rules[rule as usize];
-            RuleRef { stage, direction: d, endpoint: endpoint.clone(), owner: origin.owner.clone(), index: origin.index, action: origin.action }
+            RuleRef {
+                stage,
+                direction: d,
+                endpoint: endpoint.clone(),
+                owner: origin.owner.clone(),
+                index: origin.index,
+                action: origin.action,
+            }
         };
         let key = flow_key(pkt);
         let end = program.evaluate(&key, |rule| logs.push(log_for(world, rule_ref(rule))));

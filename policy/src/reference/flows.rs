@@ -31,7 +31,13 @@ impl Tuple {
     }
 
     pub fn reversed(&self) -> Tuple {
-        Tuple { src: self.dst, dst: self.src, protocol: self.protocol, src_port: self.dst_port, dst_port: self.src_port }
+        Tuple {
+            src: self.dst,
+            dst: self.src,
+            protocol: self.protocol,
+            src_port: self.dst_port,
+            dst_port: self.src_port,
+        }
     }
 }
 
@@ -115,7 +121,9 @@ impl Flows {
                 let mut tcp_next = None;
                 if let FlowKind::Tcp(st) = e.kind {
                     match tcp_step(Some(st), dir, pkt.tcp_flags) {
-                        TcpStep::Invalid => return Lookup { state: CtState::Invalid, entry: Some((i, dir)), tcp_next: None },
+                        TcpStep::Invalid => {
+                            return Lookup { state: CtState::Invalid, entry: Some((i, dir)), tcp_next: None }
+                        }
                         TcpStep::Ignore => tcp_next = Some(st),
                         TcpStep::To(next) => {
                             // A SYN reopening a closed flow starts a new connection (RFC 1122).
@@ -126,14 +134,20 @@ impl Flows {
                         }
                     }
                 }
-                Lookup { state: if established { CtState::Established } else { CtState::New }, entry: Some((i, dir)), tcp_next }
+                Lookup {
+                    state: if established { CtState::Established } else { CtState::New },
+                    entry: Some((i, dir)),
+                    tcp_next,
+                }
             }
             None => match pkt.protocol {
                 Protocol::TCP => match tcp_step(None, FlowDir::Original, pkt.tcp_flags) {
                     TcpStep::To(next) => Lookup { state: CtState::New, entry: None, tcp_next: Some(next) },
                     _ => none(CtState::Invalid),
                 },
-                Protocol::ICMP | Protocol::ICMPV6 => none(if icmp_request(pkt) { CtState::New } else { CtState::Invalid }),
+                Protocol::ICMP | Protocol::ICMPV6 => {
+                    none(if icmp_request(pkt) { CtState::New } else { CtState::Invalid })
+                }
                 _ => none(CtState::New),
             },
         }

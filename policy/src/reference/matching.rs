@@ -68,13 +68,16 @@ fn side_matches(
         return false;
     }
     if let Some(svc) = &side.services {
-        let Some(service) = world.node.services.iter().find(|s| s.name == svc.name && s.namespace == svc.namespace) else {
+        let Some(service) = world.node.services.iter().find(|s| s.name == svc.name && s.namespace == svc.namespace)
+        else {
             return false;
         };
         let hit = if is_source {
             service.backends.iter().any(|b| b.ip() == ip)
         } else {
-            pkt.has_ports() && pkt.protocol == service.protocol && service.backends.iter().any(|b| b.ip() == ip && b.port() == port)
+            pkt.has_ports()
+                && pkt.protocol == service.protocol
+                && service.backends.iter().any(|b| b.ip() == ip && b.port() == port)
         };
         if !hit {
             return false;

@@ -125,9 +125,9 @@ impl<W: PolicyWalker> NodeModel<W> {
             Attach::Uplink(name) => {
                 Source::Uplink(node.uplink_by_name(name).ok_or_else(|| format!("the node has no interface '{name}'"))?)
             }
-            Attach::Workload(name) => {
-                Source::Workload(node.workload_by_name(name).ok_or_else(|| format!("the node has no workload '{name}'"))?)
-            }
+            Attach::Workload(name) => Source::Workload(
+                node.workload_by_name(name).ok_or_else(|| format!("the node has no workload '{name}'"))?,
+            ),
             Attach::Host => Source::Host,
         };
         let mut w = Walk { logs: Vec::new(), trace: Vec::new() };
@@ -139,7 +139,15 @@ impl<W: PolicyWalker> NodeModel<W> {
         match result {
             Err(reason) => {
                 let tracked = self.flows.tracks(pkt);
-                Outcome { verdict: Verdict::Drop, out: None, translated: None, tracked, logs: w.logs, reason, trace: w.trace }
+                Outcome {
+                    verdict: Verdict::Drop,
+                    out: None,
+                    translated: None,
+                    tracked,
+                    logs: w.logs,
+                    reason,
+                    trace: w.trace,
+                }
             }
             Ok(d) => {
                 if let Some((lookup, reply)) = d.commit {
@@ -160,7 +168,13 @@ impl<W: PolicyWalker> NodeModel<W> {
         }
     }
 
-    fn follow(&self, source: Source, pkt: &PacketHeader, inner: Option<Tuple>, w: &mut Walk) -> Result<Delivered, Reason> {
+    fn follow(
+        &self,
+        source: Source,
+        pkt: &PacketHeader,
+        inner: Option<Tuple>,
+        w: &mut Walk,
+    ) -> Result<Delivered, Reason> {
         let node = &self.world.node;
 
         // raw PREROUTING / OUTPUT.
@@ -178,7 +192,8 @@ impl<W: PolicyWalker> NodeModel<W> {
             Source::Workload(_) => None,
         };
         // Untracked policy applies only on a named host endpoint that has some (semantics §7.7).
-        let has_untracked = |h: &usize| self.walker.has_policies(&self.world, EndpointRef::Host(*h), Stage::Untracked, None);
+        let has_untracked =
+            |h: &usize| self.walker.has_policies(&self.world, EndpointRef::Host(*h), Stage::Untracked, None);
         if let Some(h) = untracked_hep.filter(has_untracked) {
             let direction = if source == Source::Host { Direction::Egress } else { Direction::Ingress };
             match self.untracked_chain(h, direction, pkt, w) {
@@ -245,7 +260,11 @@ impl<W: PolicyWalker> NodeModel<W> {
                         // externalTrafficPolicy Cluster: a NodePort flow forwarded to another node is masqueraded.
                         if via_node_port && source != Source::Host {
                             if let Route::Uplink(u) = self.route(b.ip()) {
-                                snat = node.uplinks[u].addrs.iter().copied().find(|a| IpFamily::of(*a) == IpFamily::of(b.ip()));
+                                snat = node.uplinks[u]
+                                    .addrs
+                                    .iter()
+                                    .copied()
+                                    .find(|a| IpFamily::of(*a) == IpFamily::of(b.ip()));
                             }
                         }
                     }
@@ -272,7 +291,14 @@ impl<W: PolicyWalker> NodeModel<W> {
     }
 
     /// filter INPUT (semantics §7.1 (I)).
-    fn local_input(&self, source: Source, pkt: &PacketHeader, ct: CtState, accepted: Option<Reason>, w: &mut Walk) -> Result<Egress, Reason> {
+    fn local_input(
+        &self,
+        source: Source,
+        pkt: &PacketHeader,
+        ct: CtState,
+        accepted: Option<Reason>,
+        w: &mut Walk,
+    ) -> Result<Egress, Reason> {
         let felix = &self.world.node.felix;
         if let Source::Workload(i) = source {
             // Workload-to-host: the pod's egress policy, then DefaultEndpointToHostAction (§7.6).
@@ -319,7 +345,15 @@ impl<W: PolicyWalker> NodeModel<W> {
 
     /// filter FORWARD (semantics §7.1 (F)): ingress HEP forward chain, source pod egress, destination pod
     /// ingress, egress HEP forward chain. Each must not drop.
-    fn forward(&self, source: Source, route: Route, pkt: &PacketHeader, ct: CtState, accepted: Option<Reason>, w: &mut Walk) -> Result<Egress, Reason> {
+    fn forward(
+        &self,
+        source: Source,
+        route: Route,
+        pkt: &PacketHeader,
+        ct: CtState,
+        accepted: Option<Reason>,
+        w: &mut Walk,
+    ) -> Result<Egress, Reason> {
         let node = &self.world.node;
         // Chains run in order and the first DROP ends the packet: later chains (and their Log rules) are
         // never reached, as in the kernel's FORWARD chain.
@@ -367,7 +401,14 @@ impl<W: PolicyWalker> NodeModel<W> {
     }
 
     /// raw OUTPUT was done by the caller; filter OUTPUT and mangle POSTROUTING (semantics §7.2).
-    fn local_output(&self, route: Route, pkt: &PacketHeader, ct: CtState, accepted: Option<Reason>, w: &mut Walk) -> Result<Egress, Reason> {
+    fn local_output(
+        &self,
+        route: Route,
+        pkt: &PacketHeader,
+        ct: CtState,
+        accepted: Option<Reason>,
+        w: &mut Walk,
+    ) -> Result<Egress, Reason> {
         if let Some(r) = accepted {
             self.note(w, r);
             return Ok(self.egress_of(route));
@@ -412,7 +453,9 @@ impl<W: PolicyWalker> NodeModel<W> {
         match ct {
             CtState::Established => Some(Chain::Accept(Reason::Established)),
             CtState::Related => Some(Chain::Accept(Reason::Related)),
-            CtState::Invalid if !self.world.node.felix.disable_conntrack_invalid_check => Some(Chain::Drop(Reason::Invalid)),
+            CtState::Invalid if !self.world.node.felix.disable_conntrack_invalid_check => {
+                Some(Chain::Drop(Reason::Invalid))
+            }
             _ => None,
         }
     }
@@ -424,7 +467,8 @@ impl<W: PolicyWalker> NodeModel<W> {
         }
         let felix = &self.world.node.felix;
         if d == Direction::Egress {
-            let vxlan = pkt.protocol == Protocol::UDP && pkt.dst_port == felix.vxlan_port && !felix.allow_vxlan_from_workloads;
+            let vxlan =
+                pkt.protocol == Protocol::UDP && pkt.dst_port == felix.vxlan_port && !felix.allow_vxlan_from_workloads;
             let ipip = pkt.protocol == Protocol(4) && !felix.allow_ipip_from_workloads;
             if vxlan || ipip {
                 return Chain::Drop(Reason::EncapFromWorkload);
@@ -438,9 +482,12 @@ impl<W: PolicyWalker> NodeModel<W> {
         match self.walker.walk(&self.world, ep, d, Stage::Normal, pkt, &mut w.logs) {
             WalkEnd::Allow(r) => Chain::Accept(Reason::Rule(r)),
             WalkEnd::Deny(r) => Chain::Drop(Reason::Rule(r)),
-            WalkEnd::EndOfTier(tier) => {
-                Chain::Drop(Reason::EndOfTier { stage: Stage::Normal, direction: d, endpoint: self.endpoint_id(ep), tier })
-            }
+            WalkEnd::EndOfTier(tier) => Chain::Drop(Reason::EndOfTier {
+                stage: Stage::Normal,
+                direction: d,
+                endpoint: self.endpoint_id(ep),
+                tier,
+            }),
             WalkEnd::NoProfileMatched | WalkEnd::FellThrough => {
                 Chain::Drop(Reason::NoProfileMatched { direction: d, endpoint: self.endpoint_id(ep) })
             }
@@ -482,9 +529,12 @@ impl<W: PolicyWalker> NodeModel<W> {
         match self.walker.walk(&self.world, ep, d, Stage::Forward, pkt, &mut w.logs) {
             WalkEnd::Allow(r) => Chain::Accept(Reason::Rule(r)),
             WalkEnd::Deny(r) => Chain::Drop(Reason::Rule(r)),
-            WalkEnd::EndOfTier(tier) => {
-                Chain::Drop(Reason::EndOfTier { stage: Stage::Forward, direction: d, endpoint: self.endpoint_id(ep), tier })
-            }
+            WalkEnd::EndOfTier(tier) => Chain::Drop(Reason::EndOfTier {
+                stage: Stage::Forward,
+                direction: d,
+                endpoint: self.endpoint_id(ep),
+                tier,
+            }),
             // Passed out of the last tier: no verdict, the kernel FORWARD chain's default accepts.
             WalkEnd::FellThrough | WalkEnd::NoProfileMatched => Chain::Return(Reason::NoCalicoVerdict),
         }
@@ -522,7 +572,11 @@ impl<W: PolicyWalker> NodeModel<W> {
         };
         if let Some(f) = failsafe {
             // Accepted but still tracked: the rest of the path runs as usual.
-            return Chain::Return(Reason::Failsafe { inbound: d == Direction::Ingress, protocol: f.protocol.0, port: f.port });
+            return Chain::Return(Reason::Failsafe {
+                inbound: d == Direction::Ingress,
+                protocol: f.protocol.0,
+                port: f.port,
+            });
         }
         self.passing_walk(EndpointRef::Host(h), d, Stage::Untracked, pkt, w)
     }
@@ -530,7 +584,9 @@ impl<W: PolicyWalker> NodeModel<W> {
     /// The host endpoint whose pre-DNAT policy applies to packets arriving from `source`: the interface's
     /// own if it has pre-DNAT policy, else the `*` one if it has (semantics §7.7 [derived]).
     fn prednat_hep(&self, source: Source) -> Option<usize> {
-        let has = |h: usize| self.walker.has_policies(&self.world, EndpointRef::Host(h), Stage::PreDnat, Some(Direction::Ingress));
+        let has = |h: usize| {
+            self.walker.has_policies(&self.world, EndpointRef::Host(h), Stage::PreDnat, Some(Direction::Ingress))
+        };
         let named = match source {
             Source::Uplink(u) => self.world.interface_hep.get(&self.world.node.uplinks[u].name).copied(),
             _ => None,

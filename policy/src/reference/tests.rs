@@ -38,7 +38,11 @@ spec: {node: n1, interfaceName: eth0, expectedIPs: [10.0.0.1]}
 
 /// The test node with DefaultEndpointToHostAction `epha` ("" keeps Accept).
 fn node(epha: &str) -> NodeConfig {
-    let text = if epha.is_empty() { NODE.to_string() } else { NODE.replace("defaultEndpointToHostAction: Accept", &format!("defaultEndpointToHostAction: {epha}")) };
+    let text = if epha.is_empty() {
+        NODE.to_string()
+    } else {
+        NODE.replace("defaultEndpointToHostAction: Accept", &format!("defaultEndpointToHostAction: {epha}"))
+    };
     let origin = Origin::file("node.yaml");
     let docs = parse_documents(&text, &origin).unwrap();
     NodeConfig::parse(Field::root(&docs[0], &origin)).unwrap()
@@ -94,7 +98,10 @@ fn pods_without_policy_are_allowed_by_their_namespace_profile() {
     let mut n = ReferenceNode::new(node(""), ResourceSet::new());
     let (v, r) = run(&mut n, pod("podB"), syn("192.168.1.11", "192.168.1.10", 3000));
     assert_eq!(v, Verdict::Allow);
-    assert!(matches!(r, Reason::Rule(ref rr) if matches!(rr.owner, crate::verdict::RuleOwner::Profile(ref p) if p == "kns.app")), "{r}");
+    assert!(
+        matches!(r, Reason::Rule(ref rr) if matches!(rr.owner, crate::verdict::RuleOwner::Profile(ref p) if p == "kns.app")),
+        "{r}"
+    );
 }
 
 // semantics §4.3.1: a selecting policy with no matching rule ends in the end-of-tier drop.
@@ -254,12 +261,19 @@ fn prednat_sees_the_nodeport_and_nat_translates() {
 #[test]
 fn conntrack_survives_policy_change_and_invalid_is_dropped() {
     let mut n = ReferenceNode::new(node(""), ResourceSet::new());
-    assert_eq!(run(&mut n, pod("podB"), tcp("192.168.1.11", 5000, "192.168.1.10", 80, tcp_flags::SYN)).0, Verdict::Allow);
-    assert_eq!(run(&mut n, pod("podA"), tcp("192.168.1.10", 80, "192.168.1.11", 5000, tcp_flags::SYN | tcp_flags::ACK)).0, Verdict::Allow);
+    assert_eq!(
+        run(&mut n, pod("podB"), tcp("192.168.1.11", 5000, "192.168.1.10", 80, tcp_flags::SYN)).0,
+        Verdict::Allow
+    );
+    assert_eq!(
+        run(&mut n, pod("podA"), tcp("192.168.1.10", 80, "192.168.1.11", 5000, tcp_flags::SYN | tcp_flags::ACK)).0,
+        Verdict::Allow
+    );
     n.set_resources(resources("apiVersion: projectcalico.org/v3\nkind: GlobalNetworkPolicy\nmetadata: {name: d}\nspec: {selector: all(), ingress: [{action: Deny}], egress: [{action: Deny}]}\n")).unwrap();
     let (v, r) = run(&mut n, pod("podB"), tcp("192.168.1.11", 5000, "192.168.1.10", 80, tcp_flags::ACK));
     assert_eq!((v, r), (Verdict::Allow, Reason::Established));
-    let (v, r) = run(&mut n, pod("podA"), tcp("192.168.1.10", 81, "192.168.1.11", 5001, tcp_flags::SYN | tcp_flags::ACK));
+    let (v, r) =
+        run(&mut n, pod("podA"), tcp("192.168.1.10", 81, "192.168.1.11", 5001, tcp_flags::SYN | tcp_flags::ACK));
     assert_eq!((v, r), (Verdict::Drop, Reason::Invalid));
 }
 
@@ -276,7 +290,10 @@ spec:
 "#;
     // podK is in kube-system, so the plain selector (scoped to app) does not match it.
     assert_eq!(verdict(yaml, pod("podK"), syn("192.168.1.20", "192.168.1.10", 3000)), Verdict::Drop);
-    let global = yaml.replace("selector: k8s-app == 'kube-dns'}", "selector: k8s-app == 'kube-dns', namespaceSelector: name == 'kube-system'}");
+    let global = yaml.replace(
+        "selector: k8s-app == 'kube-dns'}",
+        "selector: k8s-app == 'kube-dns', namespaceSelector: name == 'kube-system'}",
+    );
     assert_eq!(verdict(&global, pod("podK"), syn("192.168.1.20", "192.168.1.10", 3000)), Verdict::Allow);
 }
 
@@ -309,7 +326,10 @@ spec: {selector: all(), types: [Egress], egress: [{action: Deny, destination: {n
 #[test]
 fn spoofed_pod_source_is_dropped() {
     let mut n = ReferenceNode::new(node(""), ResourceSet::new());
-    assert_eq!(run(&mut n, pod("podA"), syn("192.168.9.9", "192.168.1.11", 80)), (Verdict::Drop, Reason::SourceSpoofed));
+    assert_eq!(
+        run(&mut n, pod("podA"), syn("192.168.9.9", "192.168.1.11", 80)),
+        (Verdict::Drop, Reason::SourceSpoofed)
+    );
 }
 
 // semantics §7.2 (O) step 2: host to a local pod is never policed.
@@ -317,7 +337,10 @@ fn spoofed_pod_source_is_dropped() {
 fn host_to_local_pod_is_always_allowed() {
     let yaml = "apiVersion: projectcalico.org/v3\nkind: GlobalNetworkPolicy\nmetadata: {name: d}\nspec: {selector: all(), ingress: [{action: Deny}]}\n";
     let mut n = ReferenceNode::new(node(""), resources(yaml));
-    assert_eq!(run(&mut n, Attach::Host, syn("10.0.0.1", "192.168.1.10", 80)), (Verdict::Allow, Reason::HostToLocalWorkload));
+    assert_eq!(
+        run(&mut n, Attach::Host, syn("10.0.0.1", "192.168.1.10", 80)),
+        (Verdict::Allow, Reason::HostToLocalWorkload)
+    );
 }
 
 // semantics §8.4: one-sided doNotTrack lets the SYN in untracked and the tracked SYN-ACK is INVALID.

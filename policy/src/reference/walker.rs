@@ -37,8 +37,15 @@ pub trait PolicyWalker: std::fmt::Debug {
     /// Takes a new resolved node; an error rejects it (the previous one stays in force).
     fn rebuild(&mut self, world: &ResolvedNode) -> Result<(), String>;
     /// Walks `ep`'s policies of `stage` for direction `d`; Log rules append to `logs`.
-    fn walk(&self, world: &ResolvedNode, ep: EndpointRef, d: Direction, stage: Stage, pkt: &PacketHeader, logs: &mut Vec<LogEvent>)
-        -> WalkEnd;
+    fn walk(
+        &self,
+        world: &ResolvedNode,
+        ep: EndpointRef,
+        d: Direction,
+        stage: Stage,
+        pkt: &PacketHeader,
+        logs: &mut Vec<LogEvent>,
+    ) -> WalkEnd;
     /// Whether any policy of `stage` selects `ep` (for direction `d`, or either when `None`).
     fn has_policies(&self, world: &ResolvedNode, ep: EndpointRef, stage: Stage, d: Option<Direction>) -> bool;
 }
@@ -52,7 +59,15 @@ impl PolicyWalker for Interpreted {
         Ok(())
     }
 
-    fn walk(&self, world: &ResolvedNode, ep: EndpointRef, d: Direction, stage: Stage, pkt: &PacketHeader, logs: &mut Vec<LogEvent>) -> WalkEnd {
+    fn walk(
+        &self,
+        world: &ResolvedNode,
+        ep: EndpointRef,
+        d: Direction,
+        stage: Stage,
+        pkt: &PacketHeader,
+        logs: &mut Vec<LogEvent>,
+    ) -> WalkEnd {
         let input = WalkInput { world, endpoint: ep.endpoint(world), direction: d, stage, pkt };
         match walk_tiers(&input, logs) {
             TierEnd::Allow(r) => WalkEnd::Allow(r),

@@ -110,7 +110,8 @@ fn label_selector(f: Field<'_>) -> Result<Option<Selector>, LoadError> {
                         "NotIn" => need_values(true).map(|_| Expr::NotIn(key.clone(), values.clone())),
                         "Exists" => need_values(false).map(|_| Expr::Has(key.clone())),
                         "DoesNotExist" => need_values(false).map(|_| Expr::Not(Box::new(Expr::Has(key.clone())))),
-                        other => Err(op.error(format!("unknown operator '{other}' (expected In, NotIn, Exists or DoesNotExist)"))),
+                        other => Err(op
+                            .error(format!("unknown operator '{other}' (expected In, NotIn, Exists or DoesNotExist)"))),
                     }
                 })
             })
@@ -224,7 +225,9 @@ fn port_groups(f: Field<'_>) -> Result<Option<Vec<(Option<Protocol>, Vec<Port>)>
                 let text = x.str()?;
                 Ok(match text.parse::<u16>() {
                     Ok(n) => Some(Port::Range(n, n)),
-                    Err(_) if !text.is_empty() && !text.chars().all(|c| c.is_ascii_digit()) => Some(Port::Named(text.to_string())),
+                    Err(_) if !text.is_empty() && !text.chars().all(|c| c.is_ascii_digit()) => {
+                        Some(Port::Named(text.to_string()))
+                    }
                     Err(_) => None,
                 })
             })

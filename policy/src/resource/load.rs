@@ -106,6 +106,11 @@ fn load_node(f: Field<'_>, out: &mut Vec<ResourceDoc>) -> Result<(), LoadError> 
             .unwrap_or_else(|| f.error("missing apiVersion")))
         }
     };
-    out.push(ResourceDoc { resource, file: f.origin.file.clone(), line: f.pos().line + f.origin.line_offset, warnings });
+    out.push(ResourceDoc {
+        resource,
+        file: f.origin.file.clone(),
+        line: f.pos().line + f.origin.line_offset,
+        warnings,
+    });
     Ok(())
 }

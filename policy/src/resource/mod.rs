@@ -16,8 +16,8 @@ use std::net::IpAddr;
 use std::sync::Arc;
 
 pub use load::{load_path, load_text, ResourceDoc};
-pub use v3::parse_named_port;
 pub use rule::{Action, EntityRule, IcmpMatch, Port, Protocol, Rule, ServiceRef};
+pub use v3::parse_named_port;
 
 use crate::net::IpNet;
 use crate::selector::Selector;
@@ -40,7 +40,9 @@ impl PolicyKind {
     pub fn is_staged(self) -> bool {
         matches!(
             self,
-            PolicyKind::StagedGlobalNetworkPolicy | PolicyKind::StagedNetworkPolicy | PolicyKind::StagedKubernetesNetworkPolicy
+            PolicyKind::StagedGlobalNetworkPolicy
+                | PolicyKind::StagedNetworkPolicy
+                | PolicyKind::StagedKubernetesNetworkPolicy
         )
     }
 
@@ -244,7 +246,8 @@ impl ResourceKey {
     /// a Kubernetes NetworkPolicy answers to `NetworkPolicy` as well as its own kind.
     pub fn answers_to(&self, asked: &ResourceKey) -> bool {
         let kind_ok = self.kind.eq_ignore_ascii_case(&asked.kind)
-            || (self.kind == PolicyKind::KubernetesNetworkPolicy.name() && asked.kind.eq_ignore_ascii_case("NetworkPolicy"));
+            || (self.kind == PolicyKind::KubernetesNetworkPolicy.name()
+                && asked.kind.eq_ignore_ascii_case("NetworkPolicy"));
         kind_ok && self.namespace == asked.namespace && self.name == asked.name
     }
 }
@@ -252,11 +255,15 @@ impl ResourceKey {
 impl Resource {
     pub fn key(&self) -> ResourceKey {
         match self {
-            Resource::Policy(p) => {
-                ResourceKey { kind: p.id.kind.name().into(), namespace: p.id.namespace.clone(), name: p.id.name.clone() }
-            }
+            Resource::Policy(p) => ResourceKey {
+                kind: p.id.kind.name().into(),
+                namespace: p.id.namespace.clone(),
+                name: p.id.name.clone(),
+            },
             Resource::Tier(t) => ResourceKey { kind: "Tier".into(), namespace: None, name: t.name.clone() },
-            Resource::HostEndpoint(h) => ResourceKey { kind: "HostEndpoint".into(), namespace: None, name: h.name.clone() },
+            Resource::HostEndpoint(h) => {
+                ResourceKey { kind: "HostEndpoint".into(), namespace: None, name: h.name.clone() }
+            }
             Resource::Profile(p) => ResourceKey { kind: "Profile".into(), namespace: None, name: p.name.clone() },
             Resource::NetworkSet(s) => ResourceKey {
                 kind: if s.namespace.is_some() { "NetworkSet" } else { "GlobalNetworkSet" }.into(),

@@ -339,7 +339,8 @@ fn parse_entity(
         }
     }
 
-    let selector = scope_selector(scope.namespace, selector, not_selector.is_some(), namespace_selector, service_accounts);
+    let selector =
+        scope_selector(scope.namespace, selector, not_selector.is_some(), namespace_selector, service_accounts);
     Ok(EntityRule { nets, not_nets, selector, not_selector, ports, not_ports, services })
 }
 

@@ -13,9 +13,14 @@ pub(super) fn parse(f: Field<'_>, kind: &str, _warnings: &mut Vec<String>) -> Re
         "policy" => parse_policy(f, PolicyKind::GlobalNetworkPolicy, Dialect::V1),
         "hostendpoint" => parse_host_endpoint(f, Dialect::V1),
         "profile" => parse_profile(f, Dialect::V1),
-        other => Err(f.with("kind", |k| {
-            Ok(k.map(|k| k.error(format!("unsupported calicoctl v1 kind '{other}' (expected policy, hostEndpoint or profile)"))))
-        })?
-        .unwrap_or_else(|| f.error("missing kind"))),
+        other => Err(f
+            .with("kind", |k| {
+                Ok(k.map(|k| {
+                    k.error(format!(
+                        "unsupported calicoctl v1 kind '{other}' (expected policy, hostEndpoint or profile)"
+                    ))
+                }))
+            })?
+            .unwrap_or_else(|| f.error("missing kind"))),
     }
 }

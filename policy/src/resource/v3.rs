@@ -88,7 +88,16 @@ pub(super) fn parse_policy(f: Field<'_>, kind: PolicyKind, dialect: Dialect) -> 
             Some(s) => s,
             None => return Err(f.error("missing spec")),
         };
-        let mut keys = vec!["tier", "order", "selector", "serviceAccountSelector", "types", "ingress", "egress", "performanceHints"];
+        let mut keys = vec![
+            "tier",
+            "order",
+            "selector",
+            "serviceAccountSelector",
+            "types",
+            "ingress",
+            "egress",
+            "performanceHints",
+        ];
         if global {
             keys.extend_from_slice(&["namespaceSelector", "doNotTrack", "preDNAT", "applyOnForward"]);
         }
@@ -121,7 +130,9 @@ pub(super) fn parse_policy(f: Field<'_>, kind: PolicyKind, dialect: Dialect) -> 
         let egress = spec.with("egress", |r| parse_rules(r, scope))?;
         let explicit_types = spec.with("types", |t| t.map(|t| t.each(|ty| parse_type(ty, dialect))).transpose())?;
         let (applies_ingress, applies_egress) = match explicit_types {
-            Some(types) if !types.is_empty() => (types.contains(&Direction::Ingress), types.contains(&Direction::Egress)),
+            Some(types) if !types.is_empty() => {
+                (types.contains(&Direction::Ingress), types.contains(&Direction::Egress))
+            }
             // semantics §1.2 `types`: defaulted from which rule lists are present.
             _ => default_types(!ingress.is_empty(), !egress.is_empty(), pre_dnat),
         };
@@ -218,7 +229,8 @@ pub(super) fn parse_host_endpoint(f: Field<'_>, dialect: Dialect) -> Result<Reso
             Some(n) => n,
             None => return Err(spec.error("a HostEndpoint needs spec.node (metadata.node in calicoctl v1)")),
         };
-        let interface_name = spec.with("interfaceName", |i| i.map(|i| i.string()).transpose())?.filter(|s| !s.is_empty());
+        let interface_name =
+            spec.with("interfaceName", |i| i.map(|i| i.string()).transpose())?.filter(|s| !s.is_empty());
         let expected_ips = spec
             .with("expectedIPs", |e| {
                 e.map(|e| {

@@ -27,10 +27,7 @@ fn write_quoted(f: &mut fmt::Formatter<'_>, value: &str) -> fmt::Result {
     write!(f, "{q}{value}{q}")
 }
 
-fn write_set<'a>(
-    f: &mut fmt::Formatter<'_>,
-    values: impl IntoIterator<Item = &'a String>,
-) -> fmt::Result {
+fn write_set<'a>(f: &mut fmt::Formatter<'_>, values: impl IntoIterator<Item = &'a String>) -> fmt::Result {
     f.write_str("{")?;
     for (i, v) in values.into_iter().enumerate() {
         if i > 0 {
@@ -136,20 +133,11 @@ mod tests {
             ("!!has(a)", "has(a)"),
             ("!!!a == 'b'", r#"!a == "b""#),
             ("a == 'b' && c == 'd'", r#"(a == "b" && c == "d")"#),
-            (
-                "a == 'b' || c == 'd' && has(e)",
-                r#"(a == "b" || (c == "d" && has(e)))"#,
-            ),
-            (
-                "(a == 'b' || c == 'd') && has(e)",
-                r#"((a == "b" || c == "d") && has(e))"#,
-            ),
+            ("a == 'b' || c == 'd' && has(e)", r#"(a == "b" || (c == "d" && has(e)))"#),
+            ("(a == 'b' || c == 'd') && has(e)", r#"((a == "b" || c == "d") && has(e))"#),
             ("!(has(a) || has(b))", "!(has(a) || has(b))"),
             ("((has(a)))", "has(a)"),
-            (
-                "(has(a) && has(b)) && has(c)",
-                "((has(a) && has(b)) && has(c))",
-            ),
+            ("(has(a) && has(b)) && has(c)", "((has(a) && has(b)) && has(c))"),
             ("has(a) && has(b) && has(c)", "(has(a) && has(b) && has(c))"),
             ("!(!has(a))", "!(!has(a))"),
             ("!(!(!a == 'b'))", r#"!(!(!a == "b"))"#),

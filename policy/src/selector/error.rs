@@ -15,10 +15,7 @@ pub struct SelectorError {
 
 impl SelectorError {
     pub(crate) fn new(column: usize, message: impl Into<String>) -> SelectorError {
-        SelectorError {
-            column,
-            message: message.into(),
-        }
+        SelectorError { column, message: message.into() }
     }
 }
 
@@ -38,10 +35,7 @@ mod tests {
     #[test]
     fn display_puts_the_column_first() {
         let e = SelectorError::new(9, "expected a quoted string after '==' but found label 'b'");
-        assert_eq!(
-            e.to_string(),
-            "column 9: expected a quoted string after '==' but found label 'b'"
-        );
+        assert_eq!(e.to_string(), "column 9: expected a quoted string after '==' but found label 'b'");
         let boxed: Box<dyn std::error::Error> = Box::new(e);
         assert!(boxed.to_string().starts_with("column 9"));
     }

@@ -36,10 +36,7 @@ mod tests {
     use super::*;
 
     fn labels(pairs: &[(&str, &str)]) -> BTreeMap<String, String> {
-        pairs
-            .iter()
-            .map(|(k, v)| (k.to_string(), v.to_string()))
-            .collect()
+        pairs.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect()
     }
 
     fn sel(text: &str) -> Selector {
@@ -52,12 +49,7 @@ mod tests {
     /// Checks `text` against: no labels, a=x, a="" (present but empty), a=y.
     fn check(text: &str, want: [bool; 4]) {
         let s = sel(text);
-        let cases = [
-            labels(&[]),
-            labels(&[("a", "x")]),
-            labels(&[("a", "")]),
-            labels(&[("a", "y"), ("b", "x")]),
-        ];
+        let cases = [labels(&[]), labels(&[("a", "x")]), labels(&[("a", "")]), labels(&[("a", "y"), ("b", "x")])];
         for (l, want) in cases.iter().zip(want) {
             assert_eq!(s.matches(l), want, "{text} on {l:?}");
         }
@@ -162,10 +154,7 @@ mod tests {
         let b = labels(&[("a", "x"), ("b", "y")]);
         assert!(!s.matches(&b));
         // Built by hand, not parsed: the evaluator does not depend on parser shapes.
-        let e = Expr::Or(vec![
-            Expr::In("z".into(), BTreeSet::new()),
-            Expr::Not(Box::new(Expr::Has("z".into()))),
-        ]);
+        let e = Expr::Or(vec![Expr::In("z".into(), BTreeSet::new()), Expr::Not(Box::new(Expr::Has("z".into())))]);
         assert!(eval(&e, &b));
     }
 }

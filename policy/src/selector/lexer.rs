@@ -118,11 +118,7 @@ pub(super) struct Lexer {
 
 impl Lexer {
     pub(super) fn new(text: &str) -> Lexer {
-        Lexer {
-            chars: text.chars().collect(),
-            pos: 0,
-            after_label: false,
-        }
+        Lexer { chars: text.chars().collect(), pos: 0, after_label: false }
     }
 
     fn peek_char(&self, at: usize) -> Option<char> {
@@ -185,8 +181,7 @@ impl Lexer {
 
     /// `word` is at `at` and followed by a word boundary (semantics §5.1: `a inx {}` is not `in`).
     fn word_at(&self, at: usize, word: &str) -> Option<usize> {
-        self.literal_at(at, word)
-            .filter(|&end| !self.peek_char(end).is_some_and(is_label_char))
+        self.literal_at(at, word).filter(|&end| !self.peek_char(end).is_some_and(is_label_char))
     }
 
     /// `first` blanks* `second`, boundary after `second` (`not in`, `notin`, `not \t in`).
@@ -202,10 +197,7 @@ impl Lexer {
         let start = self.pos;
         let column = start + 1;
         let Some(c) = self.peek_char(start) else {
-            return Ok(Token {
-                tok: Tok::Eof,
-                column,
-            });
+            return Ok(Token { tok: Tok::Eof, column });
         };
         let next = self.peek_char(start + 1);
         let (tok, len) = match c {
@@ -217,35 +209,20 @@ impl Lexer {
             '"' | '\'' => return self.string(c),
             '=' if next == Some('=') => (Tok::Eq, 2),
             '=' => {
-                return Err(self.err(
-                    start,
-                    format!(
-                        "expected '==' but found a single '=' followed by {}",
-                        describe_char(next)
-                    ),
-                ))
+                return Err(self
+                    .err(start, format!("expected '==' but found a single '=' followed by {}", describe_char(next))))
             }
             '!' if next == Some('=') => (Tok::Ne, 2),
             '!' => (Tok::Not, 1),
             '&' if next == Some('&') => (Tok::And, 2),
             '&' => {
-                return Err(self.err(
-                    start,
-                    format!(
-                        "expected '&&' but found a single '&' followed by {}",
-                        describe_char(next)
-                    ),
-                ))
+                return Err(self
+                    .err(start, format!("expected '&&' but found a single '&' followed by {}", describe_char(next))))
             }
             '|' if next == Some('|') => (Tok::Or, 2),
             '|' => {
-                return Err(self.err(
-                    start,
-                    format!(
-                        "expected '||' but found a single '|' followed by {}",
-                        describe_char(next)
-                    ),
-                ))
+                return Err(self
+                    .err(start, format!("expected '||' but found a single '|' followed by {}", describe_char(next))))
             }
             c if is_label_char(c) && after_label => return Ok(self.operator_word()),
             c if is_label_char(c) => return self.label_or_function(),
@@ -261,19 +238,13 @@ impl Lexer {
         let start = self.pos;
         let body = start + 1;
         let Some(len) = self.chars[body..].iter().position(|&c| c == quote) else {
-            return Err(self.err(
-                start,
-                format!(
-                    "unterminated string: expected a closing {quote} but found end of selector"
-                ),
-            ));
+            return Err(
+                self.err(start, format!("unterminated string: expected a closing {quote} but found end of selector"))
+            );
         };
         let value: String = self.chars[body..body + len].iter().collect();
         self.pos = body + len + 1;
-        Ok(Token {
-            tok: Tok::Str(value),
-            column: start + 1,
-        })
+        Ok(Token { tok: Tok::Str(value), column: start + 1 })
     }
 
     /// After a label, a word must be one of the word operators.
@@ -282,28 +253,16 @@ impl Lexer {
         let found = self
             .word_at(start, "contains")
             .map(|e| (Tok::Contains, e))
-            .or_else(|| {
-                self.two_words_at(start, "starts", "with")
-                    .map(|e| (Tok::StartsWith, e))
-            })
-            .or_else(|| {
-                self.two_words_at(start, "ends", "with")
-                    .map(|e| (Tok::EndsWith, e))
-            })
-            .or_else(|| {
-                self.two_words_at(start, "not", "in")
-                    .map(|e| (Tok::NotIn, e))
-            })
+            .or_else(|| self.two_words_at(start, "starts", "with").map(|e| (Tok::StartsWith, e)))
+            .or_else(|| self.two_words_at(start, "ends", "with").map(|e| (Tok::EndsWith, e)))
+            .or_else(|| self.two_words_at(start, "not", "in").map(|e| (Tok::NotIn, e)))
             .or_else(|| self.word_at(start, "in").map(|e| (Tok::In, e)));
         let (tok, end) = found.unwrap_or_else(|| {
             let end = self.label_end(start);
             (Tok::Word(self.chars[start..end].iter().collect()), end)
         });
         self.pos = end;
-        Token {
-            tok,
-            column: start + 1,
-        }
+        Token { tok, column: start + 1 }
     }
 
     /// A label, or `has(label)`, `all()`, `global()` when the name is directly followed by `(`.
@@ -314,10 +273,7 @@ impl Lexer {
         if end - start > MAX_LABEL_LEN {
             return Err(self.err(
                 start,
-                format!(
-                    "expected a label of at most {MAX_LABEL_LEN} characters but found one of {}",
-                    end - start
-                ),
+                format!("expected a label of at most {MAX_LABEL_LEN} characters but found one of {}", end - start),
             ));
         }
         let column = start + 1;
@@ -326,24 +282,15 @@ impl Lexer {
             match word.as_str() {
                 "has" => {
                     let label = self.label_in_has()?;
-                    return Ok(Token {
-                        tok: Tok::Has(label),
-                        column,
-                    });
+                    return Ok(Token { tok: Tok::Has(label), column });
                 }
                 "all" => {
                     self.close_paren("all(")?;
-                    return Ok(Token {
-                        tok: Tok::All,
-                        column,
-                    });
+                    return Ok(Token { tok: Tok::All, column });
                 }
                 "global" => {
                     self.close_paren("global(")?;
-                    return Ok(Token {
-                        tok: Tok::Global,
-                        column,
-                    });
+                    return Ok(Token { tok: Tok::Global, column });
                 }
                 // Any other `name(` is a label followed by `(`, which the parser rejects.
                 _ => {}
@@ -351,10 +298,7 @@ impl Lexer {
         }
         self.pos = end;
         self.after_label = true;
-        Ok(Token {
-            tok: Tok::Label(word),
-            column,
-        })
+        Ok(Token { tok: Tok::Label(word), column })
     }
 
     /// The inside of `has(`: optional blanks, a label, optional blanks, `)`.
@@ -365,19 +309,13 @@ impl Lexer {
         if end == start {
             return Err(self.err(
                 start,
-                format!(
-                    "expected a label inside 'has(' but found {}",
-                    describe_char(self.peek_char(start))
-                ),
+                format!("expected a label inside 'has(' but found {}", describe_char(self.peek_char(start))),
             ));
         }
         if end - start > MAX_LABEL_LEN {
             return Err(self.err(
                 start,
-                format!(
-                    "expected a label of at most {MAX_LABEL_LEN} characters but found one of {}",
-                    end - start
-                ),
+                format!("expected a label of at most {MAX_LABEL_LEN} characters but found one of {}", end - start),
             ));
         }
         let label = self.chars[start..end].iter().collect();
@@ -394,13 +332,9 @@ impl Lexer {
                 self.pos += 1;
                 Ok(())
             }
-            other => Err(self.err(
-                self.pos,
-                format!(
-                    "expected ')' to close '{opened}' but found {}",
-                    describe_char(other)
-                ),
-            )),
+            other => {
+                Err(self.err(self.pos, format!("expected ')' to close '{opened}' but found {}", describe_char(other))))
+            }
         }
     }
 }
@@ -474,18 +408,9 @@ mod tests {
     // semantics §5.1: whitespace is space and TAB only; other control characters are errors
     #[test]
     fn whitespace() {
-        assert_eq!(
-            kinds(" \t a \t== \t'b'\t "),
-            vec![label("a"), Tok::Eq, string("b"), Tok::Eof]
-        );
+        assert_eq!(kinds(" \t a \t== \t'b'\t "), vec![label("a"), Tok::Eq, string("b"), Tok::Eof]);
         assert_eq!(kinds(""), vec![Tok::Eof]);
-        for (text, col) in [
-            ("a == 'b'\n", 9),
-            ("\ra", 1),
-            ("a\u{b}== 'b'", 2),
-            ("has(\na)", 5),
-            ("a ==\u{85}'b'", 5),
-        ] {
+        for (text, col) in [("a == 'b'\n", 9), ("\ra", 1), ("a\u{b}== 'b'", 2), ("has(\na)", 5), ("a ==\u{85}'b'", 5)] {
             let e = lex_err(text);
             assert_eq!(e.column, col, "{text:?}: {e}");
             assert!(e.message.contains("control character"), "{e}");
@@ -497,22 +422,14 @@ mod tests {
     fn labels() {
         assert_eq!(
             kinds("projectcalico.org/namespace == 'x'"),
-            vec![
-                label("projectcalico.org/namespace"),
-                Tok::Eq,
-                string("x"),
-                Tok::Eof
-            ]
+            vec![label("projectcalico.org/namespace"), Tok::Eq, string("x"), Tok::Eof]
         );
         assert_eq!(kinds("_-./09Az"), vec![label("_-./09Az"), Tok::Eof]);
         let max = "a".repeat(MAX_LABEL_LEN);
         assert_eq!(kinds(&max), vec![label(&max), Tok::Eof]);
         let e = lex_err(&format!("x == 'y' && {}", "b".repeat(MAX_LABEL_LEN + 1)));
         assert_eq!(e.column, 13);
-        assert!(
-            e.message.contains("at most 512") && e.message.contains("513"),
-            "{e}"
-        );
+        assert!(e.message.contains("at most 512") && e.message.contains("513"), "{e}");
         let e = lex_err(&format!("has({})", "b".repeat(600)));
         assert_eq!(e.column, 5);
     }
@@ -527,10 +444,7 @@ mod tests {
         assert_eq!(kinds("'é ü 🦀'"), vec![string("é ü 🦀"), Tok::Eof]);
         let e = lex_err("label == \"value");
         assert_eq!(e.column, 10);
-        assert!(
-            e.message.contains("unterminated") && e.message.contains("end of selector"),
-            "{e}"
-        );
+        assert!(e.message.contains("unterminated") && e.message.contains("end of selector"), "{e}");
         assert_eq!(lex_err("é == 'ab").column, 6);
     }
 
@@ -571,18 +485,9 @@ mod tests {
     // semantics §5.1: keywords are not reserved as label names
     #[test]
     fn keywords_as_labels() {
-        assert_eq!(
-            kinds("contains contains 'x'"),
-            vec![label("contains"), Tok::Contains, string("x"), Tok::Eof]
-        );
-        assert_eq!(
-            kinds("in == 'x'"),
-            vec![label("in"), Tok::Eq, string("x"), Tok::Eof]
-        );
-        assert_eq!(
-            kinds("not in {}"),
-            vec![label("not"), Tok::In, Tok::LBrace, Tok::RBrace, Tok::Eof]
-        );
+        assert_eq!(kinds("contains contains 'x'"), vec![label("contains"), Tok::Contains, string("x"), Tok::Eof]);
+        assert_eq!(kinds("in == 'x'"), vec![label("in"), Tok::Eq, string("x"), Tok::Eof]);
+        assert_eq!(kinds("not in {}"), vec![label("not"), Tok::In, Tok::LBrace, Tok::RBrace, Tok::Eof]);
         assert_eq!(kinds("has == 'x'")[0], label("has"));
         assert_eq!(kinds("all in {}")[0], label("all"));
         assert_eq!(kinds("global != ''")[0], label("global"));
@@ -594,10 +499,7 @@ mod tests {
     #[test]
     fn functions() {
         assert_eq!(kinds("has(a)"), vec![Tok::Has("a".into()), Tok::Eof]);
-        assert_eq!(
-            kinds("has( \tp.q/r \t)"),
-            vec![Tok::Has("p.q/r".into()), Tok::Eof]
-        );
+        assert_eq!(kinds("has( \tp.q/r \t)"), vec![Tok::Has("p.q/r".into()), Tok::Eof]);
         assert_eq!(kinds("all()"), vec![Tok::All, Tok::Eof]);
         assert_eq!(kinds("all( \t)"), vec![Tok::All, Tok::Eof]);
         assert_eq!(kinds("global( )"), vec![Tok::Global, Tok::Eof]);
@@ -607,27 +509,11 @@ mod tests {
         for (text, col, what) in [
             ("has()", 5, "expected a label inside 'has(' but found ')'"),
             ("has(a b)", 7, "expected ')' to close 'has(' but found 'b'"),
-            (
-                "has(a",
-                6,
-                "expected ')' to close 'has(' but found end of selector",
-            ),
-            (
-                "has(",
-                5,
-                "expected a label inside 'has(' but found end of selector",
-            ),
-            (
-                "has('a')",
-                5,
-                "expected a label inside 'has(' but found '''",
-            ),
+            ("has(a", 6, "expected ')' to close 'has(' but found end of selector"),
+            ("has(", 5, "expected a label inside 'has(' but found end of selector"),
+            ("has('a')", 5, "expected a label inside 'has(' but found '''"),
             ("all(x)", 5, "expected ')' to close 'all(' but found 'x'"),
-            (
-                "global(",
-                8,
-                "expected ')' to close 'global(' but found end of selector",
-            ),
+            ("global(", 8, "expected ')' to close 'global(' but found end of selector"),
         ] {
             let e = lex_err(text);
             assert_eq!((e.column, e.message.as_str()), (col, what), "{text}");
@@ -638,29 +524,14 @@ mod tests {
     #[test]
     fn bad_characters() {
         for (text, col, what) in [
-            (
-                "a = 'b'",
-                3,
-                "expected '==' but found a single '=' followed by ' '",
-            ),
-            (
-                "a == 'b' & c",
-                10,
-                "expected '&&' but found a single '&' followed by ' '",
-            ),
-            (
-                "a == 'b' |",
-                10,
-                "expected '||' but found a single '|' followed by end of selector",
-            ),
+            ("a = 'b'", 3, "expected '==' but found a single '=' followed by ' '"),
+            ("a == 'b' & c", 10, "expected '&&' but found a single '&' followed by ' '"),
+            ("a == 'b' |", 10, "expected '||' but found a single '|' followed by end of selector"),
         ] {
             let e = lex_err(text);
             assert_eq!((e.column, e.message.as_str()), (col, what), "{text}");
         }
         assert_eq!(toks("é%").unwrap_or_default()[0], (Tok::Unexpected('é'), 1));
-        assert_eq!(
-            toks("  %").unwrap_or_default()[0],
-            (Tok::Unexpected('%'), 3)
-        );
+        assert_eq!(toks("  %").unwrap_or_default()[0], (Tok::Unexpected('%'), 3));
     }
 }

@@ -95,9 +95,7 @@ impl Selector {
     /// tree always prints as parseable text: one child is the child itself, an empty `And` is
     /// `all()` and an empty `Or` is `!all()` (matches nothing), as their evaluation already implies.
     pub fn from_expr(e: Expr) -> Selector {
-        Selector {
-            root: rewrite::normalize(e),
-        }
+        Selector { root: rewrite::normalize(e) }
     }
 
     /// The root of the expression tree.
@@ -125,39 +123,29 @@ impl Selector {
         if other.is_all() {
             return self;
         }
-        Selector {
-            root: Expr::And(vec![self.root, other.root]),
-        }
+        Selector { root: Expr::And(vec![self.root, other.root]) }
     }
 
     /// `!(self)`. Always adds a `Not` node (as `!(...)` text would), even over another `Not`.
     pub fn negate(self) -> Selector {
-        Selector {
-            root: Expr::Not(Box::new(self.root)),
-        }
+        Selector { root: Expr::Not(Box::new(self.root)) }
     }
 
     /// Every label name the selector reads gets `prefix` prepended (`pcns.`/`pcsa.` scoping,
     /// semantics §5.5). `all()` and `global()` are left alone.
     pub fn with_label_prefix(&self, prefix: &str) -> Selector {
-        Selector {
-            root: rewrite::prefix_labels(&self.root, prefix),
-        }
+        Selector { root: rewrite::prefix_labels(&self.root, prefix) }
     }
 
     /// Every `all()` node replaced by `with` (semantics §2.1/§2.2: `all()` in a namespaceSelector
     /// becomes `has(projectcalico.org/namespace)`).
     pub fn replace_all(&self, with: &Expr) -> Selector {
-        Selector {
-            root: rewrite::replace(&self.root, &Expr::All, with),
-        }
+        Selector { root: rewrite::replace(&self.root, &Expr::All, with) }
     }
 
     /// Every `global()` node replaced by `with` (semantics §2.2 step 3).
     pub fn replace_global(&self, with: &Expr) -> Selector {
-        Selector {
-            root: rewrite::replace(&self.root, &Expr::Global, with),
-        }
+        Selector { root: rewrite::replace(&self.root, &Expr::Global, with) }
     }
 
     /// Whether `global()` appears anywhere (it is only legal as a whole namespaceSelector).

@@ -32,11 +32,7 @@ const PRIMARY: &str = "a label, '!', '(', has(<label>), all() or global()";
 pub(super) fn parse(text: &str) -> Result<Expr, SelectorError> {
     let mut lexer = Lexer::new(text);
     let tok = lexer.next_token()?;
-    let mut p = Parser {
-        lexer,
-        tok,
-        depth: 0,
-    };
+    let mut p = Parser { lexer, tok, depth: 0 };
     if p.tok.tok == Tok::Eof {
         return Ok(Expr::All);
     }
@@ -64,10 +60,7 @@ impl Parser {
 
     /// "expected `what` but found <current token>", at the current token.
     fn unexpected(&self, what: &str) -> SelectorError {
-        SelectorError::new(
-            self.tok.column,
-            format!("expected {what} but found {}", self.tok.tok.describe()),
-        )
+        SelectorError::new(self.tok.column, format!("expected {what} but found {}", self.tok.tok.describe()))
     }
 
     fn or_expr(&mut self) -> Result<Expr, SelectorError> {
@@ -127,10 +120,7 @@ impl Parser {
                 };
                 Err(SelectorError::new(
                     start.column,
-                    format!(
-                        "expected {PRIMARY}{after} but found {}{hint}",
-                        other.describe()
-                    ),
+                    format!("expected {PRIMARY}{after} but found {}{hint}", other.describe()),
                 ))
             }
         }
@@ -141,18 +131,14 @@ impl Parser {
         if self.depth >= MAX_NESTING {
             return Err(SelectorError::new(
                 open_column,
-                format!(
-                    "expected at most {MAX_NESTING} levels of nested parentheses but found more"
-                ),
+                format!("expected at most {MAX_NESTING} levels of nested parentheses but found more"),
             ));
         }
         self.depth += 1;
         let e = self.or_expr()?;
         self.depth -= 1;
         if self.tok.tok != Tok::RParen {
-            return Err(self.unexpected(&format!(
-                "'&&', '||' or ')' to close the '(' at column {open_column}"
-            )));
+            return Err(self.unexpected(&format!("'&&', '||' or ')' to close the '(' at column {open_column}")));
         }
         self.advance()?;
         Ok(e)
@@ -170,19 +156,14 @@ impl Parser {
             Tok::In | Tok::NotIn => {
                 self.advance()?;
                 let set = self.set_literal(&op)?;
-                return Ok(if op == Tok::In {
-                    Expr::In(label, set)
-                } else {
-                    Expr::NotIn(label, set)
-                });
+                return Ok(if op == Tok::In { Expr::In(label, set) } else { Expr::NotIn(label, set) });
             }
             _ => {
                 let mut message = format!(
                     "expected an operator (==, !=, in, not in, contains, starts with, ends with) after label '{}'",
                     label.chars().take(40).collect::<String>()
                 );
-                if matches!(label.as_str(), "has" | "all" | "global") && self.tok.tok == Tok::LParen
-                {
+                if matches!(label.as_str(), "has" | "all" | "global") && self.tok.tok == Tok::LParen {
                     message = format!("{message}; write '{label}(' with no space before '('");
                 }
                 return Err(SelectorError::new(
@@ -233,9 +214,9 @@ impl Parser {
                     set.insert(s);
                 }
                 None => {
-                    return Err(self.unexpected(&format!(
-                        "a quoted string or '}}' in the set opened at column {open_column}"
-                    )))
+                    return Err(
+                        self.unexpected(&format!("a quoted string or '}}' in the set opened at column {open_column}"))
+                    )
                 }
             }
             // After a string: `,` or `}`; two strings without a comma are an error.
@@ -247,11 +228,7 @@ impl Parser {
                     self.advance()?;
                     return Ok(set);
                 }
-                _ => {
-                    return Err(self.unexpected(&format!(
-                        "',' or '}}' in the set opened at column {open_column}"
-                    )))
-                }
+                _ => return Err(self.unexpected(&format!("',' or '}}' in the set opened at column {open_column}"))),
             }
         }
     }
@@ -310,25 +287,16 @@ mod tests {
             ("a == 'b'", eq("a", "b")),
             ("a != 'b'", Expr::Ne("a".into(), "b".into())),
             ("a contains 'b'", Expr::Contains("a".into(), "b".into())),
-            (
-                "a starts with 'b'",
-                Expr::StartsWith("a".into(), "b".into()),
-            ),
+            ("a starts with 'b'", Expr::StartsWith("a".into(), "b".into())),
             ("a ends with 'b'", Expr::EndsWith("a".into(), "b".into())),
             ("a in {'x', 'y'}", Expr::In("a".into(), set(&["x", "y"]))),
             ("a not in {'x'}", Expr::NotIn("a".into(), set(&["x"]))),
             ("a in {}", Expr::In("a".into(), set(&[]))),
             ("a in { }", Expr::In("a".into(), set(&[]))),
             ("a in {'x',}", Expr::In("a".into(), set(&["x"]))),
-            (
-                "a in {'x','x' , \"y\" ,}",
-                Expr::In("a".into(), set(&["x", "y"])),
-            ),
+            ("a in {'x','x' , \"y\" ,}", Expr::In("a".into(), set(&["x", "y"]))),
             ("a in{\"x\"}", Expr::In("a".into(), set(&["x"]))),
-            (
-                "contains contains 'x'",
-                Expr::Contains("contains".into(), "x".into()),
-            ),
+            ("contains contains 'x'", Expr::Contains("contains".into(), "x".into())),
             ("in == \"x\"", eq("in", "x")),
             ("not not in {}", Expr::NotIn("not".into(), set(&[]))),
             ("has in {'a'}", Expr::In("has".into(), set(&["a"]))),
@@ -351,14 +319,8 @@ mod tests {
             tree("a == '1' && b == '2' || c == '3'"),
             Expr::Or(vec![Expr::And(vec![a.clone(), b.clone()]), c.clone()])
         );
-        assert_eq!(
-            tree("!a == '1' && b == '2'"),
-            Expr::And(vec![not(a.clone()), b.clone()])
-        );
-        assert_eq!(
-            tree("!(a == '1' && b == '2')"),
-            not(Expr::And(vec![a.clone(), b.clone()]))
-        );
+        assert_eq!(tree("!a == '1' && b == '2'"), Expr::And(vec![not(a.clone()), b.clone()]));
+        assert_eq!(tree("!(a == '1' && b == '2')"), not(Expr::And(vec![a.clone(), b.clone()])));
         assert_eq!(
             tree("(a == '1' || b == '2') && c == '3'"),
             Expr::And(vec![Expr::Or(vec![a.clone(), b.clone()]), c.clone()])
@@ -369,14 +331,8 @@ mod tests {
     #[test]
     fn associativity() {
         let (a, b, c) = (has("a"), has("b"), has("c"));
-        assert_eq!(
-            tree("has(a) && has(b) && has(c)"),
-            Expr::And(vec![a.clone(), b.clone(), c.clone()])
-        );
-        assert_eq!(
-            tree("has(a) || has(b) || has(c)"),
-            Expr::Or(vec![a.clone(), b.clone(), c.clone()])
-        );
+        assert_eq!(tree("has(a) && has(b) && has(c)"), Expr::And(vec![a.clone(), b.clone(), c.clone()]));
+        assert_eq!(tree("has(a) || has(b) || has(c)"), Expr::Or(vec![a.clone(), b.clone(), c.clone()]));
         assert_eq!(
             tree("(has(a) && has(b)) && has(c)"),
             Expr::And(vec![Expr::And(vec![a.clone(), b.clone()]), c.clone()])
@@ -415,16 +371,8 @@ mod tests {
     fn errors() {
         let long = "x".repeat(513);
         let long_sel = format!("{long} == 'v'");
-        let deep_ok = format!(
-            "{}has(a){}",
-            "(".repeat(MAX_NESTING),
-            ")".repeat(MAX_NESTING)
-        );
-        let deep_bad = format!(
-            "{}has(a){}",
-            "(".repeat(MAX_NESTING + 1),
-            ")".repeat(MAX_NESTING + 1)
-        );
+        let deep_ok = format!("{}has(a){}", "(".repeat(MAX_NESTING), ")".repeat(MAX_NESTING));
+        let deep_bad = format!("{}has(a){}", "(".repeat(MAX_NESTING + 1), ")".repeat(MAX_NESTING + 1));
         assert_eq!(tree(&deep_ok), has("a"));
         let cases: Vec<(&str, usize, &str)> = vec![
             // A label on its own, or followed by a non-operator.
@@ -487,10 +435,7 @@ mod tests {
         for (text, column, message) in cases {
             let e = error(text);
             assert_eq!(e.column, column, "{text:?}: {e}");
-            assert!(
-                e.message.contains(message),
-                "{text:?}: {e}\n  wanted: {message}"
-            );
+            assert!(e.message.contains(message), "{text:?}: {e}\n  wanted: {message}");
         }
     }
 }

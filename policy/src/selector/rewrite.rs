@@ -128,10 +128,8 @@ mod tests {
     // semantics §5.5: every label of every operator gets the prefix; all()/global() stay
     #[test]
     fn prefixing() {
-        let s = sel(
-            "has(a) && b == 'x' && c != 'y' && d in {'1'} && e not in {} && f contains 'f' \
-             && g starts with 'g' && h ends with 'h' && !(all() || global() || i == 'a == \"b\"')",
-        );
+        let s = sel("has(a) && b == 'x' && c != 'y' && d in {'1'} && e not in {} && f contains 'f' \
+             && g starts with 'g' && h ends with 'h' && !(all() || global() || i == 'a == \"b\"')");
         assert_eq!(
             s.with_label_prefix("pcns.").to_string(),
             "(has(pcns.a) && pcns.b == \"x\" && pcns.c != \"y\" && pcns.d in {\"1\"} && pcns.e not in {} \
@@ -139,9 +137,7 @@ mod tests {
              && !(all() || global() || pcns.i == 'a == \"b\"'))"
         );
         assert_eq!(
-            sel("projectcalico.org/name == 'default'")
-                .with_label_prefix("pcsa.")
-                .to_string(),
+            sel("projectcalico.org/name == 'default'").with_label_prefix("pcsa.").to_string(),
             "pcsa.projectcalico.org/name == \"default\""
         );
         assert!(Selector::all().with_label_prefix("pcns.").is_all());
@@ -153,10 +149,7 @@ mod tests {
         let ns = sel("team == 'a' && !has(legacy)").with_label_prefix("pcns.");
         let mut ep: BTreeMap<String, String> = BTreeMap::new();
         ep.insert("team".into(), "a".into());
-        assert!(
-            !ns.matches(&ep),
-            "the endpoint's own labels are not namespace labels"
-        );
+        assert!(!ns.matches(&ep), "the endpoint's own labels are not namespace labels");
         ep.insert("pcns.team".into(), "a".into());
         assert!(ns.matches(&ep));
         ep.insert("pcns.legacy".into(), String::new());
@@ -176,23 +169,10 @@ mod tests {
         let g = sel("global()").replace_global(&Expr::Not(Box::new(ns_label.clone())));
         assert_eq!(g.to_string(), "!has(projectcalico.org/namespace)");
         // replace_global leaves all() alone and vice versa.
-        assert_eq!(
-            sel("all() && global()")
-                .replace_global(&has("x"))
-                .to_string(),
-            "(all() && has(x))"
-        );
-        assert_eq!(
-            sel("all() && global()").replace_all(&has("x")).to_string(),
-            "(has(x) && global())"
-        );
+        assert_eq!(sel("all() && global()").replace_global(&has("x")).to_string(), "(all() && has(x))");
+        assert_eq!(sel("all() && global()").replace_all(&has("x")).to_string(), "(has(x) && global())");
         // A degenerate replacement is normalised rather than printed as "()".
-        assert_eq!(
-            sel("has(a) || all()")
-                .replace_all(&Expr::And(vec![]))
-                .to_string(),
-            "(has(a) || all())"
-        );
+        assert_eq!(sel("has(a) || all()").replace_all(&Expr::And(vec![])).to_string(), "(has(a) || all())");
     }
 
     // semantics §2.2: global() is only legal as a whole namespaceSelector, so callers must find it
@@ -208,10 +188,7 @@ mod tests {
     #[test]
     fn label_names() {
         let s = sel("has(a) || !(b == 'c' && d in {} && a not in {'x'}) || e contains '' || f starts with '' || g ends with '' || h != 'i'");
-        let want: BTreeSet<String> = ["a", "b", "d", "e", "f", "g", "h"]
-            .iter()
-            .map(|s| s.to_string())
-            .collect();
+        let want: BTreeSet<String> = ["a", "b", "d", "e", "f", "g", "h"].iter().map(|s| s.to_string()).collect();
         assert_eq!(s.label_names(), want);
         assert!(sel("all() && global()").label_names().is_empty());
     }
@@ -221,15 +198,9 @@ mod tests {
     fn normalizing() {
         assert_eq!(normalize(Expr::And(vec![])), Expr::All);
         assert_eq!(normalize(Expr::Or(vec![])), Expr::Not(Box::new(Expr::All)));
+        assert_eq!(normalize(Expr::Or(vec![Expr::And(vec![has("a")])])), has("a"));
         assert_eq!(
-            normalize(Expr::Or(vec![Expr::And(vec![has("a")])])),
-            has("a")
-        );
-        assert_eq!(
-            normalize(Expr::Not(Box::new(Expr::And(vec![
-                has("a"),
-                Expr::Or(vec![has("b")])
-            ])))),
+            normalize(Expr::Not(Box::new(Expr::And(vec![has("a"), Expr::Or(vec![has("b")])])))),
             Expr::Not(Box::new(Expr::And(vec![has("a"), has("b")])))
         );
         let nothing = Selector::from_expr(Expr::Or(vec![]));

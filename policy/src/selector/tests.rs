@@ -8,10 +8,7 @@ use super::*;
 type Map = BTreeMap<String, String>;
 
 fn labels(pairs: &[(&str, &str)]) -> Map {
-    pairs
-        .iter()
-        .map(|(k, v)| (k.to_string(), v.to_string()))
-        .collect()
+    pairs.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect()
 }
 
 fn sel(text: &str) -> Selector {
@@ -34,11 +31,7 @@ const LONG_LABEL_VECTOR: &str = "\"a\" repeated 513 times == \"value\"";
 
 /// /work/shared/parity/cases/selectors-public.yaml, in file order.
 /// One vector: selector text, the entity's labels, the expected verdict.
-type Vector = (
-    &'static str,
-    &'static [(&'static str, &'static str)],
-    Expect,
-);
+type Vector = (&'static str, &'static [(&'static str, &'static str)], Expect);
 
 const PUBLIC_VECTORS: &[Vector] = &[
     ("a == 'a1' && b == 'b1'", &[("a", "a1"), ("b", "b1")], Match),
@@ -47,10 +40,7 @@ const PUBLIC_VECTORS: &[Vector] = &[
     ("global() || has(x)", &[], Match),
     (
         "pcns.name == \"kube-system\" && projectcalico.org/orchestrator == \"k8s\"",
-        &[
-            ("pcns.name", "kube-system"),
-            ("projectcalico.org/orchestrator", "k8s"),
-        ],
+        &[("pcns.name", "kube-system"), ("projectcalico.org/orchestrator", "k8s")],
         Match,
     ),
     ("a contains \"a\"", &[("b", "aaa")], NoMatch),
@@ -61,34 +51,18 @@ const PUBLIC_VECTORS: &[Vector] = &[
     ("foo == \"bar\" &", &[], Error),
     ("%", &[], Error),
     ("b contains b", &[], Error),
-    (
-        "a != 'a1' && b != 'b1'",
-        &[("a", "a1"), ("b", "b1")],
-        NoMatch,
-    ),
+    ("a != 'a1' && b != 'b1'", &[("a", "a1"), ("b", "b1")], NoMatch),
     (" all()", &[("a", "b")], Match),
     ("global(", &[], Error),
-    (
-        "a != 'a1' || b != 'b1'",
-        &[("a", "a1"), ("b", "b1")],
-        NoMatch,
-    ),
+    ("a != 'a1' || b != 'b1'", &[("a", "a1"), ("b", "b1")], NoMatch),
     ("a == \"b\" && c == \"d\"", &[("a", "b"), ("c", "d")], Match),
     ("a == \"b\" | has(foo)", &[], Error),
-    (
-        "a == \"b\" && c == \"d\"",
-        &[("a", "c"), ("c", "d")],
-        NoMatch,
-    ),
+    ("a == \"b\" && c == \"d\"", &[("a", "c"), ("c", "d")], NoMatch),
     ("!has(a) || a == \"x\"", &[("a", "y")], NoMatch),
     ("a contains \"a\"", &[("a", "a")], Match),
     ("a starts with \"a\"", &[], NoMatch),
     (LONG_LABEL_VECTOR, &[], Error),
-    (
-        "(a == \"b\" || c == \"d\") && e == \"f\"",
-        &[("a", "b")],
-        NoMatch,
-    ),
+    ("(a == \"b\" || c == \"d\") && e == \"f\"", &[("a", "b")], NoMatch),
     ("a not in {\"b\"} || has(z)", &[("a", "b")], NoMatch),
     ("!!", &[], Error),
     ("()", &[], Error),
@@ -99,20 +73,13 @@ const PUBLIC_VECTORS: &[Vector] = &[
     ("has(a b)", &[], Error),
     ("a != \"b\" && a != \"c\"", &[], Match),
     ("!!!!has(a)", &[("a", "x")], Match),
-    (
-        "! a == 'a1' || ! b == 'b1'",
-        &[("a", "a1"), ("b", "b1")],
-        NoMatch,
-    ),
+    ("! a == 'a1' || ! b == 'b1'", &[("a", "a1"), ("b", "b1")], NoMatch),
     ("a inx {\"x\"}", &[], Error),
     ("a in { \"x\" , \"y\" }", &[("a", "y")], Match),
     ("a == \"1\"", &[("a", "01")], NoMatch),
     (
         "pcns.name == \"kube-system\" && projectcalico.org/orchestrator == \"k8s\"",
-        &[
-            ("name", "kube-system"),
-            ("projectcalico.org/orchestrator", "k8s"),
-        ],
+        &[("name", "kube-system"), ("projectcalico.org/orchestrator", "k8s")],
         NoMatch,
     ),
 ];
@@ -130,19 +97,12 @@ fn outcome(text: &str, l: &Map) -> Expect {
 fn public_vectors() {
     assert_eq!(PUBLIC_VECTORS.len(), 40);
     for (yaml, pairs, want) in PUBLIC_VECTORS {
-        let text = if *yaml == LONG_LABEL_VECTOR {
-            format!("{} == \"value\"", "a".repeat(513))
-        } else {
-            yaml.to_string()
-        };
+        let text =
+            if *yaml == LONG_LABEL_VECTOR { format!("{} == \"value\"", "a".repeat(513)) } else { yaml.to_string() };
         let l = labels(pairs);
         assert_eq!(outcome(&text, &l), *want, "{yaml:?} on {l:?}");
         if let Ok(s) = Selector::parse(&text) {
-            assert_eq!(
-                outcome(&s.to_string(), &l),
-                *want,
-                "canonical {s} of {yaml:?}"
-            );
+            assert_eq!(outcome(&s.to_string(), &l), *want, "canonical {s} of {yaml:?}");
         }
     }
     // The 512-character label next to the rejected one is fine.
@@ -160,22 +120,9 @@ fn label_maps() -> Vec<Map> {
         labels(&[("a", "xyz"), ("b", ""), ("c", "it's")]),
         labels(&[("a", "y"), ("c", "say \"hi\""), ("d", "1")]),
         labels(&[("b", "x"), ("d", "01"), ("in", "x")]),
-        labels(&[
-            ("a", "prefix-x"),
-            ("b", "y"),
-            ("c", "d"),
-            ("d", "1"),
-            ("e", ""),
-        ]),
+        labels(&[("a", "prefix-x"), ("b", "y"), ("c", "d"), ("d", "1"), ("e", "")]),
         labels(&[("pcns.a", "x"), ("projectcalico.org/namespace", "ns1")]),
-        labels(&[
-            ("a", "x"),
-            ("b", "y"),
-            ("c", "d"),
-            ("d", "2"),
-            ("e", "f"),
-            ("in", ""),
-        ]),
+        labels(&[("a", "x"), ("b", "y"), ("c", "d"), ("d", "2"), ("e", "f"), ("in", "")]),
         labels(&[("a", "prez"), ("b", "y"), ("e", "g"), ("in", "")]),
         labels(&[("a", "x"), ("c", "it's"), ("d", "2"), ("e", "f")]),
         labels(&[("contains", "x"), ("not", "y"), ("a", "prefix-yx")]),
@@ -239,21 +186,10 @@ fn canonical_round_trip() {
         };
         let canonical = original.to_string();
         let reparsed = sel(&canonical);
-        assert_eq!(
-            reparsed, original,
-            "{text:?} printed as {canonical:?} re-parses to another tree"
-        );
-        assert_eq!(
-            reparsed.to_string(),
-            canonical,
-            "canonical form of {text:?} is not stable"
-        );
+        assert_eq!(reparsed, original, "{text:?} printed as {canonical:?} re-parses to another tree");
+        assert_eq!(reparsed.to_string(), canonical, "canonical form of {text:?} is not stable");
         for m in &maps {
-            assert_eq!(
-                original.matches(m),
-                reparsed.matches(m),
-                "{text:?} vs {canonical:?} on {m:?}"
-            );
+            assert_eq!(original.matches(m), reparsed.matches(m), "{text:?} vs {canonical:?} on {m:?}");
         }
     }
     // The vectors do separate the selectors: not everything is trivially true or false.
@@ -262,11 +198,7 @@ fn canonical_round_trip() {
         .filter_map(|t| Selector::parse(t).ok())
         .map(|s| maps.iter().map(|m| s.matches(m)).collect())
         .collect();
-    assert!(
-        verdicts.len() > 25,
-        "only {} distinct behaviours",
-        verdicts.len()
-    );
+    assert!(verdicts.len() > 25, "only {} distinct behaviours", verdicts.len());
 }
 
 // semantics §5.4: trees built in code (not only parsed ones) print as re-parseable text
@@ -274,9 +206,7 @@ fn canonical_round_trip() {
 fn built_trees_round_trip() {
     let maps = label_maps();
     let built = [
-        Selector::all()
-            .and(sel("has(a)"))
-            .and(Selector::from_expr(Expr::In("b".into(), BTreeSet::new())).negate()),
+        Selector::all().and(sel("has(a)")).and(Selector::from_expr(Expr::In("b".into(), BTreeSet::new())).negate()),
         sel("a == 'x' || has(b)").negate().negate(),
         Selector::from_expr(Expr::Or(vec![Expr::Eq("a".into(), "x".into())])),
         Selector::from_expr(Expr::And(vec![Expr::Or(vec![]), Expr::Has("a".into())])),
@@ -298,10 +228,7 @@ struct Lcg(u64);
 
 impl Lcg {
     fn below(&mut self, n: usize) -> usize {
-        self.0 = self
-            .0
-            .wrapping_mul(6364136223846793005)
-            .wrapping_add(1442695040888963407);
+        self.0 = self.0.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407);
         ((self.0 >> 33) as usize) % n
     }
 }
@@ -361,22 +288,12 @@ fn arbitrary_input_never_panics() {
     let mut rng = Lcg(0x5e1e_c702);
     let mut parsed = 0;
     for _ in 0..20_000 {
-        let text: String = (0..rng.below(12))
-            .map(|_| PIECES[rng.below(PIECES.len())])
-            .collect();
+        let text: String = (0..rng.below(12)).map(|_| PIECES[rng.below(PIECES.len())]).collect();
         match Selector::parse(&text) {
             Err(e) => {
                 let len = text.chars().count();
-                assert!(
-                    (1..=len + 1).contains(&e.column),
-                    "{text:?}: column {} outside 1..={}",
-                    e.column,
-                    len + 1
-                );
-                assert!(
-                    e.message.starts_with("expected") || e.message.contains("expected"),
-                    "{text:?}: {e}"
-                );
+                assert!((1..=len + 1).contains(&e.column), "{text:?}: column {} outside 1..={}", e.column, len + 1);
+                assert!(e.message.starts_with("expected") || e.message.contains("expected"), "{text:?}: {e}");
             }
             Ok(s) => {
                 parsed += 1;
@@ -388,10 +305,7 @@ fn arbitrary_input_never_panics() {
             }
         }
     }
-    assert!(
-        parsed > 100,
-        "the generator should produce some valid selectors, got {parsed}"
-    );
+    assert!(parsed > 100, "the generator should produce some valid selectors, got {parsed}");
 }
 
 // semantics §2.1: combining selectors the way Felix does, with all() dropping out
@@ -405,16 +319,10 @@ fn and_negate_helpers() {
     let ab = a.clone().and(b.clone());
     assert_eq!(ab.to_string(), "(has(a) && (b == \"x\" || has(c)))");
     // No flattening: the same tree as parsing "(a) && (b)".
-    assert_eq!(
-        ab.clone().and(sel("has(d)")),
-        sel("((has(a)) && (b == 'x' || has(c))) && (has(d))")
-    );
+    assert_eq!(ab.clone().and(sel("has(d)")), sel("((has(a)) && (b == 'x' || has(c))) && (has(d))"));
     assert_eq!(a.clone().negate().to_string(), "!has(a)");
     assert_eq!(b.clone().negate().to_string(), "!(b == \"x\" || has(c))");
-    assert_eq!(
-        a.clone().negate().negate().expr(),
-        &Expr::Not(Box::new(Expr::Not(Box::new(Expr::Has("a".into())))))
-    );
+    assert_eq!(a.clone().negate().negate().expr(), &Expr::Not(Box::new(Expr::Not(Box::new(Expr::Has("a".into()))))));
     let l = labels(&[("a", ""), ("c", "")]);
     assert!(ab.matches(&l));
     assert!(!ab.clone().negate().matches(&l));
@@ -439,14 +347,8 @@ fn api_basics() {
         Ok(s) => panic!("parsed {s}"),
         Err(e) => e,
     };
-    assert_eq!(
-        err.to_string(),
-        "column 5: expected a quoted string after '==' but found end of selector"
-    );
+    assert_eq!(err.to_string(), "column 5: expected a quoted string after '==' but found end of selector");
     // Ordering and hashing are derived, so selectors can key maps and be deduplicated.
-    let set: BTreeSet<Selector> = ["has(a)", "has( a )", "!!has(a)", "has(b)"]
-        .iter()
-        .map(|t| sel(t))
-        .collect();
+    let set: BTreeSet<Selector> = ["has(a)", "has( a )", "!!has(a)", "has(b)"].iter().map(|t| sel(t)).collect();
     assert_eq!(set.len(), 2);
 }
