@@ -516,10 +516,10 @@ fn untracked_stage(t: &TableSet, p: &mut Packet) {
     let felix = &t.world.node.felix;
     let h_ = &p.header;
     let failsafe = match dir {
-        Direction::Ingress => failsafe_hit(&felix.failsafe_inbound, h_, h_.dst_port, h_.src)
-            .or_else(|| failsafe_hit(&felix.failsafe_outbound, h_, h_.src_port, h_.src)),
-        Direction::Egress => failsafe_hit(&felix.failsafe_outbound, h_, h_.dst_port, h_.dst)
-            .or_else(|| failsafe_hit(&felix.failsafe_inbound, h_, h_.src_port, h_.dst)),
+        Direction::Ingress => Failsafe::find(&felix.failsafe_inbound, h_, h_.dst_port, h_.src)
+            .or_else(|| Failsafe::find(&felix.failsafe_outbound, h_, h_.src_port, h_.src)),
+        Direction::Egress => Failsafe::find(&felix.failsafe_outbound, h_, h_.dst_port, h_.dst)
+            .or_else(|| Failsafe::find(&felix.failsafe_inbound, h_, h_.src_port, h_.dst)),
     };
     if failsafe.is_some() {
         return;
@@ -582,7 +582,7 @@ fn prednat_stage(t: &TableSet, p: &mut Packet) {
         p.drop(Decision::Invalid);
         return;
     }
-    if failsafe_hit(&t.world.node.felix.failsafe_inbound, &p.header, p.header.dst_port, p.header.src).is_some() {
+    if Failsafe::find(&t.world.node.felix.failsafe_inbound, &p.header, p.header.dst_port, p.header.src).is_some() {
         return;
     }
     match walk(t, EndpointRef::Host(h as usize), Direction::Ingress, Stage::PreDnat, p) {
@@ -799,8 +799,8 @@ fn host_normal_chain(t: &TableSet, h: u32, dir: Direction, p: &mut Packet) -> Ch
     let felix = &t.world.node.felix;
     let hd = &p.post;
     let failsafe = match dir {
-        Direction::Ingress => failsafe_hit(&felix.failsafe_inbound, hd, hd.dst_port, hd.src).map(|f| (true, f)),
-        Direction::Egress => failsafe_hit(&felix.failsafe_outbound, hd, hd.dst_port, hd.dst).map(|f| (false, f)),
+        Direction::Ingress => Failsafe::find(&felix.failsafe_inbound, hd, hd.dst_port, hd.src).map(|f| (true, f)),
+        Direction::Egress => Failsafe::find(&felix.failsafe_outbound, hd, hd.dst_port, hd.dst).map(|f| (false, f)),
     };
     if let Some((inbound, f)) = failsafe {
         return Chain::Accept(Decision::Failsafe { inbound, protocol: f.protocol.0, port: f.port });
@@ -864,13 +864,6 @@ fn walk(t: &TableSet, ep: EndpointRef, dir: Direction, stage: Stage, p: &mut Pac
         ProgramEnd::NoProfileMatched => Chain::Drop(Decision::NoProfile { ep, dir }),
         ProgramEnd::FellThrough => Chain::Return(Decision::NoCalicoVerdict),
     }
-}
-
-fn failsafe_hit<'a>(list: &'a [Failsafe], pkt: &PacketHeader, port: u16, remote: IpAddr) -> Option<&'a Failsafe> {
-    if !pkt.has_ports() {
-        return None;
-    }
-    list.iter().find(|f| f.protocol == pkt.protocol && f.port == port && f.net.is_none_or(|n| n.contains(remote)))
 }
 
 fn egress_port(route: Route) -> Port {

@@ -98,6 +98,20 @@ pub struct Failsafe {
 }
 
 impl Failsafe {
+    /// The entry of `list` matching the packet's protocol and `port`, with `remote` inside its CIDR if it
+    /// has one (semantics §7.5). Packets without ports never match.
+    pub fn find<'a>(
+        list: &'a [Failsafe],
+        pkt: &crate::packet::PacketHeader,
+        port: u16,
+        remote: IpAddr,
+    ) -> Option<&'a Failsafe> {
+        if !pkt.has_ports() {
+            return None;
+        }
+        list.iter().find(|f| f.protocol == pkt.protocol && f.port == port && f.net.is_none_or(|n| n.contains(remote)))
+    }
+
     fn list(entries: &[(&str, u16)]) -> Vec<Failsafe> {
         entries
             .iter()

@@ -508,8 +508,12 @@ impl<W: PolicyWalker> NodeModel<W> {
         }
         let felix = &self.world.node.felix;
         let failsafe = match d {
-            Direction::Ingress => failsafe_hit(&felix.failsafe_inbound, pkt, pkt.dst_port, pkt.src).map(|f| (true, f)),
-            Direction::Egress => failsafe_hit(&felix.failsafe_outbound, pkt, pkt.dst_port, pkt.dst).map(|f| (false, f)),
+            Direction::Ingress => {
+                Failsafe::find(&felix.failsafe_inbound, pkt, pkt.dst_port, pkt.src).map(|f| (true, f))
+            }
+            Direction::Egress => {
+                Failsafe::find(&felix.failsafe_outbound, pkt, pkt.dst_port, pkt.dst).map(|f| (false, f))
+            }
         };
         if let Some((inbound, f)) = failsafe {
             return Chain::Accept(Reason::Failsafe { inbound, protocol: f.protocol.0, port: f.port });
@@ -546,7 +550,7 @@ impl<W: PolicyWalker> NodeModel<W> {
             return Chain::Drop(Reason::Invalid);
         }
         let felix = &self.world.node.felix;
-        if let Some(f) = failsafe_hit(&felix.failsafe_inbound, pkt, pkt.dst_port, pkt.src) {
+        if let Some(f) = Failsafe::find(&felix.failsafe_inbound, pkt, pkt.dst_port, pkt.src) {
             return Chain::Return(Reason::Failsafe { inbound: true, protocol: f.protocol.0, port: f.port });
         }
         self.passing_walk(EndpointRef::Host(h), Direction::Ingress, Stage::PreDnat, pkt, w)
@@ -565,10 +569,10 @@ impl<W: PolicyWalker> NodeModel<W> {
     fn untracked_chain(&self, h: usize, d: Direction, pkt: &PacketHeader, w: &mut Walk) -> Chain {
         let felix = &self.world.node.felix;
         let failsafe = match d {
-            Direction::Ingress => failsafe_hit(&felix.failsafe_inbound, pkt, pkt.dst_port, pkt.src)
-                .or_else(|| failsafe_hit(&felix.failsafe_outbound, pkt, pkt.src_port, pkt.src)),
-            Direction::Egress => failsafe_hit(&felix.failsafe_outbound, pkt, pkt.dst_port, pkt.dst)
-                .or_else(|| failsafe_hit(&felix.failsafe_inbound, pkt, pkt.src_port, pkt.dst)),
+            Direction::Ingress => Failsafe::find(&felix.failsafe_inbound, pkt, pkt.dst_port, pkt.src)
+                .or_else(|| Failsafe::find(&felix.failsafe_outbound, pkt, pkt.src_port, pkt.src)),
+            Direction::Egress => Failsafe::find(&felix.failsafe_outbound, pkt, pkt.dst_port, pkt.dst)
+                .or_else(|| Failsafe::find(&felix.failsafe_inbound, pkt, pkt.src_port, pkt.dst)),
         };
         if let Some(f) = failsafe {
             // Accepted but still tracked: the rest of the path runs as usual.
@@ -642,14 +646,6 @@ struct Delivered {
     dst: IpAddr,
     dst_port: u16,
     commit: Option<(Lookup, Tuple)>,
-}
-
-/// The failsafe entry matching (protocol, `port`), with `remote` inside its CIDR if it has one.
-fn failsafe_hit<'a>(list: &'a [Failsafe], pkt: &PacketHeader, port: u16, remote: IpAddr) -> Option<&'a Failsafe> {
-    if !pkt.has_ports() {
-        return None;
-    }
-    list.iter().find(|f| f.protocol == pkt.protocol && f.port == port && f.net.is_none_or(|n| n.contains(remote)))
 }
 
 #[cfg(test)]
