@@ -8,3 +8,4 @@ pub mod path;
 pub mod pipeline;
 pub mod tables;
 pub mod wire;
+pub mod xsk;
