@@ -14,7 +14,7 @@ use std::net::IpAddr;
 
 use calxdp_policy::conntrack::{tcp_step, CtState, FlowDir, TcpState, TcpStep, Timeouts};
 use calxdp_policy::packet::PacketHeader;
-use calxdp_policy::reference::flows::{FlowKind, Tuple};
+use calxdp_policy::reference::flows::Tuple;
 use calxdp_policy::resource::Protocol;
 
 /// Nanoseconds since the dataplane's clock started: read once per batch.
@@ -468,16 +468,6 @@ fn timeout_table(t: &Timeouts) -> [Nanos; TIMEOUT_SLOTS] {
     out[11] = t.icmp.as_nanos() as Nanos;
     out[12] = t.generic.as_nanos() as Nanos;
     out
-}
-
-/// The reference model's kind of a flow, for comparisons in tests.
-pub fn kind_name(k: FlowKind) -> &'static str {
-    match k {
-        FlowKind::Tcp(_) => "tcp",
-        FlowKind::Udp => "udp",
-        FlowKind::Icmp => "icmp",
-        FlowKind::Other => "other",
-    }
 }
 
 #[cfg(test)]

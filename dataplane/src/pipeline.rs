@@ -326,18 +326,7 @@ impl Packet {
     /// A frame that could not become a packet (`Decision::Malformed` or `Decision::NotIp`): dropped
     /// before any stage, counted under its reason.
     pub fn unparsed(port: Port, reason: Decision) -> Packet {
-        let blank = PacketHeader {
-            src: IpAddr::V4(std::net::Ipv4Addr::UNSPECIFIED),
-            dst: IpAddr::V4(std::net::Ipv4Addr::UNSPECIFIED),
-            protocol: Protocol(0),
-            src_port: 0,
-            dst_port: 0,
-            tcp_flags: 0,
-            icmp_type: 0,
-            icmp_code: 0,
-            icmp_id: 0,
-        };
-        let mut p = Packet::new(port, blank, None);
+        let mut p = Packet::new(port, PacketHeader::EMPTY, None);
         p.done = true;
         p.decision = reason;
         p
@@ -830,19 +819,11 @@ fn normal_walk(t: &TableSet, ep: EndpointRef, dir: Direction, p: &mut Packet) ->
 }
 
 fn program(t: &TableSet, ep: EndpointRef, stage: Stage, dir: Direction) -> Option<&Program> {
-    let programs = match ep {
-        EndpointRef::Workload(i) => t.compiled.workloads.get(i)?,
-        EndpointRef::Host(h) => t.compiled.host_endpoints.get(h)?,
-    };
-    programs.get(stage, dir).map(|p| &**p)
+    t.compiled.program(ep, stage, dir)
 }
 
 fn has_policies(t: &TableSet, ep: EndpointRef, stage: Stage, dir: Option<Direction>) -> bool {
-    let has = |d| program(t, ep, stage, d).is_some_and(|p| p.flat.has_policies);
-    match dir {
-        Some(d) => has(d),
-        None => has(Direction::Ingress) || has(Direction::Egress),
-    }
+    t.compiled.has_policies(ep, stage, dir)
 }
 
 /// Runs one compiled walk on the packet (post-NAT addresses except in the untracked and pre-DNAT stages,

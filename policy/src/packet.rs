@@ -34,6 +34,20 @@ pub struct PacketHeader {
 }
 
 impl PacketHeader {
+    /// Unspecified IPv4 addresses, protocol 0, every other field 0: the header of a frame that is not IP,
+    /// and the base to fill in (`PacketHeader { src, dst, ..PacketHeader::EMPTY }`).
+    pub const EMPTY: PacketHeader = PacketHeader {
+        src: IpAddr::V4(std::net::Ipv4Addr::UNSPECIFIED),
+        dst: IpAddr::V4(std::net::Ipv4Addr::UNSPECIFIED),
+        protocol: Protocol(0),
+        src_port: 0,
+        dst_port: 0,
+        tcp_flags: 0,
+        icmp_type: 0,
+        icmp_code: 0,
+        icmp_id: 0,
+    };
+
     pub fn family(&self) -> IpFamily {
         IpFamily::of(self.src)
     }

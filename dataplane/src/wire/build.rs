@@ -74,17 +74,7 @@ impl FrameSpec {
 /// length field can say.
 pub fn build(spec: &FrameSpec) -> Vec<u8> {
     let h = &spec.header;
-    let quoted = PacketHeader {
-        src: h.dst,
-        dst: h.src,
-        protocol: Protocol::UDP,
-        src_port: 0,
-        dst_port: 0,
-        tcp_flags: 0,
-        icmp_type: 0,
-        icmp_code: 0,
-        icmp_id: 0,
-    };
+    let quoted = PacketHeader { src: h.dst, dst: h.src, protocol: Protocol::UDP, ..PacketHeader::EMPTY };
     frame(spec, h.is_icmp_error().then_some(&quoted))
 }
 
@@ -223,17 +213,7 @@ mod tests {
         ];
         let mut out = Vec::new();
         for (src, dst) in pairs {
-            let base = PacketHeader {
-                src,
-                dst,
-                protocol: Protocol(0),
-                src_port: 0,
-                dst_port: 0,
-                tcp_flags: 0,
-                icmp_type: 0,
-                icmp_code: 0,
-                icmp_id: 0,
-            };
+            let base = PacketHeader { src, dst, ..PacketHeader::EMPTY };
             let ports = PacketHeader { src_port: 33333, dst_port: 8080, ..base };
             for flags in [tcp_flags::SYN, tcp_flags::SYN | tcp_flags::ACK, tcp_flags::RST, 0, 0xff] {
                 out.push(PacketHeader { protocol: Protocol::TCP, tcp_flags: flags, ..ports });

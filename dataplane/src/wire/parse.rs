@@ -12,7 +12,7 @@
 //! packet is an IP header of the same family with its first 8 L4 bytes (conntrack needs them to relate
 //! the error). The L4 checksum is not checked here; see [`Parsed::verify_l4_checksum`].
 
-use std::net::{IpAddr, Ipv4Addr};
+use std::net::IpAddr;
 
 use calxdp_policy::net::IpFamily;
 use calxdp_policy::packet::PacketHeader;
@@ -147,18 +147,8 @@ impl Parsed {
     }
 }
 
-/// A `PacketHeader` for frames that are not IP, and the starting point for those that are.
-const EMPTY_HEADER: PacketHeader = PacketHeader {
-    src: IpAddr::V4(Ipv4Addr::UNSPECIFIED),
-    dst: IpAddr::V4(Ipv4Addr::UNSPECIFIED),
-    protocol: Protocol(0),
-    src_port: 0,
-    dst_port: 0,
-    tcp_flags: 0,
-    icmp_type: 0,
-    icmp_code: 0,
-    icmp_id: 0,
-};
+/// The header of frames that are not IP, and the starting point for those that are.
+const EMPTY_HEADER: PacketHeader = PacketHeader::EMPTY;
 
 /// Parses one frame. Allocates nothing and never panics.
 pub fn parse(frame: &[u8]) -> Result<Parsed, Malformed> {

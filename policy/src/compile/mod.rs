@@ -144,6 +144,26 @@ pub struct CompiledTables {
     pub stats: CompileStats,
 }
 
+impl CompiledTables {
+    /// The compiled walk of `ep` for `stage` and direction `d`.
+    pub fn program(&self, ep: crate::reference::EndpointRef, stage: Stage, d: Direction) -> Option<&Program> {
+        let programs = match ep {
+            crate::reference::EndpointRef::Workload(i) => self.workloads.get(i)?,
+            crate::reference::EndpointRef::Host(h) => self.host_endpoints.get(h)?,
+        };
+        programs.get(stage, d).map(|p| &**p)
+    }
+
+    /// Whether any policy of `stage` selects `ep` (for direction `d`, or either when `None`).
+    pub fn has_policies(&self, ep: crate::reference::EndpointRef, stage: Stage, d: Option<Direction>) -> bool {
+        let has = |d| self.program(ep, stage, d).is_some_and(|p| p.flat.has_policies);
+        match d {
+            Some(d) => has(d),
+            None => has(Direction::Ingress) || has(Direction::Egress),
+        }
+    }
+}
+
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct CompileStats {
     /// Distinct programs in the tables.

@@ -39,11 +39,7 @@ impl PolicyWalker for Compiled {
         pkt: &PacketHeader,
         logs: &mut Vec<LogEvent>,
     ) -> WalkEnd {
-        let programs = match ep {
-            EndpointRef::Workload(i) => &self.tables.workloads[i],
-            EndpointRef::Host(h) => &self.tables.host_endpoints[h],
-        };
-        let Some(program) = programs.get(stage, d) else { return WalkEnd::FellThrough };
+        let Some(program) = self.tables.program(ep, stage, d) else { return WalkEnd::FellThrough };
         let endpoint = ep.endpoint(world).id.clone();
         let rule_ref = |rule: u32| {
             let origin = &program.flat.rules[rule as usize];
@@ -68,14 +64,6 @@ impl PolicyWalker for Compiled {
     }
 
     fn has_policies(&self, _world: &ResolvedNode, ep: EndpointRef, stage: Stage, d: Option<Direction>) -> bool {
-        let programs = match ep {
-            EndpointRef::Workload(i) => &self.tables.workloads[i],
-            EndpointRef::Host(h) => &self.tables.host_endpoints[h],
-        };
-        let has = |d| programs.get(stage, d).is_some_and(|p| p.flat.has_policies);
-        match d {
-            Some(d) => has(d),
-            None => has(Direction::Ingress) || has(Direction::Egress),
-        }
+        self.tables.has_policies(ep, stage, d)
     }
 }
