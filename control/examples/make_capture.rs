@@ -25,7 +25,7 @@ fn packet(proto: Protocol, src: &str, sport: u16, dst: &str, dport: u16, flags: 
 
 fn main() {
     let (tcp, udp) = (Protocol::TCP, Protocol::UDP);
-    let (s, sa, a) = (tcp_flags::SYN, tcp_flags::SYN | tcp_flags::ACK, tcp_flags::ACK);
+    let (s, sa) = (tcp_flags::SYN, tcp_flags::SYN | tcp_flags::ACK);
     let story = [
         packet(tcp, "192.168.1.11", 40000, "192.168.1.10", 8080, s), // frontend -> web: the k8s policy admits it
         packet(tcp, "192.168.1.10", 8080, "192.168.1.11", 40000, sa), // the reply is established

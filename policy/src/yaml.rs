@@ -448,9 +448,9 @@ mod tests {
         let d = docs("a: \"80\"\nb: 80\nc: ~\n");
         let origin = Origin::file("t.yaml");
         let root = Field::root(&d[0], &origin);
-        root.require("a", |a| Ok(assert!(a.is_quoted()))).unwrap();
-        root.require("b", |b| Ok(assert!(!b.is_quoted()))).unwrap();
-        root.with("c", |c| Ok(assert!(c.is_none()))).unwrap();
+        assert!(root.require("a", |a| Ok(a.is_quoted())).unwrap());
+        assert!(!root.require("b", |b| Ok(b.is_quoted())).unwrap());
+        assert!(root.with("c", |c| Ok(c.is_none())).unwrap());
     }
 
     #[test]
