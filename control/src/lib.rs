@@ -1,6 +1,8 @@
 //! The calxdp node agent: command line, policy sources, the control thread, and the parity runner.
 
 pub mod check;
+pub mod live;
 pub mod parity;
 pub mod publisher;
 pub mod replay;
+pub mod run;

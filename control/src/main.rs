@@ -3,9 +3,13 @@
 use std::path::PathBuf;
 use std::process::ExitCode;
 
+use std::sync::atomic::AtomicBool;
+use std::sync::Arc;
+
 use clap::{Parser, Subcommand};
 
 use calxdp::check::check_path;
+use calxdp::live::LiveOptions;
 use calxdp::parity::{self, Level};
 
 #[derive(Parser, Debug)]
@@ -34,6 +38,24 @@ enum Command {
         #[arg(long)]
         out_dir: Option<PathBuf>,
         capture: PathBuf,
+    },
+    /// Run the node dataplane (root): take over the node file's uplinks and pod veths with XDP and AF_XDP,
+    /// join the host stack through a tap, and enforce the policies in DIR, reloaded when they change.
+    Run {
+        #[arg(long)]
+        node: PathBuf,
+        /// A directory of policy files, watched for changes.
+        #[arg(long)]
+        policies: PathBuf,
+        /// Worker threads (each owns one queue of every interface).
+        #[arg(long, default_value_t = 1)]
+        workers: usize,
+        /// The name of the host tap.
+        #[arg(long, default_value = "calxdp-host")]
+        tap: String,
+        /// Print one line per frame: where it came in, the verdict, where it went, and why.
+        #[arg(long)]
+        trace: bool,
     },
     /// Run parity scenarios and compare every verdict with Linux Calico's.
     Parity {
@@ -86,6 +108,25 @@ fn main() -> ExitCode {
                 }
                 Err(e) => {
                     eprintln!("calxdp replay: {e}");
+                    ExitCode::FAILURE
+                }
+            }
+        }
+        Command::Run { node, policies, workers, tap, trace } => {
+            let stop = Arc::new(AtomicBool::new(false));
+            for sig in [signal_hook::consts::SIGINT, signal_hook::consts::SIGTERM] {
+                if let Err(e) = signal_hook::flag::register(sig, stop.clone()) {
+                    eprintln!("calxdp run: cannot handle signals: {e}");
+                    return ExitCode::FAILURE;
+                }
+            }
+            let opts = LiveOptions { workers, tap, ..LiveOptions::default() };
+            let result =
+                calxdp::replay::load_node(&node).and_then(|n| calxdp::run::run(n, &policies, &opts, stop, trace));
+            match result {
+                Ok(()) => ExitCode::SUCCESS,
+                Err(e) => {
+                    eprintln!("calxdp run: {e}");
                     ExitCode::FAILURE
                 }
             }

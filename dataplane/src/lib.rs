@@ -1,5 +1,6 @@
 //! The calxdp dataplane: frames in, verdicts and frames out.
 
+pub mod arp;
 pub mod flow;
 pub mod frames;
 pub mod io;
@@ -8,4 +9,6 @@ pub mod path;
 pub mod pipeline;
 pub mod tables;
 pub mod wire;
+pub mod worker;
+pub mod xdp;
 pub mod xsk;

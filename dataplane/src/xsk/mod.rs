@@ -1,7 +1,7 @@
-//! AF_XDP sockets: the one module of calxdp allowed `unsafe` code (rings shared with the kernel, UMEM,
-//! the socket syscalls). Every `unsafe` block carries a `// SAFETY:` comment.
-//!
-//! So far: the ring logic, tested on ordinary memory. The mapping of a real socket's rings and UMEM comes
-//! with the live node.
+//! Kernel interfaces by raw syscall: the one module of calxdp allowed `unsafe` code. AF_XDP sockets (rings
+//! shared with the kernel, the UMEM, the socket options) and the TAP device to the host stack. Every
+//! `unsafe` block carries a `// SAFETY:` comment.
 
 pub mod ring;
+pub mod socket;
+pub mod tap;

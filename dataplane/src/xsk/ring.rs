@@ -125,6 +125,11 @@ impl<M> Producer<M> {
     pub fn free_cached(&self) -> u32 {
         self.mask + 1 - self.head.wrapping_sub(self.cached_consumer)
     }
+
+    /// The ring's memory (for the socket's flag checks).
+    pub fn memory(&self) -> &M {
+        &self.mem
+    }
 }
 
 impl<M> Consumer<M> {

@@ -1,0 +1,329 @@
+//! The live node: the node's interfaces taken over through XDP and AF_XDP, the host tap, and the workers
+//! (DESIGN.md "The node"). Everything it sets up is undone when it stops, or by the kernel if the process
+//! dies: the XDP programs hang on bpf_links and the tap on its file descriptors.
+
+use std::net::IpAddr;
+use std::process::Command;
+use std::sync::atomic::Ordering;
+use std::sync::mpsc::SyncSender;
+use std::sync::Arc;
+use std::thread::JoinHandle;
+
+use calxdp_dataplane::path::Port;
+use calxdp_dataplane::pipeline::{Counters, Pipeline};
+use calxdp_dataplane::worker::{Clock, IoCounters, PortIo, TraceRecord, Worker, WorkerShared};
+use calxdp_dataplane::xdp::Redirect;
+use calxdp_dataplane::xsk::socket::{XskConfig, XskSocket};
+use calxdp_dataplane::xsk::tap::Tap;
+use calxdp_policy::node::{parse_mac, NodeConfig};
+use calxdp_policy::resource::ResourceSet;
+
+use crate::publisher::TablePublisher;
+
+/// How to run the node.
+#[derive(Debug, Clone)]
+pub struct LiveOptions {
+    /// Worker threads; each owns queue i of every interface and of the tap.
+    pub workers: usize,
+    /// The host tap's name.
+    pub tap: String,
+    /// Give the tap the node's addresses and routes (a real node). Off for the parity level, where the
+    /// test plays the host stack on the tap.
+    pub host_addresses: bool,
+    pub xsk: XskConfig,
+    /// Conntrack entries per worker.
+    pub flow_capacity: usize,
+}
+
+impl Default for LiveOptions {
+    fn default() -> LiveOptions {
+        LiveOptions {
+            workers: 1,
+            tap: "calxdp-host".into(),
+            host_addresses: true,
+            xsk: XskConfig::default(),
+            flow_capacity: 1 << 18,
+        }
+    }
+}
+
+/// A running node.
+#[derive(Debug)]
+pub struct LiveNode {
+    pub publisher: TablePublisher,
+    pub clock: Arc<Clock>,
+    pub node: NodeConfig,
+    shared: Vec<Arc<WorkerShared>>,
+    threads: Vec<JoinHandle<()>>,
+    /// Held so the programs stay attached; dropped (detached) after the workers stop.
+    redirects: Vec<Redirect>,
+    pub attach_modes: Vec<(String, &'static str)>,
+}
+
+impl LiveNode {
+    /// Checks the machine, takes over the interfaces and starts the workers. Errors are sentences for an
+    /// operator: what is missing and what to do.
+    pub fn start(
+        mut node: NodeConfig,
+        resources: ResourceSet,
+        opts: &LiveOptions,
+        trace: Option<SyncSender<TraceRecord>>,
+    ) -> Result<LiveNode, String> {
+        preflight(&node, opts)?;
+        for u in &mut node.uplinks {
+            if u.mac.is_none() {
+                u.mac = interface_mac(&u.name);
+            }
+        }
+        let publisher = TablePublisher::new(node.clone(), resources);
+        let clock = Arc::new(Clock::default());
+        let (uplinks, workloads) = (node.uplinks.len(), node.workloads.len());
+
+        // The host tap: one queue per worker.
+        let mut taps = Vec::new();
+        for _ in 0..opts.workers {
+            let tap = Tap::open(&opts.tap, opts.workers > 1).map_err(|e| {
+                format!("cannot create the host tap {}: {e} (calxdp needs /dev/net/tun and CAP_NET_ADMIN)", opts.tap)
+            })?;
+            taps.push(tap);
+        }
+        configure_tap(&node, opts)?;
+
+        // Every uplink and pod veth: the XDP program, then one socket per worker queue.
+        let mut redirects = Vec::new();
+        let mut attach_modes = Vec::new();
+        let mut sockets: Vec<Vec<Option<PortIo>>> =
+            (0..opts.workers).map(|_| (0..uplinks + workloads + 1).map(|_| None).collect()).collect();
+        let interfaces = node
+            .uplinks
+            .iter()
+            .map(|u| (Port::Uplink(0), u.name.clone()))
+            .enumerate()
+            .map(|(i, (_, n))| (Port::Uplink(i as u16), n))
+            .chain(
+                node.workloads
+                    .iter()
+                    .enumerate()
+                    .filter_map(|(i, w)| w.interface.clone().map(|n| (Port::Workload(i as u16), n))),
+            )
+            .collect::<Vec<_>>();
+        for (port, name) in &interfaces {
+            let mut redirect = Redirect::attach(name)?;
+            attach_modes.push((name.clone(), redirect.mode));
+            let slot = Counters::port_slot(*port, uplinks, workloads);
+            for (q, worker_ports) in sockets.iter_mut().enumerate() {
+                let sock = XskSocket::open(name, q as u32, opts.xsk).map_err(|e| e.to_string())?;
+                redirect.register(q as u32, sock.fd())?;
+                worker_ports[slot] = Some(PortIo::Xsk(Box::new(sock)));
+            }
+            redirects.push(redirect);
+        }
+        for (worker_ports, tap) in sockets.iter_mut().zip(taps) {
+            worker_ports[uplinks + workloads] = Some(PortIo::Tap(tap));
+        }
+
+        let mut shared = Vec::new();
+        let mut threads = Vec::new();
+        for (i, ports) in sockets.into_iter().enumerate() {
+            let s = Arc::new(WorkerShared::default());
+            let pipeline = Pipeline::new(publisher.slot(), opts.flow_capacity);
+            let mut worker = Worker::new(pipeline, ports, uplinks, workloads, s.clone(), clock.clone(), trace.clone());
+            let handle = std::thread::Builder::new()
+                .name(format!("calxdp-worker-{i}"))
+                .spawn(move || worker.run())
+                .map_err(|e| format!("cannot start worker thread {i}: {e}"))?;
+            shared.push(s);
+            threads.push(handle);
+        }
+        Ok(LiveNode { publisher, clock, node, shared, threads, redirects, attach_modes })
+    }
+
+    /// Every worker's counters, summed.
+    pub fn counters(&self) -> (Counters, IoCounters) {
+        let mut c = Counters::default();
+        let mut io = IoCounters::default();
+        for s in &self.shared {
+            let g = s.snapshot.lock().expect("a worker never panics holding it");
+            c.add(&g.0);
+            let o = &g.1;
+            io.arp_replied += o.arp_replied;
+            io.arp_passed += o.arp_passed;
+            io.arp_dropped += o.arp_dropped;
+            io.tx_full += o.tx_full;
+            io.oversize += o.oversize;
+            io.batches += o.batches;
+            io.trace_lost += o.trace_lost;
+        }
+        (c, io)
+    }
+
+    /// Frames the workers have finished.
+    pub fn frames_done(&self) -> u64 {
+        self.shared.iter().map(|s| s.frames_done.load(Ordering::Acquire)).sum()
+    }
+
+    /// Stops the workers, then detaches XDP and removes the tap (with its addresses and routes).
+    pub fn stop(mut self) -> (Counters, IoCounters) {
+        for s in &self.shared {
+            s.stop.store(true, Ordering::Relaxed);
+        }
+        for t in self.threads.drain(..) {
+            let _ = t.join();
+        }
+        let counters = self.counters();
+        self.redirects.clear();
+        counters
+    }
+}
+
+impl Drop for LiveNode {
+    fn drop(&mut self) {
+        for s in &self.shared {
+            s.stop.store(true, Ordering::Relaxed);
+        }
+        for t in self.threads.drain(..) {
+            let _ = t.join();
+        }
+    }
+}
+
+/// Checks what the node needs before touching anything.
+fn preflight(node: &NodeConfig, opts: &LiveOptions) -> Result<(), String> {
+    if node.uplinks.is_empty() {
+        return Err("the node file names no uplink interface; calxdp needs at least one".into());
+    }
+    if opts.workers == 0 {
+        return Err("--workers must be at least 1".into());
+    }
+    let mut names: Vec<(String, String)> =
+        node.uplinks.iter().map(|u| (u.name.clone(), "uplink".to_string())).collect();
+    for w in &node.workloads {
+        if let Some(i) = &w.interface {
+            names.push((i.clone(), format!("the veth of pod {}/{}", w.namespace, w.name)));
+        }
+    }
+    for (name, what) in &names {
+        let dir = std::path::Path::new("/sys/class/net").join(name);
+        if !dir.exists() {
+            return Err(format!(
+                "interface {name} ({what}) does not exist in this network namespace; create it or fix the node file"
+            ));
+        }
+        if opts.workers > 1 {
+            let queues = std::fs::read_dir(dir.join("queues"))
+                .map(|d| {
+                    d.filter_map(Result::ok).filter(|e| e.file_name().to_string_lossy().starts_with("rx-")).count()
+                })
+                .unwrap_or(1);
+            if queues < opts.workers {
+                return Err(format!(
+                    "interface {name} has {queues} receive queue(s) but {} workers were asked for; each worker \
+                     owns one queue of every interface",
+                    opts.workers
+                ));
+            }
+        }
+    }
+    if !std::path::Path::new("/dev/net/tun").exists() {
+        return Err(
+            "/dev/net/tun is missing: load the tun module (modprobe tun) so calxdp can make the host tap".into()
+        );
+    }
+    let need = opts.xsk.umem_bytes() * names.len() * opts.workers;
+    if !has_cap_ipc_lock() {
+        let limit = memlock_limit();
+        if limit.is_some_and(|l| (l as usize) < need) {
+            return Err(format!(
+                "memlock limit too low: the AF_XDP UMEMs need {} KiB of locked memory but `ulimit -l` allows {} KiB; \
+                 run as root (CAP_IPC_LOCK) or raise the limit",
+                need / 1024,
+                limit.unwrap_or(0) / 1024
+            ));
+        }
+    }
+    if !is_root() {
+        return Err("calxdp run needs root (CAP_NET_ADMIN, CAP_NET_RAW, CAP_BPF): it attaches XDP programs, opens \
+                    AF_XDP sockets and creates a tap"
+            .into());
+    }
+    Ok(())
+}
+
+fn status_field(name: &str) -> Option<String> {
+    let s = std::fs::read_to_string("/proc/self/status").ok()?;
+    s.lines().find_map(|l| l.strip_prefix(name).map(|v| v.trim().to_string()))
+}
+
+fn is_root() -> bool {
+    status_field("Uid:").and_then(|v| v.split_whitespace().nth(1).map(|e| e == "0")).unwrap_or(false)
+}
+
+fn has_cap_ipc_lock() -> bool {
+    const CAP_IPC_LOCK: u32 = 14;
+    status_field("CapEff:").and_then(|v| u64::from_str_radix(&v, 16).ok()).is_some_and(|c| c & (1 << CAP_IPC_LOCK) != 0)
+}
+
+/// `ulimit -l` in bytes (None: unlimited or unknown).
+fn memlock_limit() -> Option<u64> {
+    let s = std::fs::read_to_string("/proc/self/limits").ok()?;
+    let line = s.lines().find(|l| l.starts_with("Max locked memory"))?;
+    line.split_whitespace().nth(3).and_then(|v| v.parse().ok())
+}
+
+fn interface_mac(name: &str) -> Option<[u8; 6]> {
+    let text = std::fs::read_to_string(format!("/sys/class/net/{name}/address")).ok()?;
+    parse_mac(text.trim())
+}
+
+/// Runs `ip` with the arguments; the error names the command.
+pub fn ip(args: &[&str]) -> Result<(), String> {
+    let out = Command::new("ip").args(args).output().map_err(|e| format!("cannot run `ip` (install iproute2): {e}"))?;
+    if out.status.success() {
+        Ok(())
+    } else {
+        Err(format!("`ip {}` failed: {}", args.join(" "), String::from_utf8_lossy(&out.stderr).trim()))
+    }
+}
+
+/// The tap carries the uplink's MAC and MTU; on a real node also the node's addresses, its default route
+/// and a /32 route to each local pod (so the host reaches pods through the dataplane, under policy).
+fn configure_tap(node: &NodeConfig, opts: &LiveOptions) -> Result<(), String> {
+    let tap = opts.tap.as_str();
+    let up = &node.uplinks[0];
+    if let Some(mac) = up.mac {
+        let mac = mac.iter().map(|b| format!("{b:02x}")).collect::<Vec<_>>().join(":");
+        ip(&["link", "set", "dev", tap, "address", &mac])?;
+    }
+    if let Ok(mtu) = std::fs::read_to_string(format!("/sys/class/net/{}/mtu", up.name)) {
+        ip(&["link", "set", "dev", tap, "mtu", mtu.trim()])?;
+    }
+    // The host stack must not answer IPv6 autoconfiguration noise onto the node's wire by itself.
+    let _ = std::fs::write(format!("/proc/sys/net/ipv6/conf/{tap}/disable_ipv6"), "1");
+    ip(&["link", "set", "dev", tap, "up"])?;
+    if !opts.host_addresses {
+        return Ok(());
+    }
+    for u in &node.uplinks {
+        for (net, addr) in u.ips.iter().zip(&u.addrs) {
+            let cidr = format!("{addr}/{}", net.prefix_len());
+            ip(&["addr", "replace", &cidr, "dev", tap])?;
+        }
+    }
+    if let Some(gw) = up.gateway {
+        let family = if gw.is_ipv4() { "-4" } else { "-6" };
+        ip(&[family, "route", "replace", "default", "via", &gw.to_string(), "dev", tap])?;
+    }
+    for w in &node.workloads {
+        if w.interface.is_none() {
+            continue;
+        }
+        for a in &w.ips {
+            let cidr = match a {
+                IpAddr::V4(_) => format!("{a}/32"),
+                IpAddr::V6(_) => format!("{a}/128"),
+            };
+            ip(&["route", "replace", &cidr, "dev", tap])?;
+        }
+    }
+    Ok(())
+}

@@ -1,0 +1,154 @@
+//! ARP on the live node, and the neighbour MACs it learns. Calico answers every ARP request a pod makes
+//! with the host-side veth's MAC (proxy ARP for the 169.254.1.1 gateway); ARP between the uplink and the
+//! host stack's tap passes through untouched, so the host resolves its own neighbours as it would on the
+//! NIC; the host's ARP for a pod (routed through the tap) is answered by the dataplane.
+
+use std::net::{IpAddr, Ipv4Addr};
+
+pub const ETHERTYPE_ARP: u16 = 0x0806;
+const OP_REQUEST: u16 = 1;
+const OP_REPLY: u16 = 2;
+/// Ethernet header + the ARP body for IPv4 over Ethernet.
+const ARP_FRAME_LEN: usize = 14 + 28;
+
+/// The fields of an IPv4-over-Ethernet ARP frame.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Arp {
+    pub request: bool,
+    pub sender_mac: [u8; 6],
+    pub sender_ip: Ipv4Addr,
+    pub target_ip: Ipv4Addr,
+}
+
+/// The frame's ethertype (untagged frames; the node's ports carry no VLANs).
+pub fn ethertype(frame: &[u8]) -> Option<u16> {
+    frame.get(12..14).map(|b| u16::from_be_bytes([b[0], b[1]]))
+}
+
+/// Parses an ARP frame; `None` for anything but IPv4-over-Ethernet requests and replies.
+pub fn parse(frame: &[u8]) -> Option<Arp> {
+    if frame.len() < ARP_FRAME_LEN || ethertype(frame) != Some(ETHERTYPE_ARP) {
+        return None;
+    }
+    let b = &frame[14..];
+    let (htype, ptype, hlen, plen) = (u16::from_be_bytes([b[0], b[1]]), u16::from_be_bytes([b[2], b[3]]), b[4], b[5]);
+    if htype != 1 || ptype != 0x0800 || hlen != 6 || plen != 4 {
+        return None;
+    }
+    let op = u16::from_be_bytes([b[6], b[7]]);
+    if op != OP_REQUEST && op != OP_REPLY {
+        return None;
+    }
+    let mut sender_mac = [0; 6];
+    sender_mac.copy_from_slice(&b[8..14]);
+    Some(Arp {
+        request: op == OP_REQUEST,
+        sender_mac,
+        sender_ip: Ipv4Addr::new(b[14], b[15], b[16], b[17]),
+        target_ip: Ipv4Addr::new(b[24], b[25], b[26], b[27]),
+    })
+}
+
+/// Writes into `out` the reply to `req` saying `req.target_ip` is at `mac`; returns its length.
+pub fn reply(req: &Arp, mac: [u8; 6], out: &mut [u8]) -> usize {
+    let f = &mut out[..ARP_FRAME_LEN];
+    f[0..6].copy_from_slice(&req.sender_mac);
+    f[6..12].copy_from_slice(&mac);
+    f[12..14].copy_from_slice(&ETHERTYPE_ARP.to_be_bytes());
+    f[14..22].copy_from_slice(&[0, 1, 8, 0, 6, 4, 0, OP_REPLY as u8]);
+    f[22..28].copy_from_slice(&mac);
+    f[28..32].copy_from_slice(&req.target_ip.octets());
+    f[32..38].copy_from_slice(&req.sender_mac);
+    f[38..42].copy_from_slice(&req.sender_ip.octets());
+    ARP_FRAME_LEN
+}
+
+/// Builds a request for `target` from `(sender_mac, sender_ip)`, broadcast.
+pub fn request(sender_mac: [u8; 6], sender_ip: Ipv4Addr, target: Ipv4Addr, out: &mut [u8]) -> usize {
+    let f = &mut out[..ARP_FRAME_LEN];
+    f[0..6].copy_from_slice(&[0xff; 6]);
+    f[6..12].copy_from_slice(&sender_mac);
+    f[12..14].copy_from_slice(&ETHERTYPE_ARP.to_be_bytes());
+    f[14..22].copy_from_slice(&[0, 1, 8, 0, 6, 4, 0, OP_REQUEST as u8]);
+    f[22..28].copy_from_slice(&sender_mac);
+    f[28..32].copy_from_slice(&sender_ip.octets());
+    f[32..38].copy_from_slice(&[0; 6]);
+    f[38..42].copy_from_slice(&target.octets());
+    ARP_FRAME_LEN
+}
+
+/// Neighbour MACs learned on the uplinks, by IP: a fixed direct-mapped table (a newer entry replaces an
+/// older one in its slot), so learning allocates nothing on the hot path.
+#[derive(Debug)]
+pub struct Neighbours {
+    slots: Vec<Option<(IpAddr, [u8; 6])>>,
+}
+
+impl Neighbours {
+    pub fn with_capacity(n: usize) -> Neighbours {
+        Neighbours { slots: vec![None; n.next_power_of_two()] }
+    }
+
+    fn slot(&self, ip: IpAddr) -> usize {
+        let h = match ip {
+            IpAddr::V4(a) => u64::from(u32::from(a)),
+            IpAddr::V6(a) => (u128::from(a) as u64) ^ ((u128::from(a) >> 64) as u64),
+        };
+        (h.wrapping_mul(0x9e37_79b9_7f4a_7c15) >> 32) as usize & (self.slots.len() - 1)
+    }
+
+    pub fn learn(&mut self, ip: IpAddr, mac: [u8; 6]) {
+        if mac[0] & 1 == 0 {
+            let s = self.slot(ip);
+            self.slots[s] = Some((ip, mac));
+        }
+    }
+
+    pub fn get(&self, ip: IpAddr) -> Option<[u8; 6]> {
+        match self.slots[self.slot(ip)] {
+            Some((i, mac)) if i == ip => Some(mac),
+            _ => None,
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_reply_answers_the_request_it_was_built_from() {
+        let mut buf = [0u8; 64];
+        let me = [2, 0, 0, 0, 0, 1];
+        let n = request(me, Ipv4Addr::new(192, 168, 1, 10), Ipv4Addr::new(169, 254, 1, 1), &mut buf);
+        let req = parse(&buf[..n]).unwrap();
+        assert!(req.request);
+        assert_eq!(req.target_ip, Ipv4Addr::new(169, 254, 1, 1));
+        let mut out = [0u8; 64];
+        let m = reply(&req, [0xee; 6], &mut out);
+        let rep = parse(&out[..m]).unwrap();
+        assert!(!rep.request);
+        assert_eq!((rep.sender_mac, rep.sender_ip, rep.target_ip), ([0xee; 6], req.target_ip, req.sender_ip));
+        assert_eq!(&out[0..6], &me);
+    }
+
+    #[test]
+    fn short_or_foreign_frames_are_not_arp() {
+        assert_eq!(parse(&[0u8; 20]), None);
+        let mut buf = [0u8; 64];
+        let n = request([2; 6], Ipv4Addr::LOCALHOST, Ipv4Addr::LOCALHOST, &mut buf);
+        buf[16] = 0x86; // ptype IPv6
+        assert_eq!(parse(&buf[..n]), None);
+    }
+
+    #[test]
+    fn neighbours_remember_the_latest_mac_and_ignore_multicast() {
+        let mut n = Neighbours::with_capacity(16);
+        let ip: IpAddr = "10.0.0.1".parse().unwrap();
+        n.learn(ip, [2, 0, 0, 0, 0, 1]);
+        n.learn(ip, [2, 0, 0, 0, 0, 2]);
+        n.learn(ip, [1, 0, 0x5e, 0, 0, 1]);
+        assert_eq!(n.get(ip), Some([2, 0, 0, 0, 0, 2]));
+        assert_eq!(n.get("10.0.0.2".parse().unwrap()), None);
+    }
+}

@@ -1,0 +1,101 @@
+//! The XDP program that steers every frame of the node's interfaces into calxdp's AF_XDP sockets, loaded
+//! with aya and attached through bpf_link, so the kernel detaches it when the process exits, however it
+//! exits. The object is assembled from `dataplane/bpf/redirect.s` and committed (no clang needed to build).
+
+use aya::maps::XskMap;
+use aya::programs::{Xdp, XdpMode};
+use aya::Ebpf;
+
+/// The committed object (see `bpf/redirect.s` for how it is rebuilt).
+pub static REDIRECT_OBJECT: &[u8] = include_bytes!("../bpf/redirect.o");
+
+const PROGRAM: &str = "calxdp_redirect";
+const MAP: &str = "calxdp_xsks";
+
+/// The program loaded for one interface, attached to it, with that interface's socket map (one map per
+/// interface, since the map is indexed by queue).
+pub struct Redirect {
+    ebpf: Ebpf,
+    map: XskMap<aya::maps::MapData>,
+    pub interface: String,
+    /// "native" or "generic".
+    pub mode: &'static str,
+}
+
+impl std::fmt::Debug for Redirect {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Redirect").field("interface", &self.interface).field("mode", &self.mode).finish()
+    }
+}
+
+impl Redirect {
+    /// Loads the program and attaches it to `interface` in native (driver) mode, falling back to generic
+    /// mode where the driver has no XDP support.
+    pub fn attach(interface: &str) -> Result<Redirect, String> {
+        let mut ebpf = Ebpf::load(REDIRECT_OBJECT).map_err(|e| describe("loading the XDP object", &e))?;
+        let prog: &mut Xdp = ebpf
+            .program_mut(PROGRAM)
+            .ok_or("the XDP object has no program calxdp_redirect")?
+            .try_into()
+            .map_err(|e| format!("calxdp_redirect is not an XDP program: {e}"))?;
+        prog.load().map_err(|e| describe("the kernel refused the XDP program", &e))?;
+        let mode = match prog.attach(interface, XdpMode::Driver) {
+            Ok(_) => "native",
+            Err(native) => match prog.attach(interface, XdpMode::Skb) {
+                Ok(_) => "generic",
+                Err(_) => return Err(describe(&format!("the kernel refused to attach XDP to {interface}"), &native)),
+            },
+        };
+        let map = ebpf.take_map(MAP).ok_or("the XDP object has no map calxdp_xsks")?;
+        let map = XskMap::try_from(map).map_err(|e| format!("calxdp_xsks is not an XSKMAP: {e}"))?;
+        Ok(Redirect { ebpf, map, interface: interface.to_string(), mode })
+    }
+
+    /// Sends the frames of queue `queue` to the AF_XDP socket `fd`.
+    pub fn register(&mut self, queue: u32, fd: std::os::fd::RawFd) -> Result<(), String> {
+        self.map
+            .set(queue, fd, 0)
+            .map_err(|e| format!("registering the AF_XDP socket of {} queue {queue}: {e}", self.interface))
+    }
+
+    /// The program's handle, kept alive as long as the attachment should stay.
+    pub fn ebpf(&self) -> &Ebpf {
+        &self.ebpf
+    }
+}
+
+fn describe(what: &str, e: &dyn std::error::Error) -> String {
+    let mut s = format!("{what}: {e}");
+    let mut src = e.source();
+    while let Some(inner) = src {
+        s.push_str(&format!(": {inner}"));
+        src = inner.source();
+    }
+    if s.contains("Operation not permitted") {
+        s.push_str(" (loading XDP programs needs CAP_BPF and CAP_NET_ADMIN: run calxdp as root)");
+    }
+    s
+}
+
+#[cfg(test)]
+mod tests {
+    /// The committed object is what the committed source assembles to (where LLVM's assembler exists).
+    #[test]
+    fn committed_object_matches_source() {
+        let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("bpf");
+        let out = std::env::temp_dir().join(format!("calxdp-redirect-{}.o", std::process::id()));
+        let status = std::process::Command::new("llvm-mc")
+            .args(["-triple", "bpfel", "-filetype=obj", "-o"])
+            .arg(&out)
+            .arg(dir.join("redirect.s"))
+            .status();
+        match status {
+            Ok(s) if s.success() => {
+                let built = std::fs::read(&out).unwrap();
+                let _ = std::fs::remove_file(&out);
+                assert!(built == super::REDIRECT_OBJECT, "bpf/redirect.o is stale: rebuild it from bpf/redirect.s");
+            }
+            _ => eprintln!("skipped: llvm-mc is not installed, so the committed object cannot be rebuilt to compare"),
+        }
+    }
+}

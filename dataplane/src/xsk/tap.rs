@@ -1,0 +1,67 @@
+//! The TAP device that joins the host's network stack to the dataplane (DESIGN.md "The node"): frames the
+//! host sends come out of the file descriptor, frames written to it are received by the host. Closing the
+//! descriptor deletes the device and the addresses and routes on it.
+
+use std::ffi::CString;
+use std::io;
+use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
+
+/// One queue of a TAP device, non-blocking.
+#[derive(Debug)]
+pub struct Tap {
+    fd: OwnedFd,
+    pub name: String,
+}
+
+const TUNSETIFF: libc::c_ulong = 0x4004_54ca;
+
+impl Tap {
+    /// Creates (or, with `multi_queue`, attaches another queue to) the TAP device `name`.
+    pub fn open(name: &str, multi_queue: bool) -> io::Result<Tap> {
+        if name.len() >= libc::IFNAMSIZ {
+            return Err(io::Error::new(io::ErrorKind::InvalidInput, format!("interface name {name} is too long")));
+        }
+        let path = CString::new("/dev/net/tun").expect("no NUL");
+        // SAFETY: open(2) on a NUL-terminated path.
+        let raw = unsafe { libc::open(path.as_ptr(), libc::O_RDWR | libc::O_NONBLOCK | libc::O_CLOEXEC) };
+        if raw < 0 {
+            return Err(io::Error::last_os_error());
+        }
+        // SAFETY: `raw` is a fresh descriptor nothing else owns.
+        let fd = unsafe { OwnedFd::from_raw_fd(raw) };
+        // SAFETY: ifreq is plain data; all-zero is valid.
+        let mut req: libc::ifreq = unsafe { std::mem::zeroed() };
+        for (d, s) in req.ifr_name.iter_mut().zip(name.bytes()) {
+            *d = s as libc::c_char;
+        }
+        let mut flags = libc::IFF_TAP | libc::IFF_NO_PI;
+        if multi_queue {
+            flags |= libc::IFF_MULTI_QUEUE;
+        }
+        req.ifr_ifru.ifru_flags = flags as libc::c_short;
+        // SAFETY: TUNSETIFF reads and writes one `ifreq`, which `req` is.
+        let r = unsafe { libc::ioctl(fd.as_raw_fd(), TUNSETIFF as _, &mut req as *mut libc::ifreq) };
+        if r < 0 {
+            return Err(io::Error::last_os_error());
+        }
+        Ok(Tap { fd, name: name.to_string() })
+    }
+
+    pub fn fd(&self) -> RawFd {
+        self.fd.as_raw_fd()
+    }
+
+    /// Reads one frame the host sent; `None` when there is none waiting.
+    pub fn read(&self, buf: &mut [u8]) -> Option<usize> {
+        // SAFETY: read(2) writes at most `buf.len()` bytes into `buf`.
+        let n = unsafe { libc::read(self.fd.as_raw_fd(), buf.as_mut_ptr().cast(), buf.len()) };
+        (n > 0).then_some(n as usize)
+    }
+
+    /// Hands one frame to the host stack; false if the device would not take it.
+    pub fn write(&self, frame: &[u8]) -> bool {
+        // SAFETY: write(2) reads `frame.len()` bytes from `frame`.
+        let n = unsafe { libc::write(self.fd.as_raw_fd(), frame.as_ptr().cast(), frame.len()) };
+        n == frame.len() as isize
+    }
+}
