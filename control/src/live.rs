@@ -203,25 +203,17 @@ fn preflight(node: &NodeConfig, opts: &LiveOptions) -> Result<(), String> {
         }
     }
     for (name, what) in &names {
-        let dir = std::path::Path::new("/sys/class/net").join(name);
-        if !dir.exists() {
+        let Some(link) = link_info(name) else {
             return Err(format!(
                 "interface {name} ({what}) does not exist in this network namespace; create it or fix the node file"
             ));
-        }
-        if opts.workers > 1 {
-            let queues = std::fs::read_dir(dir.join("queues"))
-                .map(|d| {
-                    d.filter_map(Result::ok).filter(|e| e.file_name().to_string_lossy().starts_with("rx-")).count()
-                })
-                .unwrap_or(1);
-            if queues < opts.workers {
-                return Err(format!(
-                    "interface {name} has {queues} receive queue(s) but {} workers were asked for; each worker \
-                     owns one queue of every interface",
-                    opts.workers
-                ));
-            }
+        };
+        if link.rx_queues < opts.workers {
+            return Err(format!(
+                "interface {name} has {} receive queue(s) but {} workers were asked for; each worker owns one \
+                 queue of every interface",
+                link.rx_queues, opts.workers
+            ));
         }
     }
     if !std::path::Path::new("/dev/net/tun").exists() {
@@ -270,9 +262,32 @@ fn memlock_limit() -> Option<u64> {
     line.split_whitespace().nth(3).and_then(|v| v.parse().ok())
 }
 
+/// What the node needs to know of an interface, read with `ip` (which, unlike /sys, follows the network
+/// namespace of the calling thread).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct LinkInfo {
+    pub mtu: u32,
+    pub mac: Option<[u8; 6]>,
+    pub rx_queues: usize,
+}
+
+pub fn link_info(name: &str) -> Option<LinkInfo> {
+    let out = Command::new("ip").args(["-o", "-d", "link", "show", "dev", name]).output().ok()?;
+    if !out.status.success() {
+        return None;
+    }
+    let text = String::from_utf8_lossy(&out.stdout);
+    let words: Vec<&str> = text.split_whitespace().collect();
+    let after = |key: &str| words.iter().position(|w| *w == key).and_then(|i| words.get(i + 1)).copied();
+    Some(LinkInfo {
+        mtu: after("mtu").and_then(|m| m.parse().ok()).unwrap_or(1500),
+        mac: after("link/ether").and_then(parse_mac),
+        rx_queues: after("numrxqueues").and_then(|q| q.parse().ok()).unwrap_or(1),
+    })
+}
+
 fn interface_mac(name: &str) -> Option<[u8; 6]> {
-    let text = std::fs::read_to_string(format!("/sys/class/net/{name}/address")).ok()?;
-    parse_mac(text.trim())
+    link_info(name)?.mac
 }
 
 /// Runs `ip` with the arguments; the error names the command.
@@ -294,8 +309,8 @@ fn configure_tap(node: &NodeConfig, opts: &LiveOptions) -> Result<(), String> {
         let mac = mac.iter().map(|b| format!("{b:02x}")).collect::<Vec<_>>().join(":");
         ip(&["link", "set", "dev", tap, "address", &mac])?;
     }
-    if let Ok(mtu) = std::fs::read_to_string(format!("/sys/class/net/{}/mtu", up.name)) {
-        ip(&["link", "set", "dev", tap, "mtu", mtu.trim()])?;
+    if let Some(link) = link_info(&up.name) {
+        ip(&["link", "set", "dev", tap, "mtu", &link.mtu.to_string()])?;
     }
     // The host stack must not answer IPv6 autoconfiguration noise onto the node's wire by itself.
     let _ = std::fs::write(format!("/proc/sys/net/ipv6/conf/{tap}/disable_ipv6"), "1");

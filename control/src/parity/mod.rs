@@ -1,6 +1,7 @@
 //! The parity runner: every scenario through one level of calxdp, one line per failing step, and the closing
 //! line `N passed, N failed` (shared/parity/FORMAT.md).
 
+pub mod live_level;
 pub mod pipeline_level;
 pub mod scenario;
 
@@ -79,7 +80,7 @@ pub fn build(level: Level, node: &NodeConfig, resources: &ResourceSet) -> Result
         Level::Reference => Ok(Box::new(ReferenceNode::new(node.clone(), resources.clone()))),
         Level::Compiled => Ok(Box::new(NodeModel::with_walker(node.clone(), resources.clone(), Compiled::default())?)),
         Level::Pipeline => Ok(pipeline_level::build(node, resources)),
-        other => Err(format!("level {} is not available in this build yet; use --level reference", other.name())),
+        Level::Live => live_level::build(node, resources),
     }
 }
 

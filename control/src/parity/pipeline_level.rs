@@ -67,24 +67,7 @@ impl Dataplane for PipelineNode {
     /// The step as a real frame: built, parsed, decided, rewritten, and parsed again on the way out.
     fn process(&mut self, at: &Attach, pkt: &PacketHeader, inner: Option<Tuple>) -> Result<Outcome, String> {
         let port = self.port(at)?;
-        let spec = FrameSpec::new(*pkt);
-        let mut frame = match inner {
-            Some(t) => {
-                let quoted = PacketHeader {
-                    src: t.src,
-                    dst: t.dst,
-                    protocol: t.protocol,
-                    src_port: t.src_port,
-                    dst_port: t.dst_port,
-                    tcp_flags: 0,
-                    icmp_type: 8,
-                    icmp_code: 0,
-                    icmp_id: t.src_port,
-                };
-                build_icmp_error(&spec, &quoted)
-            }
-            None => spec.build(),
-        };
+        let mut frame = step_frame(pkt, inner);
         let (packet, parsed) = ingest(port, &frame);
         let Some(parsed) = parsed else { return Err(format!("the built frame does not parse: {:?}", packet.decision)) };
         if packet.header != *pkt {
@@ -123,6 +106,28 @@ impl Dataplane for PipelineNode {
 
     fn advance(&mut self, by: Duration) {
         self.now += by.as_nanos() as Nanos;
+    }
+}
+
+/// The frame a packet step describes: the packet itself, or the ICMP error quoting `inner`'s flow.
+pub fn step_frame(pkt: &PacketHeader, inner: Option<Tuple>) -> Vec<u8> {
+    let spec = FrameSpec::new(*pkt);
+    match inner {
+        Some(t) => {
+            let quoted = PacketHeader {
+                src: t.src,
+                dst: t.dst,
+                protocol: t.protocol,
+                src_port: t.src_port,
+                dst_port: t.dst_port,
+                tcp_flags: 0,
+                icmp_type: 8,
+                icmp_code: 0,
+                icmp_id: t.src_port,
+            };
+            build_icmp_error(&spec, &quoted)
+        }
+        None => spec.build(),
     }
 }
 

@@ -1,0 +1,25 @@
+//! Network namespaces by name (`ip netns` keeps them under /var/run/netns): moving the calling thread into
+//! one. Threads a thread spawns start in its namespace, and sockets stay in the namespace they were made in,
+//! which is how one process drives a whole test topology.
+
+use std::io;
+use std::os::fd::AsRawFd;
+
+/// Moves the calling thread into the named network namespace.
+pub fn enter(name: &str) -> io::Result<()> {
+    let f = std::fs::File::open(format!("/var/run/netns/{name}"))?;
+    // SAFETY: setns(2) on a descriptor we own, for the network namespace only; it affects just this thread.
+    let r = unsafe { libc::setns(f.as_raw_fd(), libc::CLONE_NEWNET) };
+    if r != 0 {
+        return Err(io::Error::last_os_error());
+    }
+    Ok(())
+}
+
+/// Runs `f` on a new thread inside the named namespace and returns its result.
+pub fn run_in<T: Send + 'static>(name: &str, f: impl FnOnce() -> T + Send + 'static) -> io::Result<T> {
+    let name = name.to_string();
+    std::thread::spawn(move || enter(&name).map(|()| f()))
+        .join()
+        .map_err(|_| io::Error::other("the thread in the namespace panicked"))?
+}
