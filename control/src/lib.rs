@@ -1,6 +1,7 @@
 //! The calxdp node agent: command line, policy sources, the control thread, and the parity runner.
 
 pub mod check;
+pub mod demo;
 pub mod live;
 pub mod parity;
 pub mod publisher;

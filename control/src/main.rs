@@ -57,6 +57,9 @@ enum Command {
         #[arg(long)]
         trace: bool,
     },
+    /// A node in network namespaces (root): sample policies, real traffic, a table of flows with the
+    /// verdict and the deciding policy; then everything is torn down.
+    Demo,
     /// Run parity scenarios and compare every verdict with Linux Calico's.
     Parity {
         /// reference | compiled | pipeline | live | all
@@ -131,6 +134,17 @@ fn main() -> ExitCode {
                 }
             }
         }
+        Command::Demo => match calxdp::demo::demo() {
+            Ok(true) => ExitCode::SUCCESS,
+            Ok(false) => {
+                eprintln!("calxdp demo: some flows did not behave as Linux Calico would (marked NO)");
+                ExitCode::FAILURE
+            }
+            Err(e) => {
+                eprintln!("calxdp demo: {e}");
+                ExitCode::FAILURE
+            }
+        },
         Command::Parity { level, paths } => {
             let Some(levels) = Level::parse(&level) else {
                 eprintln!(
