@@ -33,6 +33,8 @@ pub struct LiveOptions {
     pub xsk: XskConfig,
     /// Conntrack entries per worker.
     pub flow_capacity: usize,
+    /// Run several workers even though each keeps its own conntrack (benchmarks of one-way traffic only).
+    pub allow_split_conntrack: bool,
 }
 
 impl Default for LiveOptions {
@@ -43,6 +45,7 @@ impl Default for LiveOptions {
             host_addresses: true,
             xsk: XskConfig::default(),
             flow_capacity: 1 << 18,
+            allow_split_conntrack: false,
         }
     }
 }
@@ -194,6 +197,16 @@ fn preflight(node: &NodeConfig, opts: &LiveOptions) -> Result<(), String> {
     }
     if opts.workers == 0 {
         return Err("--workers must be at least 1".into());
+    }
+    if opts.workers > 1 && !opts.allow_split_conntrack {
+        // Each worker keeps its own conntrack, and a veth (like most NICs) does not steer a flow's two
+        // directions to the same queue, so replies would meet a worker that never saw the flow and be dropped
+        // as conntrack-invalid. Until flows are handed off to their owning worker, refuse rather than drop.
+        return Err(format!(
+            "{} workers were asked for, but this build keeps conntrack per worker and cannot yet hand a flow's \
+             replies to the worker that owns it; run with --workers 1",
+            opts.workers
+        ));
     }
     let mut names: Vec<(String, String)> =
         node.uplinks.iter().map(|u| (u.name.clone(), "uplink".to_string())).collect();

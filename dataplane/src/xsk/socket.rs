@@ -291,7 +291,13 @@ impl XskSocket {
             )
         };
         if r != 0 {
-            return Err(fail("bind")());
+            let error = io::Error::last_os_error();
+            if error.raw_os_error() == Some(libc::EINVAL) && queue > 0 {
+                let what = "bind (the interface has no active receive queue of that index: give it more with \
+                            `ethtool -L <interface> rx N tx N`, or run fewer workers)";
+                return Err(XskError::Syscall { what, interface: format!("{interface} queue {queue}"), error });
+            }
+            return Err(XskError::Syscall { what: "bind", interface: interface.to_string(), error });
         }
         Ok(sock)
     }
