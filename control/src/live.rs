@@ -9,6 +9,7 @@ use std::sync::mpsc::SyncSender;
 use std::sync::Arc;
 use std::thread::JoinHandle;
 
+use calxdp_dataplane::log::LogLimiter;
 use calxdp_dataplane::path::Port;
 use calxdp_dataplane::pipeline::{Counters, Pipeline};
 use calxdp_dataplane::worker::{Clock, IoCounters, PortIo, TraceRecord, Worker, WorkerShared};
@@ -33,6 +34,8 @@ pub struct LiveOptions {
     pub xsk: XskConfig,
     /// Conntrack entries per worker.
     pub flow_capacity: usize,
+    /// Write the Log rules' lines to stderr (kernel LOG format, rate-limited as Felix configures).
+    pub log_rules: bool,
     /// Run several workers even though each keeps its own conntrack (benchmarks of one-way traffic only).
     pub allow_split_conntrack: bool,
 }
@@ -46,6 +49,7 @@ impl Default for LiveOptions {
             xsk: XskConfig::default(),
             flow_capacity: 1 << 18,
             allow_split_conntrack: false,
+            log_rules: true,
         }
     }
 }
@@ -73,6 +77,9 @@ impl LiveNode {
         trace: Option<SyncSender<TraceRecord>>,
     ) -> Result<LiveNode, String> {
         preflight(&node, opts)?;
+        let felix = &node.felix;
+        let limiter = LogLimiter::new(felix.log_rate_limit.as_deref(), felix.log_rate_burst)
+            .map_err(|e| format!("node file: config.logActionRateLimit: {e}"))?;
         for u in &mut node.uplinks {
             if u.mac.is_none() {
                 u.mac = interface_mac(&u.name);
@@ -130,7 +137,16 @@ impl LiveNode {
         for (i, ports) in sockets.into_iter().enumerate() {
             let s = Arc::new(WorkerShared::default());
             let pipeline = Pipeline::new(publisher.slot(), opts.flow_capacity);
-            let mut worker = Worker::new(pipeline, ports, uplinks, workloads, s.clone(), clock.clone(), trace.clone());
+            let mut worker = Worker::new(
+                pipeline,
+                ports,
+                uplinks,
+                workloads,
+                s.clone(),
+                clock.clone(),
+                trace.clone(),
+                opts.log_rules.then(|| limiter.clone()),
+            );
             let handle = std::thread::Builder::new()
                 .name(format!("calxdp-worker-{i}"))
                 .spawn(move || worker.run())
@@ -156,6 +172,8 @@ impl LiveNode {
             io.oversize += o.oversize;
             io.batches += o.batches;
             io.trace_lost += o.trace_lost;
+            io.log_lines += o.log_lines;
+            io.log_suppressed += o.log_suppressed;
         }
         (c, io)
     }

@@ -81,6 +81,9 @@ spec:
   selector: app == 'db'
   types: [Ingress]
   ingress:
+    - action: Log
+      protocol: UDP
+      destination: {{ports: [{port}]}}
     - action: Allow
       protocol: UDP
       destination: {{ports: [{port}]}}
@@ -189,6 +192,8 @@ fn reloads_on_change_keeps_tables_on_a_bad_file_and_cleans_up_on_sigterm() {
         netns::run_in(&topo.wire, || (PacketSocket::open("wup").unwrap(), PacketSocket::open("wpod").unwrap()))
             .unwrap();
     assert!(crosses(&uplink, &pod, 5432), "the first tables allow 5432");
+    let log = wait_for(&rx, "calico-packet:", &mut seen);
+    assert!(log.contains("IN=eth0 OUT=calipod") && log.contains("DPT=5432"), "{log}");
     assert!(!crosses(&uplink, &pod, 6379), "the first tables deny 6379");
 
     // A bad file: reported with its position, and the running tables stay.

@@ -15,13 +15,15 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use calxdp_policy::packet::PacketHeader;
+use calxdp_policy::reference::walker::log_for;
 use calxdp_policy::verdict::Verdict;
 
 use crate::arp::{self, Neighbours};
 use crate::flow::Nanos;
 use crate::frames::{ingest, rewrite, time_exceeded};
+use crate::log::{log_line, LogLimiter};
 use crate::path::{Port, PortMap, WORKLOAD_GATEWAY_MAC};
-use crate::pipeline::{Counters, Decision, DropReason, LogHit, Packet, Pipeline, MAX_LOGS};
+use crate::pipeline::{rule_ref, Counters, Decision, DropReason, LogHit, Packet, Pipeline, MAX_LOGS};
 use crate::tables::TableSet;
 use crate::wire::Parsed;
 use crate::xsk::ring::XdpDesc;
@@ -85,6 +87,9 @@ pub struct IoCounters {
     pub oversize: u64,
     pub batches: u64,
     pub trace_lost: u64,
+    /// Log-rule lines written, and those the Felix rate limit suppressed.
+    pub log_lines: u64,
+    pub log_suppressed: u64,
 }
 
 /// What a worker shares with the control thread: its stop flag and a snapshot of its counters.
@@ -123,13 +128,18 @@ pub struct Worker {
     /// Each pod's MAC as seen in its frames, for pods whose MAC the node file does not give.
     pod_mac: Vec<Option<[u8; 6]>>,
     pub io: IoCounters,
+    /// Felix's LogActionRateLimit for the Log rules' lines (written to stderr, kernel LOG format); `None`
+    /// writes no lines (the trace still records the hits).
+    limiter: Option<LogLimiter>,
     shared: Arc<WorkerShared>,
     clock: Arc<Clock>,
     trace: Option<SyncSender<TraceRecord>>,
 }
 
 impl Worker {
-    /// A worker over `ports` (indexed by counter slot; `None` where this worker has no queue).
+    /// A worker over `ports` (indexed by counter slot; `None` where this worker has no queue). `limiter`
+    /// rate-limits the Log rules' lines.
+    #[allow(clippy::too_many_arguments)]
     pub fn new(
         pipeline: Pipeline,
         ports: Vec<Option<PortIo>>,
@@ -138,6 +148,7 @@ impl Worker {
         shared: Arc<WorkerShared>,
         clock: Arc<Clock>,
         trace: Option<SyncSender<TraceRecord>>,
+        limiter: Option<LogLimiter>,
     ) -> Worker {
         assert_eq!(ports.len(), uplinks + workloads + 1, "one entry per port slot");
         Worker {
@@ -155,6 +166,7 @@ impl Worker {
             neighbours: Neighbours::with_capacity(1024),
             pod_mac: vec![None; workloads],
             io: IoCounters::default(),
+            limiter,
             shared,
             clock,
             trace,
@@ -303,6 +315,11 @@ impl Worker {
             if let (Port::Uplink(u), Some(parsed)) = (port, &parsed) {
                 self.learn_uplink_neighbour(&tables, u, i, parsed);
             }
+            if p.logs[0].is_some() && self.limiter.is_some() {
+                if let Some(parsed) = &parsed {
+                    self.log(&tables, &p, i, parsed, now);
+                }
+            }
             let mut verdict = p.verdict;
             let mut out = p.out;
             if verdict == Verdict::Allow {
@@ -346,6 +363,30 @@ impl Worker {
                     self.io.trace_lost += 1;
                 }
             }
+        }
+    }
+
+    /// The Log rules' lines for packet `p` (frame `i`, as it arrived), within the rate limit. A rare,
+    /// rate-limited path, so formatting may allocate.
+    fn log(&mut self, t: &TableSet, p: &Packet, i: usize, parsed: &Parsed, now: Nanos) {
+        let node = &t.world.node;
+        let name = |port: Option<Port>| match port {
+            Some(Port::Uplink(u)) => node.uplinks.get(u as usize).map(|u| u.name.as_str()).unwrap_or(""),
+            Some(Port::Workload(w)) => {
+                node.workloads.get(w as usize).and_then(|w| w.interface.as_deref()).unwrap_or("")
+            }
+            Some(Port::Host) | None => "",
+        };
+        let Some(limiter) = self.limiter.as_mut() else { return };
+        for hit in p.logs.iter().flatten() {
+            if !limiter.admit(now) {
+                self.io.log_suppressed += 1;
+                continue;
+            }
+            let prefix = log_for(&t.world, rule_ref(t, hit.ep, hit.stage, hit.dir, hit.rule)).prefix;
+            let out = if p.verdict == Verdict::Allow { p.out } else { None };
+            eprintln!("{}", log_line(&prefix, name(Some(p.port)), name(out), &self.bufs[i][..self.lens[i]], parsed));
+            self.io.log_lines += 1;
         }
     }
 

@@ -124,6 +124,7 @@ impl LiveLevel {
             tap: TAP.into(),
             xsk: calxdp_dataplane::xsk::socket::XskConfig { frames: 512, frame_size: 2048, ring_size: 256 },
             flow_capacity: 65_536,
+            log_rules: false,
             ..LiveOptions::default()
         };
         let (n, r) = (node.clone(), resources.clone());
