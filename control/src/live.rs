@@ -210,9 +210,6 @@ impl Drop for LiveNode {
 
 /// Checks what the node needs before touching anything.
 fn preflight(node: &NodeConfig, opts: &LiveOptions) -> Result<(), String> {
-    if node.uplinks.is_empty() {
-        return Err("the node file names no uplink interface; calxdp needs at least one".into());
-    }
     if opts.workers == 0 {
         return Err("--workers must be at least 1".into());
     }
@@ -335,12 +332,11 @@ pub fn ip(args: &[&str]) -> Result<(), String> {
 /// and a /32 route to each local pod (so the host reaches pods through the dataplane, under policy).
 fn configure_tap(node: &NodeConfig, opts: &LiveOptions) -> Result<(), String> {
     let tap = opts.tap.as_str();
-    let up = &node.uplinks[0];
-    if let Some(mac) = up.mac {
-        let mac = mac.iter().map(|b| format!("{b:02x}")).collect::<Vec<_>>().join(":");
-        ip(&["link", "set", "dev", tap, "address", &mac])?;
-    }
-    if let Some(link) = link_info(&up.name) {
+    // A node without uplinks (pods only) still has a host stack; its tap gets a fixed local MAC.
+    let mac = node.uplinks.first().and_then(|u| u.mac).unwrap_or([0x02, 0xca, 0x1c, 0, 0, 1]);
+    let mac = mac.iter().map(|b| format!("{b:02x}")).collect::<Vec<_>>().join(":");
+    ip(&["link", "set", "dev", tap, "address", &mac])?;
+    if let Some(link) = node.uplinks.first().and_then(|u| link_info(&u.name)) {
         ip(&["link", "set", "dev", tap, "mtu", &link.mtu.to_string()])?;
     }
     // The host stack must not answer IPv6 autoconfiguration noise onto the node's wire by itself.
@@ -355,7 +351,7 @@ fn configure_tap(node: &NodeConfig, opts: &LiveOptions) -> Result<(), String> {
             ip(&["addr", "replace", &cidr, "dev", tap])?;
         }
     }
-    if let Some(gw) = up.gateway {
+    if let Some(gw) = node.uplinks.first().and_then(|u| u.gateway) {
         let family = if gw.is_ipv4() { "-4" } else { "-6" };
         ip(&[family, "route", "replace", "default", "via", &gw.to_string(), "dev", tap])?;
     }

@@ -31,6 +31,8 @@ use super::Dataplane;
 use crate::live::{ip, LiveNode, LiveOptions};
 
 const TAP: &str = "calxdp-host";
+/// The kernel's interface name limit, with its terminating NUL.
+const IFNAMSIZ: usize = 16;
 /// How long a frame may take to be decided, and to arrive once allowed.
 const DECIDE_WITHIN: Duration = Duration::from_secs(2);
 const ARRIVE_WITHIN: Duration = Duration::from_secs(1);
@@ -91,6 +93,15 @@ impl LiveLevel {
         if let Some(why) = unavailable() {
             return Err(why);
         }
+        // A pod's interface name is only a name here (no selector sees it); one the kernel cannot have
+        // (over 15 bytes) gets a short stand-in. Uplink names stay: host endpoints bind to them.
+        let mut node = node.clone();
+        for (i, w) in node.workloads.iter_mut().enumerate() {
+            if w.interface.as_ref().is_some_and(|n| n.len() >= IFNAMSIZ) {
+                w.interface = Some(format!("cxwl{i}"));
+            }
+        }
+        let node = &node;
         let k = NEXT.fetch_add(1, Ordering::Relaxed);
         let pid = std::process::id();
         let ns = Namespaces { node: format!("cxp{pid}n{k}"), wire: format!("cxp{pid}w{k}") };
