@@ -384,8 +384,10 @@ impl Pipeline {
         }
     }
 
-    /// Decides a batch. `now` is read once per batch by the caller.
-    pub fn process(&mut self, batch: &mut [Packet], now: Nanos) {
+    /// Decides a batch. `now` is read once per batch by the caller. Returns the tables the batch was decided
+    /// with, so the caller rewrites and reports the batch against that same version (DESIGN.md: every
+    /// frame of a batch sees one consistent version).
+    pub fn process(&mut self, batch: &mut [Packet], now: Nanos) -> arc_swap::Guard<Arc<TableSet>> {
         let guard = self.slot.load();
         let t: &TableSet = &guard;
         for p in batch.iter_mut().filter(|p| !p.done) {
@@ -461,6 +463,7 @@ impl Pipeline {
                 }
             }
         }
+        guard
     }
 
     /// An allowed packet that the rewrite could not send on (its TTL ran out): counted as that drop.

@@ -268,6 +268,7 @@ impl Worker {
             }
         };
         if n > 0 {
+            self.io.batches += 1;
             self.handle(slot, n);
             self.shared.frames_done.fetch_add(n as u64, Ordering::Release);
         }
@@ -307,8 +308,7 @@ impl Worker {
             return;
         }
         let now = self.clock.now();
-        self.pipeline.process(&mut self.batch, now);
-        let tables = self.pipeline.tables();
+        let tables = self.pipeline.process(&mut self.batch, now);
         for (b, (i, _)) in keep.iter().enumerate().take(n).filter(|(_, k)| **k).enumerate() {
             let p = self.batch[b];
             let parsed = self.parsed[b];

@@ -126,6 +126,15 @@ impl<M> Producer<M> {
         self.mask + 1 - self.head.wrapping_sub(self.cached_consumer)
     }
 
+    /// Entries published but not yet taken by the consumer (reads the consumer's cursor).
+    pub fn outstanding<T: Copy>(&mut self) -> u32
+    where
+        M: RingMemory<T>,
+    {
+        self.cached_consumer = self.mem.consumer().load(Ordering::Acquire);
+        self.head.wrapping_sub(self.cached_consumer)
+    }
+
     /// The ring's memory (for the socket's flag checks).
     pub fn memory(&self) -> &M {
         &self.mem

@@ -17,6 +17,10 @@ use std::sync::atomic::AtomicU32;
 
 use super::ring::{Consumer, Producer, RingMemory, XdpDesc};
 
+/// Wakeups per flush: enough to drain a full batch from every port, bounded so one busy port cannot stall
+/// the loop (what is left goes at the next round).
+const MAX_KICKS_PER_FLUSH: u32 = 8;
+
 /// Sizes of one socket.
 #[derive(Clone, Copy, Debug)]
 pub struct XskConfig {
@@ -369,16 +373,27 @@ impl XskSocket {
         true
     }
 
-    /// Publishes queued TX descriptors and wakes the kernel to send them; collects completions.
+    /// Publishes queued TX descriptors and wakes the kernel until it has taken them all (copy mode sends at
+    /// most a few dozen per wakeup, so one kick can leave the tail of a burst in the ring); collects
+    /// completions.
     pub fn flush(&mut self) {
         if self.tx_pending {
             self.tx.submit::<XdpDesc>();
             self.tx_pending = false;
-            if self.tx.mem_needs_wakeup() {
-                // SAFETY: sendto with a null buffer of length 0 is the documented TX wakeup.
-                unsafe {
-                    libc::sendto(self.fd.as_raw_fd(), std::ptr::null(), 0, libc::MSG_DONTWAIT, std::ptr::null(), 0)
-                };
+        }
+        let mut kicks = 0;
+        while self.tx.outstanding::<XdpDesc>() > 0 && kicks < MAX_KICKS_PER_FLUSH {
+            if !self.tx.mem_needs_wakeup() {
+                break;
+            }
+            // SAFETY: sendto with a null buffer of length 0 is the documented TX wakeup.
+            let r = unsafe {
+                libc::sendto(self.fd.as_raw_fd(), std::ptr::null(), 0, libc::MSG_DONTWAIT, std::ptr::null(), 0)
+            };
+            kicks += 1;
+            if r < 0 {
+                // EAGAIN/EBUSY: the kernel is busy or completions are full; collect them and retry next round.
+                break;
             }
         }
         if self.in_flight > 0 {
