@@ -2,4 +2,5 @@
 //! (which resolve to pod address sets), CIDRs, port ranges, named ports, protocols and actions, and the
 //! packets to classify against them.
 
+pub mod e2e;
 pub mod synth;

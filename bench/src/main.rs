@@ -20,8 +20,9 @@ fn main() -> ExitCode {
         Some("classify") => classify(quick),
         Some("compile") => compile(quick),
         Some("pipeline") => pipeline(quick),
+        Some("e2e") => calxdp_bench::e2e::run(quick),
         _ => {
-            eprintln!("usage: calxdp-bench classify|compile|pipeline [--quick]");
+            eprintln!("usage: calxdp-bench classify|compile|pipeline|e2e [--quick]");
             return ExitCode::from(2);
         }
     }
