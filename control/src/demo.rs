@@ -59,7 +59,16 @@ struct Flow {
     expect_ok: bool,
 }
 
-const FLOWS: [Flow; 11] = [
+const FLOWS: [Flow; 12] = [
+    flow(
+        "frontend -> outside:80, pod egress; 10.0.0.1 resolved by ARP",
+        "cxdemo-front",
+        "192.168.1.11",
+        Kind::Tcp,
+        "10.0.0.1",
+        80,
+        true,
+    ),
     flow(
         "frontend -> web:8080, allowed by the Kubernetes NetworkPolicy",
         "cxdemo-front",
@@ -67,6 +76,15 @@ const FLOWS: [Flow; 11] = [
         Kind::Tcp,
         "192.168.1.10",
         8080,
+        true,
+    ),
+    flow(
+        "frontend -> service web 10.96.0.20:80, DNAT to web:8080",
+        "cxdemo-front",
+        "192.168.1.11",
+        Kind::Tcp,
+        "10.96.0.20",
+        80,
         true,
     ),
     flow(
@@ -134,15 +152,6 @@ const FLOWS: [Flow; 11] = [
         false,
     ),
     flow(
-        "frontend -> outside:80, pod egress through the uplink",
-        "cxdemo-front",
-        "192.168.1.11",
-        Kind::Tcp,
-        "10.0.0.1",
-        80,
-        true,
-    ),
-    flow(
         "host -> web:8080, a host reaches its own pods whatever their policy",
         NODE,
         "10.0.0.10",
@@ -201,7 +210,7 @@ fn exec(ns: &str, cmd: &[&str]) -> Result<(), String> {
     }
 }
 
-fn build_topology() -> Result<Topology, String> {
+fn build_topology(workers: usize) -> Result<Topology, String> {
     for ns in all_namespaces() {
         let _ = ip(&["netns", "del", ns]); // a previous demo that was killed
     }
@@ -238,6 +247,16 @@ fn build_topology() -> Result<Topology, String> {
     for ns in PODS.iter().map(|p| p.0).chain([EXT]) {
         exec(ns, &["ethtool", "-K", "eth0", "tx", "off"])
             .map_err(|e| format!("{e} (install ethtool: apt-get install ethtool)"))?;
+    }
+    // One queue per worker on both ends of every veth, so the flows spread over the workers.
+    if workers > 1 {
+        let q = workers.to_string();
+        for ns in PODS.iter().map(|p| p.0).chain([EXT]) {
+            exec(ns, &["ethtool", "-L", "eth0", "rx", &q, "tx", &q])?;
+        }
+        for iface in PODS.iter().map(|p| p.1).chain(["eth0"]) {
+            exec(NODE, &["ethtool", "-L", iface, "rx", &q, "tx", &q])?;
+        }
     }
     Ok(topo)
 }
@@ -319,7 +338,7 @@ fn attempt(f: &Flow) -> Result<bool, String> {
 }
 
 /// Runs the whole demo and prints its table; false if any flow did not behave as Linux Calico would.
-pub fn demo() -> Result<bool, String> {
+pub fn demo(workers: usize) -> Result<bool, String> {
     if let Some(why) = crate::parity::live_level::unavailable() {
         return Err(why);
     }
@@ -331,13 +350,14 @@ pub fn demo() -> Result<bool, String> {
     resources.apply_all(loaded.into_iter().map(|d| d.resource));
 
     println!("calxdp demo: building the node in network namespaces (cxdemo-*)");
-    let topo = build_topology()?;
+    let topo = build_topology(workers)?;
     let (tx, trace) = sync_channel(65_536);
     let (n, r) = (node.clone(), resources.clone());
-    let live = netns::run_in(NODE, move || LiveNode::start(n, r, &LiveOptions::default(), Some(tx)))
+    let opts = LiveOptions { workers, ..LiveOptions::default() };
+    let live = netns::run_in(NODE, move || LiveNode::start(n, r, &opts, Some(tx)))
         .map_err(|e| format!("namespace {NODE}: {e}"))??;
     println!(
-        "calxdp demo: dataplane up: XDP on {}, host stack on tap calxdp-host, {} policy resources",
+        "calxdp demo: dataplane up: XDP on {}, host stack on tap calxdp-host, {} policy resources, {workers} worker(s)",
         live.attach_modes.iter().map(|(i, m)| format!("{i} ({m})")).collect::<Vec<_>>().join(", "),
         resources.len()
     );
@@ -359,13 +379,15 @@ pub fn demo() -> Result<bool, String> {
     let ok = print_table(&live, &records, &results);
     let (c, io) = live.stop();
     println!(
-        "\n{} frames in {:.1} s: {} allowed, {} dropped; ARP: {} answered, {} passed between uplink and tap",
+        "\n{} frames in {:.1} s: {} allowed, {} dropped; ARP: {} answered, {} passed between uplink and tap; \
+         {} handed to the worker owning their flow",
         c.packets,
         started.elapsed().as_secs_f64(),
         c.allowed,
         c.packets - c.allowed,
         io.arp_replied,
-        io.arp_passed
+        io.arp_passed,
+        io.handed_off
     );
     drop(topo);
     println!("calxdp demo: torn down (namespaces deleted, XDP detached, tap removed)");

@@ -9,17 +9,22 @@ use std::sync::mpsc::SyncSender;
 use std::sync::Arc;
 use std::thread::JoinHandle;
 
+use calxdp_dataplane::arp::Neighbours;
 use calxdp_dataplane::log::LogLimiter;
 use calxdp_dataplane::path::Port;
 use calxdp_dataplane::pipeline::{Counters, Pipeline};
 use calxdp_dataplane::worker::{Clock, IoCounters, PortIo, TraceRecord, Worker, WorkerShared};
 use calxdp_dataplane::xdp::Redirect;
+use calxdp_dataplane::xsk::handoff::{self, HandoffReceiver, HandoffSender};
 use calxdp_dataplane::xsk::socket::{XskConfig, XskSocket};
 use calxdp_dataplane::xsk::tap::Tap;
 use calxdp_policy::node::{parse_mac, NodeConfig};
 use calxdp_policy::resource::ResourceSet;
 
 use crate::publisher::TablePublisher;
+
+/// Frames in flight from one worker to another.
+const HANDOFF_SLOTS: u32 = 1024;
 
 /// How to run the node.
 #[derive(Debug, Clone)]
@@ -36,8 +41,6 @@ pub struct LiveOptions {
     pub flow_capacity: usize,
     /// Write the Log rules' lines to stderr (kernel LOG format, rate-limited as Felix configures).
     pub log_rules: bool,
-    /// Run several workers even though each keeps its own conntrack (benchmarks of one-way traffic only).
-    pub allow_split_conntrack: bool,
 }
 
 impl Default for LiveOptions {
@@ -48,7 +51,6 @@ impl Default for LiveOptions {
             host_addresses: true,
             xsk: XskConfig::default(),
             flow_capacity: 1 << 18,
-            allow_split_conntrack: false,
             log_rules: true,
         }
     }
@@ -132,9 +134,23 @@ impl LiveNode {
             worker_ports[uplinks + workloads] = Some(PortIo::Tap(tap));
         }
 
+        // Handoff links between every ordered pair of workers: a frame goes to the worker owning its flow.
+        let n = opts.workers;
+        let mut outs: Vec<Vec<Option<HandoffSender>>> = (0..n).map(|_| (0..n).map(|_| None).collect()).collect();
+        let mut ins: Vec<Vec<HandoffReceiver>> = (0..n).map(|_| Vec::new()).collect();
+        for (from, out) in outs.iter_mut().enumerate() {
+            for (to, inn) in ins.iter_mut().enumerate() {
+                if from != to {
+                    let (tx, rx) = handoff::link(HANDOFF_SLOTS);
+                    out[to] = Some(tx);
+                    inn.push(rx);
+                }
+            }
+        }
+        let neighbours = Arc::new(Neighbours::with_capacity(4096));
         let mut shared = Vec::new();
         let mut threads = Vec::new();
-        for (i, ports) in sockets.into_iter().enumerate() {
+        for (i, ((ports, out), inn)) in sockets.into_iter().zip(outs).zip(ins).enumerate() {
             let s = Arc::new(WorkerShared::default());
             let pipeline = Pipeline::new(publisher.slot(), opts.flow_capacity);
             let mut worker = Worker::new(
@@ -147,6 +163,7 @@ impl LiveNode {
                 trace.clone(),
                 opts.log_rules.then(|| limiter.clone()),
             );
+            worker.join(i, n, out, inn, neighbours.clone());
             let handle = std::thread::Builder::new()
                 .name(format!("calxdp-worker-{i}"))
                 .spawn(move || worker.run())
@@ -173,6 +190,11 @@ impl LiveNode {
             io.batches += o.batches;
             io.trace_lost += o.trace_lost;
             io.log_lines += o.log_lines;
+            io.handed_off += o.handed_off;
+            io.handoff_full += o.handoff_full;
+            io.no_neighbour += o.no_neighbour;
+            io.held += o.held;
+            io.arp_asked += o.arp_asked;
             io.log_suppressed += o.log_suppressed;
         }
         (c, io)
@@ -212,16 +234,6 @@ impl Drop for LiveNode {
 fn preflight(node: &NodeConfig, opts: &LiveOptions) -> Result<(), String> {
     if opts.workers == 0 {
         return Err("--workers must be at least 1".into());
-    }
-    if opts.workers > 1 && !opts.allow_split_conntrack {
-        // Each worker keeps its own conntrack, and a veth (like most NICs) does not steer a flow's two
-        // directions to the same queue, so replies would meet a worker that never saw the flow and be dropped
-        // as conntrack-invalid. Until flows are handed off to their owning worker, refuse rather than drop.
-        return Err(format!(
-            "{} workers were asked for, but this build keeps conntrack per worker and cannot yet hand a flow's \
-             replies to the worker that owns it; run with --workers 1",
-            opts.workers
-        ));
     }
     let mut names: Vec<(String, String)> =
         node.uplinks.iter().map(|u| (u.name.clone(), "uplink".to_string())).collect();

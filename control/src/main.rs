@@ -59,7 +59,11 @@ enum Command {
     },
     /// A node in network namespaces (root): sample policies, real traffic, a table of flows with the
     /// verdict and the deciding policy; then everything is torn down.
-    Demo,
+    Demo {
+        /// Worker threads (each owns one queue of every interface; flows are handed to their owner).
+        #[arg(long, default_value_t = 1)]
+        workers: usize,
+    },
     /// Run parity scenarios and compare every verdict with Linux Calico's.
     Parity {
         /// reference | compiled | pipeline | live | all
@@ -134,7 +138,7 @@ fn main() -> ExitCode {
                 }
             }
         }
-        Command::Demo => match calxdp::demo::demo() {
+        Command::Demo { workers } => match calxdp::demo::demo(workers) {
             Ok(true) => ExitCode::SUCCESS,
             Ok(false) => {
                 eprintln!("calxdp demo: some flows did not behave as Linux Calico would (marked NO)");

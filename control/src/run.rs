@@ -127,6 +127,15 @@ fn summary(live: &LiveNode) -> String {
         }
     }
     s.push_str(&format!("; arp {} answered, {} passed", io.arp_replied, io.arp_passed));
+    if io.handed_off + io.handoff_full > 0 {
+        s.push_str(&format!(
+            "; {} handed to their flow's worker ({} lost to a full handoff ring)",
+            io.handed_off, io.handoff_full
+        ));
+    }
+    if io.no_neighbour > 0 {
+        s.push_str(&format!("; {} waiting for a neighbour's MAC ({} ARP requests)", io.no_neighbour, io.arp_asked));
+    }
     if io.tx_full > 0 {
         s.push_str(&format!("; {} lost to full tx queues", io.tx_full));
     }

@@ -4,6 +4,7 @@
 //! NIC; the host's ARP for a pod (routed through the tap) is answered by the dataplane.
 
 use std::net::{IpAddr, Ipv4Addr};
+use std::sync::atomic::{fence, AtomicU32, AtomicU64, Ordering};
 
 pub const ETHERTYPE_ARP: u16 = 0x0806;
 const OP_REQUEST: u16 = 1;
@@ -77,38 +78,86 @@ pub fn request(sender_mac: [u8; 6], sender_ip: Ipv4Addr, target: Ipv4Addr, out: 
     ARP_FRAME_LEN
 }
 
-/// Neighbour MACs learned on the uplinks, by IP: a fixed direct-mapped table (a newer entry replaces an
-/// older one in its slot), so learning allocates nothing on the hot path.
+/// Neighbour MACs by IP (uplink neighbours from their ARP and frames, pods from theirs), shared by every
+/// worker: whichever worker hears a neighbour, every worker can then address it. A fixed direct-mapped
+/// table (a newer entry replaces an older one in its slot) of seqlock-guarded atomics, so learning and
+/// lookups take no lock and allocate nothing. Learning is best effort: a write that meets another in the
+/// same slot is skipped.
 #[derive(Debug)]
 pub struct Neighbours {
-    slots: Vec<Option<(IpAddr, [u8; 6])>>,
+    slots: Box<[Slot]>,
+}
+
+#[derive(Debug, Default)]
+struct Slot {
+    /// Odd while a writer is in the slot; bumped by two per write.
+    seq: AtomicU32,
+    ip_hi: AtomicU64,
+    ip_lo: AtomicU64,
+    /// The MAC in the low 48 bits; bit 63 set when the slot holds an entry.
+    mac: AtomicU64,
+}
+
+const PRESENT: u64 = 1 << 63;
+
+fn key(ip: IpAddr) -> u128 {
+    match ip {
+        IpAddr::V4(a) => u128::from(a.to_ipv6_mapped()),
+        IpAddr::V6(a) => u128::from(a),
+    }
 }
 
 impl Neighbours {
     pub fn with_capacity(n: usize) -> Neighbours {
-        Neighbours { slots: vec![None; n.next_power_of_two()] }
+        Neighbours { slots: (0..n.next_power_of_two()).map(|_| Slot::default()).collect() }
     }
 
-    fn slot(&self, ip: IpAddr) -> usize {
-        let h = match ip {
-            IpAddr::V4(a) => u64::from(u32::from(a)),
-            IpAddr::V6(a) => (u128::from(a) as u64) ^ ((u128::from(a) >> 64) as u64),
-        };
-        (h.wrapping_mul(0x9e37_79b9_7f4a_7c15) >> 32) as usize & (self.slots.len() - 1)
+    fn slot(&self, k: u128) -> &Slot {
+        let h = (k as u64) ^ ((k >> 64) as u64).rotate_left(29);
+        &self.slots[(h.wrapping_mul(0x9e37_79b9_7f4a_7c15) >> 32) as usize & (self.slots.len() - 1)]
     }
 
-    pub fn learn(&mut self, ip: IpAddr, mac: [u8; 6]) {
-        if mac[0] & 1 == 0 {
-            let s = self.slot(ip);
-            self.slots[s] = Some((ip, mac));
+    pub fn learn(&self, ip: IpAddr, mac: [u8; 6]) {
+        if mac[0] & 1 != 0 || self.get(ip) == Some(mac) {
+            return;
         }
+        let k = key(ip);
+        let s = self.slot(k);
+        let seq = s.seq.load(Ordering::Relaxed);
+        if seq & 1 == 1 || s.seq.compare_exchange(seq, seq + 1, Ordering::Acquire, Ordering::Relaxed).is_err() {
+            return;
+        }
+        let mut m = [0u8; 8];
+        m[..6].copy_from_slice(&mac);
+        s.ip_hi.store((k >> 64) as u64, Ordering::Relaxed);
+        s.ip_lo.store(k as u64, Ordering::Relaxed);
+        s.mac.store(u64::from_le_bytes(m) | PRESENT, Ordering::Relaxed);
+        s.seq.store(seq + 2, Ordering::Release);
     }
 
     pub fn get(&self, ip: IpAddr) -> Option<[u8; 6]> {
-        match self.slots[self.slot(ip)] {
-            Some((i, mac)) if i == ip => Some(mac),
-            _ => None,
+        let k = key(ip);
+        let s = self.slot(k);
+        for _ in 0..4 {
+            let before = s.seq.load(Ordering::Acquire);
+            if before & 1 == 1 {
+                std::hint::spin_loop();
+                continue;
+            }
+            let (hi, lo, mac) =
+                (s.ip_hi.load(Ordering::Relaxed), s.ip_lo.load(Ordering::Relaxed), s.mac.load(Ordering::Relaxed));
+            fence(Ordering::Acquire);
+            if s.seq.load(Ordering::Relaxed) != before {
+                continue;
+            }
+            if mac & PRESENT == 0 || (u128::from(hi) << 64 | u128::from(lo)) != k {
+                return None;
+            }
+            let mut out = [0u8; 6];
+            out.copy_from_slice(&mac.to_le_bytes()[..6]);
+            return Some(out);
         }
+        None
     }
 }
 
@@ -143,12 +192,46 @@ mod tests {
 
     #[test]
     fn neighbours_remember_the_latest_mac_and_ignore_multicast() {
-        let mut n = Neighbours::with_capacity(16);
+        let n = Neighbours::with_capacity(16);
         let ip: IpAddr = "10.0.0.1".parse().unwrap();
         n.learn(ip, [2, 0, 0, 0, 0, 1]);
         n.learn(ip, [2, 0, 0, 0, 0, 2]);
         n.learn(ip, [1, 0, 0x5e, 0, 0, 1]);
         assert_eq!(n.get(ip), Some([2, 0, 0, 0, 0, 2]));
         assert_eq!(n.get("10.0.0.2".parse().unwrap()), None);
+        let v6: IpAddr = "fd00::1".parse().unwrap();
+        n.learn(v6, [2, 0, 0, 0, 0, 6]);
+        assert_eq!(n.get(v6), Some([2, 0, 0, 0, 0, 6]));
+    }
+
+    #[test]
+    fn workers_learning_and_reading_at_once_never_see_a_torn_entry() {
+        let n = std::sync::Arc::new(Neighbours::with_capacity(4));
+        let writers: Vec<_> = (0..2u8)
+            .map(|w| {
+                let n = n.clone();
+                std::thread::spawn(move || {
+                    for i in 0..50_000u32 {
+                        let ip = IpAddr::V4(Ipv4Addr::from(i % 64));
+                        // Every MAC names its IP, so a reader can tell a torn entry.
+                        let b = (i % 64) as u8;
+                        n.learn(ip, [2, w, b, b, b, b]);
+                    }
+                })
+            })
+            .collect();
+        for _ in 0..200_000u32 {
+            for i in 0..64u32 {
+                if let Some(mac) = n.get(IpAddr::V4(Ipv4Addr::from(i))) {
+                    assert_eq!(&mac[2..], &[i as u8; 4], "a MAC from another IP's entry");
+                }
+            }
+            if writers.iter().all(|w| w.is_finished()) {
+                break;
+            }
+        }
+        for w in writers {
+            w.join().unwrap();
+        }
     }
 }

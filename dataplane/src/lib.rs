@@ -5,6 +5,7 @@ pub mod flow;
 pub mod frames;
 pub mod io;
 pub mod log;
+pub mod owner;
 pub mod path;
 pub mod pipeline;
 pub mod tables;

@@ -24,12 +24,15 @@ pub struct TableSet {
     pub compiled: Arc<CompiledTables>,
     /// Port bindings resolved from `world`, so the hot path looks up no names.
     pub ports: PortMap,
+    /// Service front ends and backends, for choosing a flow's owning worker.
+    pub service_ends: crate::owner::ServiceEnds,
 }
 
 impl TableSet {
     pub fn new(epoch: u64, world: Arc<ResolvedNode>, compiled: Arc<CompiledTables>) -> TableSet {
         let ports = PortMap::new(&world);
-        TableSet { epoch, world, compiled, ports }
+        let service_ends = crate::owner::ServiceEnds::new(&world.node);
+        TableSet { epoch, world, compiled, ports, service_ends }
     }
 }
 

@@ -22,18 +22,35 @@ use crate::arp::{self, Neighbours};
 use crate::flow::Nanos;
 use crate::frames::{ingest, rewrite, time_exceeded};
 use crate::log::{log_line, LogLimiter};
+use crate::owner::owner;
 use crate::path::{Port, PortMap, WORKLOAD_GATEWAY_MAC};
 use crate::pipeline::{rule_ref, Counters, Decision, DropReason, LogHit, Packet, Pipeline, MAX_LOGS};
 use crate::tables::TableSet;
 use crate::wire::Parsed;
+use crate::xsk::handoff::{HandoffReceiver, HandoffSender};
 use crate::xsk::ring::XdpDesc;
 use crate::xsk::socket::XskSocket;
 use crate::xsk::tap::Tap;
 
+/// The least time between two ARP requests of one worker.
+const ARP_ASK_INTERVAL: Nanos = 10_000_000;
+/// Frames a worker holds while their next hop is being resolved, and for how long at most.
+const HELD_MAX: usize = 16;
+const HOLD_FOR: Nanos = 1_000_000_000;
+
+/// A frame waiting for its next hop's MAC.
+#[derive(Clone, Copy, Debug)]
+struct Pending {
+    out: Port,
+    next_hop: IpAddr,
+    len: usize,
+    since: Nanos,
+}
+
 /// Frames per batch.
 pub const BATCH: usize = 64;
 /// Largest frame the worker handles (a standard MTU plus Ethernet and VLAN headers).
-pub const FRAME_MAX: usize = 2048;
+pub const FRAME_MAX: usize = crate::xsk::handoff::SLOT_BYTES;
 
 /// The dataplane's clock: monotonic time since start, plus an offset a test may advance (a parity
 /// scenario's `advance` step), so timeouts run without waiting.
@@ -87,6 +104,14 @@ pub struct IoCounters {
     pub oversize: u64,
     pub batches: u64,
     pub trace_lost: u64,
+    /// Frames passed to the worker that owns their flow, and those dropped because its ring was full.
+    pub handed_off: u64,
+    pub handoff_full: u64,
+    /// Allowed frames held until their next hop's MAC was known; those dropped because it never came (or
+    /// no slot was free); the ARP requests sent.
+    pub held: u64,
+    pub no_neighbour: u64,
+    pub arp_asked: u64,
     /// Log-rule lines written, and those the Felix rate limit suppressed.
     pub log_lines: u64,
     pub log_suppressed: u64,
@@ -119,14 +144,27 @@ pub struct Worker {
     workloads: usize,
     bufs: Vec<[u8; FRAME_MAX]>,
     lens: [usize; BATCH],
+    /// The port each buffered frame arrived on.
+    in_ports: [Port; BATCH],
+    tags: [u16; BATCH],
+    /// This worker's index, and the links to and from the other workers (by worker index; `None` for
+    /// itself). Flows are owned by one worker each (`owner.rs`).
+    id: usize,
+    workers: usize,
+    handoff_out: Vec<Option<HandoffSender>>,
+    handoff_in: Vec<HandoffReceiver>,
     batch: Vec<Packet>,
     parsed: Vec<Option<Parsed>>,
     descs: [XdpDesc; BATCH],
     addrs: [u64; BATCH],
     scratch: [u8; FRAME_MAX],
-    neighbours: Neighbours,
-    /// Each pod's MAC as seen in its frames, for pods whose MAC the node file does not give.
-    pod_mac: Vec<Option<[u8; 6]>>,
+    /// Neighbour and pod MACs, shared with the other workers.
+    neighbours: Arc<Neighbours>,
+    /// When this worker last sent an ARP request.
+    last_ask: Nanos,
+    /// Frames waiting for their next hop's MAC, and their bytes.
+    pending: [Option<Pending>; HELD_MAX],
+    pending_bufs: Vec<[u8; FRAME_MAX]>,
     pub io: IoCounters,
     /// Felix's LogActionRateLimit for the Log rules' lines (written to stderr, kernel LOG format); `None`
     /// writes no lines (the trace still records the hits).
@@ -158,19 +196,43 @@ impl Worker {
             workloads,
             bufs: vec![[0; FRAME_MAX]; BATCH],
             lens: [0; BATCH],
+            in_ports: [Port::Host; BATCH],
+            tags: [0; BATCH],
+            id: 0,
+            workers: 1,
+            handoff_out: Vec::new(),
+            handoff_in: Vec::new(),
             batch: Vec::with_capacity(BATCH),
             parsed: Vec::with_capacity(BATCH),
             descs: [XdpDesc::default(); BATCH],
             addrs: [0; BATCH],
             scratch: [0; FRAME_MAX],
-            neighbours: Neighbours::with_capacity(1024),
-            pod_mac: vec![None; workloads],
+            neighbours: Arc::new(Neighbours::with_capacity(1024)),
+            last_ask: 0,
+            pending: [None; HELD_MAX],
+            pending_bufs: vec![[0; FRAME_MAX]; HELD_MAX],
             io: IoCounters::default(),
             limiter,
             shared,
             clock,
             trace,
         }
+    }
+
+    /// Makes this worker number `id` of `workers`, with links to the others (`out[j]`: to worker j).
+    pub fn join(
+        &mut self,
+        id: usize,
+        workers: usize,
+        out: Vec<Option<HandoffSender>>,
+        inn: Vec<HandoffReceiver>,
+        neighbours: Arc<Neighbours>,
+    ) {
+        self.neighbours = neighbours;
+        self.id = id;
+        self.workers = workers;
+        self.handoff_out = out;
+        self.handoff_in = inn;
     }
 
     fn port_of_slot(&self, slot: usize) -> Port {
@@ -196,6 +258,12 @@ impl Worker {
             let mut moved = 0;
             for slot in 0..self.ports.len() {
                 moved += self.poll(slot);
+            }
+            for k in 0..self.handoff_in.len() {
+                moved += self.poll_handoff(k);
+            }
+            if self.pending.iter().any(Option::is_some) {
+                self.release_held();
             }
             self.flush();
             if moved == 0 {
@@ -225,13 +293,30 @@ impl Worker {
         }
     }
 
-    /// Publishes every port's pending transmits.
+    /// Publishes every port's pending transmits and every frame handed to another worker.
     pub fn flush(&mut self) {
         for p in self.ports.iter_mut().flatten() {
             if let PortIo::Xsk(s) = p {
                 s.flush();
             }
         }
+        for h in self.handoff_out.iter_mut().flatten() {
+            h.flush();
+        }
+    }
+
+    /// Takes one batch of frames other workers handed over (frames of flows this worker owns).
+    fn poll_handoff(&mut self, k: usize) -> usize {
+        let n = self.handoff_in[k].receive(&mut self.bufs, &mut self.lens, &mut self.tags);
+        for i in 0..n {
+            self.in_ports[i] = untag(self.tags[i]);
+        }
+        if n > 0 {
+            self.io.batches += 1;
+            let done = self.handle(n, true);
+            self.shared.frames_done.fetch_add(done as u64, Ordering::Release);
+        }
+        n
     }
 
     /// Receives one batch on a port and handles it; returns how many frames it took.
@@ -267,53 +352,76 @@ impl Worker {
                 n
             }
         };
+        let port = self.port_of_slot(slot);
+        self.in_ports[..n].fill(port);
         if n > 0 {
             self.io.batches += 1;
-            self.handle(slot, n);
-            self.shared.frames_done.fetch_add(n as u64, Ordering::Release);
+            let done = self.handle(n, false);
+            self.shared.frames_done.fetch_add(done as u64, Ordering::Release);
         }
         n
     }
 
-    /// Decides and forwards the `n` frames in the buffers, all from port slot `slot`.
-    fn handle(&mut self, slot: usize, n: usize) {
-        let port = self.port_of_slot(slot);
+    /// Decides and forwards the `n` frames in the buffers (frame `i` arrived on `in_ports[i]`); frames of
+    /// flows another worker owns are handed to it first, unless they were handed here (`handed`). Returns
+    /// how many frames were finished here.
+    fn handle(&mut self, n: usize, handed: bool) -> usize {
         self.batch.clear();
         self.parsed.clear();
         let mut keep = [false; BATCH];
+        let mut finished = n;
+        let owners = if self.workers > 1 && !handed { Some(self.pipeline.tables()) } else { None };
         for (i, k) in keep.iter_mut().enumerate().take(n) {
+            let port = self.in_ports[i];
             let frame = &self.bufs[i][..self.lens[i]];
             if arp::ethertype(frame) == Some(arp::ETHERTYPE_ARP) {
                 continue;
             }
-            *k = true;
-            if let Port::Workload(w) = port {
-                if let Some(src) = frame.get(6..12) {
-                    let mut mac = [0; 6];
-                    mac.copy_from_slice(src);
-                    if let Some(m) = self.pod_mac.get_mut(w as usize) {
-                        *m = Some(mac);
+            let (packet, parsed) = ingest(port, frame);
+            if let (Some(t), Some(true)) = (&owners, parsed.as_ref().map(|p| p.is_ip())) {
+                let o = owner(&packet.header, packet.inner, &t.service_ends, self.workers);
+                if o != self.id {
+                    finished -= 1;
+                    let sent = match self.handoff_out.get_mut(o) {
+                        Some(Some(h)) => h.send(tag(port), frame),
+                        _ => false,
+                    };
+                    if sent {
+                        self.io.handed_off += 1;
+                    } else {
+                        self.io.handoff_full += 1;
                     }
+                    continue;
                 }
             }
-            let (packet, parsed) = ingest(port, frame);
+            *k = true;
             self.batch.push(packet);
             self.parsed.push(parsed);
         }
         // ARP first, in arrival order (it never enters the pipeline).
-        for (i, _) in keep.iter().enumerate().take(n).filter(|(_, k)| !**k) {
-            self.arp(port, i);
+        for (i, &kept) in keep.iter().enumerate().take(n) {
+            if !kept && arp::ethertype(&self.bufs[i][..self.lens[i]]) == Some(arp::ETHERTYPE_ARP) {
+                self.arp(self.in_ports[i], i);
+            }
         }
         if self.batch.is_empty() {
-            return;
+            return finished;
         }
         let now = self.clock.now();
         let tables = self.pipeline.process(&mut self.batch, now);
         for (b, (i, _)) in keep.iter().enumerate().take(n).filter(|(_, k)| **k).enumerate() {
             let p = self.batch[b];
             let parsed = self.parsed[b];
-            if let (Port::Uplink(u), Some(parsed)) = (port, &parsed) {
+            if let (Port::Uplink(u), Some(parsed)) = (p.port, &parsed) {
                 self.learn_uplink_neighbour(&tables, u, i, parsed);
+            }
+            if let Port::Workload(w) = p.port {
+                // A pod's own address and MAC, once the pipeline has ruled out a spoofed source.
+                if p.decision != Decision::SourceSpoofed && tables.ports.workload_by_ip.get(&p.header.src) == Some(&w) {
+                    let mut mac = [0; 6];
+                    mac.copy_from_slice(&self.bufs[i][6..12]);
+                    self.neighbours.learn(p.header.src, mac);
+                }
             }
             if p.logs[0].is_some() && self.limiter.is_some() {
                 if let Some(parsed) = &parsed {
@@ -328,10 +436,17 @@ impl Worker {
                 match rewrite(&mut self.bufs[i][..len], &parsed, &p, &tables.ports) {
                     Ok(()) => {
                         let o = out.expect("an allowed packet has an output port");
-                        self.fill_next_hop_mac(&tables, &p, o, i);
-                        let o_slot = self.slot_of(o);
-                        if !self.transmit(o_slot, i, len) {
-                            self.io.tx_full += 1;
+                        match self.fill_next_hop_mac(&tables, &p, o, i) {
+                            Ok(()) => {
+                                let o_slot = self.slot_of(o);
+                                if !self.transmit(o_slot, i, len) {
+                                    self.io.tx_full += 1;
+                                }
+                            }
+                            Err(next_hop) => {
+                                self.hold(o, next_hop, i, len, now);
+                                self.ask(&tables, o, next_hop, now);
+                            }
                         }
                     }
                     Err(_) => {
@@ -340,14 +455,14 @@ impl Worker {
                         self.pipeline.dropped_after_rewrite(DropReason::TtlExceeded);
                         // The ICMP error back to the sender: a rare path, allowed to allocate.
                         if let Some(icmp) = time_exceeded(&parsed, &tables.ports) {
-                            self.send_bytes(slot, &icmp);
+                            self.send_bytes(self.slot_of(p.port), &icmp);
                         }
                     }
                 }
             }
             if let Some(trace) = &self.trace {
                 let rec = TraceRecord {
-                    port,
+                    port: p.port,
                     header: p.header,
                     verdict,
                     decision: p.decision,
@@ -364,6 +479,7 @@ impl Worker {
                 }
             }
         }
+        finished
     }
 
     /// The Log rules' lines for packet `p` (frame `i`, as it arrived), within the rate limit. A rare,
@@ -408,29 +524,94 @@ impl Worker {
     }
 
     /// Sets the destination MAC where the configuration does not give it: a pod's MAC as learned from its
-    /// frames, an on-link neighbour or the gateway as learned from ARP on the uplink.
-    fn fill_next_hop_mac(&mut self, t: &TableSet, p: &Packet, out: Port, i: usize) {
+    /// frames or ARP, an on-link neighbour or the gateway as learned on the uplink. `Err(next hop)` when it
+    /// is not known yet (the caller asks for it and drops the frame, as a router without a neighbour entry
+    /// would after its short queue).
+    fn fill_next_hop_mac(&mut self, t: &TableSet, p: &Packet, out: Port, i: usize) -> Result<(), IpAddr> {
         let ports: &PortMap = &t.ports;
-        let mac = match out {
-            Port::Workload(w) => match ports.workload_mac.get(w as usize).copied().flatten() {
-                Some(_) => None,
-                None => self.pod_mac.get(w as usize).copied().flatten(),
-            },
-            Port::Uplink(u) => {
-                let dst = p.translated.map(|d| d.ip()).unwrap_or(p.header.dst);
-                let on_link = ports.uplink_on_link(u, dst);
-                if on_link {
-                    self.neighbours.get(dst)
-                } else if ports.gateway_mac.get(u as usize).copied().flatten().is_none() {
-                    t.world.node.uplinks.get(u as usize).and_then(|up| up.gateway).and_then(|g| self.neighbours.get(g))
-                } else {
-                    None
+        let dst = p.translated.map(|d| d.ip()).unwrap_or(p.header.dst);
+        let next_hop = match out {
+            Port::Workload(w) if ports.workload_mac.get(w as usize).copied().flatten().is_none() => dst,
+            Port::Uplink(u) if ports.uplink_on_link(u, dst) => dst,
+            Port::Uplink(u) if ports.gateway_mac.get(u as usize).copied().flatten().is_none() => {
+                match t.world.node.uplinks.get(u as usize).and_then(|up| up.gateway) {
+                    Some(gw) => gw,
+                    None => return Ok(()),
                 }
             }
-            Port::Host => None,
+            _ => return Ok(()),
         };
-        if let Some(m) = mac {
-            self.bufs[i][0..6].copy_from_slice(&m);
+        let mac = self.neighbours.get(next_hop).ok_or(next_hop)?;
+        self.bufs[i][0..6].copy_from_slice(&mac);
+        Ok(())
+    }
+
+    /// Keeps frame `i` until its next hop's MAC is known (as Linux queues a few packets per unresolved
+    /// neighbour); with every slot taken, the frame is dropped and counted.
+    fn hold(&mut self, out: Port, next_hop: IpAddr, i: usize, len: usize, now: Nanos) {
+        match self.pending.iter().position(Option::is_none) {
+            Some(k) => {
+                self.pending_bufs[k][..len].copy_from_slice(&self.bufs[i][..len]);
+                self.pending[k] = Some(Pending { out, next_hop, len, since: now });
+                self.io.held += 1;
+            }
+            None => self.io.no_neighbour += 1,
+        }
+    }
+
+    /// Sends held frames whose next hop has become known, asks again for the others, and drops those held
+    /// longer than [`HOLD_FOR`].
+    fn release_held(&mut self) {
+        let now = self.clock.now();
+        let tables = self.pipeline.tables();
+        for k in 0..self.pending.len() {
+            let Some(p) = self.pending[k] else { continue };
+            if let Some(mac) = self.neighbours.get(p.next_hop) {
+                self.pending_bufs[k][0..6].copy_from_slice(&mac);
+                let slot = self.slot_of(p.out);
+                let frame = self.pending_bufs[k];
+                if !self.send_bytes(slot, &frame[..p.len]) {
+                    self.io.tx_full += 1;
+                }
+                self.pending[k] = None;
+            } else if now.saturating_sub(p.since) > HOLD_FOR {
+                self.pending[k] = None;
+                self.io.no_neighbour += 1;
+            } else {
+                self.ask(&tables, p.out, p.next_hop, now);
+            }
+        }
+    }
+
+    /// Asks `port` who has `ip` (an IPv4 next hop we have no MAC for), at most once per
+    /// [`ARP_ASK_INTERVAL`] per worker so a flood towards a silent address does not become an ARP flood.
+    fn ask(&mut self, t: &TableSet, port: Port, ip: IpAddr, now: Nanos) {
+        let IpAddr::V4(target) = ip else { return };
+        if now.saturating_sub(self.last_ask) < ARP_ASK_INTERVAL && self.last_ask != 0 {
+            return;
+        }
+        let (mac, sender) = match port {
+            Port::Uplink(u) => {
+                let up = t.world.node.uplinks.get(u as usize);
+                let sender = up.and_then(|up| {
+                    up.addrs.iter().find_map(|a| match a {
+                        IpAddr::V4(v4) => Some(*v4),
+                        IpAddr::V6(_) => None,
+                    })
+                });
+                match (t.ports.uplink_mac.get(u as usize).copied().flatten(), sender) {
+                    (Some(m), Some(s)) => (m, s),
+                    _ => return,
+                }
+            }
+            Port::Workload(_) => (WORKLOAD_GATEWAY_MAC, std::net::Ipv4Addr::new(169, 254, 1, 1)),
+            Port::Host => return,
+        };
+        self.last_ask = now.max(1);
+        let n = arp::request(mac, sender, target, &mut self.scratch);
+        let frame = self.scratch;
+        if self.send_bytes(self.slot_of(port), &frame[..n]) {
+            self.io.arp_asked += 1;
         }
     }
 
@@ -455,8 +636,8 @@ impl Worker {
         let host_slot = self.slot_of(Port::Host);
         match port {
             Port::Workload(w) => {
-                if let Some(m) = self.pod_mac.get_mut(w as usize) {
-                    *m = Some(a.sender_mac);
+                if tables.ports.workload_by_ip.get(&IpAddr::V4(a.sender_ip)) == Some(&w) {
+                    self.neighbours.learn(IpAddr::V4(a.sender_ip), a.sender_mac);
                 }
                 if a.request {
                     let n = arp::reply(&a, WORKLOAD_GATEWAY_MAC, &mut self.scratch);
@@ -493,5 +674,22 @@ impl Worker {
                 }
             }
         }
+    }
+}
+
+/// A port as a handoff tag: uplinks as they are, pods with bit 14, the host as bit 15.
+fn tag(port: Port) -> u16 {
+    match port {
+        Port::Uplink(u) => u,
+        Port::Workload(w) => 0x4000 | w,
+        Port::Host => 0x8000,
+    }
+}
+
+fn untag(t: u16) -> Port {
+    match t {
+        0x8000 => Port::Host,
+        t if t & 0x4000 != 0 => Port::Workload(t & 0x3fff),
+        t => Port::Uplink(t),
     }
 }

@@ -1,8 +1,9 @@
 //! `calxdp demo` end to end: the namespaces, the sample policies and real traffic; every flow must behave
-//! as Linux Calico would, and the demo must leave nothing behind.
+//! as Linux Calico would, with one worker and with two, and the demo must leave nothing behind. One test,
+//! because the demo's namespaces have fixed names.
 
 #[test]
-fn the_demo_flows_behave_as_calico_and_nothing_is_left_behind() {
+fn the_demo_flows_behave_as_calico_with_one_and_two_workers_and_nothing_is_left_behind() {
     if let Some(why) = calxdp::parity::live_level::unavailable() {
         eprintln!("skipped: {why}");
         return;
@@ -13,7 +14,10 @@ fn the_demo_flows_behave_as_calico_and_nothing_is_left_behind() {
             return;
         }
     }
-    assert_eq!(calxdp::demo::demo(), Ok(true));
+    assert_eq!(calxdp::demo::demo(1), Ok(true));
+    // Two workers: a flow's two directions arrive on different queues, and each frame must still be
+    // decided by the worker whose conntrack holds the flow (the service's DNAT included).
+    assert_eq!(calxdp::demo::demo(2), Ok(true));
     let left = std::process::Command::new("ip").args(["netns", "list"]).output().unwrap();
     let left = String::from_utf8_lossy(&left.stdout);
     assert!(!left.contains("cxdemo-"), "namespaces left behind: {left}");

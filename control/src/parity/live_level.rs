@@ -11,6 +11,7 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::mpsc::{sync_channel, Receiver};
 use std::time::{Duration, Instant};
 
+use calxdp_dataplane::arp;
 use calxdp_dataplane::frames::ipv4_header_ok;
 use calxdp_dataplane::path::Port;
 use calxdp_dataplane::pipeline::{explain, rule_ref};
@@ -186,7 +187,9 @@ impl LiveLevel {
     fn drain(&mut self) {
         let mut buf = [0u8; 4096];
         for (_, s) in &self.sockets {
-            while s.recv(&mut buf).is_some() {}
+            while let Some(n) = s.recv(&mut buf) {
+                answer_arp(s, &buf[..n]);
+            }
         }
         while self.trace.try_recv().is_ok() {}
     }
@@ -198,6 +201,7 @@ impl LiveLevel {
         loop {
             for (port, s) in &self.sockets {
                 while let Some(n) = s.recv(&mut buf) {
+                    answer_arp(s, &buf[..n]);
                     if parse(&buf[..n]).is_ok_and(|p| p.is_ip()) {
                         return Some((*port, buf[..n].to_vec()));
                     }
@@ -276,6 +280,17 @@ impl Dataplane for LiveLevel {
     fn advance(&mut self, by: Duration) {
         self.live().clock.advance(by);
     }
+}
+
+/// Plays the hosts on the wire: the dataplane asks for the MAC of a next hop it has not heard from (an
+/// on-link neighbour, a pod whose MAC the node file does not give), and every address answers with a MAC
+/// made from itself.
+fn answer_arp(sock: &PacketSocket, frame: &[u8]) {
+    let Some(req) = arp::parse(frame).filter(|a| a.request) else { return };
+    let o = req.target_ip.octets();
+    let mut out = [0u8; 64];
+    let n = arp::reply(&req, [0x02, 0xcc, o[0], o[1], o[2], o[3]], &mut out);
+    let _ = sock.send(&out[..n]);
 }
 
 /// Builds the level for a scenario.

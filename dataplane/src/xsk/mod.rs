@@ -3,6 +3,7 @@
 //! `unsafe` block carries a `// SAFETY:` comment. Test and tooling helpers that need raw syscalls (network
 //! namespaces, AF_PACKET sockets) live here too, so `unsafe` stays in one place.
 
+pub mod handoff;
 pub mod netns;
 pub mod packet;
 pub mod ring;

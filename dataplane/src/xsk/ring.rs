@@ -13,6 +13,7 @@
 
 use std::cell::UnsafeCell;
 use std::sync::atomic::{AtomicU32, Ordering};
+use std::sync::Arc;
 
 /// The shared parts of one ring.
 pub trait RingMemory<T: Copy> {
@@ -53,6 +54,34 @@ impl<T: Copy> RingMemory<T> for OwnedRing<T> {
     fn entries(&self) -> &[UnsafeCell<T>] {
         &self.entries
     }
+}
+
+/// A ring in ordinary memory shared by exactly one producer and one consumer on two threads (the
+/// workers' handoff rings). Only [`spsc`] makes one, so there is never a second producer or consumer.
+#[derive(Debug)]
+pub struct SpscRing<T>(Arc<OwnedRing<T>>);
+
+impl<T: Copy> RingMemory<T> for SpscRing<T> {
+    fn producer(&self) -> &AtomicU32 {
+        self.0.producer()
+    }
+    fn consumer(&self) -> &AtomicU32 {
+        self.0.consumer()
+    }
+    fn entries(&self) -> &[UnsafeCell<T>] {
+        self.0.entries()
+    }
+}
+
+// SAFETY: the cells of an `OwnedRing` are only reached through one `Producer` and one `Consumer` (what
+// `spsc` hands out), under the cursor protocol: a slot is written only by the producer between the
+// consumer's cursor and its own, and read only by the consumer after the producer's release store.
+unsafe impl<T: Send> Sync for OwnedRing<T> {}
+
+/// The two ends of a new in-memory ring of `size` entries, for two threads.
+pub fn spsc<T: Copy + Default>(size: u32) -> (Producer<SpscRing<T>>, Consumer<SpscRing<T>>) {
+    let ring = Arc::new(OwnedRing::new(size));
+    (Producer::new::<T>(SpscRing(ring.clone())), Consumer::new::<T>(SpscRing(ring)))
 }
 
 /// The producing end of a ring (FILL, TX).
@@ -230,7 +259,6 @@ pub struct XdpDesc {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use std::sync::Arc;
 
     /// Shared ownership so the test can play both sides of the same ring.
     struct Shared<T>(Arc<OwnedRing<T>>);
@@ -252,10 +280,6 @@ mod tests {
             self.0.entries()
         }
     }
-
-    // SAFETY: a test plays both sides of one ring from two threads; the cells are only accessed under
-    // the single-producer / single-consumer cursor protocol this module implements.
-    unsafe impl<T: Send> Sync for OwnedRing<T> {}
 
     #[test]
     fn fill_then_drain_across_the_wrap() {
