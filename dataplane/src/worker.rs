@@ -47,6 +47,9 @@ struct Pending {
     since: Nanos,
 }
 
+/// Spins between transmit wakeups while an output port is congested (about a microsecond).
+const CONGESTED_PAUSE_SPINS: u32 = 256;
+
 /// Frames per batch.
 pub const BATCH: usize = 64;
 /// Largest frame the worker handles (a standard MTU plus Ethernet and VLAN headers).
@@ -103,6 +106,8 @@ pub struct IoCounters {
     /// Frames longer than the worker's buffers, dropped on receipt.
     pub oversize: u64,
     pub batches: u64,
+    /// Rounds spent only transmitting because an output port was congested.
+    pub congested_rounds: u64,
     pub trace_lost: u64,
     /// Frames passed to the worker that owns their flow, and those dropped because its ring was full.
     pub handed_off: u64,
@@ -256,6 +261,19 @@ impl Worker {
         let mut last_publish = Instant::now();
         while !self.shared.stop.load(Ordering::Relaxed) {
             let mut moved = 0;
+            // Backpressure: while an output port is congested, leave frames in the receive rings (the
+            // kernel drops there, counted in the socket's statistics, at no cost to this core) and only
+            // drive transmission.
+            if self.tx_congested() {
+                self.io.congested_rounds += 1;
+                self.flush();
+                // The kernel refuses more until the peer drains; give it a moment rather than a syscall
+                // storm of refused wakeups.
+                for _ in 0..CONGESTED_PAUSE_SPINS {
+                    std::hint::spin_loop();
+                }
+                continue;
+            }
             for slot in 0..self.ports.len() {
                 moved += self.poll(slot);
             }
@@ -291,6 +309,10 @@ impl Worker {
             s.0.clone_from(&self.pipeline.counters);
             s.1.clone_from(&self.io);
         }
+    }
+
+    fn tx_congested(&self) -> bool {
+        self.ports.iter().flatten().any(|p| matches!(p, PortIo::Xsk(s) if s.tx_congested()))
     }
 
     /// Publishes every port's pending transmits and every frame handed to another worker.

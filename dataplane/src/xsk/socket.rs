@@ -179,8 +179,9 @@ pub struct XskSocket {
     frame_size: u32,
     /// TX descriptors pushed but not yet kicked.
     tx_pending: bool,
-    /// Frames handed to TX and not yet back through COMPLETION.
+    /// Frames handed to TX and not yet back through COMPLETION, of `tx_frames` for transmitting.
     pub in_flight: u32,
+    tx_frames: u32,
     umem: Mapping,
     fd: OwnedFd,
     pub interface: String,
@@ -269,6 +270,7 @@ impl XskSocket {
             frame_size: cfg.frame_size,
             tx_pending: false,
             in_flight: 0,
+            tx_frames: 0,
             umem,
             fd,
             interface: interface.to_string(),
@@ -276,6 +278,7 @@ impl XskSocket {
         let half = cfg.frames / 2;
         let receive: Vec<u64> = (0..half.min(n)).map(|i| u64::from(i) * u64::from(cfg.frame_size)).collect();
         sock.free.extend((receive.len() as u32..cfg.frames).map(|i| u64::from(i) * u64::from(cfg.frame_size)));
+        sock.tx_frames = sock.free.len() as u32;
         sock.fill.push(&receive);
         sock.fill.submit::<u64>();
 
@@ -399,6 +402,12 @@ impl XskSocket {
         if self.in_flight > 0 {
             self.complete();
         }
+    }
+
+    /// Whether most of the transmit frames are still with the kernel: the port sends slower than frames
+    /// arrive for it, and taking in more would only decide frames to drop them.
+    pub fn tx_congested(&self) -> bool {
+        self.in_flight * 4 >= self.tx_frames * 3
     }
 
     /// Takes transmitted frames back onto the free list.
