@@ -47,6 +47,8 @@ struct Pending {
     since: Nanos,
 }
 
+/// Congested rounds in a row before the worker receives regardless (roughly 100 µs).
+const MAX_CONGESTED_STREAK: u32 = 64;
 /// Spins between transmit wakeups while an output port is congested (about a microsecond).
 const CONGESTED_PAUSE_SPINS: u32 = 256;
 
@@ -258,13 +260,17 @@ impl Worker {
     /// short sleeps when idle, so an idle node does not burn its cores.
     pub fn run(&mut self) {
         let mut idle_rounds = 0u32;
+        let mut congested_streak = 0u32;
         let mut last_publish = Instant::now();
         while !self.shared.stop.load(Ordering::Relaxed) {
             let mut moved = 0;
             // Backpressure: while an output port is congested, leave frames in the receive rings (the
             // kernel drops there, counted in the socket's statistics, at no cost to this core) and only
             // drive transmission.
-            if self.tx_congested() {
+            // Bounded, so one port that never drains cannot starve the others: after a streak of congested
+            // rounds the worker receives anyway, and frames for the stuck port count as `tx_full`.
+            if congested_streak < MAX_CONGESTED_STREAK && self.tx_congested() {
+                congested_streak += 1;
                 self.io.congested_rounds += 1;
                 self.flush();
                 // The kernel refuses more until the peer drains; give it a moment rather than a syscall
@@ -274,6 +280,7 @@ impl Worker {
                 }
                 continue;
             }
+            congested_streak = 0;
             for slot in 0..self.ports.len() {
                 moved += self.poll(slot);
             }
