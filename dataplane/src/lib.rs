@@ -9,6 +9,7 @@ pub mod owner;
 pub mod path;
 pub mod pipeline;
 pub mod tables;
+pub mod walk_cache;
 pub mod wire;
 pub mod worker;
 pub mod xdp;

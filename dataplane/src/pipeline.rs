@@ -836,7 +836,7 @@ fn walk(t: &TableSet, ep: EndpointRef, dir: Direction, stage: Stage, p: &mut Pac
     let header = if matches!(stage, Stage::Untracked | Stage::PreDnat) { p.header } else { p.post };
     let key = flow_key(&header);
     let mut overflow = false;
-    let end = prog.evaluate(&key, |rule| {
+    let end = crate::walk_cache::evaluate(prog, t.generation, &key, |rule| {
         if !p.log(LogHit { ep, stage, dir, rule }) {
             overflow = true;
         }

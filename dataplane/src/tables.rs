@@ -26,13 +26,19 @@ pub struct TableSet {
     pub ports: PortMap,
     /// Service front ends and backends, for choosing a flow's owning worker.
     pub service_ends: crate::owner::ServiceEnds,
+    /// Unique in the process, across every slot (epochs restart with each publisher): what memos of
+    /// this version's answers are keyed by (`walk_cache`).
+    pub generation: u64,
 }
+
+static GENERATIONS: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(1);
 
 impl TableSet {
     pub fn new(epoch: u64, world: Arc<ResolvedNode>, compiled: Arc<CompiledTables>) -> TableSet {
         let ports = PortMap::new(&world);
         let service_ends = crate::owner::ServiceEnds::new(&world.node);
-        TableSet { epoch, world, compiled, ports, service_ends }
+        let generation = GENERATIONS.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        TableSet { epoch, world, compiled, ports, service_ends, generation }
     }
 }
 

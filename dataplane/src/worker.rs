@@ -438,10 +438,14 @@ impl Worker {
         }
         let now = self.clock.now();
         let tables = self.pipeline.process(&mut self.batch, now);
+        // Borrowed out of `self` for the loop (a move of the vectors, not of their contents): a packet is
+        // 480 bytes, too big to copy per frame.
+        let batch = std::mem::take(&mut self.batch);
+        let parsed_all = std::mem::take(&mut self.parsed);
         for (b, (i, _)) in keep.iter().enumerate().take(n).filter(|(_, k)| **k).enumerate() {
-            let p = self.batch[b];
-            let parsed = self.parsed[b];
-            if let (Port::Uplink(u), Some(parsed)) = (p.port, &parsed) {
+            let p = &batch[b];
+            let parsed = &parsed_all[b];
+            if let (Port::Uplink(u), Some(parsed)) = (p.port, parsed) {
                 self.learn_uplink_neighbour(&tables, u, i, parsed);
             }
             if let Port::Workload(w) = p.port {
@@ -453,19 +457,19 @@ impl Worker {
                 }
             }
             if p.logs[0].is_some() && self.limiter.is_some() {
-                if let Some(parsed) = &parsed {
-                    self.log(&tables, &p, i, parsed, now);
+                if let Some(parsed) = parsed {
+                    self.log(&tables, p, i, parsed, now);
                 }
             }
             let mut verdict = p.verdict;
             let mut out = p.out;
             if verdict == Verdict::Allow {
-                let parsed = parsed.expect("an allowed packet parsed");
+                let parsed = parsed.as_ref().expect("an allowed packet parsed");
                 let len = self.lens[i];
-                match rewrite(&mut self.bufs[i][..len], &parsed, &p, &tables.ports) {
+                match rewrite(&mut self.bufs[i][..len], parsed, p, &tables.ports) {
                     Ok(()) => {
                         let o = out.expect("an allowed packet has an output port");
-                        match self.fill_next_hop_mac(&tables, &p, o, i) {
+                        match self.fill_next_hop_mac(&tables, p, o, i) {
                             Ok(()) => {
                                 let o_slot = self.slot_of(o);
                                 if !self.transmit(o_slot, i, len) {
@@ -483,7 +487,7 @@ impl Worker {
                         out = None;
                         self.pipeline.dropped_after_rewrite(DropReason::TtlExceeded);
                         // The ICMP error back to the sender: a rare path, allowed to allocate.
-                        if let Some(icmp) = time_exceeded(&parsed, &tables.ports) {
+                        if let Some(icmp) = time_exceeded(parsed, &tables.ports) {
                             self.send_bytes(self.slot_of(p.port), &icmp);
                         }
                     }
@@ -508,6 +512,8 @@ impl Worker {
                 }
             }
         }
+        self.batch = batch;
+        self.parsed = parsed_all;
         finished
     }
 
