@@ -339,8 +339,8 @@ fn attempt(f: &Flow) -> Result<bool, String> {
 
 /// Runs the whole demo and prints its table; false if any flow did not behave as Linux Calico would.
 pub fn demo(workers: usize) -> Result<bool, String> {
-    if let Some(why) = crate::parity::live_level::unavailable() {
-        return Err(why);
+    if crate::parity::live_level::unavailable().is_some() {
+        return Err("the demo needs root and iproute2: it builds network namespaces and attaches XDP programs".into());
     }
     let origin = Origin::file("examples/demo/node.yaml");
     let docs = parse_documents(NODE_YAML, &origin).map_err(|e| e.to_string())?;

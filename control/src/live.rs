@@ -235,6 +235,11 @@ fn preflight(node: &NodeConfig, opts: &LiveOptions) -> Result<(), String> {
     if opts.workers == 0 {
         return Err("--workers must be at least 1".into());
     }
+    if !is_root() {
+        return Err("the node dataplane needs root (CAP_NET_ADMIN, CAP_NET_RAW, CAP_BPF): it attaches XDP \
+                    programs, opens AF_XDP sockets and creates a tap"
+            .into());
+    }
     let mut names: Vec<(String, String)> =
         node.uplinks.iter().map(|u| (u.name.clone(), "uplink".to_string())).collect();
     for w in &node.workloads {
@@ -272,11 +277,6 @@ fn preflight(node: &NodeConfig, opts: &LiveOptions) -> Result<(), String> {
                 limit.unwrap_or(0) / 1024
             ));
         }
-    }
-    if !is_root() {
-        return Err("calxdp run needs root (CAP_NET_ADMIN, CAP_NET_RAW, CAP_BPF): it attaches XDP programs, opens \
-                    AF_XDP sockets and creates a tap"
-            .into());
     }
     Ok(())
 }
