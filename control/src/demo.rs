@@ -37,6 +37,10 @@ const PODS: [(&str, &str, &str, &str); 3] = [
     ("cxdemo-front", "califront", "192.168.1.11", "0a:58:c0:a8:01:0b"),
     ("cxdemo-dns", "calidns", "192.168.1.53", "0a:58:c0:a8:01:35"),
 ];
+/// The pods with an IPv6 address too, and Calico's link-local gateway for pods (the veth's EUI-64 address
+/// for ee:ee:ee:ee:ee:ee).
+const DUAL_STACK: [(&str, &str); 2] = [("cxdemo-web", "fd00:1::10"), ("cxdemo-front", "fd00:1::11")];
+const IPV6_GATEWAY: &str = "fe80::ecee:eeff:feee:eeee";
 const NODE: &str = "cxdemo-node";
 const EXT: &str = "cxdemo-ext";
 
@@ -59,7 +63,7 @@ struct Flow {
     expect_ok: bool,
 }
 
-const FLOWS: [Flow; 12] = [
+const FLOWS: [Flow; 13] = [
     flow(
         "frontend -> outside:80, pod egress; 10.0.0.1 resolved by ARP",
         "cxdemo-front",
@@ -75,6 +79,15 @@ const FLOWS: [Flow; 12] = [
         "192.168.1.11",
         Kind::Tcp,
         "192.168.1.10",
+        8080,
+        true,
+    ),
+    flow(
+        "frontend -> web [fd00:1::10]:8080 over IPv6 (proxy NDP)",
+        "cxdemo-front",
+        "fd00:1::11",
+        Kind::Tcp,
+        "fd00:1::10",
         8080,
         true,
     ),
@@ -243,6 +256,19 @@ fn build_topology(workers: usize) -> Result<Topology, String> {
         ip(&["-n", ns, "route", "add", "169.254.1.1", "dev", "eth0", "scope", "link"])?;
         ip(&["-n", ns, "route", "add", "default", "via", "169.254.1.1", "dev", "eth0"])?;
     }
+    // Dual-stack pods, as Calico's CNI plumbs them: a /128 and a default route via the link-local gateway
+    // the dataplane answers by proxy NDP.
+    for (ns, addr) in DUAL_STACK {
+        netns::run_in(ns, || {
+            for f in ["all", "default", "eth0"] {
+                let _ = std::fs::write(format!("/proc/sys/net/ipv6/conf/{f}/accept_dad"), "0");
+                let _ = std::fs::write(format!("/proc/sys/net/ipv6/conf/{f}/disable_ipv6"), "0");
+            }
+        })
+        .map_err(|e| format!("namespace {ns}: {e}"))?;
+        ip(&["-n", ns, "-6", "addr", "add", &format!("{addr}/128"), "dev", "eth0", "nodad"])?;
+        ip(&["-n", ns, "-6", "route", "add", "default", "via", IPV6_GATEWAY, "dev", "eth0"])?;
+    }
     // Senders into an XDP program on veth must not leave checksums to offload: XDP sees the frame as is.
     for ns in PODS.iter().map(|p| p.0).chain([EXT]) {
         exec(ns, &["ethtool", "-K", "eth0", "tx", "off"])
@@ -269,7 +295,8 @@ fn serve(ns: &'static str, tcp: &'static [u16], udp: &'static [u16], stop: Arc<A
         }
         let listeners: Vec<TcpListener> = tcp
             .iter()
-            .filter_map(|p| TcpListener::bind(("0.0.0.0", *p)).ok())
+            // Dual-stack where the namespace has IPv6, else IPv4 only.
+            .filter_map(|p| TcpListener::bind(("::", *p)).or_else(|_| TcpListener::bind(("0.0.0.0", *p))).ok())
             .inspect(|l| {
                 let _ = l.set_nonblocking(true);
             })
@@ -380,15 +407,22 @@ pub fn demo(workers: usize) -> Result<bool, String> {
     let (c, io) = live.stop();
     println!(
         "\n{} frames in {:.1} s: {} allowed, {} dropped; ARP: {} answered, {} passed between uplink and tap; \
-         {} handed to the worker owning their flow",
+         {} neighbour solicitations answered; {} handed to the worker owning their flow",
         c.packets,
         started.elapsed().as_secs_f64(),
         c.allowed,
         c.packets - c.allowed,
         io.arp_replied,
         io.arp_passed,
+        io.ndp_answered,
         io.handed_off
     );
+    let reasons: Vec<String> = calxdp_dataplane::pipeline::DropReason::ALL
+        .iter()
+        .filter(|r| c.dropped(**r) > 0)
+        .map(|r| format!("{} {}", c.dropped(*r), r.name()))
+        .collect();
+    println!("drops by reason: {}", reasons.join(", "));
     drop(topo);
     println!("calxdp demo: torn down (namespaces deleted, XDP detached, tap removed)");
     drain(&trace);

@@ -183,6 +183,7 @@ impl LiveNode {
             c.add(&g.0);
             let o = &g.1;
             io.arp_replied += o.arp_replied;
+            io.ndp_answered += o.ndp_answered;
             io.arp_passed += o.arp_passed;
             io.arp_dropped += o.arp_dropped;
             io.tx_full += o.tx_full;
@@ -351,8 +352,17 @@ fn configure_tap(node: &NodeConfig, opts: &LiveOptions) -> Result<(), String> {
     if let Some(link) = node.uplinks.first().and_then(|u| link_info(&u.name)) {
         ip(&["link", "set", "dev", tap, "mtu", &link.mtu.to_string()])?;
     }
-    // The host stack must not answer IPv6 autoconfiguration noise onto the node's wire by itself.
-    let _ = std::fs::write(format!("/proc/sys/net/ipv6/conf/{tap}/disable_ipv6"), "1");
+    // IPv6 on the tap only where the node has IPv6 to route (the host reaches IPv6 pods through it);
+    // otherwise the host stack would only put autoconfiguration chatter on the node's wire.
+    let has_v6 = opts.host_addresses
+        && (node.workloads.iter().flat_map(|w| &w.ips).any(IpAddr::is_ipv6)
+            || node.uplinks.iter().flat_map(|u| &u.addrs).any(IpAddr::is_ipv6));
+    let conf = format!("/proc/sys/net/ipv6/conf/{tap}");
+    if has_v6 {
+        let _ = std::fs::write(format!("{conf}/accept_dad"), "0");
+        let _ = std::fs::write(format!("{conf}/router_solicitations"), "0");
+    }
+    let _ = std::fs::write(format!("{conf}/disable_ipv6"), if has_v6 { "0" } else { "1" });
     ip(&["link", "set", "dev", tap, "up"])?;
     if !opts.host_addresses {
         return Ok(());

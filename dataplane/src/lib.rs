@@ -5,6 +5,7 @@ pub mod flow;
 pub mod frames;
 pub mod io;
 pub mod log;
+pub mod ndp;
 pub mod owner;
 pub mod path;
 pub mod pipeline;

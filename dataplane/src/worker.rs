@@ -22,6 +22,7 @@ use crate::arp::{self, Neighbours};
 use crate::flow::Nanos;
 use crate::frames::{ingest, rewrite, time_exceeded};
 use crate::log::{log_line, LogLimiter};
+use crate::ndp;
 use crate::owner::owner;
 use crate::path::{Port, PortMap, WORKLOAD_GATEWAY_MAC};
 use crate::pipeline::{rule_ref, Counters, Decision, DropReason, LogHit, Packet, Pipeline, MAX_LOGS};
@@ -100,6 +101,8 @@ pub struct TraceRecord {
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct IoCounters {
     pub arp_replied: u64,
+    /// Neighbour solicitations answered (pods asking for their gateway, the host asking for a pod).
+    pub ndp_answered: u64,
     pub arp_passed: u64,
     /// ARP frames with nowhere to go (no tap, or from a port that does not pass ARP).
     pub arp_dropped: u64,
@@ -402,10 +405,16 @@ impl Worker {
         let owners = if self.workers > 1 && !handed { Some(self.pipeline.tables()) } else { None };
         for (i, k) in keep.iter_mut().enumerate().take(n) {
             let port = self.in_ports[i];
-            let frame = &self.bufs[i][..self.lens[i]];
-            if arp::ethertype(frame) == Some(arp::ETHERTYPE_ARP) {
+            if arp::ethertype(&self.bufs[i][..self.lens[i]]) == Some(arp::ETHERTYPE_ARP) {
                 continue;
             }
+            if port == Port::Host && self.answer_host_solicitation(i) {
+                continue;
+            }
+            if matches!(port, Port::Workload(_)) && self.answer_pod_solicitation(port, i) {
+                continue;
+            }
+            let frame = &self.bufs[i][..self.lens[i]];
             let (packet, parsed) = ingest(port, frame);
             if let (Some(t), Some(true)) = (&owners, parsed.as_ref().map(|p| p.is_ip())) {
                 let o = owner(&packet.header, packet.inner, &t.service_ends, self.workers);
@@ -657,6 +666,35 @@ impl Worker {
             mac.copy_from_slice(&self.bufs[i][6..12]);
             self.neighbours.learn(src, mac);
         }
+    }
+
+    /// A pod's neighbour solicitation is answered with the veth's MAC, as the host side of a Calico veth
+    /// does (Felix accepts NDP from pods before any policy, semantics §I.2a); true if frame `i` was one.
+    fn answer_pod_solicitation(&mut self, port: Port, i: usize) -> bool {
+        let Some(ns) = ndp::parse_solicitation(&self.bufs[i][..self.lens[i]]) else { return false };
+        let n = ndp::advertisement(&ns, WORKLOAD_GATEWAY_MAC, &mut self.scratch);
+        let frame = self.scratch;
+        if self.send_bytes(self.slot_of(port), &frame[..n]) {
+            self.io.ndp_answered += 1;
+        }
+        true
+    }
+
+    /// The host's neighbour solicitation for a local pod's address (the host routes pods through the tap)
+    /// is answered here, like its ARP; true if frame `i` was one.
+    fn answer_host_solicitation(&mut self, i: usize) -> bool {
+        let Some(ns) = ndp::parse_solicitation(&self.bufs[i][..self.lens[i]]) else { return false };
+        let tables = self.pipeline.tables();
+        if !tables.ports.workload_by_ip.contains_key(&IpAddr::V6(ns.target)) {
+            return false;
+        }
+        let mac = tables.ports.uplink_mac.first().copied().flatten().unwrap_or(WORKLOAD_GATEWAY_MAC);
+        let n = ndp::advertisement(&ns, mac, &mut self.scratch);
+        let frame = self.scratch;
+        if self.send_bytes(self.slot_of(Port::Host), &frame[..n]) {
+            self.io.ndp_answered += 1;
+        }
+        true
     }
 
     /// ARP: pods get proxy-ARP replies; uplink and tap pass ARP to each other; the host's ARP for a pod is

@@ -194,21 +194,33 @@ impl LiveLevel {
         while self.trace.try_recv().is_ok() {}
     }
 
-    /// The first IP frame any port's wire end receives within `within`, with the port.
-    fn arrival(&self, within: Duration) -> Option<(Port, Vec<u8>)> {
+    /// The first IP frame that arrives within `within` on the port the dataplane says it sent the frame
+    /// out of (`expected`), or, for a dropped frame, on any port but the one it came in by (what the
+    /// dataplane sends back to a sender, an ICMP error or a neighbour advertisement, is not the frame).
+    /// A frame that turns up on another port instead is returned too, so the caller can say where.
+    fn arrival(&self, within: Duration, expected: Option<Port>, ingress: Port) -> Option<(Port, Vec<u8>)> {
         let mut buf = [0u8; 4096];
         let start = Instant::now();
+        let mut elsewhere = None;
         loop {
             for (port, s) in &self.sockets {
                 while let Some(n) = s.recv(&mut buf) {
                     answer_arp(s, &buf[..n]);
-                    if parse(&buf[..n]).is_ok_and(|p| p.is_ip()) {
-                        return Some((*port, buf[..n].to_vec()));
+                    if !parse(&buf[..n]).is_ok_and(|p| p.is_ip()) {
+                        continue;
+                    }
+                    match expected {
+                        Some(e) if e == *port => return Some((*port, buf[..n].to_vec())),
+                        None if *port != ingress => return Some((*port, buf[..n].to_vec())),
+                        Some(_) if *port != ingress && elsewhere.is_none() => {
+                            elsewhere = Some((*port, buf[..n].to_vec()))
+                        }
+                        _ => {}
                     }
                 }
             }
             if start.elapsed() >= within {
-                return None;
+                return elsewhere;
             }
             std::thread::sleep(Duration::from_micros(200));
         }
@@ -234,7 +246,9 @@ impl Dataplane for LiveLevel {
         if rec.header != *pkt {
             return Err(format!("the dataplane decided another packet: {:?}", rec.header));
         }
-        let seen = self.arrival(if rec.verdict == Verdict::Allow { ARRIVE_WITHIN } else { QUIET_AFTER_DROP });
+        let (within, expected) =
+            if rec.verdict == Verdict::Allow { (ARRIVE_WITHIN, rec.out) } else { (QUIET_AFTER_DROP, None) };
+        let seen = self.arrival(within, expected, port);
         let (verdict, out, translated) = match (&seen, rec.verdict) {
             (Some((p, bytes)), Verdict::Allow) => {
                 if Some(*p) != rec.out {
