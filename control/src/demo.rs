@@ -365,7 +365,7 @@ fn attempt(f: &Flow) -> Result<bool, String> {
 }
 
 /// Runs the whole demo and prints its table; false if any flow did not behave as Linux Calico would.
-pub fn demo(workers: usize) -> Result<bool, String> {
+pub fn demo(workers: usize, show_trace: bool) -> Result<bool, String> {
     if crate::parity::live_level::unavailable().is_some() {
         return Err("the demo needs root and iproute2: it builds network namespaces and attaches XDP programs".into());
     }
@@ -404,6 +404,12 @@ pub fn demo(workers: usize) -> Result<bool, String> {
     }
     let records: Vec<TraceRecord> = std::iter::from_fn(|| trace.try_recv().ok()).collect();
     let ok = print_table(&live, &records, &results);
+    if show_trace {
+        println!("\nEvery frame the dataplane decided, in order:");
+        for r in &records {
+            println!("{}", crate::run::trace_line(&live, r));
+        }
+    }
     let (c, io) = live.stop();
     println!(
         "\n{} frames in {:.1} s: {} allowed, {} dropped; ARP: {} answered, {} passed between uplink and tap; \

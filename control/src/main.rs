@@ -63,6 +63,9 @@ enum Command {
         /// Worker threads (each owns one queue of every interface; flows are handed to their owner).
         #[arg(long, default_value_t = 1)]
         workers: usize,
+        /// After the table, print every frame the dataplane decided, with its verdict and why.
+        #[arg(long)]
+        trace: bool,
     },
     /// Run parity scenarios and compare every verdict with Linux Calico's.
     Parity {
@@ -138,7 +141,7 @@ fn main() -> ExitCode {
                 }
             }
         }
-        Command::Demo { workers } => match calxdp::demo::demo(workers) {
+        Command::Demo { workers, trace } => match calxdp::demo::demo(workers, trace) {
             Ok(true) => ExitCode::SUCCESS,
             Ok(false) => {
                 eprintln!("calxdp demo: some flows did not behave as Linux Calico would (marked NO)");

@@ -152,8 +152,15 @@ pub fn port_name(node: &NodeConfig, p: Port) -> String {
 }
 
 fn print_trace(live: &LiveNode, rx: &Receiver<TraceRecord>) {
-    let tables = live.publisher.slot().hold();
     while let Ok(r) = rx.try_recv() {
+        println!("{}", trace_line(live, &r));
+    }
+}
+
+/// One traced frame as a line: where it came in, the flow, the verdict, where it went, and why.
+pub fn trace_line(live: &LiveNode, r: &TraceRecord) -> String {
+    let tables = live.publisher.slot().hold();
+    {
         let h = &r.header;
         let flow = if h.has_ports() {
             format!("{}:{} -> {}:{}", h.src, h.src_port, h.dst, h.dst_port)
@@ -162,7 +169,7 @@ fn print_trace(live: &LiveNode, rx: &Receiver<TraceRecord>) {
         };
         let verdict = if r.verdict == Verdict::Allow { "allow" } else { "drop" };
         let out = r.out.map(|o| port_name(&live.node, o)).unwrap_or_default();
-        println!(
+        format!(
             "trace {:<10} proto {:<3} {:<44} {:<5} {:<10} {}",
             port_name(&live.node, r.port),
             h.protocol.0,
@@ -170,6 +177,6 @@ fn print_trace(live: &LiveNode, rx: &Receiver<TraceRecord>) {
             verdict,
             out,
             explain(&tables, &r.decision)
-        );
+        )
     }
 }

@@ -280,7 +280,7 @@ impl FlowTable {
             let related = inner.is_some_and(|t| self.find_live(&Key::of(&t), now).is_some());
             return none(if related { CtState::Related } else { CtState::Invalid });
         }
-        if pkt.protocol == Protocol::ICMPV6 && matches!(pkt.icmp_type, 130..=137) {
+        if pkt.protocol == Protocol::ICMPV6 && calxdp_policy::conntrack::icmpv6_untracked(pkt.icmp_type) {
             return none(CtState::Untracked);
         }
         let k = Key::of(&Tuple::of(pkt));

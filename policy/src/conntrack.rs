@@ -128,6 +128,13 @@ fn col(state: Option<TcpState>) -> usize {
     }
 }
 
+/// ICMPv6 messages conntrack leaves untracked rather than INVALID (Linux's `noct_valid_new`): MLD query,
+/// report and done (130–132), router and neighbour discovery (133–136), MLDv2 report (143), multicast
+/// router advertisement and solicitation (151, 152). A redirect (137) is not among them.
+pub fn icmpv6_untracked(icmp_type: u8) -> bool {
+    matches!(icmp_type, 130..=136 | 143 | 151 | 152)
+}
+
 /// The next state of a TCP flow. `state` is `None` for a packet with no entry; with `nf_conntrack_tcp_loose`
 /// (the default) a first-seen plain ACK is picked up as ESTABLISHED, a first-seen SYN-ACK, FIN or RST is
 /// INVALID (semantics §8.3).
@@ -195,6 +202,16 @@ impl Timeouts {
 mod tests {
     use super::*;
     use crate::packet::tcp_flags::{ACK, FIN, RST, SYN};
+
+    #[test]
+    fn mld_and_neighbour_discovery_are_untracked_but_a_redirect_is_not() {
+        for t in [130, 131, 132, 133, 134, 135, 136, 143, 151, 152] {
+            assert!(icmpv6_untracked(t), "type {t}");
+        }
+        for t in [128, 129, 137, 138, 1, 3] {
+            assert!(!icmpv6_untracked(t), "type {t}");
+        }
+    }
 
     // semantics §8.3: first-seen SYN creates SYN_SENT, a plain ACK is picked up, SYN-ACK/FIN/RST are INVALID.
     #[test]

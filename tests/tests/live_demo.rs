@@ -14,10 +14,10 @@ fn the_demo_flows_behave_as_calico_with_one_and_two_workers_and_nothing_is_left_
             return;
         }
     }
-    assert_eq!(calxdp::demo::demo(1), Ok(true));
+    assert_eq!(calxdp::demo::demo(1, false), Ok(true));
     // Two workers: a flow's two directions arrive on different queues, and each frame must still be
     // decided by the worker whose conntrack holds the flow (the service's DNAT included).
-    assert_eq!(calxdp::demo::demo(2), Ok(true));
+    assert_eq!(calxdp::demo::demo(2, false), Ok(true));
     let left = std::process::Command::new("ip").args(["netns", "list"]).output().unwrap();
     let left = String::from_utf8_lossy(&left.stdout);
     assert!(!left.contains("cxdemo-"), "namespaces left behind: {left}");

@@ -86,7 +86,7 @@ fn icmp_request(pkt: &PacketHeader) -> bool {
 
 /// ICMPv6 neighbour discovery and MLD: conntrack leaves them untracked.
 fn icmpv6_untracked(pkt: &PacketHeader) -> bool {
-    pkt.protocol == Protocol::ICMPV6 && matches!(pkt.icmp_type, 130..=137)
+    pkt.protocol == Protocol::ICMPV6 && crate::conntrack::icmpv6_untracked(pkt.icmp_type)
 }
 
 impl Flows {
