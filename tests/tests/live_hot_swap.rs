@@ -13,7 +13,6 @@
 //! Needs root and network namespaces; skips (passes, with the reason on stderr) without them.
 
 use std::collections::{BTreeMap, BTreeSet};
-use std::ffi::CString;
 use std::net::{IpAddr, Ipv4Addr};
 use std::process::Command;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
@@ -26,6 +25,8 @@ use calxdp::live::{LiveNode, LiveOptions};
 use calxdp_dataplane::path::Port;
 use calxdp_dataplane::pipeline::{Counters, Decision, DropReason};
 use calxdp_dataplane::worker::{IoCounters, TraceRecord};
+use calxdp_dataplane::xsk::netns;
+use calxdp_dataplane::xsk::packet::PacketSocket;
 use calxdp_policy::node::NodeConfig;
 use calxdp_policy::resource::{load_text, ResourceSet};
 use calxdp_policy::verdict::Verdict;
@@ -102,8 +103,9 @@ fn have(tool: &str) -> bool {
 
 /// Why this machine cannot run the test, if it cannot.
 fn skip_reason(prefix: &str) -> Option<String> {
-    // SAFETY: geteuid has no preconditions.
-    if unsafe { libc::geteuid() } != 0 {
+    let status = std::fs::read_to_string("/proc/self/status").unwrap_or_default();
+    let euid = status.lines().find(|l| l.starts_with("Uid:")).and_then(|l| l.split_whitespace().nth(2));
+    if euid != Some("0") {
         return Some("not root: the live test needs CAP_NET_ADMIN, CAP_BPF and network namespaces".into());
     }
     let probe = format!("{prefix}-probe");
@@ -208,21 +210,7 @@ impl Topology {
 
 /// Moves the calling thread into a named network namespace.
 fn enter_netns(name: &str) -> Result<(), String> {
-    let path = CString::new(format!("/var/run/netns/{name}")).expect("no NUL in a namespace path");
-    // SAFETY: open on a NUL-terminated path.
-    let fd = unsafe { libc::open(path.as_ptr(), libc::O_RDONLY | libc::O_CLOEXEC) };
-    if fd < 0 {
-        return Err(format!("open netns {name}: {}", std::io::Error::last_os_error()));
-    }
-    // SAFETY: `fd` is a namespace file we just opened; setns only affects this thread.
-    let r = unsafe { libc::setns(fd, libc::CLONE_NEWNET) };
-    let err = std::io::Error::last_os_error();
-    // SAFETY: closing the descriptor we opened and no longer need.
-    unsafe { libc::close(fd) };
-    if r != 0 {
-        return Err(format!("setns {name}: {err}"));
-    }
-    Ok(())
+    netns::enter(name).map_err(|e| format!("setns {name}: {e}"))
 }
 
 fn node_config() -> NodeConfig {
@@ -464,157 +452,22 @@ fn parse_test_frame(f: &[u8]) -> Option<Seen> {
     })
 }
 
-// ---- AF_PACKET ----
+// ---- AF_PACKET (the project's socket, `calxdp_dataplane::xsk::packet`) ----
 
-/// An AF_PACKET raw socket bound to one interface of the calling thread's namespace.
-struct PacketSocket {
-    fd: libc::c_int,
-}
-
-impl Drop for PacketSocket {
-    fn drop(&mut self) {
-        // SAFETY: closing the descriptor this value owns.
-        unsafe { libc::close(self.fd) };
-    }
-}
-
-impl PacketSocket {
-    /// `receive_ip`: also receive IPv4 frames (protocol ETH_P_IP); otherwise a send-only socket.
-    fn open(interface: &str, receive_ip: bool) -> Result<PacketSocket, String> {
-        let os = |what: &str| format!("{what}: {}", std::io::Error::last_os_error());
-        let name = CString::new(interface).expect("no NUL in an interface name");
-        // SAFETY: a plain libc call on a NUL-terminated string.
-        let ifindex = unsafe { libc::if_nametoindex(name.as_ptr()) };
-        if ifindex == 0 {
-            return Err(os(&format!("if_nametoindex({interface})")));
-        }
-        let proto = if receive_ip { ETH_P_IP.to_be() } else { 0 };
-        // SAFETY: socket(2) with constant arguments.
-        let fd = unsafe { libc::socket(libc::AF_PACKET, libc::SOCK_RAW | libc::SOCK_CLOEXEC, i32::from(proto)) };
-        if fd < 0 {
-            return Err(os("socket(AF_PACKET)"));
-        }
-        let sock = PacketSocket { fd };
-        // SAFETY: sockaddr_ll is plain integers; all-zero is valid.
-        let mut sll: libc::sockaddr_ll = unsafe { std::mem::zeroed() };
-        sll.sll_family = libc::AF_PACKET as u16;
-        sll.sll_protocol = proto;
-        sll.sll_ifindex = ifindex as i32;
-        // SAFETY: `sll` is a valid sockaddr_ll and its exact size is passed.
-        let r = unsafe {
-            libc::bind(
-                fd,
-                (&sll as *const libc::sockaddr_ll).cast(),
-                std::mem::size_of::<libc::sockaddr_ll>() as libc::socklen_t,
-            )
-        };
-        if r != 0 {
-            return Err(os("bind(AF_PACKET)"));
-        }
-        Ok(sock)
-    }
-
-    fn set_int(&self, level: libc::c_int, opt: libc::c_int, value: libc::c_int) -> Result<(), String> {
-        // SAFETY: `value` is a live c_int and its size is passed.
-        let r = unsafe {
-            libc::setsockopt(
-                self.fd,
-                level,
-                opt,
-                (&value as *const libc::c_int).cast(),
-                std::mem::size_of::<libc::c_int>() as libc::socklen_t,
-            )
-        };
-        if r != 0 {
-            return Err(format!("setsockopt {level}/{opt}: {}", std::io::Error::last_os_error()));
-        }
-        Ok(())
-    }
-
-    fn set_timeout(&self, t: Duration) -> Result<(), String> {
-        let tv = libc::timeval { tv_sec: t.as_secs() as libc::time_t, tv_usec: t.subsec_micros() as libc::suseconds_t };
-        // SAFETY: `tv` is a live timeval and its size is passed.
-        let r = unsafe {
-            libc::setsockopt(
-                self.fd,
-                libc::SOL_SOCKET,
-                libc::SO_RCVTIMEO,
-                (&tv as *const libc::timeval).cast(),
-                std::mem::size_of::<libc::timeval>() as libc::socklen_t,
-            )
-        };
-        if r != 0 {
-            return Err(format!("SO_RCVTIMEO: {}", std::io::Error::last_os_error()));
-        }
-        Ok(())
-    }
-
-    /// Sends one frame, retrying while the device queue pushes back; returns the retries it took.
-    fn send(&self, frame: &[u8]) -> Result<u64, String> {
-        let mut retries = 0;
-        loop {
-            // SAFETY: `frame` is a live buffer of the given length.
-            let n = unsafe { libc::send(self.fd, frame.as_ptr().cast(), frame.len(), 0) };
-            if n == frame.len() as isize {
-                return Ok(retries);
+/// Sends one frame, retrying while the device queue pushes back; returns the retries it took.
+fn send_retrying(sock: &PacketSocket, frame: &[u8]) -> Result<u64, String> {
+    let mut retries = 0;
+    loop {
+        match sock.send(frame) {
+            Ok(()) => return Ok(retries),
+            Err(e)
+                if retries < 10_000 && matches!(e.raw_os_error(), Some(libc::ENOBUFS | libc::EAGAIN | libc::EINTR)) =>
+            {
+                retries += 1;
+                thread::sleep(Duration::from_micros(100));
             }
-            let err = std::io::Error::last_os_error();
-            match err.raw_os_error() {
-                Some(libc::ENOBUFS) | Some(libc::EAGAIN) | Some(libc::EINTR) if retries < 10_000 => {
-                    retries += 1;
-                    thread::sleep(Duration::from_micros(100));
-                }
-                _ => return Err(format!("send(AF_PACKET): {n} of {} bytes: {err}", frame.len())),
-            }
+            Err(e) => return Err(format!("send(AF_PACKET) of {} bytes: {e}", frame.len())),
         }
-    }
-
-    /// Receives one frame (not one this host sent); None on timeout.
-    fn receive<'b>(&self, buf: &'b mut [u8]) -> Option<&'b [u8]> {
-        loop {
-            // SAFETY: sockaddr_ll is plain integers; all-zero is valid.
-            let mut from: libc::sockaddr_ll = unsafe { std::mem::zeroed() };
-            let mut len = std::mem::size_of::<libc::sockaddr_ll>() as libc::socklen_t;
-            // SAFETY: `buf` and `from` are live and their sizes are passed.
-            let n = unsafe {
-                libc::recvfrom(
-                    self.fd,
-                    buf.as_mut_ptr().cast(),
-                    buf.len(),
-                    0,
-                    (&mut from as *mut libc::sockaddr_ll).cast(),
-                    &mut len,
-                )
-            };
-            if n < 0 {
-                return None;
-            }
-            if from.sll_pkttype == libc::PACKET_OUTGOING {
-                continue;
-            }
-            return Some(&buf[..n as usize]);
-        }
-    }
-
-    /// (frames delivered, frames the socket dropped) since the last call.
-    fn statistics(&self) -> (u32, u32) {
-        // SAFETY: tpacket_stats is plain integers; all-zero is valid.
-        let mut s: libc::tpacket_stats = unsafe { std::mem::zeroed() };
-        let mut len = std::mem::size_of::<libc::tpacket_stats>() as libc::socklen_t;
-        // SAFETY: getsockopt writes at most `len` bytes into `s`.
-        let r = unsafe {
-            libc::getsockopt(
-                self.fd,
-                libc::SOL_PACKET,
-                libc::PACKET_STATISTICS,
-                (&mut s as *mut libc::tpacket_stats).cast(),
-                &mut len,
-            )
-        };
-        if r != 0 {
-            return (0, 0);
-        }
-        (s.tp_packets, s.tp_drops)
     }
 }
 
@@ -635,7 +488,7 @@ struct Sent {
 /// Pod A: paced allowed and denied frames, new source ports every few frames.
 fn send_traffic(ns: &str) -> Result<Sent, String> {
     enter_netns(ns)?;
-    let sock = PacketSocket::open("eth0", false)?;
+    let sock = PacketSocket::open_with("eth0", 0, true).map_err(|e| format!("AF_PACKET on eth0: {e}"))?;
     let mut sent = Sent::default();
     let sports: BTreeSet<u16> = (0..ALLOWED_FRAMES).map(allowed_sport).filter(|p| gets_reply(*p)).collect();
     for p in sports {
@@ -671,7 +524,7 @@ fn send_traffic(ns: &str) -> Result<Sent, String> {
             sent.allowed += 1;
             udp_frame(A_TO_B, sport, ALLOWED_PORT, a_seq - 1)
         };
-        sent.retries += sock.send(&frame)?;
+        sent.retries += send_retrying(&sock, &frame)?;
         i += 1;
     }
     sent.took = start.elapsed();
@@ -702,10 +555,10 @@ fn receive_traffic(
 ) -> Received {
     let setup = || -> Result<(PacketSocket, PacketSocket, Vec<std::net::UdpSocket>), String> {
         enter_netns(ns)?;
-        let sock = PacketSocket::open("eth0", true)?;
-        let replier = PacketSocket::open("eth0", false)?;
-        sock.set_int(libc::SOL_SOCKET, libc::SO_RCVBUFFORCE, 32 << 20)?;
-        sock.set_timeout(Duration::from_millis(50))?;
+        let sock = PacketSocket::open_with("eth0", ETH_P_IP, true).map_err(|e| format!("AF_PACKET on eth0: {e}"))?;
+        let replier = PacketSocket::open_with("eth0", 0, true).map_err(|e| format!("AF_PACKET on eth0: {e}"))?;
+        sock.set_receive_buffer(32 << 20).map_err(|e| format!("SO_RCVBUFFORCE: {e}"))?;
+        sock.set_receive_timeout(Duration::from_millis(50)).map_err(|e| format!("SO_RCVTIMEO: {e}"))?;
         // Bound (never read) so B's stack does not answer our frames with ICMP port unreachable.
         let sinks = [ALLOWED_PORT, DENIED_PORT]
             .iter()
@@ -727,8 +580,8 @@ fn receive_traffic(
     let mut buf = vec![0u8; 4096];
     let mut flows = BTreeSet::new();
     while !stop.load(Ordering::Relaxed) {
-        let Some(f) = sock.receive(&mut buf) else { continue };
-        let Some(seen) = parse_test_frame(f) else { continue };
+        let Some(n) = sock.recv(&mut buf) else { continue };
+        let Some(seen) = parse_test_frame(&buf[..n]) else { continue };
         if !seen.checksums_ok {
             r.bad_checksums += 1;
         }
@@ -753,7 +606,7 @@ fn receive_traffic(
             _ => {}
         }
     }
-    r.socket_stats = sock.statistics();
+    r.socket_stats = sock.statistics().unwrap_or((0, 0));
     r
 }
 

@@ -9,6 +9,7 @@ use std::fmt::Write as _;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
+use calxdp_dataplane::path::Port;
 use calxdp_policy::compile::walker::Compiled;
 use calxdp_policy::node::NodeConfig;
 use calxdp_policy::packet::PacketHeader;
@@ -16,7 +17,7 @@ use calxdp_policy::reference::flows::Tuple;
 use calxdp_policy::reference::{Attach, NodeModel, PolicyWalker, ReferenceNode};
 use calxdp_policy::resource::ResourceSet;
 use calxdp_policy::selector::Selector;
-use calxdp_policy::verdict::{Outcome, Verdict};
+use calxdp_policy::verdict::{Egress, Outcome, Verdict};
 
 use scenario::{parse_scenario, PacketStep, Scenario, ScenarioFile, SelectorExpect, SelectorVectors, Step};
 
@@ -71,6 +72,28 @@ impl<W: PolicyWalker> Dataplane for NodeModel<W> {
 
     fn advance(&mut self, by: Duration) {
         NodeModel::advance(self, by)
+    }
+}
+
+/// The port a step's `in:` names, for the levels that run frames (pipeline, live).
+pub fn port_of(node: &NodeConfig, at: &Attach) -> Result<Port, String> {
+    match at {
+        Attach::Host => Ok(Port::Host),
+        Attach::Uplink(n) => {
+            node.uplink_by_name(n).map(|i| Port::Uplink(i as u16)).ok_or_else(|| format!("no interface {n}"))
+        }
+        Attach::Workload(n) => {
+            node.workload_by_name(n).map(|i| Port::Workload(i as u16)).ok_or_else(|| format!("no workload {n}"))
+        }
+    }
+}
+
+/// A port as a step's `out:` names it.
+pub fn egress_of(node: &NodeConfig, p: Port) -> Egress {
+    match p {
+        Port::Host => Egress::Host,
+        Port::Uplink(u) => Egress::Uplink(node.uplinks[u as usize].name.clone()),
+        Port::Workload(w) => Egress::Workload(node.workloads[w as usize].name.clone()),
     }
 }
 

@@ -37,25 +37,11 @@ impl PipelineNode {
     }
 
     fn port(&self, at: &Attach) -> Result<Port, String> {
-        match at {
-            Attach::Host => Ok(Port::Host),
-            Attach::Uplink(n) => {
-                self.node.uplink_by_name(n).map(|i| Port::Uplink(i as u16)).ok_or_else(|| format!("no interface {n}"))
-            }
-            Attach::Workload(n) => self
-                .node
-                .workload_by_name(n)
-                .map(|i| Port::Workload(i as u16))
-                .ok_or_else(|| format!("no workload {n}")),
-        }
+        super::port_of(&self.node, at)
     }
 
     fn egress(&self, p: Port) -> Egress {
-        match p {
-            Port::Host => Egress::Host,
-            Port::Uplink(u) => Egress::Uplink(self.node.uplinks[u as usize].name.clone()),
-            Port::Workload(w) => Egress::Workload(self.node.workloads[w as usize].name.clone()),
-        }
+        super::egress_of(&self.node, p)
     }
 }
 

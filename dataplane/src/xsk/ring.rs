@@ -260,32 +260,9 @@ pub struct XdpDesc {
 mod tests {
     use super::*;
 
-    /// Shared ownership so the test can play both sides of the same ring.
-    struct Shared<T>(Arc<OwnedRing<T>>);
-
-    impl<T> Clone for Shared<T> {
-        fn clone(&self) -> Self {
-            Shared(self.0.clone())
-        }
-    }
-
-    impl<T: Copy> RingMemory<T> for Shared<T> {
-        fn producer(&self) -> &AtomicU32 {
-            self.0.producer()
-        }
-        fn consumer(&self) -> &AtomicU32 {
-            self.0.consumer()
-        }
-        fn entries(&self) -> &[UnsafeCell<T>] {
-            self.0.entries()
-        }
-    }
-
     #[test]
     fn fill_then_drain_across_the_wrap() {
-        let ring = Shared(Arc::new(OwnedRing::<u64>::new(8)));
-        let mut p = Producer::new::<u64>(ring.clone());
-        let mut c = Consumer::new::<u64>(ring);
+        let (mut p, mut c) = spsc::<u64>(8);
         let mut out = [0u64; 8];
         for round in 0..5u64 {
             let batch: Vec<u64> = (0..6).map(|i| round * 100 + i).collect();
@@ -302,9 +279,7 @@ mod tests {
 
     #[test]
     fn a_full_ring_takes_only_what_fits_until_released() {
-        let ring = Shared(Arc::new(OwnedRing::<u64>::new(4)));
-        let mut p = Producer::new::<u64>(ring.clone());
-        let mut c = Consumer::new::<u64>(ring);
+        let (mut p, mut c) = spsc::<u64>(4);
         assert_eq!(p.push(&[1, 2, 3, 4, 5, 6]), 4);
         p.submit::<u64>();
         assert_eq!(p.push(&[7]), 0, "full");
@@ -317,12 +292,9 @@ mod tests {
 
     #[test]
     fn two_threads_pass_a_million_descriptors_in_order() {
-        let ring = Shared(Arc::new(OwnedRing::<XdpDesc>::new(64)));
-        let mut p = Producer::new::<XdpDesc>(ring.clone());
-        let consumer_ring = ring.clone();
+        let (mut p, mut c) = spsc::<XdpDesc>(64);
         let total = 1_000_000u64;
         let reader = std::thread::spawn(move || {
-            let mut c = Consumer::new::<XdpDesc>(consumer_ring);
             let mut out = [XdpDesc::default(); 16];
             let mut next = 0u64;
             while next < total {
