@@ -9,3 +9,16 @@ pub mod packet;
 pub mod ring;
 pub mod socket;
 pub mod tap;
+
+/// setsockopt(2) with a value of type `T`.
+fn setsockopt<T>(fd: std::os::fd::RawFd, level: libc::c_int, name: libc::c_int, value: &T) -> std::io::Result<()> {
+    // SAFETY: `value` is a live `T` and its exact size is passed; the kernel only reads it.
+    let r = unsafe {
+        libc::setsockopt(fd, level, name, (value as *const T).cast(), std::mem::size_of::<T>() as libc::socklen_t)
+    };
+    if r == 0 {
+        Ok(())
+    } else {
+        Err(std::io::Error::last_os_error())
+    }
+}

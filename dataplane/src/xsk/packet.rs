@@ -65,20 +65,7 @@ impl PacketSocket {
     }
 
     fn set_option<T>(&self, level: libc::c_int, name: libc::c_int, value: &T) -> io::Result<()> {
-        // SAFETY: `value` is a live `T` and its exact size is passed.
-        let r = unsafe {
-            libc::setsockopt(
-                self.fd.as_raw_fd(),
-                level,
-                name,
-                (value as *const T).cast(),
-                std::mem::size_of::<T>() as libc::socklen_t,
-            )
-        };
-        if r != 0 {
-            return Err(io::Error::last_os_error());
-        }
-        Ok(())
+        super::setsockopt(self.fd.as_raw_fd(), level, name, value)
     }
 
     /// (frames delivered, frames the socket dropped) since the last call (PACKET_STATISTICS).

@@ -232,9 +232,11 @@ impl XskSocket {
             flags: 0,
             tx_metadata_len: 0,
         };
-        setsockopt(&fd, libc::XDP_UMEM_REG, &reg).map_err(|_| fail("XDP_UMEM_REG")())?;
+        super::setsockopt(fd.as_raw_fd(), libc::SOL_XDP, libc::XDP_UMEM_REG, &reg)
+            .map_err(|_| fail("XDP_UMEM_REG")())?;
         for opt in [libc::XDP_UMEM_FILL_RING, libc::XDP_UMEM_COMPLETION_RING, libc::XDP_RX_RING, libc::XDP_TX_RING] {
-            setsockopt(&fd, opt, &cfg.ring_size).map_err(|_| fail("ring size setsockopt")())?;
+            super::setsockopt(fd.as_raw_fd(), libc::SOL_XDP, opt, &cfg.ring_size)
+                .map_err(|_| fail("ring size setsockopt")())?;
         }
         let mut off: libc::xdp_mmap_offsets = zeroed_offsets();
         let mut len = std::mem::size_of::<libc::xdp_mmap_offsets>() as libc::socklen_t;
@@ -443,24 +445,6 @@ impl XskSocket {
             return Err(io::Error::last_os_error());
         }
         Ok(s)
-    }
-}
-
-fn setsockopt<T>(fd: &OwnedFd, opt: libc::c_int, value: &T) -> io::Result<()> {
-    // SAFETY: `value` is a live `T` and its exact size is passed.
-    let r = unsafe {
-        libc::setsockopt(
-            fd.as_raw_fd(),
-            libc::SOL_XDP,
-            opt,
-            (value as *const T).cast(),
-            std::mem::size_of::<T>() as libc::socklen_t,
-        )
-    };
-    if r == 0 {
-        Ok(())
-    } else {
-        Err(io::Error::last_os_error())
     }
 }
 
