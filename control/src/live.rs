@@ -181,22 +181,7 @@ impl LiveNode {
         for s in &self.shared {
             let g = s.snapshot.lock().expect("a worker never panics holding it");
             c.add(&g.0);
-            let o = &g.1;
-            io.arp_replied += o.arp_replied;
-            io.ndp_answered += o.ndp_answered;
-            io.arp_passed += o.arp_passed;
-            io.arp_dropped += o.arp_dropped;
-            io.tx_full += o.tx_full;
-            io.oversize += o.oversize;
-            io.batches += o.batches;
-            io.trace_lost += o.trace_lost;
-            io.log_lines += o.log_lines;
-            io.handed_off += o.handed_off;
-            io.handoff_full += o.handoff_full;
-            io.no_neighbour += o.no_neighbour;
-            io.held += o.held;
-            io.arp_asked += o.arp_asked;
-            io.log_suppressed += o.log_suppressed;
+            io.add(&g.1);
         }
         (c, io)
     }

@@ -108,7 +108,7 @@ pub struct IoCounters {
     pub arp_dropped: u64,
     /// Allowed frames lost because the output queue was full.
     pub tx_full: u64,
-    /// Frames longer than the worker's buffers, dropped on receipt.
+    /// Frames longer than the worker's buffers, dropped on receipt (never truncated).
     pub oversize: u64,
     pub batches: u64,
     /// Rounds spent only transmitting because an output port was congested.
@@ -125,6 +125,47 @@ pub struct IoCounters {
     /// Log-rule lines written, and those the Felix rate limit suppressed.
     pub log_lines: u64,
     pub log_suppressed: u64,
+}
+
+impl IoCounters {
+    /// Adds another worker's counters.
+    pub fn add(&mut self, o: &IoCounters) {
+        let IoCounters {
+            arp_replied,
+            ndp_answered,
+            arp_passed,
+            arp_dropped,
+            tx_full,
+            oversize,
+            batches,
+            congested_rounds,
+            trace_lost,
+            handed_off,
+            handoff_full,
+            held,
+            no_neighbour,
+            arp_asked,
+            log_lines,
+            log_suppressed,
+        } = o;
+        // Destructured, so a counter added to the struct cannot be forgotten here.
+        self.arp_replied += arp_replied;
+        self.ndp_answered += ndp_answered;
+        self.arp_passed += arp_passed;
+        self.arp_dropped += arp_dropped;
+        self.tx_full += tx_full;
+        self.oversize += oversize;
+        self.batches += batches;
+        self.congested_rounds += congested_rounds;
+        self.trace_lost += trace_lost;
+        self.handed_off += handed_off;
+        self.handoff_full += handoff_full;
+        self.held += held;
+        self.no_neighbour += no_neighbour;
+        self.arp_asked += arp_asked;
+        self.log_lines += log_lines;
+        self.log_suppressed += log_suppressed;
+    }
 }
 
 /// What a worker shares with the control thread: its stop flag and a snapshot of its counters.
@@ -356,18 +397,20 @@ impl Worker {
         let n = match &mut self.ports[slot] {
             None => return 0,
             Some(PortIo::Xsk(sock)) => {
-                let n = sock.receive(&mut self.descs);
-                for i in 0..n {
+                let received = sock.receive(&mut self.descs);
+                let mut n = 0;
+                for i in 0..received {
                     let d = self.descs[i];
-                    let len = (d.len as usize).min(FRAME_MAX);
-                    if (d.len as usize) > FRAME_MAX {
-                        self.io.oversize += 1;
-                    }
-                    self.bufs[i][..len].copy_from_slice(sock.frame_mut(d.addr, len as u32));
-                    self.lens[i] = len;
                     self.addrs[i] = d.addr;
+                    if d.len as usize > FRAME_MAX {
+                        self.io.oversize += 1;
+                        continue;
+                    }
+                    self.bufs[n][..d.len as usize].copy_from_slice(sock.frame_mut(d.addr, d.len));
+                    self.lens[n] = d.len as usize;
+                    n += 1;
                 }
-                sock.recycle(&self.addrs[..n]);
+                sock.recycle(&self.addrs[..received]);
                 n
             }
             Some(PortIo::Tap(tap)) => {
@@ -401,11 +444,13 @@ impl Worker {
         self.batch.clear();
         self.parsed.clear();
         let mut keep = [false; BATCH];
+        let mut is_arp = [false; BATCH];
         let mut finished = n;
         let owners = if self.workers > 1 && !handed { Some(self.pipeline.tables()) } else { None };
         for (i, k) in keep.iter_mut().enumerate().take(n) {
             let port = self.in_ports[i];
             if arp::ethertype(&self.bufs[i][..self.lens[i]]) == Some(arp::ETHERTYPE_ARP) {
+                is_arp[i] = true;
                 continue;
             }
             if port == Port::Host && self.answer_host_solicitation(i) {
@@ -437,10 +482,8 @@ impl Worker {
             self.parsed.push(parsed);
         }
         // ARP first, in arrival order (it never enters the pipeline).
-        for (i, &kept) in keep.iter().enumerate().take(n) {
-            if !kept && arp::ethertype(&self.bufs[i][..self.lens[i]]) == Some(arp::ETHERTYPE_ARP) {
-                self.arp(self.in_ports[i], i);
-            }
+        for (i, _) in is_arp.iter().enumerate().take(n).filter(|(_, a)| **a) {
+            self.arp(self.in_ports[i], i);
         }
         if self.batch.is_empty() {
             return finished;
@@ -481,7 +524,7 @@ impl Worker {
                         match self.fill_next_hop_mac(&tables, p, o, i) {
                             Ok(()) => {
                                 let o_slot = self.slot_of(o);
-                                if !self.transmit(o_slot, i, len) {
+                                if !send(&mut self.ports[o_slot], &self.bufs[i][..len]) {
                                     self.io.tx_full += 1;
                                 }
                             }
@@ -497,7 +540,8 @@ impl Worker {
                         self.pipeline.dropped_after_rewrite(DropReason::TtlExceeded);
                         // The ICMP error back to the sender: a rare path, allowed to allocate.
                         if let Some(icmp) = time_exceeded(parsed, &tables.ports) {
-                            self.send_bytes(self.slot_of(p.port), &icmp);
+                            let slot = self.slot_of(p.port);
+                            send(&mut self.ports[slot], &icmp);
                         }
                     }
                 }
@@ -550,23 +594,6 @@ impl Worker {
         }
     }
 
-    /// Sends buffer `i` (first `len` bytes) out of port slot `slot`.
-    fn transmit(&mut self, slot: usize, i: usize, len: usize) -> bool {
-        match &mut self.ports[slot] {
-            Some(PortIo::Xsk(s)) => s.send_copy(&self.bufs[i][..len]),
-            Some(PortIo::Tap(t)) => t.write(&self.bufs[i][..len]),
-            None => false,
-        }
-    }
-
-    fn send_bytes(&mut self, slot: usize, frame: &[u8]) -> bool {
-        match &mut self.ports[slot] {
-            Some(PortIo::Xsk(s)) => s.send_copy(frame),
-            Some(PortIo::Tap(t)) => t.write(frame),
-            None => false,
-        }
-    }
-
     /// Sets the destination MAC where the configuration does not give it: a pod's MAC as learned from its
     /// frames or ARP, an on-link neighbour or the gateway as learned on the uplink. `Err(next hop)` when it
     /// is not known yet (the caller asks for it and drops the frame, as a router without a neighbour entry
@@ -613,8 +640,7 @@ impl Worker {
             if let Some(mac) = self.neighbours.get(p.next_hop) {
                 self.pending_bufs[k][0..6].copy_from_slice(&mac);
                 let slot = self.slot_of(p.out);
-                let frame = self.pending_bufs[k];
-                if !self.send_bytes(slot, &frame[..p.len]) {
+                if !send(&mut self.ports[slot], &self.pending_bufs[k][..p.len]) {
                     self.io.tx_full += 1;
                 }
                 self.pending[k] = None;
@@ -653,8 +679,8 @@ impl Worker {
         };
         self.last_ask = now.max(1);
         let n = arp::request(mac, sender, target, &mut self.scratch);
-        let frame = self.scratch;
-        if self.send_bytes(self.slot_of(port), &frame[..n]) {
+        let slot = self.slot_of(port);
+        if send(&mut self.ports[slot], &self.scratch[..n]) {
             self.io.arp_asked += 1;
         }
     }
@@ -673,8 +699,8 @@ impl Worker {
     fn answer_pod_solicitation(&mut self, port: Port, i: usize) -> bool {
         let Some(ns) = ndp::parse_solicitation(&self.bufs[i][..self.lens[i]]) else { return false };
         let n = ndp::advertisement(&ns, WORKLOAD_GATEWAY_MAC, &mut self.scratch);
-        let frame = self.scratch;
-        if self.send_bytes(self.slot_of(port), &frame[..n]) {
+        let slot = self.slot_of(port);
+        if send(&mut self.ports[slot], &self.scratch[..n]) {
             self.io.ndp_answered += 1;
         }
         true
@@ -688,10 +714,9 @@ impl Worker {
         if !tables.ports.workload_by_ip.contains_key(&IpAddr::V6(ns.target)) {
             return false;
         }
-        let mac = tables.ports.uplink_mac.first().copied().flatten().unwrap_or(WORKLOAD_GATEWAY_MAC);
-        let n = ndp::advertisement(&ns, mac, &mut self.scratch);
-        let frame = self.scratch;
-        if self.send_bytes(self.slot_of(Port::Host), &frame[..n]) {
+        let n = ndp::advertisement(&ns, mac_for_host(&tables.ports), &mut self.scratch);
+        let slot = self.slot_of(Port::Host);
+        if send(&mut self.ports[slot], &self.scratch[..n]) {
             self.io.ndp_answered += 1;
         }
         true
@@ -715,14 +740,13 @@ impl Worker {
                 if a.request {
                     let n = arp::reply(&a, WORKLOAD_GATEWAY_MAC, &mut self.scratch);
                     let slot = self.slot_of(port);
-                    let frame = self.scratch;
-                    self.send_bytes(slot, &frame[..n]);
+                    send(&mut self.ports[slot], &self.scratch[..n]);
                     self.io.arp_replied += 1;
                 }
             }
             Port::Uplink(_) => {
                 self.neighbours.learn(IpAddr::V4(a.sender_ip), a.sender_mac);
-                if self.transmit(host_slot, i, len) {
+                if send(&mut self.ports[host_slot], &self.bufs[i][..len]) {
                     self.io.arp_passed += 1;
                 } else {
                     self.io.arp_dropped += 1;
@@ -731,22 +755,37 @@ impl Worker {
             Port::Host => {
                 let pod = tables.ports.workload_by_ip.contains_key(&IpAddr::V4(a.target_ip));
                 if a.request && pod {
-                    let mac = tables.ports.uplink_mac.first().copied().flatten().unwrap_or(WORKLOAD_GATEWAY_MAC);
-                    let n = arp::reply(&a, mac, &mut self.scratch);
-                    let frame = self.scratch;
-                    self.send_bytes(host_slot, &frame[..n]);
+                    let n = arp::reply(&a, mac_for_host(&tables.ports), &mut self.scratch);
+                    send(&mut self.ports[host_slot], &self.scratch[..n]);
                     self.io.arp_replied += 1;
                     return;
                 }
                 let target = IpAddr::V4(a.target_ip);
                 let u = (0..self.uplinks as u16).find(|&u| tables.ports.uplink_on_link(u, target)).unwrap_or(0);
-                if self.uplinks > 0 && self.transmit(self.slot_of(Port::Uplink(u)), i, len) {
+                let slot = self.slot_of(Port::Uplink(u));
+                if self.uplinks > 0 && send(&mut self.ports[slot], &self.bufs[i][..len]) {
                     self.io.arp_passed += 1;
                 } else {
                     self.io.arp_dropped += 1;
                 }
             }
         }
+    }
+}
+
+/// The MAC the dataplane answers the host with when it asks for a pod (ARP or NDP): the uplink's, which the
+/// tap carries too.
+fn mac_for_host(ports: &PortMap) -> [u8; 6] {
+    ports.uplink_mac.first().copied().flatten().unwrap_or(WORKLOAD_GATEWAY_MAC)
+}
+
+/// Sends one frame out of a port queue; false if it would not take it (the caller counts the loss). A
+/// function of the queue alone, so a caller can send from its own buffers while it holds them.
+fn send(port: &mut Option<PortIo>, frame: &[u8]) -> bool {
+    match port {
+        Some(PortIo::Xsk(s)) => s.send_copy(frame),
+        Some(PortIo::Tap(t)) => t.write(frame),
+        None => false,
     }
 }
 
