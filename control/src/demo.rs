@@ -25,7 +25,7 @@ use calxdp_policy::resource::{load_text, ResourceSet};
 use calxdp_policy::verdict::Verdict;
 use calxdp_policy::yaml::{parse_documents, Field, Origin};
 
-use crate::live::{ip, LiveNode, LiveOptions};
+use crate::live::{ip, LiveNode, LiveOptions, Namespaces};
 use crate::run::port_name;
 
 const NODE_YAML: &str = include_str!("../../examples/demo/node.yaml");
@@ -192,18 +192,6 @@ const fn flow(
 const SERVERS: [(&str, &[u16], &[u16]); 4] =
     [("cxdemo-web", &[8080, 9090], &[]), ("cxdemo-dns", &[], &[53]), (NODE, &[22, 10250], &[]), (EXT, &[80], &[])];
 
-/// The demo's namespaces, deleted on drop (also when the demo fails half-way).
-#[derive(Debug)]
-struct Topology;
-
-impl Drop for Topology {
-    fn drop(&mut self) {
-        for ns in all_namespaces() {
-            let _ = ip(&["netns", "del", ns]);
-        }
-    }
-}
-
 fn all_namespaces() -> Vec<&'static str> {
     let mut v = vec![NODE, EXT];
     v.extend(PODS.iter().map(|p| p.0));
@@ -223,22 +211,17 @@ fn exec(ns: &str, cmd: &[&str]) -> Result<(), String> {
     }
 }
 
-fn build_topology(workers: usize) -> Result<Topology, String> {
+/// Builds the demo's namespaces and links; they are deleted when the returned value is dropped.
+fn build_topology(workers: usize) -> Result<Namespaces, String> {
     for ns in all_namespaces() {
         let _ = ip(&["netns", "del", ns]); // a previous demo that was killed
     }
-    let topo = Topology;
+    let mut topo = Namespaces::default();
     for ns in all_namespaces() {
-        ip(&["netns", "add", ns])?;
-        netns::run_in(ns, || {
-            for f in ["all", "default"] {
-                let _ = std::fs::write(format!("/proc/sys/net/ipv6/conf/{f}/disable_ipv6"), "1");
-            }
-            // Unprivileged-style ICMP sockets for ping, and no martian filtering of the pods' /32 addresses.
-            let _ = std::fs::write("/proc/sys/net/ipv4/ping_group_range", "0 2147483647");
-        })
-        .map_err(|e| format!("namespace {ns}: {e}"))?;
-        ip(&["-n", ns, "link", "set", "lo", "up"])?;
+        topo.add(ns)?;
+        // ICMP datagram sockets for any user, so ping needs no raw socket.
+        netns::run_in(ns, || std::fs::write("/proc/sys/net/ipv4/ping_group_range", "0 2147483647").ok())
+            .map_err(|e| format!("namespace {ns}: {e}"))?;
     }
     // The uplink's wire: the external host at 10.0.0.1, routing the pod network via the node.
     ip(&["link", "add", "eth0", "netns", NODE, "type", "veth", "peer", "name", "eth0", "netns", EXT])?;

@@ -16,6 +16,7 @@ use calxdp_dataplane::pipeline::{Counters, Pipeline};
 use calxdp_dataplane::worker::{Clock, IoCounters, PortIo, TraceRecord, Worker, WorkerShared};
 use calxdp_dataplane::xdp::Redirect;
 use calxdp_dataplane::xsk::handoff::{self, HandoffReceiver, HandoffSender};
+use calxdp_dataplane::xsk::netns;
 use calxdp_dataplane::xsk::socket::{XskConfig, XskSocket};
 use calxdp_dataplane::xsk::tap::Tap;
 use calxdp_policy::node::{parse_mac, NodeConfig};
@@ -106,20 +107,7 @@ impl LiveNode {
         let mut attach_modes = Vec::new();
         let mut sockets: Vec<Vec<Option<PortIo>>> =
             (0..opts.workers).map(|_| (0..uplinks + workloads + 1).map(|_| None).collect()).collect();
-        let interfaces = node
-            .uplinks
-            .iter()
-            .map(|u| (Port::Uplink(0), u.name.clone()))
-            .enumerate()
-            .map(|(i, (_, n))| (Port::Uplink(i as u16), n))
-            .chain(
-                node.workloads
-                    .iter()
-                    .enumerate()
-                    .filter_map(|(i, w)| w.interface.clone().map(|n| (Port::Workload(i as u16), n))),
-            )
-            .collect::<Vec<_>>();
-        for (port, name) in &interfaces {
+        for (port, name) in &interfaces(&node) {
             let mut redirect = Redirect::attach(name)?;
             attach_modes.push((name.clone(), redirect.mode));
             let slot = Counters::port_slot(*port, uplinks, workloads);
@@ -186,6 +174,16 @@ impl LiveNode {
         (c, io)
     }
 
+    /// Raises every worker's stop flag and waits for them (their last counters are published on the way out).
+    fn halt(&mut self) {
+        for s in &self.shared {
+            s.stop.store(true, Ordering::Relaxed);
+        }
+        for t in self.threads.drain(..) {
+            let _ = t.join();
+        }
+    }
+
     /// Frames the workers have finished.
     pub fn frames_done(&self) -> u64 {
         self.shared.iter().map(|s| s.frames_done.load(Ordering::Acquire)).sum()
@@ -193,12 +191,7 @@ impl LiveNode {
 
     /// Stops the workers, then detaches XDP and removes the tap (with its addresses and routes).
     pub fn stop(mut self) -> (Counters, IoCounters) {
-        for s in &self.shared {
-            s.stop.store(true, Ordering::Relaxed);
-        }
-        for t in self.threads.drain(..) {
-            let _ = t.join();
-        }
+        self.halt();
         let counters = self.counters();
         self.redirects.clear();
         counters
@@ -207,11 +200,46 @@ impl LiveNode {
 
 impl Drop for LiveNode {
     fn drop(&mut self) {
-        for s in &self.shared {
-            s.stop.store(true, Ordering::Relaxed);
-        }
-        for t in self.threads.drain(..) {
-            let _ = t.join();
+        self.halt();
+    }
+}
+
+/// Every interface the node takes over, with its port: the uplinks, then each local pod's veth.
+pub fn interfaces(node: &NodeConfig) -> Vec<(Port, String)> {
+    let uplinks = node.uplinks.iter().enumerate().map(|(i, u)| (Port::Uplink(i as u16), u.name.clone()));
+    let pods = node
+        .workloads
+        .iter()
+        .enumerate()
+        .filter_map(|(i, w)| w.interface.clone().map(|name| (Port::Workload(i as u16), name)));
+    uplinks.chain(pods).collect()
+}
+
+/// Network namespaces made for a topology (the demo, the live parity level), deleted on drop, also when
+/// the topology fails half-way.
+#[derive(Debug, Default)]
+pub struct Namespaces(Vec<String>);
+
+impl Namespaces {
+    /// Creates namespace `name` with loopback up and IPv6 off by default, so no autoconfiguration chatter
+    /// reaches the dataplane unasked.
+    pub fn add(&mut self, name: &str) -> Result<(), String> {
+        ip(&["netns", "add", name])?;
+        self.0.push(name.to_string());
+        netns::run_in(name, || {
+            for f in ["all", "default"] {
+                let _ = std::fs::write(format!("/proc/sys/net/ipv6/conf/{f}/disable_ipv6"), "1");
+            }
+        })
+        .map_err(|e| format!("entering namespace {name}: {e}"))?;
+        ip(&["-n", name, "link", "set", "lo", "up"])
+    }
+}
+
+impl Drop for Namespaces {
+    fn drop(&mut self) {
+        for name in &self.0 {
+            let _ = ip(&["netns", "del", name]);
         }
     }
 }
@@ -226,14 +254,14 @@ fn preflight(node: &NodeConfig, opts: &LiveOptions) -> Result<(), String> {
                     programs, opens AF_XDP sockets and creates a tap"
             .into());
     }
-    let mut names: Vec<(String, String)> =
-        node.uplinks.iter().map(|u| (u.name.clone(), "uplink".to_string())).collect();
-    for w in &node.workloads {
-        if let Some(i) = &w.interface {
-            names.push((i.clone(), format!("the veth of pod {}/{}", w.namespace, w.name)));
-        }
-    }
-    for (name, what) in &names {
+    let names = interfaces(node);
+    for (port, name) in &names {
+        let what = match *port {
+            Port::Workload(w) => {
+                format!("the veth of pod {}/{}", node.workloads[w as usize].namespace, node.workloads[w as usize].name)
+            }
+            _ => "uplink".to_string(),
+        };
         let Some(link) = link_info(name) else {
             return Err(format!(
                 "interface {name} ({what}) does not exist in this network namespace; create it or fix the node file"
@@ -272,7 +300,8 @@ fn status_field(name: &str) -> Option<String> {
     s.lines().find_map(|l| l.strip_prefix(name).map(|v| v.trim().to_string()))
 }
 
-fn is_root() -> bool {
+/// Whether this process runs as root (effective uid 0).
+pub fn is_root() -> bool {
     status_field("Uid:").and_then(|v| v.split_whitespace().nth(1).map(|e| e == "0")).unwrap_or(false)
 }
 

@@ -8,6 +8,7 @@ use std::process::{Child, Command, Stdio};
 use std::sync::mpsc::{channel, Receiver};
 use std::time::{Duration, Instant};
 
+use calxdp::live::Namespaces;
 use calxdp_dataplane::wire::FrameSpec;
 use calxdp_dataplane::xsk::netns;
 use calxdp_dataplane::xsk::packet::PacketSocket;
@@ -15,10 +16,7 @@ use calxdp_policy::packet::PacketHeader;
 use calxdp_policy::resource::Protocol;
 
 fn root() -> bool {
-    std::fs::read_to_string("/proc/self/status")
-        .ok()
-        .and_then(|s| s.lines().find(|l| l.starts_with("Uid:")).map(|l| l.split_whitespace().nth(2) == Some("0")))
-        .unwrap_or(false)
+    calxdp::live::is_root()
 }
 
 fn ip(args: &[&str]) {
@@ -52,17 +50,17 @@ fn a_missing_interface_or_privilege_is_a_sentence_and_nothing_starts() {
     std::fs::remove_dir_all(dir).ok();
 }
 
-/// A node namespace with an uplink and one pod veth whose other ends sit in a wire namespace.
+/// A node namespace with an uplink and one pod veth whose other ends sit in a wire namespace, and the
+/// node's files; all removed on drop.
 struct Topology {
     node: String,
     wire: String,
     dir: PathBuf,
+    _namespaces: Namespaces,
 }
 
 impl Drop for Topology {
     fn drop(&mut self) {
-        let _ = Command::new("ip").args(["netns", "del", &self.node]).status();
-        let _ = Command::new("ip").args(["netns", "del", &self.wire]).status();
         let _ = std::fs::remove_dir_all(&self.dir);
     }
 }
@@ -160,16 +158,12 @@ fn reloads_on_change_keeps_tables_on_a_bad_file_and_cleans_up_on_sigterm() {
         return;
     }
     let id = std::process::id();
-    let topo = Topology {
-        node: format!("cxr{id}n"),
-        wire: format!("cxr{id}w"),
-        dir: std::env::temp_dir().join(format!("calxdp-run-{id}")),
-    };
-    for ns in [&topo.node, &topo.wire] {
-        ip(&["netns", "add", ns]);
-        netns::run_in(ns, || std::fs::write("/proc/sys/net/ipv6/conf/all/disable_ipv6", "1").ok()).unwrap();
-        netns::run_in(ns, || std::fs::write("/proc/sys/net/ipv6/conf/default/disable_ipv6", "1").ok()).unwrap();
-    }
+    let (node, wire) = (format!("cxr{id}n"), format!("cxr{id}w"));
+    let mut namespaces = Namespaces::default();
+    namespaces.add(&node).unwrap();
+    namespaces.add(&wire).unwrap();
+    let topo =
+        Topology { node, wire, dir: std::env::temp_dir().join(format!("calxdp-run-{id}")), _namespaces: namespaces };
     for (inner, outer) in [("eth0", "wup"), ("calipod", "wpod")] {
         ip(&["link", "add", inner, "netns", &topo.node, "type", "veth", "peer", "name", outer, "netns", &topo.wire]);
         ip(&["-n", &topo.node, "link", "set", inner, "up"]);

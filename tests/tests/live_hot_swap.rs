@@ -103,9 +103,7 @@ fn have(tool: &str) -> bool {
 
 /// Why this machine cannot run the test, if it cannot.
 fn skip_reason(prefix: &str) -> Option<String> {
-    let status = std::fs::read_to_string("/proc/self/status").unwrap_or_default();
-    let euid = status.lines().find(|l| l.starts_with("Uid:")).and_then(|l| l.split_whitespace().nth(2));
-    if euid != Some("0") {
+    if !calxdp::live::is_root() {
         return Some("not root: the live test needs CAP_NET_ADMIN, CAP_BPF and network namespaces".into());
     }
     let probe = format!("{prefix}-probe");

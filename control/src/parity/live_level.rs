@@ -29,7 +29,7 @@ use calxdp_policy::verdict::{Egress, Outcome, Verdict};
 
 use super::pipeline_level::step_frame;
 use super::Dataplane;
-use crate::live::{ip, LiveNode, LiveOptions};
+use crate::live::{interfaces, ip, LiveNode, LiveOptions, Namespaces};
 
 const TAP: &str = "calxdp-host";
 /// The kernel's interface name limit, with its terminating NUL.
@@ -39,20 +39,6 @@ const DECIDE_WITHIN: Duration = Duration::from_secs(2);
 const ARRIVE_WITHIN: Duration = Duration::from_secs(1);
 /// How long to watch the wire after a drop for a frame that should not be there.
 const QUIET_AFTER_DROP: Duration = Duration::from_millis(3);
-
-/// The two namespaces of one scenario, deleted on drop.
-#[derive(Debug)]
-struct Namespaces {
-    node: String,
-    wire: String,
-}
-
-impl Drop for Namespaces {
-    fn drop(&mut self) {
-        let _ = ip(&["netns", "del", &self.node]);
-        let _ = ip(&["netns", "del", &self.wire]);
-    }
-}
 
 static NEXT: AtomicUsize = AtomicUsize::new(0);
 
@@ -77,10 +63,7 @@ impl Drop for LiveLevel {
 
 /// Whether this process can build topologies (root, `ip`, namespaces); the reason if not.
 pub fn unavailable() -> Option<String> {
-    let uid = std::fs::read_to_string("/proc/self/status")
-        .ok()
-        .and_then(|s| s.lines().find(|l| l.starts_with("Uid:")).map(|l| l.to_string()));
-    if uid.is_none_or(|l| l.split_whitespace().nth(2) != Some("0")) {
+    if !crate::live::is_root() {
         return Some("the live level needs root (network namespaces, XDP, AF_XDP)".into());
     }
     if std::process::Command::new("ip").arg("-V").output().is_err() {
@@ -105,29 +88,16 @@ impl LiveLevel {
         let node = &node;
         let k = NEXT.fetch_add(1, Ordering::Relaxed);
         let pid = std::process::id();
-        let ns = Namespaces { node: format!("cxp{pid}n{k}"), wire: format!("cxp{pid}w{k}") };
-        for n in [&ns.node, &ns.wire] {
-            ip(&["netns", "add", n])?;
-            netns::run_in(n, || {
-                for f in ["all", "default"] {
-                    let _ = std::fs::write(format!("/proc/sys/net/ipv6/conf/{f}/disable_ipv6"), "1");
-                }
-            })
-            .map_err(|e| format!("entering namespace {n}: {e}"))?;
-        }
-        let mut ports: Vec<(Port, String)> =
-            node.uplinks.iter().enumerate().map(|(i, u)| (Port::Uplink(i as u16), u.name.clone())).collect();
-        for (i, w) in node.workloads.iter().enumerate() {
-            if let Some(name) = &w.interface {
-                ports.push((Port::Workload(i as u16), name.clone()));
-            }
-        }
+        let (node_ns, wire_ns) = (format!("cxp{pid}n{k}"), format!("cxp{pid}w{k}"));
+        let mut ns = Namespaces::default();
+        ns.add(&node_ns)?;
+        ns.add(&wire_ns)?;
         let mut wires = Vec::new();
-        for (i, (port, name)) in ports.iter().enumerate() {
+        for (i, (port, name)) in interfaces(node).iter().enumerate() {
             let peer = format!("w{i}");
-            ip(&["link", "add", name, "netns", &ns.node, "type", "veth", "peer", "name", &peer, "netns", &ns.wire])?;
-            ip(&["-n", &ns.node, "link", "set", name, "up"])?;
-            ip(&["-n", &ns.wire, "link", "set", &peer, "up"])?;
+            ip(&["link", "add", name, "netns", &node_ns, "type", "veth", "peer", "name", &peer, "netns", &wire_ns])?;
+            ip(&["-n", &node_ns, "link", "set", name, "up"])?;
+            ip(&["-n", &wire_ns, "link", "set", &peer, "up"])?;
             wires.push((*port, peer));
         }
         let (tx, trace) = sync_channel(1024);
@@ -140,9 +110,9 @@ impl LiveLevel {
             ..LiveOptions::default()
         };
         let (n, r) = (node.clone(), resources.clone());
-        let live = netns::run_in(&ns.node, move || LiveNode::start(n, r, &opts, Some(tx)))
-            .map_err(|e| format!("entering namespace {}: {e}", ns.node))??;
-        let mut sockets = netns::run_in(&ns.wire, move || {
+        let live = netns::run_in(&node_ns, move || LiveNode::start(n, r, &opts, Some(tx)))
+            .map_err(|e| format!("entering namespace {}: {e}", node_ns))??;
+        let mut sockets = netns::run_in(&wire_ns, move || {
             wires
                 .into_iter()
                 .map(|(port, peer)| PacketSocket::open(&peer).map(|s| (port, s)))
@@ -150,7 +120,7 @@ impl LiveLevel {
         })
         .map_err(|e| e.to_string())?
         .map_err(|e| format!("packet socket on the wire: {e}"))?;
-        let tap = netns::run_in(&ns.node, || PacketSocket::open(TAP))
+        let tap = netns::run_in(&node_ns, || PacketSocket::open(TAP))
             .map_err(|e| e.to_string())?
             .map_err(|e| format!("packet socket on the tap: {e}"))?;
         sockets.push((Port::Host, tap));
