@@ -55,11 +55,7 @@ pub fn replay(node: NodeConfig, policies: &Path, capture: &Path) -> Result<Repla
     let mut limiter = LogLimiter::new(felix.log_rate_limit.as_deref(), felix.log_rate_burst)?;
     let mut log_lines: Vec<String> = Vec::new();
     let start = records.first().map(|r| r.nanos).unwrap_or(0);
-    let port_name = |p: Port| match p {
-        Port::Host => "host".to_string(),
-        Port::Uplink(u) => node.uplinks[u as usize].name.clone(),
-        Port::Workload(w) => node.workloads[w as usize].name.clone(),
-    };
+    let port_name = |p: Port| crate::run::port_name(&node, p);
     let mut report = String::new();
     let _ = writeln!(
         report,

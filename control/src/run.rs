@@ -160,23 +160,28 @@ fn print_trace(live: &LiveNode, rx: &Receiver<TraceRecord>) {
 /// One traced frame as a line: where it came in, the flow, the verdict, where it went, and why.
 pub fn trace_line(live: &LiveNode, r: &TraceRecord) -> String {
     let tables = live.publisher.slot().hold();
-    {
-        let h = &r.header;
-        let flow = if h.has_ports() {
-            format!("{}:{} -> {}:{}", h.src, h.src_port, h.dst, h.dst_port)
-        } else {
-            format!("{} -> {}", h.src, h.dst)
-        };
-        let verdict = if r.verdict == Verdict::Allow { "allow" } else { "drop" };
-        let out = r.out.map(|o| port_name(&live.node, o)).unwrap_or_default();
-        format!(
-            "trace {:<10} proto {:<3} {:<44} {:<5} {:<10} {}",
-            port_name(&live.node, r.port),
-            h.protocol.0,
-            flow,
-            verdict,
-            out,
-            explain(&tables, &r.decision)
-        )
-    }
+    let h = &r.header;
+    let flow = if h.has_ports() {
+        format!("{}:{} -> {}:{}", h.src, h.src_port, h.dst, h.dst_port)
+    } else {
+        format!("{} -> {}", h.src, h.dst)
+    };
+    let verdict = if r.verdict == Verdict::Allow { "allow" } else { "drop" };
+    let out = r.out.map(|o| port_name(&live.node, o)).unwrap_or_default();
+    // A rule is named by its index in the program that decided; after a swap the tables at hand may not be
+    // the ones that decided, so say so rather than name a rule of another version as if it were that one.
+    let version = if r.epoch == tables.epoch {
+        String::new()
+    } else {
+        format!(" (decided by tables v{}, named from v{})", r.epoch, tables.epoch)
+    };
+    format!(
+        "trace {:<10} proto {:<3} {:<44} {:<5} {:<10} {}{version}",
+        port_name(&live.node, r.port),
+        h.protocol.0,
+        flow,
+        verdict,
+        out,
+        explain(&tables, &r.decision)
+    )
 }
