@@ -38,8 +38,8 @@ pub struct LiveOptions {
     /// test plays the host stack on the tap.
     pub host_addresses: bool,
     pub xsk: XskConfig,
-    /// Conntrack entries per worker.
-    pub flow_capacity: usize,
+    /// Conntrack entries per worker; `None`: the node's `bpfMapSizeConntrack` shared evenly by the workers.
+    pub flow_capacity: Option<usize>,
     /// Write the Log rules' lines to stderr (kernel LOG format, rate-limited as Felix configures).
     pub log_rules: bool,
 }
@@ -51,7 +51,7 @@ impl Default for LiveOptions {
             tap: "calxdp-host".into(),
             host_addresses: true,
             xsk: XskConfig::default(),
-            flow_capacity: 1 << 18,
+            flow_capacity: None,
             log_rules: true,
         }
     }
@@ -140,7 +140,7 @@ impl LiveNode {
         let mut threads = Vec::new();
         for (i, ((ports, out), inn)) in sockets.into_iter().zip(outs).zip(ins).enumerate() {
             let s = Arc::new(WorkerShared::default());
-            let pipeline = Pipeline::new(publisher.slot(), opts.flow_capacity);
+            let pipeline = Pipeline::new(publisher.slot(), flow_capacity(&node, opts));
             let mut worker = Worker::new(
                 pipeline,
                 ports,
@@ -202,6 +202,12 @@ impl Drop for LiveNode {
     fn drop(&mut self) {
         self.halt();
     }
+}
+
+/// Conntrack entries each worker holds: flows are owned by one worker each, so the node's capacity is
+/// shared evenly.
+pub fn flow_capacity(node: &NodeConfig, opts: &LiveOptions) -> usize {
+    opts.flow_capacity.unwrap_or_else(|| node.felix.conntrack_capacity.div_ceil(opts.workers.max(1)))
 }
 
 /// Every interface the node takes over, with its port: the uplinks, then each local pod's veth.

@@ -74,15 +74,39 @@ impl TablePublisher {
         self.replace(next)
     }
 
+    pub fn node(&self) -> &NodeConfig {
+        &self.node
+    }
+
+    /// Puts a changed node in force (workloads and namespaces added, changed or removed) with the resources
+    /// in force. Returns the publication and the addresses whose flows must be flushed: those a local
+    /// workload had and no longer has (semantics §8.2).
+    pub fn set_node(&mut self, node: NodeConfig) -> Result<(Published, Vec<std::net::IpAddr>), Rejected> {
+        node.check().map_err(Rejected)?;
+        let removed = calxdp_policy::node::removed_workload_addresses(&self.node, &node);
+        let previous = std::mem::replace(&mut self.node, node);
+        match self.publish(self.resources.clone(), &removed) {
+            Ok(p) => Ok((p, removed)),
+            Err(e) => {
+                self.node = previous;
+                Err(e)
+            }
+        }
+    }
+
     /// Puts a whole resource set in force (a watched directory re-read, say).
     pub fn replace(&mut self, next: ResourceSet) -> Result<Published, Rejected> {
+        self.publish(next, &[])
+    }
+
+    fn publish(&mut self, next: ResourceSet, flush: &[std::net::IpAddr]) -> Result<Published, Rejected> {
         let start = Instant::now();
         let world = ResolvedNode::new(&self.node, &next);
         let compiled = self.cache.compile(&world, self.epoch + 1);
         validate(&world, &compiled).map_err(Rejected)?;
         self.epoch += 1;
         let stats = compiled.stats;
-        self.slot.publish(TableSet::new(self.epoch, Arc::new(world), Arc::new(compiled)));
+        self.slot.publish_with_flushes(TableSet::new(self.epoch, Arc::new(world), Arc::new(compiled)), flush);
         self.resources = next;
         Ok(Published { epoch: self.epoch, stats, took: start.elapsed() })
     }

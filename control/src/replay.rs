@@ -50,7 +50,7 @@ pub fn replay(node: NodeConfig, policies: &Path, capture: &Path) -> Result<Repla
     let records = pcap::read_all(std::io::BufReader::new(file)).map_err(|e| format!("{}: {e}", capture.display()))?;
 
     let publisher = TablePublisher::new(node.clone(), resources);
-    let mut pipeline = Pipeline::new(publisher.slot(), 1 << 16);
+    let mut pipeline = Pipeline::new(publisher.slot(), node.felix.conntrack_capacity);
     let felix = &node.felix;
     let mut limiter = LogLimiter::new(felix.log_rate_limit.as_deref(), felix.log_rate_burst)?;
     let mut log_lines: Vec<String> = Vec::new();

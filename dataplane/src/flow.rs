@@ -2,13 +2,17 @@
 //! both its original and its reply tuple, so a reply finds its flow (and its NAT) in one probe sequence.
 //!
 //! It follows the reference model (`calxdp_policy::reference::flows`) rule for rule — the same TCP state
-//! machine, the same "established once a reply was seen", the same timeouts — and a property test applies
-//! the same random operations to both. What the model does not have: a capacity. When the table is full a
-//! new flow is refused (counted by the caller); existing flows are never evicted to make room.
+//! machine, the same "established once a reply was seen", the same timeouts, the same capacity rule — and a
+//! property test applies the same random operations to both (docs/conntrack.md).
+//!
+//! Every entry has a way out: it expires (lazily when its tuple is looked up, and by the sweep the worker
+//! runs every round within a budget), it is flushed with its endpoint's address, and a full table gives
+//! up its oldest entry that never saw a reply (Linux's early drop) before it refuses a new flow.
 //!
 //! Layout: entries in one array with a free list; an open-addressing index of `u32` (slot << 1 | direction)
 //! with linear probing and backward-shift deletion, sized to stay at most a quarter full (two keys per
-//! entry, half load). 96 bytes per entry plus 16 of index.
+//! entry, half load); unassured entries (no reply seen yet) on an intrusive list, oldest first. 104 bytes
+//! per entry plus 16 of index.
 
 use std::net::IpAddr;
 
@@ -94,8 +98,12 @@ struct Entry {
     epoch: u32,
     kind: u8,
     tcp: u8,
+    /// A reply was seen (for TCP and UDP this makes the flow "assured": a full table does not give it up).
     seen_reply: bool,
     live: bool,
+    /// Neighbours on the list of unassured entries (slots; [`NIL`] at the ends).
+    older: u32,
+    newer: u32,
 }
 
 impl Entry {
@@ -108,7 +116,39 @@ impl Entry {
         tcp: 0,
         seen_reply: false,
         live: false,
+        older: NIL,
+        newer: NIL,
     };
+}
+
+const NIL: u32 = u32::MAX;
+
+impl Entry {
+    /// Linux's IPS_ASSURED, simplified: a TCP or UDP flow that has seen a reply. ICMP and other protocols
+    /// are never assured, so they are always the first to go when the table is full.
+    fn assured(&self) -> bool {
+        self.seen_reply && matches!(self.kind, KIND_TCP | KIND_UDP)
+    }
+}
+
+/// Slots a full table looks at for an expired entry before it gives up an unassured one: the whole table
+/// when it is small (so its choice is the reference model's), a bounded step of the sweep when large.
+const EVICTION_SCAN: usize = 1024;
+
+/// What happened to flows over the table's life, for counters and the soak.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct FlowStats {
+    pub created: u64,
+    /// Entries removed because their timeout passed (by the sweep or a lookup).
+    pub expired: u64,
+    /// Unassured entries given up to make room for a new flow (Linux's early drop).
+    pub early_dropped: u64,
+    /// New flows refused because every entry is live and assured.
+    pub refused: u64,
+    /// Entries removed because an endpoint address went away (or an operator flushed them).
+    pub flushed: u64,
+    /// The most entries the table ever held.
+    pub peak: u64,
 }
 
 const KIND_TCP: u8 = 0;
@@ -156,7 +196,7 @@ pub struct FlowLookup {
 /// Why a flow was not recorded.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum CommitError {
-    /// Every slot is in use: the new flow is refused and counted; no existing flow is evicted.
+    /// Every slot holds a live flow that has seen a reply: the new flow is refused and counted.
     Full,
 }
 
@@ -172,12 +212,21 @@ pub struct FlowTable {
     timeout_ns: [Nanos; TIMEOUT_SLOTS],
     /// Next slot the incremental expiry sweep looks at.
     sweep: usize,
+    /// The list of unassured entries: oldest and newest.
+    oldest_unassured: u32,
+    newest_unassured: u32,
+    pub stats: FlowStats,
 }
 
 impl FlowTable {
-    /// A table for `capacity` flows; all memory is allocated here.
+    /// A table for `capacity` flows with the default timeouts; all memory is allocated here.
     pub fn with_capacity(capacity: usize) -> FlowTable {
-        let capacity = capacity.max(1);
+        FlowTable::new(capacity, &Timeouts::default())
+    }
+
+    /// A table for `capacity` flows with these timeouts; all memory is allocated here.
+    pub fn new(capacity: usize, timeouts: &Timeouts) -> FlowTable {
+        let capacity = capacity.clamp(1, (u32::MAX >> 2) as usize);
         let index_len = (capacity * 4).next_power_of_two();
         FlowTable {
             entries: vec![Entry::VACANT; capacity],
@@ -185,9 +234,17 @@ impl FlowTable {
             index: vec![EMPTY; index_len],
             mask: index_len - 1,
             live: 0,
-            timeout_ns: timeout_table(&Timeouts::default()),
+            timeout_ns: timeout_table(timeouts),
             sweep: 0,
+            oldest_unassured: NIL,
+            newest_unassured: NIL,
+            stats: FlowStats::default(),
         }
+    }
+
+    /// New timeouts, for entries from their next packet on (a configuration change).
+    pub fn set_timeouts(&mut self, timeouts: &Timeouts) {
+        self.timeout_ns = timeout_table(timeouts);
     }
 
     pub fn len(&self) -> usize {
@@ -265,11 +322,67 @@ impl FlowTable {
         if !e.live {
             return;
         }
+        if !e.assured() {
+            self.unlink_unassured(slot);
+        }
         self.index_remove(&e.original, slot << 1);
         self.index_remove(&e.reply, slot << 1 | 1);
         self.entries[slot as usize].live = false;
         self.free.push(slot);
         self.live -= 1;
+    }
+
+    /// Puts an entry at the new end of the unassured list.
+    fn push_unassured(&mut self, slot: u32) {
+        let newest = self.newest_unassured;
+        let e = &mut self.entries[slot as usize];
+        e.older = newest;
+        e.newer = NIL;
+        if newest == NIL {
+            self.oldest_unassured = slot;
+        } else {
+            self.entries[newest as usize].newer = slot;
+        }
+        self.newest_unassured = slot;
+    }
+
+    fn unlink_unassured(&mut self, slot: u32) {
+        let (older, newer) = {
+            let e = &self.entries[slot as usize];
+            (e.older, e.newer)
+        };
+        if older == NIL {
+            self.oldest_unassured = newer;
+        } else {
+            self.entries[older as usize].newer = newer;
+        }
+        if newer == NIL {
+            self.newest_unassured = older;
+        } else {
+            self.entries[newer as usize].older = older;
+        }
+        let e = &mut self.entries[slot as usize];
+        e.older = NIL;
+        e.newer = NIL;
+    }
+
+    /// A free slot for a new flow: an expired entry found by a step of the sweep, else the oldest entry that
+    /// never saw a reply (Linux's early drop: a flood of unanswered flows cannot lock everyone out), else
+    /// none (every entry is live and assured; the flow is refused).
+    fn make_room(&mut self, now: Nanos) -> Option<u32> {
+        if let Some(slot) = self.free.pop() {
+            return Some(slot);
+        }
+        if self.expire(now, EVICTION_SCAN) > 0 {
+            return self.free.pop();
+        }
+        let victim = self.oldest_unassured;
+        if victim == NIL {
+            return None;
+        }
+        self.remove(victim);
+        self.stats.early_dropped += 1;
+        self.free.pop()
     }
 
     /// Classifies a packet (semantics §8.1, §8.3); an expired entry is removed on the way. `inner` is the
@@ -328,6 +441,7 @@ impl FlowTable {
         let (slot, dir) = self.find(k)?;
         if self.entries[slot as usize].expires <= now {
             self.remove(slot);
+            self.stats.expired += 1;
             return None;
         }
         Some((slot, dir))
@@ -344,17 +458,27 @@ impl FlowTable {
     ) -> Result<(), CommitError> {
         match lookup.entry {
             Some((slot, dir)) => {
-                let timeouts = &self.timeout_ns;
-                let e = &mut self.entries[slot as usize];
+                let e = self.entries[slot as usize];
                 let reopened = matches!(lookup.tcp_next, Some(TcpState::SynSent))
                     && e.kind == KIND_TCP
                     && matches!(tcp_state(e.tcp), TcpState::TimeWait | TcpState::Close);
+                // The same order of changes as the reference model: a reopened flow is unassured again (the
+                // newest), a reply assures it.
                 if reopened {
-                    e.seen_reply = false;
+                    if !e.assured() {
+                        self.unlink_unassured(slot);
+                    }
+                    self.entries[slot as usize].seen_reply = false;
+                    self.push_unassured(slot);
                 }
-                if dir == FlowDir::Reply {
-                    e.seen_reply = true;
+                if dir == FlowDir::Reply && !self.entries[slot as usize].seen_reply {
+                    self.entries[slot as usize].seen_reply = true;
+                    if self.entries[slot as usize].assured() {
+                        self.unlink_unassured(slot);
+                    }
                 }
+                let timeouts = &self.timeout_ns;
+                let e = &mut self.entries[slot as usize];
                 if let Some(next) = lookup.tcp_next {
                     e.tcp = tcp_code(next);
                 }
@@ -365,7 +489,10 @@ impl FlowTable {
                 if lookup.state != CtState::New {
                     return Ok(());
                 }
-                let Some(slot) = self.free.pop() else { return Err(CommitError::Full) };
+                let Some(slot) = self.make_room(now) else {
+                    self.stats.refused += 1;
+                    return Err(CommitError::Full);
+                };
                 let kind = match pkt.protocol {
                     Protocol::TCP => KIND_TCP,
                     Protocol::UDP | Protocol::UDPLITE => KIND_UDP,
@@ -381,12 +508,18 @@ impl FlowTable {
                     tcp: tcp_code(lookup.tcp_next.unwrap_or(TcpState::SynSent)),
                     seen_reply: false,
                     live: true,
+                    older: NIL,
+                    newer: NIL,
                 };
                 e.expires = now + self.timeout_ns[timeout_slot(&e)];
+                debug_assert!(self.find(&e.original).is_none(), "a flow has one entry");
                 self.entries[slot as usize] = e;
                 self.index_insert(&e.original, slot << 1);
                 self.index_insert(&e.reply, slot << 1 | 1);
+                self.push_unassured(slot);
                 self.live += 1;
+                self.stats.created += 1;
+                self.stats.peak = self.stats.peak.max(self.live as u64);
                 Ok(())
             }
         }
@@ -428,20 +561,93 @@ impl FlowTable {
                 removed += 1;
             }
         }
+        self.stats.expired += removed as u64;
         removed
     }
 
-    /// Removes every flow whose original or reply source is `ip` (semantics §8.2: a deleted endpoint).
+    /// Removes every flow whose original or reply source is one of `ips` (semantics §8.2: a deleted
+    /// endpoint, an address a pod lost), in one pass over the table.
+    pub fn flush_ips(&mut self, ips: &[IpAddr]) -> usize {
+        if ips.is_empty() {
+            return 0;
+        }
+        let keys: Vec<([u8; 16], bool)> = ips.iter().map(|ip| (addr_key(*ip), ip.is_ipv4())).collect();
+        let hit = |k: &Key| keys.iter().any(|(a, v4)| k.src == *a && k.v4 == *v4);
+        self.flush_where(|e| hit(&e.original) || hit(&e.reply))
+    }
+
+    /// Removes every flow whose original or reply source is `ip`.
     pub fn flush_ip(&mut self, ip: IpAddr) -> usize {
+        self.flush_ips(&[ip])
+    }
+
+    /// Removes every live entry `gone` says yes to; returns how many.
+    fn flush_where(&mut self, gone: impl Fn(&Entry) -> bool) -> usize {
         let mut removed = 0;
         for slot in 0..self.entries.len() {
             let e = &self.entries[slot];
-            if e.live && (e.original.tuple().src == ip || e.reply.tuple().src == ip) {
+            if e.live && gone(e) {
                 self.remove(slot as u32);
                 removed += 1;
             }
         }
+        self.stats.flushed += removed as u64;
         removed
+    }
+
+    /// Every live flow: its original tuple, the tuple its replies carry, and for listings its state.
+    pub fn entries(&self) -> impl Iterator<Item = FlowView> + '_ {
+        self.entries.iter().filter(|e| e.live).map(|e| FlowView {
+            original: e.original.tuple(),
+            reply: e.reply.tuple(),
+            expires: e.expires,
+            seen_reply: e.seen_reply,
+            tcp: (e.kind == KIND_TCP).then(|| tcp_state(e.tcp)),
+            epoch: e.epoch,
+        })
+    }
+
+    /// Removes every live flow whose view `gone` says yes to (an operator's `conntrack flush`).
+    pub fn flush_matching(&mut self, gone: impl Fn(&FlowView) -> bool) -> usize {
+        let mut removed = 0;
+        for slot in 0..self.entries.len() {
+            let e = &self.entries[slot];
+            if !e.live {
+                continue;
+            }
+            let view = FlowView {
+                original: e.original.tuple(),
+                reply: e.reply.tuple(),
+                expires: e.expires,
+                seen_reply: e.seen_reply,
+                tcp: (e.kind == KIND_TCP).then(|| tcp_state(e.tcp)),
+                epoch: e.epoch,
+            };
+            if gone(&view) {
+                self.remove(slot as u32);
+                removed += 1;
+            }
+        }
+        self.stats.flushed += removed as u64;
+        removed
+    }
+}
+
+/// One flow as a listing shows it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct FlowView {
+    pub original: Tuple,
+    pub reply: Tuple,
+    pub expires: Nanos,
+    pub seen_reply: bool,
+    pub tcp: Option<TcpState>,
+    pub epoch: u32,
+}
+
+fn addr_key(ip: IpAddr) -> [u8; 16] {
+    match ip {
+        IpAddr::V4(a) => a.to_ipv6_mapped().octets(),
+        IpAddr::V6(a) => a.octets(),
     }
 }
 
@@ -499,12 +705,15 @@ mod tests {
     }
 
     #[test]
-    fn full_table_refuses_new_flows_and_keeps_old_ones() {
+    fn a_table_full_of_answered_flows_refuses_new_ones_and_keeps_the_old() {
         let mut t = FlowTable::with_capacity(2);
         for i in 0..2 {
             let p = pkt(1, 2, Protocol::UDP, 1000 + i, 53, 0);
             let l = t.lookup(&p, None, 0);
             t.commit(&p, &l, Tuple::of(&p).reversed(), 1, 0).unwrap();
+            let r = pkt(2, 1, Protocol::UDP, 53, 1000 + i, 0);
+            let l = t.lookup(&r, None, 0);
+            t.commit(&r, &l, Tuple::of(&r).reversed(), 1, 0).unwrap();
         }
         let p = pkt(1, 2, Protocol::UDP, 2000, 53, 0);
         let l = t.lookup(&p, None, 0);
@@ -519,6 +728,7 @@ mod tests {
         Packet { reply: bool, flow: u8, flags: u8 },
         Advance(u64),
         Flush(u8),
+        Sweep(usize),
     }
 
     fn xorshift(s: &mut u64) -> u64 {
@@ -528,32 +738,36 @@ mod tests {
         *s
     }
 
-    // STYLE 6: the same random operations applied to the real table and to the reference model.
-    #[test]
-    fn behaves_like_the_reference_model() {
+    /// Applies random operations to a table of `capacity` and to the reference model with the same
+    /// capacity: every answer (state, next TCP state, admitted or refused, tracked) must be the same.
+    fn run_against_model(capacity: usize, flows: u8, seeds: std::ops::Range<u64>, steps: usize, mix: u64) -> FlowStats {
         let flags = [
             tcp_flags::SYN,
             tcp_flags::SYN | tcp_flags::ACK,
             tcp_flags::ACK,
             tcp_flags::FIN | tcp_flags::ACK,
             tcp_flags::RST,
-            0,
+            tcp_flags::SYN | tcp_flags::FIN,
         ];
-        for seed in 1..200u64 {
+        let timeouts = Timeouts { udp_unreplied: Duration::from_secs(30), ..Timeouts::default() };
+        let mut total = FlowStats::default();
+        for seed in seeds {
             let mut s = seed * 0x9e37_79b9;
-            let mut table = FlowTable::with_capacity(64);
-            let mut model = Flows::default();
+            let mut table = FlowTable::new(capacity, &timeouts);
+            let mut model = Flows::new(Some(capacity), timeouts);
             let mut now = Duration::ZERO;
-            for _ in 0..300 {
-                let op = match xorshift(&mut s) % 10 {
+            for _ in 0..steps {
+                let op = match xorshift(&mut s) % mix {
                     0 => Op::Advance(xorshift(&mut s) % 200),
                     1 => Op::Flush((xorshift(&mut s) % 6) as u8),
+                    2 => Op::Sweep((xorshift(&mut s) % 5) as usize),
                     _ => Op::Packet {
                         reply: xorshift(&mut s) % 3 == 0,
-                        flow: (xorshift(&mut s) % 12) as u8,
+                        flow: (xorshift(&mut s) % flows as u64) as u8,
                         flags: flags[(xorshift(&mut s) % 6) as usize],
                     },
                 };
+                let nanos = now.as_nanos() as u64;
                 match op {
                     Op::Advance(secs) => {
                         now += Duration::from_secs(secs);
@@ -564,29 +778,102 @@ mod tests {
                         table.flush_ip(ip);
                         model.flush_ip(ip);
                     }
+                    // The sweep only removes what the model has already expired: nothing visible changes.
+                    Op::Sweep(budget) => {
+                        table.expire(nanos, budget);
+                    }
                     Op::Packet { reply, flow, flags } => {
                         let proto = [Protocol::TCP, Protocol::UDP, Protocol::ICMP, Protocol(47)][(flow % 4) as usize];
                         let (a, b, sp, dp) = (1 + flow % 3, 4 + flow % 2, 1000 + flow as u16, 80);
-                        let p = if reply { pkt(b, a, proto, dp, sp, flags) } else { pkt(a, b, proto, sp, dp, flags) };
-                        let mut p = p;
+                        let mut p =
+                            if reply { pkt(b, a, proto, dp, sp, flags) } else { pkt(a, b, proto, sp, dp, flags) };
                         if proto == Protocol::ICMP {
                             p.icmp_type = if reply { 0 } else { 8 };
                             p.icmp_id = sp;
                         }
-                        let nanos = now.as_nanos() as u64;
                         let got = table.lookup(&p, None, nanos);
                         let want = model.lookup(&p, None);
                         assert_eq!(got.state, want.state, "seed {seed} {op:?} {p:?}");
                         assert_eq!(got.tcp_next, want.tcp_next, "seed {seed} {op:?}");
                         if got.state != CtState::Invalid {
                             let reply_tuple = Tuple::of(&p).reversed();
-                            let _ = table.commit(&p, &got, reply_tuple, 1, nanos);
-                            model.commit(&p, &want, reply_tuple, now);
+                            let admitted = table.commit(&p, &got, reply_tuple, 1, nanos).is_ok();
+                            let model_admitted = model.commit(&p, &want, reply_tuple, now).is_ok();
+                            assert_eq!(admitted, model_admitted, "seed {seed} {op:?}: admitted");
                         }
                         assert_eq!(table.tracks(&p, nanos), model.tracks(&p), "seed {seed} {op:?}");
+                        assert!(table.len() <= capacity);
                     }
                 }
             }
+            let st = table.stats;
+            total.created += st.created;
+            total.early_dropped += st.early_dropped;
+            total.refused += st.refused;
+            total.expired += st.expired;
+            total.flushed += st.flushed;
         }
+        total
+    }
+
+    // STYLE 6: the same random operations applied to the real table and to the reference model.
+    #[test]
+    fn behaves_like_the_reference_model() {
+        run_against_model(64, 12, 1..200, 300, 12);
+    }
+
+    /// A small table under many flows: it fills, gives up unassured flows first, refuses only when every
+    /// entry is assured, and recovers as entries expire — every step as the model says.
+    #[test]
+    fn a_full_table_behaves_like_the_reference_model() {
+        let st = run_against_model(6, 24, 1..300, 400, 40);
+        assert!(st.early_dropped > 100, "early drops exercised: {st:?}");
+        assert!(st.refused > 10, "refusals exercised: {st:?}");
+        assert!(st.expired > 100, "expiry exercised: {st:?}");
+        assert!(st.flushed > 10, "flushes exercised: {st:?}");
+    }
+
+    #[test]
+    fn a_flood_of_unanswered_flows_cannot_lock_out_a_new_one_and_the_sweep_empties_the_table() {
+        let timeouts = Timeouts::default();
+        let mut t = FlowTable::new(1024, &timeouts);
+        // An answered flow first: it must survive the flood.
+        let kept = pkt(9, 2, Protocol::UDP, 53, 5353, 0);
+        let l = t.lookup(&kept, None, 0);
+        t.commit(&kept, &l, Tuple::of(&kept).reversed(), 1, 0).unwrap();
+        let reply = pkt(2, 9, Protocol::UDP, 5353, 53, 0);
+        let l = t.lookup(&reply, None, 0);
+        t.commit(&reply, &l, Tuple::of(&reply).reversed(), 1, 0).unwrap();
+        for i in 0..100_000u32 {
+            let mut p = pkt(1, 2, Protocol::UDP, (i % 60_000) as u16, 80, 0);
+            p.dst = IpAddr::V4(std::net::Ipv4Addr::from(0x0a00_0000 + (i / 60_000) + 10));
+            let l = t.lookup(&p, None, 0);
+            assert!(t.commit(&p, &l, Tuple::of(&p).reversed(), 1, 0).is_ok(), "flow {i} admitted");
+        }
+        assert_eq!(t.len(), 1024);
+        assert!(t.tracks(&kept, 0), "the answered flow survives the flood");
+        assert_eq!(t.stats.refused, 0);
+        // Past the UDP timeout, the per-round sweep empties the table without any lookup.
+        let later = timeouts.udp_unreplied.as_nanos() as u64 + 1;
+        let mut rounds = 0;
+        while t.len() > 1 && rounds < 1000 {
+            t.expire(later, 64);
+            rounds += 1;
+        }
+        assert_eq!(t.len(), 1, "only the answered flow (120 s) is left after {rounds} sweep rounds");
+        assert_eq!(rounds, 16, "1024 slots at 64 per round");
+    }
+
+    #[test]
+    fn flushing_addresses_removes_both_directions_of_their_flows_in_one_pass() {
+        let mut t = FlowTable::with_capacity(64);
+        for (a, b) in [(1, 2), (3, 1), (4, 5)] {
+            let p = pkt(a, b, Protocol::UDP, 1000, 53, 0);
+            let l = t.lookup(&p, None, 0);
+            t.commit(&p, &l, Tuple::of(&p).reversed(), 1, 0).unwrap();
+        }
+        assert_eq!(t.flush_ips(&[IpAddr::V4(std::net::Ipv4Addr::new(10, 0, 0, 1))]), 2);
+        assert_eq!(t.len(), 1);
+        assert_eq!(t.stats.flushed, 2);
     }
 }

@@ -6,6 +6,7 @@
 //! filter (INPUT / FORWARD / OUTPUT) → commit (conntrack entry, NAT to apply, counters).
 
 use std::net::{IpAddr, SocketAddr};
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 
 use calxdp_policy::compile::{flow_key, Program, ProgramEnd};
@@ -294,6 +295,8 @@ pub struct Packet {
     pub rule_hits: [Option<LogHit>; MAX_RULE_HITS],
     // Working state between stages.
     done: bool,
+    /// Its conntrack entry was already updated (an established packet, at lookup).
+    committed: bool,
     accepted: Option<Decision>,
     lookup: FlowLookup,
     post: PacketHeader,
@@ -315,6 +318,7 @@ impl Packet {
             logs: [None; MAX_LOGS],
             rule_hits: [None; MAX_RULE_HITS],
             done: false,
+            committed: false,
             accepted: None,
             lookup: FlowLookup { state: CtState::New, entry: None, tcp_next: None },
             post: header,
@@ -372,49 +376,139 @@ pub struct Pipeline {
     pub flows: FlowTable,
     pub counters: Counters,
     pub rule_hits: RuleHits,
+    /// The table version whose flushes and settings this pipeline has applied, shared with the slot so
+    /// it keeps flushes until every pipeline has them.
+    applied: Arc<AtomicU64>,
 }
 
+/// Slots of the flow table the sweep looks at per worker round: a whole table of 2^18 entries every
+/// 4096 rounds (well under a second on a busy worker), a few hundred nanoseconds per round.
+pub const SWEEP_BUDGET: usize = 64;
+
 impl Pipeline {
+    /// A pipeline with a flow table of `flow_capacity` entries and the timeouts of the current tables.
     pub fn new(slot: Arc<TableSlot>, flow_capacity: usize) -> Pipeline {
-        Pipeline {
-            slot,
-            flows: FlowTable::with_capacity(flow_capacity),
-            counters: Counters::default(),
-            rule_hits: RuleHits::with_capacity(1 << 15),
+        let applied = slot.register_reader();
+        let flows = FlowTable::new(flow_capacity, &slot.load().world.node.felix.conntrack_timeouts);
+        Pipeline { slot, flows, counters: Counters::default(), rule_hits: RuleHits::with_capacity(1 << 15), applied }
+    }
+
+    /// What a worker does once per round besides frames: takes in a new table version's flushes and
+    /// settings even when no frame comes, and sweeps a step of the flow table.
+    pub fn maintain(&mut self, now: Nanos) {
+        let t = self.slot.load();
+        self.catch_up(&t);
+        self.flows.expire(now, SWEEP_BUDGET);
+    }
+
+    /// Applies what versions newer than the last one seen carry: flushes of removed addresses (with the
+    /// version that removes them, semantics §8.2) and conntrack timeouts.
+    fn catch_up(&mut self, t: &TableSet) {
+        let seen = self.applied.load(Ordering::Relaxed);
+        if t.epoch == seen {
+            return;
         }
+        let mut gone: [Option<IpAddr>; 16] = [None; 16];
+        let mut n = 0;
+        for (_, ip) in t.flushes.iter().filter(|(e, _)| *e > seen) {
+            if n == gone.len() {
+                let ips: Vec<IpAddr> = gone.iter().flatten().copied().collect();
+                self.flows.flush_ips(&ips);
+                n = 0;
+            }
+            gone[n] = Some(*ip);
+            n += 1;
+        }
+        if n > 0 {
+            let ips: Vec<IpAddr> = gone[..n].iter().flatten().copied().collect();
+            self.flows.flush_ips(&ips);
+        }
+        self.flows.set_timeouts(&t.world.node.felix.conntrack_timeouts);
+        self.applied.store(t.epoch, Ordering::Release);
     }
 
     /// Decides a batch. `now` is read once per batch by the caller. Returns the tables the batch was decided
     /// with, so the caller rewrites and reports the batch against that same version (DESIGN.md: every
     /// frame of a batch sees one consistent version).
+    ///
+    /// The result is the same as deciding the packets one at a time in order: stages run over the batch,
+    /// but conntrack is consulted in packet order, an established packet's entry is updated at once, and a
+    /// packet that could depend on an earlier packet of the batch still waiting for its verdict (a new
+    /// flow's second packet, its reply) starts a new window after that packet is committed.
     pub fn process(&mut self, batch: &mut [Packet], now: Nanos) -> arc_swap::Guard<Arc<TableSet>> {
         let guard = self.slot.load();
         let t: &TableSet = &guard;
+        self.catch_up(t);
         for p in batch.iter_mut().filter(|p| !p.done) {
             source_checks(t, p);
         }
         for p in batch.iter_mut().filter(|p| !p.done) {
             untracked_stage(t, p);
         }
-        for p in batch.iter_mut().filter(|p| !p.done) {
-            p.lookup = if p.accepted.is_some() {
-                FlowLookup { state: CtState::Untracked, entry: None, tcp_next: None }
-            } else {
-                self.flows.lookup(&p.header, p.inner, now)
-            };
-            if matches!(p.lookup.state, CtState::Established | CtState::Related) {
-                established(t, &self.flows, p);
+        let mut start = 0;
+        while start < batch.len() {
+            let end = start + self.conntrack_window(t, &mut batch[start..], now);
+            let window = &mut batch[start..end];
+            for p in window.iter_mut().filter(|p| !p.done) {
+                prednat_stage(t, p);
+            }
+            for p in window.iter_mut().filter(|p| !p.done) {
+                service_nat(t, p);
+            }
+            for p in window.iter_mut().filter(|p| !p.done) {
+                filter_stage(t, p);
+            }
+            self.commit(t, window, now);
+            start = end;
+        }
+        guard
+    }
+
+    /// Looks packets up in order until one depends on an earlier packet of the window whose verdict is
+    /// still open; returns how many packets the window holds (at least one).
+    fn conntrack_window(&mut self, t: &TableSet, batch: &mut [Packet], now: Nanos) -> usize {
+        // The client ports of new flows looked up in this window, with their protocol: a later packet
+        // carrying one of them (the flow's next packet, its reply even through NAT, an ICMP error quoting
+        // it) waits for the next window.
+        let mut open: [(u8, u16); 64] = [(0, 0); 64];
+        let mut n_open = 0;
+        for (i, p) in batch.iter_mut().enumerate() {
+            if p.done {
+                continue;
+            }
+            if p.accepted.is_some() {
+                p.lookup = FlowLookup { state: CtState::Untracked, entry: None, tcp_next: None };
+                continue;
+            }
+            if n_open > 0 && depends_on(p, &open[..n_open]) {
+                return i;
+            }
+            p.lookup = self.flows.lookup(&p.header, p.inner, now);
+            match p.lookup.state {
+                CtState::Established | CtState::Related => {
+                    established(t, &self.flows, p);
+                    // Its verdict is settled: its entry moves on now, as the kernel's does on arrival.
+                    if let Some(_entry) = p.lookup.entry {
+                        let reply = Tuple::of(&p.header).reversed();
+                        let _ = self.flows.commit(&p.header, &p.lookup, reply, t.epoch as u32, now);
+                        p.committed = true;
+                    }
+                }
+                CtState::New => {
+                    if n_open == open.len() {
+                        return i.max(1);
+                    }
+                    open[n_open] = (p.header.protocol.0, client_port(p));
+                    n_open += 1;
+                }
+                CtState::Invalid | CtState::Untracked => {}
             }
         }
-        for p in batch.iter_mut().filter(|p| !p.done) {
-            prednat_stage(t, p);
-        }
-        for p in batch.iter_mut().filter(|p| !p.done) {
-            service_nat(t, p);
-        }
-        for p in batch.iter_mut().filter(|p| !p.done) {
-            filter_stage(t, p);
-        }
+        batch.len()
+    }
+
+    /// Records the window's allowed packets in conntrack, and counts every packet.
+    fn commit(&mut self, t: &TableSet, batch: &mut [Packet], now: Nanos) {
         let epoch = t.epoch as u32;
         let (uplinks, workloads) = (t.world.node.uplinks.len(), t.world.node.workloads.len());
         let ports = uplinks + workloads + 1;
@@ -426,7 +520,7 @@ impl Pipeline {
         for p in batch.iter_mut() {
             self.counters.packets += 1;
             self.counters.rx[Counters::port_slot(p.port, uplinks, workloads).min(ports - 1)] += 1;
-            if p.verdict == Verdict::Allow {
+            if p.verdict == Verdict::Allow && !p.committed {
                 let lookup = p.lookup;
                 // Untracked packets (a doNotTrack allow) never get an entry; everything else allowed does.
                 let track = matches!(lookup.state, CtState::New | CtState::Established | CtState::Related);
@@ -463,7 +557,6 @@ impl Pipeline {
                 }
             }
         }
-        guard
     }
 
     /// An allowed packet that the rewrite could not send on (its TTL ran out): counted as that drop.
@@ -475,6 +568,29 @@ impl Pipeline {
     pub fn tables(&self) -> arc_swap::Guard<Arc<TableSet>> {
         self.slot.load()
     }
+}
+
+/// The port that identifies a new flow's client: its source port (an ICMP echo's identifier).
+fn client_port(p: &Packet) -> u16 {
+    if p.header.has_ports() {
+        p.header.src_port
+    } else {
+        p.header.icmp_id
+    }
+}
+
+/// Whether packet `p` could be decided differently once the new flows in `open` are committed: it carries
+/// one of their client ports (as its source or destination port, or in the flow an ICMP error quotes).
+/// Some packets that do not depend on them match too; they only start a new window early.
+fn depends_on(p: &Packet, open: &[(u8, u16)]) -> bool {
+    let proto = p.header.protocol.0;
+    let carries = |proto: u8, a: u16, b: u16| open.iter().any(|&(op, port)| op == proto && (port == a || port == b));
+    let own = if p.header.has_ports() {
+        carries(proto, p.header.src_port, p.header.dst_port)
+    } else {
+        carries(proto, p.header.icmp_id, p.header.icmp_id)
+    };
+    own || p.inner.is_some_and(|i| carries(i.protocol.0, i.src_port, i.dst_port))
 }
 
 /// Strict reverse-path check for pods (semantics §7.1 (R) 3).

@@ -5,7 +5,9 @@
 //! until no worker holds it any more, and frees it itself: a worker never runs a table's destructor on the
 //! hot path.
 
-use std::sync::{Arc, Mutex};
+use std::net::IpAddr;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, Weak};
 
 use arc_swap::ArcSwap;
 
@@ -29,6 +31,9 @@ pub struct TableSet {
     /// Unique in the process, across every slot (epochs restart with each publisher): what memos of
     /// this version's answers are keyed by (`walk_cache`).
     pub generation: u64,
+    /// Addresses whose flows are flushed, with the epoch that removed them (semantics §8.2): every
+    /// publication since the slowest reader last caught up, so a reader that skipped versions misses none.
+    pub flushes: Vec<(u64, IpAddr)>,
 }
 
 static GENERATIONS: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(1);
@@ -38,7 +43,7 @@ impl TableSet {
         let ports = PortMap::new(&world);
         let service_ends = crate::owner::ServiceEnds::new(&world.node);
         let generation = GENERATIONS.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-        TableSet { epoch, world, compiled, ports, service_ends, generation }
+        TableSet { epoch, world, compiled, ports, service_ends, generation, flushes: Vec::new() }
     }
 }
 
@@ -48,11 +53,31 @@ pub struct TableSlot {
     current: ArcSwap<TableSet>,
     /// Replaced versions a worker may still hold; only the publishing thread touches this.
     retired: Mutex<Vec<Arc<TableSet>>>,
+    /// Flushes not yet applied by every reader, and each reader's last applied epoch.
+    flushes: Mutex<FlushLog>,
+}
+
+#[derive(Debug, Default)]
+struct FlushLog {
+    pending: Vec<(u64, IpAddr)>,
+    readers: Vec<Weak<AtomicU64>>,
 }
 
 impl TableSlot {
     pub fn new(first: TableSet) -> TableSlot {
-        TableSlot { current: ArcSwap::from_pointee(first), retired: Mutex::new(Vec::new()) }
+        TableSlot {
+            current: ArcSwap::from_pointee(first),
+            retired: Mutex::new(Vec::new()),
+            flushes: Mutex::new(FlushLog::default()),
+        }
+    }
+
+    /// A reader that applies flushes (a worker's pipeline) registers the epoch it has caught up to; a flush
+    /// is kept in later versions until every registered reader has passed it.
+    pub fn register_reader(&self) -> Arc<AtomicU64> {
+        let ack = Arc::new(AtomicU64::new(self.epoch()));
+        lock(&self.flushes).readers.push(Arc::downgrade(&ack));
+        ack
     }
 
     /// The current tables, for one batch. Lock-free.
@@ -72,26 +97,43 @@ impl TableSlot {
 
     /// Publishes `next` (control thread only), then frees replaced versions nobody holds any more.
     pub fn publish(&self, next: TableSet) {
+        self.publish_with_flushes(next, &[]);
+    }
+
+    /// Publishes `next` together with the addresses whose flows every reader must flush when it takes it.
+    pub fn publish_with_flushes(&self, mut next: TableSet, flush: &[IpAddr]) {
+        {
+            let mut log = lock(&self.flushes);
+            log.readers.retain(|r| r.strong_count() > 0);
+            let slowest = log.readers.iter().filter_map(Weak::upgrade).map(|a| a.load(Ordering::Acquire)).min();
+            match slowest {
+                Some(e) => log.pending.retain(|(epoch, _)| *epoch > e),
+                None => log.pending.clear(),
+            }
+            log.pending.extend(flush.iter().map(|ip| (next.epoch, *ip)));
+            next.flushes = log.pending.clone();
+        }
         let old = self.current.swap(Arc::new(next));
-        let mut retired = match self.retired.lock() {
-            Ok(r) => r,
-            Err(poisoned) => poisoned.into_inner(),
-        };
+        let mut retired = lock(&self.retired);
         retired.push(old);
         Self::reap(&mut retired);
     }
 
     /// Frees the retired versions only the slot still holds. Returns how many are still in use.
     pub fn collect(&self) -> usize {
-        let mut retired = match self.retired.lock() {
-            Ok(r) => r,
-            Err(poisoned) => poisoned.into_inner(),
-        };
+        let mut retired = lock(&self.retired);
         Self::reap(&mut retired);
         retired.len()
     }
 
     fn reap(retired: &mut Vec<Arc<TableSet>>) {
         retired.retain(|t| Arc::strong_count(t) > 1);
+    }
+}
+
+fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    match m.lock() {
+        Ok(g) => g,
+        Err(poisoned) => poisoned.into_inner(),
     }
 }

@@ -135,10 +135,22 @@ pub fn icmpv6_untracked(icmp_type: u8) -> bool {
     matches!(icmp_type, 130..=136 | 143 | 151 | 152)
 }
 
+/// Whether a TCP flag combination is one Linux conntrack accepts at all (`tcp_valid_flags` in
+/// nf_conntrack_proto_tcp.c, with PSH, ECE and CWR ignored): SYN, SYN+ACK, RST, RST+ACK, FIN+ACK, ACK,
+/// each optionally with URG. Anything else (SYN+FIN, SYN+RST, a bare FIN, no flags, ...) is INVALID.
+pub fn tcp_flags_valid(flags: u8) -> bool {
+    use tcp_flags::{ACK, FIN, RST, SYN, URG};
+    let f = flags & (FIN | SYN | RST | ACK | URG);
+    [SYN, SYN | URG, SYN | ACK, RST, RST | ACK, FIN | ACK, FIN | ACK | URG, ACK, ACK | URG].contains(&f)
+}
+
 /// The next state of a TCP flow. `state` is `None` for a packet with no entry; with `nf_conntrack_tcp_loose`
 /// (the default) a first-seen plain ACK is picked up as ESTABLISHED, a first-seen SYN-ACK, FIN or RST is
-/// INVALID (semantics §8.3).
+/// INVALID (semantics §8.3). A flag combination Linux never accepts is INVALID in every state.
 pub fn tcp_step(state: Option<TcpState>, dir: FlowDir, flags: u8) -> TcpStep {
+    if !tcp_flags_valid(flags) {
+        return TcpStep::Invalid;
+    }
     let d = match dir {
         FlowDir::Original => 0,
         FlowDir::Reply => 1,
@@ -243,6 +255,17 @@ mod tests {
         }
         // A new SYN reopens a TIME_WAIT flow (RFC 1122).
         assert_eq!(tcp_step(Some(TimeWait), FlowDir::Original, SYN), TcpStep::To(SynSent));
+    }
+
+    #[test]
+    fn flag_combinations_linux_refuses_are_invalid_in_every_state() {
+        for bad in [SYN | FIN, SYN | RST, FIN, 0, SYN | FIN | ACK, RST | FIN | ACK] {
+            assert_eq!(tcp_step(None, FlowDir::Original, bad), TcpStep::Invalid, "{bad:#x}");
+            assert_eq!(tcp_step(Some(Established), FlowDir::Original, bad), TcpStep::Invalid, "{bad:#x}");
+        }
+        let psh = crate::packet::tcp_flags::PSH;
+        assert_eq!(tcp_step(Some(Established), FlowDir::Original, ACK | psh), TcpStep::To(Established));
+        assert_eq!(tcp_step(None, FlowDir::Original, SYN | 0x40 | 0x80), TcpStep::To(SynSent));
     }
 
     #[test]

@@ -5,6 +5,7 @@
 use std::collections::BTreeMap;
 use std::net::{IpAddr, SocketAddr};
 
+use crate::conntrack::Timeouts;
 use crate::net::IpNet;
 use crate::resource::parse_named_port;
 use crate::resource::{Labels, NamedPort, Protocol};
@@ -135,7 +136,15 @@ pub struct FelixConfig {
     pub log_rate_limit: Option<String>,
     /// `LogActionRateLimitBurst` (Felix's default 5).
     pub log_rate_burst: Option<u64>,
+    /// Conntrack entries the node holds in all (Felix's `BPFMapSizeConntrack`; split evenly between the
+    /// workers, each of which owns its flows).
+    pub conntrack_capacity: usize,
+    /// Conntrack timeouts (Felix's `BPFConntrackTimeouts`, with the kernel's finer states as defaults).
+    pub conntrack_timeouts: Timeouts,
 }
+
+/// Felix's default `BPFMapSizeConntrack`.
+pub const DEFAULT_CONNTRACK_CAPACITY: usize = 512_000;
 
 impl Default for FelixConfig {
     fn default() -> FelixConfig {
@@ -170,6 +179,8 @@ impl Default for FelixConfig {
             log_prefix: "calico-packet".into(),
             log_rate_limit: None,
             log_rate_burst: None,
+            conntrack_capacity: DEFAULT_CONNTRACK_CAPACITY,
+            conntrack_timeouts: Timeouts::default(),
         }
     }
 }
@@ -216,28 +227,76 @@ impl NodeConfig {
     }
 
     fn validate(&self, f: Field<'_>) -> Result<(), LoadError> {
+        self.check().map_err(|m| f.error(m))
+    }
+
+    /// The node's own consistency: names and interfaces used once.
+    pub fn check(&self) -> Result<(), String> {
         let mut names: BTreeMap<&str, &str> = BTreeMap::new();
         for u in &self.uplinks {
             if names.insert(&u.name, "interface").is_some() {
-                return Err(f.error(format!("interface name '{}' is used twice", u.name)));
+                return Err(format!("interface name '{}' is used twice", u.name));
             }
         }
         for w in &self.workloads {
             if names.insert(&w.name, "workload").is_some() || w.name == "host" {
-                return Err(f.error(format!(
+                return Err(format!(
                     "workload name '{}' is already used by an interface, a workload or 'host'",
                     w.name
-                )));
+                ));
             }
             if let Some(i) = &w.interface {
                 if self.uplinks.iter().any(|u| &u.name == i)
                     || self.workloads.iter().filter(|o| o.interface.as_ref() == Some(i)).count() > 1
                 {
-                    return Err(f.error(format!("workload interface '{i}' is used twice")));
+                    return Err(format!("workload interface '{i}' is used twice"));
                 }
             }
         }
         Ok(())
+    }
+
+    /// Adds a workload, or replaces the one with its namespace and name (local or remote, by whether it
+    /// has an interface). A pod that moves between this node and another changes list.
+    pub fn upsert_workload(&mut self, w: Workload) {
+        let same = |o: &Workload| o.name == w.name && o.namespace == w.namespace;
+        let local = w.interface.is_some();
+        if local {
+            self.remote_endpoints.retain(|o| !same(o));
+            match self.workloads.iter_mut().find(|o| same(o)) {
+                Some(slot) => *slot = w,
+                None => self.workloads.push(w),
+            }
+        } else {
+            self.workloads.retain(|o| !same(o));
+            match self.remote_endpoints.iter_mut().find(|o| same(o)) {
+                Some(slot) => *slot = w,
+                None => self.remote_endpoints.push(w),
+            }
+        }
+    }
+
+    /// Removes the workload (local or remote) of that namespace and name; false if there is none.
+    pub fn remove_workload(&mut self, namespace: &str, name: &str) -> bool {
+        let before = self.workloads.len() + self.remote_endpoints.len();
+        self.workloads.retain(|o| !(o.name == name && o.namespace == namespace));
+        self.remote_endpoints.retain(|o| !(o.name == name && o.namespace == namespace));
+        before != self.workloads.len() + self.remote_endpoints.len()
+    }
+
+    /// Adds a namespace or replaces its labels.
+    pub fn upsert_namespace(&mut self, ns: Namespace) {
+        match self.namespaces.iter_mut().find(|o| o.name == ns.name) {
+            Some(slot) => *slot = ns,
+            None => self.namespaces.push(ns),
+        }
+    }
+
+    /// Removes a declared namespace (its pods stay; it keeps existing, unlabelled, while pods name it).
+    pub fn remove_namespace(&mut self, name: &str) -> bool {
+        let before = self.namespaces.len();
+        self.namespaces.retain(|o| o.name != name);
+        before != self.namespaces.len()
     }
 
     /// Whether `ip` is one of the host's own addresses.
@@ -284,6 +343,22 @@ impl NodeConfig {
     }
 }
 
+/// The addresses a local workload of `old` had that no local workload of `new` has with the same identity
+/// (namespace/name): those of deleted pods and the addresses a pod lost. Their flows are flushed (semantics
+/// §8.2).
+pub fn removed_workload_addresses(old: &NodeConfig, new: &NodeConfig) -> Vec<IpAddr> {
+    let mut out = Vec::new();
+    for w in &old.workloads {
+        let kept = new.workloads.iter().find(|n| n.name == w.name && n.namespace == w.namespace);
+        for ip in &w.ips {
+            if !kept.is_some_and(|n| n.ips.contains(ip)) && !out.contains(ip) {
+                out.push(*ip);
+            }
+        }
+    }
+    out
+}
+
 fn parse_uplink(f: Field<'_>) -> Result<Uplink, LoadError> {
     f.only_keys(&["name", "ips", "gateway", "mac", "gatewayMac"])?;
     let name = f.require("name", |n| n.string())?;
@@ -316,11 +391,19 @@ fn parse_ip(f: Field<'_>) -> Result<IpAddr, LoadError> {
     bare.parse().map_err(|_| f.error(format!("'{text}' is not an IP address")))
 }
 
-fn parse_namespace(f: Field<'_>) -> Result<Namespace, LoadError> {
+/// A namespace as the node file (or a scenario's `namespace:` step) writes it.
+pub fn parse_namespace(f: Field<'_>) -> Result<Namespace, LoadError> {
     f.only_keys(&["name", "labels"])?;
     let name = f.require("name", |n| n.string())?;
     let labels = f.with("labels", |l| l.map(|l| l.string_map()).transpose())?.unwrap_or_default();
     Ok(Namespace { name, labels })
+}
+
+/// A workload as a scenario's `workload:` step writes it: with `interface` a pod on this node, without one a
+/// pod elsewhere in the cluster.
+pub fn parse_any_workload(f: Field<'_>) -> Result<Workload, LoadError> {
+    let local = f.with("interface", |i| Ok(i.is_some()))?;
+    parse_workload(f, local)
 }
 
 fn parse_workload(f: Field<'_>, local: bool) -> Result<Workload, LoadError> {
@@ -389,6 +472,8 @@ fn parse_felix(f: Field<'_>) -> Result<FelixConfig, LoadError> {
         "logPrefix",
         "logActionRateLimit",
         "logActionRateLimitBurst",
+        "bpfMapSizeConntrack",
+        "bpfConntrackTimeouts",
     ];
     known.extend_from_slice(KNOWN_INERT_FELIX_KEYS);
     f.only_keys(&known)?;
@@ -427,7 +512,97 @@ fn parse_felix(f: Field<'_>) -> Result<FelixConfig, LoadError> {
     }
     c.log_rate_limit = f.with("logActionRateLimit", |p| p.map(|p| p.string()).transpose())?;
     c.log_rate_burst = f.with("logActionRateLimitBurst", |p| p.map(|p| p.uint(9999)).transpose())?;
+    if let Some(n) = f.with("bpfMapSizeConntrack", |p| p.map(|p| p.uint(1 << 26)).transpose())? {
+        if n == 0 {
+            return Err(f.error("bpfMapSizeConntrack must be at least 1"));
+        }
+        c.conntrack_capacity = n as usize;
+    }
+    if let Some(t) = f.with("bpfConntrackTimeouts", |t| t.map(parse_conntrack_timeouts).transpose())? {
+        c.conntrack_timeouts = t;
+    }
     Ok(c)
+}
+
+/// `BPFConntrackTimeouts` as FelixConfiguration writes it: a map of Felix's keys to Go durations (or
+/// `Auto`, the default), or the env-var string form `TCPEstablished=1h,UDPTimeout=60s`. Felix's keys
+/// set the kernel states they stand for: TCPSynSent (SYN_SENT, SYN_RECV), TCPEstablished, TCPFinsSeen
+/// (FIN_WAIT, CLOSE_WAIT, LAST_ACK, TIME_WAIT), TCPResetSeen (CLOSE), UDPTimeout (UDP without a reply),
+/// ICMPTimeout, GenericTimeout. calxdp adds UDPStreamTimeout (UDP that has seen replies, the kernel's
+/// `nf_conntrack_udp_timeout_stream`). CreationGracePeriod has no meaning here and is accepted.
+fn parse_conntrack_timeouts(f: Field<'_>) -> Result<Timeouts, LoadError> {
+    let pairs: Vec<(String, String)> = match f.str() {
+        Ok(text) => text
+            .split(',')
+            .filter(|p| !p.trim().is_empty())
+            .map(|p| match p.split_once('=') {
+                Some((k, v)) => Ok((k.trim().to_string(), v.trim().to_string())),
+                None => Err(f.error(format!("'{p}' is not Key=duration"))),
+            })
+            .collect::<Result<_, _>>()?,
+        Err(_) => f.string_map()?.into_iter().collect(),
+    };
+    let mut t = Timeouts::default();
+    for (key, value) in pairs {
+        if value.eq_ignore_ascii_case("auto") {
+            continue;
+        }
+        let d = parse_go_duration(&value)
+            .ok_or_else(|| f.error(format!("{key}: '{value}' is not a duration (e.g. 30s, 10m, 1h30m) or Auto")))?;
+        match key.as_str() {
+            "TCPSynSent" => {
+                t.tcp_syn_sent = d;
+                t.tcp_syn_recv = d;
+            }
+            "TCPEstablished" => t.tcp_established = d,
+            "TCPFinsSeen" => {
+                t.tcp_fin_wait = d;
+                t.tcp_close_wait = d;
+                t.tcp_last_ack = d;
+                t.tcp_time_wait = d;
+            }
+            "TCPResetSeen" => t.tcp_close = d,
+            "UDPTimeout" => t.udp_unreplied = d,
+            "UDPStreamTimeout" => t.udp_replied = d,
+            "ICMPTimeout" => t.icmp = d,
+            "GenericTimeout" => t.generic = d,
+            "CreationGracePeriod" => {}
+            other => {
+                return Err(f.error(format!(
+                    "unknown conntrack timeout '{other}' (expected TCPSynSent, TCPEstablished, TCPFinsSeen, \
+                     TCPResetSeen, UDPTimeout, UDPStreamTimeout, ICMPTimeout, GenericTimeout, CreationGracePeriod)"
+                )))
+            }
+        }
+    }
+    Ok(t)
+}
+
+/// A Go duration as Felix's configuration writes them: `300ms`, `30s`, `10m`, `1h30m`; no sign.
+pub fn parse_go_duration(text: &str) -> Option<std::time::Duration> {
+    let mut rest = text.trim();
+    if rest.is_empty() {
+        return None;
+    }
+    let mut total = 0f64;
+    while !rest.is_empty() {
+        let num_end = rest.find(|c: char| !(c.is_ascii_digit() || c == '.'))?;
+        let value: f64 = rest[..num_end].parse().ok()?;
+        rest = &rest[num_end..];
+        let unit_end = rest.find(|c: char| c.is_ascii_digit() || c == '.').unwrap_or(rest.len());
+        let scale = match &rest[..unit_end] {
+            "ns" => 1e-9,
+            "us" | "µs" => 1e-6,
+            "ms" => 1e-3,
+            "s" => 1.0,
+            "m" => 60.0,
+            "h" => 3600.0,
+            _ => return None,
+        };
+        total += value * scale;
+        rest = &rest[unit_end..];
+    }
+    Some(std::time::Duration::from_secs_f64(total))
 }
 
 /// A failsafe list as FelixConfiguration writes it: `[{protocol, port, net}]`; `[]` disables

@@ -105,7 +105,6 @@ impl LiveLevel {
             host_addresses: false,
             tap: TAP.into(),
             xsk: calxdp_dataplane::xsk::socket::XskConfig { frames: 512, frame_size: 2048, ring_size: 256 },
-            flow_capacity: 65_536,
             log_rules: false,
             ..LiveOptions::default()
         };
@@ -249,6 +248,10 @@ impl Dataplane for LiveLevel {
 
     fn advance(&mut self, by: Duration) {
         self.live().clock.advance(by);
+    }
+
+    fn set_node(&mut self, _node: &NodeConfig) -> Result<(), String> {
+        Err("the live level does not change workloads yet".into())
     }
 }
 

@@ -58,6 +58,9 @@ pub trait Dataplane {
     fn apply(&mut self, resources: &ResourceSet) -> Result<(), String>;
     fn process(&mut self, at: &Attach, pkt: &PacketHeader, inner: Option<Tuple>) -> Result<Outcome, String>;
     fn advance(&mut self, by: Duration);
+    /// Puts a changed node in force (workloads and namespaces come and go); the flows of addresses no
+    /// local workload has any more are flushed. An error leaves the previous node in force.
+    fn set_node(&mut self, node: &NodeConfig) -> Result<(), String>;
 }
 
 /// The reference level (interpreted walks) and the compiled level (compiled programs) share the node model.
@@ -72,6 +75,10 @@ impl<W: PolicyWalker> Dataplane for NodeModel<W> {
 
     fn advance(&mut self, by: Duration) {
         NodeModel::advance(self, by)
+    }
+
+    fn set_node(&mut self, node: &NodeConfig) -> Result<(), String> {
+        NodeModel::set_node(self, node.clone())
     }
 }
 
@@ -230,6 +237,12 @@ pub fn run_scenario(s: &Scenario, level: Level, report: &mut String) -> Tally {
                 }
             }
             Step::Advance { by, .. } => dp.advance(*by),
+            Step::Node { line, what, node } => {
+                if let Err(e) = dp.set_node(node) {
+                    t.failed += 1;
+                    let _ = writeln!(report, "FAIL {}:{line}: {}: {what}: {e}", s.file, s.name);
+                }
+            }
             Step::Packet(p) => match dp.process(&p.attach, &p.header, p.inner) {
                 Err(e) => {
                     t.failed += 1;

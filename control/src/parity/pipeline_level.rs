@@ -32,7 +32,7 @@ pub struct PipelineNode {
 impl PipelineNode {
     pub fn new(node: &NodeConfig, resources: &ResourceSet) -> PipelineNode {
         let publisher = TablePublisher::new(node.clone(), resources.clone());
-        let pipeline = Pipeline::new(publisher.slot(), 65_536);
+        let pipeline = Pipeline::new(publisher.slot(), node.felix.conntrack_capacity);
         PipelineNode { publisher, pipeline, node: node.clone(), now: 0 }
     }
 
@@ -92,6 +92,14 @@ impl Dataplane for PipelineNode {
 
     fn advance(&mut self, by: Duration) {
         self.now += by.as_nanos() as Nanos;
+    }
+
+    fn set_node(&mut self, node: &NodeConfig) -> Result<(), String> {
+        // The flushes travel with the tables that remove the addresses; the pipeline takes them with its
+        // next frame.
+        self.publisher.set_node(node.clone()).map_err(|e| e.to_string())?;
+        self.node = node.clone();
+        Ok(())
     }
 }
 

@@ -32,9 +32,25 @@ pub struct Scenario {
 #[derive(Debug)]
 pub enum Step {
     Packet(PacketStep),
-    Apply { line: usize, docs: Vec<ResourceDoc> },
-    Delete { line: usize, key: ResourceKey },
-    Advance { line: usize, by: Duration },
+    Apply {
+        line: usize,
+        docs: Vec<ResourceDoc>,
+    },
+    Delete {
+        line: usize,
+        key: ResourceKey,
+    },
+    Advance {
+        line: usize,
+        by: Duration,
+    },
+    /// The node changes: a workload added, replaced or deleted, a namespace added or relabelled. The
+    /// node as it is after the step.
+    Node {
+        line: usize,
+        what: String,
+        node: Box<NodeConfig>,
+    },
 }
 
 /// A frame arriving somewhere, and what Linux Calico does with it.
@@ -108,8 +124,10 @@ pub fn parse_scenario(text: &str, file: &str) -> Result<ScenarioFile, LoadError>
         Some(r) => load_block(text, r),
         None => Ok(Vec::new()),
     })?;
+    // Steps may change the node; each step is read against the node as the steps before it left it.
+    let mut current = node.clone();
     let steps = root.with("steps", |s| match s {
-        Some(s) => s.each(|st| parse_step(text, st, &node)),
+        Some(s) => s.each(|st| parse_step(text, st, &mut current)),
         None => Ok(Vec::new()),
     })?;
     Ok(ScenarioFile::Scenario(Box::new(Scenario { name, file: file.into(), node, resources, steps })))
@@ -154,8 +172,47 @@ fn parse_selector_case(f: Field<'_>) -> Result<SelectorCase, LoadError> {
     Ok(SelectorCase { line: f.pos().line, selector, labels, expect })
 }
 
-fn parse_step(file_text: &str, f: Field<'_>, node: &NodeConfig) -> Result<Step, LoadError> {
+fn parse_step(file_text: &str, f: Field<'_>, node: &mut NodeConfig) -> Result<Step, LoadError> {
     let line = f.pos().line;
+    if f.with("workload", |w| Ok(w.is_some()))? {
+        f.only_keys(&["workload", "name"])?;
+        let w = f.require("workload", calxdp_policy::node::parse_any_workload)?;
+        let what = format!("workload {}/{}", w.namespace, w.name);
+        let mut next = node.clone();
+        next.upsert_workload(w);
+        next.check().map_err(|m| f.error(m))?;
+        *node = next;
+        return Ok(Step::Node { line, what, node: Box::new(node.clone()) });
+    }
+    if f.with("namespace", |n| Ok(n.is_some()))? {
+        f.only_keys(&["namespace", "name"])?;
+        let ns = f.require("namespace", calxdp_policy::node::parse_namespace)?;
+        let what = format!("namespace {}", ns.name);
+        node.upsert_namespace(ns);
+        return Ok(Step::Node { line, what, node: Box::new(node.clone()) });
+    }
+    if let Some(text) = f.with("delete", |d| d.map(|d| d.string()).transpose())? {
+        let parts: Vec<&str> = text.split('/').collect();
+        let removed = match parts.as_slice() {
+            [kind, ns, name]
+                if kind.eq_ignore_ascii_case("Workload") || kind.eq_ignore_ascii_case("WorkloadEndpoint") =>
+            {
+                Some(node.remove_workload(ns, name))
+            }
+            [kind, name] if kind.eq_ignore_ascii_case("Namespace") => Some(node.remove_namespace(name)),
+            _ => None,
+        };
+        match removed {
+            Some(true) => {
+                f.only_keys(&["delete", "name"])?;
+                return Ok(Step::Node { line, what: format!("delete {text}"), node: Box::new(node.clone()) });
+            }
+            Some(false) => {
+                return Err(f.error(format!("delete {text}: the node has no such workload or namespace at this step")))
+            }
+            None => {}
+        }
+    }
     if f.with("apply", |a| Ok(a.is_some()))? {
         f.only_keys(&["apply", "name"])?;
         let docs = f.require("apply", |a| load_block(file_text, a))?;
@@ -179,7 +236,7 @@ fn parse_step(file_text: &str, f: Field<'_>, node: &NodeConfig) -> Result<Step, 
         })?;
         return Ok(Step::Advance { line, by });
     }
-    parse_packet_step(f, node).map(Step::Packet)
+    parse_packet_step(f, &*node).map(Step::Packet)
 }
 
 /// `130s`, `5m`, `2h`, `500ms`, `1d`, or a bare number of seconds.
@@ -200,6 +257,7 @@ pub fn parse_duration(text: &str) -> Option<Duration> {
 }
 
 fn parse_packet_step(f: Field<'_>, node: &NodeConfig) -> Result<PacketStep, LoadError> {
+    // (`node` is the node as the earlier steps left it.)
     f.only_keys(&[
         "name",
         "in",

@@ -57,6 +57,17 @@ pub struct Entry {
     pub kind: FlowKind,
     pub seen_reply: bool,
     pub expires: Duration,
+    /// When the entry last became unassured (created, or a closed TCP flow reopened): the oldest
+    /// unassured entry is the one a full table gives up first.
+    pub unassured_since: u64,
+}
+
+impl Entry {
+    /// Linux's IPS_ASSURED, simplified: a TCP or UDP flow that has seen a reply. ICMP and other protocols
+    /// never are; a full table gives up unassured entries first.
+    pub fn assured(&self) -> bool {
+        self.seen_reply && matches!(self.kind, FlowKind::Tcp(_) | FlowKind::Udp)
+    }
 }
 
 /// Where a packet stands in the table.
@@ -73,7 +84,14 @@ pub struct Lookup {
 pub struct Flows {
     pub entries: Vec<Entry>,
     pub timeouts: Timeouts,
+    /// Most entries the table holds; `None` for no bound.
+    pub capacity: Option<usize>,
+    sequence: u64,
 }
+
+/// A new flow the table had no room for: every entry is live and has seen a reply.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct TableFull;
 
 /// ICMP types that may start a tracked flow (requests).
 fn icmp_request(pkt: &PacketHeader) -> bool {
@@ -90,6 +108,10 @@ fn icmpv6_untracked(pkt: &PacketHeader) -> bool {
 }
 
 impl Flows {
+    pub fn new(capacity: Option<usize>, timeouts: Timeouts) -> Flows {
+        Flows { entries: Vec::new(), timeouts, capacity, sequence: 0 }
+    }
+
     pub fn expire(&mut self, now: Duration) {
         self.entries.retain(|e| e.expires > now);
     }
@@ -154,15 +176,26 @@ impl Flows {
     }
 
     /// Records an allowed packet: updates its entry, or creates one for a new flow whose replies carry
-    /// `reply` (the reversed tuple after NAT).
-    pub fn commit(&mut self, pkt: &PacketHeader, lookup: &Lookup, reply: Tuple, now: Duration) {
+    /// `reply` (the reversed tuple after NAT). A full table first gives up its oldest entry that never saw
+    /// a reply (Linux's early drop); with none, the new flow is refused (expired entries are gone already:
+    /// callers expire before each packet).
+    pub fn commit(
+        &mut self,
+        pkt: &PacketHeader,
+        lookup: &Lookup,
+        reply: Tuple,
+        now: Duration,
+    ) -> Result<(), TableFull> {
         match lookup.entry {
             Some((i, dir)) => {
                 let reopened = matches!(lookup.tcp_next, Some(TcpState::SynSent))
                     && matches!(self.entries[i].kind, FlowKind::Tcp(TcpState::TimeWait | TcpState::Close));
+                self.sequence += 1;
+                let sequence = self.sequence;
                 let e = &mut self.entries[i];
                 if reopened {
                     e.seen_reply = false;
+                    e.unassured_since = sequence;
                 }
                 if dir == FlowDir::Reply {
                     e.seen_reply = true;
@@ -171,10 +204,22 @@ impl Flows {
                     e.kind = FlowKind::Tcp(next);
                 }
                 e.expires = now + timeout(&self.timeouts, e);
+                Ok(())
             }
             None => {
                 if lookup.state != CtState::New {
-                    return;
+                    return Ok(());
+                }
+                if self.capacity.is_some_and(|c| self.entries.len() >= c) {
+                    let victim = self
+                        .entries
+                        .iter()
+                        .enumerate()
+                        .filter(|(_, e)| !e.assured())
+                        .min_by_key(|(_, e)| e.unassured_since)
+                        .map(|(i, _)| i)
+                        .ok_or(TableFull)?;
+                    self.entries.remove(victim);
                 }
                 let kind = match pkt.protocol {
                     Protocol::TCP => FlowKind::Tcp(lookup.tcp_next.unwrap_or(TcpState::SynSent)),
@@ -182,9 +227,18 @@ impl Flows {
                     Protocol::ICMP | Protocol::ICMPV6 => FlowKind::Icmp,
                     _ => FlowKind::Other,
                 };
-                let mut e = Entry { original: Tuple::of(pkt), reply, kind, seen_reply: false, expires: now };
+                self.sequence += 1;
+                let mut e = Entry {
+                    original: Tuple::of(pkt),
+                    reply,
+                    kind,
+                    seen_reply: false,
+                    expires: now,
+                    unassured_since: self.sequence,
+                };
                 e.expires = now + timeout(&self.timeouts, &e);
                 self.entries.push(e);
+                Ok(())
             }
         }
     }

@@ -85,7 +85,8 @@ impl<W: PolicyWalker> NodeModel<W> {
     pub fn with_walker(node: NodeConfig, resources: ResourceSet, mut walker: W) -> Result<NodeModel<W>, String> {
         let world = ResolvedNode::new(&node, &resources);
         walker.rebuild(&world)?;
-        Ok(NodeModel { resources, world, walker, flows: Flows::default(), now: Duration::ZERO })
+        let flows = Flows::new(Some(node.felix.conntrack_capacity), node.felix.conntrack_timeouts);
+        Ok(NodeModel { resources, world, walker, flows, now: Duration::ZERO })
     }
 
     pub fn walker(&self) -> &W {
@@ -107,6 +108,19 @@ impl<W: PolicyWalker> NodeModel<W> {
         self.walker.rebuild(&world)?;
         self.world = world;
         self.resources = resources;
+        Ok(())
+    }
+
+    /// Puts a changed node in force (workloads added, changed or removed; namespaces relabelled). The
+    /// flows of every address a local workload no longer has are flushed, as Felix does when an address's
+    /// route owner goes away (semantics §8.2).
+    pub fn set_node(&mut self, node: NodeConfig) -> Result<(), String> {
+        let world = ResolvedNode::new(&node, &self.resources);
+        self.walker.rebuild(&world)?;
+        for ip in crate::node::removed_workload_addresses(&self.world.node, &node) {
+            self.flows.flush_ip(ip);
+        }
+        self.world = world;
         Ok(())
     }
 
@@ -151,7 +165,9 @@ impl<W: PolicyWalker> NodeModel<W> {
             }
             Ok(d) => {
                 if let Some((lookup, reply)) = d.commit {
-                    self.flows.commit(pkt, &lookup, reply, self.now);
+                    if self.flows.commit(pkt, &lookup, reply, self.now).is_err() {
+                        return self.finish(Err(Reason::ConntrackFull), pkt, w);
+                    }
                 }
                 let tracked = self.flows.tracks(pkt);
                 let reason = w.trace.last().cloned().unwrap_or(Reason::NoCalicoVerdict);
