@@ -3,7 +3,9 @@
 pub mod check;
 pub mod demo;
 pub mod live;
+pub mod offline;
 pub mod parity;
 pub mod publisher;
 pub mod replay;
 pub mod run;
+pub mod wire_hosts;

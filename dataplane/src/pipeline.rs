@@ -139,7 +139,7 @@ impl DropReason {
 }
 
 /// Counters of one worker; summed across workers on read ([`Counters::add`]).
-#[derive(Clone, Debug, Default, PartialEq, Eq)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct Counters {
     pub packets: u64,
     pub allowed: u64,
@@ -148,9 +148,6 @@ pub struct Counters {
     pub malformed: [u64; crate::wire::Malformed::COUNT],
     /// Log rules that fired more often than a packet can record.
     pub logs_overflowed: u64,
-    /// Packets received and sent per port: uplinks, then workloads, then the host.
-    pub rx: Vec<u64>,
-    pub tx: Vec<u64>,
 }
 
 impl Counters {
@@ -169,23 +166,6 @@ impl Counters {
             *a += b;
         }
         self.logs_overflowed += o.logs_overflowed;
-        for (mine, theirs) in [(&mut self.rx, &o.rx), (&mut self.tx, &o.tx)] {
-            if mine.len() < theirs.len() {
-                mine.resize(theirs.len(), 0);
-            }
-            for (a, b) in mine.iter_mut().zip(theirs) {
-                *a += b;
-            }
-        }
-    }
-
-    /// The counter slot of a port for a node with `uplinks` uplinks and `workloads` pods.
-    pub fn port_slot(port: Port, uplinks: usize, workloads: usize) -> usize {
-        match port {
-            Port::Uplink(u) => u as usize,
-            Port::Workload(w) => uplinks + w as usize,
-            Port::Host => uplinks + workloads,
-        }
     }
 }
 
@@ -427,17 +407,23 @@ impl Pipeline {
         self.applied.store(t.epoch, Ordering::Release);
     }
 
-    /// Decides a batch. `now` is read once per batch by the caller. Returns the tables the batch was decided
-    /// with, so the caller rewrites and reports the batch against that same version (DESIGN.md: every
-    /// frame of a batch sees one consistent version).
+    /// Decides a batch with the current tables; returns them (benches and tests; the worker loads the
+    /// tables itself, once per batch, and calls [`Pipeline::process`]).
+    pub fn process_current(&mut self, batch: &mut [Packet], now: Nanos) -> arc_swap::Guard<Arc<TableSet>> {
+        let guard = self.slot.load();
+        self.process(&guard, batch, now);
+        guard
+    }
+
+    /// Decides a batch with tables `t`, which the caller loaded once for the batch and rewrites and reports
+    /// it with (DESIGN.md: every frame of a batch sees one consistent version). `now` is read once per
+    /// batch by the caller.
     ///
     /// The result is the same as deciding the packets one at a time in order: stages run over the batch,
     /// but conntrack is consulted in packet order, an established packet's entry is updated at once, and a
     /// packet that could depend on an earlier packet of the batch still waiting for its verdict (a new
     /// flow's second packet, its reply) starts a new window after that packet is committed.
-    pub fn process(&mut self, batch: &mut [Packet], now: Nanos) -> arc_swap::Guard<Arc<TableSet>> {
-        let guard = self.slot.load();
-        let t: &TableSet = &guard;
+    pub fn process(&mut self, t: &TableSet, batch: &mut [Packet], now: Nanos) {
         self.catch_up(t);
         for p in batch.iter_mut().filter(|p| !p.done) {
             source_checks(t, p);
@@ -461,7 +447,6 @@ impl Pipeline {
             self.commit(t, window, now);
             start = end;
         }
-        guard
     }
 
     /// Looks packets up in order until one depends on an earlier packet of the window whose verdict is
@@ -510,16 +495,8 @@ impl Pipeline {
     /// Records the window's allowed packets in conntrack, and counts every packet.
     fn commit(&mut self, t: &TableSet, batch: &mut [Packet], now: Nanos) {
         let epoch = t.epoch as u32;
-        let (uplinks, workloads) = (t.world.node.uplinks.len(), t.world.node.workloads.len());
-        let ports = uplinks + workloads + 1;
-        if self.counters.rx.len() < ports {
-            // Only when the node gains ports (a table change), never per packet.
-            self.counters.rx.resize(ports, 0);
-            self.counters.tx.resize(ports, 0);
-        }
         for p in batch.iter_mut() {
             self.counters.packets += 1;
-            self.counters.rx[Counters::port_slot(p.port, uplinks, workloads).min(ports - 1)] += 1;
             if p.verdict == Verdict::Allow && !p.committed {
                 let lookup = p.lookup;
                 // Untracked packets (a doNotTrack allow) never get an entry; everything else allowed does.
@@ -535,12 +512,7 @@ impl Pipeline {
                 }
             }
             match p.verdict {
-                Verdict::Allow => {
-                    self.counters.allowed += 1;
-                    if let Some(out) = p.out {
-                        self.counters.tx[Counters::port_slot(out, uplinks, workloads).min(ports - 1)] += 1;
-                    }
-                }
+                Verdict::Allow => self.counters.allowed += 1,
                 Verdict::Drop => {
                     self.counters.drops[DropReason::of(&p.decision) as usize] += 1;
                     if let Decision::Malformed(m) = p.decision {
