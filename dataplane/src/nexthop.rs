@@ -21,8 +21,8 @@ pub const RETRANS: Nanos = 1_000_000_000;
 pub const TARGETS: usize = 32;
 /// Frames held per next hop, and in all per worker (Linux queues about 100 full frames per neighbour; a
 /// worker here holds fewer and drops the oldest of a next hop when its share is full, as Linux does).
-pub const HELD_PER_TARGET: usize = 16;
-pub const HELD_FRAMES: usize = 64;
+pub const HELD_PER_TARGET: usize = 64;
+pub const HELD_FRAMES: usize = 256;
 
 /// One next hop being resolved.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -255,7 +255,7 @@ mod tests {
     #[test]
     fn a_dead_next_hop_does_not_keep_a_live_one_from_being_asked_or_its_frames_from_leaving() {
         let mut p = Pending::default();
-        for i in 0..40 {
+        for i in 0..100 {
             let _ = p.hold(1, ip(99), &[i; 60], 0);
         }
         assert_eq!(p.hold(2, ip(7), &[0xaa; 60], 0), Ok(true), "another next hop is asked at once");
@@ -269,8 +269,8 @@ mod tests {
         let mut dead = [0; HELD_PER_TARGET];
         let n = p.resolved(1, ip(99), &mut dead);
         assert_eq!(n, HELD_PER_TARGET);
-        assert_eq!(p.frame(dead[0])[0], 40 - HELD_PER_TARGET as u8);
-        assert_eq!(p.displaced, 40 - HELD_PER_TARGET as u64);
+        assert_eq!(p.frame(dead[0])[0], 100 - HELD_PER_TARGET as u8);
+        assert_eq!(p.displaced, 100 - HELD_PER_TARGET as u64);
     }
 
     #[test]
