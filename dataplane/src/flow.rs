@@ -390,8 +390,12 @@ impl FlowTable {
     pub fn lookup(&mut self, pkt: &PacketHeader, inner: Option<Tuple>, now: Nanos) -> FlowLookup {
         let none = |state| FlowLookup { state, entry: None, tcp_next: None };
         if pkt.is_icmp_error() {
-            let related = inner.is_some_and(|t| self.find_live(&Key::of(&t), now).is_some());
-            return none(if related { CtState::Related } else { CtState::Invalid });
+            // As Linux's icmp_error_message: the quoted packet travelled the other way, so its tuple is
+            // inverted and looked up against both directions; the direction found is the error's own.
+            return match inner.and_then(|t| self.find_live(&Key::of(&t.reversed()), now)) {
+                Some(entry) => FlowLookup { state: CtState::Related, entry: Some(entry), tcp_next: None },
+                None => none(CtState::Invalid),
+            };
         }
         if pkt.protocol == Protocol::ICMPV6 && calxdp_policy::conntrack::icmpv6_untracked(pkt.icmp_type) {
             return none(CtState::Untracked);

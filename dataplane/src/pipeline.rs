@@ -270,6 +270,8 @@ pub struct Packet {
     pub translated: Option<SocketAddr>,
     /// The source after NAT (SNAT, or un-DNAT of a reply).
     pub translated_src: Option<SocketAddr>,
+    /// For an ICMP error about a translated flow: the quoted packet as its sender sent it.
+    pub inner_nat: Option<Tuple>,
     pub logs: [Option<LogHit>; MAX_LOGS],
     /// The rules that decided the chains the packet crossed (for the hit counters).
     pub rule_hits: [Option<LogHit>; MAX_RULE_HITS],
@@ -295,6 +297,7 @@ impl Packet {
             out: None,
             translated: None,
             translated_src: None,
+            inner_nat: None,
             logs: [None; MAX_LOGS],
             rule_hits: [None; MAX_RULE_HITS],
             done: false,
@@ -472,12 +475,14 @@ impl Pipeline {
             match p.lookup.state {
                 CtState::Established | CtState::Related => {
                     established(t, &self.flows, p);
-                    // Its verdict is settled: its entry moves on now, as the kernel's does on arrival.
-                    if let Some(_entry) = p.lookup.entry {
+                    // Its verdict is settled: its entry moves on now, as the kernel's does on arrival. A
+                    // RELATED error changes nothing in the entry (Linux neither refreshes it nor counts a
+                    // reply).
+                    if p.lookup.state == CtState::Established && p.lookup.entry.is_some() {
                         let reply = Tuple::of(&p.header).reversed();
                         let _ = self.flows.commit(&p.header, &p.lookup, reply, t.epoch as u32, now);
-                        p.committed = true;
                     }
+                    p.committed = true;
                 }
                 CtState::New => {
                     if n_open == open.len() {
@@ -620,6 +625,14 @@ fn established(t: &TableSet, flows: &FlowTable, p: &mut Packet) {
     let (mut src, mut src_port) = (p.header.src, p.header.src_port);
     if let Some((slot, dir)) = p.lookup.entry.filter(|(slot, _)| flows.is_translated(*slot)) {
         let (original, reply) = flows.tuples(slot);
+        if p.lookup.state == CtState::Related {
+            // The packet an error quotes went the other way, translated: the quote is put back as its
+            // sender sent it (Linux's nf_nat_icmp_reply_translation), so the sender recognises its flow.
+            p.inner_nat = Some(match dir {
+                FlowDir::Reply => original,
+                FlowDir::Original => reply,
+            });
+        }
         match dir {
             FlowDir::Original => {
                 dst = reply.src;
