@@ -259,6 +259,11 @@ impl FlowTable {
         self.entries.len()
     }
 
+    /// Slots a new flow can take without expiring or evicting anything.
+    pub fn free_slots(&self) -> usize {
+        self.free.len()
+    }
+
     /// Bytes per flow this table holds (entry and index).
     pub fn bytes_per_flow(&self) -> usize {
         (self.entries.len() * std::mem::size_of::<Entry>() + self.index.len() * 4) / self.entries.len()

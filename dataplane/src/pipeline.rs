@@ -272,6 +272,9 @@ pub struct Packet {
     pub translated_src: Option<SocketAddr>,
     /// For an ICMP error about a translated flow: the quoted packet as its sender sent it.
     pub inner_nat: Option<Tuple>,
+    /// Whether conntrack held the packet's flow right after it (filled when the pipeline is asked to, for
+    /// traces: the state as deciding packets one at a time would leave it).
+    pub tracked: bool,
     pub logs: [Option<LogHit>; MAX_LOGS],
     /// The rules that decided the chains the packet crossed (for the hit counters).
     pub rule_hits: [Option<LogHit>; MAX_RULE_HITS],
@@ -298,6 +301,7 @@ impl Packet {
             translated: None,
             translated_src: None,
             inner_nat: None,
+            tracked: false,
             logs: [None; MAX_LOGS],
             rule_hits: [None; MAX_RULE_HITS],
             done: false,
@@ -362,6 +366,8 @@ pub struct Pipeline {
     /// The table version whose flushes and settings this pipeline has applied, shared with the slot so
     /// it keeps flushes until every pipeline has them.
     applied: Arc<AtomicU64>,
+    /// Fill [`Packet::tracked`] (traces only: one more lookup per packet).
+    pub note_tracked: bool,
 }
 
 /// Slots of the flow table the sweep looks at per worker round: a whole table of 2^18 entries every
@@ -373,7 +379,14 @@ impl Pipeline {
     pub fn new(slot: Arc<TableSlot>, flow_capacity: usize) -> Pipeline {
         let applied = slot.register_reader();
         let flows = FlowTable::new(flow_capacity, &slot.load().world.node.felix.conntrack_timeouts);
-        Pipeline { slot, flows, counters: Counters::default(), rule_hits: RuleHits::with_capacity(1 << 15), applied }
+        Pipeline {
+            slot,
+            flows,
+            counters: Counters::default(),
+            rule_hits: RuleHits::with_capacity(1 << 15),
+            applied,
+            note_tracked: false,
+        }
     }
 
     /// What a worker does once per round besides frames: takes in a new table version's flushes and
@@ -468,7 +481,9 @@ impl Pipeline {
                 p.lookup = FlowLookup { state: CtState::Untracked, entry: None, tcp_next: None };
                 continue;
             }
-            if n_open > 0 && depends_on(p, &open[..n_open]) {
+            // A packet of a flow still open in this window waits for it; so does every packet when the open
+            // flows may have to make room in a full table (their commit could evict the entry it would find).
+            if n_open > 0 && (depends_on(p, &open[..n_open]) || self.flows.free_slots() <= n_open) {
                 return i;
             }
             p.lookup = self.flows.lookup(&p.header, p.inner, now);
@@ -515,6 +530,10 @@ impl Pipeline {
                         p.drop(Decision::ConntrackFull);
                     }
                 }
+            }
+            if self.note_tracked {
+                p.tracked = !matches!(p.decision, Decision::NotIp | Decision::Malformed(_))
+                    && self.flows.tracks(&p.header, now);
             }
             match p.verdict {
                 Verdict::Allow => self.counters.allowed += 1,

@@ -279,6 +279,8 @@ impl Worker {
         logs: Option<LogOutput>,
     ) -> Worker {
         assert!(ports.len() > uplinks, "one port per uplink, then the host");
+        let mut pipeline = pipeline;
+        pipeline.note_tracked = trace.is_some();
         Worker {
             pipeline,
             ports,
@@ -687,9 +689,7 @@ impl Worker {
                     out_port: if verdict == Verdict::Allow { out.map(|o| t.ports.id_of(o)) } else { None },
                     translated: p.translated,
                     logs: p.logs,
-                    tracked: p.decision != Decision::NotIp
-                        && !matches!(p.decision, Decision::Malformed(_))
-                        && self.pipeline.flows.tracks(&p.header, now),
+                    tracked: p.tracked,
                     epoch: t.epoch,
                 };
                 if trace.try_send(rec).is_err() {
@@ -892,7 +892,9 @@ impl Worker {
             if learn {
                 self.neighbours.learn(target, na.mac);
             }
-            return false;
+            // A pod's advertisement answers the veth's own solicitation (to its link-local address): it ends
+            // here, as it ends in the host's neighbour table on a Linux node. An uplink's goes on to the host.
+            return matches!(port, Port::Workload(_));
         }
         let Some(ns) = ndp::parse_solicitation(frame) else { return false };
         let answer = match port {
