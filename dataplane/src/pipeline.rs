@@ -183,75 +183,91 @@ pub const MAX_LOGS: usize = 4;
 /// Most deciding rules (one per chain it crossed) a packet records for the hit counters.
 pub const MAX_RULE_HITS: usize = 4;
 
-/// Hits per rule, like `iptables -c`: a fixed-capacity open-addressing table keyed by (program, rule),
-/// so counting allocates nothing. Rules beyond its capacity are counted in `overflow`.
-#[derive(Debug)]
+/// Hits per rule, like `iptables -c`, by the rule's dense id (`calxdp_policy::compile::RuleTable`), each with
+/// the generation of the id it was counted under: an id given to another rule starts again from zero. Grows
+/// only when a table version brings more rules (never per packet).
+#[derive(Debug, Default)]
 pub struct RuleHits {
-    keys: Vec<(usize, u32)>,
-    counts: Vec<u64>,
-    mask: usize,
-    pub overflow: u64,
+    counts: Vec<(u32, u64)>,
 }
-
-const NO_PROGRAM: usize = 0;
 
 impl RuleHits {
     pub fn with_capacity(n: usize) -> RuleHits {
-        let cap = (n * 2).next_power_of_two();
-        RuleHits { keys: vec![(NO_PROGRAM, 0); cap], counts: vec![0; cap], mask: cap - 1, overflow: 0 }
+        RuleHits { counts: Vec::with_capacity(n) }
     }
 
-    fn add(&mut self, program: usize, rule: u32) {
-        let mut i = (program ^ (rule as usize).wrapping_mul(0x9e37_79b9)).wrapping_mul(0x2545_f491) >> 7 & self.mask;
-        for _ in 0..=self.mask {
-            match self.keys[i] {
-                (p, r) if p == program && r == rule => {
-                    self.counts[i] += 1;
-                    return;
-                }
-                (NO_PROGRAM, _) => {
-                    self.keys[i] = (program, rule);
-                    self.counts[i] = 1;
-                    return;
-                }
-                _ => i = (i + 1) & self.mask,
-            }
+    /// Makes room for every rule of `t` (on a new table version).
+    fn fit(&mut self, t: &TableSet) {
+        let n = t.compiled.rules.info.len();
+        if self.counts.len() < n {
+            self.counts.resize(n, (0, 0));
         }
-        self.overflow += 1;
     }
 
-    /// Every counted rule of the current tables with its hits, summed over the programs that share it
-    /// (as iptables counts a policy chain shared by every endpoint it applies to). The `endpoint` of the
-    /// returned references is empty.
+    #[inline]
+    fn add(&mut self, t: &TableSet, id: u32) {
+        let generation = t.compiled.rules.generation.get(id as usize).copied().unwrap_or(0);
+        if let Some(c) = self.counts.get_mut(id as usize) {
+            if c.0 != generation {
+                *c = (generation, 0);
+            }
+            c.1 += 1;
+        }
+    }
+
+    /// The hits of rule `id` as `t` names it (zero when they were counted for a rule the id no longer is).
+    pub fn get(&self, t: &TableSet, id: u32) -> u64 {
+        let generation = t.compiled.rules.generation.get(id as usize).copied().unwrap_or(0);
+        self.counts.get(id as usize).filter(|c| c.0 == generation).map_or(0, |c| c.1)
+    }
+
+    /// Adds another worker's counts (for a node's totals).
+    pub fn add_all(&mut self, o: &RuleHits) {
+        if self.counts.len() < o.counts.len() {
+            self.counts.resize(o.counts.len(), (0, 0));
+        }
+        for (mine, theirs) in self.counts.iter_mut().zip(&o.counts) {
+            if theirs.1 == 0 {
+                continue;
+            }
+            if mine.0 != theirs.0 {
+                *mine = (theirs.0, 0);
+            }
+            mine.1 += theirs.1;
+        }
+    }
+
+    /// Every rule of the current tables that was hit, with its hits (as iptables counts a policy chain
+    /// shared by every endpoint it applies to). The `endpoint` of the returned references is empty.
     pub fn by_rule(&self, t: &TableSet) -> Vec<(RuleRef, u64)> {
-        let mut totals: Vec<(RuleRef, u64)> = Vec::new();
-        let eps = (0..t.compiled.workloads.len())
-            .map(EndpointRef::Workload)
-            .chain((0..t.compiled.host_endpoints.len()).map(EndpointRef::Host));
-        let mut seen = std::collections::HashSet::new();
-        for ep in eps {
-            for stage in [Stage::Untracked, Stage::PreDnat, Stage::Normal, Stage::Forward] {
-                for dir in [Direction::Ingress, Direction::Egress] {
-                    let Some(prog) = program(t, ep, stage, dir) else { continue };
-                    let addr = prog as *const Program as usize;
-                    if !seen.insert(addr) {
-                        continue;
-                    }
-                    for (k, c) in self.keys.iter().zip(&self.counts) {
-                        if k.0 != addr || *c == 0 {
-                            continue;
-                        }
-                        let mut r = rule_ref(t, ep, stage, dir, k.1);
-                        r.endpoint.clear();
-                        match totals.iter_mut().find(|(t, _)| *t == r) {
-                            Some((_, n)) => *n += c,
-                            None => totals.push((r, *c)),
-                        }
-                    }
-                }
-            }
-        }
-        totals
+        t.compiled
+            .rules
+            .iter()
+            .filter_map(|(id, info)| {
+                let n = self.get(t, id);
+                (n > 0).then(|| {
+                    let r = RuleRef {
+                        stage: info.stage,
+                        direction: info.direction,
+                        endpoint: String::new(),
+                        owner: info.owner.clone(),
+                        index: info.index,
+                        action: info.action,
+                    };
+                    (r, n)
+                })
+            })
+            .collect()
+    }
+}
+
+impl Clone for RuleHits {
+    fn clone(&self) -> RuleHits {
+        RuleHits { counts: self.counts.clone() }
+    }
+
+    fn clone_from(&mut self, o: &RuleHits) {
+        self.counts.clone_from(&o.counts);
     }
 }
 
@@ -379,14 +395,9 @@ impl Pipeline {
     pub fn new(slot: Arc<TableSlot>, flow_capacity: usize) -> Pipeline {
         let applied = slot.register_reader();
         let flows = FlowTable::new(flow_capacity, &slot.load().world.node.felix.conntrack_timeouts);
-        Pipeline {
-            slot,
-            flows,
-            counters: Counters::default(),
-            rule_hits: RuleHits::with_capacity(1 << 15),
-            applied,
-            note_tracked: false,
-        }
+        let mut rule_hits = RuleHits::default();
+        rule_hits.fit(&slot.load());
+        Pipeline { slot, flows, counters: Counters::default(), rule_hits, applied, note_tracked: false }
     }
 
     /// What a worker does once per round besides frames: takes in a new table version's flushes and
@@ -420,6 +431,7 @@ impl Pipeline {
             self.flows.flush_ips(&ips);
         }
         self.flows.set_timeouts(&t.world.node.felix.conntrack_timeouts);
+        self.rule_hits.fit(t);
         self.applied.store(t.epoch, Ordering::Release);
     }
 
@@ -548,8 +560,10 @@ impl Pipeline {
                 self.counters.logs_overflowed += 1;
             }
             for h in p.rule_hits.iter().chain(p.logs.iter()).flatten() {
-                if let Some(prog) = program(t, h.ep, h.stage, h.dir) {
-                    self.rule_hits.add(prog as *const Program as usize, h.rule);
+                if let Some(origin) =
+                    program(t, h.ep, h.stage, h.dir).and_then(|prog| prog.flat.rules.get(h.rule as usize))
+                {
+                    self.rule_hits.add(t, origin.id);
                 }
             }
         }

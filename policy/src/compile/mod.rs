@@ -137,6 +137,8 @@ impl EndpointPrograms {
 #[derive(Debug, Default)]
 pub struct CompiledTables {
     pub epoch: u64,
+    /// Every rule of the programs by its dense id: names for counters, traces and the admin API.
+    pub rules: Arc<RuleTable>,
     /// Same order as the node's workloads.
     pub workloads: Vec<EndpointPrograms>,
     /// Same order as [`ResolvedNode::host_endpoints`].
@@ -174,9 +176,94 @@ pub struct CompileStats {
     pub table_bytes: usize,
 }
 
+/// What a rule's dense id stands for.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct RuleInfo {
+    pub owner: crate::verdict::RuleOwner,
+    pub direction: Direction,
+    pub index: usize,
+    pub action: Action,
+    /// The stage of the programs the rule is in (an applyOnForward policy's rules count once, as normal).
+    pub stage: Stage,
+}
+
+/// The rules of one table version by dense id, with the generation of each id: an id given to another rule
+/// after its old rule went away has a new generation, so counters kept for the old rule are not read as
+/// the new one's.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct RuleTable {
+    pub info: Vec<Option<RuleInfo>>,
+    pub generation: Vec<u32>,
+}
+
+impl RuleTable {
+    /// Ids in use, with what they stand for.
+    pub fn iter(&self) -> impl Iterator<Item = (u32, &RuleInfo)> + '_ {
+        self.info.iter().enumerate().filter_map(|(i, r)| r.as_ref().map(|r| (i as u32, r)))
+    }
+}
+
+/// Dense rule ids, kept across compiles: a rule keeps its id while its owner, direction, position and
+/// contents stay the same; an id whose rule is gone is reused only after many others were freed, and with
+/// a new generation.
+#[derive(Debug, Default)]
+struct RuleIds {
+    by_key: HashMap<(crate::verdict::RuleOwner, Direction, usize, u64), u32>,
+    table: RuleTable,
+    free: std::collections::VecDeque<u32>,
+}
+
+/// Freed ids wait behind this many others before reuse.
+const RULE_ID_QUARANTINE: usize = 1024;
+
+impl RuleIds {
+    fn assign(&mut self, flat: &mut FlatProgram, stage: Stage) {
+        for r in &mut flat.rules {
+            let key = (r.owner.clone(), r.direction, r.index, r.fingerprint);
+            if let Some(id) = self.by_key.get(&key) {
+                r.id = *id;
+                continue;
+            }
+            let id = if self.free.len() > RULE_ID_QUARANTINE {
+                self.free.pop_front().expect("ids to reuse")
+            } else {
+                self.table.info.push(None);
+                self.table.generation.push(0);
+                (self.table.info.len() - 1) as u32
+            };
+            let stage = if stage == Stage::Forward { Stage::Normal } else { stage };
+            self.table.info[id as usize] = Some(RuleInfo {
+                owner: r.owner.clone(),
+                direction: r.direction,
+                index: r.index,
+                action: r.action,
+                stage,
+            });
+            self.table.generation[id as usize] = self.table.generation[id as usize].wrapping_add(1);
+            self.by_key.insert(key, id);
+            r.id = id;
+        }
+    }
+
+    /// Frees the ids no program of the new tables uses.
+    fn retain(&mut self, used: &std::collections::HashSet<u32>) {
+        let table = &mut self.table;
+        let free = &mut self.free;
+        self.by_key.retain(|_, id| {
+            let keep = used.contains(id);
+            if !keep {
+                table.info[*id as usize] = None;
+                free.push_back(*id);
+            }
+            keep
+        });
+    }
+}
+
 /// Keeps built programs by a fingerprint of what they were built from, across compiles.
 #[derive(Debug, Default)]
 pub struct ProgramCache {
+    rule_ids: RuleIds,
     by_key: HashMap<u64, Arc<Program>>,
     /// Content hashes of policies by identity: an unchanged policy is shared between resource-set
     /// versions, so it is hashed once. The `Arc` kept here pins the address the key is made of.
@@ -199,6 +286,7 @@ impl ProgramCache {
         let selectors = DistinctSelectors::new(world);
         let mut fresh: HashMap<u64, Arc<Program>> = HashMap::new();
         let mut stats = CompileStats::default();
+        let rule_ids = &mut self.rule_ids;
         // Endpoints with the same labels and profiles get the same programs: key them once, evaluating each
         // policy's selector once per label set.
         type Keys = ([[u64; 2]; 4], std::rc::Rc<Vec<bool>>);
@@ -228,7 +316,9 @@ impl ProgramCache {
                             Some(p) => p.clone(),
                             None => {
                                 stats.built += 1;
-                                Arc::new(Program::build(flatten(world, &mut resolver, &selecting, profiles, d, stage)))
+                                let mut flat = flatten(world, &mut resolver, &selecting, profiles, d, stage);
+                                rule_ids.assign(&mut flat, stage);
+                                Arc::new(Program::build(flat))
                             }
                         };
                         fresh.insert(key, program.clone());
@@ -241,12 +331,16 @@ impl ProgramCache {
         let host_endpoints =
             world.host_endpoints.iter().map(|h| build(&h.endpoint.labels, &h.endpoint.profiles, HOST_STAGES)).collect();
         stats.programs = fresh.len();
+        let mut used = std::collections::HashSet::new();
         for p in fresh.values() {
             stats.terms += p.flat.terms.len();
             stats.table_bytes += p.classifier.table_bytes();
+            used.extend(p.flat.rules.iter().map(|r| r.id));
         }
         self.by_key = fresh;
-        CompiledTables { epoch, workloads, host_endpoints, stats }
+        self.rule_ids.retain(&used);
+        let rules = Arc::new(self.rule_ids.table.clone());
+        CompiledTables { epoch, rules, workloads, host_endpoints, stats }
     }
 }
 
@@ -343,5 +437,65 @@ impl Fingerprints {
             }
         }
         h.finish()
+    }
+}
+
+#[cfg(test)]
+mod rule_id_tests {
+    use super::*;
+    use crate::node::NodeConfig;
+    use crate::resource::{load_text, ResourceSet};
+    use crate::yaml::{parse_documents, Field, Origin};
+
+    fn node() -> NodeConfig {
+        let text = "name: n1\nworkloads:\n  - {name: a, namespace: app, interface: calia, ips: [10.1.0.1], labels: {app: a}}\n  - {name: b, namespace: app, interface: calib, ips: [10.1.0.2], labels: {app: b}}\n";
+        let origin = Origin::file("node.yaml");
+        let docs = parse_documents(text, &origin).unwrap();
+        NodeConfig::parse(Field::root(&docs[0], &origin)).unwrap()
+    }
+
+    fn policy(name: &str, selector: &str, ports: &str) -> String {
+        format!(
+            "apiVersion: projectcalico.org/v3\nkind: GlobalNetworkPolicy\nmetadata: {{name: {name}}}\nspec:\n  selector: {selector}\n  types: [Ingress]\n  ingress:\n    - {{action: Allow, protocol: TCP, destination: {{ports: [{ports}]}}}}\n    - {{action: Deny, protocol: UDP}}\n---\n"
+        )
+    }
+
+    fn compile(cache: &mut ProgramCache, yaml: &str) -> CompiledTables {
+        let mut rs = ResourceSet::new();
+        rs.apply_all(load_text(yaml, &Origin::file("p.yaml")).unwrap().into_iter().map(|d| d.resource));
+        cache.compile(&ResolvedNode::new(&node(), &rs), 1)
+    }
+
+    fn ids(t: &CompiledTables, policy: &str) -> Vec<(usize, u32, u32)> {
+        let mut v: Vec<(usize, u32, u32)> = t
+            .rules
+            .iter()
+            .filter(|(_, r)| matches!(&r.owner, crate::verdict::RuleOwner::Policy { id, .. } if id.name == policy))
+            .map(|(id, r)| (r.index, id, t.rules.generation[id as usize]))
+            .collect();
+        v.sort();
+        v
+    }
+
+    /// Counters follow rules, not program addresses: a rule keeps its id while it is unchanged, a changed
+    /// rule gets another, and a removed rule's id is not given to anything else right away.
+    #[test]
+    fn rules_keep_their_ids_across_compiles_while_they_do_not_change() {
+        let mut cache = ProgramCache::new();
+        let first = compile(&mut cache, &(policy("p1", "app == 'a'", "80") + &policy("p2", "all()", "443")));
+        let p1 = ids(&first, "p1");
+        let p2 = ids(&first, "p2");
+        assert_eq!(p1.len(), 2);
+        // p2's first rule changes; p1 and p2's second rule do not.
+        let second = compile(&mut cache, &(policy("p1", "app == 'a'", "80") + &policy("p2", "all()", "8443")));
+        assert_eq!(ids(&second, "p1"), p1, "an unchanged policy keeps its rule ids");
+        let p2b = ids(&second, "p2");
+        assert_eq!(p2b[1], p2[1], "an unchanged rule keeps its id");
+        assert_ne!(p2b[0].1, p2[0].1, "a changed rule gets a new id");
+        assert!(second.rules.info[p2[0].1 as usize].is_none(), "the old rule's id is free");
+        // p1 removed: its ids are not reused by the next new rule.
+        let third = compile(&mut cache, &(policy("p2", "all()", "8443") + &policy("p3", "all()", "22")));
+        let p3 = ids(&third, "p3");
+        assert!(p3.iter().all(|(_, id, _)| !p1.iter().any(|(_, old, _)| old == id)), "{p3:?} {p1:?}");
     }
 }

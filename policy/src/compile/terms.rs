@@ -108,6 +108,11 @@ pub struct RuleOrigin {
     pub owner: RuleOwner,
     pub index: usize,
     pub action: Action,
+    pub direction: Direction,
+    /// The rule's contents, hashed: with owner, direction and index, what its dense id is kept by.
+    pub fingerprint: u64,
+    /// Dense id for counters (`RuleIds`): stable across table versions while the rule is unchanged.
+    pub id: u32,
 }
 
 #[derive(Clone, Debug, PartialEq, Eq, Hash)]
@@ -223,7 +228,7 @@ pub fn flatten<'a>(
             let pol = &world.policies[i];
             for (index, rule) in pol.rules(d).iter().enumerate() {
                 let owner = RuleOwner::Policy { tier: tier.name.clone(), id: pol.id.clone() };
-                push_rule(&mut p, resolver, world, rule, owner, index, &mut pending_pass);
+                push_rule(&mut p, resolver, world, rule, (owner, d), index, &mut pending_pass);
             }
         }
         let default = if stage.forces_pass() { TierDefault::Pass } else { tier.default_action };
@@ -242,6 +247,9 @@ pub fn flatten<'a>(
                         owner: RuleOwner::Profile(name.clone()),
                         index: 0,
                         action: Action::Deny,
+                        direction: d,
+                        fingerprint: 0,
+                        id: 0,
                     });
                     p.terms.push(Term {
                         conditions: Conditions::always(),
@@ -255,7 +263,7 @@ pub fn flatten<'a>(
                             resolver,
                             world,
                             rule,
-                            RuleOwner::Profile(name.clone()),
+                            (RuleOwner::Profile(name.clone()), d),
                             index,
                             &mut pending_pass,
                         );
@@ -286,12 +294,18 @@ fn push_rule<'a>(
     resolver: &mut SetResolver<'a>,
     world: &'a ResolvedNode,
     rule: &'a Rule,
-    owner: RuleOwner,
+    (owner, direction): (RuleOwner, Direction),
     index: usize,
     pending_pass: &mut Vec<usize>,
 ) {
     let rule_id = p.rules.len() as u32;
-    p.rules.push(RuleOrigin { owner, index, action: rule.action });
+    let fingerprint = {
+        use std::hash::{Hash, Hasher};
+        let mut h = std::collections::hash_map::DefaultHasher::new();
+        rule.hash(&mut h);
+        h.finish()
+    };
+    p.rules.push(RuleOrigin { owner, index, action: rule.action, direction, fingerprint, id: 0 });
     for family in [IpFamily::V4, IpFamily::V6] {
         for conditions in rule_conditions(resolver, world, rule, family) {
             let at = p.terms.len();
