@@ -3,4 +3,5 @@
 //! packets to classify against them.
 
 pub mod e2e;
+pub mod soak;
 pub mod synth;

@@ -21,8 +21,16 @@ fn main() -> ExitCode {
         Some("compile") => compile(quick),
         Some("pipeline") => pipeline(quick),
         Some("e2e") => calxdp_bench::e2e::run(quick),
+        Some("soak") => {
+            let minutes =
+                args.iter().position(|a| a == "--minutes").and_then(|i| args.get(i + 1)).and_then(|m| m.parse().ok());
+            if let Err(e) = calxdp_bench::soak::run(quick, minutes) {
+                eprintln!("calxdp-bench soak: {e}");
+                return ExitCode::FAILURE;
+            }
+        }
         _ => {
-            eprintln!("usage: calxdp-bench classify|compile|pipeline|e2e [--quick]");
+            eprintln!("usage: calxdp-bench classify|compile|pipeline|e2e|soak [--quick] [--minutes N]");
             return ExitCode::from(2);
         }
     }

@@ -458,11 +458,17 @@ impl LiveNode {
     }
 
     /// Stops the workers, then detaches XDP and removes the tap (with its addresses and routes).
-    pub fn stop(mut self) -> (Counters, IoCounters) {
+    pub fn stop(self) -> (Counters, IoCounters) {
+        let (c, io, _, _) = self.stop_with_stats();
+        (c, io)
+    }
+
+    /// [`LiveNode::stop`], with the workers' last conntrack statistics and entries.
+    pub fn stop_with_stats(mut self) -> (Counters, IoCounters, FlowStats, usize) {
         self.halt();
-        let counters = self.counters();
+        let stats = self.stats();
         self.attached.clear();
-        counters
+        stats
     }
 }
 

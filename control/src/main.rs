@@ -131,9 +131,9 @@ fn main() -> ExitCode {
                 }
             }
             let opts = LiveOptions { workers, tap, ..LiveOptions::default() };
-            let result = calxdp::run::run(&node, &policies, &opts, stop, trace);
+            let result = calxdp::run::run(&node, &policies, &opts, stop, trace, None);
             match result {
-                Ok(()) => ExitCode::SUCCESS,
+                Ok(_) => ExitCode::SUCCESS,
                 Err(e) => {
                     eprintln!("calxdp run: {e}");
                     ExitCode::FAILURE

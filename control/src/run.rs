@@ -69,7 +69,8 @@ pub fn run(
     opts: &LiveOptions,
     stop: Arc<AtomicBool>,
     trace: bool,
-) -> Result<(), String> {
+    ready: Option<Arc<AtomicBool>>,
+) -> Result<RunReport, String> {
     let node = crate::replay::load_node(node_file)?;
     let resources = load_dir(policies)
         .map_err(|e| format!("{e}\n(the policies must load before the node starts; nothing was changed)"))?;
@@ -95,6 +96,9 @@ pub fn run(
         policies.display(),
         node_file.display()
     );
+    if let Some(r) = &ready {
+        r.store(true, Ordering::Release);
+    }
     let mut seen = dir_state(policies);
     let mut seen_node = file_state(node_file);
     let mut last_check = Instant::now();
@@ -130,9 +134,20 @@ pub fn run(
         }
     }
     say!("calxdp: stopping: {}", summary(&live));
-    live.stop();
+    let capacity = live.flow_capacity();
+    let (counters, io, flows, entries) = live.stop_with_stats();
     say!("calxdp: stopped; XDP detached and the tap removed");
-    Ok(())
+    Ok(RunReport { counters, io, flows, entries, capacity })
+}
+
+/// What a run did, as its workers counted it at the end.
+#[derive(Debug, Clone)]
+pub struct RunReport {
+    pub counters: calxdp_dataplane::pipeline::Counters,
+    pub io: calxdp_dataplane::worker::IoCounters,
+    pub flows: calxdp_dataplane::flow::FlowStats,
+    pub entries: usize,
+    pub capacity: usize,
 }
 
 fn timeouts_summary(t: &calxdp_policy::conntrack::Timeouts) -> String {
