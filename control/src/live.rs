@@ -304,11 +304,11 @@ impl LiveNode {
         let (workers, xsk, iface) = (self.opts.workers, self.opts.xsk, name.to_string());
         let made = self.in_netns(move || -> Result<(Redirect, Vec<XskSocket>), String> {
             let link = link_info(&iface).ok_or_else(|| format!("interface {iface} went away while attaching"))?;
-            if link.rx_queues < workers {
+            if link.rx_queues.min(link.tx_queues) < workers {
                 return Err(format!(
-                    "interface {iface} has {} receive queue(s) but {workers} workers run; each worker owns one \
-                     queue of every interface",
-                    link.rx_queues
+                    "interface {iface} has {} receive and {} transmit queue(s) but {workers} workers run; each \
+                     worker owns one queue of every interface",
+                    link.rx_queues, link.tx_queues
                 ));
             }
             let limit = xsk.frame_size as usize - XskConfig::HEADROOM;
@@ -542,11 +542,11 @@ fn preflight(node: &NodeConfig, opts: &LiveOptions) -> Result<(), String> {
                 u.name
             ));
         };
-        if link.rx_queues < opts.workers {
+        if link.rx_queues.min(link.tx_queues) < opts.workers {
             return Err(format!(
-                "interface {} has {} receive queue(s) but {} workers were asked for; each worker owns one \
-                 queue of every interface",
-                u.name, link.rx_queues, opts.workers
+                "interface {} has {} receive and {} transmit queue(s) but {} workers were asked for; each \
+                 worker owns one queue of every interface",
+                u.name, link.rx_queues, link.tx_queues, opts.workers
             ));
         }
     }
@@ -600,6 +600,7 @@ pub struct LinkInfo {
     pub mtu: u32,
     pub mac: Option<[u8; 6]>,
     pub rx_queues: usize,
+    pub tx_queues: usize,
 }
 
 pub fn link_info(name: &str) -> Option<LinkInfo> {
@@ -614,6 +615,7 @@ pub fn link_info(name: &str) -> Option<LinkInfo> {
         mtu: after("mtu").and_then(|m| m.parse().ok()).unwrap_or(1500),
         mac: after("link/ether").and_then(parse_mac),
         rx_queues: after("numrxqueues").and_then(|q| q.parse().ok()).unwrap_or(1),
+        tx_queues: after("numtxqueues").and_then(|q| q.parse().ok()).unwrap_or(1),
     })
 }
 

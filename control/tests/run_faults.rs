@@ -292,3 +292,73 @@ fn a_log_reader_that_stops_reading_or_goes_away_never_stops_forwarding() {
     let status = n.child.take().unwrap().wait().unwrap();
     assert!(status.success(), "a clean stop after a broken stderr: {status:?}");
 }
+
+/// Sends one UDP frame from a pod's end (its address `src`) to `dst`.
+fn from_pod(pod: &PacketSocket, src: &str, dst: &str, port: u16) {
+    let h = PacketHeader {
+        src: src.parse().unwrap(),
+        dst: dst.parse().unwrap(),
+        protocol: Protocol::UDP,
+        src_port: port,
+        dst_port: 53,
+        ..PacketHeader::EMPTY
+    };
+    let mut spec = FrameSpec::new(h);
+    spec.dst_mac = [0xee; 6];
+    pod.send(&spec.build()).unwrap();
+}
+
+#[test]
+fn a_pod_talking_to_a_dead_neighbour_does_not_hold_up_another_pods_first_packet_to_a_live_one() {
+    let pods = [("db", "calidb", "192.168.5.2"), ("cache", "calicache", "192.168.5.3")];
+    let Some(mut n) = Node::new("n", &pods) else { return };
+    let rx = lines(n.spawn());
+    let mut seen = Vec::new();
+    wait_for(&rx, "calxdp: running", &mut seen);
+    let uplink = n.socket("wup");
+    let (db, cache) = (n.socket("wcalidb"), n.socket("wcalicache"));
+    // db talks to 10.1.0.99, which nobody answers for, at 100 packets a second for two seconds; meanwhile
+    // cache sends its first packet to 10.1.0.77, which answers.
+    let mut buf = [0u8; 2048];
+    let (mut asked_dead, mut arrived) = (0, false);
+    let start = Instant::now();
+    let mut k = 0u16;
+    while start.elapsed() < Duration::from_secs(2) {
+        from_pod(&db, "192.168.5.2", "10.1.0.99", 30_000 + k);
+        if k == 20 {
+            from_pod(&cache, "192.168.5.3", "10.1.0.77", 31_000);
+        }
+        k += 1;
+        std::thread::sleep(Duration::from_millis(10));
+        while let Some(len) = uplink.recv(&mut buf) {
+            let f = &buf[..len];
+            if let Some(a) = calxdp_dataplane::arp::parse(f).filter(|a| a.request) {
+                if a.target_ip == std::net::Ipv4Addr::new(10, 1, 0, 99) {
+                    asked_dead += 1;
+                } else if let Some(answer) = calxdp::wire_hosts::answer(f) {
+                    let _ = uplink.send(&answer);
+                }
+            } else if let Ok(p) = calxdp_dataplane::wire::parse(f) {
+                if p.header.dst == "10.1.0.77".parse::<std::net::IpAddr>().unwrap() {
+                    arrived = true;
+                }
+            }
+        }
+    }
+    assert!(arrived, "the live neighbour's first packet arrived while a dead one was being asked for");
+    // Linux asks three times, a second apart, then gives up and starts over with the next packet.
+    assert!((2..=4).contains(&asked_dead), "{asked_dead} ARP requests for the dead address in two seconds");
+    assert!(n.alive());
+}
+
+#[test]
+fn an_uplink_mtu_larger_than_the_frames_is_refused_with_a_sentence() {
+    let Some(mut n) = Node::new("m", &[]) else { return };
+    ip(&["-n", &n.node, "link", "set", "eth0", "mtu", "9000"]);
+    let rx = lines(n.spawn());
+    let mut seen = Vec::new();
+    let line = wait_for(&rx, "has MTU 9000", &mut seen);
+    assert!(line.contains("interface eth0 has MTU 9000") && line.contains("MTU 1774 at most"), "{line}");
+    let status = n.child.as_mut().unwrap().wait().unwrap();
+    assert_eq!(status.code(), Some(1), "{}", seen.join("\n"));
+}
