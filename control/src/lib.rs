@@ -5,5 +5,6 @@ pub mod demo;
 pub mod live;
 pub mod parity;
 pub mod publisher;
+pub mod render;
 pub mod replay;
 pub mod run;
