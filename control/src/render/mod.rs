@@ -311,5 +311,37 @@ pub fn render_family(world: &ResolvedNode, family: IpFamily) -> FamilyRuleset {
     FamilyRuleset { family, tables, sets: sets.into_sets() }
 }
 
+/// `calxdp render iptables`: the rendering of a node file and a policy file or directory, as text; or,
+/// with `apply_in`, loaded into that network namespace (and a line saying so).
+pub fn render_files(
+    node: &std::path::Path,
+    policies: &std::path::Path,
+    apply_in: Option<&str>,
+) -> Result<String, String> {
+    let node = crate::replay::load_node(node)?;
+    let mut resources = calxdp_policy::resource::ResourceSet::new();
+    resources.apply_all(
+        calxdp_policy::resource::load_path(policies).map_err(|e| e.to_string())?.into_iter().map(|d| d.resource),
+    );
+    let world = ResolvedNode::new(&node, &resources);
+    let rules = render(&world);
+    match apply_in {
+        None => Ok(rules.text()),
+        Some(ns) => {
+            if let Some(why) = apply::missing_tool() {
+                return Err(why);
+            }
+            apply::apply(Some(ns), &rules, &[], &[])?;
+            let count = |r: &FamilyRuleset| r.restore_text(&[]).lines().filter(|l| l.starts_with("-A ")).count();
+            Ok(format!(
+                "loaded into namespace {ns}: {} IPv4 and {} IPv6 rules, {} IP sets\n",
+                count(&rules.v4),
+                count(&rules.v6),
+                rules.v4.sets.len() + rules.v6.sets.len()
+            ))
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests;
