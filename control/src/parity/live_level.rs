@@ -258,7 +258,7 @@ impl Dataplane for LiveLevel {
 /// Plays the hosts on the wire: the dataplane asks for the MAC of a next hop it has not heard from (an
 /// on-link neighbour, a pod whose MAC the node file does not give), and every address answers with a MAC
 /// made from itself.
-fn answer_arp(sock: &PacketSocket, frame: &[u8]) {
+pub fn answer_arp(sock: &PacketSocket, frame: &[u8]) {
     let Some(req) = arp::parse(frame).filter(|a| a.request) else { return };
     let o = req.target_ip.octets();
     let mut out = [0u8; 64];

@@ -11,6 +11,8 @@ pub mod hash;
 mod kube;
 mod policy;
 
+pub use felix::WORKLOAD_PREFIX;
+
 use std::collections::{BTreeMap, BTreeSet};
 use std::fmt::Write as _;
 
