@@ -264,7 +264,20 @@ impl KernelLevel {
                 ip(&["-n", &n, "neigh", "replace", &a.to_string(), "lladdr", &mac, "dev", &iface, "nud", "permanent"])?;
             } else {
                 self.neighbours.insert((iface.clone(), *a));
-                ip(&["-n", &n, "-6", "neigh", "replace", &a.to_string(), "lladdr", &mac, "dev", &iface, "nud", "permanent"])?;
+                ip(&[
+                    "-n",
+                    &n,
+                    "-6",
+                    "neigh",
+                    "replace",
+                    &a.to_string(),
+                    "lladdr",
+                    &mac,
+                    "dev",
+                    &iface,
+                    "nud",
+                    "permanent",
+                ])?;
             }
         }
         Ok(())
@@ -276,11 +289,21 @@ impl KernelLevel {
         let Some(first) = self.node.uplinks.first() else { return Ok(()) };
         for fam in [IpFamily::V4, IpFamily::V6] {
             let flag = if fam == IpFamily::V4 { "-4" } else { "-6" };
-            let via = self.node.uplinks.iter().find_map(|u| u.gateway.filter(|g| IpFamily::of(*g) == fam).map(|g| (g, u)));
+            let via =
+                self.node.uplinks.iter().find_map(|u| u.gateway.filter(|g| IpFamily::of(*g) == fam).map(|g| (g, u)));
             match via {
-                Some((g, u)) => {
-                    ip(&["-n", &self.node_ns, flag, "route", "replace", "default", "via", &g.to_string(), "dev", &u.name])?
-                }
+                Some((g, u)) => ip(&[
+                    "-n",
+                    &self.node_ns,
+                    flag,
+                    "route",
+                    "replace",
+                    "default",
+                    "via",
+                    &g.to_string(),
+                    "dev",
+                    &u.name,
+                ])?,
                 None => ip(&["-n", &self.node_ns, flag, "route", "replace", "default", "dev", &first.name])?,
             }
         }
@@ -371,7 +394,20 @@ impl KernelLevel {
                 continue;
             }
             let mac = mac_text(wire_mac(hop));
-            ip(&["-n", &self.node_ns, "-6", "neigh", "replace", &hop.to_string(), "lladdr", &mac, "dev", dev, "nud", "permanent"])?;
+            ip(&[
+                "-n",
+                &self.node_ns,
+                "-6",
+                "neigh",
+                "replace",
+                &hop.to_string(),
+                "lladdr",
+                &mac,
+                "dev",
+                dev,
+                "nud",
+                "permanent",
+            ])?;
         }
         Ok(())
     }
@@ -389,7 +425,8 @@ impl KernelLevel {
 
     /// `conntrack <op>` on exactly one entry (by its original tuple); "0 flow entries" is not an error.
     fn conntrack_on(&self, op: &str, e: &CtEntry, extra: &[&str]) -> Result<(), String> {
-        let mut args: Vec<String> = vec![op.into(), "-f".into(), if e.orig.src.is_ipv4() { "ipv4" } else { "ipv6" }.into()];
+        let mut args: Vec<String> =
+            vec![op.into(), "-f".into(), if e.orig.src.is_ipv4() { "ipv4" } else { "ipv6" }.into()];
         args.extend(e.filter_args());
         args.extend(extra.iter().map(|s| s.to_string()));
         let refs: Vec<&str> = args.iter().map(String::as_str).collect();
@@ -426,6 +463,12 @@ impl Dataplane for KernelLevel {
             self.ensure_neighbours(pkt)?;
         }
         let mut frame = step_frame(pkt, inner);
+        if pkt.protocol == Protocol::SCTP && inner.is_none() {
+            let t = Tuple::of(pkt);
+            if !self.conntrack(family)?.iter().any(|e| e.orig == t || e.reply == t) {
+                frame = sctp_init(pkt);
+            }
+        }
         if pkt.protocol == Protocol::TCP && inner.is_none() {
             let entries = self.conntrack(family)?;
             let (conn, dir) = self.tcp.connection(&Tuple::of(pkt), &entries);
@@ -473,7 +516,11 @@ impl Dataplane for KernelLevel {
             (Some((name, bytes)), _) => {
                 let p = parse(bytes).map_err(|m| format!("the frame that left does not parse: {}", m.as_str()))?;
                 let port = self.port_of_wire(name).ok_or_else(|| format!("no port for interface {name}"))?;
-                (Verdict::Allow, Some(super::egress_of(&self.node, port)), Some(SocketAddr::new(p.header.dst, p.header.dst_port)))
+                (
+                    Verdict::Allow,
+                    Some(super::egress_of(&self.node, port)),
+                    Some(SocketAddr::new(p.header.dst, p.header.dst_port)),
+                )
             }
             (None, true) => {
                 let dst = entries
@@ -631,6 +678,25 @@ impl TcpSequences {
     }
 }
 
+/// The first packet of an SCTP association as a host sends it: an INIT chunk with verification tag 0
+/// (Linux conntrack calls anything else that opens an association INVALID).
+fn sctp_init(pkt: &PacketHeader) -> Vec<u8> {
+    let mut frame =
+        calxdp_dataplane::wire::FrameSpec { payload_len: 20, ..calxdp_dataplane::wire::FrameSpec::new(*pkt) }.build();
+    let l4 = match pkt.family() {
+        IpFamily::V4 => 14 + ((frame[14] & 0x0f) as usize) * 4,
+        IpFamily::V6 => 54,
+    };
+    if frame.len() < l4 + 32 {
+        return frame;
+    }
+    frame[l4 + 4..l4 + 8].fill(0);
+    let chunk: [u8; 20] = [1, 0, 0, 20, 0x11, 0x22, 0x33, 0x44, 0, 0, 0xff, 0xff, 0, 1, 0, 1, 0, 0, 0, 1];
+    frame[l4 + 12..l4 + 32].copy_from_slice(&chunk);
+    calxdp_dataplane::wire::checksum::fill_l4_checksum(pkt.src, pkt.dst, Protocol::SCTP, &mut frame[l4..]);
+    frame
+}
+
 /// Writes `seq` and `ack` into a built frame's TCP header and fixes its checksum.
 fn set_tcp_numbers(frame: &mut [u8], pkt: &PacketHeader, seq: u32, ack: u32) {
     let l4 = match pkt.family() {
@@ -680,10 +746,7 @@ impl Counters {
     /// The rules whose packet counters rose since `before` (same ruleset: rules pair up in order).
     fn moved_since(&self, before: &Counters) -> Vec<Counted> {
         let old: BTreeMap<(&str, &str, usize), u64> = before.indexed().map(|(k, r)| (k, r.packets)).collect();
-        self.indexed()
-            .filter(|(k, r)| r.packets > old.get(k).copied().unwrap_or(0))
-            .map(|(_, r)| r.clone())
-            .collect()
+        self.indexed().filter(|(k, r)| r.packets > old.get(k).copied().unwrap_or(0)).map(|(_, r)| r.clone()).collect()
     }
 
     fn indexed(&self) -> impl Iterator<Item = ((&str, &str, usize), &Counted)> {
@@ -801,7 +864,12 @@ impl CtEntry {
         ];
         match (self.proto, self.icmp) {
             (6 | 17 | 132 | 136, _) => {
-                a.extend(["--sport".into(), self.orig.src_port.to_string(), "--dport".into(), self.orig.dst_port.to_string()]);
+                a.extend([
+                    "--sport".into(),
+                    self.orig.src_port.to_string(),
+                    "--dport".into(),
+                    self.orig.dst_port.to_string(),
+                ]);
             }
             (1, Some((t, c, id))) => {
                 a.extend([
@@ -853,7 +921,10 @@ mod tests {
         assert_eq!((i.orig.src_port, i.orig.dst_port), (7, 7));
         assert_eq!(i.icmp, Some((8, 0, 7)));
         assert!(i.filter_args().contains(&"--icmp-id".to_string()));
-        let g = CtEntry::parse("unknown  47 599 src=10.1.0.5 dst=8.8.8.8 [UNREPLIED] src=8.8.8.8 dst=10.1.0.5 mark=0 use=1").unwrap();
+        let g = CtEntry::parse(
+            "unknown  47 599 src=10.1.0.5 dst=8.8.8.8 [UNREPLIED] src=8.8.8.8 dst=10.1.0.5 mark=0 use=1",
+        )
+        .unwrap();
         assert_eq!(g.proto, 47);
         assert_eq!(g.filter_args().len(), 6);
     }
