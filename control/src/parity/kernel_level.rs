@@ -631,18 +631,15 @@ impl TcpSequences {
         let conn = self.conns.entry(key(orig)).or_default();
         let base = if dir == 0 { 1_000 } else { 50_000 };
         let seq = match conn[dir] {
-            // A SYN again: a retransmission while the peer has not answered, else a new incarnation.
-            Some((isn, _)) if flags & SYN != 0 && flags & ACK == 0 => {
-                if conn[1 - dir].is_some() {
-                    let isn = isn.wrapping_add(100_000);
-                    conn[1 - dir] = None;
-                    conn[dir] = Some((isn, isn));
-                    isn
-                } else {
-                    conn[dir] = Some((isn, isn));
-                    isn
-                }
+            // A plain SYN again after the peer answered: a new incarnation of the connection.
+            Some((isn, _)) if flags & SYN != 0 && flags & ACK == 0 && conn[1 - dir].is_some() => {
+                let isn = isn.wrapping_add(100_000);
+                conn[1 - dir] = None;
+                conn[dir] = Some((isn, isn));
+                isn
             }
+            // Any other SYN or SYN-ACK again: a retransmission, with the same initial sequence number.
+            Some((isn, _)) if flags & SYN != 0 => isn,
             Some((_, next)) => next,
             None => {
                 conn[dir] = Some((base, base));
@@ -651,8 +648,8 @@ impl TcpSequences {
         };
         let ack = if flags & ACK != 0 { conn[1 - dir].map(|(_, n)| n).unwrap_or(0) } else { 0 };
         let used = (flags & SYN != 0) as u32 + (flags & FIN != 0) as u32;
-        if let Some((isn, _)) = conn[dir] {
-            conn[dir] = Some((isn, seq.wrapping_add(used)));
+        if let Some((isn, next)) = conn[dir] {
+            conn[dir] = Some((isn, next.max(seq.wrapping_add(used))));
         }
         (seq, ack)
     }

@@ -357,7 +357,12 @@ fn hook(kernel_chain: &'static str, position: Position, target: &str) -> Hook {
 }
 
 /// The raw, mangle, nat and filter tables of one family.
-pub fn tables<'w>(world: &'w ResolvedNode, family: IpFamily, sets: &mut SetRegistry<'w>) -> Vec<Table> {
+pub fn tables<'w>(
+    world: &'w ResolvedNode,
+    family: IpFamily,
+    sets: &mut SetRegistry<'w>,
+    prefixes: &[String],
+) -> Vec<Table> {
     let felix = &world.node.felix;
     let log = LogConfig {
         prefix: felix.log_prefix.clone(),
@@ -366,7 +371,10 @@ pub fn tables<'w>(world: &'w ResolvedNode, family: IpFamily, sets: &mut SetRegis
     };
     let mut b =
         Builder { world, sets, log, policies: BTreeMap::new(), profiles: BTreeMap::new(), groups: BTreeMap::new() };
-    let wl = format!("{WORKLOAD_PREFIX}+");
+    // One rule per workload interface prefix wherever the prefix matters (Felix `InterfacePrefix`).
+    let per_prefix = |flag: &str, action: &str| -> Vec<Rule> {
+        prefixes.iter().map(|p| Rule::new(format!("{flag} {p}+"), action.to_string())).collect()
+    };
 
     // Host endpoints: each named interface's, and the `*` one as the default.
     let mut heps: Vec<(String, usize)> = world.interface_hep.iter().map(|(i, h)| (i.clone(), *h)).collect();
@@ -396,13 +404,16 @@ pub fn tables<'w>(world: &'w ResolvedNode, family: IpFamily, sets: &mut SetRegis
     };
     filter.chains.push(Chain::new(
         "cali-INPUT",
-        vec![
-            Rule::new(format!("--in-interface {wl}"), "--goto cali-wl-to-host"),
-            Rule::new(mark_set(MARK_ACCEPT), "--jump ACCEPT"),
-            Rule::new("", clear_mark(ALL_MARKS)),
-            Rule::new("", "--jump cali-from-host-endpoint"),
-            accepted("ACCEPT"),
-        ],
+        [
+            per_prefix("--in-interface", "--goto cali-wl-to-host"),
+            vec![
+                Rule::new(mark_set(MARK_ACCEPT), "--jump ACCEPT"),
+                Rule::new("", clear_mark(ALL_MARKS)),
+                Rule::new("", "--jump cali-from-host-endpoint"),
+                accepted("ACCEPT"),
+            ],
+        ]
+        .concat(),
     ));
     let mut wl_to_host = Vec::new();
     if family == IpFamily::V6 {
@@ -420,25 +431,37 @@ pub fn tables<'w>(world: &'w ResolvedNode, family: IpFamily, sets: &mut SetRegis
     filter.chains.push(Chain::new("cali-wl-to-host", wl_to_host));
     filter.chains.push(Chain::new(
         "cali-FORWARD",
-        vec![
-            Rule::new("", clear_mark(ALL_MARKS & !MARK_ACCEPT)),
-            Rule::new(mark_clear(MARK_ACCEPT), "--jump cali-from-hep-forward"),
-            Rule::new(format!("--in-interface {wl}"), "--jump cali-from-wl-dispatch"),
-            Rule::new(format!("--out-interface {wl}"), "--jump cali-to-wl-dispatch"),
-            Rule::new("", "--jump cali-to-hep-forward"),
-            Rule::new("", "--jump cali-cidr-block"),
-        ],
+        [
+            vec![
+                Rule::new("", clear_mark(ALL_MARKS & !MARK_ACCEPT)),
+                Rule::new(mark_clear(MARK_ACCEPT), "--jump cali-from-hep-forward"),
+            ],
+            prefixes
+                .iter()
+                .flat_map(|p| {
+                    [
+                        Rule::new(format!("--in-interface {p}+"), "--jump cali-from-wl-dispatch"),
+                        Rule::new(format!("--out-interface {p}+"), "--jump cali-to-wl-dispatch"),
+                    ]
+                })
+                .collect(),
+            vec![Rule::new("", "--jump cali-to-hep-forward"), Rule::new("", "--jump cali-cidr-block")],
+        ]
+        .concat(),
     ));
     filter.chains.push(Chain::new("cali-cidr-block", Vec::new()));
     filter.chains.push(Chain::new(
         "cali-OUTPUT",
-        vec![
-            Rule::new(mark_set(MARK_ACCEPT), "--jump ACCEPT"),
-            Rule::new(format!("--out-interface {wl}"), "--jump RETURN"),
-            Rule::new("", clear_mark(ALL_MARKS)),
-            Rule::new("-m conntrack ! --ctstate DNAT", "--jump cali-to-host-endpoint"),
-            accepted("ACCEPT"),
-        ],
+        [
+            vec![Rule::new(mark_set(MARK_ACCEPT), "--jump ACCEPT")],
+            per_prefix("--out-interface", "--jump RETURN"),
+            vec![
+                Rule::new("", clear_mark(ALL_MARKS)),
+                Rule::new("-m conntrack ! --ctstate DNAT", "--jump cali-to-host-endpoint"),
+                accepted("ACCEPT"),
+            ],
+        ]
+        .concat(),
     ));
     // Workload dispatch and endpoint chains.
     let unknown = [Rule::new("", "--jump DROP").comment("Unknown interface")];
@@ -574,10 +597,9 @@ pub fn tables<'w>(world: &'w ResolvedNode, family: IpFamily, sets: &mut SetRegis
     mangle.chains.extend(dispatch("cali-from-host-endpoint", &prednat, "--in-interface", "cali-fh-", &end));
     let mut to_end = Vec::new();
     if star.is_some() {
-        to_end.push(
-            Rule::new(format!("--out-interface {wl}"), "--jump RETURN")
-                .comment("Skip egress WHEP policy for traffic to local workload"),
-        );
+        for r in per_prefix("--out-interface", "--jump RETURN") {
+            to_end.push(r.comment("Skip egress WHEP policy for traffic to local workload"));
+        }
         to_end.push(Rule::new("", format!("--goto {}", chain_name("cali-th-", STAR_IFACE))));
     }
     mangle.chains.extend(dispatch("cali-to-host-endpoint", &named, "--out-interface", "cali-th-", &to_end));
@@ -619,14 +641,17 @@ pub fn tables<'w>(world: &'w ResolvedNode, family: IpFamily, sets: &mut SetRegis
         vec![hook("PREROUTING", Position::Insert, "cali-PREROUTING"), hook("OUTPUT", Position::Insert, "cali-OUTPUT")];
     raw.chains.push(Chain::new(
         "cali-PREROUTING",
-        vec![
-            Rule::new("", clear_mark(ALL_MARKS)),
-            Rule::new(format!("--in-interface {wl}"), set_mark(MARK_SCRATCH0)),
-            Rule::new(mark_set(MARK_SCRATCH0), "--jump cali-rpf-skip"),
-            Rule::new(format!("{} -m rpfilter --invert --validmark", mark_set(MARK_SCRATCH0)), "--jump DROP"),
-            Rule::new(mark_clear(MARK_SCRATCH0), "--jump cali-from-host-endpoint"),
-            Rule::new(mark_set(MARK_ACCEPT), "--jump ACCEPT"),
-        ],
+        [
+            vec![Rule::new("", clear_mark(ALL_MARKS))],
+            per_prefix("--in-interface", &set_mark(MARK_SCRATCH0)),
+            vec![
+                Rule::new(mark_set(MARK_SCRATCH0), "--jump cali-rpf-skip"),
+                Rule::new(format!("{} -m rpfilter --invert --validmark", mark_set(MARK_SCRATCH0)), "--jump DROP"),
+                Rule::new(mark_clear(MARK_SCRATCH0), "--jump cali-from-host-endpoint"),
+                Rule::new(mark_set(MARK_ACCEPT), "--jump ACCEPT"),
+            ],
+        ]
+        .concat(),
     ));
     raw.chains.push(Chain::new(
         "cali-OUTPUT",

@@ -300,15 +300,37 @@ impl Ruleset {
     }
 }
 
+/// Felix configuration the node file does not carry.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Options {
+    /// Felix's `InterfacePrefix`: the name prefixes of workload interfaces (default `cali`).
+    pub interface_prefixes: Vec<String>,
+}
+
+impl Default for Options {
+    fn default() -> Options {
+        Options { interface_prefixes: vec![WORKLOAD_PREFIX.to_string()] }
+    }
+}
+
 /// Felix's (and kube-proxy's) ruleset for the node.
 pub fn render(world: &ResolvedNode) -> Ruleset {
-    Ruleset { v4: render_family(world, IpFamily::V4), v6: render_family(world, IpFamily::V6) }
+    render_with(world, &Options::default())
+}
+
+/// [`render`] with Felix configuration the node file does not carry.
+pub fn render_with(world: &ResolvedNode, opts: &Options) -> Ruleset {
+    Ruleset { v4: render_family_with(world, IpFamily::V4, opts), v6: render_family_with(world, IpFamily::V6, opts) }
 }
 
 /// One family's tables and sets.
 pub fn render_family(world: &ResolvedNode, family: IpFamily) -> FamilyRuleset {
+    render_family_with(world, family, &Options::default())
+}
+
+fn render_family_with(world: &ResolvedNode, family: IpFamily, opts: &Options) -> FamilyRuleset {
     let mut sets = policy::SetRegistry::new(world, family);
-    let mut tables = felix::tables(world, family, &mut sets);
+    let mut tables = felix::tables(world, family, &mut sets, &opts.interface_prefixes);
     kube::add(world, family, &mut tables);
     FamilyRuleset { family, tables, sets: sets.into_sets() }
 }
