@@ -138,6 +138,15 @@ fn run_case(c: &Case, replies: &[bool]) -> Result<Vec<String>, String> {
         known.push("protocol with notProtocol: compared without the notProtocol".to_string());
     }
     let three_blocks = rs.policies().any(|p| p.ingress.iter().chain(&p.egress).any(|r| positive_blocks(r) >= 3));
+    let named_not_ports = rs.policies().any(|p| {
+        p.ingress.iter().chain(&p.egress).any(|r| {
+            r.source
+                .not_ports
+                .iter()
+                .chain(&r.destination.not_ports)
+                .any(|x| matches!(x, calxdp_policy::resource::Port::Named(_)))
+        })
+    });
     rs.apply_all(stripped.into_iter().map(|q| Resource::Policy(std::sync::Arc::new(q))));
     let mut reference = ReferenceNode::new(node.clone(), rs.clone());
     let mut kernel = KernelLevel::new(&node, &rs).map_err(|e| format!("kernel level: {e}"))?;
@@ -165,6 +174,8 @@ fn run_case(c: &Case, replies: &[bool]) -> Result<Vec<String>, String> {
         if !same {
             let why = if three_blocks {
                 Some("a rule with three or more positive match blocks (Felix checks only the first two)")
+            } else if named_not_ports && !pkt.has_ports() {
+                Some("a named notPorts matches packets without ports in Linux")
             } else {
                 known_difference(&node, &pkt, &a, &b)
             };
