@@ -25,7 +25,7 @@ fn pipeline(c: &mut Criterion) {
         for (j, p) in batch.iter_mut().enumerate() {
             *p = Packet::new(Port::Uplink(0), synth::dns_flow(b * BATCH + j), None);
         }
-        established.process(&mut batch, 0);
+        established.process_current(&mut batch, 0);
     }
     let mut next = 0usize;
     group.bench_function("established/100k_flows", |b| {
@@ -34,7 +34,7 @@ fn pipeline(c: &mut Criterion) {
                 *p = Packet::new(Port::Uplink(0), synth::dns_flow(next % flows), None);
                 next += 1;
             }
-            established.process(black_box(&mut batch), 1);
+            established.process_current(black_box(&mut batch), 1);
         })
     });
 
@@ -52,7 +52,7 @@ fn pipeline(c: &mut Criterion) {
                 *p = Packet::new(Port::Uplink(0), h, None);
                 n += 1;
             }
-            fresh.process(black_box(&mut batch), 0);
+            fresh.process_current(black_box(&mut batch), 0);
         })
     });
     group.finish();

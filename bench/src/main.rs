@@ -163,7 +163,7 @@ fn pipeline(quick: bool) {
             for (j, slot) in batch.iter_mut().enumerate() {
                 *slot = Packet::new(Port::Uplink(0), header((b * BATCH + j + round * 7) % 400_000), None);
             }
-            p.process(&mut batch, 0);
+            p.process_current(&mut batch, 0);
         }
         new_time += start.elapsed();
         new_pkts += flows / BATCH * BATCH;
@@ -177,7 +177,7 @@ fn pipeline(quick: bool) {
         for (j, s) in batch.iter_mut().enumerate() {
             *s = Packet::new(Port::Uplink(0), header(b * BATCH + j), None);
         }
-        p.process(&mut batch, 0);
+        p.process_current(&mut batch, 0);
     }
     let tracked = p.flows.len();
     let mut est_pkts = 0usize;
@@ -187,7 +187,7 @@ fn pipeline(quick: bool) {
         for (j, s) in batch.iter_mut().enumerate() {
             *s = Packet::new(Port::Uplink(0), header((b * BATCH + j) % flows), None);
         }
-        p.process(&mut batch, 1);
+        p.process_current(&mut batch, 1);
         est_pkts += BATCH;
         b += 1;
     }

@@ -48,6 +48,9 @@ const EXT: &str = "cxdemo-ext";
 enum Kind {
     Tcp,
     Udp,
+    /// UDP to a port nothing listens on: "works" when the client is told at once (ICMP port unreachable,
+    /// translated back through the service's NAT), rather than waiting for a reply that never comes.
+    UdpRefused,
     Ping,
 }
 
@@ -63,7 +66,7 @@ struct Flow {
     expect_ok: bool,
 }
 
-const FLOWS: [Flow; 13] = [
+const FLOWS: [Flow; 14] = [
     flow(
         "frontend -> outside:80, pod egress; 10.0.0.1 resolved by ARP",
         "cxdemo-front",
@@ -115,6 +118,15 @@ const FLOWS: [Flow; 13] = [
         "192.168.1.11",
         Kind::Udp,
         "192.168.1.53",
+        53,
+        true,
+    ),
+    flow(
+        "frontend -> svc 10.96.0.53:53/udp, backend port closed: refused",
+        "cxdemo-front",
+        "192.168.1.11",
+        Kind::UdpRefused,
+        "10.96.0.53",
         53,
         true,
     ),
@@ -341,6 +353,15 @@ fn attempt(f: &Flow) -> Result<bool, String> {
                 let mut buf = [0u8; 16];
                 s.send_to(b"hello", to).is_ok() && s.recv_from(&mut buf).is_ok_and(|(n, _)| &buf[..n] == b"hello")
             }
+            Kind::UdpRefused => {
+                let Ok(s) = UdpSocket::bind((src_ip, 0)) else { return false };
+                let _ = s.set_read_timeout(Some(wait));
+                let mut buf = [0u8; 16];
+                // A connected UDP socket hears of the ICMP error as ECONNREFUSED.
+                s.connect(to).is_ok()
+                    && s.send(b"hello").is_ok()
+                    && s.recv(&mut buf).is_err_and(|e| e.kind() == std::io::ErrorKind::ConnectionRefused)
+            }
             Kind::Ping => unreachable!("handled above"),
         }
     })
@@ -444,7 +465,7 @@ fn print_table(live: &LiveNode, records: &[TraceRecord], results: &[Result<bool,
                 && match f.kind {
                     Kind::Ping => h.protocol == Protocol::ICMP,
                     Kind::Tcp => h.protocol == Protocol::TCP && h.dst_port == f.port,
-                    Kind::Udp => h.protocol == Protocol::UDP && h.dst_port == f.port,
+                    Kind::Udp | Kind::UdpRefused => h.protocol == Protocol::UDP && h.dst_port == f.port,
                 }
         });
         let why = match first {

@@ -3,8 +3,10 @@
 pub mod check;
 pub mod demo;
 pub mod live;
+pub mod offline;
 pub mod parity;
 pub mod publisher;
 pub mod render;
 pub mod replay;
 pub mod run;
+pub mod wire_hosts;

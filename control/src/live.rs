@@ -1,19 +1,27 @@
 //! The live node: the node's interfaces taken over through XDP and AF_XDP, the host tap, and the workers
 //! (DESIGN.md "The node"). Everything it sets up is undone when it stops, or by the kernel if the process
 //! dies: the XDP programs hang on bpf_links and the tap on its file descriptors.
+//!
+//! Ports come and go while the node runs: a pod's veth is attached when its workload is in the node and the
+//! interface exists (whichever comes first), detached when either goes away, and attached again when a veth
+//! of that name comes back (`supervise`, called by the control loop). The other ports lose nothing meanwhile:
+//! a worker takes a new socket or gives one back between two rounds.
 
+use std::collections::BTreeMap;
 use std::net::IpAddr;
 use std::process::Command;
 use std::sync::atomic::Ordering;
-use std::sync::mpsc::SyncSender;
-use std::sync::Arc;
+use std::sync::mpsc::{sync_channel, Sender, SyncSender};
+use std::sync::{Arc, Mutex};
 use std::thread::JoinHandle;
+use std::time::{Duration, Instant};
 
 use calxdp_dataplane::arp::Neighbours;
-use calxdp_dataplane::log::LogLimiter;
-use calxdp_dataplane::path::Port;
+use calxdp_dataplane::flow::FlowStats;
+use calxdp_dataplane::log::{self, LogLimiter, WriterState};
 use calxdp_dataplane::pipeline::{Counters, Pipeline};
-use calxdp_dataplane::worker::{Clock, IoCounters, PortIo, TraceRecord, Worker, WorkerShared};
+use calxdp_dataplane::ports::{PortId, PortIo};
+use calxdp_dataplane::worker::{Clock, IoCounters, LogOutput, TraceRecord, Worker, WorkerCommand, WorkerShared};
 use calxdp_dataplane::xdp::Redirect;
 use calxdp_dataplane::xsk::handoff::{self, HandoffReceiver, HandoffSender};
 use calxdp_dataplane::xsk::netns;
@@ -26,6 +34,12 @@ use crate::publisher::TablePublisher;
 
 /// Frames in flight from one worker to another.
 const HANDOFF_SLOTS: u32 = 1024;
+/// Log lines queued for the writer thread before workers start dropping (counted) rather than wait.
+const LOG_QUEUE: usize = 4096;
+/// How long a worker may take to give back a detached port's queue.
+const DETACH_WITHIN: Duration = Duration::from_secs(2);
+/// How long an interface that failed to attach is left alone before the next try.
+const RETRY_ATTACH_AFTER: Duration = Duration::from_secs(5);
 
 /// How to run the node.
 #[derive(Debug, Clone)]
@@ -42,6 +56,9 @@ pub struct LiveOptions {
     pub flow_capacity: Option<usize>,
     /// Write the Log rules' lines to stderr (kernel LOG format, rate-limited as Felix configures).
     pub log_rules: bool,
+    /// The network namespace the node's interfaces are in, when it is not the calling thread's (tests and
+    /// the demo start the node from a thread inside it; later attachments must happen there too).
+    pub netns: Option<String>,
 }
 
 impl Default for LiveOptions {
@@ -53,8 +70,26 @@ impl Default for LiveOptions {
             xsk: XskConfig::default(),
             flow_capacity: None,
             log_rules: true,
+            netns: None,
         }
     }
+}
+
+/// An interface the node has taken over.
+#[derive(Debug)]
+struct Attached {
+    id: PortId,
+    ifindex: u32,
+    /// Held so the program stays attached; dropped (detached) after the workers gave the sockets back.
+    redirect: Redirect,
+}
+
+/// What happened to a port, for the operator's log and Felix's status updates.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum PortEvent {
+    Up { interface: String, mode: &'static str },
+    Down { interface: String, why: String },
+    Failed { interface: String, error: String },
 }
 
 /// A running node.
@@ -62,17 +97,29 @@ impl Default for LiveOptions {
 pub struct LiveNode {
     pub publisher: TablePublisher,
     pub clock: Arc<Clock>,
+    /// The node as it is now (workloads come and go).
     pub node: NodeConfig,
+    opts: LiveOptions,
     shared: Vec<Arc<WorkerShared>>,
     threads: Vec<JoinHandle<()>>,
-    /// Held so the programs stay attached; dropped (detached) after the workers stop.
-    redirects: Vec<Redirect>,
+    commands: Vec<Sender<WorkerCommand>>,
+    /// Every worker's last words, if it stopped on its own (a panic).
+    deaths: Arc<Mutex<Vec<String>>>,
+    attached: BTreeMap<String, Attached>,
+    /// Interfaces that failed to attach, and when to try again.
+    failed: BTreeMap<String, Instant>,
     pub attach_modes: Vec<(String, &'static str)>,
+    /// Port changes since the last `take_events`.
+    events: Vec<PortEvent>,
+    pub log_writer: Option<Arc<WriterState>>,
+    _log_thread: Option<JoinHandle<()>>,
+    stopping: bool,
 }
 
 impl LiveNode {
     /// Checks the machine, takes over the interfaces and starts the workers. Errors are sentences for an
-    /// operator: what is missing and what to do.
+    /// operator: what is missing and what to do. A pod whose veth does not exist yet is attached when it
+    /// appears; a missing uplink is an error.
     pub fn start(
         mut node: NodeConfig,
         resources: ResourceSet,
@@ -90,7 +137,7 @@ impl LiveNode {
         }
         let publisher = TablePublisher::new(node.clone(), resources);
         let clock = Arc::new(Clock::default());
-        let (uplinks, workloads) = (node.uplinks.len(), node.workloads.len());
+        let uplinks = node.uplinks.len();
 
         // The host tap: one queue per worker.
         let mut taps = Vec::new();
@@ -102,25 +149,13 @@ impl LiveNode {
         }
         configure_tap(&node, opts)?;
 
-        // Every uplink and pod veth: the XDP program, then one socket per worker queue.
-        let mut redirects = Vec::new();
-        let mut attach_modes = Vec::new();
-        let mut sockets: Vec<Vec<Option<PortIo>>> =
-            (0..opts.workers).map(|_| (0..uplinks + workloads + 1).map(|_| None).collect()).collect();
-        for (port, name) in &interfaces(&node) {
-            let mut redirect = Redirect::attach(name)?;
-            attach_modes.push((name.clone(), redirect.mode));
-            let slot = Counters::port_slot(*port, uplinks, workloads);
-            for (q, worker_ports) in sockets.iter_mut().enumerate() {
-                let sock = XskSocket::open(name, q as u32, opts.xsk).map_err(|e| e.to_string())?;
-                redirect.register(q as u32, sock.fd())?;
-                worker_ports[slot] = Some(PortIo::Xsk(Box::new(sock)));
-            }
-            redirects.push(redirect);
-        }
-        for (worker_ports, tap) in sockets.iter_mut().zip(taps) {
-            worker_ports[uplinks + workloads] = Some(PortIo::Tap(tap));
-        }
+        let (log_queue, log_writer, log_thread) = if opts.log_rules {
+            let (tx, state, handle) = log::spawn_writer(std::io::stderr(), LOG_QUEUE)
+                .map_err(|e| format!("cannot start the log writer: {e}"))?;
+            (Some(tx), Some(state), Some(handle))
+        } else {
+            (None, None, None)
+        };
 
         // Handoff links between every ordered pair of workers: a frame goes to the worker owning its flow.
         let n = opts.workers;
@@ -136,46 +171,279 @@ impl LiveNode {
             }
         }
         let neighbours = Arc::new(Neighbours::with_capacity(4096));
+        let deaths = Arc::new(Mutex::new(Vec::new()));
         let mut shared = Vec::new();
         let mut threads = Vec::new();
-        for (i, ((ports, out), inn)) in sockets.into_iter().zip(outs).zip(ins).enumerate() {
+        let mut commands = Vec::new();
+        for (i, ((out, inn), tap)) in outs.into_iter().zip(ins).zip(taps).enumerate() {
             let s = Arc::new(WorkerShared::default());
             let pipeline = Pipeline::new(publisher.slot(), flow_capacity(&node, opts));
-            let mut worker = Worker::new(
-                pipeline,
-                ports,
-                uplinks,
-                workloads,
-                s.clone(),
-                clock.clone(),
-                trace.clone(),
-                opts.log_rules.then(|| limiter.clone()),
-            );
+            // Uplinks are attached below like every port; the host tap is this worker's from the start.
+            let mut ports: Vec<Option<PortIo>> = (0..uplinks).map(|_| None).collect();
+            ports.push(Some(PortIo::Tap(tap)));
+            let logs = log_queue.clone().map(|queue| LogOutput { limiter: limiter.clone(), queue });
+            let mut worker = Worker::new(pipeline, ports, uplinks, s.clone(), clock.clone(), trace.clone(), logs);
             worker.join(i, n, out, inn, neighbours.clone());
+            let (tx, rx) = std::sync::mpsc::channel();
+            worker.listen(rx);
+            commands.push(tx);
+            let deaths = deaths.clone();
             let handle = std::thread::Builder::new()
                 .name(format!("calxdp-worker-{i}"))
-                .spawn(move || worker.run())
+                .spawn(move || {
+                    let run = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| worker.run()));
+                    if let Err(panic) = run {
+                        let why = panic
+                            .downcast_ref::<String>()
+                            .cloned()
+                            .or_else(|| panic.downcast_ref::<&str>().map(|s| s.to_string()))
+                            .unwrap_or_else(|| "a panic".into());
+                        if let Ok(mut d) = deaths.lock() {
+                            d.push(format!("worker {i} stopped: {why}"));
+                        }
+                    }
+                })
                 .map_err(|e| format!("cannot start worker thread {i}: {e}"))?;
             shared.push(s);
             threads.push(handle);
         }
-        Ok(LiveNode { publisher, clock, node, shared, threads, redirects, attach_modes })
+        drop(log_queue);
+        let mut live = LiveNode {
+            publisher,
+            clock,
+            node,
+            opts: opts.clone(),
+            shared,
+            threads,
+            commands,
+            deaths,
+            attached: BTreeMap::new(),
+            failed: BTreeMap::new(),
+            attach_modes: Vec::new(),
+            events: Vec::new(),
+            log_writer,
+            _log_thread: log_thread,
+            stopping: false,
+        };
+        live.supervise();
+        // Uplinks must be there from the start (preflight checked they exist): a failure is fatal.
+        for u in live.node.uplinks.clone() {
+            if !live.attached.contains_key(&u.name) {
+                let why = live
+                    .events
+                    .iter()
+                    .find_map(|e| match e {
+                        PortEvent::Failed { interface, error } if *interface == u.name => Some(error.clone()),
+                        _ => None,
+                    })
+                    .unwrap_or_else(|| format!("interface {} could not be taken over", u.name));
+                return Err(why);
+            }
+        }
+        Ok(live)
     }
 
-    /// Every worker's counters, summed.
+    /// Runs `f` where the node's interfaces are: in its namespace, or on this thread.
+    fn in_netns<T: Send + 'static>(&self, f: impl FnOnce() -> T + Send + 'static) -> Result<T, String> {
+        match &self.opts.netns {
+            None => Ok(f()),
+            Some(ns) => netns::run_in(ns, f).map_err(|e| format!("namespace {ns}: {e}")),
+        }
+    }
+
+    /// The interfaces the node should have now: uplinks, then pods' veths, with their port ids.
+    fn wanted(&mut self) -> Vec<(String, PortId)> {
+        let mut out: Vec<(String, PortId)> =
+            self.node.uplinks.iter().enumerate().map(|(u, up)| (up.name.clone(), u as PortId)).collect();
+        for w in &self.node.workloads {
+            if let Some(i) = &w.interface {
+                out.push((i.clone(), self.publisher.ports.id(i)));
+            }
+        }
+        out
+    }
+
+    /// Brings the attached ports in line with the node and the interfaces that exist: attaches what is
+    /// wanted and present, detaches what went away (or is no longer wanted), re-attaches an interface made
+    /// again under the same name. Cheap when nothing changed (one `if_nametoindex` per interface).
+    pub fn supervise(&mut self) {
+        if self.stopping {
+            return;
+        }
+        let wanted = self.wanted();
+        let names: Vec<String> = wanted.iter().map(|(n, _)| n.clone()).collect();
+        let indexes =
+            self.in_netns(move || names.iter().map(|n| netns::ifindex(n)).collect::<Vec<_>>()).unwrap_or_default();
+        for ((name, id), index) in wanted.iter().zip(indexes) {
+            match (self.attached.get(name).map(|a| a.ifindex), index) {
+                (None, Some(ix)) => {
+                    if self.failed.get(name).is_some_and(|at| at.elapsed() < RETRY_ATTACH_AFTER) {
+                        continue;
+                    }
+                    self.attach(name, *id, ix);
+                }
+                (Some(_), None) => self.detach(name, "the interface went away"),
+                (Some(old), Some(ix)) if old != ix => {
+                    self.detach(name, "the interface was made again");
+                    self.attach(name, *id, ix);
+                }
+                _ => {}
+            }
+        }
+        let unwanted: Vec<String> =
+            self.attached.keys().filter(|n| !wanted.iter().any(|(w, _)| w == *n)).cloned().collect();
+        for name in unwanted {
+            self.detach(&name, "its workload was removed");
+            self.publisher.ports.release(&name);
+        }
+    }
+
+    /// Takes over `name` as port `id`: the XDP program, then one socket per worker queue, handed to the
+    /// workers.
+    fn attach(&mut self, name: &str, id: PortId, ifindex: u32) {
+        let (workers, xsk, iface) = (self.opts.workers, self.opts.xsk, name.to_string());
+        let made = self.in_netns(move || -> Result<(Redirect, Vec<XskSocket>), String> {
+            let link = link_info(&iface).ok_or_else(|| format!("interface {iface} went away while attaching"))?;
+            if link.rx_queues < workers {
+                return Err(format!(
+                    "interface {iface} has {} receive queue(s) but {workers} workers run; each worker owns one \
+                     queue of every interface",
+                    link.rx_queues
+                ));
+            }
+            let limit = xsk.frame_size as usize - XskConfig::HEADROOM;
+            if link.mtu as usize + 18 > limit {
+                return Err(format!(
+                    "interface {iface} has MTU {} but calxdp's frames hold {limit} bytes (MTU {} at most): \
+                     lower the MTU (ip link set {iface} mtu {}) or run with larger frames",
+                    link.mtu,
+                    limit - 18,
+                    limit - 18
+                ));
+            }
+            let mut redirect = Redirect::attach(&iface)?;
+            let mut sockets = Vec::new();
+            for q in 0..workers {
+                let sock = XskSocket::open(&iface, q as u32, xsk).map_err(|e| e.to_string())?;
+                redirect.register(q as u32, sock.fd())?;
+                sockets.push(sock);
+            }
+            Ok((redirect, sockets))
+        });
+        match made.and_then(|r| r) {
+            Ok((redirect, sockets)) => {
+                for (tx, sock) in self.commands.iter().zip(sockets) {
+                    let _ = tx.send(WorkerCommand::Attach { id, io: PortIo::Xsk(Box::new(sock)) });
+                }
+                self.attach_modes.retain(|(i, _)| i != name);
+                self.attach_modes.push((name.to_string(), redirect.mode));
+                self.events.push(PortEvent::Up { interface: name.to_string(), mode: redirect.mode });
+                self.attached.insert(name.to_string(), Attached { id, ifindex, redirect });
+                self.failed.remove(name);
+            }
+            Err(error) => {
+                self.events.push(PortEvent::Failed { interface: name.to_string(), error });
+                self.failed.insert(name.to_string(), Instant::now());
+            }
+        }
+    }
+
+    /// Gives `name` up: every worker hands its socket back (frames held for it are dropped, counted), then
+    /// the sockets close and the XDP program detaches, here on the control thread.
+    fn detach(&mut self, name: &str, why: &str) {
+        let Some(a) = self.attached.remove(name) else { return };
+        let mut back = Vec::new();
+        for tx in &self.commands {
+            let (done, wait) = sync_channel(1);
+            if tx.send(WorkerCommand::Detach { id: a.id, done }).is_ok() {
+                back.push(wait);
+            }
+        }
+        for wait in back {
+            // A dead worker never answers; its socket closes with the process.
+            drop(wait.recv_timeout(DETACH_WITHIN));
+        }
+        drop(a.redirect);
+        self.attach_modes.retain(|(i, _)| i != name);
+        self.events.push(PortEvent::Down { interface: name.to_string(), why: why.to_string() });
+    }
+
+    /// Puts a changed node in force: the tables first (with the flushes of addresses that went away), then
+    /// the ports (new pods attached if their veth exists, removed ones detached).
+    pub fn set_node(&mut self, node: NodeConfig) -> Result<(), String> {
+        let mut node = node;
+        for (u, old) in node.uplinks.iter_mut().zip(&self.node.uplinks) {
+            if u.mac.is_none() {
+                u.mac = old.mac;
+            }
+        }
+        self.publisher.set_node(node.clone()).map_err(|e| e.to_string())?;
+        self.node = node;
+        self.supervise();
+        Ok(())
+    }
+
+    /// The port changes since the last call.
+    pub fn take_events(&mut self) -> Vec<PortEvent> {
+        std::mem::take(&mut self.events)
+    }
+
+    /// Whether the interface is taken over now.
+    pub fn is_attached(&self, name: &str) -> bool {
+        self.attached.contains_key(name)
+    }
+
+    /// A worker that stopped on its own (it panicked): the node cannot go on without it.
+    pub fn dead_worker(&self) -> Option<String> {
+        if let Ok(d) = self.deaths.lock() {
+            if let Some(first) = d.first() {
+                return Some(first.clone());
+            }
+        }
+        if self.stopping {
+            return None;
+        }
+        self.threads.iter().position(|t| t.is_finished()).map(|i| format!("worker {i} stopped"))
+    }
+
+    /// Every worker's counters, summed, and the conntrack figures.
     pub fn counters(&self) -> (Counters, IoCounters) {
+        let (c, io, _, _) = self.stats();
+        (c, io)
+    }
+
+    /// Counters, I/O counters, conntrack statistics and live conntrack entries, summed over the workers.
+    pub fn stats(&self) -> (Counters, IoCounters, FlowStats, usize) {
         let mut c = Counters::default();
         let mut io = IoCounters::default();
+        let mut flows = FlowStats::default();
+        let mut entries = 0;
         for s in &self.shared {
-            let g = s.snapshot.lock().expect("a worker never panics holding it");
+            let g = match s.snapshot.lock() {
+                Ok(g) => g,
+                Err(poisoned) => poisoned.into_inner(),
+            };
             c.add(&g.0);
             io.add(&g.1);
+            flows.created += g.2.created;
+            flows.expired += g.2.expired;
+            flows.early_dropped += g.2.early_dropped;
+            flows.refused += g.2.refused;
+            flows.flushed += g.2.flushed;
+            flows.peak += g.2.peak;
+            entries += g.3;
         }
-        (c, io)
+        (c, io, flows, entries)
+    }
+
+    /// Conntrack entries the node holds in all.
+    pub fn flow_capacity(&self) -> usize {
+        flow_capacity(&self.node, &self.opts) * self.opts.workers
     }
 
     /// Raises every worker's stop flag and waits for them (their last counters are published on the way out).
     fn halt(&mut self) {
+        self.stopping = true;
         for s in &self.shared {
             s.stop.store(true, Ordering::Relaxed);
         }
@@ -193,7 +461,7 @@ impl LiveNode {
     pub fn stop(mut self) -> (Counters, IoCounters) {
         self.halt();
         let counters = self.counters();
-        self.redirects.clear();
+        self.attached.clear();
         counters
     }
 }
@@ -210,8 +478,9 @@ pub fn flow_capacity(node: &NodeConfig, opts: &LiveOptions) -> usize {
     opts.flow_capacity.unwrap_or_else(|| node.felix.conntrack_capacity.div_ceil(opts.workers.max(1)))
 }
 
-/// Every interface the node takes over, with its port: the uplinks, then each local pod's veth.
-pub fn interfaces(node: &NodeConfig) -> Vec<(Port, String)> {
+/// Every interface the node takes over at the start: the uplinks, then each local pod's veth.
+pub fn interfaces(node: &NodeConfig) -> Vec<(calxdp_dataplane::path::Port, String)> {
+    use calxdp_dataplane::path::Port;
     let uplinks = node.uplinks.iter().enumerate().map(|(i, u)| (Port::Uplink(i as u16), u.name.clone()));
     let pods = node
         .workloads
@@ -260,27 +529,22 @@ fn preflight(node: &NodeConfig, opts: &LiveOptions) -> Result<(), String> {
                     programs, opens AF_XDP sockets and creates a tap"
             .into());
     }
-    let names = interfaces(node);
-    for (port, name) in &names {
-        let what = match *port {
-            Port::Workload(w) => {
-                format!("the veth of pod {}/{}", node.workloads[w as usize].namespace, node.workloads[w as usize].name)
-            }
-            _ => "uplink".to_string(),
-        };
-        let Some(link) = link_info(name) else {
+    for u in &node.uplinks {
+        let Some(link) = link_info(&u.name) else {
             return Err(format!(
-                "interface {name} ({what}) does not exist in this network namespace; create it or fix the node file"
+                "interface {} (uplink) does not exist in this network namespace; create it or fix the node file",
+                u.name
             ));
         };
         if link.rx_queues < opts.workers {
             return Err(format!(
-                "interface {name} has {} receive queue(s) but {} workers were asked for; each worker owns one \
+                "interface {} has {} receive queue(s) but {} workers were asked for; each worker owns one \
                  queue of every interface",
-                link.rx_queues, opts.workers
+                u.name, link.rx_queues, opts.workers
             ));
         }
     }
+    let names = interfaces(node);
     if !std::path::Path::new("/dev/net/tun").exists() {
         return Err(
             "/dev/net/tun is missing: load the tun module (modprobe tun) so calxdp can make the host tap".into()
@@ -393,7 +657,7 @@ fn configure_tap(node: &NodeConfig, opts: &LiveOptions) -> Result<(), String> {
             ip(&["addr", "replace", &cidr, "dev", tap])?;
         }
     }
-    if let Some(gw) = node.uplinks.first().and_then(|u| u.gateway) {
+    for gw in node.uplinks.first().map(|u| u.gateways.clone()).unwrap_or_default() {
         let family = if gw.is_ipv4() { "-4" } else { "-6" };
         ip(&[family, "route", "replace", "default", "via", &gw.to_string(), "dev", tap])?;
     }

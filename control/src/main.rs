@@ -153,8 +153,7 @@ fn main() -> ExitCode {
                 }
             }
             let opts = LiveOptions { workers, tap, ..LiveOptions::default() };
-            let result =
-                calxdp::replay::load_node(&node).and_then(|n| calxdp::run::run(n, &policies, &opts, stop, trace));
+            let result = calxdp::run::run(&node, &policies, &opts, stop, trace);
             match result {
                 Ok(()) => ExitCode::SUCCESS,
                 Err(e) => {

@@ -2,9 +2,11 @@
 //! tables. An update is built whole off the hot path and either published with one store or rejected
 //! with the reason, leaving the running tables in place.
 
+use std::collections::{BTreeMap, VecDeque};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use calxdp_dataplane::ports::PortId;
 use calxdp_dataplane::tables::{TableSet, TableSlot};
 use calxdp_policy::compile::{CompileStats, ProgramCache};
 use calxdp_policy::node::NodeConfig;
@@ -30,6 +32,56 @@ impl std::fmt::Display for Rejected {
     }
 }
 
+/// The port ids of the pods' interfaces (`calxdp_dataplane::ports`): an interface keeps its id from the
+/// table version that adds it until it is detached and released; released ids are reused oldest first, so
+/// a frame still in flight from a detached interface is unlikely to meet its id's next owner.
+#[derive(Debug)]
+pub struct PortIds {
+    by_interface: BTreeMap<String, PortId>,
+    free: VecDeque<PortId>,
+    next: PortId,
+}
+
+impl PortIds {
+    /// Ids for pods start after the uplinks (`0..uplinks`) and the host (`uplinks`).
+    pub fn new(uplinks: usize) -> PortIds {
+        PortIds { by_interface: BTreeMap::new(), free: VecDeque::new(), next: uplinks as PortId + 1 }
+    }
+
+    /// The id of an interface, given one if it has none.
+    pub fn id(&mut self, interface: &str) -> PortId {
+        if let Some(id) = self.by_interface.get(interface) {
+            return *id;
+        }
+        // Reuse only once enough ids have been freed that the oldest has surely drained.
+        let id = if self.free.len() > 64 || self.next == PortId::MAX {
+            self.free.pop_front().expect("ids to reuse")
+        } else {
+            self.next += 1;
+            self.next - 1
+        };
+        self.by_interface.insert(interface.to_string(), id);
+        id
+    }
+
+    /// The id an interface has, if any.
+    pub fn get(&self, interface: &str) -> Option<PortId> {
+        self.by_interface.get(interface).copied()
+    }
+
+    /// Frees the id of an interface that is detached everywhere.
+    pub fn release(&mut self, interface: &str) {
+        if let Some(id) = self.by_interface.remove(interface) {
+            self.free.push_back(id);
+        }
+    }
+
+    /// The ids of the node's local pods, in node order (given where missing).
+    fn of(&mut self, node: &NodeConfig) -> Vec<PortId> {
+        node.workloads.iter().map(|w| self.id(w.interface.as_deref().unwrap_or(&w.name))).collect()
+    }
+}
+
 /// Owns the resources in force and publishes compiled tables into a [`TableSlot`].
 #[derive(Debug)]
 pub struct TablePublisher {
@@ -38,16 +90,19 @@ pub struct TablePublisher {
     cache: ProgramCache,
     slot: Arc<TableSlot>,
     epoch: u64,
+    pub ports: PortIds,
 }
 
 impl TablePublisher {
     /// Compiles the first tables and makes the slot workers will read.
     pub fn new(node: NodeConfig, resources: ResourceSet) -> TablePublisher {
         let mut cache = ProgramCache::new();
+        let mut ports = PortIds::new(node.uplinks.len());
         let world = ResolvedNode::new(&node, &resources);
         let compiled = cache.compile(&world, 1);
-        let slot = Arc::new(TableSlot::new(TableSet::new(1, Arc::new(world), Arc::new(compiled))));
-        TablePublisher { node, resources, cache, slot, epoch: 1 }
+        let ids = ports.of(&node);
+        let slot = Arc::new(TableSlot::new(TableSet::with_ports(1, Arc::new(world), Arc::new(compiled), ids)));
+        TablePublisher { node, resources, cache, slot, epoch: 1, ports }
     }
 
     pub fn slot(&self) -> Arc<TableSlot> {
@@ -83,6 +138,9 @@ impl TablePublisher {
     /// workload had and no longer has (semantics §8.2).
     pub fn set_node(&mut self, node: NodeConfig) -> Result<(Published, Vec<std::net::IpAddr>), Rejected> {
         node.check().map_err(Rejected)?;
+        if node.uplinks != self.node.uplinks {
+            return Err(Rejected("the node's interfaces (uplinks) changed: restart calxdp to take them over".into()));
+        }
         let removed = calxdp_policy::node::removed_workload_addresses(&self.node, &node);
         let previous = std::mem::replace(&mut self.node, node);
         match self.publish(self.resources.clone(), &removed) {
@@ -106,7 +164,9 @@ impl TablePublisher {
         validate(&world, &compiled).map_err(Rejected)?;
         self.epoch += 1;
         let stats = compiled.stats;
-        self.slot.publish_with_flushes(TableSet::new(self.epoch, Arc::new(world), Arc::new(compiled)), flush);
+        let ids = self.ports.of(&self.node);
+        self.slot
+            .publish_with_flushes(TableSet::with_ports(self.epoch, Arc::new(world), Arc::new(compiled), ids), flush);
         self.resources = next;
         Ok(Published { epoch: self.epoch, stats, took: start.elapsed() })
     }

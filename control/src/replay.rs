@@ -9,18 +9,15 @@ use std::collections::BTreeMap;
 use std::fmt::Write as _;
 use std::path::Path;
 
-use calxdp_dataplane::frames::{ingest, rewrite, time_exceeded};
 use calxdp_dataplane::io::pcap::{self, Record};
-use calxdp_dataplane::log::{log_line, LogLimiter};
 use calxdp_dataplane::path::Port;
-use calxdp_dataplane::pipeline::{explain, rule_ref, Decision, Pipeline};
+use calxdp_dataplane::pipeline::{explain, Decision};
 use calxdp_policy::node::NodeConfig;
-use calxdp_policy::reference::walker::log_for;
 use calxdp_policy::resource::{load_path, ResourceSet};
 use calxdp_policy::verdict::Verdict;
 use calxdp_policy::yaml::{parse_documents, Field, LoadError, Origin};
 
-use crate::publisher::TablePublisher;
+use crate::offline::OfflineNode;
 
 /// Reads a node file (the schema of a parity scenario's `node:` section).
 pub fn load_node(path: &Path) -> Result<NodeConfig, String> {
@@ -49,11 +46,8 @@ pub fn replay(node: NodeConfig, policies: &Path, capture: &Path) -> Result<Repla
     let file = std::fs::File::open(capture).map_err(|e| format!("{}: {e}", capture.display()))?;
     let records = pcap::read_all(std::io::BufReader::new(file)).map_err(|e| format!("{}: {e}", capture.display()))?;
 
-    let publisher = TablePublisher::new(node.clone(), resources);
-    let mut pipeline = Pipeline::new(publisher.slot(), node.felix.conntrack_capacity);
-    let felix = &node.felix;
-    let mut limiter = LogLimiter::new(felix.log_rate_limit.as_deref(), felix.log_rate_burst)?;
-    let mut log_lines: Vec<String> = Vec::new();
+    // The production worker on memory ports, one frame per round at the capture's own time.
+    let mut offline = OfflineNode::new(node.clone(), resources, true)?;
     let start = records.first().map(|r| r.nanos).unwrap_or(0);
     let port_name = |p: Port| crate::run::port_name(&node, p);
     let mut report = String::new();
@@ -64,69 +58,75 @@ pub fn replay(node: NodeConfig, policies: &Path, capture: &Path) -> Result<Repla
     );
     let (mut allowed, mut dropped) = (0, 0);
     let mut out: BTreeMap<String, Vec<Record>> = BTreeMap::new();
+    let mut log_lines: Vec<String> = Vec::new();
     for (i, rec) in records.iter().enumerate() {
-        let mut frame = rec.data.clone();
-        let port = match calxdp_dataplane::wire::parse(&frame) {
+        let parsed = calxdp_dataplane::wire::parse(&rec.data);
+        let port = match &parsed {
             Ok(p) if p.is_ip() => ingress_of(&node, p.header.src),
             _ => Port::Uplink(0),
         };
-        let (packet, parsed) = ingest(port, &frame);
-        let mut batch = [packet];
         let now = rec.nanos.saturating_sub(start);
-        pipeline.process(&mut batch, now);
-        let p = &batch[0];
-        let tables = pipeline.tables();
-        let h = &p.header;
-        let malformed = matches!(p.decision, Decision::Malformed(_) | Decision::NotIp);
-        let flow = if malformed {
-            format!("({} bytes)", rec.data.len())
-        } else if h.has_ports() {
-            format!("{}:{} -> {}:{}", h.src, h.src_port, h.dst, h.dst_port)
-        } else {
-            format!("{} -> {}", h.src, h.dst)
-        };
-        let why = match p.decision {
-            Decision::Malformed(reason) => format!("malformed frame: {}", reason.as_str()),
-            Decision::NotIp => "not an IP frame".to_string(),
-            d => explain(&tables, &d).to_string(),
-        };
-        if let Some(parsed) = &parsed {
-            for hit in p.logs.iter().flatten() {
-                if limiter.admit(now) {
-                    let prefix = log_for(&tables.world, rule_ref(&tables, hit.ep, hit.stage, hit.dir, hit.rule)).prefix;
-                    let in_if = if port == Port::Host { String::new() } else { port_name(port) };
-                    let out_if = match p.out {
-                        Some(Port::Host) | None => String::new(),
-                        Some(o) => port_name(o),
-                    };
-                    log_lines.push(format!("{:>4}  {}", i + 1, log_line(&prefix, &in_if, &out_if, &rec.data, parsed)));
-                }
+        offline.clock.set(now);
+        let id = offline.id_of(port);
+        offline.inject(id, rec.data.clone())?;
+        let traced = offline.settle();
+        let tables = offline.tables();
+        let mine = traced.iter().find(|r| {
+            r.in_port == id
+                && parsed.as_ref().map_or(matches!(r.decision, Decision::Malformed(_)), |p| r.header == p.header)
+        });
+        for line in offline.take_log_lines() {
+            log_lines.push(format!("{:>4}  {line}", i + 1));
+        }
+        for p in offline.port_ids() {
+            let sent = offline.take_sent(p);
+            if let Some(name) = tables.ports.port_of_id(p).map(port_name) {
+                out.entry(name).or_default().extend(sent.into_iter().map(|data| Record { nanos: rec.nanos, data }));
             }
         }
-        let mut verdict = p.verdict;
-        let mut why = why;
-        if verdict == Verdict::Allow {
-            if let Some(parsed) = &parsed {
-                if rewrite(&mut frame, parsed, p, &tables.ports).is_err() {
-                    verdict = Verdict::Drop;
-                    why = "TTL exceeded in transit (ICMP time exceeded sent back)".into();
-                    pipeline.dropped_after_rewrite(calxdp_dataplane::pipeline::DropReason::TtlExceeded);
-                    if let Some(icmp) = time_exceeded(parsed, &tables.ports) {
-                        out.entry(port_name(port)).or_default().push(Record { nanos: rec.nanos, data: icmp });
+        let (proto, flow, verdict, o, t, why) = match mine {
+            None => {
+                // Not a packet the pipeline decides: ARP and neighbour discovery, answered or passed on.
+                allowed += 1;
+                (
+                    "-".to_string(),
+                    format!("({} bytes)", rec.data.len()),
+                    "pass",
+                    String::new(),
+                    String::new(),
+                    "ARP or neighbour discovery: answered or passed by the dataplane".to_string(),
+                )
+            }
+            Some(r) => {
+                let h = &r.header;
+                let malformed = matches!(r.decision, Decision::Malformed(_) | Decision::NotIp);
+                let flow = if malformed {
+                    format!("({} bytes)", rec.data.len())
+                } else if h.has_ports() {
+                    format!("{}:{} -> {}:{}", h.src, h.src_port, h.dst, h.dst_port)
+                } else {
+                    format!("{} -> {}", h.src, h.dst)
+                };
+                let why = match r.decision {
+                    Decision::Malformed(reason) => format!("malformed frame: {}", reason.as_str()),
+                    Decision::NotIp => "not an IP frame".to_string(),
+                    _ if r.verdict == Verdict::Drop && r.decision == Decision::Established => {
+                        "TTL exceeded in transit (ICMP time exceeded sent back)".into()
+                    }
+                    d => explain(&tables, &d).to_string(),
+                };
+                let proto = if malformed { "-".to_string() } else { proto_name(h.protocol.0) };
+                match r.verdict {
+                    Verdict::Allow => {
+                        allowed += 1;
+                        let o = r.out.map(port_name).unwrap_or_default();
+                        (proto, flow, "allow", o, r.translated.map(|s| s.to_string()).unwrap_or_default(), why)
+                    }
+                    Verdict::Drop => {
+                        dropped += 1;
+                        (proto, flow, "drop", String::new(), String::new(), why)
                     }
                 }
-            }
-        }
-        let (v, o, t) = match verdict {
-            Verdict::Allow => {
-                allowed += 1;
-                let o = p.out.map(port_name).unwrap_or_default();
-                out.entry(o.clone()).or_default().push(Record { nanos: rec.nanos, data: frame });
-                ("allow", o, p.translated.map(|s| s.to_string()).unwrap_or_default())
-            }
-            Verdict::Drop => {
-                dropped += 1;
-                ("drop", String::new(), String::new())
             }
         };
         let _ = writeln!(
@@ -135,22 +135,24 @@ pub fn replay(node: NodeConfig, policies: &Path, capture: &Path) -> Result<Repla
             i + 1,
             now as f64 / 1e9,
             port_name(port),
-            if malformed { "-".to_string() } else { proto_name(h.protocol.0) },
+            proto,
             flow,
-            v,
+            verdict,
             o,
             t,
             why
         );
     }
-    if !log_lines.is_empty() || limiter.suppressed > 0 {
-        let _ =
-            writeln!(report, "\nLog rules ({} lines, {} over the rate limit):", log_lines.len(), limiter.suppressed);
+    let io = offline.worker.io.clone();
+    let suppressed = io.log_suppressed;
+    if !log_lines.is_empty() || suppressed > 0 {
+        let _ = writeln!(report, "\nLog rules ({} lines, {} over the rate limit):", log_lines.len(), suppressed);
         for l in &log_lines {
             let _ = writeln!(report, "{l}");
         }
     }
-    let tables = pipeline.tables();
+    let tables = offline.tables();
+    let pipeline = &offline.worker.pipeline;
     let hits = pipeline.rule_hits.by_rule(&tables);
     if !hits.is_empty() {
         let _ = writeln!(report, "\nRule hits (like iptables -c):");
@@ -182,15 +184,9 @@ pub fn replay(node: NodeConfig, policies: &Path, capture: &Path) -> Result<Repla
         }
     }
     let _ = writeln!(report, "  conntrack entries at the end: {}", pipeline.flows.len());
-    let ports: Vec<Port> = (0..node.uplinks.len() as u16)
-        .map(Port::Uplink)
-        .chain((0..node.workloads.len() as u16).map(Port::Workload))
-        .chain(std::iter::once(Port::Host))
-        .collect();
-    for port in ports {
-        let slot = calxdp_dataplane::pipeline::Counters::port_slot(port, node.uplinks.len(), node.workloads.len());
-        let (rx, tx) = (c.rx.get(slot).copied().unwrap_or(0), c.tx.get(slot).copied().unwrap_or(0));
-        if rx + tx > 0 {
+    for id in offline.port_ids() {
+        let (rx, tx) = (io.rx.get(id as usize).copied().unwrap_or(0), io.tx.get(id as usize).copied().unwrap_or(0));
+        if let (true, Some(port)) = (rx + tx > 0, tables.ports.port_of_id(id)) {
             let _ = writeln!(report, "  port {:<10} rx {rx:>4}  tx {tx:>4}", port_name(port));
         }
     }

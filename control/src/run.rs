@@ -15,7 +15,7 @@ use calxdp_policy::node::NodeConfig;
 use calxdp_policy::resource::{load_path, ResourceSet};
 use calxdp_policy::verdict::Verdict;
 
-use crate::live::{LiveNode, LiveOptions};
+use crate::live::{LiveNode, LiveOptions, PortEvent};
 
 /// What the directory looked like: every policy file with its size and modification time.
 pub type DirState = Vec<(PathBuf, u64, Option<SystemTime>)>;
@@ -47,15 +47,30 @@ pub fn load_dir(dir: &Path) -> Result<ResourceSet, String> {
     Ok(set)
 }
 
-/// Runs until `stop` is raised. Prints one line per table publication and per rejected update, and with
-/// `trace` one line per frame decided.
+/// Writes one line to stderr; a stderr that is gone (a killed log reader) costs the line, never the node:
+/// `eprintln!` would panic.
+macro_rules! say {
+    ($($arg:tt)*) => {{
+        use std::io::Write as _;
+        let _ = writeln!(std::io::stderr(), $($arg)*);
+    }};
+}
+
+/// How often the control loop looks at the policy directory, the node file and the interfaces.
+const CHECK_EVERY: Duration = Duration::from_millis(200);
+
+/// Runs until `stop` is raised. Prints one line per table publication, rejected update and port change,
+/// and with `trace` one line per frame decided. The node file is watched too: workloads added, changed or
+/// removed there are put in force without a restart. A worker that dies ends the run with an error (so a
+/// supervisor restarts calxdp, and the XDP programs detach with the process).
 pub fn run(
-    node: NodeConfig,
+    node_file: &Path,
     policies: &Path,
     opts: &LiveOptions,
     stop: Arc<AtomicBool>,
     trace: bool,
 ) -> Result<(), String> {
+    let node = crate::replay::load_node(node_file)?;
     let resources = load_dir(policies)
         .map_err(|e| format!("{e}\n(the policies must load before the node starts; nothing was changed)"))?;
     let (tx, rx) = if trace {
@@ -66,15 +81,22 @@ pub fn run(
     };
     let mut live = LiveNode::start(node, resources, opts, tx)?;
     for (iface, mode) in &live.attach_modes {
-        eprintln!("calxdp: {iface}: XDP attached ({mode}), AF_XDP copy mode, {} queue(s)", opts.workers);
+        say!("calxdp: {iface}: XDP attached ({mode}), AF_XDP copy mode, {} queue(s)", opts.workers);
     }
-    eprintln!(
-        "calxdp: running; tables v{} with {} policies; watching {} (Ctrl-C stops)",
+    report_events(&mut live);
+    say!(
+        "calxdp: running; tables v{} with {} policies; conntrack {} entries ({} per worker), timeouts {}; \
+         watching {} and {} (Ctrl-C stops)",
         live.publisher.slot().epoch(),
         live.publisher.resources().len(),
-        policies.display()
+        live.flow_capacity(),
+        crate::live::flow_capacity(&live.node, opts),
+        timeouts_summary(&live.node.felix.conntrack_timeouts),
+        policies.display(),
+        node_file.display()
     );
     let mut seen = dir_state(policies);
+    let mut seen_node = file_state(node_file);
     let mut last_check = Instant::now();
     let mut last_stats = Instant::now();
     while !stop.load(Ordering::Relaxed) {
@@ -82,44 +104,100 @@ pub fn run(
             print_trace(&live, rx);
         }
         std::thread::sleep(Duration::from_millis(20));
-        if last_check.elapsed() >= Duration::from_millis(200) {
+        if let Some(death) = live.dead_worker() {
+            say!("calxdp: {death}; stopping so the node can be restarted (XDP detaches with the process)");
+            live.stop();
+            return Err(format!("{death}; the dataplane cannot run without it"));
+        }
+        if last_check.elapsed() >= CHECK_EVERY {
             last_check = Instant::now();
             let now = dir_state(policies);
             if now != seen {
                 seen = now;
                 reload(&mut live, policies);
             }
+            let node_now = file_state(node_file);
+            if node_now != seen_node {
+                seen_node = node_now;
+                reload_node(&mut live, node_file);
+            }
+            live.supervise();
+            report_events(&mut live);
         }
         if last_stats.elapsed() >= Duration::from_secs(30) {
             last_stats = Instant::now();
-            eprintln!("calxdp: {}", summary(&live));
+            say!("calxdp: {}", summary(&live));
         }
     }
-    eprintln!("calxdp: stopping: {}", summary(&live));
+    say!("calxdp: stopping: {}", summary(&live));
     live.stop();
-    eprintln!("calxdp: stopped; XDP detached and the tap removed");
+    say!("calxdp: stopped; XDP detached and the tap removed");
     Ok(())
+}
+
+fn timeouts_summary(t: &calxdp_policy::conntrack::Timeouts) -> String {
+    format!(
+        "tcp established {}s, syn {}s, udp {}s/{}s replied, icmp {}s, other {}s",
+        t.tcp_established.as_secs(),
+        t.tcp_syn_sent.as_secs(),
+        t.udp_unreplied.as_secs(),
+        t.udp_replied.as_secs(),
+        t.icmp.as_secs(),
+        t.generic.as_secs()
+    )
+}
+
+/// A file's size and modification time, to notice a change.
+fn file_state(p: &Path) -> Option<(u64, Option<SystemTime>)> {
+    std::fs::metadata(p).ok().map(|m| (m.len(), m.modified().ok()))
+}
+
+/// Prints the ports that came up, went down or failed since the last call.
+fn report_events(live: &mut LiveNode) {
+    for e in live.take_events() {
+        match e {
+            PortEvent::Up { interface, mode } => say!("calxdp: {interface}: taken over (XDP {mode}, AF_XDP)"),
+            PortEvent::Down { interface, why } => say!("calxdp: {interface}: released ({why})"),
+            PortEvent::Failed { interface, error } => say!("calxdp: {interface}: cannot take it over: {error}"),
+        }
+    }
+}
+
+/// Re-reads the node file: workloads and namespaces added, changed or removed are put in force; a bad file
+/// is reported and the node stays as it was.
+pub fn reload_node(live: &mut LiveNode, node_file: &Path) {
+    match crate::replay::load_node(node_file) {
+        Err(e) => say!("calxdp: node update rejected, node unchanged: {e}"),
+        Ok(node) => match live.set_node(node) {
+            Ok(()) => say!(
+                "calxdp: node updated: {} local workloads, tables v{}",
+                live.node.workloads.len(),
+                live.publisher.slot().epoch()
+            ),
+            Err(e) => say!("calxdp: node update rejected, node unchanged: {e}"),
+        },
+    }
 }
 
 /// Re-reads the directory and publishes, or reports why not (the running tables stay).
 pub fn reload(live: &mut LiveNode, policies: &Path) {
     match load_dir(policies) {
-        Err(e) => eprintln!("calxdp: policy update rejected, tables unchanged: {e}"),
+        Err(e) => say!("calxdp: policy update rejected, tables unchanged: {e}"),
         Ok(set) => match live.publisher.replace(set) {
-            Ok(p) => eprintln!(
+            Ok(p) => say!(
                 "calxdp: tables v{} published: {} policies, {} programs rebuilt, in {:.1} ms",
                 p.epoch,
                 live.publisher.resources().len(),
                 p.stats.built,
                 p.took.as_secs_f64() * 1e3
             ),
-            Err(e) => eprintln!("calxdp: policy update rejected, tables unchanged: {e}"),
+            Err(e) => say!("calxdp: policy update rejected, tables unchanged: {e}"),
         },
     }
 }
 
 fn summary(live: &LiveNode) -> String {
-    let (c, io) = live.counters();
+    let (c, io, flows, entries) = live.stats();
     let mut s = format!("{} frames: {} allowed", c.packets, c.allowed);
     for r in DropReason::ALL {
         if c.dropped(r) > 0 {
@@ -139,6 +217,32 @@ fn summary(live: &LiveNode) -> String {
     if io.tx_full > 0 {
         s.push_str(&format!("; {} lost to full tx queues", io.tx_full));
     }
+    for m in calxdp_dataplane::wire::Malformed::ALL {
+        if c.malformed[m.index()] > 0 {
+            s.push_str(&format!("; malformed {} {}", m.as_str(), c.malformed[m.index()]));
+        }
+    }
+    s.push_str(&format!(
+        "; conntrack {entries}/{} entries, {} created, {} expired, {} early-dropped, {} refused (full), {} flushed",
+        live.flow_capacity(),
+        flows.created,
+        flows.expired,
+        flows.early_dropped,
+        flows.refused,
+        flows.flushed
+    ));
+    if io.log_lines + io.log_suppressed + io.log_dropped > 0 {
+        s.push_str(&format!(
+            "; log lines {} written, {} over the rate limit, {} lost to a slow log reader",
+            io.log_lines, io.log_suppressed, io.log_dropped
+        ));
+    }
+    if let Some(w) = &live.log_writer {
+        let failed = w.failed.load(Ordering::Relaxed);
+        if failed > 0 {
+            s.push_str(&format!("; {failed} log lines could not be written (stderr is gone)"));
+        }
+    }
     s
 }
 
@@ -152,8 +256,11 @@ pub fn port_name(node: &NodeConfig, p: Port) -> String {
 }
 
 fn print_trace(live: &LiveNode, rx: &Receiver<TraceRecord>) {
+    use std::io::Write as _;
+    let mut out = std::io::stdout().lock();
     while let Ok(r) = rx.try_recv() {
-        println!("{}", trace_line(live, &r));
+        // A closed stdout costs the trace, not the node.
+        let _ = writeln!(out, "{}", trace_line(live, &r));
     }
 }
 

@@ -127,6 +127,10 @@ impl Neighbours {
         if seq & 1 == 1 || s.seq.compare_exchange(seq, seq + 1, Ordering::Acquire, Ordering::Relaxed).is_err() {
             return;
         }
+        // The odd sequence must be visible before any of the stores below: without this fence a reader on
+        // a weakly ordered machine (ARM64) could see new data with the old, even sequence and take a torn
+        // entry as whole.
+        fence(Ordering::Release);
         let mut m = [0u8; 8];
         m[..6].copy_from_slice(&mac);
         s.ip_hi.store((k >> 64) as u64, Ordering::Relaxed);

@@ -259,6 +259,11 @@ impl FlowTable {
         self.entries.len()
     }
 
+    /// Slots a new flow can take without expiring or evicting anything.
+    pub fn free_slots(&self) -> usize {
+        self.free.len()
+    }
+
     /// Bytes per flow this table holds (entry and index).
     pub fn bytes_per_flow(&self) -> usize {
         (self.entries.len() * std::mem::size_of::<Entry>() + self.index.len() * 4) / self.entries.len()
@@ -390,8 +395,12 @@ impl FlowTable {
     pub fn lookup(&mut self, pkt: &PacketHeader, inner: Option<Tuple>, now: Nanos) -> FlowLookup {
         let none = |state| FlowLookup { state, entry: None, tcp_next: None };
         if pkt.is_icmp_error() {
-            let related = inner.is_some_and(|t| self.find_live(&Key::of(&t), now).is_some());
-            return none(if related { CtState::Related } else { CtState::Invalid });
+            // As Linux's icmp_error_message: the quoted packet travelled the other way, so its tuple is
+            // inverted and looked up against both directions; the direction found is the error's own.
+            return match inner.and_then(|t| self.find_live(&Key::of(&t.reversed()), now)) {
+                Some(entry) => FlowLookup { state: CtState::Related, entry: Some(entry), tcp_next: None },
+                None => none(CtState::Invalid),
+            };
         }
         if pkt.protocol == Protocol::ICMPV6 && calxdp_policy::conntrack::icmpv6_untracked(pkt.icmp_type) {
             return none(CtState::Untracked);

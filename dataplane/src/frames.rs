@@ -13,7 +13,8 @@ use crate::pipeline::{Decision, Packet};
 use calxdp_policy::reference::flows::Tuple;
 
 use crate::wire::checksum::{checksum, fill_l4_checksum, update_addr, update_u16};
-use crate::wire::{parse, Parsed, L3};
+
+use crate::wire::{parse, InnerHeader, Parsed, L3};
 
 /// Why an allowed frame could not be sent on.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -61,8 +62,67 @@ pub fn rewrite(frame: &mut [u8], parsed: &Parsed, p: &Packet, ports: &PortMap) -
     if h.protocol == Protocol::SCTP && (p.translated.is_some() || p.translated_src.is_some()) {
         refresh_sctp_crc(frame, parsed);
     }
+    if let (Some(t), Some((ip_at, l4_at, has_l4)), Some(inner)) = (p.inner_nat, parsed.inner_at, parsed.inner) {
+        rewrite_quote(frame, parsed.l3, ip_at, l4_at, has_l4, &inner, &t);
+        // The error's own checksum covers the quote: computed again over the whole message.
+        let src = p.translated_src.map_or(h.src, |a| a.ip());
+        let dst = p.translated.map_or(h.dst, |a| a.ip());
+        let end = parsed.l3_end.min(frame.len());
+        if end > l4 {
+            fill_l4_checksum(src, dst, h.protocol, &mut frame[l4..end]);
+        }
+    }
     rewrite_macs(frame, p, ports);
     Ok(())
+}
+
+/// Puts the packet an ICMP error quotes back as its sender sent it (`to`), where NAT had changed it: the
+/// quoted addresses with the quoted IPv4 header checksum, and the quoted ports with the quoted L4 checksum
+/// where the quote reaches it (UDP's always, TCP's only when 18 bytes of its header are quoted), as Linux's
+/// nf_nat_icmp_reply_translation does. The caller recomputes the error's own checksum.
+fn rewrite_quote(frame: &mut [u8], l3: L3, ip_at: usize, l4_at: usize, has_l4: bool, was: &InnerHeader, to: &Tuple) {
+    let ports = has_l4 && matches!(was.protocol, Protocol::TCP | Protocol::UDP | Protocol::UDPLITE | Protocol::SCTP);
+    let csum_at = match was.protocol {
+        Protocol::UDP | Protocol::UDPLITE if has_l4 => Some(l4_at + 6),
+        Protocol::TCP if has_l4 && frame.len() >= l4_at + 18 => Some(l4_at + 16),
+        _ => None,
+    };
+    let csum_live =
+        csum_at.is_some_and(|o| !(l3 == L3::Ipv4 && was.protocol == Protocol::UDP && frame[o..o + 2] == [0, 0]));
+    for (source, old, new) in [(true, was.src, to.src), (false, was.dst, to.dst)] {
+        if old == new {
+            continue;
+        }
+        match (l3, old, new) {
+            (L3::Ipv4, IpAddr::V4(_), IpAddr::V4(n)) => {
+                let at = ip_at + if source { 12 } else { 16 };
+                frame[at..at + 4].copy_from_slice(&n.octets());
+                let c = u16::from_be_bytes([frame[ip_at + 10], frame[ip_at + 11]]);
+                frame[ip_at + 10..ip_at + 12].copy_from_slice(&update_addr(c, old, new).to_be_bytes());
+            }
+            (L3::Ipv6, IpAddr::V6(_), IpAddr::V6(n)) => {
+                let at = ip_at + if source { 8 } else { 24 };
+                frame[at..at + 16].copy_from_slice(&n.octets());
+            }
+            _ => return,
+        }
+        if let (true, Some(o)) = (csum_live, csum_at) {
+            let c = u16::from_be_bytes([frame[o], frame[o + 1]]);
+            frame[o..o + 2].copy_from_slice(&update_addr(c, old, new).to_be_bytes());
+        }
+    }
+    if ports {
+        for (at, old, new) in [(l4_at, was.src_port, to.src_port), (l4_at + 2, was.dst_port, to.dst_port)] {
+            if old == new {
+                continue;
+            }
+            frame[at..at + 2].copy_from_slice(&new.to_be_bytes());
+            if let (true, Some(o)) = (csum_live, csum_at) {
+                let c = u16::from_be_bytes([frame[o], frame[o + 1]]);
+                frame[o..o + 2].copy_from_slice(&update_u16(c, old, new).to_be_bytes());
+            }
+        }
+    }
 }
 
 /// Source MAC: the egress port's. Destination MAC: the pod's, the gateway's for off-link destinations,
@@ -274,5 +334,44 @@ mod tests {
         // Delivered to the host, a TTL of 1 is fine.
         let (p, parsed) = allowed(Port::Uplink(0), Port::Host, &frame);
         assert_eq!(rewrite(&mut frame, &parsed, &p, &ports()), Ok(()));
+    }
+
+    /// A backend's port-unreachable about a DNATed UDP flow, on its way back to the client: the outer source
+    /// becomes the service address and the quote becomes the packet the client sent (to the service), with
+    /// every checksum valid, as Linux's NAT translates it.
+    #[test]
+    fn an_icmp_error_about_a_translated_flow_is_translated_inside_and_out() {
+        let client: IpAddr = "192.168.1.11".parse().unwrap();
+        let backend: IpAddr = "192.168.1.10".parse().unwrap();
+        let vip: IpAddr = "10.96.0.10".parse().unwrap();
+        let sent = PacketHeader {
+            src: client,
+            dst: backend,
+            protocol: Protocol::UDP,
+            src_port: 5353,
+            dst_port: 53,
+            ..PacketHeader::EMPTY
+        };
+        let error = PacketHeader {
+            src: backend,
+            dst: client,
+            protocol: Protocol::ICMP,
+            icmp_type: 3,
+            icmp_code: 3,
+            ..PacketHeader::EMPTY
+        };
+        let mut frame = crate::wire::build_icmp_error(&FrameSpec::new(error), &sent);
+        let (mut p, parsed) = allowed(Port::Workload(0), Port::Workload(0), &frame);
+        p.translated = Some(SocketAddr::new(client, 0));
+        p.translated_src = Some(SocketAddr::new(vip, 0));
+        p.inner_nat = Some(Tuple { src: client, dst: vip, protocol: Protocol::UDP, src_port: 5353, dst_port: 80 });
+        rewrite(&mut frame, &parsed, &p, &ports()).unwrap();
+        let out = parse(&frame).expect("the translated error parses");
+        assert!(ipv4_header_ok(&frame, &out) && out.verify_l4_checksum(&frame), "outer checksums");
+        assert_eq!((out.header.src, out.header.dst), (vip, client));
+        let inner = out.inner.unwrap();
+        assert_eq!((inner.src, inner.src_port, inner.dst, inner.dst_port), (client, 5353, vip, 80));
+        let (ip_at, _, _) = out.inner_at.unwrap();
+        assert_eq!(checksum(&frame[ip_at..ip_at + 20]), 0, "the quoted IPv4 header's checksum");
     }
 }

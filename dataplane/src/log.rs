@@ -218,3 +218,73 @@ mod tests {
         assert!((0..100).all(|_| free.admit(0)));
     }
 }
+
+/// What the log writer thread has seen go wrong.
+#[derive(Debug, Default)]
+pub struct WriterState {
+    /// Lines written, and lines the output refused (a closed pipe, a full disk).
+    pub written: std::sync::atomic::AtomicU64,
+    pub failed: std::sync::atomic::AtomicU64,
+}
+
+/// Starts the thread that writes the Log rules' lines to `out`, fed by a queue of `capacity` lines. Workers
+/// only ever `try_send` to it, so a reader that stops reading (a paused pager, a stuck log shipper) fills
+/// the queue and costs lines, counted, never a blocked worker; an output that fails (its reader gone) is
+/// counted, never a panic. The thread ends when every sender is dropped.
+pub fn spawn_writer(
+    mut out: impl std::io::Write + Send + 'static,
+    capacity: usize,
+) -> std::io::Result<(std::sync::mpsc::SyncSender<String>, std::sync::Arc<WriterState>, std::thread::JoinHandle<()>)> {
+    use std::sync::atomic::Ordering;
+    let (tx, rx) = std::sync::mpsc::sync_channel::<String>(capacity);
+    let state = std::sync::Arc::new(WriterState::default());
+    let st = state.clone();
+    let handle = std::thread::Builder::new().name("calxdp-log".into()).spawn(move || {
+        for line in rx {
+            match writeln!(out, "{line}").and_then(|()| out.flush()) {
+                Ok(()) => st.written.fetch_add(1, Ordering::Relaxed),
+                Err(_) => st.failed.fetch_add(1, Ordering::Relaxed),
+            };
+        }
+    })?;
+    Ok((tx, state, handle))
+}
+
+#[cfg(test)]
+mod writer_tests {
+    use super::*;
+    use std::sync::atomic::Ordering;
+
+    /// An output that blocks until told, then fails: a stuck reader, then a gone one.
+    struct Stuck(std::sync::mpsc::Receiver<()>);
+
+    impl std::io::Write for Stuck {
+        fn write(&mut self, _: &[u8]) -> std::io::Result<usize> {
+            let _ = self.0.recv();
+            Err(std::io::Error::from(std::io::ErrorKind::BrokenPipe))
+        }
+        fn flush(&mut self) -> std::io::Result<()> {
+            Ok(())
+        }
+    }
+
+    #[test]
+    fn a_stuck_then_broken_output_never_blocks_the_sender_and_is_counted() {
+        let (release, gate) = std::sync::mpsc::channel();
+        let (tx, state, handle) = spawn_writer(Stuck(gate), 4).unwrap();
+        let start = std::time::Instant::now();
+        let mut refused = 0;
+        for i in 0..1000 {
+            if tx.try_send(format!("line {i}")).is_err() {
+                refused += 1;
+            }
+        }
+        assert!(start.elapsed() < std::time::Duration::from_millis(500), "the sender never waits");
+        assert!(refused >= 990, "a stuck writer takes at most its queue and the line in hand: {refused}");
+        drop(release);
+        drop(tx);
+        handle.join().expect("a broken output does not panic the writer");
+        assert_eq!(state.written.load(Ordering::Relaxed), 0);
+        assert!(state.failed.load(Ordering::Relaxed) >= 1);
+    }
+}

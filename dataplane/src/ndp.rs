@@ -76,10 +76,126 @@ pub fn advertisement(ns: &Solicitation, mac: [u8; 6], out: &mut [u8]) -> usize {
     NA_FRAME_LEN
 }
 
+/// Ethernet + IPv6 + a solicitation with its source link-layer address option.
+const NS_FRAME_LEN: usize = 14 + 40 + 32;
+
+/// The solicited-node multicast address of `target` (RFC 4291 §2.7.1): ff02::1:ff + its low 24 bits.
+pub fn solicited_node(target: Ipv6Addr) -> Ipv6Addr {
+    let t = target.octets();
+    let mut a = [0u8; 16];
+    a[0] = 0xff;
+    a[1] = 0x02;
+    a[11] = 1;
+    a[12] = 0xff;
+    a[13..16].copy_from_slice(&t[13..16]);
+    Ipv6Addr::from(a)
+}
+
+/// The link-local address Linux gives an interface with this MAC (modified EUI-64, RFC 4291 appendix A).
+pub fn link_local(mac: [u8; 6]) -> Ipv6Addr {
+    let mut a = [0u8; 16];
+    a[0] = 0xfe;
+    a[1] = 0x80;
+    a[8] = mac[0] ^ 0x02;
+    a[9] = mac[1];
+    a[10] = mac[2];
+    a[11] = 0xff;
+    a[12] = 0xfe;
+    a[13..16].copy_from_slice(&mac[3..6]);
+    Ipv6Addr::from(a)
+}
+
+/// Writes into `out` a neighbour solicitation for `target`, as Linux sends one to resolve a next hop: to the
+/// target's solicited-node multicast group (and its 33:33:ff MAC), hop limit 255, from `source` (the
+/// outgoing interface's link-local) and `mac`, with the source link-layer address option; returns its length.
+pub fn solicitation(mac: [u8; 6], source: Ipv6Addr, target: Ipv6Addr, out: &mut [u8]) -> usize {
+    let group = solicited_node(target);
+    let g = group.octets();
+    let f = &mut out[..NS_FRAME_LEN];
+    f[0..6].copy_from_slice(&[0x33, 0x33, g[12], g[13], g[14], g[15]]);
+    f[6..12].copy_from_slice(&mac);
+    f[12..14].copy_from_slice(&ETHERTYPE_IPV6.to_be_bytes());
+    let ip = &mut f[14..54];
+    ip[0..4].copy_from_slice(&[0x60, 0, 0, 0]);
+    ip[4..6].copy_from_slice(&32u16.to_be_bytes());
+    ip[6] = 58;
+    ip[7] = 255;
+    ip[8..24].copy_from_slice(&source.octets());
+    ip[24..40].copy_from_slice(&g);
+    let icmp = &mut f[54..];
+    icmp.fill(0);
+    icmp[0] = NEIGHBOUR_SOLICITATION;
+    icmp[8..24].copy_from_slice(&target.octets());
+    icmp[24] = 1; // source link-layer address option
+    icmp[25] = 1;
+    icmp[26..32].copy_from_slice(&mac);
+    fill_l4_checksum(IpAddr::V6(source), IpAddr::V6(group), Protocol::ICMPV6, icmp);
+    NS_FRAME_LEN
+}
+
+/// A neighbour advertisement: the target address and the MAC it is at (its target link-layer address
+/// option, else the frame's source MAC).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Advertisement {
+    pub target: Ipv6Addr,
+    pub mac: [u8; 6],
+}
+
+/// Parses an untagged frame holding a valid neighbour advertisement (hop limit 255, RFC 4861 §7.1.2).
+pub fn parse_advertisement(frame: &[u8]) -> Option<Advertisement> {
+    if frame.len() < 14 + 40 + 24 || frame[12..14] != ETHERTYPE_IPV6.to_be_bytes() {
+        return None;
+    }
+    let ip = &frame[14..54];
+    if ip[0] >> 4 != 6 || ip[6] != 58 || ip[7] != 255 {
+        return None;
+    }
+    let icmp = &frame[54..];
+    if icmp[0] != NEIGHBOUR_ADVERTISEMENT || icmp[1] != 0 {
+        return None;
+    }
+    let target = Ipv6Addr::from(<[u8; 16]>::try_from(&icmp[8..24]).ok()?);
+    let mut mac = [0; 6];
+    mac.copy_from_slice(&frame[6..12]);
+    let mut opts = &icmp[24..];
+    while opts.len() >= 8 && opts[1] != 0 {
+        let len = opts[1] as usize * 8;
+        if opts.len() < len {
+            break;
+        }
+        if opts[0] == 2 {
+            mac.copy_from_slice(&opts[2..8]);
+        }
+        opts = &opts[len..];
+    }
+    Some(Advertisement { target, mac })
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
     use crate::wire::parse;
+
+    #[test]
+    fn a_solicitation_goes_to_the_solicited_node_group_with_a_valid_checksum() {
+        let target: Ipv6Addr = "fd00::1:2:3:abcd".parse().unwrap();
+        let source = link_local([0x02, 0, 0, 0, 0, 0x0a]);
+        assert_eq!(source, "fe80::ff:fe00:a".parse::<Ipv6Addr>().unwrap());
+        let mut out = [0u8; 128];
+        let n = super::solicitation([0x02, 0, 0, 0, 0, 0x0a], source, target, &mut out);
+        let frame = &out[..n];
+        let parsed = parse(frame).expect("the solicitation parses");
+        assert!(parsed.verify_l4_checksum(frame), "ICMPv6 checksum");
+        assert_eq!(parsed.header.dst, IpAddr::V6("ff02::1:ff03:abcd".parse().unwrap()));
+        assert_eq!(&frame[0..6], &[0x33, 0x33, 0xff, 0x03, 0xab, 0xcd]);
+        let ns = parse_solicitation(frame).expect("it is a solicitation");
+        assert_eq!((ns.source, ns.target), (source, target));
+        // Answered (as a host does), the advertisement names the target and its MAC.
+        let mut na = [0u8; 128];
+        let m = advertisement(&ns, [2, 0xcc, 0, 0, 0, 1], &mut na);
+        assert_eq!(parse_advertisement(&na[..m]), Some(Advertisement { target, mac: [2, 0xcc, 0, 0, 0, 1] }));
+        assert_eq!(parse_advertisement(frame), None);
+    }
 
     fn solicitation(src: Ipv6Addr, target: Ipv6Addr) -> Vec<u8> {
         let ns = Solicitation { sender_mac: [2, 0, 0, 0, 0, 9], source: src, target };

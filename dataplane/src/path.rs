@@ -7,6 +7,8 @@ use std::net::IpAddr;
 
 use calxdp_policy::resolve::{ResolvedNode, LOOPBACK};
 
+use crate::ports::PortId;
+
 /// Where a frame enters or leaves the node.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 pub enum Port {
@@ -43,13 +45,25 @@ pub struct PortMap {
     /// Each local pod's MAC, where configured.
     pub workload_mac: Vec<Option<[u8; 6]>>,
     pub uplink_nets: Vec<Vec<calxdp_policy::net::IpNet>>,
+    /// Each local pod's port id (`ports.rs`), and the pod of each port id (`None`: not a pod of this
+    /// version, e.g. one being attached or detached).
+    pub workload_port: Vec<PortId>,
+    pub port_workload: Vec<Option<u16>>,
 }
 
 /// The MAC Calico gives the host side of every pod veth, so pods never need to learn another.
 pub const WORKLOAD_GATEWAY_MAC: [u8; 6] = [0xee; 6];
 
 impl PortMap {
+    /// Port bindings with pods numbered after the uplinks and the host, in node order.
     pub fn new(world: &ResolvedNode) -> PortMap {
+        let first = world.node.uplinks.len() as PortId + 1;
+        let ids = (0..world.node.workloads.len() as PortId).map(|w| first + w).collect();
+        PortMap::with_workload_ports(world, ids)
+    }
+
+    /// Port bindings with each pod's port id given (same order as the node's workloads).
+    pub fn with_workload_ports(world: &ResolvedNode, workload_port: Vec<PortId>) -> PortMap {
         let node = &world.node;
         let named = |iface: &str| world.interface_hep.get(iface).map(|&h| h as u32);
         let mut workload_by_ip = HashMap::with_hasher(AddrHash);
@@ -58,7 +72,15 @@ impl PortMap {
                 workload_by_ip.insert(*ip, i as u16);
             }
         }
+        assert_eq!(workload_port.len(), node.workloads.len(), "a port id per local workload");
+        let top = workload_port.iter().copied().max().map_or(0, |m| m as usize + 1);
+        let mut port_workload = vec![None; top];
+        for (w, id) in workload_port.iter().enumerate() {
+            port_workload[*id as usize] = Some(w as u16);
+        }
         PortMap {
+            workload_port,
+            port_workload,
             uplink_hep: node.uplinks.iter().map(|u| named(&u.name)).collect(),
             loopback_hep: named(LOOPBACK),
             star_hep: world.star_hep.map(|h| h as u32),
@@ -68,6 +90,30 @@ impl PortMap {
             gateway_mac: node.uplinks.iter().map(|u| u.gateway_mac).collect(),
             workload_mac: node.workloads.iter().map(|w| w.mac).collect(),
             uplink_nets: node.uplinks.iter().map(|u| u.ips.clone()).collect(),
+        }
+    }
+
+    /// The port a frame with port id `id` arrived on, in this version; `None` for a port id that is no
+    /// pod of this version.
+    #[inline]
+    pub fn port_of_id(&self, id: PortId) -> Option<Port> {
+        let uplinks = self.uplink_hep.len() as PortId;
+        if id < uplinks {
+            Some(Port::Uplink(id))
+        } else if id == uplinks {
+            Some(Port::Host)
+        } else {
+            self.port_workload.get(id as usize).copied().flatten().map(Port::Workload)
+        }
+    }
+
+    /// The port id of a port of this version.
+    #[inline]
+    pub fn id_of(&self, p: Port) -> PortId {
+        match p {
+            Port::Uplink(u) => u,
+            Port::Host => self.uplink_hep.len() as PortId,
+            Port::Workload(w) => self.workload_port[w as usize],
         }
     }
 

@@ -139,7 +139,7 @@ impl DropReason {
 }
 
 /// Counters of one worker; summed across workers on read ([`Counters::add`]).
-#[derive(Clone, Debug, Default, PartialEq, Eq)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct Counters {
     pub packets: u64,
     pub allowed: u64,
@@ -148,9 +148,6 @@ pub struct Counters {
     pub malformed: [u64; crate::wire::Malformed::COUNT],
     /// Log rules that fired more often than a packet can record.
     pub logs_overflowed: u64,
-    /// Packets received and sent per port: uplinks, then workloads, then the host.
-    pub rx: Vec<u64>,
-    pub tx: Vec<u64>,
 }
 
 impl Counters {
@@ -169,23 +166,6 @@ impl Counters {
             *a += b;
         }
         self.logs_overflowed += o.logs_overflowed;
-        for (mine, theirs) in [(&mut self.rx, &o.rx), (&mut self.tx, &o.tx)] {
-            if mine.len() < theirs.len() {
-                mine.resize(theirs.len(), 0);
-            }
-            for (a, b) in mine.iter_mut().zip(theirs) {
-                *a += b;
-            }
-        }
-    }
-
-    /// The counter slot of a port for a node with `uplinks` uplinks and `workloads` pods.
-    pub fn port_slot(port: Port, uplinks: usize, workloads: usize) -> usize {
-        match port {
-            Port::Uplink(u) => u as usize,
-            Port::Workload(w) => uplinks + w as usize,
-            Port::Host => uplinks + workloads,
-        }
     }
 }
 
@@ -290,6 +270,11 @@ pub struct Packet {
     pub translated: Option<SocketAddr>,
     /// The source after NAT (SNAT, or un-DNAT of a reply).
     pub translated_src: Option<SocketAddr>,
+    /// For an ICMP error about a translated flow: the quoted packet as its sender sent it.
+    pub inner_nat: Option<Tuple>,
+    /// Whether conntrack held the packet's flow right after it (filled when the pipeline is asked to, for
+    /// traces: the state as deciding packets one at a time would leave it).
+    pub tracked: bool,
     pub logs: [Option<LogHit>; MAX_LOGS],
     /// The rules that decided the chains the packet crossed (for the hit counters).
     pub rule_hits: [Option<LogHit>; MAX_RULE_HITS],
@@ -315,6 +300,8 @@ impl Packet {
             out: None,
             translated: None,
             translated_src: None,
+            inner_nat: None,
+            tracked: false,
             logs: [None; MAX_LOGS],
             rule_hits: [None; MAX_RULE_HITS],
             done: false,
@@ -379,6 +366,8 @@ pub struct Pipeline {
     /// The table version whose flushes and settings this pipeline has applied, shared with the slot so
     /// it keeps flushes until every pipeline has them.
     applied: Arc<AtomicU64>,
+    /// Fill [`Packet::tracked`] (traces only: one more lookup per packet).
+    pub note_tracked: bool,
 }
 
 /// Slots of the flow table the sweep looks at per worker round: a whole table of 2^18 entries every
@@ -390,7 +379,14 @@ impl Pipeline {
     pub fn new(slot: Arc<TableSlot>, flow_capacity: usize) -> Pipeline {
         let applied = slot.register_reader();
         let flows = FlowTable::new(flow_capacity, &slot.load().world.node.felix.conntrack_timeouts);
-        Pipeline { slot, flows, counters: Counters::default(), rule_hits: RuleHits::with_capacity(1 << 15), applied }
+        Pipeline {
+            slot,
+            flows,
+            counters: Counters::default(),
+            rule_hits: RuleHits::with_capacity(1 << 15),
+            applied,
+            note_tracked: false,
+        }
     }
 
     /// What a worker does once per round besides frames: takes in a new table version's flushes and
@@ -427,17 +423,23 @@ impl Pipeline {
         self.applied.store(t.epoch, Ordering::Release);
     }
 
-    /// Decides a batch. `now` is read once per batch by the caller. Returns the tables the batch was decided
-    /// with, so the caller rewrites and reports the batch against that same version (DESIGN.md: every
-    /// frame of a batch sees one consistent version).
+    /// Decides a batch with the current tables; returns them (benches and tests; the worker loads the
+    /// tables itself, once per batch, and calls [`Pipeline::process`]).
+    pub fn process_current(&mut self, batch: &mut [Packet], now: Nanos) -> arc_swap::Guard<Arc<TableSet>> {
+        let guard = self.slot.load();
+        self.process(&guard, batch, now);
+        guard
+    }
+
+    /// Decides a batch with tables `t`, which the caller loaded once for the batch and rewrites and reports
+    /// it with (DESIGN.md: every frame of a batch sees one consistent version). `now` is read once per
+    /// batch by the caller.
     ///
     /// The result is the same as deciding the packets one at a time in order: stages run over the batch,
     /// but conntrack is consulted in packet order, an established packet's entry is updated at once, and a
     /// packet that could depend on an earlier packet of the batch still waiting for its verdict (a new
     /// flow's second packet, its reply) starts a new window after that packet is committed.
-    pub fn process(&mut self, batch: &mut [Packet], now: Nanos) -> arc_swap::Guard<Arc<TableSet>> {
-        let guard = self.slot.load();
-        let t: &TableSet = &guard;
+    pub fn process(&mut self, t: &TableSet, batch: &mut [Packet], now: Nanos) {
         self.catch_up(t);
         for p in batch.iter_mut().filter(|p| !p.done) {
             source_checks(t, p);
@@ -461,7 +463,6 @@ impl Pipeline {
             self.commit(t, window, now);
             start = end;
         }
-        guard
     }
 
     /// Looks packets up in order until one depends on an earlier packet of the window whose verdict is
@@ -480,19 +481,23 @@ impl Pipeline {
                 p.lookup = FlowLookup { state: CtState::Untracked, entry: None, tcp_next: None };
                 continue;
             }
-            if n_open > 0 && depends_on(p, &open[..n_open]) {
+            // A packet of a flow still open in this window waits for it; so does every packet when the open
+            // flows may have to make room in a full table (their commit could evict the entry it would find).
+            if n_open > 0 && (depends_on(p, &open[..n_open]) || self.flows.free_slots() <= n_open) {
                 return i;
             }
             p.lookup = self.flows.lookup(&p.header, p.inner, now);
             match p.lookup.state {
                 CtState::Established | CtState::Related => {
                     established(t, &self.flows, p);
-                    // Its verdict is settled: its entry moves on now, as the kernel's does on arrival.
-                    if let Some(_entry) = p.lookup.entry {
+                    // Its verdict is settled: its entry moves on now, as the kernel's does on arrival. A
+                    // RELATED error changes nothing in the entry (Linux neither refreshes it nor counts a
+                    // reply).
+                    if p.lookup.state == CtState::Established && p.lookup.entry.is_some() {
                         let reply = Tuple::of(&p.header).reversed();
                         let _ = self.flows.commit(&p.header, &p.lookup, reply, t.epoch as u32, now);
-                        p.committed = true;
                     }
+                    p.committed = true;
                 }
                 CtState::New => {
                     if n_open == open.len() {
@@ -510,16 +515,8 @@ impl Pipeline {
     /// Records the window's allowed packets in conntrack, and counts every packet.
     fn commit(&mut self, t: &TableSet, batch: &mut [Packet], now: Nanos) {
         let epoch = t.epoch as u32;
-        let (uplinks, workloads) = (t.world.node.uplinks.len(), t.world.node.workloads.len());
-        let ports = uplinks + workloads + 1;
-        if self.counters.rx.len() < ports {
-            // Only when the node gains ports (a table change), never per packet.
-            self.counters.rx.resize(ports, 0);
-            self.counters.tx.resize(ports, 0);
-        }
         for p in batch.iter_mut() {
             self.counters.packets += 1;
-            self.counters.rx[Counters::port_slot(p.port, uplinks, workloads).min(ports - 1)] += 1;
             if p.verdict == Verdict::Allow && !p.committed {
                 let lookup = p.lookup;
                 // Untracked packets (a doNotTrack allow) never get an entry; everything else allowed does.
@@ -534,13 +531,12 @@ impl Pipeline {
                     }
                 }
             }
+            if self.note_tracked {
+                p.tracked = !matches!(p.decision, Decision::NotIp | Decision::Malformed(_))
+                    && self.flows.tracks(&p.header, now);
+            }
             match p.verdict {
-                Verdict::Allow => {
-                    self.counters.allowed += 1;
-                    if let Some(out) = p.out {
-                        self.counters.tx[Counters::port_slot(out, uplinks, workloads).min(ports - 1)] += 1;
-                    }
-                }
+                Verdict::Allow => self.counters.allowed += 1,
                 Verdict::Drop => {
                     self.counters.drops[DropReason::of(&p.decision) as usize] += 1;
                     if let Decision::Malformed(m) = p.decision {
@@ -648,6 +644,14 @@ fn established(t: &TableSet, flows: &FlowTable, p: &mut Packet) {
     let (mut src, mut src_port) = (p.header.src, p.header.src_port);
     if let Some((slot, dir)) = p.lookup.entry.filter(|(slot, _)| flows.is_translated(*slot)) {
         let (original, reply) = flows.tuples(slot);
+        if p.lookup.state == CtState::Related {
+            // The packet an error quotes went the other way, translated: the quote is put back as its
+            // sender sent it (Linux's nf_nat_icmp_reply_translation), so the sender recognises its flow.
+            p.inner_nat = Some(match dir {
+                FlowDir::Reply => original,
+                FlowDir::Original => reply,
+            });
+        }
         match dir {
             FlowDir::Original => {
                 dst = reply.src;

@@ -39,8 +39,21 @@ pub struct TableSet {
 static GENERATIONS: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(1);
 
 impl TableSet {
+    /// Tables whose pods have port ids after the uplinks and the host, in node order.
     pub fn new(epoch: u64, world: Arc<ResolvedNode>, compiled: Arc<CompiledTables>) -> TableSet {
-        let ports = PortMap::new(&world);
+        let first = world.node.uplinks.len() as u16 + 1;
+        let ids = (0..world.node.workloads.len() as u16).map(|w| first + w).collect();
+        TableSet::with_ports(epoch, world, compiled, ids)
+    }
+
+    /// Tables with each local pod's port id given (the control thread keeps them stable across versions).
+    pub fn with_ports(
+        epoch: u64,
+        world: Arc<ResolvedNode>,
+        compiled: Arc<CompiledTables>,
+        workload_ports: Vec<crate::ports::PortId>,
+    ) -> TableSet {
+        let ports = PortMap::with_workload_ports(&world, workload_ports);
         let service_ends = crate::owner::ServiceEnds::new(&world.node);
         let generation = GENERATIONS.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
         TableSet { epoch, world, compiled, ports, service_ends, generation, flushes: Vec::new() }

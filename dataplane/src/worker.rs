@@ -1,16 +1,19 @@
 //! A poll-mode worker: owns one queue of every port (an AF_XDP socket per uplink and pod veth, a queue of
-//! the host tap), pulls batches of frames, runs them through the [`Pipeline`] unchanged, rewrites the
-//! allowed ones and sends them out of their port. ARP is answered or passed here, before the pipeline
-//! (DESIGN.md "The node").
+//! the host tap, or in-memory queues offline), pulls batches of frames, runs them through the [`Pipeline`],
+//! rewrites the allowed ones and sends them out of their port. ARP and neighbour discovery are answered or
+//! passed here, before the pipeline (DESIGN.md "The node").
+//!
+//! This is the one frame path: `calxdp run`, the demo, `replay`, the pipeline and live parity levels and the
+//! benches all drive it, live with [`Worker::run`], offline one [`Worker::round`] at a time.
 //!
 //! Each batch is copied out of the receive UMEM into the worker's own buffers, and each frame that leaves
 //! is copied into the UMEM of the port it leaves by: copy-mode AF_XDP on veth copies anyway, and this keeps
-//! every socket's frame accounting private to it. Nothing on this path allocates (the trace and log
-//! paths aside, which are off unless asked for, and rate-limited).
+//! every socket's frame accounting private to it. Nothing on this path allocates (the trace and log paths
+//! aside, which are off unless asked for, and rate-limited).
 
-use std::net::{IpAddr, SocketAddr};
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::sync::mpsc::SyncSender;
+use std::sync::mpsc::{Receiver, SyncSender, TrySendError};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -23,30 +26,15 @@ use crate::flow::Nanos;
 use crate::frames::{ingest, rewrite, time_exceeded};
 use crate::log::{log_line, LogLimiter};
 use crate::ndp;
+use crate::nexthop::{self, Due, Pending};
 use crate::owner::owner;
 use crate::path::{Port, PortMap, WORKLOAD_GATEWAY_MAC};
 use crate::pipeline::{rule_ref, Counters, Decision, DropReason, LogHit, Packet, Pipeline, MAX_LOGS};
+use crate::ports::{send, PortId, PortIo};
 use crate::tables::TableSet;
 use crate::wire::Parsed;
 use crate::xsk::handoff::{HandoffReceiver, HandoffSender};
 use crate::xsk::ring::XdpDesc;
-use crate::xsk::socket::XskSocket;
-use crate::xsk::tap::Tap;
-
-/// The least time between two ARP requests of one worker.
-const ARP_ASK_INTERVAL: Nanos = 10_000_000;
-/// Frames a worker holds while their next hop is being resolved, and for how long at most.
-const HELD_MAX: usize = 16;
-const HOLD_FOR: Nanos = 1_000_000_000;
-
-/// A frame waiting for its next hop's MAC.
-#[derive(Clone, Copy, Debug)]
-struct Pending {
-    out: Port,
-    next_hop: IpAddr,
-    len: usize,
-    since: Nanos,
-}
 
 /// Congested rounds in a row before the worker receives regardless (roughly 100 µs).
 const MAX_CONGESTED_STREAK: u32 = 64;
@@ -58,38 +46,56 @@ pub const BATCH: usize = 64;
 /// Largest frame the worker handles (a standard MTU plus Ethernet and VLAN headers).
 pub const FRAME_MAX: usize = crate::xsk::handoff::SLOT_BYTES;
 
+/// The link-local address of the host side of every pod veth (Calico: fe80::ecee:eeff:feee:eeee), from
+/// which the dataplane solicits a pod.
+pub const WORKLOAD_GATEWAY_LL: Ipv6Addr = Ipv6Addr::new(0xfe80, 0, 0, 0, 0xecee, 0xeeff, 0xfeee, 0xeeee);
+
 /// The dataplane's clock: monotonic time since start, plus an offset a test may advance (a parity
-/// scenario's `advance` step), so timeouts run without waiting.
+/// scenario's `advance` step), so timeouts run without waiting. A manual clock does not move by itself.
 #[derive(Debug)]
 pub struct Clock {
-    start: Instant,
+    start: Option<Instant>,
     offset: AtomicU64,
 }
 
 impl Default for Clock {
     fn default() -> Clock {
-        Clock { start: Instant::now(), offset: AtomicU64::new(0) }
+        Clock { start: Some(Instant::now()), offset: AtomicU64::new(0) }
     }
 }
 
 impl Clock {
+    /// A clock that only moves when advanced or set (offline runs: parity levels, replay).
+    pub fn manual() -> Clock {
+        Clock { start: None, offset: AtomicU64::new(0) }
+    }
+
     pub fn now(&self) -> Nanos {
-        self.start.elapsed().as_nanos() as Nanos + self.offset.load(Ordering::Relaxed)
+        self.start.map_or(0, |s| s.elapsed().as_nanos() as Nanos) + self.offset.load(Ordering::Relaxed)
     }
 
     pub fn advance(&self, by: Duration) {
         self.offset.fetch_add(by.as_nanos() as u64, Ordering::Relaxed);
     }
+
+    /// Sets a manual clock (a capture's timestamps).
+    pub fn set(&self, now: Nanos) {
+        self.offset.store(now, Ordering::Relaxed);
+    }
 }
 
-/// What one frame met, for `--trace` and the live parity level ("why was this packet dropped?").
+/// What one frame met, for `--trace`, the offline levels and the live parity level ("why was this packet
+/// dropped?").
 #[derive(Clone, Copy, Debug)]
 pub struct TraceRecord {
+    /// The port it arrived on (stable id) and what that port was in the tables that decided it.
+    pub in_port: PortId,
     pub port: Port,
     pub header: PacketHeader,
     pub verdict: Verdict,
     pub decision: Decision,
     pub out: Option<Port>,
+    pub out_port: Option<PortId>,
     pub translated: Option<SocketAddr>,
     pub logs: [Option<LogHit>; MAX_LOGS],
     /// Whether conntrack holds an entry for the packet's flow after it.
@@ -97,7 +103,7 @@ pub struct TraceRecord {
     pub epoch: u64,
 }
 
-/// Counters of the work around the pipeline (ARP, transmit), per worker.
+/// Counters of the work around the pipeline (ARP, neighbours, transmit, ports), per worker.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct IoCounters {
     pub arp_replied: u64,
@@ -117,14 +123,24 @@ pub struct IoCounters {
     /// Frames passed to the worker that owns their flow, and those dropped because its ring was full.
     pub handed_off: u64,
     pub handoff_full: u64,
-    /// Allowed frames held until their next hop's MAC was known; those dropped because it never came (or
-    /// no slot was free); the ARP requests sent.
+    /// Allowed frames held until their next hop's MAC was known; those dropped because it never came (the
+    /// next hop failed), because no resolution slot was free, or to make room for newer frames of the same
+    /// next hop; the probes sent (ARP requests and neighbour solicitations).
     pub held: u64,
     pub no_neighbour: u64,
     pub arp_asked: u64,
-    /// Log-rule lines written, and those the Felix rate limit suppressed.
+    pub ndp_asked: u64,
+    /// Log-rule lines queued for writing, those the Felix rate limit suppressed, and those lost because the
+    /// writer fell behind (never blocking the worker).
     pub log_lines: u64,
     pub log_suppressed: u64,
+    pub log_dropped: u64,
+    /// Frames that arrived on, or were routed to, a port the tables do not know (being attached or
+    /// detached): dropped.
+    pub no_port: u64,
+    /// Frames received and sent, by port id.
+    pub rx: Vec<u64>,
+    pub tx: Vec<u64>,
 }
 
 impl IoCounters {
@@ -145,8 +161,13 @@ impl IoCounters {
             held,
             no_neighbour,
             arp_asked,
+            ndp_asked,
             log_lines,
             log_suppressed,
+            log_dropped,
+            no_port,
+            rx,
+            tx,
         } = o;
         // Destructured, so a counter added to the struct cannot be forgotten here.
         self.arp_replied += arp_replied;
@@ -163,8 +184,19 @@ impl IoCounters {
         self.held += held;
         self.no_neighbour += no_neighbour;
         self.arp_asked += arp_asked;
+        self.ndp_asked += ndp_asked;
         self.log_lines += log_lines;
         self.log_suppressed += log_suppressed;
+        self.log_dropped += log_dropped;
+        self.no_port += no_port;
+        for (mine, theirs) in [(&mut self.rx, rx), (&mut self.tx, tx)] {
+            if mine.len() < theirs.len() {
+                mine.resize(theirs.len(), 0);
+            }
+            for (a, b) in mine.iter_mut().zip(theirs) {
+                *a += b;
+            }
+        }
     }
 }
 
@@ -175,28 +207,37 @@ pub struct WorkerShared {
     /// Frames this worker has finished (decided and sent or dropped); read by tests to know a frame is done.
     pub frames_done: AtomicU64,
     /// The counters as of the last publication (about every 100 ms; only `try_lock`ed by the worker).
-    pub snapshot: Mutex<(Counters, IoCounters)>,
+    pub snapshot: Mutex<(Counters, IoCounters, crate::flow::FlowStats, usize)>,
 }
 
-/// One port's queue as this worker sees it.
+/// What the control thread asks of a running worker, between rounds.
 #[derive(Debug)]
-pub enum PortIo {
-    Xsk(Box<XskSocket>),
-    Tap(Tap),
+pub enum WorkerCommand {
+    /// Start using `io` as port `id` (an interface was attached).
+    Attach { id: PortId, io: PortIo },
+    /// Stop using port `id` (its interface goes away) and hand its queue back for closing off the hot path.
+    Detach { id: PortId, done: SyncSender<Option<PortIo>> },
+}
+
+/// Where the Log rules' lines go: Felix's rate limit, then a bounded queue to a writer thread, so a slow or
+/// broken log reader can never block or stop the worker (`log::spawn_writer`).
+#[derive(Debug, Clone)]
+pub struct LogOutput {
+    pub limiter: LogLimiter,
+    pub queue: SyncSender<String>,
 }
 
 /// A worker and everything it owns.
 #[derive(Debug)]
 pub struct Worker {
     pub pipeline: Pipeline,
-    /// By counter slot: uplinks, then workloads, then the host.
+    /// By port id: uplinks, the host, then pods as attached.
     ports: Vec<Option<PortIo>>,
     uplinks: usize,
-    workloads: usize,
     bufs: Vec<[u8; FRAME_MAX]>,
     lens: [usize; BATCH],
-    /// The port each buffered frame arrived on.
-    in_ports: [Port; BATCH],
+    /// The port id each buffered frame arrived on.
+    in_ids: [PortId; BATCH],
     tags: [u16; BATCH],
     /// This worker's index, and the links to and from the other workers (by worker index; `None` for
     /// itself). Flows are owned by one worker each (`owner.rs`).
@@ -206,48 +247,47 @@ pub struct Worker {
     handoff_in: Vec<HandoffReceiver>,
     batch: Vec<Packet>,
     parsed: Vec<Option<Parsed>>,
+    /// For each packet of the batch, the buffer its frame is in.
+    frame_of: Vec<usize>,
     descs: [XdpDesc; BATCH],
     addrs: [u64; BATCH],
     scratch: [u8; FRAME_MAX],
     /// Neighbour and pod MACs, shared with the other workers.
     neighbours: Arc<Neighbours>,
-    /// When this worker last sent an ARP request.
-    last_ask: Nanos,
-    /// Frames waiting for their next hop's MAC, and their bytes.
-    pending: [Option<Pending>; HELD_MAX],
-    pending_bufs: Vec<[u8; FRAME_MAX]>,
+    /// Frames waiting for their next hop's MAC, and the next hops being asked for.
+    pending: Pending,
     pub io: IoCounters,
-    /// Felix's LogActionRateLimit for the Log rules' lines (written to stderr, kernel LOG format); `None`
-    /// writes no lines (the trace still records the hits).
-    limiter: Option<LogLimiter>,
+    logs: Option<LogOutput>,
     shared: Arc<WorkerShared>,
     clock: Arc<Clock>,
     trace: Option<SyncSender<TraceRecord>>,
+    commands: Option<Receiver<WorkerCommand>>,
+    congested_streak: u32,
 }
 
 impl Worker {
-    /// A worker over `ports` (indexed by counter slot; `None` where this worker has no queue). `limiter`
-    /// rate-limits the Log rules' lines.
-    #[allow(clippy::too_many_arguments)]
+    /// A worker over `ports` (indexed by port id: the uplinks, then the host; pods are attached later or
+    /// included after the host). `logs`: where the Log rules' lines go (`None`: no lines; the trace still
+    /// records the hits).
     pub fn new(
         pipeline: Pipeline,
         ports: Vec<Option<PortIo>>,
         uplinks: usize,
-        workloads: usize,
         shared: Arc<WorkerShared>,
         clock: Arc<Clock>,
         trace: Option<SyncSender<TraceRecord>>,
-        limiter: Option<LogLimiter>,
+        logs: Option<LogOutput>,
     ) -> Worker {
-        assert_eq!(ports.len(), uplinks + workloads + 1, "one entry per port slot");
+        assert!(ports.len() > uplinks, "one port per uplink, then the host");
+        let mut pipeline = pipeline;
+        pipeline.note_tracked = trace.is_some();
         Worker {
             pipeline,
             ports,
             uplinks,
-            workloads,
             bufs: vec![[0; FRAME_MAX]; BATCH],
             lens: [0; BATCH],
-            in_ports: [Port::Host; BATCH],
+            in_ids: [0; BATCH],
             tags: [0; BATCH],
             id: 0,
             workers: 1,
@@ -255,18 +295,19 @@ impl Worker {
             handoff_in: Vec::new(),
             batch: Vec::with_capacity(BATCH),
             parsed: Vec::with_capacity(BATCH),
+            frame_of: Vec::with_capacity(BATCH),
             descs: [XdpDesc::default(); BATCH],
             addrs: [0; BATCH],
             scratch: [0; FRAME_MAX],
             neighbours: Arc::new(Neighbours::with_capacity(1024)),
-            last_ask: 0,
-            pending: [None; HELD_MAX],
-            pending_bufs: vec![[0; FRAME_MAX]; HELD_MAX],
+            pending: Pending::default(),
             io: IoCounters::default(),
-            limiter,
+            logs,
             shared,
             clock,
             trace,
+            commands: None,
+            congested_streak: 0,
         }
     }
 
@@ -286,55 +327,51 @@ impl Worker {
         self.handoff_in = inn;
     }
 
-    fn port_of_slot(&self, slot: usize) -> Port {
-        if slot < self.uplinks {
-            Port::Uplink(slot as u16)
-        } else if slot < self.uplinks + self.workloads {
-            Port::Workload((slot - self.uplinks) as u16)
-        } else {
-            Port::Host
+    /// Where the control thread's attach and detach requests come from.
+    pub fn listen(&mut self, commands: Receiver<WorkerCommand>) {
+        self.commands = Some(commands);
+    }
+
+    /// The port id of the host tap.
+    pub fn host_port(&self) -> PortId {
+        self.uplinks as PortId
+    }
+
+    /// Starts using `io` as port `id`.
+    pub fn attach(&mut self, id: PortId, io: PortIo) {
+        let i = id as usize;
+        if self.ports.len() <= i {
+            self.ports.resize_with(i + 1, || None);
+        }
+        self.ports[i] = Some(io);
+    }
+
+    /// Stops using port `id`: frames held for it are dropped (counted), its queue is handed back.
+    pub fn detach(&mut self, id: PortId) -> Option<PortIo> {
+        self.io.no_neighbour += self.pending.forget_port(id) as u64;
+        self.ports.get_mut(id as usize).and_then(Option::take)
+    }
+
+    /// The in-memory port `id`, if it is one (offline drivers push frames in and take frames out).
+    pub fn memory_port(&mut self, id: PortId) -> Option<&mut crate::ports::MemoryPort> {
+        match self.ports.get_mut(id as usize) {
+            Some(Some(PortIo::Memory(m))) => Some(m),
+            _ => None,
         }
     }
 
-    fn slot_of(&self, port: Port) -> usize {
-        Counters::port_slot(port, self.uplinks, self.workloads)
+    /// Whether frames are waiting for a next hop.
+    pub fn has_held_frames(&self) -> bool {
+        !self.pending.is_empty()
     }
 
     /// Polls until the stop flag is raised. Spins while there is traffic; backs off to yields and then
     /// short sleeps when idle, so an idle node does not burn its cores.
     pub fn run(&mut self) {
         let mut idle_rounds = 0u32;
-        let mut congested_streak = 0u32;
         let mut last_publish = Instant::now();
         while !self.shared.stop.load(Ordering::Relaxed) {
-            let mut moved = 0;
-            // Backpressure: while an output port is congested, leave frames in the receive rings (the
-            // kernel drops there, counted in the socket's statistics, at no cost to this core) and only
-            // drive transmission.
-            // Bounded, so one port that never drains cannot starve the others: after a streak of congested
-            // rounds the worker receives anyway, and frames for the stuck port count as `tx_full`.
-            if congested_streak < MAX_CONGESTED_STREAK && self.tx_congested() {
-                congested_streak += 1;
-                self.io.congested_rounds += 1;
-                self.flush();
-                // The kernel refuses more until the peer drains; give it a moment rather than a syscall
-                // storm of refused wakeups.
-                for _ in 0..CONGESTED_PAUSE_SPINS {
-                    std::hint::spin_loop();
-                }
-                continue;
-            }
-            congested_streak = 0;
-            for slot in 0..self.ports.len() {
-                moved += self.poll(slot);
-            }
-            for k in 0..self.handoff_in.len() {
-                moved += self.poll_handoff(k);
-            }
-            if self.pending.iter().any(Option::is_some) {
-                self.release_held();
-            }
-            self.flush();
+            let moved = self.round();
             if moved == 0 {
                 idle_rounds = idle_rounds.saturating_add(1);
                 if idle_rounds > 20_000 {
@@ -354,24 +391,89 @@ impl Worker {
         self.publish();
     }
 
+    /// One round: the control thread's requests, the flow table's upkeep, a batch from every port and every
+    /// other worker, the next hops being resolved, and transmission. Returns how many frames it took in.
+    pub fn round(&mut self) -> usize {
+        self.take_commands();
+        let now = self.clock.now();
+        self.pipeline.maintain(now);
+        // Backpressure: while an output port is congested, leave frames in the receive rings (the kernel
+        // drops there, counted in the socket's statistics, at no cost to this core) and only drive
+        // transmission. Bounded, so one port that never drains cannot starve the others: after a streak of
+        // congested rounds the worker receives anyway, and frames for the stuck port count as `tx_full`.
+        if self.congested_streak < MAX_CONGESTED_STREAK && self.tx_congested() {
+            self.congested_streak += 1;
+            self.io.congested_rounds += 1;
+            self.flush();
+            // The kernel refuses more until the peer drains; give it a moment rather than a syscall storm
+            // of refused wakeups. Frames handed over by other workers are still taken (their rings are not
+            // the congested port's).
+            for _ in 0..CONGESTED_PAUSE_SPINS {
+                std::hint::spin_loop();
+            }
+            let mut moved = 0;
+            for k in 0..self.handoff_in.len() {
+                moved += self.poll_handoff(k);
+            }
+            return moved;
+        }
+        self.congested_streak = 0;
+        let mut moved = 0;
+        for id in 0..self.ports.len() {
+            moved += self.poll(id as PortId);
+        }
+        for k in 0..self.handoff_in.len() {
+            moved += self.poll_handoff(k);
+        }
+        if !self.pending.is_empty() {
+            self.resolve_next_hops(now);
+        }
+        self.flush();
+        moved
+    }
+
+    fn take_commands(&mut self) {
+        let Some(rx) = &self.commands else { return };
+        let mut got = [const { None }; 4];
+        let mut n = 0;
+        while n < got.len() {
+            match rx.try_recv() {
+                Ok(c) => {
+                    got[n] = Some(c);
+                    n += 1;
+                }
+                Err(_) => break,
+            }
+        }
+        for c in got.into_iter().flatten() {
+            match c {
+                WorkerCommand::Attach { id, io } => self.attach(id, io),
+                WorkerCommand::Detach { id, done } => {
+                    let io = self.detach(id);
+                    let _ = done.send(io);
+                }
+            }
+        }
+    }
+
     /// Copies the counters where the control thread can read them, if it is not reading right now.
     pub fn publish(&mut self) {
         if let Ok(mut s) = self.shared.snapshot.try_lock() {
             s.0.clone_from(&self.pipeline.counters);
             s.1.clone_from(&self.io);
+            s.2 = self.pipeline.flows.stats;
+            s.3 = self.pipeline.flows.len();
         }
     }
 
     fn tx_congested(&self) -> bool {
-        self.ports.iter().flatten().any(|p| matches!(p, PortIo::Xsk(s) if s.tx_congested()))
+        self.ports.iter().flatten().any(PortIo::tx_congested)
     }
 
     /// Publishes every port's pending transmits and every frame handed to another worker.
     pub fn flush(&mut self) {
         for p in self.ports.iter_mut().flatten() {
-            if let PortIo::Xsk(s) = p {
-                s.flush();
-            }
+            p.flush();
         }
         for h in self.handoff_out.iter_mut().flatten() {
             h.flush();
@@ -381,9 +483,7 @@ impl Worker {
     /// Takes one batch of frames other workers handed over (frames of flows this worker owns).
     fn poll_handoff(&mut self, k: usize) -> usize {
         let n = self.handoff_in[k].receive(&mut self.bufs, &mut self.lens, &mut self.tags);
-        for i in 0..n {
-            self.in_ports[i] = untag(self.tags[i]);
-        }
+        self.in_ids[..n].copy_from_slice(&self.tags[..n]);
         if n > 0 {
             self.io.batches += 1;
             let done = self.handle(n, true);
@@ -392,11 +492,11 @@ impl Worker {
         n
     }
 
-    /// Receives one batch on a port and handles it; returns how many frames it took.
-    pub fn poll(&mut self, slot: usize) -> usize {
-        let n = match &mut self.ports[slot] {
-            None => return 0,
-            Some(PortIo::Xsk(sock)) => {
+    /// Receives one batch on port `id` and handles it; returns how many frames it took.
+    pub fn poll(&mut self, id: PortId) -> usize {
+        let n = match self.ports.get_mut(id as usize) {
+            None | Some(None) => return 0,
+            Some(Some(PortIo::Xsk(sock))) => {
                 let received = sock.receive(&mut self.descs);
                 let mut n = 0;
                 for i in 0..received {
@@ -413,11 +513,13 @@ impl Worker {
                 sock.recycle(&self.addrs[..received]);
                 n
             }
-            Some(PortIo::Tap(tap)) => {
+            Some(Some(PortIo::Tap(tap))) => {
                 let mut n = 0;
                 while n < BATCH {
-                    match tap.read(&mut self.bufs[n]) {
+                    match tap.read(&mut self.scratch) {
+                        Some(len) if len > FRAME_MAX => self.io.oversize += 1,
                         Some(len) => {
+                            self.bufs[n][..len].copy_from_slice(&self.scratch[..len]);
                             self.lens[n] = len;
                             n += 1;
                         }
@@ -426,9 +528,22 @@ impl Worker {
                 }
                 n
             }
+            Some(Some(PortIo::Memory(m))) => {
+                let mut n = 0;
+                while n < BATCH {
+                    let Some(frame) = m.rx.pop_front() else { break };
+                    if frame.len() > FRAME_MAX {
+                        self.io.oversize += 1;
+                        continue;
+                    }
+                    self.bufs[n][..frame.len()].copy_from_slice(&frame);
+                    self.lens[n] = frame.len();
+                    n += 1;
+                }
+                n
+            }
         };
-        let port = self.port_of_slot(slot);
-        self.in_ports[..n].fill(port);
+        self.in_ids[..n].fill(id);
         if n > 0 {
             self.io.batches += 1;
             let done = self.handle(n, false);
@@ -437,36 +552,64 @@ impl Worker {
         n
     }
 
-    /// Decides and forwards the `n` frames in the buffers (frame `i` arrived on `in_ports[i]`); frames of
+    fn count_rx(&mut self, id: PortId) {
+        let i = id as usize;
+        if self.io.rx.len() <= i {
+            self.io.rx.resize(i + 1, 0);
+        }
+        self.io.rx[i] += 1;
+    }
+
+    /// Sends `frame` out of port `id`, counting it; false if the port would not take it.
+    fn transmit(ports: &mut [Option<PortIo>], io: &mut IoCounters, id: PortId, frame: &[u8]) -> bool {
+        if !send(ports.get_mut(id as usize), frame) {
+            return false;
+        }
+        let i = id as usize;
+        if io.tx.len() <= i {
+            io.tx.resize(i + 1, 0);
+        }
+        io.tx[i] += 1;
+        true
+    }
+
+    /// Decides and forwards the `n` frames in the buffers (frame `i` arrived on port `in_ids[i]`); frames of
     /// flows another worker owns are handed to it first, unless they were handed here (`handed`). Returns
     /// how many frames were finished here.
     fn handle(&mut self, n: usize, handed: bool) -> usize {
+        // One version of the tables for the whole batch: steering, deciding, rewriting and reporting.
+        let tables = self.pipeline.tables();
+        let t: &TableSet = &tables;
         self.batch.clear();
         self.parsed.clear();
-        let mut keep = [false; BATCH];
+        self.frame_of.clear();
         let mut is_arp = [false; BATCH];
         let mut finished = n;
-        let owners = if self.workers > 1 && !handed { Some(self.pipeline.tables()) } else { None };
-        for (i, k) in keep.iter_mut().enumerate().take(n) {
-            let port = self.in_ports[i];
-            if arp::ethertype(&self.bufs[i][..self.lens[i]]) == Some(arp::ETHERTYPE_ARP) {
-                is_arp[i] = true;
+        for (i, arp_frame) in is_arp.iter_mut().enumerate().take(n) {
+            let id = self.in_ids[i];
+            if !handed {
+                self.count_rx(id);
+            }
+            let Some(port) = t.ports.port_of_id(id) else {
+                self.io.no_port += 1;
+                continue;
+            };
+            let frame = &self.bufs[i][..self.lens[i]];
+            if arp::ethertype(frame) == Some(arp::ETHERTYPE_ARP) {
+                *arp_frame = true;
                 continue;
             }
-            if port == Port::Host && self.answer_host_solicitation(i) {
-                continue;
-            }
-            if matches!(port, Port::Workload(_)) && self.answer_pod_solicitation(port, i) {
+            if self.neighbour_discovery(t, port, i) {
                 continue;
             }
             let frame = &self.bufs[i][..self.lens[i]];
             let (packet, parsed) = ingest(port, frame);
-            if let (Some(t), Some(true)) = (&owners, parsed.as_ref().map(|p| p.is_ip())) {
+            if self.workers > 1 && !handed && parsed.as_ref().is_some_and(Parsed::is_ip) {
                 let o = owner(&packet.header, packet.inner, &t.service_ends, self.workers);
                 if o != self.id {
                     finished -= 1;
                     let sent = match self.handoff_out.get_mut(o) {
-                        Some(Some(h)) => h.send(tag(port), frame),
+                        Some(Some(h)) => h.send(id, frame),
                         _ => false,
                     };
                     if sent {
@@ -477,40 +620,33 @@ impl Worker {
                     continue;
                 }
             }
-            *k = true;
             self.batch.push(packet);
             self.parsed.push(parsed);
+            self.frame_of.push(i);
         }
         // ARP first, in arrival order (it never enters the pipeline).
-        for (i, _) in is_arp.iter().enumerate().take(n).filter(|(_, a)| **a) {
-            self.arp(self.in_ports[i], i);
+        for i in (0..n).filter(|&i| is_arp[i]) {
+            if let Some(port) = t.ports.port_of_id(self.in_ids[i]) {
+                self.arp(t, port, i);
+            }
         }
         if self.batch.is_empty() {
             return finished;
         }
         let now = self.clock.now();
-        let tables = self.pipeline.process(&mut self.batch, now);
+        self.pipeline.process(t, &mut self.batch, now);
         // Borrowed out of `self` for the loop (a move of the vectors, not of their contents): a packet is
         // 480 bytes, too big to copy per frame.
         let batch = std::mem::take(&mut self.batch);
         let parsed_all = std::mem::take(&mut self.parsed);
-        for (b, (i, _)) in keep.iter().enumerate().take(n).filter(|(_, k)| **k).enumerate() {
-            let p = &batch[b];
+        let frame_of = std::mem::take(&mut self.frame_of);
+        for (b, p) in batch.iter().enumerate() {
+            let i = frame_of[b];
             let parsed = &parsed_all[b];
-            if let (Port::Uplink(u), Some(parsed)) = (p.port, parsed) {
-                self.learn_uplink_neighbour(&tables, u, i, parsed);
-            }
-            if let Port::Workload(w) = p.port {
-                // A pod's own address and MAC, once the pipeline has ruled out a spoofed source.
-                if p.decision != Decision::SourceSpoofed && tables.ports.workload_by_ip.get(&p.header.src) == Some(&w) {
-                    let mut mac = [0; 6];
-                    mac.copy_from_slice(&self.bufs[i][6..12]);
-                    self.neighbours.learn(p.header.src, mac);
-                }
-            }
-            if p.logs[0].is_some() && self.limiter.is_some() {
+            self.learn_source(t, p, i, parsed.as_ref());
+            if p.logs[0].is_some() && self.logs.is_some() {
                 if let Some(parsed) = parsed {
-                    self.log(&tables, p, i, parsed, now);
+                    self.log(t, p, i, parsed, now);
                 }
             }
             let mut verdict = p.verdict;
@@ -518,20 +654,17 @@ impl Worker {
             if verdict == Verdict::Allow {
                 let parsed = parsed.as_ref().expect("an allowed packet parsed");
                 let len = self.lens[i];
-                match rewrite(&mut self.bufs[i][..len], parsed, p, &tables.ports) {
+                match rewrite(&mut self.bufs[i][..len], parsed, p, &t.ports) {
                     Ok(()) => {
                         let o = out.expect("an allowed packet has an output port");
-                        match self.fill_next_hop_mac(&tables, p, o, i) {
+                        let o_id = t.ports.id_of(o);
+                        match self.fill_next_hop_mac(t, p, o, i) {
                             Ok(()) => {
-                                let o_slot = self.slot_of(o);
-                                if !send(&mut self.ports[o_slot], &self.bufs[i][..len]) {
+                                if !Self::transmit(&mut self.ports, &mut self.io, o_id, &self.bufs[i][..len]) {
                                     self.io.tx_full += 1;
                                 }
                             }
-                            Err(next_hop) => {
-                                self.hold(o, next_hop, i, len, now);
-                                self.ask(&tables, o, next_hop, now);
-                            }
+                            Err(next_hop) => self.hold(o_id, next_hop, i, now),
                         }
                     }
                     Err(_) => {
@@ -539,26 +672,25 @@ impl Worker {
                         out = None;
                         self.pipeline.dropped_after_rewrite(DropReason::TtlExceeded);
                         // The ICMP error back to the sender: a rare path, allowed to allocate.
-                        if let Some(icmp) = time_exceeded(parsed, &tables.ports) {
-                            let slot = self.slot_of(p.port);
-                            send(&mut self.ports[slot], &icmp);
+                        if let Some(icmp) = time_exceeded(parsed, &t.ports) {
+                            Self::transmit(&mut self.ports, &mut self.io, self.in_ids[i], &icmp);
                         }
                     }
                 }
             }
             if let Some(trace) = &self.trace {
                 let rec = TraceRecord {
+                    in_port: self.in_ids[i],
                     port: p.port,
                     header: p.header,
                     verdict,
                     decision: p.decision,
                     out: if verdict == Verdict::Allow { out } else { None },
+                    out_port: if verdict == Verdict::Allow { out.map(|o| t.ports.id_of(o)) } else { None },
                     translated: p.translated,
                     logs: p.logs,
-                    tracked: p.decision != Decision::NotIp
-                        && !matches!(p.decision, Decision::Malformed(_))
-                        && self.pipeline.flows.tracks(&p.header, now),
-                    epoch: tables.epoch,
+                    tracked: p.tracked,
+                    epoch: t.epoch,
                 };
                 if trace.try_send(rec).is_err() {
                     self.io.trace_lost += 1;
@@ -567,11 +699,34 @@ impl Worker {
         }
         self.batch = batch;
         self.parsed = parsed_all;
+        self.frame_of = frame_of;
         finished
     }
 
-    /// The Log rules' lines for packet `p` (frame `i`, as it arrived), within the rate limit. A rare,
-    /// rate-limited path, so formatting may allocate.
+    /// Learns MACs from what a decided frame shows: a pod's own address and MAC (once the pipeline has ruled
+    /// out a spoofed source), an on-link neighbour on an uplink.
+    fn learn_source(&mut self, t: &TableSet, p: &Packet, i: usize, parsed: Option<&Parsed>) {
+        let mut mac = [0; 6];
+        mac.copy_from_slice(&self.bufs[i][6..12]);
+        match p.port {
+            Port::Uplink(u) => {
+                if let Some(parsed) = parsed {
+                    if t.ports.uplink_on_link(u, parsed.header.src) {
+                        self.neighbours.learn(parsed.header.src, mac);
+                    }
+                }
+            }
+            Port::Workload(w) => {
+                if p.decision != Decision::SourceSpoofed && t.ports.workload_by_ip.get(&p.header.src) == Some(&w) {
+                    self.neighbours.learn(p.header.src, mac);
+                }
+            }
+            Port::Host => {}
+        }
+    }
+
+    /// The Log rules' lines for packet `p` (frame `i`, as it arrived), within the rate limit, queued for the
+    /// writer thread. A rare, rate-limited path, so formatting may allocate.
     fn log(&mut self, t: &TableSet, p: &Packet, i: usize, parsed: &Parsed, now: Nanos) {
         let node = &t.world.node;
         let name = |port: Option<Port>| match port {
@@ -581,23 +736,25 @@ impl Worker {
             }
             Some(Port::Host) | None => "",
         };
-        let Some(limiter) = self.limiter.as_mut() else { return };
+        let Some(logs) = self.logs.as_mut() else { return };
         for hit in p.logs.iter().flatten() {
-            if !limiter.admit(now) {
+            if !logs.limiter.admit(now) {
                 self.io.log_suppressed += 1;
                 continue;
             }
             let prefix = log_for(&t.world, rule_ref(t, hit.ep, hit.stage, hit.dir, hit.rule)).prefix;
             let out = if p.verdict == Verdict::Allow { p.out } else { None };
-            eprintln!("{}", log_line(&prefix, name(Some(p.port)), name(out), &self.bufs[i][..self.lens[i]], parsed));
-            self.io.log_lines += 1;
+            let line = log_line(&prefix, name(Some(p.port)), name(out), &self.bufs[i][..self.lens[i]], parsed);
+            match logs.queue.try_send(line) {
+                Ok(()) => self.io.log_lines += 1,
+                Err(TrySendError::Full(_)) | Err(TrySendError::Disconnected(_)) => self.io.log_dropped += 1,
+            }
         }
     }
 
     /// Sets the destination MAC where the configuration does not give it: a pod's MAC as learned from its
     /// frames or ARP, an on-link neighbour or the gateway as learned on the uplink. `Err(next hop)` when it
-    /// is not known yet (the caller asks for it and drops the frame, as a router without a neighbour entry
-    /// would after its short queue).
+    /// is not known yet (the caller holds the frame while the next hop is resolved).
     fn fill_next_hop_mac(&mut self, t: &TableSet, p: &Packet, out: Port, i: usize) -> Result<(), IpAddr> {
         let ports: &PortMap = &t.ports;
         let dst = p.translated.map(|d| d.ip()).unwrap_or(p.header.dst);
@@ -605,7 +762,7 @@ impl Worker {
             Port::Workload(w) if ports.workload_mac.get(w as usize).copied().flatten().is_none() => dst,
             Port::Uplink(u) if ports.uplink_on_link(u, dst) => dst,
             Port::Uplink(u) if ports.gateway_mac.get(u as usize).copied().flatten().is_none() => {
-                match t.world.node.uplinks.get(u as usize).and_then(|up| up.gateway) {
+                match t.world.node.uplinks.get(u as usize).and_then(|up| up.gateway(dst)) {
                     Some(gw) => gw,
                     None => return Ok(()),
                 }
@@ -617,106 +774,137 @@ impl Worker {
         Ok(())
     }
 
-    /// Keeps frame `i` until its next hop's MAC is known (as Linux queues a few packets per unresolved
-    /// neighbour); with every slot taken, the frame is dropped and counted.
-    fn hold(&mut self, out: Port, next_hop: IpAddr, i: usize, len: usize, now: Nanos) {
-        match self.pending.iter().position(Option::is_none) {
-            Some(k) => {
-                self.pending_bufs[k][..len].copy_from_slice(&self.bufs[i][..len]);
-                self.pending[k] = Some(Pending { out, next_hop, len, since: now });
+    /// Keeps frame `i` until the MAC of `next_hop` (through port `out`) is known, as Linux queues packets
+    /// behind an unresolved neighbour; the first frame for a next hop sends its first probe.
+    fn hold(&mut self, out: PortId, next_hop: IpAddr, i: usize, now: Nanos) {
+        let displaced = self.pending.displaced;
+        match self.pending.hold(out, next_hop, &self.bufs[i][..self.lens[i]], now) {
+            Ok(first) => {
                 self.io.held += 1;
+                self.io.no_neighbour += self.pending.displaced - displaced;
+                if first {
+                    self.resolve_next_hops(now);
+                }
             }
-            None => self.io.no_neighbour += 1,
+            Err(_) => self.io.no_neighbour += 1,
         }
     }
 
-    /// Sends held frames whose next hop has become known, asks again for the others, and drops those held
-    /// longer than [`HOLD_FOR`].
-    fn release_held(&mut self) {
-        let now = self.clock.now();
+    /// Sends the frames whose next hop has become known, probes the others when due, and drops the frames
+    /// of next hops that did not answer.
+    fn resolve_next_hops(&mut self, now: Nanos) {
         let tables = self.pipeline.tables();
-        for k in 0..self.pending.len() {
-            let Some(p) = self.pending[k] else { continue };
-            if let Some(mac) = self.neighbours.get(p.next_hop) {
-                self.pending_bufs[k][0..6].copy_from_slice(&mac);
-                let slot = self.slot_of(p.out);
-                if !send(&mut self.ports[slot], &self.pending_bufs[k][..p.len]) {
+        let mut known = [(0 as PortId, IpAddr::V4(Ipv4Addr::UNSPECIFIED)); nexthop::TARGETS];
+        let mut k = 0;
+        for (port, ip) in self.pending.targets() {
+            if self.neighbours.get(ip).is_some() {
+                known[k] = (port, ip);
+                k += 1;
+            }
+        }
+        for &(port, ip) in &known[..k] {
+            let Some(mac) = self.neighbours.get(ip) else { continue };
+            let mut slots = [0usize; nexthop::HELD_PER_TARGET];
+            let n = self.pending.resolved(port, ip, &mut slots);
+            for &slot in &slots[..n] {
+                let frame = self.pending.frame(slot);
+                frame[0..6].copy_from_slice(&mac);
+                if !send(self.ports.get_mut(port as usize), frame) {
                     self.io.tx_full += 1;
+                } else {
+                    let i = port as usize;
+                    if self.io.tx.len() <= i {
+                        self.io.tx.resize(i + 1, 0);
+                    }
+                    self.io.tx[i] += 1;
                 }
-                self.pending[k] = None;
-            } else if now.saturating_sub(p.since) > HOLD_FOR {
-                self.pending[k] = None;
-                self.io.no_neighbour += 1;
-            } else {
-                self.ask(&tables, p.out, p.next_hop, now);
+                self.pending.free(slot);
+            }
+        }
+        let mut due = [None; nexthop::TARGETS];
+        let n = self.pending.due(now, &mut due);
+        for d in due[..n].iter().flatten() {
+            match *d {
+                Due::Probe { port, ip } => self.probe(&tables, port, ip),
+                Due::Failed { dropped, .. } => self.io.no_neighbour += dropped as u64,
             }
         }
     }
 
-    /// Asks `port` who has `ip` (an IPv4 next hop we have no MAC for), at most once per
-    /// [`ARP_ASK_INTERVAL`] per worker so a flood towards a silent address does not become an ARP flood.
-    fn ask(&mut self, t: &TableSet, port: Port, ip: IpAddr, now: Nanos) {
-        let IpAddr::V4(target) = ip else { return };
-        if now.saturating_sub(self.last_ask) < ARP_ASK_INTERVAL && self.last_ask != 0 {
-            return;
-        }
-        let (mac, sender) = match port {
-            Port::Uplink(u) => {
-                let up = t.world.node.uplinks.get(u as usize);
-                let sender = up.and_then(|up| {
-                    up.addrs.iter().find_map(|a| match a {
-                        IpAddr::V4(v4) => Some(*v4),
-                        IpAddr::V6(_) => None,
-                    })
-                });
-                match (t.ports.uplink_mac.get(u as usize).copied().flatten(), sender) {
-                    (Some(m), Some(s)) => (m, s),
-                    _ => return,
-                }
-            }
-            Port::Workload(_) => (WORKLOAD_GATEWAY_MAC, std::net::Ipv4Addr::new(169, 254, 1, 1)),
+    /// Asks port `id` for the MAC of `ip`: an ARP request for IPv4, a neighbour solicitation for IPv6 (from
+    /// the port's link-local address, as Linux does for a forwarded packet).
+    fn probe(&mut self, t: &TableSet, id: PortId, ip: IpAddr) {
+        let Some(port) = t.ports.port_of_id(id) else { return };
+        let mac = match port {
+            Port::Uplink(u) => match t.ports.uplink_mac.get(u as usize).copied().flatten() {
+                Some(m) => m,
+                None => return,
+            },
+            Port::Workload(_) => WORKLOAD_GATEWAY_MAC,
             Port::Host => return,
         };
-        self.last_ask = now.max(1);
-        let n = arp::request(mac, sender, target, &mut self.scratch);
-        let slot = self.slot_of(port);
-        if send(&mut self.ports[slot], &self.scratch[..n]) {
-            self.io.arp_asked += 1;
+        let n = match ip {
+            IpAddr::V4(target) => {
+                let sender = match port {
+                    Port::Uplink(u) => t.world.node.uplinks.get(u as usize).and_then(|up| {
+                        up.addrs.iter().find_map(|a| match a {
+                            IpAddr::V4(v4) => Some(*v4),
+                            IpAddr::V6(_) => None,
+                        })
+                    }),
+                    _ => Some(Ipv4Addr::new(169, 254, 1, 1)),
+                };
+                let Some(sender) = sender else { return };
+                arp::request(mac, sender, target, &mut self.scratch)
+            }
+            IpAddr::V6(target) => {
+                let source = match port {
+                    Port::Workload(_) => WORKLOAD_GATEWAY_LL,
+                    _ => ndp::link_local(mac),
+                };
+                ndp::solicitation(mac, source, target, &mut self.scratch)
+            }
+        };
+        if Self::transmit(&mut self.ports, &mut self.io, id, &self.scratch[..n]) {
+            match ip {
+                IpAddr::V4(_) => self.io.arp_asked += 1,
+                IpAddr::V6(_) => self.io.ndp_asked += 1,
+            }
         }
     }
 
-    fn learn_uplink_neighbour(&mut self, t: &TableSet, u: u16, i: usize, parsed: &Parsed) {
-        let src = parsed.header.src;
-        if t.ports.uplink_on_link(u, src) {
-            let mut mac = [0; 6];
-            mac.copy_from_slice(&self.bufs[i][6..12]);
-            self.neighbours.learn(src, mac);
-        }
-    }
-
-    /// A pod's neighbour solicitation is answered with the veth's MAC, as the host side of a Calico veth
-    /// does (Felix accepts NDP from pods before any policy, semantics §I.2a); true if frame `i` was one.
-    fn answer_pod_solicitation(&mut self, port: Port, i: usize) -> bool {
-        let Some(ns) = ndp::parse_solicitation(&self.bufs[i][..self.lens[i]]) else { return false };
-        let n = ndp::advertisement(&ns, WORKLOAD_GATEWAY_MAC, &mut self.scratch);
-        let slot = self.slot_of(port);
-        if send(&mut self.ports[slot], &self.scratch[..n]) {
-            self.io.ndp_answered += 1;
-        }
-        true
-    }
-
-    /// The host's neighbour solicitation for a local pod's address (the host routes pods through the tap)
-    /// is answered here, like its ARP; true if frame `i` was one.
-    fn answer_host_solicitation(&mut self, i: usize) -> bool {
-        let Some(ns) = ndp::parse_solicitation(&self.bufs[i][..self.lens[i]]) else { return false };
-        let tables = self.pipeline.tables();
-        if !tables.ports.workload_by_ip.contains_key(&IpAddr::V6(ns.target)) {
+    /// Neighbour discovery before the pipeline: a pod's solicitation is answered with the veth's MAC (as the
+    /// host side of a Calico veth does; Felix accepts NDP from pods before any policy, semantics §I.2a), the
+    /// host's solicitation for a local pod's address with the tap's; advertisements from pods and on-link
+    /// neighbours are learned (and go on). True if frame `i` was consumed here.
+    fn neighbour_discovery(&mut self, t: &TableSet, port: Port, i: usize) -> bool {
+        let frame = &self.bufs[i][..self.lens[i]];
+        if frame.len() < 14 + 40 + 24 || frame[12..14] != [0x86, 0xdd] || frame[20] != 58 {
             return false;
         }
-        let n = ndp::advertisement(&ns, mac_for_host(&tables.ports), &mut self.scratch);
-        let slot = self.slot_of(Port::Host);
-        if send(&mut self.ports[slot], &self.scratch[..n]) {
+        if let Some(na) = ndp::parse_advertisement(frame) {
+            let target = IpAddr::V6(na.target);
+            let learn = match port {
+                Port::Workload(w) => t.ports.workload_by_ip.get(&target) == Some(&w),
+                Port::Uplink(u) => t.ports.uplink_on_link(u, target) || is_gateway(t, u, target),
+                Port::Host => false,
+            };
+            if learn {
+                self.neighbours.learn(target, na.mac);
+            }
+            // A pod's advertisement answers the veth's own solicitation (to its link-local address): it ends
+            // here, as it ends in the host's neighbour table on a Linux node. An uplink's goes on to the host.
+            return matches!(port, Port::Workload(_));
+        }
+        let Some(ns) = ndp::parse_solicitation(frame) else { return false };
+        let answer = match port {
+            Port::Workload(_) => Some(WORKLOAD_GATEWAY_MAC),
+            Port::Host if t.ports.workload_by_ip.contains_key(&IpAddr::V6(ns.target)) => Some(mac_for_host(&t.ports)),
+            _ => None,
+        };
+        let Some(mac) = answer else { return false };
+        let n = ndp::advertisement(&ns, mac, &mut self.scratch);
+        if Self::transmit(&mut self.ports, &mut self.io, self.in_ids[i], &self.scratch[..n]) {
             self.io.ndp_answered += 1;
         }
         true
@@ -724,46 +912,44 @@ impl Worker {
 
     /// ARP: pods get proxy-ARP replies; uplink and tap pass ARP to each other; the host's ARP for a pod is
     /// answered here.
-    fn arp(&mut self, port: Port, i: usize) {
+    fn arp(&mut self, t: &TableSet, port: Port, i: usize) {
         let len = self.lens[i];
         let Some(a) = arp::parse(&self.bufs[i][..len]) else {
             self.io.arp_dropped += 1;
             return;
         };
-        let tables = self.pipeline.tables();
-        let host_slot = self.slot_of(Port::Host);
+        let host = self.host_port();
+        let here = self.in_ids[i];
         match port {
             Port::Workload(w) => {
-                if tables.ports.workload_by_ip.get(&IpAddr::V4(a.sender_ip)) == Some(&w) {
+                if t.ports.workload_by_ip.get(&IpAddr::V4(a.sender_ip)) == Some(&w) {
                     self.neighbours.learn(IpAddr::V4(a.sender_ip), a.sender_mac);
                 }
                 if a.request {
                     let n = arp::reply(&a, WORKLOAD_GATEWAY_MAC, &mut self.scratch);
-                    let slot = self.slot_of(port);
-                    send(&mut self.ports[slot], &self.scratch[..n]);
+                    Self::transmit(&mut self.ports, &mut self.io, here, &self.scratch[..n]);
                     self.io.arp_replied += 1;
                 }
             }
             Port::Uplink(_) => {
                 self.neighbours.learn(IpAddr::V4(a.sender_ip), a.sender_mac);
-                if send(&mut self.ports[host_slot], &self.bufs[i][..len]) {
+                if Self::transmit(&mut self.ports, &mut self.io, host, &self.bufs[i][..len]) {
                     self.io.arp_passed += 1;
                 } else {
                     self.io.arp_dropped += 1;
                 }
             }
             Port::Host => {
-                let pod = tables.ports.workload_by_ip.contains_key(&IpAddr::V4(a.target_ip));
+                let pod = t.ports.workload_by_ip.contains_key(&IpAddr::V4(a.target_ip));
                 if a.request && pod {
-                    let n = arp::reply(&a, mac_for_host(&tables.ports), &mut self.scratch);
-                    send(&mut self.ports[host_slot], &self.scratch[..n]);
+                    let n = arp::reply(&a, mac_for_host(&t.ports), &mut self.scratch);
+                    Self::transmit(&mut self.ports, &mut self.io, host, &self.scratch[..n]);
                     self.io.arp_replied += 1;
                     return;
                 }
                 let target = IpAddr::V4(a.target_ip);
-                let u = (0..self.uplinks as u16).find(|&u| tables.ports.uplink_on_link(u, target)).unwrap_or(0);
-                let slot = self.slot_of(Port::Uplink(u));
-                if self.uplinks > 0 && send(&mut self.ports[slot], &self.bufs[i][..len]) {
+                let u = (0..self.uplinks as u16).find(|&u| t.ports.uplink_on_link(u, target)).unwrap_or(0);
+                if self.uplinks > 0 && Self::transmit(&mut self.ports, &mut self.io, u, &self.bufs[i][..len]) {
                     self.io.arp_passed += 1;
                 } else {
                     self.io.arp_dropped += 1;
@@ -773,35 +959,12 @@ impl Worker {
     }
 }
 
+fn is_gateway(t: &TableSet, u: u16, ip: IpAddr) -> bool {
+    t.world.node.uplinks.get(u as usize).is_some_and(|up| up.gateways.contains(&ip))
+}
+
 /// The MAC the dataplane answers the host with when it asks for a pod (ARP or NDP): the uplink's, which the
 /// tap carries too.
 fn mac_for_host(ports: &PortMap) -> [u8; 6] {
     ports.uplink_mac.first().copied().flatten().unwrap_or(WORKLOAD_GATEWAY_MAC)
-}
-
-/// Sends one frame out of a port queue; false if it would not take it (the caller counts the loss). A
-/// function of the queue alone, so a caller can send from its own buffers while it holds them.
-fn send(port: &mut Option<PortIo>, frame: &[u8]) -> bool {
-    match port {
-        Some(PortIo::Xsk(s)) => s.send_copy(frame),
-        Some(PortIo::Tap(t)) => t.write(frame),
-        None => false,
-    }
-}
-
-/// A port as a handoff tag: uplinks as they are, pods with bit 14, the host as bit 15.
-fn tag(port: Port) -> u16 {
-    match port {
-        Port::Uplink(u) => u,
-        Port::Workload(w) => 0x4000 | w,
-        Port::Host => 0x8000,
-    }
-}
-
-fn untag(t: u16) -> Port {
-    match t {
-        0x8000 => Port::Host,
-        t if t & 0x4000 != 0 => Port::Workload(t & 0x3fff),
-        t => Port::Uplink(t),
-    }
 }

@@ -19,11 +19,20 @@ pub struct Uplink {
     pub ips: Vec<IpNet>,
     /// Host addresses exactly as configured (the prefix only says which subnet is on-link).
     pub addrs: Vec<IpAddr>,
-    pub gateway: Option<IpAddr>,
+    /// Next hops for destinations off the node's subnets: one per address family at most (`gateway:` is an
+    /// address or a list of them).
+    pub gateways: Vec<IpAddr>,
     /// The interface's MAC (the host tap carries it too).
     pub mac: Option<[u8; 6]>,
     /// The gateway's MAC, where ARP has not been done for it (offline replay, tests).
     pub gateway_mac: Option<[u8; 6]>,
+}
+
+impl Uplink {
+    /// The gateway for a destination of `dst`'s address family.
+    pub fn gateway(&self, dst: IpAddr) -> Option<IpAddr> {
+        self.gateways.iter().copied().find(|g| g.is_ipv4() == dst.is_ipv4())
+    }
 }
 
 /// Parses `aa:bb:cc:dd:ee:ff`.
@@ -323,11 +332,7 @@ impl NodeConfig {
         self.uplinks
             .iter()
             .position(|u| u.ips.iter().any(|n| n.contains(dst)))
-            .or_else(|| {
-                self.uplinks
-                    .iter()
-                    .position(|u| u.gateway.is_some_and(|g| IpNet::host(g).family() == IpNet::host(dst).family()))
-            })
+            .or_else(|| self.uplinks.iter().position(|u| u.gateway(dst).is_some()))
             .or(if self.uplinks.is_empty() { None } else { Some(0) })
     }
 
@@ -379,10 +384,21 @@ fn parse_uplink(f: Field<'_>) -> Result<Uplink, LoadError> {
         }
         Ok(())
     })?;
-    let gateway = f.with("gateway", |g| g.map(parse_ip).transpose())?;
+    let gateways = f
+        .with("gateway", |g| {
+            g.map(|g| match g.str() {
+                Ok(_) => parse_ip(g).map(|ip| vec![ip]),
+                Err(_) => g.each(parse_ip),
+            })
+            .transpose()
+        })?
+        .unwrap_or_default();
+    if gateways.iter().filter(|g| g.is_ipv4()).count() > 1 || gateways.iter().filter(|g| g.is_ipv6()).count() > 1 {
+        return Err(f.error("gateway: at most one address per IP family"));
+    }
     let mac = f.with("mac", |m| m.map(mac_field).transpose())?;
     let gateway_mac = f.with("gatewayMac", |m| m.map(mac_field).transpose())?;
-    Ok(Uplink { name, ips, addrs, gateway, mac, gateway_mac })
+    Ok(Uplink { name, ips, addrs, gateways, mac, gateway_mac })
 }
 
 fn parse_ip(f: Field<'_>) -> Result<IpAddr, LoadError> {

@@ -15,7 +15,6 @@ use std::net::{IpAddr, SocketAddr};
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
-use calxdp_dataplane::ndp;
 use calxdp_dataplane::path::Port;
 use calxdp_dataplane::wire::parse;
 use calxdp_dataplane::xsk::netns;
@@ -30,7 +29,6 @@ use calxdp_policy::resolve::ResolvedNode;
 use calxdp_policy::resource::{Protocol, ResourceSet};
 use calxdp_policy::verdict::{Outcome, Reason, Verdict};
 
-use super::live_level::answer_arp;
 use super::pipeline_level::step_frame;
 use super::Dataplane;
 use crate::live::{interfaces, ip, Namespaces};
@@ -91,18 +89,9 @@ pub fn unavailable() -> Option<String> {
     apply::missing_tool().map(|t| format!("the kernel level needs the iptables tools: {t}"))
 }
 
-/// A MAC made from an address, as the wire's hosts answer neighbour requests with.
+/// The MAC a wire host with address `a` has (the one it answers neighbour requests with).
 fn wire_mac(a: IpAddr) -> [u8; 6] {
-    match a {
-        IpAddr::V4(v) => {
-            let o = v.octets();
-            [0x02, 0xcc, o[0], o[1], o[2], o[3]]
-        }
-        IpAddr::V6(v) => {
-            let o = v.octets();
-            [0x02, 0xcd, o[12], o[13], o[14], o[15]]
-        }
-    }
+    crate::wire_hosts::mac_of(a)
 }
 
 fn mac_text(m: [u8; 6]) -> String {
@@ -289,8 +278,11 @@ impl KernelLevel {
         let Some(first) = self.node.uplinks.first() else { return Ok(()) };
         for fam in [IpFamily::V4, IpFamily::V6] {
             let flag = if fam == IpFamily::V4 { "-4" } else { "-6" };
-            let via =
-                self.node.uplinks.iter().find_map(|u| u.gateway.filter(|g| IpFamily::of(*g) == fam).map(|g| (g, u)));
+            let via = self
+                .node
+                .uplinks
+                .iter()
+                .find_map(|u| u.gateways.iter().copied().find(|g| IpFamily::of(*g) == fam).map(|g| (g, u)));
             match via {
                 Some((g, u)) => ip(&[
                     "-n",
@@ -361,11 +353,11 @@ impl KernelLevel {
         for w in &self.wires {
             while let Some(n) = w.sock.recv(buf) {
                 let frame = &buf[..n];
-                answer_arp(&w.sock, frame);
-                if let Some(ns) = ndp::parse_solicitation(frame) {
-                    let mut out = [0u8; 128];
-                    let len = ndp::advertisement(&ns, wire_mac(IpAddr::V6(ns.target)), &mut out);
-                    let _ = w.sock.send(&out[..len]);
+                if let Some(reply) = crate::wire_hosts::answer(frame) {
+                    let _ = w.sock.send(&reply);
+                    continue;
+                }
+                if crate::wire_hosts::is_resolution(frame) {
                     continue;
                 }
                 each(w, frame);
@@ -462,6 +454,25 @@ impl Dataplane for KernelLevel {
         if family == IpFamily::V6 {
             self.ensure_neighbours(pkt)?;
         }
+        // An ICMP error quotes the packet its sender received. Where the kernel masqueraded that packet to a
+        // source port of its own choosing (kube-proxy's MASQUERADE --random-fully), the sender quotes that
+        // port: the scenario, written for calxdp (which keeps the port), cannot know it.
+        let inner = match inner {
+            Some(q) => {
+                let entries = self.conntrack(family)?;
+                let received = |e: &CtEntry| e.reply.reversed();
+                if entries.iter().any(|e| received(e) == q || e.orig == q) {
+                    Some(q)
+                } else {
+                    let masqueraded = |e: &&CtEntry| e.reply.dst != e.orig.src;
+                    let chosen = entries.iter().filter(masqueraded).map(received).find(|r| {
+                        r.src == q.src && r.dst == q.dst && r.protocol == q.protocol && r.dst_port == q.dst_port
+                    });
+                    Some(chosen.map(|r| Tuple { src_port: r.src_port, ..q }).unwrap_or(q))
+                }
+            }
+            None => None,
+        };
         let mut frame = step_frame(pkt, inner);
         if pkt.protocol == Protocol::SCTP && inner.is_none() {
             let t = Tuple::of(pkt);

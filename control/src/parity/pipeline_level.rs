@@ -1,13 +1,15 @@
-//! The pipeline parity level: every step through the dataplane's own staged pipeline, with the tables
-//! published by the control side exactly as a live node publishes them.
+//! The pipeline parity level: every step as a real frame through the production worker on in-memory ports
+//! (`offline.rs`), with the tables published by the control side exactly as a live node publishes them. The
+//! verdict and the output port are where the frame came out, the translation is read from the frame that
+//! came out (whose checksums are verified), and the reason, logs and conntrack state come from the worker's
+//! trace of that frame.
 
 use std::net::SocketAddr;
 use std::time::Duration;
 
-use calxdp_dataplane::flow::Nanos;
-use calxdp_dataplane::frames::{ingest, ipv4_header_ok, rewrite};
-use calxdp_dataplane::path::Port;
-use calxdp_dataplane::pipeline::{explain, rule_ref, Pipeline};
+use calxdp_dataplane::frames::ipv4_header_ok;
+use calxdp_dataplane::pipeline::{explain, rule_ref};
+use calxdp_dataplane::ports::PortId;
 use calxdp_dataplane::wire::{build_icmp_error, parse, FrameSpec};
 use calxdp_policy::node::NodeConfig;
 use calxdp_policy::packet::PacketHeader;
@@ -18,88 +20,115 @@ use calxdp_policy::resource::ResourceSet;
 use calxdp_policy::verdict::{Egress, Outcome, Verdict};
 
 use super::Dataplane;
-use crate::publisher::TablePublisher;
+use crate::offline::OfflineNode;
+use crate::wire_hosts;
 
-/// A publisher and one worker's pipeline, with a clock the scenario controls.
+/// A node on memory ports, with a clock the scenario controls.
 #[derive(Debug)]
 pub struct PipelineNode {
-    publisher: TablePublisher,
-    pipeline: Pipeline,
-    node: NodeConfig,
-    now: Nanos,
+    node: OfflineNode,
 }
 
 impl PipelineNode {
     pub fn new(node: &NodeConfig, resources: &ResourceSet) -> PipelineNode {
-        let publisher = TablePublisher::new(node.clone(), resources.clone());
-        let pipeline = Pipeline::new(publisher.slot(), node.felix.conntrack_capacity);
-        PipelineNode { publisher, pipeline, node: node.clone(), now: 0 }
+        let node = match OfflineNode::new(node.clone(), resources.clone(), false) {
+            Ok(n) => n,
+            // Only the Log rate can be refused, and the scenario loader has checked it.
+            Err(e) => panic!("{e}"),
+        };
+        PipelineNode { node }
     }
 
-    fn port(&self, at: &Attach) -> Result<Port, String> {
-        super::port_of(&self.node, at)
+    fn port(&self, at: &Attach) -> Result<PortId, String> {
+        let tables = self.node.tables();
+        let p = super::port_of(&tables.world.node, at)?;
+        Ok(tables.ports.id_of(p))
     }
 
-    fn egress(&self, p: Port) -> Egress {
-        super::egress_of(&self.node, p)
+    fn egress(&self, id: PortId) -> Option<Egress> {
+        let tables = self.node.tables();
+        tables.ports.port_of_id(id).map(|p| super::egress_of(&tables.world.node, p))
     }
 }
 
 impl Dataplane for PipelineNode {
     fn apply(&mut self, resources: &ResourceSet) -> Result<(), String> {
-        self.publisher.replace(resources.clone()).map(|_| ()).map_err(|e| e.to_string())
+        self.node.publisher.replace(resources.clone()).map(|_| ()).map_err(|e| e.to_string())
     }
 
-    /// The step as a real frame: built, parsed, decided, rewritten, and parsed again on the way out.
+    /// The step as a real frame: built, received, decided, rewritten, sent, and parsed again where it came
+    /// out.
     fn process(&mut self, at: &Attach, pkt: &PacketHeader, inner: Option<Tuple>) -> Result<Outcome, String> {
-        let port = self.port(at)?;
-        let mut frame = step_frame(pkt, inner);
-        let (packet, parsed) = ingest(port, &frame);
-        let Some(parsed) = parsed else { return Err(format!("the built frame does not parse: {:?}", packet.decision)) };
-        if packet.header != *pkt {
-            return Err(format!("the frame parsed back as {:?}", packet.header));
+        let id = self.port(at)?;
+        let frame = step_frame(pkt, inner);
+        for p in self.node.port_ids() {
+            self.node.take_sent(p);
         }
-        let mut batch = [packet];
-        self.pipeline.process(&mut batch, self.now);
-        let p = &batch[0];
-        let mut translated = None;
-        if p.verdict == Verdict::Allow {
-            rewrite(&mut frame, &parsed, p, &self.pipeline.tables().ports).map_err(|e| format!("rewrite: {e:?}"))?;
-            let out = parse(&frame).map_err(|m| format!("the rewritten frame does not parse: {}", m.as_str()))?;
-            if !ipv4_header_ok(&frame, &out) || !out.verify_l4_checksum(&frame) {
-                return Err("the rewritten frame has a bad checksum".into());
+        self.node.inject(id, frame)?;
+        let records = self.node.settle();
+        let rec = records
+            .iter()
+            .find(|r| r.in_port == id && r.header == *pkt)
+            .ok_or_else(|| format!("the dataplane did not decide the frame (traced: {records:?})"))?;
+        // What came out, by port: the step's frame is the first IP frame that is not neighbour resolution.
+        let mut arrived = None;
+        for p in self.node.port_ids() {
+            for f in self.node.take_sent(p) {
+                if wire_hosts::is_resolution(&f) || !parse(&f).is_ok_and(|x| x.is_ip()) {
+                    continue;
+                }
+                // What the dataplane sends back to a sender (an ICMP error) is not the frame.
+                if p == id && rec.out_port != Some(id) {
+                    continue;
+                }
+                if arrived.is_none() || Some(p) == rec.out_port {
+                    arrived = Some((p, f));
+                }
             }
-            translated = Some(SocketAddr::new(out.header.dst, out.header.dst_port));
         }
-        let tables = self.pipeline.tables();
-        let logs = p
+        let (verdict, out, translated) = match (arrived, rec.verdict) {
+            (Some((p, bytes)), Verdict::Allow) => {
+                if Some(p) != rec.out_port {
+                    return Err(format!("the trace says out {:?} but the frame came out of port {p}", rec.out_port));
+                }
+                let out = parse(&bytes).map_err(|m| format!("the rewritten frame does not parse: {}", m.as_str()))?;
+                if !ipv4_header_ok(&bytes, &out) || !out.verify_l4_checksum(&bytes) {
+                    return Err("the rewritten frame has a bad checksum".into());
+                }
+                (Verdict::Allow, self.egress(p), Some(SocketAddr::new(out.header.dst, out.header.dst_port)))
+            }
+            (None, Verdict::Allow) => {
+                return Err(format!("the dataplane allowed the frame out of {:?} but nothing came out", rec.out))
+            }
+            (Some((p, _)), Verdict::Drop) => {
+                return Err(format!("the dataplane dropped the frame but a frame came out of port {p}"))
+            }
+            (None, Verdict::Drop) => (Verdict::Drop, None, None),
+        };
+        let tables = self.node.tables();
+        let logs = rec
             .logs
             .iter()
             .flatten()
             .map(|h| log_for(&tables.world, rule_ref(&tables, h.ep, h.stage, h.dir, h.rule)))
             .collect();
-        let tracked = self.pipeline.flows.tracks(pkt, self.now);
         Ok(Outcome {
-            verdict: p.verdict,
-            out: if p.verdict == Verdict::Allow { p.out.map(|o| self.egress(o)) } else { None },
+            verdict,
+            out,
             translated,
-            tracked,
+            tracked: rec.tracked,
             logs,
-            reason: explain(&tables, &p.decision),
+            reason: explain(&tables, &rec.decision),
             trace: Vec::new(),
         })
     }
 
     fn advance(&mut self, by: Duration) {
-        self.now += by.as_nanos() as Nanos;
+        self.node.clock.advance(by);
     }
 
     fn set_node(&mut self, node: &NodeConfig) -> Result<(), String> {
-        // The flushes travel with the tables that remove the addresses; the pipeline takes them with its
-        // next frame.
-        self.publisher.set_node(node.clone()).map_err(|e| e.to_string())?;
-        self.node = node.clone();
-        Ok(())
+        self.node.set_node(node.clone())
     }
 }
 

@@ -116,6 +116,9 @@ pub struct Parsed {
     pub header: PacketHeader,
     /// For ICMP errors: the flow of the quoted packet.
     pub inner: Option<InnerHeader>,
+    /// For ICMP errors: where the quoted IP header and its L4 header start in the frame, and whether the
+    /// quoted L4 header's first 8 bytes are there (so NAT can rewrite the quote).
+    pub inner_at: Option<(usize, usize, bool)>,
 }
 
 impl Parsed {
@@ -166,6 +169,7 @@ pub fn parse(frame: &[u8]) -> Result<Parsed, Malformed> {
         routing_pending: false,
         header: EMPTY_HEADER,
         inner: None,
+        inner_at: None,
     };
     match parsed.ethertype {
         ethertype::IPV4 => parse_ipv4(eth.payload(), &mut parsed)?,
@@ -250,7 +254,10 @@ fn parse_l4(family: IpFamily, l4: &[u8], parsed: &mut Parsed) -> Result<(), Malf
                 header.icmp_id = message.echo_ident();
             }
             if icmp::is_error(family, header.icmp_type) {
-                parsed.inner = Some(InnerHeader::of(&message.quoted(family)?));
+                let quoted = message.quoted(family)?;
+                parsed.inner = Some(InnerHeader::of(&quoted));
+                let at = parsed.l4_offset + 8;
+                parsed.inner_at = Some((at, at + quoted.ip_header_len(), quoted.has_l4()));
             }
         }
         _ => {}

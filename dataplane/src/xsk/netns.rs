@@ -23,3 +23,13 @@ pub fn run_in<T: Send + 'static>(name: &str, f: impl FnOnce() -> T + Send + 'sta
         .join()
         .map_err(|_| io::Error::other("the thread in the namespace panicked"))?
 }
+
+/// The index of the interface `name` in the calling thread's network namespace; `None` if there is none.
+/// A veth deleted and made again under the same name has a new index, which is how a port that went away
+/// and came back is told from one that stayed.
+pub fn ifindex(name: &str) -> Option<u32> {
+    let c = std::ffi::CString::new(name).ok()?;
+    // SAFETY: if_nametoindex(3) reads a NUL-terminated name and returns 0 when there is no such interface.
+    let i = unsafe { libc::if_nametoindex(c.as_ptr()) };
+    (i != 0).then_some(i)
+}

@@ -39,6 +39,10 @@ impl Default for XskConfig {
 }
 
 impl XskConfig {
+    /// Bytes the kernel keeps in front of every received frame in a UMEM chunk (XDP_PACKET_HEADROOM): a
+    /// frame longer than `frame_size - HEADROOM` does not fit and is dropped by the kernel unseen.
+    pub const HEADROOM: usize = 256;
+
     /// Bytes of locked memory this socket registers.
     pub fn umem_bytes(&self) -> usize {
         self.frames as usize * self.frame_size as usize

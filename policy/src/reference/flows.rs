@@ -120,8 +120,23 @@ impl Flows {
     pub fn lookup(&self, pkt: &PacketHeader, inner: Option<Tuple>) -> Lookup {
         let none = |state| Lookup { state, entry: None, tcp_next: None };
         if pkt.is_icmp_error() {
-            let related = inner.is_some_and(|t| self.entries.iter().any(|e| e.original == t || e.reply == t));
-            return none(if related { CtState::Related } else { CtState::Invalid });
+            // Linux (icmp_error_message): the quoted tuple, inverted, looked up against both directions.
+            let found = inner.and_then(|t| {
+                let inv = t.reversed();
+                self.entries.iter().enumerate().find_map(|(i, e)| {
+                    if e.original == inv {
+                        Some((i, FlowDir::Original))
+                    } else if e.reply == inv {
+                        Some((i, FlowDir::Reply))
+                    } else {
+                        None
+                    }
+                })
+            });
+            return match found {
+                Some(entry) => Lookup { state: CtState::Related, entry: Some(entry), tcp_next: None },
+                None => none(CtState::Invalid),
+            };
         }
         if icmpv6_untracked(pkt) {
             return none(CtState::Untracked);

@@ -245,7 +245,9 @@ impl<W: PolicyWalker> NodeModel<W> {
             };
             let dst_port = if pkt.has_ports() { dst_port } else { pkt.dst_port };
             let out = self.egress_of(self.route(dst));
-            return Ok(Delivered { out, dst, dst_port, commit: Some((lookup, Tuple::of(pkt).reversed())) });
+            // A RELATED error changes nothing in its flow's entry (no refresh, no reply seen), as in Linux.
+            let commit = (lookup.state == CtState::Established).then(|| (lookup, Tuple::of(pkt).reversed()));
+            return Ok(Delivered { out, dst, dst_port, commit });
         }
 
         // mangle PREROUTING: pre-DNAT policy on the ingress host endpoint (semantics §7.1 (M)).
