@@ -398,3 +398,31 @@ fn a_policy_file_being_written_is_never_enforced_half_written_and_an_emptied_fol
     assert!(started.elapsed() >= Duration::from_secs(3), "{line}");
     assert!(n.alive());
 }
+
+#[test]
+fn a_second_instance_on_the_same_interfaces_is_refused_before_it_changes_anything() {
+    let pods = [("db", "calidb", "192.168.5.2")];
+    let Some(mut n) = Node::new("s", &pods) else { return };
+    let rx = lines(n.spawn());
+    let mut seen = Vec::new();
+    wait_for(&rx, "calxdp: running", &mut seen);
+    let routes = || {
+        let out = Command::new("ip").args(["-n", &n.node, "route", "show"]).output().unwrap();
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    };
+    let before = routes();
+    assert!(before.contains("calxdp-host"), "the first instance's routes: {before}");
+    let second = Command::new("ip")
+        .args(["netns", "exec", &n.node, env!("CARGO_BIN_EXE_calxdp"), "run", "--tap", "cxother", "--node"])
+        .arg(n.dir.join("node.yaml"))
+        .arg("--policies")
+        .arg(n.dir.join("policies"))
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&second.stderr);
+    assert_eq!(second.status.code(), Some(1), "{err}");
+    assert!(err.contains("another calxdp already runs on eth0") && err.contains("nothing was changed"), "{err}");
+    assert_eq!(routes(), before, "the second instance changed the routes");
+    let (uplink, db) = (n.socket("wup"), n.socket("wcalidb"));
+    assert_eq!(send_and_count(&uplink, &db, "192.168.5.2", 20, 1000), 20, "the first instance still forwards");
+}

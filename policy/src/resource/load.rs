@@ -231,4 +231,15 @@ mod file_tests {
         assert!(e.file.ends_with("gone.yaml"), "{e}");
         std::fs::remove_dir_all(d).ok();
     }
+
+    #[test]
+    fn a_negative_or_nameless_port_is_refused_at_its_position() {
+        for bad in ["-1", "-", "8080-"] {
+            let text = format!(
+                "apiVersion: projectcalico.org/v3\nkind: GlobalNetworkPolicy\nmetadata: {{name: a}}\nspec:\n  ingress: [{{action: Allow, protocol: TCP, destination: {{ports: ['{bad}']}}}}]\n"
+            );
+            let e = load_text(&text, &Origin::file("p.yaml")).unwrap_err();
+            assert!(e.field.ends_with("ports[0]") && e.line == 5, "{bad}: {e}");
+        }
+    }
 }
