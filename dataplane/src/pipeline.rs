@@ -12,7 +12,7 @@ use std::sync::Arc;
 use calxdp_policy::compile::{flow_key, Program, ProgramEnd};
 use calxdp_policy::conntrack::{CtState, FlowDir};
 use calxdp_policy::net::IpFamily;
-use calxdp_policy::node::{EndpointToHostAction, Failsafe};
+use calxdp_policy::node::{DenyAction, EndpointToHostAction, Failsafe};
 use calxdp_policy::packet::PacketHeader;
 use calxdp_policy::reference::flows::Tuple;
 use calxdp_policy::reference::EndpointRef;
@@ -148,6 +148,8 @@ pub struct Counters {
     pub malformed: [u64; crate::wire::Malformed::COUNT],
     /// Log rules that fired more often than a packet can record.
     pub logs_overflowed: u64,
+    /// Log rule hits over their rule's rate limit (`LogActionRateLimit`): not logged.
+    pub logs_suppressed: u64,
 }
 
 impl Counters {
@@ -166,6 +168,7 @@ impl Counters {
             *a += b;
         }
         self.logs_overflowed += o.logs_overflowed;
+        self.logs_suppressed += o.logs_suppressed;
     }
 }
 
@@ -294,6 +297,8 @@ pub struct Packet {
     pub logs: [Option<LogHit>; MAX_LOGS],
     /// The rules that decided the chains the packet crossed (for the hit counters).
     pub rule_hits: [Option<LogHit>; MAX_RULE_HITS],
+    /// Dropped by a filter-table chain while Felix's deny action is Reject: the worker answers it.
+    pub reject: bool,
     // Working state between stages.
     done: bool,
     /// Its conntrack entry was already updated (an established packet, at lookup).
@@ -320,6 +325,7 @@ impl Packet {
             tracked: false,
             logs: [None; MAX_LOGS],
             rule_hits: [None; MAX_RULE_HITS],
+            reject: false,
             done: false,
             committed: false,
             accepted: None,
@@ -559,6 +565,7 @@ impl Pipeline {
             if p.logs.iter().all(Option::is_some) {
                 self.counters.logs_overflowed += 1;
             }
+            self.limit_logs(t, p, now);
             for h in p.rule_hits.iter().chain(p.logs.iter()).flatten() {
                 if let Some(origin) =
                     program(t, h.ep, h.stage, h.dir).and_then(|prog| prog.flat.rules.get(h.rule as usize))
@@ -567,6 +574,28 @@ impl Pipeline {
                 }
             }
         }
+    }
+
+    /// Keeps the packet's Log hits that are within their rules' rate limits, in the order they fired
+    /// (semantics §9.1: a LOG rule whose `limit` does not match is passed over); the others are counted.
+    fn limit_logs(&mut self, t: &TableSet, p: &mut Packet, now: Nanos) {
+        if p.logs[0].is_none() {
+            return;
+        }
+        let family = p.header.family();
+        let mut kept = [None; MAX_LOGS];
+        let mut n = 0;
+        for h in p.logs.iter().flatten() {
+            let id =
+                program(t, h.ep, h.stage, h.dir).and_then(|prog| prog.flat.rules.get(h.rule as usize)).map(|o| o.id);
+            if id.is_none_or(|id| t.log_limits.admit(id, family, now)) {
+                kept[n] = Some(*h);
+                n += 1;
+            } else {
+                self.counters.logs_suppressed += 1;
+            }
+        }
+        p.logs = kept;
     }
 
     /// An allowed packet that the rewrite could not send on (its TTL ran out): counted as that drop.
@@ -763,7 +792,12 @@ fn filter_stage(t: &TableSet, p: &mut Packet) {
         (_, route) => forward(t, p, route),
     };
     match result {
-        Err(d) => p.drop(d),
+        Err(d) => {
+            // Felix's deny action applies to the filter table's drops, not DefaultEndpointToHostAction's.
+            p.reject = t.world.node.felix.filter_deny_action() == DenyAction::Reject
+                && !matches!(d, Decision::EndpointToHost(_));
+            p.drop(d);
+        }
         Ok(out) => {
             p.verdict = Verdict::Allow;
             p.out = Some(out);

@@ -24,13 +24,14 @@ use calxdp_policy::verdict::Verdict;
 use crate::arp::{self, Neighbours};
 use crate::flow::Nanos;
 use crate::frames::{ingest, rewrite, time_exceeded};
-use crate::log::{log_line, LogLimiter};
+use crate::log::{log_leader, log_line};
 use crate::ndp;
 use crate::nexthop::{self, Due, Pending};
 use crate::owner::owner;
 use crate::path::{Port, PortMap, WORKLOAD_GATEWAY_MAC};
 use crate::pipeline::{rule_ref, Counters, Decision, DropReason, LogHit, Packet, Pipeline, MAX_LOGS};
 use crate::ports::{send, PortId, PortIo};
+use crate::reject::IcmpErrorLimits;
 use crate::tables::TableSet;
 use crate::wire::Parsed;
 use crate::xsk::handoff::{HandoffReceiver, HandoffSender};
@@ -101,6 +102,9 @@ pub struct TraceRecord {
     /// Whether conntrack holds an entry for the packet's flow after it.
     pub tracked: bool,
     pub epoch: u64,
+    /// A dropped packet answered as Felix's Reject deny action answers (an ICMP port unreachable that left
+    /// the node, or waits for its next hop).
+    pub rejected: bool,
 }
 
 /// Counters of the work around the pipeline (ARP, neighbours, transmit, ports), per worker.
@@ -130,11 +134,14 @@ pub struct IoCounters {
     pub no_neighbour: u64,
     pub arp_asked: u64,
     pub ndp_asked: u64,
-    /// Log-rule lines queued for writing, those the Felix rate limit suppressed, and those lost because the
-    /// writer fell behind (never blocking the worker).
+    /// Log-rule lines queued for writing, and those lost because the writer fell behind (never blocking the
+    /// worker). Hits over their rule's rate limit are the pipeline's `logs_suppressed`.
     pub log_lines: u64,
-    pub log_suppressed: u64,
     pub log_dropped: u64,
+    /// Denied packets answered with an ICMP port unreachable (Felix's Reject deny action), and answers the
+    /// kernel's ICMP rate limits held back.
+    pub rejected: u64,
+    pub reject_limited: u64,
     /// Frames that arrived on, or were routed to, a port the tables do not know (being attached or
     /// detached): dropped.
     pub no_port: u64,
@@ -163,8 +170,9 @@ impl IoCounters {
             arp_asked,
             ndp_asked,
             log_lines,
-            log_suppressed,
             log_dropped,
+            rejected,
+            reject_limited,
             no_port,
             rx,
             tx,
@@ -186,8 +194,9 @@ impl IoCounters {
         self.arp_asked += arp_asked;
         self.ndp_asked += ndp_asked;
         self.log_lines += log_lines;
-        self.log_suppressed += log_suppressed;
         self.log_dropped += log_dropped;
+        self.rejected += rejected;
+        self.reject_limited += reject_limited;
         self.no_port += no_port;
         for (mine, theirs) in [(&mut self.rx, rx), (&mut self.tx, tx)] {
             if mine.len() < theirs.len() {
@@ -219,11 +228,10 @@ pub enum WorkerCommand {
     Detach { id: PortId, done: SyncSender<Option<PortIo>> },
 }
 
-/// Where the Log rules' lines go: Felix's rate limit, then a bounded queue to a writer thread, so a slow or
-/// broken log reader can never block or stop the worker (`log::spawn_writer`).
+/// Where the Log rules' lines go (their rate limits are applied in the pipeline): a bounded queue to a
+/// writer thread, so a slow or broken log reader can never block or stop the worker (`log::spawn_writer`).
 #[derive(Debug, Clone)]
 pub struct LogOutput {
-    pub limiter: LogLimiter,
     pub queue: SyncSender<String>,
 }
 
@@ -258,6 +266,8 @@ pub struct Worker {
     pending: Pending,
     pub io: IoCounters,
     logs: Option<LogOutput>,
+    /// The kernel's ICMP error rate limits, for the answers of Felix's Reject deny action.
+    icmp_limits: IcmpErrorLimits,
     shared: Arc<WorkerShared>,
     clock: Arc<Clock>,
     trace: Option<SyncSender<TraceRecord>>,
@@ -303,6 +313,7 @@ impl Worker {
             pending: Pending::default(),
             io: IoCounters::default(),
             logs,
+            icmp_limits: IcmpErrorLimits::default(),
             shared,
             clock,
             trace,
@@ -646,7 +657,7 @@ impl Worker {
             self.learn_source(t, p, i, parsed.as_ref());
             if p.logs[0].is_some() && self.logs.is_some() {
                 if let Some(parsed) = parsed {
-                    self.log(t, p, i, parsed, now);
+                    self.log(t, p, i, parsed);
                 }
             }
             let mut verdict = p.verdict;
@@ -678,6 +689,9 @@ impl Worker {
                     }
                 }
             }
+            let rejected = verdict == Verdict::Drop
+                && p.reject
+                && parsed.as_ref().is_some_and(|parsed| self.reject(t, parsed, i, now));
             if let Some(trace) = &self.trace {
                 let rec = TraceRecord {
                     in_port: self.in_ids[i],
@@ -691,6 +705,7 @@ impl Worker {
                     logs: p.logs,
                     tracked: p.tracked,
                     epoch: t.epoch,
+                    rejected,
                 };
                 if trace.try_send(rec).is_err() {
                     self.io.trace_lost += 1;
@@ -701,6 +716,53 @@ impl Worker {
         self.parsed = parsed_all;
         self.frame_of = frame_of;
         finished
+    }
+
+    /// Felix's Reject deny action for the dropped frame `i` (parsed as `parsed`): the kernel's port
+    /// unreachable back to its sender, if the kernel sends one (`calxdp_policy::reject`: eligibility, ICMP
+    /// rate limits). The answer is sent as the host sends it, through the pipeline from the host port (its
+    /// OUTPUT path: a host endpoint's chains drop it as conntrack INVALID), then routed and sent like any
+    /// frame. It takes frame `i`'s buffer, whose frame is done. A rare path, allowed to allocate. True if the
+    /// answer left (or waits for its next hop).
+    fn reject(&mut self, t: &TableSet, parsed: &Parsed, i: usize, now: Nanos) -> bool {
+        let node = &t.world.node;
+        if !calxdp_policy::reject::eligible(&parsed.header, node) {
+            return false;
+        }
+        let Some(answer) = calxdp_policy::reject::answer(&parsed.header, node) else { return false };
+        if !self.icmp_limits.admit(node, answer.dst, now) {
+            self.io.reject_limited += 1;
+            return false;
+        }
+        let mac = mac_for_host(&t.ports);
+        let spec = crate::wire::FrameSpec { src_mac: mac, dst_mac: mac, ..crate::wire::FrameSpec::new(answer) };
+        let frame = crate::wire::build_icmp_error(&spec, &parsed.header);
+        if frame.len() > FRAME_MAX {
+            return false;
+        }
+        let len = frame.len();
+        self.bufs[i][..len].copy_from_slice(&frame);
+        self.lens[i] = len;
+        let (mut packet, Some(answer_parsed)) = ingest(Port::Host, &self.bufs[i][..len]) else { return false };
+        self.pipeline.process(t, std::slice::from_mut(&mut packet), now);
+        if packet.logs[0].is_some() && self.logs.is_some() {
+            self.log(t, &packet, i, &answer_parsed);
+        }
+        let Some(o) = packet.out.filter(|_| packet.verdict == Verdict::Allow) else { return false };
+        if rewrite(&mut self.bufs[i][..len], &answer_parsed, &packet, &t.ports).is_err() {
+            return false;
+        }
+        let o_id = t.ports.id_of(o);
+        match self.fill_next_hop_mac(t, &packet, o, i) {
+            Ok(()) => {
+                if !Self::transmit(&mut self.ports, &mut self.io, o_id, &self.bufs[i][..len]) {
+                    self.io.tx_full += 1;
+                }
+            }
+            Err(next_hop) => self.hold(o_id, next_hop, i, now),
+        }
+        self.io.rejected += 1;
+        true
     }
 
     /// Learns MACs from what a decided frame shows: a pod's own address and MAC (once the pipeline has ruled
@@ -725,9 +787,9 @@ impl Worker {
         }
     }
 
-    /// The Log rules' lines for packet `p` (frame `i`, as it arrived), within the rate limit, queued for the
-    /// writer thread. A rare, rate-limited path, so formatting may allocate.
-    fn log(&mut self, t: &TableSet, p: &Packet, i: usize, parsed: &Parsed, now: Nanos) {
+    /// The Log rules' lines for packet `p` (frame `i`, as it arrived), queued for the writer thread. A rare,
+    /// rate-limited path, so formatting may allocate.
+    fn log(&mut self, t: &TableSet, p: &Packet, i: usize, parsed: &Parsed) {
         let node = &t.world.node;
         let name = |port: Option<Port>| match port {
             Some(Port::Uplink(u)) => node.uplinks.get(u as usize).map(|u| u.name.as_str()).unwrap_or(""),
@@ -737,14 +799,12 @@ impl Worker {
             Some(Port::Host) | None => "",
         };
         let Some(logs) = self.logs.as_mut() else { return };
+        let limit = t.world.node.felix.log_prefix_limit();
         for hit in p.logs.iter().flatten() {
-            if !logs.limiter.admit(now) {
-                self.io.log_suppressed += 1;
-                continue;
-            }
             let prefix = log_for(&t.world, rule_ref(t, hit.ep, hit.stage, hit.dir, hit.rule)).prefix;
             let out = if p.verdict == Verdict::Allow { p.out } else { None };
-            let line = log_line(&prefix, name(Some(p.port)), name(out), &self.bufs[i][..self.lens[i]], parsed);
+            let leader = log_leader(&prefix, limit);
+            let line = log_line(&leader, name(Some(p.port)), name(out), &self.bufs[i][..self.lens[i]], parsed);
             match logs.queue.try_send(line) {
                 Ok(()) => self.io.log_lines += 1,
                 Err(TrySendError::Full(_)) | Err(TrySendError::Disconnected(_)) => self.io.log_dropped += 1,

@@ -180,4 +180,7 @@ pub struct Outcome {
     pub reason: Reason,
     /// Every chain's part, in order.
     pub trace: Vec<Reason>,
+    /// A dropped packet that Felix's `Reject` deny action answered: an ICMP port unreachable went back to
+    /// its sender (within the kernel's ICMP rate limits, and through the host's own policy on the way out).
+    pub rejected: bool,
 }

@@ -70,11 +70,21 @@ impl Dataplane for PipelineNode {
             .iter()
             .find(|r| r.in_port == id && r.header == *pkt)
             .ok_or_else(|| format!("the dataplane did not decide the frame (traced: {records:?})"))?;
-        // What came out, by port: the step's frame is the first IP frame that is not neighbour resolution.
+        // What came out, by port: the step's frame is the first IP frame that is not neighbour resolution;
+        // an ICMP port unreachable quoting it is the node's answer to it (Reject).
         let mut arrived = None;
+        let mut rejected = false;
         for p in self.node.port_ids() {
             for f in self.node.take_sent(p) {
                 if wire_hosts::is_resolution(&f) || !parse(&f).is_ok_and(|x| x.is_ip()) {
+                    continue;
+                }
+                if wire_hosts::answers(&f, pkt) {
+                    let ok = parse(&f).is_ok_and(|x| ipv4_header_ok(&f, &x) && x.verify_l4_checksum(&f));
+                    if !ok {
+                        return Err("the port unreachable the node sent has a bad checksum".into());
+                    }
+                    rejected = true;
                     continue;
                 }
                 // What the dataplane sends back to a sender (an ICMP error) is not the frame.
@@ -120,6 +130,7 @@ impl Dataplane for PipelineNode {
             logs,
             reason: explain(&tables, &rec.decision),
             trace: Vec::new(),
+            rejected,
         })
     }
 

@@ -141,11 +141,12 @@ pub(crate) fn log_event(world: &ResolvedNode, rule: RuleRef) -> LogEvent {
     let template = &world.node.felix.log_prefix;
     let (tier, kind, name, qualified) = match &rule.owner {
         RuleOwner::Policy { tier, id } => {
+            let name = id.felix_name();
             let qualified = match &id.namespace {
-                Some(ns) => format!("{ns}/{}", id.name),
-                None => id.name.clone(),
+                Some(ns) => format!("{ns}/{name}"),
+                None => name.clone(),
             };
-            (tier.clone(), id.kind.short_name().to_string(), id.name.clone(), qualified)
+            (tier.clone(), id.kind.short_name().to_string(), name, qualified)
         }
         RuleOwner::Profile(p) => (String::new(), "pro".to_string(), p.clone(), p.clone()),
     };

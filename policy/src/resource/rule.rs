@@ -352,14 +352,16 @@ fn scope_selector(
     namespace_selector: Option<NamespaceSelector>,
     service_accounts: Option<(Vec<String>, Option<Selector>)>,
 ) -> Option<Selector> {
-    // Step 1: service accounts, prefixed `pcsa.` and restricted to the names.
-    let sa_sel = service_accounts.map(|(names, sel)| {
-        let mut s = sel.map(|s| s.with_label_prefix("pcsa.")).unwrap_or_else(Selector::all);
-        if !names.is_empty() {
-            let set = names.into_iter().collect();
-            s = s.and(Selector::from_expr(Expr::In(SERVICE_ACCOUNT_LABEL.into(), set)));
+    // Step 1: service accounts, prefixed `pcsa.` and restricted to the names. `serviceAccounts: {}` (no names,
+    // no selector) adds nothing: the side matches any address (Felix's `updateprocessors/rules.go`).
+    let sa_sel = service_accounts.and_then(|(names, sel)| {
+        let sel = sel.map(|s| s.with_label_prefix("pcsa."));
+        let by_name = (!names.is_empty())
+            .then(|| Selector::from_expr(Expr::In(SERVICE_ACCOUNT_LABEL.into(), names.into_iter().collect())));
+        match (sel, by_name) {
+            (Some(s), Some(n)) => Some(s.and(n)),
+            (s, n) => s.or(n),
         }
-        s
     });
     // Step 2: combine with the rule selector.
     let sel = match (sa_sel, selector) {

@@ -1,0 +1,86 @@
+//! Felix's `Reject` deny action as the kernel's REJECT target carries it out (notes on Felix's
+//! `rules/rule_defs.go`: a bare `--jump REJECT`, whose default answer is ICMP port unreachable for IPv4 and
+//! ICMPv6 port unreachable for IPv6, TCP included).
+//!
+//! The answer is an ICMP error the host sends: the kernel sends none about an ICMP error, to or from a
+//! broadcast or multicast address, or from an unspecified source; it rate-limits what it sends (a global
+//! bucket, and one per destination except to the host itself); and the answer then leaves through the
+//! host's OUTPUT path like any packet the host sends, policy included. The last part is the callers' (the
+//! reference's hooks, the pipeline's stages); the rest is here, shared by both.
+
+use std::net::IpAddr;
+
+use crate::limit::Rate;
+use crate::node::NodeConfig;
+use crate::packet::PacketHeader;
+use crate::resource::Protocol;
+
+/// `net.ipv4.icmp_msgs_per_sec` 1000 and `icmp_msgs_burst` 50: the host's global bucket of ICMP errors.
+pub const GLOBAL: Rate = Rate { interval: 1_000_000, burst: 50 };
+/// `net.ipv4.icmp_ratelimit` (and `icmpv6.ratelimit`) one second, with the inet_peer burst of 6.
+const PEER_INTERVAL: u64 = 1_000_000_000;
+const PEER_BURST: u64 = 6;
+
+/// Whether the kernel answers `pkt` at all (`icmp_send` / `icmp6_send`): not an ICMP error itself, not to or
+/// from a broadcast or multicast address, not from an unspecified address.
+pub fn eligible(pkt: &PacketHeader, node: &NodeConfig) -> bool {
+    if pkt.is_icmp_error() || (pkt.protocol == Protocol::ICMPV6 && pkt.icmp_type == 137) {
+        return false;
+    }
+    let group = |ip: IpAddr| match ip {
+        IpAddr::V4(a) => a.is_multicast() || a.is_broadcast() || a.is_unspecified() || directed_broadcast(node, ip),
+        IpAddr::V6(a) => a.is_multicast() || a.is_unspecified(),
+    };
+    !group(pkt.src) && !group(pkt.dst)
+}
+
+/// A subnet broadcast address of one of the node's IPv4 subnets.
+fn directed_broadcast(node: &NodeConfig, ip: IpAddr) -> bool {
+    node.uplinks.iter().flat_map(|u| &u.ips).any(|n| {
+        n.family() == crate::net::IpFamily::V4
+            && n.prefix_len() < 31
+            && n.contains(ip)
+            && crate::net::addr_bits(ip) | (u128::MAX >> (96 + n.prefix_len())) == crate::net::addr_bits(ip)
+    })
+}
+
+/// The header of the answer to `pkt`: port unreachable from the host to the sender. Its source is the
+/// packet's destination when that is the host's own address (as `icmp_send` picks it), else a host address
+/// of the family; `None` when the host has none.
+pub fn answer(pkt: &PacketHeader, node: &NodeConfig) -> Option<PacketHeader> {
+    let from = if node.is_host_ip(pkt.dst) && !pkt.dst.is_loopback() {
+        pkt.dst
+    } else {
+        node.uplinks.iter().flat_map(|u| &u.addrs).copied().find(|a| a.is_ipv4() == pkt.src.is_ipv4())?
+    };
+    let (protocol, icmp_type, icmp_code) =
+        if pkt.src.is_ipv4() { (Protocol::ICMP, 3, 3) } else { (Protocol::ICMPV6, 1, 4) };
+    Some(PacketHeader { src: from, dst: pkt.src, protocol, icmp_type, icmp_code, ..PacketHeader::EMPTY })
+}
+
+/// The per-destination bucket for answers to `dst`, or `None` for the host itself (the loopback device is
+/// exempt). IPv6 scales the interval by the prefix of the route to `dst` as `icmpv6_xrlim_allow` does
+/// (shorter for wider routes): a local pod's /128, an uplink's subnet, else the default route.
+pub fn peer_rate(node: &NodeConfig, dst: IpAddr) -> Option<Rate> {
+    if node.is_host_ip(dst) {
+        return None;
+    }
+    let interval = match dst {
+        IpAddr::V4(_) => PEER_INTERVAL,
+        IpAddr::V6(_) => {
+            let prefix = if node.local_workload_by_ip(dst).is_some() {
+                128
+            } else {
+                node.uplinks
+                    .iter()
+                    .flat_map(|u| &u.ips)
+                    .filter(|n| n.contains(dst))
+                    .map(|n| n.prefix_len())
+                    .max()
+                    .unwrap_or(0)
+            };
+            PEER_INTERVAL >> ((128 - u32::from(prefix)) >> 5)
+        }
+    };
+    Some(Rate { interval, burst: PEER_BURST })
+}
