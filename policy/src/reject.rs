@@ -84,3 +84,58 @@ pub fn peer_rate(node: &NodeConfig, dst: IpAddr) -> Option<Rate> {
     };
     Some(Rate { interval, burst: PEER_BURST })
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::yaml::{parse_documents, Field, Origin};
+
+    fn node() -> NodeConfig {
+        let text = "name: n1\ninterfaces:\n  - {name: eth0, ips: [10.0.0.1/24, 'fd00:10::1/64'], gateway: [10.0.0.254, 'fd00:10::fe']}\nworkloads:\n  - {name: a, namespace: app, interface: calia, ips: [10.1.0.1, 'fd00:1::1']}\n";
+        let origin = Origin::file("node.yaml");
+        let docs = parse_documents(text, &origin).unwrap();
+        NodeConfig::parse(Field::root(&docs[0], &origin)).unwrap()
+    }
+
+    fn pkt(src: &str, dst: &str, protocol: Protocol, icmp_type: u8) -> PacketHeader {
+        PacketHeader {
+            src: src.parse().unwrap(),
+            dst: dst.parse().unwrap(),
+            protocol,
+            icmp_type,
+            ..PacketHeader::EMPTY
+        }
+    }
+
+    #[test]
+    fn what_the_kernel_answers() {
+        let n = node();
+        assert!(eligible(&pkt("10.0.0.9", "10.1.0.1", Protocol::TCP, 0), &n));
+        assert!(eligible(&pkt("10.0.0.9", "10.1.0.1", Protocol::ICMP, 8), &n), "an echo request is answered");
+        assert!(!eligible(&pkt("10.0.0.9", "10.1.0.1", Protocol::ICMP, 3), &n), "an error is not");
+        assert!(!eligible(&pkt("fd00:10::9", "fd00:1::1", Protocol::ICMPV6, 1), &n));
+        assert!(!eligible(&pkt("10.0.0.9", "10.0.0.255", Protocol::UDP, 0), &n), "to the subnet's broadcast");
+        assert!(!eligible(&pkt("10.0.0.9", "224.0.0.251", Protocol::UDP, 0), &n));
+        assert!(!eligible(&pkt("0.0.0.0", "10.1.0.1", Protocol::UDP, 0), &n));
+        let a = answer(&pkt("10.0.0.9", "10.0.0.1", Protocol::TCP, 0), &n).unwrap();
+        assert_eq!(
+            (a.src, a.dst, a.protocol, a.icmp_type, a.icmp_code),
+            ("10.0.0.1".parse().unwrap(), "10.0.0.9".parse().unwrap(), Protocol::ICMP, 3, 3)
+        );
+        let a = answer(&pkt("fd00:1::1", "fd00:1::2", Protocol::UDP, 0), &n).unwrap();
+        assert_eq!(
+            (a.src, a.protocol, a.icmp_type, a.icmp_code),
+            ("fd00:10::1".parse().unwrap(), Protocol::ICMPV6, 1, 4)
+        );
+    }
+
+    #[test]
+    fn per_destination_limits() {
+        let n = node();
+        assert_eq!(peer_rate(&n, "10.0.0.1".parse().unwrap()), None, "to the host itself: no per-destination limit");
+        assert_eq!(peer_rate(&n, "203.0.113.1".parse().unwrap()).unwrap().interval, 1_000_000_000);
+        assert_eq!(peer_rate(&n, "fd00:1::1".parse().unwrap()).unwrap().interval, 1_000_000_000, "a pod's /128");
+        assert_eq!(peer_rate(&n, "fd00:10::9".parse().unwrap()).unwrap().interval, 250_000_000, "an on-link /64");
+        assert_eq!(peer_rate(&n, "2001:db8::1".parse().unwrap()).unwrap().interval, 62_500_000, "the default route");
+    }
+}

@@ -427,7 +427,8 @@ fn convert_rule(
         }
         Ok(peers)
     })?;
-    let rule_path = format!("{}: {} {}", flavor.kind().name(), policy, f.path());
+    let kind = flavor.kind().applied_as().unwrap_or(flavor.kind().name());
+    let rule_path = format!("{kind} {policy}, {}", f.path());
     let entries = f.with(ports_key, |p| {
         p.map(|p| {
             let entries = match flavor {
@@ -485,4 +486,160 @@ fn convert_rule(
         }
     }
     Ok(rules)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::resource::{load_text, Labels};
+    use crate::yaml::Origin;
+
+    fn load(yaml: &str) -> (Policy, Vec<String>) {
+        let docs = load_text(yaml, &Origin::file("cnp.yaml")).unwrap_or_else(|e| panic!("{e}"));
+        let warnings = docs[0].warnings.clone();
+        match &docs[0].resource {
+            Resource::Policy(p) => ((**p).clone(), warnings),
+            other => panic!("{other:?}"),
+        }
+    }
+
+    fn error(yaml: &str) -> String {
+        load_text(yaml, &Origin::file("cnp.yaml")).expect_err("refused").to_string()
+    }
+
+    fn labels(pairs: &[(&str, &str)]) -> Labels {
+        pairs.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect()
+    }
+
+    const HEAD: &str = "apiVersion: policy.networking.k8s.io/v1alpha2\nkind: ClusterNetworkPolicy\n";
+
+    /// Calico's "basic" conversion: tier, order, a subject that selects pods of the namespace and never a
+    /// host endpoint, one Accept rule with a namespaces peer on TCP 80.
+    #[test]
+    fn admin_subject_and_rule() {
+        let (p, _) = load(&format!(
+            "{HEAD}metadata: {{name: basic}}\nspec:\n  tier: Admin\n  priority: 100\n  subject:\n    namespaces: {{matchLabels: {{label: value}}}}\n  ingress:\n    - name: first\n      action: Accept\n      from: [{{namespaces: {{matchLabels: {{k: v}}}}}}]\n      protocols: [{{tcp: {{destinationPort: {{number: 80}}}}}}]\n"
+        ));
+        assert_eq!((p.tier.as_str(), p.order, p.id.kind.short_name()), (KUBE_ADMIN_TIER, Some(100.0), "kcnp"));
+        assert!(p.applies_ingress && !p.applies_egress);
+        let pod = labels(&[("projectcalico.org/orchestrator", "k8s"), ("pcns.label", "value")]);
+        assert!(p.selector.matches(&pod));
+        let hep = labels(&[("pcns.label", "value")]);
+        assert!(!p.selector.matches(&hep), "the orchestrator term keeps host endpoints out");
+        assert_eq!(p.ingress.len(), 1);
+        let r = &p.ingress[0];
+        assert_eq!(
+            (r.action, r.protocol, &r.destination.ports),
+            (Action::Allow, Some(Protocol::TCP), &vec![Port::Range(80, 80)])
+        );
+        let peer = r.source.selector.as_ref().expect("a namespace selector");
+        assert!(peer.matches(&labels(&[("pcns.k", "v")])) && !peer.matches(&labels(&[("k", "v")])));
+    }
+
+    /// Calico's "multiple peers and ports": protocol-major (named ports without a protocol first, then
+    /// TCP, then UDP), peer-minor; a numeric-looking named port stays a name.
+    #[test]
+    fn rules_are_protocol_major_and_peer_minor() {
+        let (p, _) = load(&format!(
+            "{HEAD}metadata: {{name: multi}}\nspec:\n  tier: Admin\n  priority: 600\n  subject: {{namespaces: {{}}}}\n  ingress:\n    - action: Pass\n      from: [{{namespaces: {{matchLabels: {{k: v}}}}}}, {{pods: {{podSelector: {{matchLabels: {{k2: v2}}}}}}}}]\n      protocols:\n        - tcp: {{destinationPort: {{number: 80}}}}\n        - udp: {{destinationPort: {{range: {{start: 20, end: 30}}}}}}\n        - destinationNamedPort: http-port\n        - destinationNamedPort: \"8080\"\n"
+        ));
+        let shape: Vec<(Option<Protocol>, Vec<Port>)> =
+            p.ingress.iter().map(|r| (r.protocol, r.destination.ports.clone())).collect();
+        let named = vec![Port::Named("http-port".into()), Port::Named("8080".into())];
+        assert_eq!(
+            shape,
+            vec![
+                (None, named.clone()),
+                (None, named),
+                (Some(Protocol::TCP), vec![Port::Range(80, 80)]),
+                (Some(Protocol::TCP), vec![Port::Range(80, 80)]),
+                (Some(Protocol::UDP), vec![Port::Range(20, 30)]),
+                (Some(Protocol::UDP), vec![Port::Range(20, 30)]),
+            ]
+        );
+        assert!(p.ingress.iter().all(|r| r.action == Action::Pass));
+        let pods_peer = p.ingress[1].source.selector.as_ref().unwrap();
+        let pod =
+            labels(&[("projectcalico.org/orchestrator", "k8s"), ("projectcalico.org/namespace", "x"), ("k2", "v2")]);
+        assert!(pods_peer.matches(&pod), "an omitted namespaceSelector is every namespace");
+        assert!(!pods_peer.matches(&labels(&[("projectcalico.org/namespace", "x"), ("k2", "v2")])));
+    }
+
+    /// A nodes or domainNames peer: Calico fails closed (Deny and Pass become a Deny of everything, Accept
+    /// is left out), with a warning each; networks keep both families and lose their host bits.
+    #[test]
+    fn unconvertible_peers_fail_closed() {
+        let (p, warnings) = load(&format!(
+            "{HEAD}metadata: {{name: closed}}\nspec:\n  tier: Baseline\n  subject: {{pods: {{podSelector: {{}}}}}}\n  egress:\n    - {{action: Accept, to: [{{nodes: {{}}}}]}}\n    - {{action: Pass, to: [{{nodes: {{matchLabels: {{a: b}}}}}}]}}\n    - {{action: Deny, to: [{{namespaces: {{}}}}, {{domainNames: [example.com]}}]}}\n    - {{action: Accept, to: [{{networks: [10.1.2.3/8, \"2001:db8::1/32\"]}}]}}\n"
+        ));
+        assert_eq!((p.tier.as_str(), p.order), (KUBE_BASELINE_TIER, Some(0.0)));
+        assert_eq!(p.egress.len(), 3, "{:?}", p.egress);
+        assert!(p.egress[..2].iter().all(|r| *r == Rule::new(Action::Deny)));
+        let nets: Vec<String> = p.egress[2].destination.nets.iter().map(|n| n.to_string()).collect();
+        assert_eq!(nets, ["10.0.0.0/8", "2001:db8::/32"]);
+        assert_eq!(warnings.len(), 3, "{warnings:?}");
+        assert!(warnings[0].contains("nodes peer") && warnings[0].contains("leaves the rule out"), "{warnings:?}");
+        assert!(warnings[2].contains("domainNames") && warnings[2].contains("fails closed"), "{warnings:?}");
+        assert!(!p.applies_ingress && p.applies_egress);
+    }
+
+    /// What the API server's validation refuses is refused, naming the field.
+    #[test]
+    fn crd_validation() {
+        let base = format!("{HEAD}metadata: {{name: bad}}\nspec:\n  tier: Admin\n  subject: {{namespaces: {{}}}}\n");
+        let e =
+            error(&format!("{HEAD}metadata: {{name: bad}}\nspec:\n  tier: Middle\n  subject: {{namespaces: {{}}}}\n"));
+        assert!(e.contains("spec.tier: unknown tier 'Middle' (expected Admin or Baseline)"), "{e}");
+        let e = error(&format!("{HEAD}metadata: {{name: bad}}\nspec:\n  tier: Admin\n  subject: {{}}\n"));
+        assert!(e.contains("spec.subject: a subject sets exactly one of namespaces and pods"), "{e}");
+        let e = error(&format!("{base}  priority: 1001\n"));
+        assert!(e.contains("spec.priority: expected a whole number from 0 to 1000"), "{e}");
+        let e = error(&format!("{base}  ingress: [{{action: Allow, from: [{{namespaces: {{}}}}]}}]\n"));
+        assert!(e.contains("spec.ingress[0].action: unknown action 'Allow' (expected Accept, Deny, Pass)"), "{e}");
+        let e = error(&format!(
+            "{base}  ingress: [{{action: Deny, from: [{{namespaces: {{}}}}], protocols: [{{udp: {{destinationPort: {{range: {{start: 40, end: 20}}}}}}}}]}}]\n"
+        ));
+        assert!(e.contains("destinationPort.range: a port range's start must be below its end"), "{e}");
+        let e = error(&format!("{base}  egress: [{{action: Deny, to: [{{networks: [1.1.1.1/66]}}]}}]\n"));
+        assert!(e.contains("spec.egress[0].to[0].networks[0]:"), "{e}");
+        let e = error(&format!(
+            "{base}  egress: [{{action: Deny, to: [{{networks: [10.0.0.0/8]}}], protocols: [{{destinationNamedPort: http}}]}}]\n"
+        ));
+        assert!(e.contains("cannot use named ports"), "{e}");
+        let e = error(&format!(
+            "{base}  ingress: [{{action: Deny, from: [{{namespaces: {{}}, pods: {{podSelector: {{}}}}}}]}}]\n"
+        ));
+        assert!(e.contains("a peer sets exactly one of namespaces, pods"), "{e}");
+    }
+
+    /// v1alpha1 as Calico v3.29–v3.31 converted it: its own tiers, Allow passed through, the BANP at order
+    /// 1000 and named `default`, a namedPort matching everything (with a warning), TCP by default.
+    #[test]
+    fn v1alpha1_admin_and_baseline() {
+        let (p, warnings) = load(
+            "apiVersion: policy.networking.k8s.io/v1alpha1\nkind: AdminNetworkPolicy\nmetadata: {name: anp}\nspec:\n  priority: 7\n  subject: {namespaces: {}}\n  ingress:\n    - action: Allow\n      from: [{namespaces: {}}]\n      ports: [{portNumber: {port: 80}}, {namedPort: http}]\n    - action: Pass\n      from: [{pods: {namespaceSelector: {}, podSelector: {}}}]\n      ports: [{portRange: {protocol: UDP, start: 1000, end: 2000}}]\n",
+        );
+        assert_eq!((p.tier.as_str(), p.order), (ADMIN_NETWORK_POLICY_TIER, Some(7.0)));
+        assert_eq!(p.id.felix_name(), "kanp.adminnetworkpolicy.anp");
+        assert_eq!((p.ingress[0].action, p.ingress[0].protocol), (Action::Allow, None));
+        assert!(p.ingress[0].destination.ports.is_empty(), "a namedPort made the rule match every port");
+        assert_eq!(warnings.len(), 1);
+        assert_eq!(
+            (p.ingress[1].protocol, &p.ingress[1].destination.ports),
+            (Some(Protocol::UDP), &vec![Port::Range(1000, 2000)])
+        );
+        let (b, _) = load(
+            "apiVersion: policy.networking.k8s.io/v1alpha1\nkind: BaselineAdminNetworkPolicy\nmetadata: {name: default}\nspec:\n  subject: {namespaces: {}}\n  egress: [{action: Deny, to: [{nodes: {}}]}, {action: Allow, to: [{networks: [0.0.0.0/0]}], ports: [{portNumber: {port: 53, protocol: UDP}}]}]\n",
+        );
+        assert_eq!(
+            (b.tier.as_str(), b.order, b.id.felix_name().as_str()),
+            (BASELINE_ADMIN_NETWORK_POLICY_TIER, Some(1000.0), "kbanp.baselineadminnetworkpolicy.default")
+        );
+        assert_eq!(b.egress[0], Rule::new(Action::Deny));
+        assert_eq!(b.egress[1].protocol, Some(Protocol::UDP));
+        let e = error("apiVersion: policy.networking.k8s.io/v1alpha1\nkind: BaselineAdminNetworkPolicy\nmetadata: {name: other}\nspec: {subject: {namespaces: {}}}\n");
+        assert!(e.contains("metadata.name: a BaselineAdminNetworkPolicy must be named default"), "{e}");
+        let e = error("apiVersion: policy.networking.k8s.io/v1alpha1\nkind: BaselineAdminNetworkPolicy\nmetadata: {name: default}\nspec:\n  subject: {namespaces: {}}\n  ingress: [{action: Pass, from: [{namespaces: {}}]}]\n");
+        assert!(e.contains("unknown action 'Pass' (expected Allow, Deny)"), "{e}");
+    }
 }

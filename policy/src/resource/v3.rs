@@ -393,3 +393,116 @@ fn parse_felix_configuration(f: Field<'_>) -> Result<Resource, LoadError> {
     let settings = f.with("spec", |s| s.map(crate::felix::parse_settings).transpose())?.unwrap_or_default();
     Ok(Resource::FelixConfiguration(Box::new(super::FelixConfiguration { name: meta.name, settings })))
 }
+
+#[cfg(test)]
+mod tests {
+    use crate::resource::{load_text, Labels, Policy, Resource, ResourceSet};
+    use crate::yaml::Origin;
+
+    fn labels(pairs: &[(&str, &str)]) -> Labels {
+        pairs.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect()
+    }
+
+    fn load(yaml: &str) -> Vec<Resource> {
+        load_text(yaml, &Origin::file("p.yaml"))
+            .unwrap_or_else(|e| panic!("{e}"))
+            .into_iter()
+            .map(|d| d.resource)
+            .collect()
+    }
+
+    fn policy(spec: &str, namespaced: bool) -> Policy {
+        let (kind, ns) = if namespaced { ("NetworkPolicy", ", namespace: app") } else { ("GlobalNetworkPolicy", "") };
+        let yaml = format!("apiVersion: projectcalico.org/v3\nkind: {kind}\nmetadata: {{name: p{ns}}}\nspec:\n{spec}");
+        match load(&yaml).remove(0) {
+            Resource::Policy(p) => (*p).clone(),
+            other => panic!("{other:?}"),
+        }
+    }
+
+    const HEP: &[(&str, &str)] = &[("role", "node")];
+    const POD: &[(&str, &str)] = &[
+        ("projectcalico.org/namespace", "app"),
+        ("projectcalico.org/orchestrator", "k8s"),
+        ("projectcalico.org/serviceaccount", "web"),
+        ("pcns.name", "app"),
+        ("pcsa.projectcalico.org/name", "web"),
+    ];
+    /// A pod whose service account's name is too long for a label value: no serviceaccount label.
+    const LONG_SA_POD: &[(&str, &str)] =
+        &[("projectcalico.org/namespace", "app"), ("projectcalico.org/orchestrator", "k8s"), ("pcns.name", "app")];
+
+    #[test]
+    fn global_all_is_rewritten_across_the_combined_selector() {
+        let p = policy("  selector: all()\n  serviceAccountSelector: '!has(restricted)'\n", false);
+        assert!(
+            !p.selector.matches(&labels(HEP)),
+            "Felix: (has(projectcalico.org/serviceaccount)) && !has(pcsa.restricted)"
+        );
+        assert!(p.selector.matches(&labels(POD)));
+        assert!(!p.selector.matches(&labels(LONG_SA_POD)));
+        let p = policy("  selector: all()\n  namespaceSelector: name == 'app'\n", false);
+        assert!(p.selector.matches(&labels(POD)));
+        assert!(!p.selector.matches(&labels(&[("pcns.name", "app")])), "all() became has(projectcalico.org/namespace)");
+        // No selector at all: nothing to rewrite, the service-account part alone.
+        let p = policy("  serviceAccountSelector: '!has(restricted)'\n", false);
+        assert!(p.selector.matches(&labels(HEP)));
+        let p = policy("  selector: all()\n", false);
+        assert!(p.selector.matches(&labels(HEP)), "without the other selectors all() stays all()");
+    }
+
+    #[test]
+    fn namespaced_service_account_all_is_not_rewritten() {
+        let p = policy("  serviceAccountSelector: all()\n", true);
+        assert!(p.selector.matches(&labels(LONG_SA_POD)));
+        assert!(!p.selector.matches(&labels(&[("projectcalico.org/namespace", "other")])));
+        let p = policy("  serviceAccountSelector: has(projectcalico.org/name)\n", true);
+        assert!(p.selector.matches(&labels(POD)) && !p.selector.matches(&labels(LONG_SA_POD)));
+    }
+
+    #[test]
+    fn empty_service_accounts_add_no_selector() {
+        let p = policy("  ingress:\n    - action: Allow\n      source: {serviceAccounts: {}}\n", true);
+        assert_eq!(p.ingress[0].source.selector, None, "any address, not only the namespace's endpoints");
+        let p = policy("  ingress:\n    - action: Allow\n      source: {serviceAccounts: {names: [web]}}\n", true);
+        let s = p.ingress[0].source.selector.as_ref().expect("names select");
+        assert!(s.matches(&labels(POD)) && !s.matches(&labels(LONG_SA_POD)));
+    }
+
+    #[test]
+    fn allowed_egress_domains_are_refused_with_the_reason() {
+        let e = load_text(
+            "apiVersion: projectcalico.org/v3\nkind: GlobalNetworkSet\nmetadata: {name: s}\nspec:\n  nets: [10.0.0.0/8]\n  allowedEgressDomains: [example.com]\n",
+            &Origin::file("s.yaml"),
+        )
+        .expect_err("refused")
+        .to_string();
+        assert!(
+            e.contains("s.yaml:6:25: spec.allowedEgressDomains: allowedEgressDomains is a Calico Enterprise field"),
+            "{e}"
+        );
+        assert_eq!(load("apiVersion: projectcalico.org/v3\nkind: NetworkSet\nmetadata: {name: s}\nspec: {allowedEgressDomains: []}\n").len(), 1);
+    }
+
+    #[test]
+    fn felix_configurations_apply_by_name_over_the_node_file() {
+        let node_yaml = "name: node1\nconfig: {defaultEndpointToHostAction: Accept, vxlanPort: 4790}\n";
+        let origin = Origin::file("n.yaml");
+        let docs = crate::yaml::parse_documents(node_yaml, &origin).unwrap();
+        let node = crate::node::NodeConfig::parse(crate::yaml::Field::root(&docs[0], &origin)).unwrap();
+        let mut rs = ResourceSet::new();
+        rs.apply_all(load(
+            "apiVersion: projectcalico.org/v3\nkind: FelixConfiguration\nmetadata: {name: default}\nspec: {vxlanPort: 4791, logPrefix: 'x %n'}\n---\napiVersion: projectcalico.org/v3\nkind: FelixConfiguration\nmetadata: {name: node.node1}\nspec: {logPrefix: node}\n---\napiVersion: projectcalico.org/v3\nkind: FelixConfiguration\nmetadata: {name: node.node2}\nspec: {defaultEndpointToHostAction: Drop}\n",
+        ));
+        let felix = crate::resolve::felix_config(&node, &rs);
+        assert_eq!(felix.default_endpoint_to_host_action, crate::felix::EndpointToHostAction::Accept);
+        assert_eq!((felix.vxlan_port, felix.log_prefix.as_str()), (4791, "node"));
+        let e = load_text(
+            "apiVersion: projectcalico.org/v3\nkind: FelixConfiguration\nmetadata:\n  name: default\n  annotations: {config.projectcalico.org/LogPrefix: x}\n",
+            &Origin::file("f.yaml"),
+        )
+        .expect_err("refused")
+        .to_string();
+        assert!(e.contains("metadata.annotations: annotation config.projectcalico.org/LogPrefix"), "{e}");
+    }
+}
