@@ -202,14 +202,15 @@ impl LiveLevel {
     /// out of (`expected`), or, for a dropped frame, on any port but the one it came in by (what the
     /// dataplane sends back to a sender, an ICMP error or a neighbour advertisement, is not the frame).
     /// A frame that turns up on another port instead is returned too, so the caller can say where. Also
-    /// whether a port unreachable about `pkt` came back (Reject); with `answer_expected` the wait ends
-    /// early once it has, after the quiet time of a drop.
+    /// whether a port unreachable about `pkt` came back (Reject); with `answer_expected` (the dataplane says
+    /// it answered) any port unreachable but the frame sent is the answer, and the wait ends early once it
+    /// came, after the quiet time of a drop.
     fn arrival(
         &self,
         within: Duration,
         expected: Option<PortId>,
         ingress: PortId,
-        pkt: &PacketHeader,
+        (pkt, sent): (&PacketHeader, &[u8]),
         answer_expected: bool,
     ) -> (Option<(PortId, Vec<u8>)>, bool) {
         let mut buf = [0u8; 4096];
@@ -224,7 +225,8 @@ impl LiveLevel {
                     if wire_hosts::is_resolution(frame) || !parse(frame).is_ok_and(|p| p.is_ip()) {
                         continue;
                     }
-                    if wire_hosts::answers(frame, pkt) {
+                    let unreachable = answer_expected && frame != sent && wire_hosts::is_unreachable(frame);
+                    if wire_hosts::answers(frame, pkt) || unreachable {
                         answered = true;
                         continue;
                     }
@@ -286,7 +288,7 @@ impl Dataplane for LiveLevel {
             Verdict::Drop if rec.rejected => (ARRIVE_WITHIN, None),
             Verdict::Drop => (QUIET_AFTER_DROP, None),
         };
-        let (seen, rejected) = self.arrival(within, expected, id, pkt, rec.rejected);
+        let (seen, rejected) = self.arrival(within, expected, id, (pkt, &frame), rec.rejected);
         let (verdict, out, translated) = match (&seen, rec.verdict) {
             (Some((p, bytes)), Verdict::Allow) => {
                 if Some(*p) != rec.out_port {
