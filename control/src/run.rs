@@ -252,10 +252,10 @@ fn summary(live: &LiveNode) -> String {
             io.log_lines, c.logs_suppressed, io.log_dropped
         ));
     }
-    if io.rejected + io.reject_limited > 0 {
+    if io.rejected + c.reject_limited > 0 {
         s.push_str(&format!(
             "; {} denied frames answered (Reject), {} answers held back by the ICMP rate limits",
-            io.rejected, io.reject_limited
+            io.rejected, c.reject_limited
         ));
     }
     if let Some(w) = &live.log_writer {

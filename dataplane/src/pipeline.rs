@@ -150,6 +150,8 @@ pub struct Counters {
     pub logs_overflowed: u64,
     /// Log rule hits over their rule's rate limit (`LogActionRateLimit`): not logged.
     pub logs_suppressed: u64,
+    /// Answers of Felix's Reject deny action the kernel's ICMP rate limits held back.
+    pub reject_limited: u64,
 }
 
 impl Counters {
@@ -169,6 +171,7 @@ impl Counters {
         }
         self.logs_overflowed += o.logs_overflowed;
         self.logs_suppressed += o.logs_suppressed;
+        self.reject_limited += o.reject_limited;
     }
 }
 
@@ -297,8 +300,10 @@ pub struct Packet {
     pub logs: [Option<LogHit>; MAX_LOGS],
     /// The rules that decided the chains the packet crossed (for the hit counters).
     pub rule_hits: [Option<LogHit>; MAX_RULE_HITS],
-    /// Dropped by a filter-table chain while Felix's deny action is Reject: the worker answers it.
+    /// Dropped by a filter-table chain while Felix's deny action is Reject.
     pub reject: bool,
+    /// Its answer (Reject), decided and let out: an index into [`Pipeline::answers`] for the worker to send.
+    pub answer: Option<u8>,
     // Working state between stages.
     done: bool,
     /// Its conntrack entry was already updated (an established packet, at lookup).
@@ -326,6 +331,7 @@ impl Packet {
             logs: [None; MAX_LOGS],
             rule_hits: [None; MAX_RULE_HITS],
             reject: false,
+            answer: None,
             done: false,
             committed: false,
             accepted: None,
@@ -390,6 +396,11 @@ pub struct Pipeline {
     applied: Arc<AtomicU64>,
     /// Fill [`Packet::tracked`] (traces only: one more lookup per packet).
     pub note_tracked: bool,
+    /// The answers of Felix's Reject deny action decided for the last batch, as packets from the host
+    /// ([`Packet::answer`] indexes them); allocated once.
+    pub answers: Vec<Packet>,
+    /// The kernel's ICMP error rate limits, for those answers.
+    icmp_limits: crate::reject::IcmpErrorLimits,
 }
 
 /// Slots of the flow table the sweep looks at per worker round: a whole table of 2^18 entries every
@@ -403,7 +414,16 @@ impl Pipeline {
         let flows = FlowTable::new(flow_capacity, &slot.load().world.node.felix.conntrack_timeouts);
         let mut rule_hits = RuleHits::default();
         rule_hits.fit(&slot.load());
-        Pipeline { slot, flows, counters: Counters::default(), rule_hits, applied, note_tracked: false }
+        Pipeline {
+            slot,
+            flows,
+            counters: Counters::default(),
+            rule_hits,
+            applied,
+            note_tracked: false,
+            answers: Vec::with_capacity(crate::worker::BATCH),
+            icmp_limits: Default::default(),
+        }
     }
 
     /// What a worker does once per round besides frames: takes in a new table version's flushes and
@@ -459,6 +479,7 @@ impl Pipeline {
     /// flow's second packet, its reply) starts a new window after that packet is committed.
     pub fn process(&mut self, t: &TableSet, batch: &mut [Packet], now: Nanos) {
         self.catch_up(t);
+        self.answers.clear();
         for p in batch.iter_mut().filter(|p| !p.done) {
             source_checks(t, p);
         }
@@ -566,6 +587,9 @@ impl Pipeline {
                 self.counters.logs_overflowed += 1;
             }
             self.limit_logs(t, p, now);
+            if p.reject && p.verdict == Verdict::Drop {
+                self.answer(t, p, now);
+            }
             for h in p.rule_hits.iter().chain(p.logs.iter()).flatten() {
                 if let Some(origin) =
                     program(t, h.ep, h.stage, h.dir).and_then(|prog| prog.flat.rules.get(h.rule as usize))
@@ -596,6 +620,50 @@ impl Pipeline {
             }
         }
         p.logs = kept;
+    }
+
+    /// Felix's Reject deny action for the dropped packet `p` (semantics §10, `calxdp_policy::reject`): the
+    /// port unreachable the kernel sends back, if it sends one (eligibility, ICMP rate limits), decided as
+    /// a packet from the host (its OUTPUT path: a host endpoint's chains drop it as conntrack INVALID, it is
+    /// RELATED to a flow it quotes). Decided here, in packet order, so it sees conntrack as it is right
+    /// after `p` (one at a time, as the kernel answers inside `p`'s hook); it changes no entry. Its verdict
+    /// is counted; when it may leave, `p.answer` says where the worker finds it.
+    fn answer(&mut self, t: &TableSet, p: &mut Packet, now: Nanos) {
+        let node = &t.world.node;
+        if !calxdp_policy::reject::eligible(&p.header, node) || self.answers.len() >= self.answers.capacity() {
+            return;
+        }
+        let Some(h) = calxdp_policy::reject::answer(&p.header, node) else { return };
+        if !self.icmp_limits.admit(node, h.dst, now) {
+            self.counters.reject_limited += 1;
+            return;
+        }
+        let mut a = Packet::new(Port::Host, h, Some(Tuple::of(&p.header)));
+        untracked_stage(t, &mut a);
+        if !a.done {
+            a.lookup = if a.accepted.is_some() {
+                FlowLookup { state: CtState::Untracked, entry: None, tcp_next: None }
+            } else {
+                self.flows.lookup(&a.header, a.inner, now)
+            };
+            if matches!(a.lookup.state, CtState::Established | CtState::Related) {
+                established(t, &self.flows, &mut a);
+            }
+        }
+        if !a.done {
+            service_nat(t, &mut a);
+            filter_stage(t, &mut a);
+        }
+        self.limit_logs(t, &mut a, now);
+        self.counters.packets += 1;
+        match a.verdict {
+            Verdict::Allow => {
+                self.counters.allowed += 1;
+                p.answer = Some(self.answers.len() as u8);
+                self.answers.push(a);
+            }
+            Verdict::Drop => self.counters.drops[DropReason::of(&a.decision) as usize] += 1,
+        }
     }
 
     /// An allowed packet that the rewrite could not send on (its TTL ran out): counted as that drop.

@@ -31,7 +31,6 @@ use crate::owner::owner;
 use crate::path::{Port, PortMap, WORKLOAD_GATEWAY_MAC};
 use crate::pipeline::{rule_ref, Counters, Decision, DropReason, LogHit, Packet, Pipeline, MAX_LOGS};
 use crate::ports::{send, PortId, PortIo};
-use crate::reject::IcmpErrorLimits;
 use crate::tables::TableSet;
 use crate::wire::Parsed;
 use crate::xsk::handoff::{HandoffReceiver, HandoffSender};
@@ -138,10 +137,9 @@ pub struct IoCounters {
     /// worker). Hits over their rule's rate limit are the pipeline's `logs_suppressed`.
     pub log_lines: u64,
     pub log_dropped: u64,
-    /// Denied packets answered with an ICMP port unreachable (Felix's Reject deny action), and answers the
-    /// kernel's ICMP rate limits held back.
+    /// Denied packets answered with an ICMP port unreachable (Felix's Reject deny action; the answers the
+    /// kernel's ICMP rate limits hold back are the pipeline's `reject_limited`).
     pub rejected: u64,
-    pub reject_limited: u64,
     /// Frames that arrived on, or were routed to, a port the tables do not know (being attached or
     /// detached): dropped.
     pub no_port: u64,
@@ -172,7 +170,6 @@ impl IoCounters {
             log_lines,
             log_dropped,
             rejected,
-            reject_limited,
             no_port,
             rx,
             tx,
@@ -196,7 +193,6 @@ impl IoCounters {
         self.log_lines += log_lines;
         self.log_dropped += log_dropped;
         self.rejected += rejected;
-        self.reject_limited += reject_limited;
         self.no_port += no_port;
         for (mine, theirs) in [(&mut self.rx, rx), (&mut self.tx, tx)] {
             if mine.len() < theirs.len() {
@@ -266,8 +262,6 @@ pub struct Worker {
     pending: Pending,
     pub io: IoCounters,
     logs: Option<LogOutput>,
-    /// The kernel's ICMP error rate limits, for the answers of Felix's Reject deny action.
-    icmp_limits: IcmpErrorLimits,
     shared: Arc<WorkerShared>,
     clock: Arc<Clock>,
     trace: Option<SyncSender<TraceRecord>>,
@@ -313,7 +307,6 @@ impl Worker {
             pending: Pending::default(),
             io: IoCounters::default(),
             logs,
-            icmp_limits: IcmpErrorLimits::default(),
             shared,
             clock,
             trace,
@@ -689,9 +682,11 @@ impl Worker {
                     }
                 }
             }
-            let rejected = verdict == Verdict::Drop
-                && p.reject
-                && parsed.as_ref().is_some_and(|parsed| self.reject(t, parsed, i, now));
+            let answer = p.answer.and_then(|a| self.pipeline.answers.get(a as usize).copied());
+            let rejected = match (answer, parsed.as_ref()) {
+                (Some(a), Some(parsed)) if verdict == Verdict::Drop => self.send_answer(t, &a, parsed, i, now),
+                _ => false,
+            };
             if let Some(trace) = &self.trace {
                 let rec = TraceRecord {
                     in_port: self.in_ids[i],
@@ -718,42 +713,27 @@ impl Worker {
         finished
     }
 
-    /// Felix's Reject deny action for the dropped frame `i` (parsed as `parsed`): the kernel's port
-    /// unreachable back to its sender, if the kernel sends one (`calxdp_policy::reject`: eligibility, ICMP
-    /// rate limits). The answer is sent as the host sends it, through the pipeline from the host port (its
-    /// OUTPUT path: a host endpoint's chains drop it as conntrack INVALID), then routed and sent like any
-    /// frame. It takes frame `i`'s buffer, whose frame is done. A rare path, allowed to allocate. True if the
-    /// answer left (or waits for its next hop).
-    fn reject(&mut self, t: &TableSet, parsed: &Parsed, i: usize, now: Nanos) -> bool {
-        let node = &t.world.node;
-        if !calxdp_policy::reject::eligible(&parsed.header, node) {
-            return false;
-        }
-        let Some(answer) = calxdp_policy::reject::answer(&parsed.header, node) else { return false };
-        if !self.icmp_limits.admit(node, answer.dst, now) {
-            self.io.reject_limited += 1;
-            return false;
-        }
+    /// Sends the answer the pipeline decided for dropped frame `i` (parsed as `parsed`; Felix's Reject
+    /// deny action): the port unreachable built as the host sends it, rewritten as its decision says
+    /// (RELATED to a NATed flow it is translated), and routed and resolved like any frame. It takes frame
+    /// `i`'s buffer, whose frame is done. A rare path, allowed to allocate.
+    fn send_answer(&mut self, t: &TableSet, answer: &Packet, parsed: &Parsed, i: usize, now: Nanos) -> bool {
         let mac = mac_for_host(&t.ports);
-        let spec = crate::wire::FrameSpec { src_mac: mac, dst_mac: mac, ..crate::wire::FrameSpec::new(answer) };
+        let spec = crate::wire::FrameSpec { src_mac: mac, dst_mac: mac, ..crate::wire::FrameSpec::new(answer.header) };
         let frame = crate::wire::build_icmp_error(&spec, &parsed.header);
-        if frame.len() > FRAME_MAX {
-            return false;
-        }
+        let Some(o) = answer.out.filter(|_| frame.len() <= FRAME_MAX) else { return false };
         let len = frame.len();
         self.bufs[i][..len].copy_from_slice(&frame);
         self.lens[i] = len;
-        let (mut packet, Some(answer_parsed)) = ingest(Port::Host, &self.bufs[i][..len]) else { return false };
-        self.pipeline.process(t, std::slice::from_mut(&mut packet), now);
-        if packet.logs[0].is_some() && self.logs.is_some() {
-            self.log(t, &packet, i, &answer_parsed);
+        let (_, Some(answer_parsed)) = ingest(Port::Host, &self.bufs[i][..len]) else { return false };
+        if answer.logs[0].is_some() && self.logs.is_some() {
+            self.log(t, answer, i, &answer_parsed);
         }
-        let Some(o) = packet.out.filter(|_| packet.verdict == Verdict::Allow) else { return false };
-        if rewrite(&mut self.bufs[i][..len], &answer_parsed, &packet, &t.ports).is_err() {
+        if rewrite(&mut self.bufs[i][..len], &answer_parsed, answer, &t.ports).is_err() {
             return false;
         }
         let o_id = t.ports.id_of(o);
-        match self.fill_next_hop_mac(t, &packet, o, i) {
+        match self.fill_next_hop_mac(t, answer, o, i) {
             Ok(()) => {
                 if !Self::transmit(&mut self.ports, &mut self.io, o_id, &self.bufs[i][..len]) {
                     self.io.tx_full += 1;
