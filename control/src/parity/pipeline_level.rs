@@ -33,7 +33,7 @@ impl PipelineNode {
     pub fn new(node: &NodeConfig, resources: &ResourceSet) -> PipelineNode {
         let node = match OfflineNode::new(node.clone(), resources.clone(), false) {
             Ok(n) => n,
-            // Only the Log rate can be refused, and the scenario loader has checked it.
+            // Whatever the node file and resources say was validated when they were loaded.
             Err(e) => panic!("{e}"),
         };
         PipelineNode { node }
