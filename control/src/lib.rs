@@ -6,6 +6,7 @@ pub mod live;
 pub mod offline;
 pub mod parity;
 pub mod publisher;
+pub mod render;
 pub mod replay;
 pub mod run;
 pub mod wire_hosts;

@@ -113,6 +113,8 @@ pub struct LiveNode {
     pub attach_modes: Vec<(String, &'static str)>,
     /// Port changes since the last `take_events`.
     events: Vec<PortEvent>,
+    /// Locks on the uplinks and the tap, held while the node runs (a second instance is refused).
+    _locks: Vec<std::fs::File>,
     pub log_writer: Option<Arc<WriterState>>,
     _log_thread: Option<JoinHandle<()>>,
     stopping: bool,
@@ -129,6 +131,8 @@ impl LiveNode {
         trace: Option<SyncSender<TraceRecord>>,
     ) -> Result<LiveNode, String> {
         preflight(&node, opts)?;
+        // Before anything on the host is touched: another calxdp on these interfaces refuses this one.
+        let locks = lock_interfaces(&node, opts)?;
         for u in &mut node.uplinks {
             if u.mac.is_none() {
                 u.mac = interface_mac(&u.name);
@@ -227,6 +231,7 @@ impl LiveNode {
             failed: BTreeMap::new(),
             attach_modes: Vec::new(),
             events: Vec::new(),
+            _locks: locks,
             log_writer,
             _log_thread: log_thread,
             stopping: false,
@@ -482,6 +487,33 @@ impl Drop for LiveNode {
     fn drop(&mut self) {
         self.halt();
     }
+}
+
+/// Where the interface locks live.
+const LOCK_DIR: &str = "/run/calxdp";
+
+/// Takes a lock per uplink and on the tap's name, in this network namespace: a second `calxdp run` (or a
+/// demo) on the same interfaces is refused with a sentence before it changes a route, an address or a link.
+fn lock_interfaces(node: &NodeConfig, opts: &LiveOptions) -> Result<Vec<std::fs::File>, String> {
+    std::fs::create_dir_all(LOCK_DIR).map_err(|e| format!("cannot create {LOCK_DIR}: {e}"))?;
+    let ns = netns::current_netns_id().map_err(|e| format!("cannot read this thread's network namespace: {e}"))?;
+    let mut locks = Vec::new();
+    let names = node.uplinks.iter().map(|u| (u.name.as_str(), "uplink")).chain([(opts.tap.as_str(), "host tap")]);
+    for (name, what) in names {
+        let path = std::path::Path::new(LOCK_DIR).join(format!("net{ns}-{name}.lock"));
+        match netns::try_lock(&path) {
+            Ok(Some(f)) => locks.push(f),
+            Ok(None) => {
+                return Err(format!(
+                    "another calxdp already runs on {name} ({what}) in this network namespace (lock {}); stop it \
+                     first — nothing was changed",
+                    path.display()
+                ))
+            }
+            Err(e) => return Err(format!("cannot lock {}: {e}", path.display())),
+        }
+    }
+    Ok(locks)
 }
 
 /// Conntrack entries each worker holds: flows are owned by one worker each, so the node's capacity is

@@ -67,13 +67,35 @@ enum Command {
         #[arg(long)]
         trace: bool,
     },
+    /// Render the node as Linux Calico would program it.
+    Render {
+        #[command(subcommand)]
+        what: RenderWhat,
+    },
     /// Run parity scenarios and compare every verdict with Linux Calico's.
     Parity {
-        /// reference | compiled | pipeline | live | all
+        /// reference | compiled | pipeline | live | kernel | all
         #[arg(long, default_value = "pipeline")]
         level: String,
         #[arg(required = true)]
         paths: Vec<PathBuf>,
+    },
+}
+
+#[derive(Subcommand, Debug)]
+enum RenderWhat {
+    /// Felix's iptables-legacy rendering of the node (raw, mangle, nat, filter; ipsets; kube-proxy's service
+    /// NAT): prints `ipset restore` and `iptables-restore` input, or loads it into a network namespace.
+    Iptables {
+        /// The node: interfaces, pods, namespaces, services, Felix configuration.
+        #[arg(long)]
+        node: PathBuf,
+        /// A policy file or a directory of them.
+        #[arg(long)]
+        policies: PathBuf,
+        /// Load the rendering into this network namespace (root) instead of printing it.
+        #[arg(long)]
+        apply_in: Option<String>,
     },
 }
 
@@ -151,10 +173,22 @@ fn main() -> ExitCode {
                 ExitCode::FAILURE
             }
         },
+        Command::Render { what: RenderWhat::Iptables { node, policies, apply_in } } => {
+            match calxdp::render::render_files(&node, &policies, apply_in.as_deref()) {
+                Ok(text) => {
+                    print!("{text}");
+                    ExitCode::SUCCESS
+                }
+                Err(e) => {
+                    eprintln!("calxdp render iptables: {e}");
+                    ExitCode::FAILURE
+                }
+            }
+        }
         Command::Parity { level, paths } => {
             let Some(levels) = Level::parse(&level) else {
                 eprintln!(
-                    "calxdp parity: unknown level '{level}' (expected reference, compiled, pipeline, live or all)"
+                    "calxdp parity: unknown level '{level}' (expected reference, compiled, pipeline, live, kernel or all)"
                 );
                 return ExitCode::from(2);
             };

@@ -17,26 +17,22 @@ use calxdp_policy::verdict::Verdict;
 
 use crate::live::{LiveNode, LiveOptions, PortEvent};
 
-/// What the directory looked like: every policy file with its size and modification time.
-pub type DirState = Vec<(PathBuf, u64, Option<SystemTime>)>;
+/// What the directory looked like: every policy file with its size and modification time (or why it
+/// could not be listed).
+pub type DirState = Result<Vec<(PathBuf, u64, Option<SystemTime>)>, String>;
 
+/// The policy files under `dir` as the loader sees them (symbolic links followed once, hidden entries
+/// skipped), with their sizes and modification times.
 pub fn dir_state(dir: &Path) -> DirState {
-    let mut out = Vec::new();
-    walk(dir, &mut out);
-    out.sort();
-    out
-}
-
-fn walk(p: &Path, out: &mut DirState) {
-    if p.is_dir() {
-        if let Ok(rd) = std::fs::read_dir(p) {
-            for e in rd.flatten() {
-                walk(&e.path(), out);
-            }
-        }
-    } else if let Ok(m) = std::fs::metadata(p) {
-        out.push((p.to_path_buf(), m.len(), m.modified().ok()));
-    }
+    let files = calxdp_policy::resource::policy_files(dir).map_err(|(p, e)| format!("{}: {e}", p.display()))?;
+    Ok(files
+        .into_iter()
+        .map(|p| {
+            let m = std::fs::metadata(&p).ok();
+            let (len, modified) = m.map(|m| (m.len(), m.modified().ok())).unwrap_or((0, None));
+            (p, len, modified)
+        })
+        .collect())
 }
 
 /// Reads every policy file under `dir` into one resource set, or the first error (file:line:col field).
@@ -99,8 +95,8 @@ pub fn run(
     if let Some(r) = &ready {
         r.store(true, Ordering::Release);
     }
-    let mut seen = dir_state(policies);
-    let mut seen_node = file_state(node_file);
+    let mut policy_watch = Watch::new(dir_state(policies));
+    let mut node_watch = Watch::new(file_state(node_file));
     let mut last_check = Instant::now();
     let mut last_stats = Instant::now();
     while !stop.load(Ordering::Relaxed) {
@@ -115,15 +111,14 @@ pub fn run(
         }
         if last_check.elapsed() >= CHECK_EVERY {
             last_check = Instant::now();
-            let now = dir_state(policies);
-            if now != seen {
-                seen = now;
-                reload(&mut live, policies);
+            if let Some(settled) = policy_watch.settled(dir_state(policies)) {
+                if reload(&mut live, policies, settled.1, &settled.0) {
+                    policy_watch.loaded(settled.0);
+                }
             }
-            let node_now = file_state(node_file);
-            if node_now != seen_node {
-                seen_node = node_now;
+            if let Some(settled) = node_watch.settled(file_state(node_file)) {
                 reload_node(&mut live, node_file);
+                node_watch.loaded(settled.0);
             }
             live.supervise();
             report_events(&mut live);
@@ -194,21 +189,81 @@ pub fn reload_node(live: &mut LiveNode, node_file: &Path) {
     }
 }
 
-/// Re-reads the directory and publishes, or reports why not (the running tables stay).
-pub fn reload(live: &mut LiveNode, policies: &Path) {
-    match load_dir(policies) {
-        Err(e) => say!("calxdp: policy update rejected, tables unchanged: {e}"),
-        Ok(set) => match live.publisher.replace(set) {
-            Ok(p) => say!(
-                "calxdp: tables v{} published: {} policies, {} programs rebuilt, in {:.1} ms",
-                p.epoch,
-                live.publisher.resources().len(),
-                p.stats.built,
-                p.took.as_secs_f64() * 1e3
-            ),
-            Err(e) => say!("calxdp: policy update rejected, tables unchanged: {e}"),
-        },
+/// How long a change must stay still before it is read: a file being written changes size or time from one
+/// look to the next, so only a folder that has stopped changing is published (never half a file).
+const SETTLE: Duration = Duration::from_millis(400);
+/// How long a policy folder must stay empty before its emptiness replaces a populated set.
+const EMPTY_SETTLE: Duration = Duration::from_secs(3);
+
+/// A watched file or folder: what the running state was loaded from, and a change waiting to settle.
+struct Watch<S: PartialEq + Clone> {
+    loaded: S,
+    candidate: Option<(S, Instant)>,
+}
+
+impl<S: PartialEq + Clone> Watch<S> {
+    fn new(now: S) -> Watch<S> {
+        Watch { loaded: now, candidate: None }
     }
+
+    /// The state to load, once it differs from what was loaded and has not changed for [`SETTLE`], with how
+    /// long it has been still.
+    fn settled(&mut self, now: S) -> Option<(S, Duration)> {
+        if now == self.loaded {
+            self.candidate = None;
+            return None;
+        }
+        match &self.candidate {
+            Some((c, since)) if *c == now => (since.elapsed() >= SETTLE).then(|| (now, since.elapsed())),
+            _ => {
+                self.candidate = Some((now, Instant::now()));
+                None
+            }
+        }
+    }
+
+    fn loaded(&mut self, state: S) {
+        self.loaded = state;
+        self.candidate = None;
+    }
+}
+
+/// Re-reads the directory and publishes, or reports why not (the running tables stay). `state` is what the
+/// folder looked like when it settled: a folder that changed while it was read is left for the next look.
+/// A folder that empties is published only after staying empty for [`EMPTY_SETTLE`], and loudly. Returns
+/// whether this state is dealt with (published or rejected).
+pub fn reload(live: &mut LiveNode, policies: &Path, still_for: Duration, state: &DirState) -> bool {
+    let loaded = load_dir(policies);
+    if dir_state(policies) != *state {
+        return false;
+    }
+    match loaded {
+        Err(e) => say!("calxdp: policy update rejected, tables unchanged: {e}"),
+        Ok(set) => {
+            if set.is_empty() && !live.publisher.resources().is_empty() {
+                if still_for < EMPTY_SETTLE {
+                    return false;
+                }
+                say!(
+                    "calxdp: WARNING: the policy folder {} is empty; publishing NO policies (it was {} resources). \
+                     Pods fall back to their profiles and host endpoints to default-deny.",
+                    policies.display(),
+                    live.publisher.resources().len()
+                );
+            }
+            match live.publisher.replace(set) {
+                Ok(p) => say!(
+                    "calxdp: tables v{} published: {} policies, {} programs rebuilt, in {:.1} ms",
+                    p.epoch,
+                    live.publisher.resources().len(),
+                    p.stats.built,
+                    p.took.as_secs_f64() * 1e3
+                ),
+                Err(e) => say!("calxdp: policy update rejected, tables unchanged: {e}"),
+            }
+        }
+    }
+    true
 }
 
 fn summary(live: &LiveNode) -> String {

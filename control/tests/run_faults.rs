@@ -362,3 +362,67 @@ fn an_uplink_mtu_larger_than_the_frames_is_refused_with_a_sentence() {
     let status = n.child.as_mut().unwrap().wait().unwrap();
     assert_eq!(status.code(), Some(1), "{}", seen.join("\n"));
 }
+
+#[test]
+fn a_policy_file_being_written_is_never_enforced_half_written_and_an_emptied_folder_is_slow_and_loud() {
+    let pods = [("db", "calidb", "192.168.5.2")];
+    let Some(mut n) = Node::new("w", &pods) else { return };
+    let rx = lines(n.spawn());
+    let mut seen = Vec::new();
+    wait_for(&rx, "calxdp: running", &mut seen);
+    let uplink = n.socket("wup");
+    let db = n.socket("wcalidb");
+    assert_eq!(send_and_count(&uplink, &db, "192.168.5.2", 5, 1000), 5, "the first policy allows UDP");
+    // A new file written slowly: its first part alone would deny nothing new, the whole file denies UDP.
+    let path = n.dir.join("policies/late.yaml");
+    let whole = "apiVersion: projectcalico.org/v3\nkind: GlobalNetworkPolicy\nmetadata: {name: deny-udp}\nspec:\n  order: 1\n  selector: app == 'db'\n  types: [Ingress]\n  ingress:\n    - action: Deny\n      protocol: UDP\n";
+    let mut f = std::fs::File::create(&path).unwrap();
+    for (k, chunk) in whole.as_bytes().chunks(12).enumerate() {
+        use std::io::Write as _;
+        f.write_all(chunk).unwrap();
+        f.flush().unwrap();
+        std::thread::sleep(Duration::from_millis(120));
+        if k % 4 == 3 {
+            // While the file is being written, nothing of it is enforced and no partial file is reported.
+            assert!(rx.try_iter().all(|l| !l.contains("published") && !l.contains("rejected")));
+        }
+    }
+    drop(f);
+    wait_for(&rx, "published", &mut seen);
+    assert_eq!(send_and_count(&uplink, &db, "192.168.5.2", 5, 2000), 0, "the whole file denies UDP");
+    // The folder emptied: published only after it has stayed empty a while, with a warning.
+    std::fs::remove_file(&path).unwrap();
+    std::fs::remove_file(n.dir.join("policies/db.yaml")).unwrap();
+    let started = Instant::now();
+    let line = wait_for(&rx, "is empty; publishing NO policies", &mut seen);
+    assert!(started.elapsed() >= Duration::from_secs(3), "{line}");
+    assert!(n.alive());
+}
+
+#[test]
+fn a_second_instance_on_the_same_interfaces_is_refused_before_it_changes_anything() {
+    let pods = [("db", "calidb", "192.168.5.2")];
+    let Some(mut n) = Node::new("s", &pods) else { return };
+    let rx = lines(n.spawn());
+    let mut seen = Vec::new();
+    wait_for(&rx, "calxdp: running", &mut seen);
+    let routes = || {
+        let out = Command::new("ip").args(["-n", &n.node, "route", "show"]).output().unwrap();
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    };
+    let before = routes();
+    assert!(before.contains("calxdp-host"), "the first instance's routes: {before}");
+    let second = Command::new("ip")
+        .args(["netns", "exec", &n.node, env!("CARGO_BIN_EXE_calxdp"), "run", "--tap", "cxother", "--node"])
+        .arg(n.dir.join("node.yaml"))
+        .arg("--policies")
+        .arg(n.dir.join("policies"))
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&second.stderr);
+    assert_eq!(second.status.code(), Some(1), "{err}");
+    assert!(err.contains("another calxdp already runs on eth0") && err.contains("nothing was changed"), "{err}");
+    assert_eq!(routes(), before, "the second instance changed the routes");
+    let (uplink, db) = (n.socket("wup"), n.socket("wcalidb"));
+    assert_eq!(send_and_count(&uplink, &db, "192.168.5.2", 20, 1000), 20, "the first instance still forwards");
+}

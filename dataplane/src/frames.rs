@@ -26,6 +26,14 @@ pub enum RewriteError {
 /// Parses a frame that arrived on `port` into a pipeline packet.
 pub fn ingest(port: Port, frame: &[u8]) -> (Packet, Option<Parsed>) {
     match parse(frame) {
+        // Linux drops these before any hook: a VLAN tag with no subinterface for it (a priority tag, id 0,
+        // is untagged), and an IPv4 source route (accept_source_route is 0).
+        Ok(parsed) if parsed.outer_vlan.is_some_and(|v| v != 0) => {
+            (Packet::unparsed(port, Decision::VlanTagged), Some(parsed))
+        }
+        Ok(parsed) if parsed.is_ip() && parsed.source_routed => {
+            (Packet::unparsed(port, Decision::SourceRouted), Some(parsed))
+        }
         Ok(parsed) if parsed.is_ip() => {
             let inner = parsed.inner.map(|i| Tuple::of(&i.to_packet_header()));
             (Packet::new(port, parsed.header, inner), Some(parsed))
@@ -373,5 +381,56 @@ mod tests {
         assert_eq!((inner.src, inner.src_port, inner.dst, inner.dst_port), (client, 5353, vip, 80));
         let (ip_at, _, _) = out.inner_at.unwrap();
         assert_eq!(checksum(&frame[ip_at..ip_at + 20]), 0, "the quoted IPv4 header's checksum");
+    }
+
+    fn udp() -> PacketHeader {
+        PacketHeader {
+            src: "10.0.0.9".parse().unwrap(),
+            dst: "192.168.1.10".parse().unwrap(),
+            protocol: Protocol::UDP,
+            src_port: 4000,
+            dst_port: 53,
+            ..PacketHeader::EMPTY
+        }
+    }
+
+    /// Linux drops a tagged frame on an interface without a VLAN subinterface; a priority tag (id 0) is
+    /// untagged.
+    #[test]
+    fn vlan_tagged_frames_are_dropped_as_linux_drops_them_but_priority_tagged_ones_are_not() {
+        let mut spec = FrameSpec::new(udp());
+        spec.vlan = Some(42);
+        let (p, _) = ingest(Port::Uplink(0), &spec.build());
+        assert_eq!(p.decision, Decision::VlanTagged);
+        spec.vlan = Some(0);
+        let (p, _) = ingest(Port::Uplink(0), &spec.build());
+        assert_eq!(p.header, udp(), "a priority-tagged frame is an ordinary packet");
+    }
+
+    #[test]
+    fn ipv4_source_routed_packets_are_dropped_and_other_options_pass() {
+        let frame = FrameSpec::new(udp()).build();
+        let with = |options: &[u8]| {
+            let mut f = frame[..34].to_vec();
+            f.extend_from_slice(options);
+            f.extend_from_slice(&frame[34..]);
+            f[14] = 0x45 + (options.len() / 4) as u8;
+            let total = (f.len() - 14) as u16;
+            f[16..18].copy_from_slice(&total.to_be_bytes());
+            f[24..26].copy_from_slice(&[0, 0]);
+            let c = checksum(&f[14..14 + 20 + options.len()]);
+            f[24..26].copy_from_slice(&c.to_be_bytes());
+            f
+        };
+        // Loose and strict source route (one hop each), then record route and a no-op list.
+        for (options, routed) in [
+            (&[131u8, 7, 4, 10, 0, 0, 1, 0][..], true),
+            (&[137, 7, 4, 10, 0, 0, 1, 0][..], true),
+            (&[7, 7, 4, 0, 0, 0, 0, 0][..], false),
+            (&[1, 1, 1, 0][..], false),
+        ] {
+            let (p, _) = ingest(Port::Uplink(0), &with(options));
+            assert_eq!(p.decision == Decision::SourceRouted, routed, "options {options:?}");
+        }
     }
 }

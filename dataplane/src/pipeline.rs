@@ -69,6 +69,12 @@ pub enum Decision {
     Malformed(crate::wire::Malformed),
     /// A frame that is not IP (ARP and friends), which the pipeline does not forward.
     NotIp,
+    /// An 802.1Q-tagged frame (VLAN id other than 0): the node has no VLAN subinterface, so Linux drops it
+    /// before any hook.
+    VlanTagged,
+    /// An IPv4 packet with a loose or strict source route option: Linux drops it (`accept_source_route` is
+    /// 0 on every interface by default).
+    SourceRouted,
 }
 
 /// Why packets were dropped, as counters.
@@ -86,10 +92,12 @@ pub enum DropReason {
     Malformed,
     NotIp,
     TtlExceeded,
+    VlanTagged,
+    SourceRouted,
 }
 
 impl DropReason {
-    pub const ALL: [DropReason; 12] = [
+    pub const ALL: [DropReason; 14] = [
         DropReason::PolicyDeny,
         DropReason::EndOfTier,
         DropReason::NoProfile,
@@ -102,6 +110,8 @@ impl DropReason {
         DropReason::Malformed,
         DropReason::NotIp,
         DropReason::TtlExceeded,
+        DropReason::VlanTagged,
+        DropReason::SourceRouted,
     ];
 
     pub fn name(self) -> &'static str {
@@ -118,6 +128,8 @@ impl DropReason {
             DropReason::Malformed => "malformed",
             DropReason::NotIp => "not_ip",
             DropReason::TtlExceeded => "ttl_exceeded",
+            DropReason::VlanTagged => "vlan_tagged",
+            DropReason::SourceRouted => "ipv4_source_route",
         }
     }
 
@@ -133,6 +145,8 @@ impl DropReason {
             Decision::ServiceWithoutEndpoints => DropReason::ServiceWithoutEndpoints,
             Decision::Malformed(_) => DropReason::Malformed,
             Decision::NotIp => DropReason::NotIp,
+            Decision::VlanTagged => DropReason::VlanTagged,
+            Decision::SourceRouted => DropReason::SourceRouted,
             _ => DropReason::Invalid,
         }
     }
@@ -571,8 +585,10 @@ impl Pipeline {
                 }
             }
             if self.note_tracked {
-                p.tracked = !matches!(p.decision, Decision::NotIp | Decision::Malformed(_))
-                    && self.flows.tracks(&p.header, now);
+                p.tracked = !matches!(
+                    p.decision,
+                    Decision::NotIp | Decision::Malformed(_) | Decision::VlanTagged | Decision::SourceRouted
+                ) && self.flows.tracks(&p.header, now);
             }
             match p.verdict {
                 Verdict::Allow => self.counters.allowed += 1,
@@ -1122,7 +1138,11 @@ pub fn explain(t: &TableSet, d: &Decision) -> Reason {
         Decision::SourceSpoofed => Reason::SourceSpoofed,
         Decision::EncapFromWorkload => Reason::EncapFromWorkload,
         Decision::Icmpv6FromWorkload => Reason::Icmpv6FromWorkload,
-        Decision::NoCalicoVerdict | Decision::Malformed(_) | Decision::NotIp => Reason::NoCalicoVerdict,
+        Decision::NoCalicoVerdict
+        | Decision::Malformed(_)
+        | Decision::NotIp
+        | Decision::VlanTagged
+        | Decision::SourceRouted => Reason::NoCalicoVerdict,
         Decision::ConntrackFull => Reason::ConntrackFull,
         Decision::ServiceWithoutEndpoints => Reason::ServiceWithoutEndpoints,
     }

@@ -50,7 +50,7 @@ fuzz_target!(|data: &[u8]| {
     let (packet, parsed) = ingest(port, &frame);
     let mut batch = [packet];
     let mut p = pipeline().lock().unwrap_or_else(|e| e.into_inner());
-    p.process(&mut batch, u64::from(selector) * 1_000_000_000);
+    p.process_current(&mut batch, u64::from(selector) * 1_000_000_000);
     if let Some(parsed) = parsed {
         let tables = p.tables();
         if rewrite(&mut frame, &parsed, &batch[0], &tables.ports).is_ok() && parsed.is_ip() && batch[0].verdict == calxdp_policy::verdict::Verdict::Allow {

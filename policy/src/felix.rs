@@ -121,6 +121,19 @@ impl LogRate {
     }
 }
 
+/// Felix's form, `N/unit`, as iptables' `--limit` takes it.
+impl std::fmt::Display for LogRate {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let unit = match self.per.as_secs() {
+            1 => "second",
+            60 => "minute",
+            3_600 => "hour",
+            _ => "day",
+        };
+        write!(f, "{}/{unit}", self.count)
+    }
+}
+
 /// One element of `InterfaceExclude`: an interface name, or a regular expression between slashes
 /// (unanchored, as Felix compiles it).
 #[derive(Clone, Debug)]

@@ -83,6 +83,9 @@ pub enum Reason {
     ConntrackFull,
     /// A service with no ready backends: kube-proxy rejects.
     ServiceWithoutEndpoints,
+    /// What Linux did with the packet under Felix's ruleset (the kernel oracle level): the table, chain and
+    /// rule that decided it.
+    Kernel(String),
 }
 
 impl fmt::Display for Reason {
@@ -136,6 +139,7 @@ impl fmt::Display for Reason {
             Reason::NoCalicoVerdict => f.write_str("no Calico verdict; the host's default accepts"),
             Reason::ConntrackFull => f.write_str("conntrack table full"),
             Reason::ServiceWithoutEndpoints => f.write_str("the service has no endpoints"),
+            Reason::Kernel(what) => write!(f, "kernel: {what}"),
         }
     }
 }

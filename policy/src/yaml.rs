@@ -68,7 +68,12 @@ pub struct LoadError {
 
 impl fmt::Display for LoadError {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "{}:{}:{}: ", self.file, self.line, self.col)?;
+        // An error about a whole file (it cannot be read, it is not a regular file) has no position.
+        if self.line == 0 {
+            write!(f, "{}: ", self.file)?;
+        } else {
+            write!(f, "{}:{}:{}: ", self.file, self.line, self.col)?;
+        }
         if !self.field.is_empty() {
             write!(f, "{}: ", self.field)?;
         }
@@ -93,11 +98,33 @@ impl LoadError {
 
 /// Parses every document of a YAML stream. An empty document (or a stream of only comments) yields no node.
 pub fn parse_documents(text: &str, origin: &Origin) -> Result<Vec<Node>, LoadError> {
+    // A NUL would end the text for the parser without a word: what follows it would silently not exist.
+    if let Some(at) = text.find('\0') {
+        let line = text[..at].matches('\n').count() + 1;
+        let col = at - text[..at].rfind('\n').map_or(0, |n| n + 1) + 1;
+        return Err(LoadError::at(
+            origin,
+            Pos { line, col },
+            "",
+            "the file contains a NUL byte; a YAML manifest is text (is this a binary file?)",
+        ));
+    }
     let mut builder = TreeBuilder::default();
     let mut parser = Parser::new_from_str(text);
-    if let Err(e) = parser.load(&mut builder, true) {
-        let m = e.marker();
-        return Err(LoadError::at(origin, pos_of(m), "", format!("YAML syntax error: {}", e.info())));
+    // Events one by one, not the parser's `load`, which recurses once per nesting level: a document
+    // thousands of levels deep would overflow the stack before the builder could refuse it.
+    loop {
+        match parser.next_token() {
+            Err(e) => {
+                let m = e.marker();
+                return Err(LoadError::at(origin, pos_of(m), "", format!("YAML syntax error: {}", e.info())));
+            }
+            Ok((Event::StreamEnd, _)) => break,
+            Ok((ev, mark)) => builder.on_event(ev, mark),
+        }
+        if builder.error.is_some() {
+            break;
+        }
     }
     if let Some((pos, message)) = builder.error {
         return Err(LoadError::at(origin, pos, "", message));
@@ -110,40 +137,83 @@ fn pos_of(m: &Marker) -> Pos {
     Pos { line: m.line(), col: m.col() + 1 }
 }
 
+/// Deepest nesting of collections a document may have: policies need a handful of levels; a document
+/// thousands deep is an attack on the stack of whatever walks it.
+pub const MAX_DEPTH: usize = 64;
+/// Most values one text may expand to through aliases: anchors and aliases are legitimate YAML, but nested
+/// aliases grow exponentially (a "billion laughs" document of 640 bytes is billions of values).
+pub const MAX_ALIAS_VALUES: usize = 100_000;
+
 /// Builds [`Node`] trees from the parser's events.
 #[derive(Default)]
 struct TreeBuilder {
     docs: Vec<Node>,
-    /// Open collections: the node being filled and, for maps, a key waiting for its value.
-    stack: Vec<(Node, Option<Node>)>,
-    anchors: BTreeMap<usize, Node>,
+    /// Open collections: the node being filled, for maps a key waiting for its value, and how many values
+    /// the collection holds so far (itself included).
+    stack: Vec<(Node, Option<Node>, usize)>,
+    /// Anchored values and how many values each is.
+    anchors: BTreeMap<usize, (Node, usize)>,
     /// Anchor ids of the open collections, to record them when they close.
     open_anchors: Vec<usize>,
+    /// Values added by expanding aliases so far.
+    expanded: usize,
+    /// Collections opened past [`MAX_DEPTH`] that are being skipped.
+    skipping: usize,
     error: Option<(Pos, String)>,
 }
 
 impl TreeBuilder {
+    fn fail(&mut self, pos: Pos, message: String) {
+        if self.error.is_none() {
+            self.error = Some((pos, message));
+        }
+    }
+
     fn push_value(&mut self, node: Node) {
+        self.push_weighted(node, 1);
+    }
+
+    fn push_weighted(&mut self, node: Node, weight: usize) {
         match self.stack.last_mut() {
             None => self.docs.push(node),
-            Some((parent, pending_key)) => match &mut parent.value {
-                Value::Seq(items) => items.push(node),
-                Value::Map(entries) => match pending_key.take() {
-                    None => *pending_key = Some(node),
-                    Some(key) => entries.push((key, node)),
-                },
+            Some((parent, pending_key, count)) => match &mut parent.value {
+                Value::Seq(items) => {
+                    items.push(node);
+                    *count += weight;
+                }
+                Value::Map(entries) => {
+                    *count += weight;
+                    match pending_key.take() {
+                        None => *pending_key = Some(node),
+                        Some(key) => entries.push((key, node)),
+                    }
+                }
                 _ => {}
             },
         }
     }
 
+    fn open(&mut self, value: Value, pos: Pos, anchor: usize) {
+        if self.skipping > 0 || self.stack.len() >= MAX_DEPTH {
+            self.skipping += 1;
+            self.fail(pos, format!("YAML nested deeper than {MAX_DEPTH} levels; no Calico resource needs that"));
+            return;
+        }
+        self.stack.push((Node { value, pos }, None, 1));
+        self.open_anchors.push(anchor);
+    }
+
     fn close(&mut self) {
-        if let Some((node, _)) = self.stack.pop() {
+        if self.skipping > 0 {
+            self.skipping -= 1;
+            return;
+        }
+        if let Some((node, _, weight)) = self.stack.pop() {
             let anchor = self.open_anchors.pop().unwrap_or(0);
             if anchor != 0 {
-                self.anchors.insert(anchor, node.clone());
+                self.anchors.insert(anchor, (node.clone(), weight));
             }
-            self.push_value(node);
+            self.push_weighted(node, weight);
         }
     }
 }
@@ -162,34 +232,41 @@ impl MarkedEventReceiver for TreeBuilder {
                     let explicit_str = tag.as_ref().is_some_and(|t| t.suffix == "str");
                     Value::Scalar { text, quoted: quoted || explicit_str }
                 };
+                if self.skipping > 0 {
+                    return;
+                }
                 let node = Node { value, pos };
                 if anchor != 0 {
-                    self.anchors.insert(anchor, node.clone());
+                    self.anchors.insert(anchor, (node.clone(), 1));
                 }
                 self.push_value(node);
             }
-            Event::SequenceStart(anchor, _) => {
-                self.stack.push((Node { value: Value::Seq(Vec::new()), pos }, None));
-                self.open_anchors.push(anchor);
-            }
-            Event::MappingStart(anchor, _) => {
-                self.stack.push((Node { value: Value::Map(Vec::new()), pos }, None));
-                self.open_anchors.push(anchor);
-            }
+            Event::SequenceStart(anchor, _) => self.open(Value::Seq(Vec::new()), pos, anchor),
+            Event::MappingStart(anchor, _) => self.open(Value::Map(Vec::new()), pos, anchor),
             Event::SequenceEnd | Event::MappingEnd => self.close(),
-            Event::Alias(id) => match self.anchors.get(&id) {
-                Some(node) => {
-                    let node = Node { value: node.value.clone(), pos };
-                    self.push_value(node);
+            Event::Alias(_) if self.skipping > 0 => {}
+            Event::Alias(id) => match self.anchors.get(&id).map(|(n, w)| (n.value.clone(), *w)) {
+                Some((_, weight)) if self.expanded + weight > MAX_ALIAS_VALUES => {
+                    self.fail(
+                        pos,
+                        format!(
+                            "YAML aliases expand to more than {MAX_ALIAS_VALUES} values (nested aliases grow \
+                             exponentially); write the values out instead"
+                        ),
+                    );
+                    self.push_value(Node { value: Value::Null, pos });
+                }
+                Some((value, weight)) => {
+                    self.expanded += weight;
+                    self.push_weighted(Node { value, pos }, weight);
                 }
                 None => {
-                    if self.error.is_none() {
-                        self.error = Some((pos, "YAML alias refers to an unknown anchor".into()));
-                    }
+                    self.fail(pos, "YAML alias refers to an unknown anchor".into());
                     self.push_value(Node { value: Value::Null, pos });
                 }
             },
-            Event::DocumentStart => {}
+            // Anchors do not reach across documents.
+            Event::DocumentStart => self.anchors.clear(),
             Event::DocumentEnd => {
                 // A document with no content still produced no node; keep documents aligned with the stream.
                 if self.docs.is_empty() && self.stack.is_empty() {
@@ -490,5 +567,65 @@ mod tests {
         let root = Field::root(&d[0], &origin);
         let m = root.require("b", |b| b.string_map()).unwrap();
         assert_eq!(m.get("k").map(String::as_str), Some("v"));
+    }
+}
+
+#[cfg(test)]
+mod hostile_tests {
+    use super::*;
+
+    fn parse_on_small_stack(text: String) -> Result<Vec<Node>, LoadError> {
+        // Threads a node spawns (the control thread, workers) have 2 MiB stacks: the parse must fit.
+        std::thread::Builder::new()
+            .stack_size(2 << 20)
+            .spawn(move || parse_documents(&text, &Origin::file("hostile.yaml")))
+            .unwrap()
+            .join()
+            .expect("no stack overflow")
+    }
+
+    #[test]
+    fn a_billion_laughs_is_refused_quickly_and_with_a_position() {
+        let mut text = String::from("a: &a [x, x, x, x, x, x, x, x, x, x]\n");
+        let names = ["b", "c", "d", "e", "f", "g", "h", "i", "j"];
+        let mut prev = "a";
+        for n in names {
+            text.push_str(&format!("{n}: &{n} [*{prev}, *{prev}, *{prev}, *{prev}, *{prev}, *{prev}, *{prev}, *{prev}, *{prev}, *{prev}]\n"));
+            prev = n;
+        }
+        let start = std::time::Instant::now();
+        let e = parse_on_small_stack(text).unwrap_err();
+        assert!(start.elapsed() < std::time::Duration::from_secs(2));
+        assert!(e.message.contains("aliases expand to more than"), "{e}");
+        assert!(e.line > 1, "{e}");
+    }
+
+    #[test]
+    fn thousands_of_nested_block_lists_are_refused_without_overflowing_the_stack() {
+        let mut text = String::new();
+        for depth in 0..7000 {
+            text.push_str(&" ".repeat(depth * 2));
+            text.push_str("-\n");
+        }
+        text.push_str(&" ".repeat(14000));
+        text.push_str("x\n");
+        let e = parse_on_small_stack(text).unwrap_err();
+        assert!(e.message.contains("nested deeper than 64"), "{e}");
+        let compact = format!("{}x\n", "- ".repeat(7000));
+        let e = parse_on_small_stack(compact).unwrap_err();
+        assert!(e.message.contains("nested deeper than 64"), "{e}");
+    }
+
+    #[test]
+    fn a_nul_byte_is_an_error_naming_where_it_is() {
+        let e = parse_documents("kind: A\nname: b\0c\nmore: 1\n", &Origin::file("nul.yaml")).unwrap_err();
+        assert_eq!((e.line, e.col), (2, 8), "{e}");
+        assert!(e.message.contains("NUL byte"), "{e}");
+    }
+
+    #[test]
+    fn ordinary_anchors_and_aliases_still_work() {
+        let docs = parse_documents("a: &p {x: 1}\nb: *p\n", &Origin::file("ok.yaml")).unwrap();
+        assert_eq!(docs.len(), 1);
     }
 }

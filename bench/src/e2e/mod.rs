@@ -5,7 +5,7 @@
 //!    MACs, transmit on the pod veth's socket): what AF_XDP copy mode on veth allows at all;
 //! 2. **calxdp** — the live node (`calxdp::live::LiveNode`) with ~1000 synthetic Calico policies, about
 //!    half of which apply to the pod, the flow admitted by a policy last in the default tier;
-//! 3. **kernel** — Linux forwarding under a Felix-shaped iptables ruleset of about as many rules
+//! 3. **kernel** — Linux forwarding under `calxdp render iptables` of the same node and policies
 //!    (`kernel`): what the same node costs with Calico's iptables dataplane.
 //!
 //! The generator (`gen`, BPF_PROG_RUN live frames) is pinned to CPU 0 and every forwarder to CPU 1; the
@@ -168,14 +168,15 @@ fn bench(quick: bool) -> Result<(), String> {
         })?;
         results[1].push(w, g, note);
 
-        // 3. The kernel with a Felix-shaped iptables ruleset.
+        // 3. The kernel under calxdp render iptables of the same node and policies.
         if kernel_skipped.is_none() {
-            match kernel::setup(terms) {
+            match kernel::setup(&node, &allow) {
                 Ok(setup) => {
                     let note = format!(
-                        "{}: {} rules ({} in the pod's policy chains), {} ipsets; ingress veth NAPI by {}; \
-                         forwarding on CPU {FORWARD_CPU} by RPS",
-                        setup.backend, setup.rules, terms, setup.ipsets, setup.napi
+                        "{}: calxdp render iptables of the same node and policies: {} rules ({} in the pod's \
+                         ingress and policy chains), {} ipsets; ingress veth NAPI by {}; forwarding on CPU \
+                         {FORWARD_CPU} by RPS",
+                        setup.backend, setup.rules, setup.pod_rules, setup.ipsets, setup.napi
                     );
                     let measured = drive(&counters, warm, window);
                     kernel::teardown(setup);

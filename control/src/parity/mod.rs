@@ -1,6 +1,7 @@
 //! The parity runner: every scenario through one level of calxdp, one line per failing step, and the closing
 //! line `N passed, N failed` (shared/parity/FORMAT.md).
 
+pub mod kernel_level;
 pub mod live_level;
 pub mod pipeline_level;
 pub mod scenario;
@@ -28,6 +29,8 @@ pub enum Level {
     Compiled,
     Pipeline,
     Live,
+    /// Linux itself, programmed as Felix programs iptables (docs/kernel-oracle.md).
+    Kernel,
 }
 
 impl Level {
@@ -37,6 +40,7 @@ impl Level {
             Level::Compiled => "compiled",
             Level::Pipeline => "pipeline",
             Level::Live => "live",
+            Level::Kernel => "kernel",
         }
     }
 
@@ -46,7 +50,8 @@ impl Level {
             "compiled" => vec![Level::Compiled],
             "pipeline" => vec![Level::Pipeline],
             "live" => vec![Level::Live],
-            "all" => vec![Level::Reference, Level::Compiled, Level::Pipeline, Level::Live],
+            "kernel" => vec![Level::Kernel],
+            "all" => vec![Level::Reference, Level::Compiled, Level::Pipeline, Level::Live, Level::Kernel],
             _ => return None,
         })
     }
@@ -111,6 +116,7 @@ pub fn build(level: Level, node: &NodeConfig, resources: &ResourceSet) -> Result
         Level::Compiled => Ok(Box::new(NodeModel::with_walker(node.clone(), resources.clone(), Compiled::default())?)),
         Level::Pipeline => Ok(pipeline_level::build(node, resources)),
         Level::Live => live_level::build(node, resources),
+        Level::Kernel => kernel_level::build(node, resources),
     }
 }
 

@@ -116,6 +116,8 @@ pub struct Parsed {
     pub header: PacketHeader,
     /// For ICMP errors: the flow of the quoted packet.
     pub inner: Option<InnerHeader>,
+    /// An IPv4 loose or strict source route option is present.
+    pub source_routed: bool,
     /// For ICMP errors: where the quoted IP header and its L4 header start in the frame, and whether the
     /// quoted L4 header's first 8 bytes are there (so NAT can rewrite the quote).
     pub inner_at: Option<(usize, usize, bool)>,
@@ -170,6 +172,7 @@ pub fn parse(frame: &[u8]) -> Result<Parsed, Malformed> {
         header: EMPTY_HEADER,
         inner: None,
         inner_at: None,
+        source_routed: false,
     };
     match parsed.ethertype {
         ethertype::IPV4 => parse_ipv4(eth.payload(), &mut parsed)?,
@@ -188,6 +191,7 @@ fn parse_ipv4(packet: &[u8], parsed: &mut Parsed) -> Result<(), Malformed> {
         return Err(Malformed::NonFirstFragment);
     }
     parsed.l3 = L3::Ipv4;
+    parsed.source_routed = has_source_route(&packet[20..ip.header_len()]);
     parsed.l4_offset = parsed.l3_offset + ip.header_len();
     parsed.l3_end = parsed.l3_offset + usize::from(ip.total_len());
     parsed.fragmented = ip.more_frags();
@@ -195,6 +199,30 @@ fn parse_ipv4(packet: &[u8], parsed: &mut Parsed) -> Result<(), Malformed> {
     parsed.header.dst = ip.dst_addr().into();
     parsed.header.protocol = ip.protocol();
     parse_l4(IpFamily::V4, ip.payload(), parsed)
+}
+
+/// Whether IPv4 options hold a loose (131) or strict (137) source route. Walks the options as the kernel
+/// does (end of list 0, no-op 1, else type, length); a malformed list is treated as holding none (the
+/// header checksum already vouched for it being what the sender sent).
+fn has_source_route(options: &[u8]) -> bool {
+    let mut i = 0;
+    while i < options.len() {
+        match options[i] {
+            0 => return false,
+            1 => i += 1,
+            kind => {
+                if kind == 131 || kind == 137 {
+                    return true;
+                }
+                let Some(&len) = options.get(i + 1) else { return false };
+                if len < 2 {
+                    return false;
+                }
+                i += len as usize;
+            }
+        }
+    }
+    false
 }
 
 fn parse_ipv6(packet: &[u8], parsed: &mut Parsed) -> Result<(), Malformed> {

@@ -6,6 +6,7 @@
 pub mod handoff;
 pub mod netns;
 pub mod packet;
+pub mod rawip;
 pub mod ring;
 pub mod socket;
 pub mod tap;

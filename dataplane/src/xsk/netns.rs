@@ -33,3 +33,28 @@ pub fn ifindex(name: &str) -> Option<u32> {
     let i = unsafe { libc::if_nametoindex(c.as_ptr()) };
     (i != 0).then_some(i)
 }
+
+/// An exclusive, non-blocking lock on `path` (created if missing), held while the returned file is open:
+/// the kernel releases it when the process exits, however it exits. `Ok(None)` when another process holds
+/// it.
+pub fn try_lock(path: &std::path::Path) -> io::Result<Option<std::fs::File>> {
+    let f = std::fs::OpenOptions::new().create(true).truncate(false).write(true).open(path)?;
+    // SAFETY: flock(2) on a descriptor we own; it changes no memory.
+    let r = unsafe { libc::flock(f.as_raw_fd(), libc::LOCK_EX | libc::LOCK_NB) };
+    if r == 0 {
+        return Ok(Some(f));
+    }
+    let e = io::Error::last_os_error();
+    if e.raw_os_error() == Some(libc::EWOULDBLOCK) {
+        Ok(None)
+    } else {
+        Err(e)
+    }
+}
+
+/// The inode of the calling thread's network namespace: interfaces are named per namespace, so a lock on an
+/// interface is a lock on (namespace, name).
+pub fn current_netns_id() -> io::Result<u64> {
+    use std::os::unix::fs::MetadataExt;
+    Ok(std::fs::metadata("/proc/thread-self/ns/net")?.ino())
+}

@@ -29,37 +29,97 @@ pub fn load_text(text: &str, origin: &Origin) -> Result<Vec<ResourceDoc>, LoadEr
 /// Loads a file, or every `.yaml`/`.yml`/`.json` file below a directory (in name order). Any bad file fails
 /// the whole load.
 pub fn load_path(path: &Path) -> Result<Vec<ResourceDoc>, LoadError> {
-    let mut files = Vec::new();
-    collect_files(path, &mut files).map_err(|e| LoadError {
-        file: path.display().to_string(),
+    let whole = |file: &Path, message: String| LoadError {
+        file: file.display().to_string(),
         line: 0,
         col: 0,
         field: String::new(),
-        message: e,
-    })?;
+        message,
+    };
+    let files = policy_files(path).map_err(|(file, e)| whole(&file, e))?;
     let mut out = Vec::new();
     for file in files {
         let name = file.display().to_string();
-        let text = std::fs::read_to_string(&file).map_err(|e| LoadError {
-            file: name.clone(),
-            line: 0,
-            col: 0,
-            field: String::new(),
-            message: format!("cannot read: {e}"),
-        })?;
+        let text = read_policy_file(&file).map_err(|e| whole(&file, e))?;
         out.extend(load_text(&text, &Origin::file(name))?);
     }
     Ok(out)
 }
 
-fn collect_files(path: &Path, out: &mut Vec<PathBuf>) -> Result<(), String> {
-    let meta = std::fs::metadata(path).map_err(|e| format!("cannot read: {e}"))?;
+/// The largest policy file calxdp reads: far beyond any real manifest, small enough that a runaway file
+/// (a log written into the folder, a symlink to something endless) cannot exhaust memory.
+pub const MAX_FILE_BYTES: u64 = 16 << 20;
+
+/// Reads one policy file: a regular file of at most [`MAX_FILE_BYTES`], as UTF-8 text.
+pub fn read_policy_file(file: &Path) -> Result<String, String> {
+    use std::io::Read;
+    let meta = std::fs::metadata(file).map_err(|e| format!("cannot read: {e}"))?;
+    if !meta.is_file() {
+        return Err(not_regular(&meta));
+    }
+    if meta.len() > MAX_FILE_BYTES {
+        return Err(format!("{} bytes is more than calxdp reads from one policy file ({MAX_FILE_BYTES})", meta.len()));
+    }
+    let f = std::fs::File::open(file).map_err(|e| format!("cannot read: {e}"))?;
+    let mut bytes = Vec::new();
+    f.take(MAX_FILE_BYTES + 1).read_to_end(&mut bytes).map_err(|e| format!("cannot read: {e}"))?;
+    if bytes.len() as u64 > MAX_FILE_BYTES {
+        return Err(format!("grew past {MAX_FILE_BYTES} bytes while being read"));
+    }
+    String::from_utf8(bytes)
+        .map_err(|e| format!("not UTF-8 text (byte {} is not valid UTF-8)", e.utf8_error().valid_up_to()))
+}
+
+fn not_regular(meta: &std::fs::Metadata) -> String {
+    use std::os::unix::fs::FileTypeExt;
+    let t = meta.file_type();
+    let what = if t.is_fifo() {
+        "a FIFO"
+    } else if t.is_char_device() || t.is_block_device() {
+        "a device"
+    } else if t.is_socket() {
+        "a socket"
+    } else {
+        "not a file"
+    };
+    format!("{what}, not a regular file: calxdp reads policies only from regular files")
+}
+
+/// Every policy file under `path` (a file, or a directory walked in name order), hidden entries skipped.
+/// Symbolic links are followed, each directory at most once (a link back to a parent is not a loop to
+/// walk forever), and an entry with a policy file's name that is not a regular file (a FIFO, a device) is an
+/// error, never something to read. The error names the entry.
+pub fn policy_files(path: &Path) -> Result<Vec<PathBuf>, (PathBuf, String)> {
+    let mut out = Vec::new();
+    let mut seen = std::collections::HashSet::new();
+    collect_files(path, &mut out, &mut seen, 0)?;
+    Ok(out)
+}
+
+/// How deep directories may nest under the policy path.
+const MAX_DIR_DEPTH: usize = 32;
+
+fn collect_files(
+    path: &Path,
+    out: &mut Vec<PathBuf>,
+    seen: &mut std::collections::HashSet<PathBuf>,
+    depth: usize,
+) -> Result<(), (PathBuf, String)> {
+    let fail = |p: &Path, e: String| (p.to_path_buf(), e);
+    let meta = std::fs::metadata(path).map_err(|e| fail(path, format!("cannot read: {e}")))?;
     if meta.is_file() {
         out.push(path.to_path_buf());
         return Ok(());
     }
+    if !meta.is_dir() {
+        return Err(fail(path, not_regular(&meta)));
+    }
+    let real = std::fs::canonicalize(path).map_err(|e| fail(path, format!("cannot resolve: {e}")))?;
+    if !seen.insert(real) || depth > MAX_DIR_DEPTH {
+        return Ok(());
+    }
     let mut entries: Vec<PathBuf> = std::fs::read_dir(path)
-        .map_err(|e| format!("cannot list directory: {e}"))?
+        .map_err(|e| fail(path, format!("cannot list directory: {e}")))?
         .filter_map(|e| e.ok().map(|e| e.path()))
         .collect();
     entries.sort();
@@ -68,9 +128,14 @@ fn collect_files(path: &Path, out: &mut Vec<PathBuf>) -> Result<(), String> {
         if hidden {
             continue;
         }
-        if p.is_dir() {
-            collect_files(&p, out)?;
+        // A dangling link or an unreadable entry is named as itself, not by its directory.
+        let meta = std::fs::metadata(&p).map_err(|e| fail(&p, format!("cannot read: {e}")))?;
+        if meta.is_dir() {
+            collect_files(&p, out, seen, depth + 1)?;
         } else if matches!(p.extension().and_then(|e| e.to_str()), Some("yaml" | "yml" | "json")) {
+            if !meta.is_file() {
+                return Err(fail(&p, not_regular(&meta)));
+            }
             out.push(p);
         }
     }
@@ -119,4 +184,68 @@ fn load_node(f: Field<'_>, out: &mut Vec<ResourceDoc>) -> Result<(), LoadError> 
         warnings,
     });
     Ok(())
+}
+
+#[cfg(test)]
+mod file_tests {
+    use super::*;
+
+    fn dir(tag: &str) -> PathBuf {
+        let d = std::env::temp_dir().join(format!("calxdp-load-{tag}-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&d);
+        std::fs::create_dir_all(&d).unwrap();
+        d
+    }
+
+    const POLICY: &str =
+        "apiVersion: projectcalico.org/v3\nkind: GlobalNetworkPolicy\nmetadata: {name: a}\nspec: {selector: all()}\n";
+
+    #[test]
+    fn links_back_to_the_folder_are_walked_once() {
+        let d = dir("links");
+        std::fs::write(d.join("a.yaml"), POLICY).unwrap();
+        std::fs::create_dir(d.join("sub")).unwrap();
+        std::os::unix::fs::symlink(&d, d.join("loop1")).unwrap();
+        std::os::unix::fs::symlink(&d, d.join("sub/loop2")).unwrap();
+        let files = policy_files(&d).unwrap();
+        assert_eq!(files.len(), 1, "{files:?}");
+        assert_eq!(load_path(&d).unwrap().len(), 1);
+        std::fs::remove_dir_all(d).ok();
+    }
+
+    #[test]
+    fn a_fifo_or_a_device_named_like_a_policy_is_an_error_naming_it_and_never_read() {
+        let d = dir("fifo");
+        let fifo = d.join("x.yaml");
+        let made = std::process::Command::new("mkfifo").arg(&fifo).status();
+        if made.is_ok_and(|s| s.success()) {
+            let e = load_path(&d).unwrap_err();
+            assert!(e.file.ends_with("x.yaml") && e.message.contains("a FIFO"), "{e}");
+            std::fs::remove_file(&fifo).unwrap();
+        }
+        std::os::unix::fs::symlink("/dev/zero", d.join("zero.yaml")).unwrap();
+        let e = load_path(&d).unwrap_err();
+        assert!(e.file.ends_with("zero.yaml") && e.message.contains("a device"), "{e}");
+        std::fs::remove_dir_all(d).ok();
+    }
+
+    #[test]
+    fn a_dangling_link_is_named_as_itself() {
+        let d = dir("dangling");
+        std::os::unix::fs::symlink(d.join("nowhere"), d.join("gone.yaml")).unwrap();
+        let e = load_path(&d).unwrap_err();
+        assert!(e.file.ends_with("gone.yaml"), "{e}");
+        std::fs::remove_dir_all(d).ok();
+    }
+
+    #[test]
+    fn a_negative_or_nameless_port_is_refused_at_its_position() {
+        for bad in ["-1", "-", "8080-"] {
+            let text = format!(
+                "apiVersion: projectcalico.org/v3\nkind: GlobalNetworkPolicy\nmetadata: {{name: a}}\nspec:\n  ingress: [{{action: Allow, protocol: TCP, destination: {{ports: ['{bad}']}}}}]\n"
+            );
+            let e = load_text(&text, &Origin::file("p.yaml")).unwrap_err();
+            assert!(e.field.ends_with("ports[0]") && e.line == 5, "{bad}: {e}");
+        }
+    }
 }

@@ -459,6 +459,16 @@ pub(crate) fn parse_port(f: Field<'_>) -> Result<Port, LoadError> {
     if text.chars().all(|c| c.is_ascii_digit()) {
         return Err(f.error(format!("port '{text}' is out of range (0-65535)")));
     }
+    if text.starts_with('-') && text[1..].chars().all(|c| c.is_ascii_digit()) {
+        return Err(f.error(format!("port '{text}' is negative (ports are 0-65535)")));
+    }
+    // A port name (IANA service name style, as Kubernetes and Calico validate it) has a letter in it and
+    // neither starts nor ends with a dash.
+    if !text.chars().any(|c| c.is_ascii_alphabetic()) || text.starts_with('-') || text.ends_with('-') {
+        return Err(
+            f.error(format!("bad port '{text}' (expected a number, \"low:high\" or a port name with a letter in it)"))
+        );
+    }
     let valid_name = !text.is_empty()
         && text.len() <= 128
         && text.chars().all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_' || c == '.' || c == '/');
