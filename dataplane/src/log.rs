@@ -51,6 +51,11 @@ impl RuleLogLimits {
         RuleLogLimits { rate: Some(rate), generations: rules.generation.clone(), buckets }
     }
 
+    /// Whether the Log rules have a rate limit at all.
+    pub fn limited(&self) -> bool {
+        self.rate.is_some()
+    }
+
     /// Whether Log rule `id` may log a packet of `family` at `now`; takes its token if so. Lock-free.
     #[inline]
     pub fn admit(&self, id: u32, family: IpFamily, now: Nanos) -> bool {

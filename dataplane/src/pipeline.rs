@@ -316,6 +316,10 @@ pub struct Packet {
     pub rule_hits: [Option<LogHit>; MAX_RULE_HITS],
     /// Dropped by a filter-table chain while Felix's deny action is Reject.
     pub reject: bool,
+    /// Log hits its Log rules' rate limits kept out of `logs`.
+    suppressed: u8,
+    /// The batch's clock (the Log rules' rate limits are taken as the walks reach them).
+    now: Nanos,
     /// Its answer (Reject), decided and let out: an index into [`Pipeline::answers`] for the worker to send.
     pub answer: Option<u8>,
     // Working state between stages.
@@ -345,6 +349,8 @@ impl Packet {
             logs: [None; MAX_LOGS],
             rule_hits: [None; MAX_RULE_HITS],
             reject: false,
+            suppressed: 0,
+            now: 0,
             answer: None,
             done: false,
             committed: false,
@@ -494,6 +500,9 @@ impl Pipeline {
     pub fn process(&mut self, t: &TableSet, batch: &mut [Packet], now: Nanos) {
         self.catch_up(t);
         self.answers.clear();
+        for p in batch.iter_mut() {
+            p.now = now;
+        }
         for p in batch.iter_mut().filter(|p| !p.done) {
             source_checks(t, p);
         }
@@ -602,7 +611,7 @@ impl Pipeline {
             if p.logs.iter().all(Option::is_some) {
                 self.counters.logs_overflowed += 1;
             }
-            self.limit_logs(t, p, now);
+            self.counters.logs_suppressed += u64::from(p.suppressed);
             if p.reject && p.verdict == Verdict::Drop {
                 self.answer(t, p, now);
             }
@@ -616,53 +625,31 @@ impl Pipeline {
         }
     }
 
-    /// Keeps the packet's Log hits that are within their rules' rate limits, in the order they fired
-    /// (semantics §9.1: a LOG rule whose `limit` does not match is passed over); the others are counted.
-    fn limit_logs(&mut self, t: &TableSet, p: &mut Packet, now: Nanos) {
-        if p.logs[0].is_none() {
-            return;
-        }
-        let family = p.header.family();
-        let mut kept = [None; MAX_LOGS];
-        let mut n = 0;
-        for h in p.logs.iter().flatten() {
-            let id =
-                program(t, h.ep, h.stage, h.dir).and_then(|prog| prog.flat.rules.get(h.rule as usize)).map(|o| o.id);
-            if id.is_none_or(|id| t.log_limits.admit(id, family, now)) {
-                kept[n] = Some(*h);
-                n += 1;
-            } else {
-                self.counters.logs_suppressed += 1;
-            }
-        }
-        p.logs = kept;
-    }
-
     /// Felix's Reject deny action for the dropped packet `p` (semantics §10, `calxdp_policy::reject`): the
     /// port unreachable the kernel sends back, if it sends one (eligibility, ICMP rate limits), decided as
-    /// a packet from the host (its OUTPUT path: a host endpoint's chains drop it as conntrack INVALID, it is
-    /// RELATED to a flow it quotes). Decided here, in packet order, so it sees conntrack as it is right
-    /// after `p` (one at a time, as the kernel answers inside `p`'s hook); it changes no entry. Its verdict
-    /// is counted; when it may leave, `p.answer` says where the worker finds it.
+    /// a packet from the host (its OUTPUT path: RELATED to the flow it refuses, whose entry the kernel
+    /// attaches to it, so only raw-table policy can stop it). Decided here, in packet order (one at a time,
+    /// as the kernel answers inside `p`'s hook); it changes no entry. Its verdict is counted; when it may
+    /// leave, `p.answer` says where the worker finds it.
     fn answer(&mut self, t: &TableSet, p: &mut Packet, now: Nanos) {
         let node = &t.world.node;
         if !calxdp_policy::reject::eligible(&p.header, node) || self.answers.len() >= self.answers.capacity() {
             return;
         }
-        let Some(h) = calxdp_policy::reject::answer(&p.header, node) else { return };
+        let translated = p.post.dst != p.header.dst || p.post.dst_port != p.header.dst_port;
+        let Some(h) = calxdp_policy::reject::answer(&p.header, node, translated) else { return };
         if !self.icmp_limits.admit(node, h.dst, now) {
             self.counters.reject_limited += 1;
             return;
         }
         let mut a = Packet::new(Port::Host, h, Some(Tuple::of(&p.header)));
+        a.now = now;
         untracked_stage(t, &mut a);
         if !a.done {
-            a.lookup = if a.accepted.is_some() {
-                FlowLookup { state: CtState::Untracked, entry: None, tcp_next: None }
-            } else {
-                self.flows.lookup(&a.header, a.inner, now)
-            };
-            if matches!(a.lookup.state, CtState::Established | CtState::Related) {
+            // The refused packet's entry is attached to the answer: RELATED, as built.
+            let state = if a.accepted.is_some() { CtState::Untracked } else { CtState::Related };
+            a.lookup = FlowLookup { state, entry: None, tcp_next: None };
+            if state == CtState::Related {
                 established(t, &self.flows, &mut a);
             }
         }
@@ -670,7 +657,7 @@ impl Pipeline {
             service_nat(t, &mut a);
             filter_stage(t, &mut a);
         }
-        self.limit_logs(t, &mut a, now);
+        self.counters.logs_suppressed += u64::from(a.suppressed);
         self.counters.packets += 1;
         match a.verdict {
             Verdict::Allow => {
@@ -1088,8 +1075,20 @@ fn walk(t: &TableSet, ep: EndpointRef, dir: Direction, stage: Stage, p: &mut Pac
     let header = if matches!(stage, Stage::Untracked | Stage::PreDnat) { p.header } else { p.post };
     let key = flow_key(&header);
     let mut overflow = false;
-    let end = crate::walk_cache::evaluate(prog, t.generation, &key, |rule| {
-        if !p.log(LogHit { ep, stage, dir, rule }) {
+    // With a rate limit every Log rule the walk reaches takes a token, matched or not (Felix puts the
+    // `limit` match first in its LOG rules); a hit is logged when it matched and had a token (semantics §9.1).
+    let limits = &t.log_limits;
+    let reaching = limits.limited();
+    let family = header.family();
+    let now = p.now;
+    let end = crate::walk_cache::evaluate(prog, t.generation, &key, reaching, |rule, matched| {
+        let admitted = !reaching || prog.flat.rules.get(rule as usize).is_none_or(|o| limits.admit(o.id, family, now));
+        if !matched {
+            return;
+        }
+        if !admitted {
+            p.suppressed = p.suppressed.saturating_add(1);
+        } else if !p.log(LogHit { ep, stage, dir, rule }) {
             overflow = true;
         }
     });

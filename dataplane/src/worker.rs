@@ -714,9 +714,8 @@ impl Worker {
     }
 
     /// Sends the answer the pipeline decided for dropped frame `i` (parsed as `parsed`; Felix's Reject
-    /// deny action): the port unreachable built as the host sends it, rewritten as its decision says
-    /// (RELATED to a NATed flow it is translated), and routed and resolved like any frame. It takes frame
-    /// `i`'s buffer, whose frame is done. A rare path, allowed to allocate.
+    /// deny action): the port unreachable built as the host sends it, rewritten, routed and resolved like
+    /// any frame. It takes frame `i`'s buffer, whose frame is done. A rare path, allowed to allocate.
     fn send_answer(&mut self, t: &TableSet, answer: &Packet, parsed: &Parsed, i: usize, now: Nanos) -> bool {
         let mac = mac_for_host(&t.ports);
         let spec = crate::wire::FrameSpec { src_mac: mac, dst_mac: mac, ..crate::wire::FrameSpec::new(answer.header) };

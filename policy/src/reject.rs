@@ -4,8 +4,10 @@
 //!
 //! The answer is an ICMP error the host sends: the kernel sends none about an ICMP error, to or from a
 //! broadcast or multicast address, or from an unspecified source; it rate-limits what it sends (a global
-//! bucket, and one per destination except to the host itself); and the answer then leaves through the
-//! host's OUTPUT path like any packet the host sends, policy included. The last part is the callers' (the
+//! bucket, and one per destination except to the host itself). The answer carries the refused packet's
+//! conntrack entry (`icmp_glue_bits` attaches it), so it is RELATED wherever a chain asks, and NAT makes it
+//! look like a reply to the packet as its sender sent it; it then leaves through the host's OUTPUT path
+//! like any packet the host sends (raw-table policy still applies). That path is the callers' (the
 //! reference's hooks, the pipeline's stages); the rest is here, shared by both.
 
 use std::net::IpAddr;
@@ -44,11 +46,13 @@ fn directed_broadcast(node: &NodeConfig, ip: IpAddr) -> bool {
     })
 }
 
-/// The header of the answer to `pkt`: port unreachable from the host to the sender. Its source is the
-/// packet's destination when that is the host's own address (as `icmp_send` picks it), else a host address
-/// of the family; `None` when the host has none.
-pub fn answer(pkt: &PacketHeader, node: &NodeConfig) -> Option<PacketHeader> {
-    let from = if node.is_host_ip(pkt.dst) && !pkt.dst.is_loopback() {
+/// The header of the answer to `pkt` (as its sender sent it; `translated`: the node had changed its
+/// destination, service NAT): port unreachable from the host to the sender. Its source is the packet's
+/// destination when that is the host's own address (as `icmp_send` picks it) or when NAT changed it (NAT
+/// makes the answer come from the address the sender used), else a host address of the family; `None`
+/// when the host has none.
+pub fn answer(pkt: &PacketHeader, node: &NodeConfig, translated: bool) -> Option<PacketHeader> {
+    let from = if translated || (node.is_host_ip(pkt.dst) && !pkt.dst.is_loopback()) {
         pkt.dst
     } else {
         node.uplinks.iter().flat_map(|u| &u.addrs).copied().find(|a| a.is_ipv4() == pkt.src.is_ipv4())?
@@ -117,16 +121,18 @@ mod tests {
         assert!(!eligible(&pkt("10.0.0.9", "10.0.0.255", Protocol::UDP, 0), &n), "to the subnet's broadcast");
         assert!(!eligible(&pkt("10.0.0.9", "224.0.0.251", Protocol::UDP, 0), &n));
         assert!(!eligible(&pkt("0.0.0.0", "10.1.0.1", Protocol::UDP, 0), &n));
-        let a = answer(&pkt("10.0.0.9", "10.0.0.1", Protocol::TCP, 0), &n).unwrap();
+        let a = answer(&pkt("10.0.0.9", "10.0.0.1", Protocol::TCP, 0), &n, false).unwrap();
         assert_eq!(
             (a.src, a.dst, a.protocol, a.icmp_type, a.icmp_code),
             ("10.0.0.1".parse().unwrap(), "10.0.0.9".parse().unwrap(), Protocol::ICMP, 3, 3)
         );
-        let a = answer(&pkt("fd00:1::1", "fd00:1::2", Protocol::UDP, 0), &n).unwrap();
+        let a = answer(&pkt("fd00:1::1", "fd00:1::2", Protocol::UDP, 0), &n, false).unwrap();
         assert_eq!(
             (a.src, a.protocol, a.icmp_type, a.icmp_code),
             ("fd00:10::1".parse().unwrap(), Protocol::ICMPV6, 1, 4)
         );
+        let a = answer(&pkt("10.1.0.1", "10.96.0.10", Protocol::TCP, 0), &n, true).unwrap();
+        assert_eq!(a.src, "10.96.0.10".parse::<IpAddr>().unwrap(), "from the service address the sender used");
     }
 
     #[test]

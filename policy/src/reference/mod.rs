@@ -80,12 +80,17 @@ type LogBucketKey = (RuleOwner, Direction, usize, u64, IpFamily);
 pub type ReferenceNode = NodeModel<Interpreted>;
 
 /// The packet being followed through the hooks, with what earlier hooks recorded.
+#[derive(Default)]
 struct Walk {
     logs: Vec<LogEvent>,
     trace: Vec<Reason>,
     /// The drop came from a filter-table chain, where Felix's deny action applies (not raw, mangle or
     /// DefaultEndpointToHostAction).
     filter_drop: bool,
+    /// Service NAT changed the packet's destination.
+    translated: bool,
+    /// The packet is a Reject answer: conntrack finds it RELATED (the refused packet's entry is attached).
+    answer: bool,
 }
 
 impl ReferenceNode {
@@ -175,27 +180,28 @@ impl<W: PolicyWalker> NodeModel<W> {
             ),
             Attach::Host => Source::Host,
         };
-        let mut w = Walk { logs: Vec::new(), trace: Vec::new(), filter_drop: false };
+        let mut w = Walk::default();
         let result = self.follow(source, pkt, inner, &mut w);
         let reject =
             result.is_err() && w.filter_drop && self.world.node.felix.filter_deny_action() == DenyAction::Reject;
+        let translated = w.translated;
         let mut outcome = self.finish(result, pkt, w);
         if reject {
-            outcome.rejected = self.answer_reject(pkt);
+            outcome.rejected = self.answer_reject(pkt, translated);
         }
         Ok(outcome)
     }
 
     /// Felix's Reject deny action (semantics §10 `IptablesFilterDenyAction`, crate::reject): the kernel's
     /// port unreachable back to the sender, if it sends one (eligibility, rate limits), and if the host's
-    /// OUTPUT path lets it out (a host endpoint's chains drop it as conntrack INVALID: it quotes a flow
-    /// conntrack never confirmed). True when it left the node.
-    fn answer_reject(&mut self, pkt: &PacketHeader) -> bool {
+    /// OUTPUT path lets it out (it is RELATED to the flow it refuses, so only raw-table policy can stop
+    /// it). True when it left the node.
+    fn answer_reject(&mut self, pkt: &PacketHeader, translated: bool) -> bool {
         let node = &self.world.node;
         if !crate::reject::eligible(pkt, node) {
             return false;
         }
-        let Some(answer) = crate::reject::answer(pkt, node) else { return false };
+        let Some(answer) = crate::reject::answer(pkt, node, translated) else { return false };
         let now = self.now.as_nanos() as u64;
         if !crate::reject::GLOBAL.would_admit(self.icmp_global, now) {
             return false;
@@ -210,17 +216,19 @@ impl<W: PolicyWalker> NodeModel<W> {
         if let Some(next) = crate::reject::GLOBAL.admit(self.icmp_global, now) {
             self.icmp_global = next;
         }
-        let mut w = Walk { logs: Vec::new(), trace: Vec::new(), filter_drop: false };
+        let mut w = Walk { answer: true, ..Walk::default() };
         let sent = self.follow(Source::Host, &answer, Some(Tuple::of(pkt)), &mut w).is_ok();
         // Its Log rules (if its walk reached any) use their buckets as the step's do.
         self.limit_logs(w.logs, &answer);
         sent
     }
 
-    /// The Log events that pass their rules' rate limits (semantics §9.1); each one uses a token.
+    /// The Log rules that fired: those the packet matched, within their rules' rate limits (semantics §9.1).
+    /// Every Log rule the walk reached takes a token if one is left, matched or not: Felix puts the `limit`
+    /// match before the rule's own criteria (`CombineMatches(logMatch, match)` in `rules/policy.go`).
     fn limit_logs(&mut self, logs: Vec<LogEvent>, pkt: &PacketHeader) -> Vec<LogEvent> {
         let felix = &self.world.node.felix;
-        let Some(limit) = felix.log_rate_limit else { return logs };
+        let Some(limit) = felix.log_rate_limit else { return logs.into_iter().filter(|e| e.matched).collect() };
         let rate = Rate { interval: limit.interval_nanos(), burst: u64::from(felix.log_burst()) };
         let now = self.now.as_nanos() as u64;
         let mut kept = Vec::with_capacity(logs.len());
@@ -229,7 +237,9 @@ impl<W: PolicyWalker> NodeModel<W> {
             let tat = self.log_buckets.entry(key).or_insert(0);
             if let Some(next) = rate.admit(*tat, now) {
                 *tat = next;
-                kept.push(e);
+                if e.matched {
+                    kept.push(e);
+                }
             }
         }
         kept
@@ -334,6 +344,8 @@ impl<W: PolicyWalker> NodeModel<W> {
         // conntrack.
         let lookup = if accepted.is_some() {
             Lookup { state: CtState::Untracked, entry: None, tcp_next: None }
+        } else if w.answer {
+            Lookup { state: CtState::Related, entry: None, tcp_next: None }
         } else {
             self.flows.lookup(pkt, inner)
         };
@@ -381,6 +393,7 @@ impl<W: PolicyWalker> NodeModel<W> {
                 match pick_backend(svc, pkt.src, pkt.src_port) {
                     ServiceNat::NoBackends => return Err(self.note(w, Reason::ServiceWithoutEndpoints)),
                     ServiceNat::Backend(b) => {
+                        w.translated = true;
                         let via_node_port = svc.node_port == Some(pkt.dst_port) && node.is_host_ip(pkt.dst);
                         post.dst = b.ip();
                         post.dst_port = b.port();

@@ -148,6 +148,18 @@ impl Rule {
         }
     }
 
+    /// Whether Felix renders this rule into the chains of `family` (semantics §3 "IP-family filtering",
+    /// "Negated catch-all"): not when `ipVersion` or an ICMP protocol says the other family, nor when a
+    /// side's nets or notNets are all of the other family, nor when a notNets holds the family's catch-all.
+    pub fn in_family(&self, family: IpFamily) -> bool {
+        let lists = [&self.source.nets, &self.source.not_nets, &self.destination.nets, &self.destination.not_nets];
+        let catch_all = |l: &Vec<IpNet>| l.iter().any(|n| n.family() == family && n.is_catch_all());
+        self.family().is_none_or(|f| f == family)
+            && lists.iter().all(|l| l.is_empty() || l.iter().any(|n| n.family() == family))
+            && !catch_all(&self.source.not_nets)
+            && !catch_all(&self.destination.not_nets)
+    }
+
     /// The one family this rule can match, if it is restricted to one: `ipVersion`, or implied by
     /// `protocol: ICMP` (v4) / `ICMPv6` (v6) (semantics §3 `protocol`).
     pub fn family(&self) -> Option<IpFamily> {
