@@ -627,10 +627,11 @@ impl Pipeline {
 
     /// Felix's Reject deny action for the dropped packet `p` (semantics §10, `calxdp_policy::reject`): the
     /// port unreachable the kernel sends back, if it sends one (eligibility, ICMP rate limits), decided as
-    /// a packet from the host (its OUTPUT path: RELATED to the flow it refuses, whose entry the kernel
-    /// attaches to it, so only raw-table policy can stop it). Decided here, in packet order (one at a time,
-    /// as the kernel answers inside `p`'s hook); it changes no entry. Its verdict is counted; when it may
-    /// leave, `p.answer` says where the worker finds it.
+    /// a packet from the host (its OUTPUT path: RELATED to the flow it refuses when that was NEW, whose entry
+    /// the kernel attaches to it; looked up like any ICMP error when it was INVALID). Decided here, in
+    /// packet order, so it sees conntrack as one-at-a-time decisions leave it, as the kernel answers inside
+    /// `p`'s hook; it changes no entry. Its verdict is counted; when it may leave, `p.answer` says where
+    /// the worker finds it.
     fn answer(&mut self, t: &TableSet, p: &mut Packet, now: Nanos) {
         let node = &t.world.node;
         if !calxdp_policy::reject::eligible(&p.header, node) || self.answers.len() >= self.answers.capacity() {
@@ -646,10 +647,16 @@ impl Pipeline {
         a.now = now;
         untracked_stage(t, &mut a);
         if !a.done {
-            // The refused packet's entry is attached to the answer: RELATED, as built.
-            let state = if a.accepted.is_some() { CtState::Untracked } else { CtState::Related };
-            a.lookup = FlowLookup { state, entry: None, tcp_next: None };
-            if state == CtState::Related {
+            // A NEW packet's entry is attached to its answer (RELATED, as built); an INVALID one has none, and
+            // its answer is looked up like any ICMP error.
+            a.lookup = if a.accepted.is_some() {
+                FlowLookup { state: CtState::Untracked, entry: None, tcp_next: None }
+            } else if p.lookup.state == CtState::New {
+                FlowLookup { state: CtState::Related, entry: None, tcp_next: None }
+            } else {
+                self.flows.lookup(&a.header, a.inner, now)
+            };
+            if matches!(a.lookup.state, CtState::Established | CtState::Related) {
                 established(t, &self.flows, &mut a);
             }
         }

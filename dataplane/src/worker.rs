@@ -48,7 +48,7 @@ pub const FRAME_MAX: usize = crate::xsk::handoff::SLOT_BYTES;
 
 /// The link-local address of the host side of every pod veth (Calico: fe80::ecee:eeff:feee:eeee), from
 /// which the dataplane solicits a pod.
-pub const WORKLOAD_GATEWAY_LL: Ipv6Addr = Ipv6Addr::new(0xfe80, 0, 0, 0, 0xecee, 0xeeff, 0xfeee, 0xeeee);
+pub const WORKLOAD_GATEWAY_LL: Ipv6Addr = calxdp_policy::reject::WORKLOAD_GATEWAY_LL;
 
 /// The dataplane's clock: monotonic time since start, plus an offset a test may advance (a parity
 /// scenario's `advance` step), so timeouts run without waiting. A manual clock does not move by itself.

@@ -6,9 +6,10 @@
 //! broadcast or multicast address, or from an unspecified source; it rate-limits what it sends (a global
 //! bucket, and one per destination except to the host itself). The answer carries the refused packet's
 //! conntrack entry (`icmp_glue_bits` attaches it), so it is RELATED wherever a chain asks, and NAT makes it
-//! look like a reply to the packet as its sender sent it; it then leaves through the host's OUTPUT path
-//! like any packet the host sends (raw-table policy still applies). That path is the callers' (the
-//! reference's hooks, the pipeline's stages); the rest is here, shared by both.
+//! look like a reply to the packet as its sender sent it; a packet conntrack called INVALID has no entry
+//! to attach, and its answer is looked up like any ICMP error (INVALID too, unless it quotes a flow
+//! conntrack knows). It then leaves through the host's OUTPUT path like any packet the host sends. That
+//! path is the callers' (the reference's hooks, the pipeline's stages); the rest is here, shared by both.
 
 use std::net::IpAddr;
 
@@ -17,16 +18,27 @@ use crate::node::NodeConfig;
 use crate::packet::PacketHeader;
 use crate::resource::Protocol;
 
+/// The link-local address of the host side of every pod veth (Calico: fe80::ecee:eeff:feee:eeee).
+pub const WORKLOAD_GATEWAY_LL: std::net::Ipv6Addr =
+    std::net::Ipv6Addr::new(0xfe80, 0, 0, 0, 0xecee, 0xeeff, 0xfeee, 0xeeee);
+
 /// `net.ipv4.icmp_msgs_per_sec` 1000 and `icmp_msgs_burst` 50: the host's global bucket of ICMP errors.
 pub const GLOBAL: Rate = Rate { interval: 1_000_000, burst: 50 };
 /// `net.ipv4.icmp_ratelimit` (and `icmpv6.ratelimit`) one second, with the inet_peer burst of 6.
 const PEER_INTERVAL: u64 = 1_000_000_000;
 const PEER_BURST: u64 = 6;
 
-/// Whether the kernel answers `pkt` at all (`icmp_send` / `icmp6_send`): not an ICMP error itself, not to or
-/// from a broadcast or multicast address, not from an unspecified address.
+/// Whether the kernel answers `pkt` at all (`icmp_send` / `icmp6_send`): not an ICMP message the kernel
+/// counts as an error (IPv4: every type but the queries and replies 0, 8 and 13-18, its `icmp_pointers`
+/// table; IPv6: types below 128, and redirects), not to or from a broadcast or multicast address, not from
+/// an unspecified address.
 pub fn eligible(pkt: &PacketHeader, node: &NodeConfig) -> bool {
-    if pkt.is_icmp_error() || (pkt.protocol == Protocol::ICMPV6 && pkt.icmp_type == 137) {
+    let error = match pkt.protocol {
+        Protocol::ICMP => !matches!(pkt.icmp_type, 0 | 8 | 13..=18),
+        Protocol::ICMPV6 => pkt.icmp_type < 128 || pkt.icmp_type == 137,
+        _ => false,
+    };
+    if error {
         return false;
     }
     let group = |ip: IpAddr| match ip {
@@ -49,13 +61,20 @@ fn directed_broadcast(node: &NodeConfig, ip: IpAddr) -> bool {
 /// The header of the answer to `pkt` (as its sender sent it; `translated`: the node had changed its
 /// destination, service NAT): port unreachable from the host to the sender. Its source is the packet's
 /// destination when that is the host's own address (as `icmp_send` picks it) or when NAT changed it (NAT
-/// makes the answer come from the address the sender used), else a host address of the family; `None`
-/// when the host has none.
+/// makes the answer come from the address the sender used), else a host address of the family, else (IPv6
+/// to a local pod) the pod veth's link-local address; `None` when the host has no address to answer from.
 pub fn answer(pkt: &PacketHeader, node: &NodeConfig, translated: bool) -> Option<PacketHeader> {
+    let host_address =
+        || node.uplinks.iter().flat_map(|u| &u.addrs).copied().find(|a| a.is_ipv4() == pkt.src.is_ipv4());
     let from = if translated || (node.is_host_ip(pkt.dst) && !pkt.dst.is_loopback()) {
         pkt.dst
+    } else if let Some(a) = host_address() {
+        a
+    } else if pkt.src.is_ipv6() && node.local_workload_by_ip(pkt.src).is_some() {
+        // No global IPv6 address: the kernel answers a pod from its veth's link-local address.
+        IpAddr::V6(WORKLOAD_GATEWAY_LL)
     } else {
-        node.uplinks.iter().flat_map(|u| &u.addrs).copied().find(|a| a.is_ipv4() == pkt.src.is_ipv4())?
+        return None;
     };
     let (protocol, icmp_type, icmp_code) =
         if pkt.src.is_ipv4() { (Protocol::ICMP, 3, 3) } else { (Protocol::ICMPV6, 1, 4) };
@@ -117,6 +136,10 @@ mod tests {
         assert!(eligible(&pkt("10.0.0.9", "10.1.0.1", Protocol::TCP, 0), &n));
         assert!(eligible(&pkt("10.0.0.9", "10.1.0.1", Protocol::ICMP, 8), &n), "an echo request is answered");
         assert!(!eligible(&pkt("10.0.0.9", "10.1.0.1", Protocol::ICMP, 3), &n), "an error is not");
+        assert!(!eligible(&pkt("10.0.0.9", "10.1.0.1", Protocol::ICMP, 1), &n), "nor a type Linux counts as one");
+        assert!(eligible(&pkt("10.0.0.9", "10.1.0.1", Protocol::ICMP, 13), &n), "a timestamp request is");
+        assert!(eligible(&pkt("fd00:10::9", "fd00:1::1", Protocol::ICMPV6, 128), &n));
+        assert!(!eligible(&pkt("fd00:10::9", "fd00:1::1", Protocol::ICMPV6, 100), &n));
         assert!(!eligible(&pkt("fd00:10::9", "fd00:1::1", Protocol::ICMPV6, 1), &n));
         assert!(!eligible(&pkt("10.0.0.9", "10.0.0.255", Protocol::UDP, 0), &n), "to the subnet's broadcast");
         assert!(!eligible(&pkt("10.0.0.9", "224.0.0.251", Protocol::UDP, 0), &n));

@@ -89,6 +89,8 @@ struct Walk {
     filter_drop: bool,
     /// Service NAT changed the packet's destination.
     translated: bool,
+    /// Conntrack called the packet NEW (it has an entry, not yet confirmed, that an answer carries).
+    new_flow: bool,
     /// The packet is a Reject answer: conntrack finds it RELATED (the refused packet's entry is attached).
     answer: bool,
 }
@@ -184,19 +186,20 @@ impl<W: PolicyWalker> NodeModel<W> {
         let result = self.follow(source, pkt, inner, &mut w);
         let reject =
             result.is_err() && w.filter_drop && self.world.node.felix.filter_deny_action() == DenyAction::Reject;
-        let translated = w.translated;
+        let (translated, new_flow) = (w.translated, w.new_flow);
         let mut outcome = self.finish(result, pkt, w);
         if reject {
-            outcome.rejected = self.answer_reject(pkt, translated);
+            outcome.rejected = self.answer_reject(pkt, translated, new_flow);
         }
         Ok(outcome)
     }
 
     /// Felix's Reject deny action (semantics §10 `IptablesFilterDenyAction`, crate::reject): the kernel's
     /// port unreachable back to the sender, if it sends one (eligibility, rate limits), and if the host's
-    /// OUTPUT path lets it out (it is RELATED to the flow it refuses, so only raw-table policy can stop
-    /// it). True when it left the node.
-    fn answer_reject(&mut self, pkt: &PacketHeader, translated: bool) -> bool {
+    /// OUTPUT path lets it out (RELATED to the flow it refuses when that flow was NEW, so only raw-table
+    /// policy can stop it; looked up like any ICMP error when conntrack called the packet INVALID). True
+    /// when it left the node.
+    fn answer_reject(&mut self, pkt: &PacketHeader, translated: bool, new_flow: bool) -> bool {
         let node = &self.world.node;
         if !crate::reject::eligible(pkt, node) {
             return false;
@@ -216,7 +219,7 @@ impl<W: PolicyWalker> NodeModel<W> {
         if let Some(next) = crate::reject::GLOBAL.admit(self.icmp_global, now) {
             self.icmp_global = next;
         }
-        let mut w = Walk { answer: true, ..Walk::default() };
+        let mut w = Walk { answer: new_flow, ..Walk::default() };
         let sent = self.follow(Source::Host, &answer, Some(Tuple::of(pkt)), &mut w).is_ok();
         // Its Log rules (if its walk reached any) use their buckets as the step's do.
         self.limit_logs(w.logs, &answer);
@@ -349,6 +352,7 @@ impl<W: PolicyWalker> NodeModel<W> {
         } else {
             self.flows.lookup(pkt, inner)
         };
+        w.new_flow = lookup.state == CtState::New;
         if matches!(lookup.state, CtState::Established | CtState::Related) {
             // Every tracked chain accepts ESTABLISHED/RELATED first (semantics §8.1).
             let reason = if lookup.state == CtState::Established { Reason::Established } else { Reason::Related };
