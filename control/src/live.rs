@@ -18,7 +18,7 @@ use std::time::{Duration, Instant};
 
 use calxdp_dataplane::arp::Neighbours;
 use calxdp_dataplane::flow::FlowStats;
-use calxdp_dataplane::log::{self, LogLimiter, WriterState};
+use calxdp_dataplane::log::{self, WriterState};
 use calxdp_dataplane::pipeline::{Counters, Pipeline};
 use calxdp_dataplane::ports::{PortId, PortIo};
 use calxdp_dataplane::worker::{Clock, IoCounters, LogOutput, TraceRecord, Worker, WorkerCommand, WorkerShared};
@@ -100,6 +100,8 @@ pub struct LiveNode {
     /// The node as it is now (workloads come and go).
     pub node: NodeConfig,
     opts: LiveOptions,
+    /// Conntrack entries each worker holds.
+    per_worker: usize,
     shared: Vec<Arc<WorkerShared>>,
     threads: Vec<JoinHandle<()>>,
     commands: Vec<Sender<WorkerCommand>>,
@@ -131,15 +133,18 @@ impl LiveNode {
         preflight(&node, opts)?;
         // Before anything on the host is touched: another calxdp on these interfaces refuses this one.
         let locks = lock_interfaces(&node, opts)?;
-        let felix = &node.felix;
-        let limiter = LogLimiter::new(felix.log_rate_limit.as_deref(), felix.log_rate_burst)
-            .map_err(|e| format!("node file: config.logActionRateLimit: {e}"))?;
         for u in &mut node.uplinks {
             if u.mac.is_none() {
                 u.mac = interface_mac(&u.name);
             }
         }
         let publisher = TablePublisher::new(node.clone(), resources);
+        // Conntrack capacity as configured at the start: the node's, or a FelixConfiguration's over it (a
+        // table cannot be resized while it runs).
+        let per_worker = {
+            let felix = publisher.slot().hold().world.node.felix.clone();
+            flow_capacity(&NodeConfig { felix, ..node.clone() }, opts)
+        };
         let clock = Arc::new(Clock::default());
         let uplinks = node.uplinks.len();
 
@@ -181,11 +186,11 @@ impl LiveNode {
         let mut commands = Vec::new();
         for (i, ((out, inn), tap)) in outs.into_iter().zip(ins).zip(taps).enumerate() {
             let s = Arc::new(WorkerShared::default());
-            let pipeline = Pipeline::new(publisher.slot(), flow_capacity(&node, opts));
+            let pipeline = Pipeline::new(publisher.slot(), per_worker);
             // Uplinks are attached below like every port; the host tap is this worker's from the start.
             let mut ports: Vec<Option<PortIo>> = (0..uplinks).map(|_| None).collect();
             ports.push(Some(PortIo::Tap(tap)));
-            let logs = log_queue.clone().map(|queue| LogOutput { limiter: limiter.clone(), queue });
+            let logs = log_queue.clone().map(|queue| LogOutput { queue });
             let mut worker = Worker::new(pipeline, ports, uplinks, s.clone(), clock.clone(), trace.clone(), logs);
             worker.join(i, n, out, inn, neighbours.clone());
             let (tx, rx) = std::sync::mpsc::channel();
@@ -217,6 +222,7 @@ impl LiveNode {
             clock,
             node,
             opts: opts.clone(),
+            per_worker,
             shared,
             threads,
             commands,
@@ -443,7 +449,7 @@ impl LiveNode {
 
     /// Conntrack entries the node holds in all.
     pub fn flow_capacity(&self) -> usize {
-        flow_capacity(&self.node, &self.opts) * self.opts.workers
+        self.per_worker * self.opts.workers
     }
 
     /// Raises every worker's stop flag and waits for them (their last counters are published on the way out).

@@ -9,7 +9,6 @@ use std::collections::BTreeMap;
 use std::sync::mpsc::{sync_channel, Receiver};
 use std::sync::Arc;
 
-use calxdp_dataplane::log::LogLimiter;
 use calxdp_dataplane::path::Port;
 use calxdp_dataplane::pipeline::Pipeline;
 use calxdp_dataplane::ports::{MemoryPort, PortId, PortIo};
@@ -37,26 +36,25 @@ pub struct OfflineNode {
 }
 
 impl OfflineNode {
-    /// The node with its resources; with `log_lines`, the Log rules' lines are kept (rate-limited as Felix
-    /// configures) for [`OfflineNode::take_log_lines`].
+    /// The node with its resources; with `log_lines`, the Log rules' lines are kept (each rule rate-limited
+    /// as Felix configures) for [`OfflineNode::take_log_lines`].
     pub fn new(mut node: NodeConfig, resources: ResourceSet, log_lines: bool) -> Result<OfflineNode, String> {
         // A live node reads each uplink's MAC off its interface; these interfaces have none, so an uplink
         // without one in the node file gets a locally administered stand-in.
         for (u, up) in node.uplinks.iter_mut().enumerate() {
             up.mac.get_or_insert([0x02, 0xca, 0x1c, 0xff, 0, u as u8 + 1]);
         }
-        let felix = &node.felix;
-        let limiter = LogLimiter::new(felix.log_rate_limit.as_deref(), felix.log_rate_burst)
-            .map_err(|e| format!("node: config.logActionRateLimit: {e}"))?;
         let publisher = TablePublisher::new(node.clone(), resources);
         let clock = Arc::new(Clock::manual());
-        let pipeline = Pipeline::new(publisher.slot(), node.felix.conntrack_capacity);
+        // The capacity in force: the node's, or a FelixConfiguration's over it.
+        let capacity = publisher.slot().hold().world.node.felix.conntrack_capacity;
+        let pipeline = Pipeline::new(publisher.slot(), capacity);
         let uplinks = node.uplinks.len();
         let ports = (0..=uplinks).map(|_| Some(PortIo::Memory(MemoryPort::new()))).collect();
         let (trace_tx, trace) = sync_channel(4096);
         let (logs, log_rx) = if log_lines {
             let (tx, rx) = sync_channel(4096);
-            (Some(LogOutput { limiter, queue: tx }), Some(rx))
+            (Some(LogOutput { queue: tx }), Some(rx))
         } else {
             (None, None)
         };

@@ -144,7 +144,7 @@ pub fn replay(node: NodeConfig, policies: &Path, capture: &Path) -> Result<Repla
         );
     }
     let io = offline.worker.io.clone();
-    let suppressed = io.log_suppressed;
+    let suppressed = offline.worker.pipeline.counters.logs_suppressed;
     if !log_lines.is_empty() || suppressed > 0 {
         let _ = writeln!(report, "\nLog rules ({} lines, {} over the rate limit):", log_lines.len(), suppressed);
         for l in &log_lines {

@@ -87,8 +87,8 @@ pub fn run(
         live.publisher.slot().epoch(),
         live.publisher.resources().len(),
         live.flow_capacity(),
-        crate::live::flow_capacity(&live.node, opts),
-        timeouts_summary(&live.node.felix.conntrack_timeouts),
+        live.flow_capacity() / opts.workers.max(1),
+        timeouts_summary(&live.publisher.slot().hold().world.node.felix.conntrack_timeouts),
         policies.display(),
         node_file.display()
     );
@@ -301,10 +301,16 @@ fn summary(live: &LiveNode) -> String {
         flows.refused,
         flows.flushed
     ));
-    if io.log_lines + io.log_suppressed + io.log_dropped > 0 {
+    if io.log_lines + c.logs_suppressed + io.log_dropped > 0 {
         s.push_str(&format!(
-            "; log lines {} written, {} over the rate limit, {} lost to a slow log reader",
-            io.log_lines, io.log_suppressed, io.log_dropped
+            "; log lines {} written, {} over their rule's rate limit, {} lost to a slow log reader",
+            io.log_lines, c.logs_suppressed, io.log_dropped
+        ));
+    }
+    if io.rejected + c.reject_limited > 0 {
+        s.push_str(&format!(
+            "; {} denied frames answered (Reject), {} answers held back by the ICMP rate limits",
+            io.rejected, c.reject_limited
         ));
     }
     if let Some(w) = &live.log_writer {

@@ -39,3 +39,23 @@ pub fn is_resolution(frame: &[u8]) -> bool {
     }
     frame.len() > 54 && frame[12..14] == [0x86, 0xdd] && frame[20] == 58 && (133..=136).contains(&frame[54])
 }
+
+/// Whether `frame` is a port unreachable (ICMP 3/3, ICMPv6 1/4) about `pkt`, going back to its sender: the
+/// node's answer to a frame Felix's Reject deny action refused.
+pub fn answers(frame: &[u8], pkt: &calxdp_policy::packet::PacketHeader) -> bool {
+    use calxdp_policy::reference::flows::Tuple;
+    let Ok(p) = calxdp_dataplane::wire::parse(frame) else { return false };
+    is_unreachable(frame)
+        && p.header.dst == pkt.src
+        && p.inner.is_some_and(|i| Tuple::of(&i.to_packet_header()) == Tuple::of(pkt))
+}
+
+/// Whether `frame` is a port unreachable (ICMP 3/3, ICMPv6 1/4). An answer can leave translated (conntrack
+/// finds it RELATED to a NATed flow), so a harness that knows the dataplane answered a dropped frame takes
+/// any port unreachable it sent as the answer.
+pub fn is_unreachable(frame: &[u8]) -> bool {
+    use calxdp_policy::resource::Protocol;
+    let Ok(p) = calxdp_dataplane::wire::parse(frame) else { return false };
+    let h = &p.header;
+    matches!((h.protocol, h.icmp_type, h.icmp_code), (Protocol::ICMP, 3, 3) | (Protocol::ICMPV6, 1, 4))
+}

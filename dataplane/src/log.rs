@@ -1,82 +1,99 @@
 //! Log rules' output: one line per hit in the format of the kernel's LOG target (semantics §9.2), so
-//! existing `calico-packet:` grep and alerting keep working, rate-limited as Felix's
-//! `LogActionRateLimit` / `LogActionRateLimitBurst` configure `-m limit` (§9.1).
+//! existing `calico-packet:` grep and alerting keep working, each Log rule rate-limited on its own as
+//! Felix's `LogActionRateLimit` / `LogActionRateLimitBurst` put a `-m limit` on each LOG rule (§9.1).
 //!
-//! The pipeline only records which Log rules fired (no text on the hot path); lines are formatted here,
-//! after the batch, from the frame as it arrived.
+//! The pipeline records which Log rules fired within their limits (no text on the hot path); lines are
+//! formatted here, after the batch, from the frame as it arrived.
 
 use std::fmt::Write as _;
+use std::sync::atomic::{AtomicU64, Ordering};
 
+use calxdp_policy::compile::RuleTable;
+use calxdp_policy::limit::Rate;
+use calxdp_policy::net::IpFamily;
 use calxdp_policy::resource::Protocol;
 
 use crate::flow::Nanos;
 use crate::wire::{Parsed, L3};
 
-/// A token bucket: `rate` lines per `per` nanoseconds, at most `burst` at once. `None` rate: unlimited.
-#[derive(Clone, Debug)]
-pub struct LogLimiter {
-    rate: Option<(u64, u64)>,
-    burst: u64,
-    tokens: u64,
-    last: Nanos,
-    /// Lines the limit suppressed.
-    pub suppressed: u64,
+/// Felix's Log rate limit, per rule: one token bucket per Log rule and IP family, as each LOG rule of a
+/// policy or profile chain (one chain per IP family, shared by every endpoint the policy applies to) has
+/// its own `limit` match. Kept by the rules' dense ids (`RuleOrigin::id`) and shared by the workers (one
+/// atomic word per bucket). A table version carries the buckets of the rules it keeps over from the version
+/// before (same id, same generation, same rate); a rule that is new or changed starts with a full bucket,
+/// as a rewritten iptables rule does.
+#[derive(Debug, Default)]
+pub struct RuleLogLimits {
+    rate: Option<Rate>,
+    /// Per id: the id's generation when the buckets were made.
+    generations: Vec<u32>,
+    /// Per id, two buckets (IPv4, IPv6): the theoretical arrival time (`calxdp_policy::limit`).
+    buckets: Vec<AtomicU64>,
 }
 
-impl LogLimiter {
-    /// From Felix's settings: `"10/second"`, `"5/minute"`, … (`None` = no limit) and the burst (default 5).
-    pub fn new(rate: Option<&str>, burst: Option<u64>) -> Result<LogLimiter, String> {
-        let burst = burst.unwrap_or(5).max(1);
-        let rate = match rate {
-            None => None,
-            Some(text) => {
-                let (n, unit) = text
-                    .split_once('/')
-                    .ok_or_else(|| format!("bad log rate '{text}' (expected N/second|minute|hour|day)"))?;
-                let n: u64 = n
-                    .trim()
-                    .parse()
-                    .ok()
-                    .filter(|n| (1..=9999).contains(n))
-                    .ok_or_else(|| format!("bad log rate '{text}': N must be 1-9999"))?;
-                let per = match unit.trim() {
-                    "second" | "s" => 1_000_000_000,
-                    "minute" | "m" => 60_000_000_000,
-                    "hour" | "h" => 3_600_000_000_000,
-                    "day" | "d" => 86_400_000_000_000,
-                    other => return Err(format!("bad log rate unit '{other}' (expected second, minute, hour or day)")),
-                };
-                Some((n, per))
+impl RuleLogLimits {
+    /// Buckets for the rules of `rules` at `rate` (`None`: no limit, no buckets), carrying over those of
+    /// `previous` whose rule and rate did not change.
+    pub fn new(rules: &RuleTable, rate: Option<Rate>, previous: Option<&RuleLogLimits>) -> RuleLogLimits {
+        let Some(rate) = rate else { return RuleLogLimits::default() };
+        let n = rules.generation.len();
+        let buckets: Vec<AtomicU64> = (0..2 * n).map(|_| AtomicU64::new(0)).collect();
+        if let Some(prev) = previous.filter(|p| p.rate == Some(rate)) {
+            for (id, generation) in rules.generation.iter().enumerate() {
+                if prev.generations.get(id) == Some(generation) {
+                    for f in 0..2 {
+                        let tat = prev.buckets[2 * id + f].load(Ordering::Relaxed);
+                        buckets[2 * id + f].store(tat, Ordering::Relaxed);
+                    }
+                }
             }
-        };
-        Ok(LogLimiter { rate, burst, tokens: burst, last: 0, suppressed: 0 })
+        }
+        RuleLogLimits { rate: Some(rate), generations: rules.generation.clone(), buckets }
     }
 
-    /// Whether a line may be written at `now`.
-    pub fn admit(&mut self, now: Nanos) -> bool {
-        let Some((n, per)) = self.rate else { return true };
-        let refill = (now.saturating_sub(self.last) as u128 * n as u128 / per as u128) as u64;
-        if refill > 0 {
-            self.tokens = (self.tokens + refill).min(self.burst);
-            self.last = now;
-        }
-        if self.tokens > 0 {
-            self.tokens -= 1;
-            true
-        } else {
-            self.suppressed += 1;
-            false
+    /// Whether the Log rules have a rate limit at all.
+    pub fn limited(&self) -> bool {
+        self.rate.is_some()
+    }
+
+    /// Whether Log rule `id` may log a packet of `family` at `now`; takes its token if so. Lock-free.
+    #[inline]
+    pub fn admit(&self, id: u32, family: IpFamily, now: Nanos) -> bool {
+        let Some(rate) = self.rate else { return true };
+        let slot = 2 * id as usize + usize::from(family == IpFamily::V6);
+        let Some(bucket) = self.buckets.get(slot) else { return true };
+        let mut tat = bucket.load(Ordering::Relaxed);
+        loop {
+            let Some(next) = rate.admit(tat, now) else { return false };
+            match bucket.compare_exchange_weak(tat, next, Ordering::Relaxed, Ordering::Relaxed) {
+                Ok(_) => return true,
+                Err(seen) => tat = seen,
+            }
         }
     }
 }
 
-/// One kernel-style LOG line for `frame` (parsed as `parsed`), e.g.
+/// What the kernel writes before `IN=`: `"<prefix>: "`, cut to the first `limit` bytes (iptables' LOG target
+/// keeps 29, nftables 127; a long prefix loses its `": "` too).
+pub fn log_leader(prefix: &str, limit: usize) -> String {
+    let mut leader = format!("{prefix}: ");
+    if leader.len() > limit {
+        let mut cut = limit;
+        while !leader.is_char_boundary(cut) {
+            cut -= 1;
+        }
+        leader.truncate(cut);
+    }
+    leader
+}
+
+/// One kernel-style LOG line for `frame` (parsed as `parsed`) after `leader` ([`log_leader`]), e.g.
 /// `calico-packet: IN=eth0 OUT=cali1 MAC=… SRC=… DST=… LEN=60 TOS=0x00 PREC=0x00 TTL=64 ID=0 DF PROTO=TCP
 /// SPT=… DPT=… WINDOW=… RES=0x00 SYN URGP=0`. `in_if` is empty for host-originated packets, `out_if` for
 /// packets delivered to the host, as iptables prints them.
-pub fn log_line(prefix: &str, in_if: &str, out_if: &str, frame: &[u8], parsed: &Parsed) -> String {
+pub fn log_line(leader: &str, in_if: &str, out_if: &str, frame: &[u8], parsed: &Parsed) -> String {
     let mut s = String::with_capacity(200);
-    let _ = write!(s, "{prefix}: IN={in_if} OUT={out_if} ");
+    let _ = write!(s, "{leader}IN={in_if} OUT={out_if} ");
     if !in_if.is_empty() && frame.len() >= 14 {
         // Destination MAC, source MAC, ethertype, as one colon-separated run.
         let mac: Vec<String> =
@@ -196,26 +213,39 @@ mod tests {
         };
         let frame = FrameSpec::new(h).build();
         let parsed = parse(&frame).unwrap();
-        let line = log_line("calico-packet", "cali527b0801ecb", "eth0", &frame, &parsed);
+        let line = log_line("calico-packet: ", "cali527b0801ecb", "eth0", &frame, &parsed);
         assert!(line.starts_with("calico-packet: IN=cali527b0801ecb OUT=eth0 MAC="), "{line}");
         assert!(line.contains(":08:00 SRC=172.16.193.134 DST=69.147.80.15 LEN="), "{line}");
         assert!(line.contains("PROTO=TCP SPT=45588 DPT=80 WINDOW="), "{line}");
         assert!(line.ends_with("SYN URGP=0"), "{line}");
-        let out = log_line("calico-packet", "", "eth0", &frame, &parsed);
+        let out = log_line("calico-packet: ", "", "eth0", &frame, &parsed);
         assert!(out.starts_with("calico-packet: IN= OUT=eth0 SRC="), "no MAC without an input device: {out}");
     }
 
     #[test]
-    fn rate_limit_allows_a_burst_then_the_rate() {
-        let mut l = LogLimiter::new(Some("2/second"), Some(3)).unwrap();
-        let admitted = (0..10).filter(|_| l.admit(0)).count();
-        assert_eq!(admitted, 3);
-        assert!(l.admit(500_000_000), "one token after half a second at 2/s");
-        assert!(!l.admit(500_000_000));
-        assert_eq!(l.suppressed, 8);
-        assert!(LogLimiter::new(Some("10/fortnight"), None).is_err());
-        let mut free = LogLimiter::new(None, None).unwrap();
-        assert!((0..100).all(|_| free.admit(0)));
+    fn the_leader_is_cut_where_iptables_cuts_it() {
+        assert_eq!(log_leader("calico-packet", 29), "calico-packet: ");
+        // Felix's FV prefix: exactly 29 bytes with its ": ".
+        assert_eq!(log_leader("aXy9ep2-4%default gnp ep2-4", 29), "aXy9ep2-4%default gnp ep2-4: ");
+        assert_eq!(log_leader("a-prefix-that-is-far-too-long-for-iptables", 29), "a-prefix-that-is-far-too-long");
+        assert_eq!(log_leader("a-prefix-that-is-far-too-long-for-iptables", 127).len(), 44);
+    }
+
+    #[test]
+    fn each_rule_and_family_has_its_own_bucket_and_unchanged_rules_keep_theirs() {
+        let rules = RuleTable { info: vec![None, None], generation: vec![1, 1] };
+        let rate = Rate { interval: 1_000_000_000, burst: 2 };
+        let l = RuleLogLimits::new(&rules, Some(rate), None);
+        assert!(l.admit(0, IpFamily::V4, 0) && l.admit(0, IpFamily::V4, 0));
+        assert!(!l.admit(0, IpFamily::V4, 0), "rule 0 spent its burst");
+        assert!(l.admit(1, IpFamily::V4, 0), "rule 1 is not silenced by rule 0");
+        assert!(l.admit(0, IpFamily::V6, 0), "nor is rule 0's IPv6 chain");
+        let next = RuleTable { info: vec![None, None], generation: vec![1, 2] };
+        let carried = RuleLogLimits::new(&next, Some(rate), Some(&l));
+        assert!(!carried.admit(0, IpFamily::V4, 0), "an unchanged rule keeps its bucket");
+        assert!(carried.admit(1, IpFamily::V4, 0) && carried.admit(1, IpFamily::V4, 0), "a changed rule starts full");
+        let free = RuleLogLimits::new(&rules, None, None);
+        assert!((0..100).all(|_| free.admit(0, IpFamily::V4, 0)));
     }
 }
 

@@ -12,7 +12,7 @@ use std::sync::Arc;
 use calxdp_policy::compile::{flow_key, Program, ProgramEnd};
 use calxdp_policy::conntrack::{CtState, FlowDir};
 use calxdp_policy::net::IpFamily;
-use calxdp_policy::node::{EndpointToHostAction, Failsafe};
+use calxdp_policy::node::{DenyAction, EndpointToHostAction, Failsafe};
 use calxdp_policy::packet::PacketHeader;
 use calxdp_policy::reference::flows::Tuple;
 use calxdp_policy::reference::EndpointRef;
@@ -162,6 +162,10 @@ pub struct Counters {
     pub malformed: [u64; crate::wire::Malformed::COUNT],
     /// Log rules that fired more often than a packet can record.
     pub logs_overflowed: u64,
+    /// Log rule hits over their rule's rate limit (`LogActionRateLimit`): not logged.
+    pub logs_suppressed: u64,
+    /// Answers of Felix's Reject deny action the kernel's ICMP rate limits held back.
+    pub reject_limited: u64,
 }
 
 impl Counters {
@@ -180,6 +184,8 @@ impl Counters {
             *a += b;
         }
         self.logs_overflowed += o.logs_overflowed;
+        self.logs_suppressed += o.logs_suppressed;
+        self.reject_limited += o.reject_limited;
     }
 }
 
@@ -308,6 +314,14 @@ pub struct Packet {
     pub logs: [Option<LogHit>; MAX_LOGS],
     /// The rules that decided the chains the packet crossed (for the hit counters).
     pub rule_hits: [Option<LogHit>; MAX_RULE_HITS],
+    /// Dropped by a filter-table chain while Felix's deny action is Reject.
+    pub reject: bool,
+    /// Log hits its Log rules' rate limits kept out of `logs`.
+    suppressed: u8,
+    /// The batch's clock (the Log rules' rate limits are taken as the walks reach them).
+    now: Nanos,
+    /// Its answer (Reject), decided and let out: an index into [`Pipeline::answers`] for the worker to send.
+    pub answer: Option<u8>,
     // Working state between stages.
     done: bool,
     /// Its conntrack entry was already updated (an established packet, at lookup).
@@ -334,6 +348,10 @@ impl Packet {
             tracked: false,
             logs: [None; MAX_LOGS],
             rule_hits: [None; MAX_RULE_HITS],
+            reject: false,
+            suppressed: 0,
+            now: 0,
+            answer: None,
             done: false,
             committed: false,
             accepted: None,
@@ -398,6 +416,11 @@ pub struct Pipeline {
     applied: Arc<AtomicU64>,
     /// Fill [`Packet::tracked`] (traces only: one more lookup per packet).
     pub note_tracked: bool,
+    /// The answers of Felix's Reject deny action decided for the last batch, as packets from the host
+    /// ([`Packet::answer`] indexes them); allocated once.
+    pub answers: Vec<Packet>,
+    /// The kernel's ICMP error rate limits, for those answers.
+    icmp_limits: crate::reject::IcmpErrorLimits,
 }
 
 /// Slots of the flow table the sweep looks at per worker round: a whole table of 2^18 entries every
@@ -411,7 +434,16 @@ impl Pipeline {
         let flows = FlowTable::new(flow_capacity, &slot.load().world.node.felix.conntrack_timeouts);
         let mut rule_hits = RuleHits::default();
         rule_hits.fit(&slot.load());
-        Pipeline { slot, flows, counters: Counters::default(), rule_hits, applied, note_tracked: false }
+        Pipeline {
+            slot,
+            flows,
+            counters: Counters::default(),
+            rule_hits,
+            applied,
+            note_tracked: false,
+            answers: Vec::with_capacity(crate::worker::BATCH),
+            icmp_limits: Default::default(),
+        }
     }
 
     /// What a worker does once per round besides frames: takes in a new table version's flushes and
@@ -467,6 +499,10 @@ impl Pipeline {
     /// flow's second packet, its reply) starts a new window after that packet is committed.
     pub fn process(&mut self, t: &TableSet, batch: &mut [Packet], now: Nanos) {
         self.catch_up(t);
+        self.answers.clear();
+        for p in batch.iter_mut() {
+            p.now = now;
+        }
         for p in batch.iter_mut().filter(|p| !p.done) {
             source_checks(t, p);
         }
@@ -575,6 +611,10 @@ impl Pipeline {
             if p.logs.iter().all(Option::is_some) {
                 self.counters.logs_overflowed += 1;
             }
+            self.counters.logs_suppressed += u64::from(p.suppressed);
+            if p.reject && p.verdict == Verdict::Drop {
+                self.answer(t, p, now);
+            }
             for h in p.rule_hits.iter().chain(p.logs.iter()).flatten() {
                 if let Some(origin) =
                     program(t, h.ep, h.stage, h.dir).and_then(|prog| prog.flat.rules.get(h.rule as usize))
@@ -582,6 +622,57 @@ impl Pipeline {
                     self.rule_hits.add(t, origin.id);
                 }
             }
+        }
+    }
+
+    /// Felix's Reject deny action for the dropped packet `p` (semantics §10, `calxdp_policy::reject`): the
+    /// port unreachable the kernel sends back, if it sends one (eligibility, ICMP rate limits), decided as
+    /// a packet from the host (its OUTPUT path: RELATED to the flow it refuses when that was NEW, whose entry
+    /// the kernel attaches to it; looked up like any ICMP error when it was INVALID). Decided here, in
+    /// packet order, so it sees conntrack as one-at-a-time decisions leave it, as the kernel answers inside
+    /// `p`'s hook; it changes no entry. Its verdict is counted; when it may leave, `p.answer` says where
+    /// the worker finds it.
+    fn answer(&mut self, t: &TableSet, p: &mut Packet, now: Nanos) {
+        let node = &t.world.node;
+        if !calxdp_policy::reject::eligible(&p.header, node) || self.answers.len() >= self.answers.capacity() {
+            return;
+        }
+        let translated = p.post.dst != p.header.dst || p.post.dst_port != p.header.dst_port;
+        let Some(h) = calxdp_policy::reject::answer(&p.header, node, translated) else { return };
+        if !self.icmp_limits.admit(node, h.dst, now) {
+            self.counters.reject_limited += 1;
+            return;
+        }
+        let mut a = Packet::new(Port::Host, h, Some(Tuple::of(&p.header)));
+        a.now = now;
+        untracked_stage(t, &mut a);
+        if !a.done {
+            // A NEW packet's entry is attached to its answer (RELATED, as built); an INVALID one has none, and
+            // its answer is looked up like any ICMP error.
+            a.lookup = if a.accepted.is_some() {
+                FlowLookup { state: CtState::Untracked, entry: None, tcp_next: None }
+            } else if p.lookup.state == CtState::New {
+                FlowLookup { state: CtState::Related, entry: None, tcp_next: None }
+            } else {
+                self.flows.lookup(&a.header, a.inner, now)
+            };
+            if matches!(a.lookup.state, CtState::Established | CtState::Related) {
+                established(t, &self.flows, &mut a);
+            }
+        }
+        if !a.done {
+            service_nat(t, &mut a);
+            filter_stage(t, &mut a);
+        }
+        self.counters.logs_suppressed += u64::from(a.suppressed);
+        self.counters.packets += 1;
+        match a.verdict {
+            Verdict::Allow => {
+                self.counters.allowed += 1;
+                p.answer = Some(self.answers.len() as u8);
+                self.answers.push(a);
+            }
+            Verdict::Drop => self.counters.drops[DropReason::of(&a.decision) as usize] += 1,
         }
     }
 
@@ -779,7 +870,12 @@ fn filter_stage(t: &TableSet, p: &mut Packet) {
         (_, route) => forward(t, p, route),
     };
     match result {
-        Err(d) => p.drop(d),
+        Err(d) => {
+            // Felix's deny action applies to the filter table's drops, not DefaultEndpointToHostAction's.
+            p.reject = t.world.node.felix.filter_deny_action() == DenyAction::Reject
+                && !matches!(d, Decision::EndpointToHost(_));
+            p.drop(d);
+        }
         Ok(out) => {
             p.verdict = Verdict::Allow;
             p.out = Some(out);
@@ -986,8 +1082,20 @@ fn walk(t: &TableSet, ep: EndpointRef, dir: Direction, stage: Stage, p: &mut Pac
     let header = if matches!(stage, Stage::Untracked | Stage::PreDnat) { p.header } else { p.post };
     let key = flow_key(&header);
     let mut overflow = false;
-    let end = crate::walk_cache::evaluate(prog, t.generation, &key, |rule| {
-        if !p.log(LogHit { ep, stage, dir, rule }) {
+    // With a rate limit every Log rule the walk reaches takes a token, matched or not (Felix puts the
+    // `limit` match first in its LOG rules); a hit is logged when it matched and had a token (semantics §9.1).
+    let limits = &t.log_limits;
+    let reaching = limits.limited();
+    let family = header.family();
+    let now = p.now;
+    let end = crate::walk_cache::evaluate(prog, t.generation, &key, reaching, |rule, matched| {
+        let admitted = !reaching || prog.flat.rules.get(rule as usize).is_none_or(|o| limits.admit(o.id, family, now));
+        if !matched {
+            return;
+        }
+        if !admitted {
+            p.suppressed = p.suppressed.saturating_add(1);
+        } else if !p.log(LogHit { ep, stage, dir, rule }) {
             overflow = true;
         }
     });

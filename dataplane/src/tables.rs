@@ -12,8 +12,10 @@ use std::sync::{Arc, Mutex, Weak};
 use arc_swap::ArcSwap;
 
 use calxdp_policy::compile::CompiledTables;
+use calxdp_policy::limit::Rate;
 use calxdp_policy::resolve::ResolvedNode;
 
+use crate::log::RuleLogLimits;
 use crate::path::PortMap;
 
 /// One consistent version of everything the pipeline decides with.
@@ -34,6 +36,15 @@ pub struct TableSet {
     /// Addresses whose flows are flushed, with the epoch that removed them (semantics §8.2): every
     /// publication since the slowest reader last caught up, so a reader that skipped versions misses none.
     pub flushes: Vec<(u64, IpAddr)>,
+    /// Each Log rule's rate limit, shared by the workers; carried from version to version for the rules
+    /// that stay (`TableSlot::publish`).
+    pub log_limits: Arc<RuleLogLimits>,
+}
+
+/// The Log rules' rate (`LogActionRateLimit`, `LogActionRateLimitBurst`) of a node's configuration.
+fn log_rate(world: &ResolvedNode) -> Option<Rate> {
+    let felix = &world.node.felix;
+    felix.log_rate_limit.map(|r| Rate { interval: r.interval_nanos(), burst: u64::from(felix.log_burst()) })
 }
 
 static GENERATIONS: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(1);
@@ -56,7 +67,8 @@ impl TableSet {
         let ports = PortMap::with_workload_ports(&world, workload_ports);
         let service_ends = crate::owner::ServiceEnds::new(&world.node);
         let generation = GENERATIONS.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-        TableSet { epoch, world, compiled, ports, service_ends, generation, flushes: Vec::new() }
+        let log_limits = Arc::new(RuleLogLimits::new(&compiled.rules, log_rate(&world), None));
+        TableSet { epoch, world, compiled, ports, service_ends, generation, flushes: Vec::new(), log_limits }
     }
 }
 
@@ -126,6 +138,12 @@ impl TableSlot {
             log.pending.extend(flush.iter().map(|ip| (next.epoch, *ip)));
             next.flushes = log.pending.clone();
         }
+        // The Log rules that stay keep their buckets (a worker still on the old version may take a token
+        // from the old copy meanwhile: at most a line more per rule and worker, once).
+        let current = self.current.load();
+        next.log_limits =
+            Arc::new(RuleLogLimits::new(&next.compiled.rules, log_rate(&next.world), Some(&current.log_limits)));
+        drop(current);
         let old = self.current.swap(Arc::new(next));
         let mut retired = lock(&self.retired);
         retired.push(old);

@@ -29,7 +29,8 @@ struct Entry {
     generation: u64,
     key: FlowKey,
     end: ProgramEnd,
-    logs: [u32; MAX_LOGS],
+    /// The Log rules reported, and whether each matched.
+    logs: [(u32, bool); MAX_LOGS],
     log_count: u8,
 }
 
@@ -55,8 +56,16 @@ fn hash_of(program: usize, key: &FlowKey) -> u64 {
     h ^ (h >> 29)
 }
 
-/// `program.evaluate(key, on_log)`, remembered for (program, `generation`, key).
-pub fn evaluate(program: &Program, generation: u64, key: &FlowKey, mut on_log: impl FnMut(u32)) -> ProgramEnd {
+/// `program.evaluate(key, on_log)` (with `reaching`, `program.evaluate_reaching`: Log rules passed without a
+/// match too; a table version either always asks for them or never), remembered for (program,
+/// `generation`, key).
+pub fn evaluate(
+    program: &Program,
+    generation: u64,
+    key: &FlowKey,
+    reaching: bool,
+    mut on_log: impl FnMut(u32, bool),
+) -> ProgramEnd {
     let addr = program as *const Program as usize;
     let hash = hash_of(addr, key);
     let slot = hash as usize & (SLOTS - 1);
@@ -75,23 +84,28 @@ pub fn evaluate(program: &Program, generation: u64, key: &FlowKey, mut on_log: i
         }
     });
     if let Some(e) = hit {
-        for &rule in &e.logs[..e.log_count as usize] {
-            on_log(rule);
+        for &(rule, matched) in &e.logs[..e.log_count as usize] {
+            on_log(rule, matched);
         }
         return e.end;
     }
-    let mut logs = [0u32; MAX_LOGS];
+    let mut logs = [(0u32, false); MAX_LOGS];
     let mut log_count = 0usize;
     let mut overflow = false;
-    let end = program.evaluate(key, |rule| {
+    let mut note = |rule: u32, matched: bool| {
         if log_count < MAX_LOGS {
-            logs[log_count] = rule;
+            logs[log_count] = (rule, matched);
             log_count += 1;
         } else {
             overflow = true;
         }
-        on_log(rule);
-    });
+        on_log(rule, matched);
+    };
+    let end = if reaching {
+        program.evaluate_reaching(key, &mut note)
+    } else {
+        program.evaluate(key, |rule| note(rule, true))
+    };
     if !overflow {
         CACHE.with(|c| {
             let mut c = c.borrow_mut();
@@ -156,12 +170,12 @@ mod tests {
             let before = stats();
             for round in 0..3 {
                 let mut logs = Vec::new();
-                assert_eq!(evaluate(prog, 7_000_000, &key, |r| logs.push(r)), direct, "round {round}");
+                assert_eq!(evaluate(prog, 7_000_000, &key, false, |r, _| logs.push(r)), direct, "round {round}");
                 assert_eq!(logs, direct_logs, "log rules reported on every hit");
             }
             let after = stats();
             assert_eq!((after.0 - before.0, after.1 - before.1), (1, 2), "two misses (admission), then hits");
-            let _ = evaluate(prog, 7_000_001, &key, |_| {});
+            let _ = evaluate(prog, 7_000_001, &key, false, |_, _| {});
             assert_eq!(stats().1, after.1 + 1, "another table generation misses");
         }
     }

@@ -24,7 +24,7 @@ use calxdp_policy::verdict::Verdict;
 use crate::arp::{self, Neighbours};
 use crate::flow::Nanos;
 use crate::frames::{ingest, rewrite, time_exceeded};
-use crate::log::{log_line, LogLimiter};
+use crate::log::{log_leader, log_line};
 use crate::ndp;
 use crate::nexthop::{self, Due, Pending};
 use crate::owner::owner;
@@ -48,7 +48,7 @@ pub const FRAME_MAX: usize = crate::xsk::handoff::SLOT_BYTES;
 
 /// The link-local address of the host side of every pod veth (Calico: fe80::ecee:eeff:feee:eeee), from
 /// which the dataplane solicits a pod.
-pub const WORKLOAD_GATEWAY_LL: Ipv6Addr = Ipv6Addr::new(0xfe80, 0, 0, 0, 0xecee, 0xeeff, 0xfeee, 0xeeee);
+pub const WORKLOAD_GATEWAY_LL: Ipv6Addr = calxdp_policy::reject::WORKLOAD_GATEWAY_LL;
 
 /// The dataplane's clock: monotonic time since start, plus an offset a test may advance (a parity
 /// scenario's `advance` step), so timeouts run without waiting. A manual clock does not move by itself.
@@ -101,6 +101,9 @@ pub struct TraceRecord {
     /// Whether conntrack holds an entry for the packet's flow after it.
     pub tracked: bool,
     pub epoch: u64,
+    /// A dropped packet answered as Felix's Reject deny action answers (an ICMP port unreachable that left
+    /// the node, or waits for its next hop).
+    pub rejected: bool,
 }
 
 /// Counters of the work around the pipeline (ARP, neighbours, transmit, ports), per worker.
@@ -130,11 +133,13 @@ pub struct IoCounters {
     pub no_neighbour: u64,
     pub arp_asked: u64,
     pub ndp_asked: u64,
-    /// Log-rule lines queued for writing, those the Felix rate limit suppressed, and those lost because the
-    /// writer fell behind (never blocking the worker).
+    /// Log-rule lines queued for writing, and those lost because the writer fell behind (never blocking the
+    /// worker). Hits over their rule's rate limit are the pipeline's `logs_suppressed`.
     pub log_lines: u64,
-    pub log_suppressed: u64,
     pub log_dropped: u64,
+    /// Denied packets answered with an ICMP port unreachable (Felix's Reject deny action; the answers the
+    /// kernel's ICMP rate limits hold back are the pipeline's `reject_limited`).
+    pub rejected: u64,
     /// Frames that arrived on, or were routed to, a port the tables do not know (being attached or
     /// detached): dropped.
     pub no_port: u64,
@@ -163,8 +168,8 @@ impl IoCounters {
             arp_asked,
             ndp_asked,
             log_lines,
-            log_suppressed,
             log_dropped,
+            rejected,
             no_port,
             rx,
             tx,
@@ -186,8 +191,8 @@ impl IoCounters {
         self.arp_asked += arp_asked;
         self.ndp_asked += ndp_asked;
         self.log_lines += log_lines;
-        self.log_suppressed += log_suppressed;
         self.log_dropped += log_dropped;
+        self.rejected += rejected;
         self.no_port += no_port;
         for (mine, theirs) in [(&mut self.rx, rx), (&mut self.tx, tx)] {
             if mine.len() < theirs.len() {
@@ -219,11 +224,10 @@ pub enum WorkerCommand {
     Detach { id: PortId, done: SyncSender<Option<PortIo>> },
 }
 
-/// Where the Log rules' lines go: Felix's rate limit, then a bounded queue to a writer thread, so a slow or
-/// broken log reader can never block or stop the worker (`log::spawn_writer`).
+/// Where the Log rules' lines go (their rate limits are applied in the pipeline): a bounded queue to a
+/// writer thread, so a slow or broken log reader can never block or stop the worker (`log::spawn_writer`).
 #[derive(Debug, Clone)]
 pub struct LogOutput {
-    pub limiter: LogLimiter,
     pub queue: SyncSender<String>,
 }
 
@@ -646,7 +650,7 @@ impl Worker {
             self.learn_source(t, p, i, parsed.as_ref());
             if p.logs[0].is_some() && self.logs.is_some() {
                 if let Some(parsed) = parsed {
-                    self.log(t, p, i, parsed, now);
+                    self.log(t, p, i, parsed);
                 }
             }
             let mut verdict = p.verdict;
@@ -678,6 +682,11 @@ impl Worker {
                     }
                 }
             }
+            let answer = p.answer.and_then(|a| self.pipeline.answers.get(a as usize).copied());
+            let rejected = match (answer, parsed.as_ref()) {
+                (Some(a), Some(parsed)) if verdict == Verdict::Drop => self.send_answer(t, &a, parsed, i, now),
+                _ => false,
+            };
             if let Some(trace) = &self.trace {
                 let rec = TraceRecord {
                     in_port: self.in_ids[i],
@@ -691,6 +700,7 @@ impl Worker {
                     logs: p.logs,
                     tracked: p.tracked,
                     epoch: t.epoch,
+                    rejected,
                 };
                 if trace.try_send(rec).is_err() {
                     self.io.trace_lost += 1;
@@ -701,6 +711,37 @@ impl Worker {
         self.parsed = parsed_all;
         self.frame_of = frame_of;
         finished
+    }
+
+    /// Sends the answer the pipeline decided for dropped frame `i` (parsed as `parsed`; Felix's Reject
+    /// deny action): the port unreachable built as the host sends it, rewritten, routed and resolved like
+    /// any frame. It takes frame `i`'s buffer, whose frame is done. A rare path, allowed to allocate.
+    fn send_answer(&mut self, t: &TableSet, answer: &Packet, parsed: &Parsed, i: usize, now: Nanos) -> bool {
+        let mac = mac_for_host(&t.ports);
+        let spec = crate::wire::FrameSpec { src_mac: mac, dst_mac: mac, ..crate::wire::FrameSpec::new(answer.header) };
+        let frame = crate::wire::build_icmp_error(&spec, &parsed.header);
+        let Some(o) = answer.out.filter(|_| frame.len() <= FRAME_MAX) else { return false };
+        let len = frame.len();
+        self.bufs[i][..len].copy_from_slice(&frame);
+        self.lens[i] = len;
+        let (_, Some(answer_parsed)) = ingest(Port::Host, &self.bufs[i][..len]) else { return false };
+        if answer.logs[0].is_some() && self.logs.is_some() {
+            self.log(t, answer, i, &answer_parsed);
+        }
+        if rewrite(&mut self.bufs[i][..len], &answer_parsed, answer, &t.ports).is_err() {
+            return false;
+        }
+        let o_id = t.ports.id_of(o);
+        match self.fill_next_hop_mac(t, answer, o, i) {
+            Ok(()) => {
+                if !Self::transmit(&mut self.ports, &mut self.io, o_id, &self.bufs[i][..len]) {
+                    self.io.tx_full += 1;
+                }
+            }
+            Err(next_hop) => self.hold(o_id, next_hop, i, now),
+        }
+        self.io.rejected += 1;
+        true
     }
 
     /// Learns MACs from what a decided frame shows: a pod's own address and MAC (once the pipeline has ruled
@@ -725,9 +766,9 @@ impl Worker {
         }
     }
 
-    /// The Log rules' lines for packet `p` (frame `i`, as it arrived), within the rate limit, queued for the
-    /// writer thread. A rare, rate-limited path, so formatting may allocate.
-    fn log(&mut self, t: &TableSet, p: &Packet, i: usize, parsed: &Parsed, now: Nanos) {
+    /// The Log rules' lines for packet `p` (frame `i`, as it arrived), queued for the writer thread. A rare,
+    /// rate-limited path, so formatting may allocate.
+    fn log(&mut self, t: &TableSet, p: &Packet, i: usize, parsed: &Parsed) {
         let node = &t.world.node;
         let name = |port: Option<Port>| match port {
             Some(Port::Uplink(u)) => node.uplinks.get(u as usize).map(|u| u.name.as_str()).unwrap_or(""),
@@ -737,14 +778,12 @@ impl Worker {
             Some(Port::Host) | None => "",
         };
         let Some(logs) = self.logs.as_mut() else { return };
+        let limit = t.world.node.felix.log_prefix_limit();
         for hit in p.logs.iter().flatten() {
-            if !logs.limiter.admit(now) {
-                self.io.log_suppressed += 1;
-                continue;
-            }
             let prefix = log_for(&t.world, rule_ref(t, hit.ep, hit.stage, hit.dir, hit.rule)).prefix;
             let out = if p.verdict == Verdict::Allow { p.out } else { None };
-            let line = log_line(&prefix, name(Some(p.port)), name(out), &self.bufs[i][..self.lens[i]], parsed);
+            let leader = log_leader(&prefix, limit);
+            let line = log_line(&leader, name(Some(p.port)), name(out), &self.bufs[i][..self.lens[i]], parsed);
             match logs.queue.try_send(line) {
                 Ok(()) => self.io.log_lines += 1,
                 Err(TrySendError::Full(_)) | Err(TrySendError::Disconnected(_)) => self.io.log_dropped += 1,

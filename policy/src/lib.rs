@@ -4,10 +4,13 @@
 
 pub mod compile;
 pub mod conntrack;
+pub mod felix;
+pub mod limit;
 pub mod net;
 pub mod node;
 pub mod packet;
 pub mod reference;
+pub mod reject;
 pub mod resolve;
 pub mod resource;
 pub mod selector;

@@ -5,7 +5,10 @@
 use std::collections::BTreeMap;
 use std::net::{IpAddr, SocketAddr};
 
-use crate::conntrack::Timeouts;
+pub use crate::felix::{
+    parse_go_duration, AllowAction, DenyAction, EndpointToHostAction, Failsafe, FelixConfig, FelixSettings,
+    InterfaceMatch, LogRate, NftablesMode, DEFAULT_CONNTRACK_CAPACITY,
+};
 use crate::net::IpNet;
 use crate::resource::parse_named_port;
 use crate::resource::{Labels, NamedPort, Protocol};
@@ -89,111 +92,6 @@ pub struct Service {
     pub backends: Vec<SocketAddr>,
 }
 
-/// `DefaultEndpointToHostAction` (semantics §7.6).
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
-pub enum EndpointToHostAction {
-    Drop,
-    /// Hand the packet to the host's own INPUT rules; calxdp delivers it (FORMAT.md).
-    Return,
-    Accept,
-}
-
-/// One failsafe entry (semantics §7.5).
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub struct Failsafe {
-    pub protocol: Protocol,
-    pub port: u16,
-    /// For inbound entries the source must be inside; for outbound the destination.
-    pub net: Option<IpNet>,
-}
-
-impl Failsafe {
-    /// The entry of `list` matching the packet's protocol and `port`, with `remote` inside its CIDR if it
-    /// has one (semantics §7.5). Packets without ports never match.
-    pub fn find<'a>(
-        list: &'a [Failsafe],
-        pkt: &crate::packet::PacketHeader,
-        port: u16,
-        remote: IpAddr,
-    ) -> Option<&'a Failsafe> {
-        if !pkt.has_ports() {
-            return None;
-        }
-        list.iter().find(|f| f.protocol == pkt.protocol && f.port == port && f.net.is_none_or(|n| n.contains(remote)))
-    }
-
-    fn list(entries: &[(&str, u16)]) -> Vec<Failsafe> {
-        entries
-            .iter()
-            .map(|(p, port)| Failsafe { protocol: Protocol::parse(p).unwrap_or(Protocol::TCP), port: *port, net: None })
-            .collect()
-    }
-}
-
-/// The Felix configuration that changes verdicts (semantics §10), with Felix's defaults.
-#[derive(Clone, Debug, PartialEq)]
-pub struct FelixConfig {
-    pub default_endpoint_to_host_action: EndpointToHostAction,
-    pub failsafe_inbound: Vec<Failsafe>,
-    pub failsafe_outbound: Vec<Failsafe>,
-    pub disable_conntrack_invalid_check: bool,
-    pub allow_vxlan_from_workloads: bool,
-    pub allow_ipip_from_workloads: bool,
-    pub vxlan_port: u16,
-    pub log_prefix: String,
-    /// `LogActionRateLimit`, e.g. `"10/second"`; `None` for no limit.
-    pub log_rate_limit: Option<String>,
-    /// `LogActionRateLimitBurst` (Felix's default 5).
-    pub log_rate_burst: Option<u64>,
-    /// Conntrack entries the node holds in all (Felix's `BPFMapSizeConntrack`; split evenly between the
-    /// workers, each of which owns its flows).
-    pub conntrack_capacity: usize,
-    /// Conntrack timeouts (Felix's `BPFConntrackTimeouts`, with the kernel's finer states as defaults).
-    pub conntrack_timeouts: Timeouts,
-}
-
-/// Felix's default `BPFMapSizeConntrack`.
-pub const DEFAULT_CONNTRACK_CAPACITY: usize = 512_000;
-
-impl Default for FelixConfig {
-    fn default() -> FelixConfig {
-        FelixConfig {
-            default_endpoint_to_host_action: EndpointToHostAction::Drop,
-            failsafe_inbound: Failsafe::list(&[
-                ("tcp", 22),
-                ("udp", 68),
-                ("tcp", 179),
-                ("tcp", 2379),
-                ("tcp", 2380),
-                ("tcp", 5473),
-                ("tcp", 6443),
-                ("tcp", 6666),
-                ("tcp", 6667),
-            ]),
-            failsafe_outbound: Failsafe::list(&[
-                ("udp", 53),
-                ("udp", 67),
-                ("tcp", 179),
-                ("tcp", 2379),
-                ("tcp", 2380),
-                ("tcp", 5473),
-                ("tcp", 6443),
-                ("tcp", 6666),
-                ("tcp", 6667),
-            ]),
-            disable_conntrack_invalid_check: false,
-            allow_vxlan_from_workloads: false,
-            allow_ipip_from_workloads: false,
-            vxlan_port: 4789,
-            log_prefix: "calico-packet".into(),
-            log_rate_limit: None,
-            log_rate_burst: None,
-            conntrack_capacity: DEFAULT_CONNTRACK_CAPACITY,
-            conntrack_timeouts: Timeouts::default(),
-        }
-    }
-}
-
 /// Everything calxdp knows about the node it runs on.
 #[derive(Clone, Debug, PartialEq)]
 pub struct NodeConfig {
@@ -205,16 +103,6 @@ pub struct NodeConfig {
     pub services: Vec<Service>,
     pub felix: FelixConfig,
 }
-
-/// Felix parameters calxdp accepts in `config` without acting on them (they do not change verdicts here).
-const KNOWN_INERT_FELIX_KEYS: &[&str] = &[
-    "iptablesMarkMask",
-    "chainInsertMode",
-    "interfaceExclude",
-    "serviceLoopPrevention",
-    "kubeNodePortRanges",
-    "workloadSourceSpoofing",
-];
 
 impl NodeConfig {
     /// Reads a node from its YAML mapping.
@@ -229,7 +117,20 @@ impl NodeConfig {
             .with("remoteEndpoints", |l| l.map(|l| l.each(|w| parse_workload(w, false))).transpose())?
             .unwrap_or_default();
         let services = f.with("services", |l| l.map(|l| l.each(parse_service)).transpose())?.unwrap_or_default();
-        let felix = f.with("config", |c| c.map(parse_felix).transpose())?.unwrap_or_default();
+        // The node file's `config:` over Felix's defaults; FelixConfiguration resources go over it when the
+        // node is resolved with its resources (`ResolvedNode::new`).
+        let felix = f
+            .with("config", |c| {
+                c.map(|c| {
+                    crate::felix::parse_settings(c).map(|s| {
+                        let mut felix = FelixConfig::default();
+                        felix.apply(&s);
+                        felix
+                    })
+                })
+                .transpose()
+            })?
+            .unwrap_or_default();
         let node = NodeConfig { name, uplinks, namespaces, workloads, remote_endpoints, services, felix };
         node.validate(f)?;
         Ok(node)
@@ -473,202 +374,4 @@ fn parse_service(f: Field<'_>) -> Result<Service, LoadError> {
         })?
         .unwrap_or_default();
     Ok(Service { name, namespace, protocol: protocol.unwrap_or(Protocol::TCP), cluster_ip, port, node_port, backends })
-}
-
-fn parse_felix(f: Field<'_>) -> Result<FelixConfig, LoadError> {
-    let mut c = FelixConfig::default();
-    let mut known = vec![
-        "defaultEndpointToHostAction",
-        "failsafeInboundHostPorts",
-        "failsafeOutboundHostPorts",
-        "disableConntrackInvalidCheck",
-        "allowVXLANPacketsFromWorkloads",
-        "allowIPIPPacketsFromWorkloads",
-        "vxlanPort",
-        "logPrefix",
-        "logActionRateLimit",
-        "logActionRateLimitBurst",
-        "bpfMapSizeConntrack",
-        "bpfConntrackTimeouts",
-    ];
-    known.extend_from_slice(KNOWN_INERT_FELIX_KEYS);
-    f.only_keys(&known)?;
-    if let Some(a) = f.with("defaultEndpointToHostAction", |a| {
-        a.map(|a| match a.str()?.to_ascii_lowercase().as_str() {
-            "drop" => Ok(EndpointToHostAction::Drop),
-            "return" => Ok(EndpointToHostAction::Return),
-            "accept" => Ok(EndpointToHostAction::Accept),
-            other => Err(a.error(format!("expected Drop, Return or Accept, found '{other}'"))),
-        })
-        .transpose()
-    })? {
-        c.default_endpoint_to_host_action = a;
-    }
-    if let Some(l) = f.with("failsafeInboundHostPorts", |l| l.map(parse_failsafes).transpose())? {
-        c.failsafe_inbound = l;
-    }
-    if let Some(l) = f.with("failsafeOutboundHostPorts", |l| l.map(parse_failsafes).transpose())? {
-        c.failsafe_outbound = l;
-    }
-    let flag = |key: &str| f.with(key, |b| b.map(|b| b.bool()).transpose());
-    if let Some(v) = flag("disableConntrackInvalidCheck")? {
-        c.disable_conntrack_invalid_check = v;
-    }
-    if let Some(v) = flag("allowVXLANPacketsFromWorkloads")? {
-        c.allow_vxlan_from_workloads = v;
-    }
-    if let Some(v) = flag("allowIPIPPacketsFromWorkloads")? {
-        c.allow_ipip_from_workloads = v;
-    }
-    if let Some(p) = f.with("vxlanPort", |p| p.map(|p| p.uint(65535).map(|v| v as u16)).transpose())? {
-        c.vxlan_port = p;
-    }
-    if let Some(p) = f.with("logPrefix", |p| p.map(|p| p.string()).transpose())? {
-        c.log_prefix = p;
-    }
-    c.log_rate_limit = f.with("logActionRateLimit", |p| p.map(|p| p.string()).transpose())?;
-    c.log_rate_burst = f.with("logActionRateLimitBurst", |p| p.map(|p| p.uint(9999)).transpose())?;
-    if let Some(n) = f.with("bpfMapSizeConntrack", |p| p.map(|p| p.uint(1 << 26)).transpose())? {
-        if n == 0 {
-            return Err(f.error("bpfMapSizeConntrack must be at least 1"));
-        }
-        c.conntrack_capacity = n as usize;
-    }
-    if let Some(t) = f.with("bpfConntrackTimeouts", |t| t.map(parse_conntrack_timeouts).transpose())? {
-        c.conntrack_timeouts = t;
-    }
-    Ok(c)
-}
-
-/// `BPFConntrackTimeouts` as FelixConfiguration writes it: a map of Felix's keys to Go durations (or
-/// `Auto`, the default), or the env-var string form `TCPEstablished=1h,UDPTimeout=60s`. Felix's keys
-/// set the kernel states they stand for: TCPSynSent (SYN_SENT, SYN_RECV), TCPEstablished, TCPFinsSeen
-/// (FIN_WAIT, CLOSE_WAIT, LAST_ACK, TIME_WAIT), TCPResetSeen (CLOSE), UDPTimeout (UDP without a reply),
-/// ICMPTimeout, GenericTimeout. calxdp adds UDPStreamTimeout (UDP that has seen replies, the kernel's
-/// `nf_conntrack_udp_timeout_stream`). CreationGracePeriod has no meaning here and is accepted.
-fn parse_conntrack_timeouts(f: Field<'_>) -> Result<Timeouts, LoadError> {
-    let pairs: Vec<(String, String)> = match f.str() {
-        Ok(text) => text
-            .split(',')
-            .filter(|p| !p.trim().is_empty())
-            .map(|p| match p.split_once('=') {
-                Some((k, v)) => Ok((k.trim().to_string(), v.trim().to_string())),
-                None => Err(f.error(format!("'{p}' is not Key=duration"))),
-            })
-            .collect::<Result<_, _>>()?,
-        Err(_) => f.string_map()?.into_iter().collect(),
-    };
-    let mut t = Timeouts::default();
-    for (key, value) in pairs {
-        if value.eq_ignore_ascii_case("auto") {
-            continue;
-        }
-        let d = parse_go_duration(&value)
-            .ok_or_else(|| f.error(format!("{key}: '{value}' is not a duration (e.g. 30s, 10m, 1h30m) or Auto")))?;
-        match key.as_str() {
-            "TCPSynSent" => {
-                t.tcp_syn_sent = d;
-                t.tcp_syn_recv = d;
-            }
-            "TCPEstablished" => t.tcp_established = d,
-            "TCPFinsSeen" => {
-                t.tcp_fin_wait = d;
-                t.tcp_close_wait = d;
-                t.tcp_last_ack = d;
-                t.tcp_time_wait = d;
-            }
-            "TCPResetSeen" => t.tcp_close = d,
-            "UDPTimeout" => t.udp_unreplied = d,
-            "UDPStreamTimeout" => t.udp_replied = d,
-            "ICMPTimeout" => t.icmp = d,
-            "GenericTimeout" => t.generic = d,
-            "CreationGracePeriod" => {}
-            other => {
-                return Err(f.error(format!(
-                    "unknown conntrack timeout '{other}' (expected TCPSynSent, TCPEstablished, TCPFinsSeen, \
-                     TCPResetSeen, UDPTimeout, UDPStreamTimeout, ICMPTimeout, GenericTimeout, CreationGracePeriod)"
-                )))
-            }
-        }
-    }
-    Ok(t)
-}
-
-/// A Go duration as Felix's configuration writes them: `300ms`, `30s`, `10m`, `1h30m`; no sign.
-pub fn parse_go_duration(text: &str) -> Option<std::time::Duration> {
-    let mut rest = text.trim();
-    if rest.is_empty() {
-        return None;
-    }
-    let mut total = 0f64;
-    while !rest.is_empty() {
-        let num_end = rest.find(|c: char| !(c.is_ascii_digit() || c == '.'))?;
-        let value: f64 = rest[..num_end].parse().ok()?;
-        rest = &rest[num_end..];
-        let unit_end = rest.find(|c: char| c.is_ascii_digit() || c == '.').unwrap_or(rest.len());
-        let scale = match &rest[..unit_end] {
-            "ns" => 1e-9,
-            "us" | "µs" => 1e-6,
-            "ms" => 1e-3,
-            "s" => 1.0,
-            "m" => 60.0,
-            "h" => 3600.0,
-            _ => return None,
-        };
-        total += value * scale;
-        rest = &rest[unit_end..];
-    }
-    Some(std::time::Duration::from_secs_f64(total))
-}
-
-/// A failsafe list as FelixConfiguration writes it: `[{protocol, port, net}]`; `[]` disables
-/// (semantics §7.5). The env-var string form (`tcp:22,udp:68`, `none`) is accepted too.
-fn parse_failsafes(f: Field<'_>) -> Result<Vec<Failsafe>, LoadError> {
-    if let Ok(text) = f.str() {
-        return parse_failsafe_string(text).map_err(|m| f.error(m));
-    }
-    f.each(|e| {
-        e.only_keys(&["protocol", "port", "net"])?;
-        let protocol = e.with("protocol", |p| {
-            p.map(|p| match p.str()?.to_ascii_lowercase().as_str() {
-                "tcp" => Ok(Protocol::TCP),
-                "udp" => Ok(Protocol::UDP),
-                "sctp" => Ok(Protocol::SCTP),
-                other => Err(p.error(format!("expected tcp or udp, found '{other}'"))),
-            })
-            .transpose()
-        })?;
-        let port = e.require("port", |p| p.uint(65535).map(|v| v as u16))?;
-        let net = e.with("net", |n| n.map(crate::resource::rule::parse_net).transpose())?;
-        Ok(Failsafe { protocol: protocol.unwrap_or(Protocol::TCP), port, net })
-    })
-}
-
-fn parse_failsafe_string(text: &str) -> Result<Vec<Failsafe>, String> {
-    let text = text.trim();
-    if text.eq_ignore_ascii_case("none") {
-        return Ok(Vec::new());
-    }
-    text.split(',')
-        .map(|entry| {
-            let entry = entry.trim();
-            let (proto, rest) = match entry.split_once(':') {
-                Some((p, r)) if p.eq_ignore_ascii_case("tcp") || p.eq_ignore_ascii_case("udp") => {
-                    (Protocol::parse(p), r)
-                }
-                _ => (Some(Protocol::TCP), entry),
-            };
-            let (net, port) = match rest.rsplit_once(':') {
-                Some((net, port)) => {
-                    let net = net.trim_start_matches('[').trim_end_matches(']');
-                    (Some(net.parse::<IpNet>().map_err(|e| e.to_string())?), port)
-                }
-                None => (None, rest),
-            };
-            let port = port
-                .parse::<u16>()
-                .map_err(|_| format!("bad failsafe entry '{entry}' (expected proto:port or proto:cidr:port)"))?;
-            Ok(Failsafe { protocol: proto.unwrap_or(Protocol::TCP), port, net })
-        })
-        .collect()
 }

@@ -5,6 +5,7 @@
 use std::cmp::Ordering;
 use std::collections::BTreeMap;
 
+use crate::felix::FelixConfig;
 use crate::net::IpNet;
 use crate::node::{NodeConfig, Workload};
 use crate::resource::rule::{NAMESPACE_LABEL, ORCHESTRATOR_LABEL, SERVICE_ACCOUNT_LABEL};
@@ -129,6 +130,8 @@ pub const LOOPBACK: &str = "lo";
 
 #[derive(Clone, Debug, PartialEq)]
 pub struct ResolvedNode {
+    /// The node, with the Felix configuration in force: its own `config:` under the FelixConfigurations
+    /// that apply to it ([`felix_config`]).
     pub node: NodeConfig,
     /// Enforced (non-staged) policies, shared with the resource set they came from.
     pub policies: Vec<std::sync::Arc<Policy>>,
@@ -144,8 +147,24 @@ pub struct ResolvedNode {
     pub entities: Vec<Entity>,
 }
 
+/// The Felix configuration of `node` with `resources` in force: the node file's `config:`, then
+/// `FelixConfiguration/default`, then `FelixConfiguration/node.<nodename>`, each parameter from the highest
+/// that sets it, as Felix merges its sources (`config_params.go`). FelixConfigurations of other names do not
+/// apply to this node.
+pub fn felix_config(node: &NodeConfig, resources: &ResourceSet) -> FelixConfig {
+    let mut felix = node.felix.clone();
+    for name in ["default".to_string(), format!("node.{}", node.name)] {
+        if let Some(c) = resources.felix_configuration(&name) {
+            felix.apply(&c.settings);
+        }
+    }
+    felix
+}
+
 impl ResolvedNode {
     pub fn new(node: &NodeConfig, resources: &ResourceSet) -> ResolvedNode {
+        let merged = NodeConfig { felix: felix_config(node, resources), ..node.clone() };
+        let node = &merged;
         let profiles = all_profiles(node, resources);
         let workloads = node.workloads.iter().map(|w| workload_endpoint(node, w, &profiles)).collect::<Vec<_>>();
 
@@ -190,7 +209,7 @@ impl ResolvedNode {
         let tiers = sort_tiers(resources, &policies);
 
         ResolvedNode {
-            node: node.clone(),
+            node: merged.clone(),
             policies,
             tiers,
             profiles,
@@ -348,7 +367,9 @@ fn host_endpoint(h: &HostEndpoint, profiles: &BTreeMap<String, Profile>) -> Endp
 }
 
 /// semantics §1.1 "Resolution per host interface": a named match or an expected IP on the interface makes a
-/// candidate; the smallest HEP name wins. The smallest `*` HEP is the default for the rest.
+/// candidate; the smallest HEP name wins. The smallest `*` HEP is the default for the rest. An interface
+/// `InterfaceExclude` names is one Felix never sees (its interface monitor reports no addresses for it), so
+/// no host endpoint binds to it by name or address; the `*` one still covers it.
 fn bind_host_endpoints(node: &NodeConfig, heps: &[LocalHostEndpoint]) -> (BTreeMap<String, usize>, Option<usize>) {
     let mut bound = BTreeMap::new();
     let interfaces: Vec<(&str, &[std::net::IpAddr])> = node
@@ -358,6 +379,9 @@ fn bind_host_endpoints(node: &NodeConfig, heps: &[LocalHostEndpoint]) -> (BTreeM
         .chain(std::iter::once((LOOPBACK, &[][..])))
         .collect();
     for (iface, addrs) in interfaces {
+        if node.felix.excludes_interface(iface) {
+            continue;
+        }
         // `heps` is sorted by name, so the first candidate is the smallest.
         let winner = heps.iter().position(|h| match h.hep.interface_name.as_deref() {
             Some("*") => false,

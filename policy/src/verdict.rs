@@ -161,12 +161,16 @@ impl fmt::Display for Egress {
     }
 }
 
-/// A Log rule that fired.
+/// A Log rule that fired, or (in a walk, before the rate limits are applied) one the packet reached.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct LogEvent {
     pub rule: RuleRef,
     /// The prefix with its placeholders filled in (semantics §9.1).
     pub prefix: String,
+    /// Whether the packet matched the rule. A walk reports every Log rule it passes: Felix puts the
+    /// `limit` match first in a LOG rule, so reaching the rule takes a token even when the rule's own
+    /// criteria do not match. An outcome's logs are the matched ones within their limits.
+    pub matched: bool,
 }
 
 /// Everything a level says about one packet.
@@ -184,4 +188,7 @@ pub struct Outcome {
     pub reason: Reason,
     /// Every chain's part, in order.
     pub trace: Vec<Reason>,
+    /// A dropped packet that Felix's `Reject` deny action answered: an ICMP port unreachable went back to
+    /// its sender (within the kernel's ICMP rate limits, and through the host's own policy on the way out).
+    pub rejected: bool,
 }

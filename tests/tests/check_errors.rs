@@ -80,3 +80,53 @@ fn shipped_examples_and_seed_cases_pass() {
         check_path(&p).unwrap_or_else(|e| panic!("{e}"));
     }
 }
+
+#[test]
+fn what_calxdp_cannot_enforce_is_refused_with_a_sentence_naming_the_field() {
+    let e = error_of(
+        "domains.yaml",
+        "apiVersion: projectcalico.org/v3\nkind: GlobalNetworkSet\nmetadata:\n  name: s\nspec:\n  allowedEgressDomains: [example.com]\n",
+    );
+    assert!(e.contains(":6:25: spec.allowedEgressDomains: allowedEgressDomains is a Calico Enterprise field"), "{e}");
+    let e = error_of(
+        "bpf.yaml",
+        "apiVersion: projectcalico.org/v3\nkind: FelixConfiguration\nmetadata:\n  name: default\nspec:\n  bpfEnabled: true\n",
+    );
+    assert!(e.contains(":6:15: spec.bpfEnabled: bpfEnabled: true selects Felix's eBPF dataplane"), "{e}");
+}
+
+#[test]
+fn felix_settings_are_validated_as_felix_validates_them() {
+    let felix = "apiVersion: projectcalico.org/v3\nkind: FelixConfiguration\nmetadata:\n  name: default\nspec:\n";
+    let e = error_of("rate.yaml", &format!("{felix}  logActionRateLimit: 10/s\n"));
+    assert!(e.contains(":6:23: spec.logActionRateLimit: '10/s' is not a rate Felix accepts"), "{e}");
+    let e = error_of("deny.yaml", &format!("{felix}  iptablesFilterDenyAction: Refuse\n"));
+    assert!(e.contains("spec.iptablesFilterDenyAction: expected Drop or Reject, found 'Refuse'"), "{e}");
+    let e = error_of("exclude.yaml", &format!("{felix}  interfaceExclude: eth0.100\n"));
+    assert!(e.contains("spec.interfaceExclude: 'eth0.100' is neither an interface name"), "{e}");
+    let e = error_of("prefix.yaml", &format!("{felix}  logPrefix: 'calico*'\n"));
+    assert!(e.contains("spec.logPrefix: 'calico*' has characters Felix does not accept"), "{e}");
+    let ok = write("felix-ok.yaml", &format!("{felix}  logActionRateLimit: 10/second\n  logSeverityScreen: Info\n"));
+    assert_eq!(check_path(&ok).unwrap().resources, 1);
+}
+
+#[test]
+fn cluster_network_policy_loads_and_warns_where_calico_fails_closed() {
+    let p = write(
+        "cnp.yaml",
+        "apiVersion: policy.networking.k8s.io/v1alpha2\nkind: ClusterNetworkPolicy\nmetadata:\n  name: c\nspec:\n  tier: Admin\n  priority: 3\n  subject: {namespaces: {}}\n  egress:\n    - {action: Pass, to: [{nodes: {}}]}\n",
+    );
+    let c = check_path(&p).unwrap();
+    assert_eq!(c.resources, 1);
+    assert!(c.warnings.len() == 1 && c.warnings[0].contains("cnp.yaml:1: warning:"), "{:?}", c.warnings);
+    assert!(
+        c.warnings[0].contains("spec.egress[0]: Calico cannot convert a rule with a nodes peer"),
+        "{:?}",
+        c.warnings
+    );
+    let e = error_of(
+        "cnp-bad.yaml",
+        "apiVersion: policy.networking.k8s.io/v1alpha2\nkind: ClusterNetworkPolicy\nmetadata:\n  name: c\nspec:\n  tier: Admin\n  subject: {namespaces: {}}\n  ingress:\n    - {action: Allow, from: [{namespaces: {}}]}\n",
+    );
+    assert!(e.contains(":9:16: spec.ingress[0].action: unknown action 'Allow' (expected Accept, Deny, Pass)"), "{e}");
+}

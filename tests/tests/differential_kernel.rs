@@ -1,6 +1,7 @@
 //! Linux against the reference evaluator: random resource sets and sequences of packets (with replies) on a
 //! node programmed the way Felix programs iptables (the kernel parity level), and through the reference
-//! evaluator; every packet must get the same verdict, egress, translation, tracking and logging. The
+//! evaluator; every packet must get the same verdict, egress, translation, tracking, logging (some cases with
+//! each Log rule rate-limited) and answer (some cases with Felix's Reject deny action). The
 //! differences docs/kernel-oracle.md lists as known (with their cause) are recognised by
 //! [`known_difference`] and reported, not failed; anything else fails the test.
 //!
@@ -52,7 +53,16 @@ fn known_difference(
     reference: &Outcome,
     kernel: &Outcome,
 ) -> Option<&'static str> {
-    let _ = (node, reference, kernel);
+    // An IPv4 packet routed back out of the interface it came in by: Linux sends the sender an ICMP redirect
+    // first, which resets the destination's ICMP bucket, so a REJECT's answer right after it is held back.
+    let back_out = match attach(node, pkt) {
+        Attach::Workload(w) => node.workloads.iter().any(|x| x.name == w && x.ips.contains(&pkt.dst)),
+        Attach::Uplink(_) => !node.is_host_ip(pkt.dst) && node.local_workload_by_ip(pkt.dst).is_none(),
+        Attach::Host => false,
+    };
+    if back_out && pkt.src.is_ipv4() && reference.rejected && !kernel.rejected {
+        return Some("an ICMP redirect holds back a REJECT's answer to a packet routed back out");
+    }
     // A flow whose reply tuple is its original tuple (one address and port at both ends): Linux's lookup
     // finds the reply direction first.
     let self_tuple = pkt.src == pkt.dst && (!pkt.has_ports() || pkt.src_port == pkt.dst_port) && !pkt.is_icmp();
@@ -104,20 +114,30 @@ fn outcome_line(o: &Outcome) -> String {
     let v = if o.verdict == Verdict::Allow { "allow" } else { "drop" };
     let out = o.out.as_ref().map(|e| e.to_string()).unwrap_or_else(|| "-".into());
     format!(
-        "{v} out={out} translated={:?} tracked={} logged={} ({})",
+        "{v} out={out} translated={:?} tracked={} logged={} rejected={} ({})",
         o.translated,
         o.tracked,
         !o.logs.is_empty(),
+        o.rejected,
         o.reason
     )
 }
 
 /// Runs one case through both; the first disagreement that is not a known one, as a message.
 fn run_case(c: &Case, replies: &[bool]) -> Result<Vec<String>, String> {
-    let (node, mut rs) = match load(c) {
+    let (mut node, mut rs) = match load(c) {
         Ok(x) => x,
         Err(_) => return Ok(Vec::new()),
     };
+    // Some cases answer drops with Felix's Reject deny action, some rate-limit each Log rule (a burst of
+    // one, a minute between tokens: in a case's few seconds a rule logs once).
+    if c.resources.len() % 2 == 1 {
+        node.felix.iptables_filter_deny_action = calxdp_policy::node::DenyAction::Reject;
+    }
+    if c.resources.len() % 3 == 0 {
+        node.felix.log_rate_limit = calxdp_policy::node::LogRate::parse("1/minute").ok();
+        node.felix.log_rate_burst = 1;
+    }
     let mut known = Vec::new();
     // Felix renders `protocol` and `notProtocol` into one iptables rule, which iptables refuses, so such a
     // resource set does not load at all (docs/kernel-oracle.md "protocol with notProtocol"). Both sides get
@@ -170,7 +190,8 @@ fn run_case(c: &Case, replies: &[bool]) -> Result<Vec<String>, String> {
             && a.out == b.out
             && (a.verdict == Verdict::Drop || a.translated == b.translated)
             && a.tracked == b.tracked
-            && a.logs.is_empty() == b.logs.is_empty();
+            && a.logs.is_empty() == b.logs.is_empty()
+            && a.rejected == b.rejected;
         if !same {
             let why = if three_blocks {
                 Some("a rule with three or more positive match blocks (Felix checks only the first two)")

@@ -1,6 +1,7 @@
 //! The pipeline against the reference evaluator: random resource sets and sequences of packets (with
 //! replies, so conntrack and NAT carry state from packet to packet) through both; every packet must get
-//! the same verdict, egress, translation, tracking and logs, and a drop the same reason.
+//! the same verdict, egress, translation, tracking and logs (within each Log rule's rate limit), a drop the same
+//! reason and, with Felix's Reject deny action, the same answer.
 
 use proptest::prelude::*;
 
@@ -48,6 +49,15 @@ proptest! {
         };
         // A small conntrack table, so the sequences also fill it: early drop and refusal must agree too.
         node.felix.conntrack_capacity = 3 + c.packets.len() % 5;
+        // Some cases answer drops as Felix's Reject does, some rate-limit each Log rule (burst 1, a minute
+        // between tokens: the clock does not move here, so a rule logs once).
+        if c.resources.len() % 2 == 1 {
+            node.felix.iptables_filter_deny_action = calxdp_policy::node::DenyAction::Reject;
+        }
+        if c.resources.len() % 3 == 0 {
+            node.felix.log_rate_limit = calxdp_policy::node::LogRate::parse("1/minute").ok();
+            node.felix.log_rate_burst = 1;
+        }
         let mut reference = ReferenceNode::new(node.clone(), rs.clone());
         let mut pipeline = PipelineNode::new(&node, &rs);
         let mut last: Option<PacketHeader> = None;
@@ -68,6 +78,7 @@ proptest! {
             }
             prop_assert_eq!(a.tracked, b.tracked, "tracked, step {} {:?} {:?}", i, at, pkt);
             prop_assert_eq!(&a.logs, &b.logs, "logs, step {} {:?} {:?}", i, at, pkt);
+            prop_assert_eq!(a.rejected, b.rejected, "rejected, step {} {:?} {:?}\n{}", i, at, pkt, c.resources);
             last = Some(pkt);
         }
     }

@@ -191,12 +191,17 @@ impl KernelLevel {
             level.add_workload(&w)?;
         }
         // The harness: the test's packets are the only ones the host stack sends; local delivery is
-        // counted after filter INPUT (the security table runs after it, before the socket).
-        let security = format!(
-            "*security\n:INPUT ACCEPT [0:0]\n:FORWARD ACCEPT [0:0]\n:OUTPUT ACCEPT [0:0]\n-A INPUT -m comment --comment \"{HARNESS}: delivered\"\nCOMMIT\n"
-        );
-        run_in(Some(&level.node_ns), "iptables-legacy-restore", &[], Some(&security))?;
-        run_in(Some(&level.node_ns), "ip6tables-legacy-restore", &[], Some(&security))?;
+        // counted after filter INPUT (the security table runs after it, before the socket). A port
+        // unreachable the host sends itself over lo is a REJECT's answer to a host packet: counted apart.
+        let security = |answer: &str| {
+            format!(
+                "*security\n:INPUT ACCEPT [0:0]\n:FORWARD ACCEPT [0:0]\n:OUTPUT ACCEPT [0:0]\n-A INPUT -i lo {answer} -m comment --comment \"{HARNESS}: answered\" -j RETURN\n-A INPUT -m comment --comment \"{HARNESS}: delivered\"\nCOMMIT\n"
+            )
+        };
+        let (v4, v6) =
+            (security("-p icmp -m icmp --icmp-type 3/3"), security("-p ipv6-icmp -m icmp6 --icmpv6-type 1/4"));
+        run_in(Some(&level.node_ns), "iptables-legacy-restore", &[], Some(&v4))?;
+        run_in(Some(&level.node_ns), "ip6tables-legacy-restore", &[], Some(&v6))?;
         level.program()?;
         level.conntrack_settings();
         Ok(level)
@@ -328,15 +333,23 @@ impl KernelLevel {
         }
     }
 
-    /// Renders the node and its resources and loads them, with the harness's first rule in raw OUTPUT.
+    /// Renders the node and its resources and loads them, with the harness's first rules in raw OUTPUT:
+    /// nothing but the test's packets leaves the host stack, except port unreachables (the REJECT target's
+    /// answers, which go on through Felix's chains like any packet the host sends).
     fn program(&mut self) -> Result<(), String> {
         let world = ResolvedNode::new(&self.node, &self.resources);
         let rules: Ruleset = render::render(&world);
-        let drop_others = format!(
-            "-A OUTPUT -m comment --comment \"{HARNESS}: only the test's packets leave the host stack\" -m mark ! --mark {TEST_MARK:#x}/{TEST_MARK:#x} -j DROP"
-        );
-        let prelude = [("raw", drop_others)];
-        apply::apply(Some(&self.node_ns), &rules, &prelude, &prelude)
+        let drop = |what: &str, icmp: &str| {
+            (
+                "raw",
+                format!(
+                    "-A OUTPUT -m comment --comment \"{HARNESS}: only the test's packets leave the host stack\" -m mark ! --mark {TEST_MARK:#x}/{TEST_MARK:#x} {what} {icmp} -j DROP"
+                ),
+            )
+        };
+        let prelude = [drop("! -p icmp", ""), drop("-p icmp", "-m icmp ! --icmp-type 3/3")];
+        let prelude6 = [drop("! -p ipv6-icmp", ""), drop("-p ipv6-icmp", "-m icmp6 ! --icmpv6-type 1/4")];
+        apply::apply(Some(&self.node_ns), &rules, &prelude, &prelude6)
     }
 
     fn wire_of(&self, port: Port) -> Option<&Wire> {
@@ -508,9 +521,13 @@ impl Dataplane for KernelLevel {
         // The first frame of this packet to come out of the node, on any interface.
         let start = Instant::now();
         let mut seen: Option<(String, Vec<u8>)> = None;
+        // A port unreachable about the packet is the kernel's REJECT answering it, not the packet.
+        let mut rejected = false;
         while seen.is_none() && start.elapsed() < QUIET {
             self.read_wires(&mut buf, |w, f| {
-                if seen.is_none() && is_this_packet(f, pkt) {
+                if crate::wire_hosts::answers(f, pkt) {
+                    rejected = true;
+                } else if seen.is_none() && is_this_packet(f, pkt) {
                     seen = Some((w.name.clone(), f.to_vec()));
                 }
             });
@@ -519,6 +536,7 @@ impl Dataplane for KernelLevel {
         let after = self.counters(family)?;
         let moved = after.moved_since(&before);
         let delivered = moved.iter().any(|r| r.text.contains(HARNESS) && r.text.contains("delivered"));
+        rejected |= moved.iter().any(|r| r.text.contains(HARNESS) && r.text.contains("answered"));
         let logged = moved.iter().any(|r| r.text.contains("-j LOG"));
         let entries = self.conntrack(family)?;
         let t = Tuple::of(pkt);
@@ -555,12 +573,13 @@ impl Dataplane for KernelLevel {
                     action: calxdp_policy::resource::Action::Log,
                 },
                 prefix: String::new(),
+                matched: true,
             }]
         } else {
             Vec::new()
         };
         let reason = Reason::Kernel(explain(&moved, verdict, &seen, delivered));
-        Ok(Outcome { verdict, out, translated, tracked, logs, reason, trace: Vec::new() })
+        Ok(Outcome { verdict, out, translated, tracked, logs, reason, trace: Vec::new(), rejected })
     }
 
     fn advance(&mut self, by: Duration) {
@@ -781,7 +800,8 @@ fn readable(text: &str) -> String {
 /// What the counters say decided the packet.
 fn explain(moved: &[Counted], verdict: Verdict, seen: &Option<(String, Vec<u8>)>, delivered: bool) -> String {
     let relevant = |r: &&Counted| !r.text.contains(HARNESS);
-    let drops: Vec<&Counted> = moved.iter().filter(relevant).filter(|r| r.text.ends_with("-j DROP")).collect();
+    let drops: Vec<&Counted> =
+        moved.iter().filter(relevant).filter(|r| r.text.ends_with("-j DROP") || r.text.contains("-j REJECT")).collect();
     match verdict {
         Verdict::Drop => match drops.first() {
             Some(r) => format!("dropped by {} {}", r.table, readable(&r.text)),

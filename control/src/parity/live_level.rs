@@ -201,11 +201,22 @@ impl LiveLevel {
     /// The first IP frame that arrives within `within` on the port the dataplane says it sent the frame
     /// out of (`expected`), or, for a dropped frame, on any port but the one it came in by (what the
     /// dataplane sends back to a sender, an ICMP error or a neighbour advertisement, is not the frame).
-    /// A frame that turns up on another port instead is returned too, so the caller can say where.
-    fn arrival(&self, within: Duration, expected: Option<PortId>, ingress: PortId) -> Option<(PortId, Vec<u8>)> {
+    /// A frame that turns up on another port instead is returned too, so the caller can say where. Also
+    /// whether a port unreachable about `pkt` came back (Reject); with `answer_expected` (the dataplane says
+    /// it answered) any port unreachable but the frame sent is the answer, and the wait ends early once it
+    /// came, after the quiet time of a drop.
+    fn arrival(
+        &self,
+        within: Duration,
+        expected: Option<PortId>,
+        ingress: PortId,
+        (pkt, sent): (&PacketHeader, &[u8]),
+        answer_expected: bool,
+    ) -> (Option<(PortId, Vec<u8>)>, bool) {
         let mut buf = [0u8; 4096];
         let start = Instant::now();
         let mut elsewhere = None;
+        let mut answered = false;
         loop {
             for (port, s) in &self.sockets {
                 while let Some(n) = s.recv(&mut buf) {
@@ -214,16 +225,22 @@ impl LiveLevel {
                     if wire_hosts::is_resolution(frame) || !parse(frame).is_ok_and(|p| p.is_ip()) {
                         continue;
                     }
+                    let unreachable = answer_expected && frame != sent && wire_hosts::is_unreachable(frame);
+                    if wire_hosts::answers(frame, pkt) || unreachable {
+                        answered = true;
+                        continue;
+                    }
                     match expected {
-                        Some(e) if e == *port => return Some((*port, frame.to_vec())),
-                        None if *port != ingress => return Some((*port, frame.to_vec())),
+                        Some(e) if e == *port => return (Some((*port, frame.to_vec())), answered),
+                        None if *port != ingress => return (Some((*port, frame.to_vec())), answered),
                         Some(_) if *port != ingress && elsewhere.is_none() => elsewhere = Some((*port, frame.to_vec())),
                         _ => {}
                     }
                 }
             }
-            if start.elapsed() >= within {
-                return elsewhere;
+            let waited = start.elapsed();
+            if waited >= within || (answer_expected && answered && waited >= QUIET_AFTER_DROP) {
+                return (elsewhere, answered);
             }
             std::thread::sleep(Duration::from_micros(200));
         }
@@ -265,9 +282,13 @@ impl Dataplane for LiveLevel {
         if rec.header != *pkt {
             return Err(format!("the dataplane decided another packet: {:?}", rec.header));
         }
-        let (within, expected) =
-            if rec.verdict == Verdict::Allow { (ARRIVE_WITHIN, rec.out_port) } else { (QUIET_AFTER_DROP, None) };
-        let seen = self.arrival(within, expected, id);
+        let (within, expected) = match rec.verdict {
+            Verdict::Allow => (ARRIVE_WITHIN, rec.out_port),
+            // An answer the dataplane sent may wait for its next hop first.
+            Verdict::Drop if rec.rejected => (ARRIVE_WITHIN, None),
+            Verdict::Drop => (QUIET_AFTER_DROP, None),
+        };
+        let (seen, rejected) = self.arrival(within, expected, id, (pkt, &frame), rec.rejected);
         let (verdict, out, translated) = match (&seen, rec.verdict) {
             (Some((p, bytes)), Verdict::Allow) => {
                 if Some(*p) != rec.out_port {
@@ -304,6 +325,7 @@ impl Dataplane for LiveLevel {
             logs,
             reason: explain(&tables, &rec.decision),
             trace: Vec::new(),
+            rejected,
         })
     }
 

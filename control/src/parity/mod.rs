@@ -304,6 +304,11 @@ pub fn compare(p: &PacketStep, o: &Outcome) -> Option<String> {
             problems.push(format!("expected logged {want}, got {got}"));
         }
     }
+    if let Some(want) = p.rejected {
+        if o.rejected != want {
+            problems.push(format!("expected rejected {want}, got {}", o.rejected));
+        }
+    }
     if problems.is_empty() {
         None
     } else {

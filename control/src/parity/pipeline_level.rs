@@ -33,7 +33,7 @@ impl PipelineNode {
     pub fn new(node: &NodeConfig, resources: &ResourceSet) -> PipelineNode {
         let node = match OfflineNode::new(node.clone(), resources.clone(), false) {
             Ok(n) => n,
-            // Only the Log rate can be refused, and the scenario loader has checked it.
+            // Whatever the node file and resources say was validated when they were loaded.
             Err(e) => panic!("{e}"),
         };
         PipelineNode { node }
@@ -70,11 +70,22 @@ impl Dataplane for PipelineNode {
             .iter()
             .find(|r| r.in_port == id && r.header == *pkt)
             .ok_or_else(|| format!("the dataplane did not decide the frame (traced: {records:?})"))?;
-        // What came out, by port: the step's frame is the first IP frame that is not neighbour resolution.
+        // What came out, by port: the step's frame is the first IP frame that is not neighbour resolution;
+        // for a frame the dataplane says it answered (Reject), a port unreachable is the answer.
         let mut arrived = None;
+        let mut rejected = false;
         for p in self.node.port_ids() {
             for f in self.node.take_sent(p) {
                 if wire_hosts::is_resolution(&f) || !parse(&f).is_ok_and(|x| x.is_ip()) {
+                    continue;
+                }
+                let answered = rec.verdict == Verdict::Drop && rec.rejected;
+                if wire_hosts::answers(&f, pkt) || (answered && wire_hosts::is_unreachable(&f)) {
+                    let ok = parse(&f).is_ok_and(|x| ipv4_header_ok(&f, &x) && x.verify_l4_checksum(&f));
+                    if !ok {
+                        return Err("the port unreachable the node sent has a bad checksum".into());
+                    }
+                    rejected = true;
                     continue;
                 }
                 // What the dataplane sends back to a sender (an ICMP error) is not the frame.
@@ -100,8 +111,9 @@ impl Dataplane for PipelineNode {
             (None, Verdict::Allow) => {
                 return Err(format!("the dataplane allowed the frame out of {:?} but nothing came out", rec.out))
             }
-            (Some((p, _)), Verdict::Drop) => {
-                return Err(format!("the dataplane dropped the frame but a frame came out of port {p}"))
+            (Some((p, bytes)), Verdict::Drop) => {
+                let what = parse(&bytes).map(|x| format!("{:?}", x.header)).unwrap_or_default();
+                return Err(format!("the dataplane dropped the frame but a frame came out of port {p}: {what}"));
             }
             (None, Verdict::Drop) => (Verdict::Drop, None, None),
         };
@@ -120,6 +132,7 @@ impl Dataplane for PipelineNode {
             logs,
             reason: explain(&tables, &rec.decision),
             trace: Vec::new(),
+            rejected,
         })
     }
 

@@ -67,6 +67,9 @@ pub struct PacketStep {
     pub translated: Option<SocketAddr>,
     pub tracked: Option<bool>,
     pub logged: Option<bool>,
+    /// Whether the node answered the dropped frame with an ICMP port unreachable (Felix's Reject deny
+    /// action; optional `rejected:` field).
+    pub rejected: Option<bool>,
 }
 
 #[derive(Debug)]
@@ -272,6 +275,7 @@ fn parse_packet_step(f: Field<'_>, node: &NodeConfig) -> Result<PacketStep, Load
         "translated",
         "tracked",
         "logged",
+        "rejected",
     ])?;
     let name = f
         .with("name", |n| n.map(|n| n.string()).transpose())?
@@ -347,9 +351,22 @@ fn parse_packet_step(f: Field<'_>, node: &NodeConfig) -> Result<PacketStep, Load
     })?;
     let tracked = f.with("tracked", |t| t.map(|t| t.bool()).transpose())?;
     let logged = f.with("logged", |t| t.map(|t| t.bool()).transpose())?;
+    let rejected = f.with("rejected", |t| t.map(|t| t.bool()).transpose())?;
     let header =
         PacketHeader { src, dst, protocol, src_port, dst_port, tcp_flags: flags, icmp_type, icmp_code, icmp_id };
-    Ok(PacketStep { name, line: f.pos().line, attach, header, inner, expect, out, translated, tracked, logged })
+    Ok(PacketStep {
+        name,
+        line: f.pos().line,
+        attach,
+        header,
+        inner,
+        expect,
+        out,
+        translated,
+        tracked,
+        logged,
+        rejected,
+    })
 }
 
 /// `ip:port`, `[v6]:port`, a bare address (v4 or v6). `need_port` makes a missing port an error.

@@ -2,7 +2,10 @@
 //! chains, the static top-level chains, the workload and host-endpoint dispatch trees, the endpoint chains
 //! with their tiers, policy groups, profiles and failsafes, and the policy and profile chains they reach.
 //! Felix's defaults otherwise: no overlay, no flow logs, no IPVS, `InterfacePrefix=cali`, ACCEPT as the
-//! allow action, DROP as the deny action, `ChainInsertMode=insert`.
+//! allow action, `ChainInsertMode=insert`. The deny action is the configuration's (`FilterDenyAction`):
+//! REJECT, where configured, in the filter table only — Felix also puts it in raw and mangle, where
+//! iptables refuses it and Felix cannot program at all (projectcalico/calico#7914; its fix keeps DROP
+//! there), so those stay DROP.
 
 use std::collections::{BTreeMap, BTreeSet};
 
@@ -91,7 +94,7 @@ fn tiers_for(world: &ResolvedNode, labels: &Labels, stage: Stage, d: Direction) 
         .collect()
 }
 
-fn conntrack_rules(allow_return: bool, invalid_check: bool) -> Vec<Rule> {
+fn conntrack_rules(allow_return: bool, invalid_check: bool, deny: &str) -> Vec<Rule> {
     let mut out = Vec::new();
     if allow_return {
         out.push(Rule::new("-m conntrack --ctstate RELATED,ESTABLISHED", set_mark(MARK_ACCEPT)));
@@ -100,18 +103,24 @@ fn conntrack_rules(allow_return: bool, invalid_check: bool) -> Vec<Rule> {
         out.push(Rule::new("-m conntrack --ctstate RELATED,ESTABLISHED", "--jump ACCEPT"));
     }
     if invalid_check {
-        out.push(Rule::new("-m conntrack --ctstate INVALID", "--jump DROP"));
+        out.push(Rule::new("-m conntrack --ctstate INVALID", format!("--jump {deny}")));
     }
     out
 }
 
 impl<'w, 's> Builder<'w, 's> {
     /// An endpoint chain (Felix `endpointIptablesChain`), registering the policy chains it jumps to.
+    /// A table's deny action: REJECT in filter when Felix's `FilterDenyAction` says so, else DROP.
+    fn deny(&self, table: &str) -> &'static str {
+        deny_action(self.world, table)
+    }
+
     fn endpoint_chain(&mut self, table: &'static str, spec: EndpointChain<'_>) -> Chain {
         let felix = &self.world.node.felix;
+        let deny = self.deny(table);
         let mut rules = Vec::new();
         if spec.flavour != Flavour::Untracked {
-            rules.extend(conntrack_rules(spec.allow_return, !felix.disable_conntrack_invalid_check));
+            rules.extend(conntrack_rules(spec.allow_return, !felix.disable_conntrack_invalid_check, deny));
         }
         if let Some(fs) = spec.failsafe {
             rules.push(Rule::new("", format!("--jump {fs}")));
@@ -120,13 +129,17 @@ impl<'w, 's> Builder<'w, 's> {
         if spec.workload_egress {
             if !felix.allow_vxlan_from_workloads {
                 rules.push(
-                    Rule::new(format!("-p 17 -m multiport --destination-ports {}", felix.vxlan_port), "--jump DROP")
-                        .comment("Drop VXLAN encapped packets originating in workloads"),
+                    Rule::new(
+                        format!("-p 17 -m multiport --destination-ports {}", felix.vxlan_port),
+                        format!("--jump {deny}"),
+                    )
+                    .comment("Drop VXLAN encapped packets originating in workloads"),
                 );
             }
             if !felix.allow_ipip_from_workloads {
                 rules.push(
-                    Rule::new("-p 4", "--jump DROP").comment("Drop IPinIP encapped packets originating in workloads"),
+                    Rule::new("-p 4", format!("--jump {deny}"))
+                        .comment("Drop IPinIP encapped packets originating in workloads"),
                 );
             }
         }
@@ -151,7 +164,7 @@ impl<'w, 's> Builder<'w, 's> {
             let ends = matches!(spec.flavour, Flavour::Normal | Flavour::Forward { .. });
             if ends && tier.drops {
                 rules.push(
-                    Rule::new(mark_clear(MARK_PASS), "--jump DROP")
+                    Rule::new(mark_clear(MARK_PASS), format!("--jump {deny}"))
                         .comment(format!("End of tier {}. Drop if no policies passed packet", tier.name)),
                 );
             }
@@ -167,7 +180,7 @@ impl<'w, 's> Builder<'w, 's> {
                     rules.push(Rule::new("", format!("--jump {}", profile_chain(p, spec.direction))));
                     rules.push(Rule::new(mark_set(MARK_ACCEPT), "--jump RETURN").comment("Return if profile accepted"));
                 }
-                rules.push(Rule::new("", "--jump DROP").comment("Drop if no profiles matched"));
+                rules.push(Rule::new("", format!("--jump {deny}")).comment("Drop if no profiles matched"));
             }
             _ => {}
         }
@@ -241,7 +254,7 @@ impl<'w, 's> Builder<'w, 's> {
         for (i, d) in self.policies.get(table).cloned().unwrap_or_default() {
             let p = &world.policies[i];
             let tier = p.tier.as_str();
-            out.push(owner_chain(self.sets, &Owner::Policy { policy: p, tier }, d, &self.log));
+            out.push(owner_chain(self.sets, &Owner::Policy { policy: p, tier }, d, &self.log, self.deny(table)));
         }
         for (name, d) in self.profiles.get(table).cloned().unwrap_or_default() {
             // A profile that does not exist denies (semantics §1.4).
@@ -258,10 +271,20 @@ impl<'w, 's> Builder<'w, 's> {
                     &missing
                 }
             };
-            out.push(owner_chain(self.sets, &Owner::Profile(profile), d, &self.log));
+            out.push(owner_chain(self.sets, &Owner::Profile(profile), d, &self.log, self.deny(table)));
         }
         out.extend(self.groups.remove(table).unwrap_or_default());
         out
+    }
+}
+
+/// The deny action of `table` (Felix's `FilterDenyAction`, in the filter table only: module doc).
+fn deny_action(world: &ResolvedNode, table: &str) -> &'static str {
+    let reject = world.node.felix.filter_deny_action() == calxdp_policy::node::DenyAction::Reject;
+    if reject && table == "filter" {
+        "REJECT"
+    } else {
+        "DROP"
     }
 }
 
@@ -366,8 +389,8 @@ pub fn tables<'w>(
     let felix = &world.node.felix;
     let log = LogConfig {
         prefix: felix.log_prefix.clone(),
-        rate_limit: felix.log_rate_limit.clone(),
-        burst: felix.log_rate_burst.unwrap_or(5),
+        rate_limit: felix.log_rate_limit.map(|r| r.to_string()),
+        burst: u64::from(felix.log_rate_burst),
     };
     let mut b =
         Builder { world, sets, log, policies: BTreeMap::new(), profiles: BTreeMap::new(), groups: BTreeMap::new() };
@@ -464,7 +487,7 @@ pub fn tables<'w>(
         .concat(),
     ));
     // Workload dispatch and endpoint chains.
-    let unknown = [Rule::new("", "--jump DROP").comment("Unknown interface")];
+    let unknown = [Rule::new("", format!("--jump {}", deny_action(world, "filter"))).comment("Unknown interface")];
     let wl_names: Vec<String> = world.node.workloads.iter().filter_map(|w| w.interface.clone()).collect();
     filter.chains.extend(dispatch("cali-from-wl-dispatch", &wl_names, "--in-interface", "cali-fw-", &unknown));
     filter.chains.extend(dispatch("cali-to-wl-dispatch", &wl_names, "--out-interface", "cali-tw-", &unknown));

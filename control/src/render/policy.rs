@@ -183,7 +183,8 @@ pub fn profile_chain(name: &str, d: Direction) -> String {
 }
 
 /// The chain of one policy or profile for one direction (Felix `PolicyToIptablesChains`).
-pub fn owner_chain(sets: &mut SetRegistry<'_>, owner: &Owner<'_>, d: Direction, log: &LogConfig) -> Chain {
+/// `deny` is the table's deny action (`DROP`, or `REJECT` in the filter table: Felix's `FilterDenyAction`).
+pub fn owner_chain(sets: &mut SetRegistry<'_>, owner: &Owner<'_>, d: Direction, log: &LogConfig, deny: &str) -> Chain {
     let (name, rules, comment): (String, &[CalicoRule], String) = match owner {
         Owner::Policy { policy, .. } => {
             let who = match &policy.id.namespace {
@@ -196,7 +197,7 @@ pub fn owner_chain(sets: &mut SetRegistry<'_>, owner: &Owner<'_>, d: Direction, 
     };
     let mut out: Vec<Rule> = Vec::new();
     for r in rules {
-        out.extend(rule_rules(sets, r, owner, log));
+        out.extend(rule_rules(sets, r, owner, log, deny));
     }
     // Felix strips trailing RETURNs: a final Allow contributes only its set-mark rule.
     while out.last().is_some_and(|r| r.action == "--jump RETURN") {
@@ -471,7 +472,7 @@ fn icmp_text(family: IpFamily, m: IcmpMatch, negated: bool) -> String {
 }
 
 /// The iptables rules of one Calico rule in this family (none when the rule is filtered out).
-fn rule_rules(sets: &mut SetRegistry<'_>, r: &CalicoRule, owner: &Owner<'_>, log: &LogConfig) -> Vec<Rule> {
+fn rule_rules(sets: &mut SetRegistry<'_>, r: &CalicoRule, owner: &Owner<'_>, log: &LogConfig, deny: &str) -> Vec<Rule> {
     let family = sets.family();
     if r.family().is_some_and(|f| f != family) {
         return Vec::new();
@@ -596,7 +597,7 @@ fn rule_rules(sets: &mut SetRegistry<'_>, r: &CalicoRule, owner: &Owner<'_>, log
         }
         Action::Deny => {
             out.push(Rule::new(main, set_mark(MARK_DROP)));
-            out.push(Rule::new(mark_set(MARK_DROP), "--jump DROP"));
+            out.push(Rule::new(mark_set(MARK_DROP), format!("--jump {deny}")));
         }
     }
     out

@@ -41,38 +41,86 @@ pub enum ProgramEnd {
 pub struct Program {
     pub flat: FlatProgram,
     pub classifier: Classifier,
+    /// The program's Log rules (indices into `flat.rules`), in term order: the walk reports the ones it
+    /// passes without matching when asked ([`Program::evaluate_reaching`]).
+    log_rules: Vec<u32>,
 }
 
 impl Program {
     pub fn build(flat: FlatProgram) -> Program {
         let classifier = Classifier::build(&flat.terms);
-        Program { flat, classifier }
+        let mut log_rules: Vec<u32> =
+            (0..flat.rules.len() as u32).filter(|&r| flat.rules[r as usize].action == Action::Log).collect();
+        log_rules.sort_by_key(|&r| flat.rules[r as usize].term_start);
+        Program { flat, classifier, log_rules }
     }
 
     /// [`Program::evaluate`] with the linear scan instead of the classifier (the benchmark baseline).
-    pub fn evaluate_linear(&self, key: &FlowKey, on_log: impl FnMut(u32)) -> ProgramEnd {
-        self.run(|start| linear::first_match_linear(&self.flat.terms, key, start), on_log)
+    pub fn evaluate_linear(&self, key: &FlowKey, mut on_log: impl FnMut(u32)) -> ProgramEnd {
+        self.run(|start| linear::first_match_linear(&self.flat.terms, key, start), None, |r, _| on_log(r))
     }
 
-    /// Runs the program: first match from the start, Log rules reported to `on_log` and skipped, Pass
-    /// resuming at the next section. No allocation.
+    /// Runs the program: first match from the start, Log rules that match reported to `on_log` and
+    /// skipped, Pass resuming at the next section. No allocation.
     #[inline]
-    pub fn evaluate(&self, key: &FlowKey, on_log: impl FnMut(u32)) -> ProgramEnd {
+    pub fn evaluate(&self, key: &FlowKey, mut on_log: impl FnMut(u32)) -> ProgramEnd {
         let prepared = self.classifier.prepare(key);
-        self.run(|start| prepared.first_match(start), on_log)
+        self.run(
+            |start| prepared.first_match(start),
+            None,
+            |r, matched| {
+                if matched {
+                    on_log(r)
+                }
+            },
+        )
+    }
+
+    /// [`Program::evaluate`], reporting every Log rule of the packet's family the walk passes as
+    /// `on_log(rule, matched)`: a rate-limited LOG rule takes a token from any packet that reaches it
+    /// (semantics §9.1). Only programs with Log rules do more work.
+    #[inline]
+    pub fn evaluate_reaching(&self, key: &FlowKey, on_log: impl FnMut(u32, bool)) -> ProgramEnd {
+        let prepared = self.classifier.prepare(key);
+        let family = if key.proto >= 256 { 0b10 } else { 0b01 };
+        self.run(|start| prepared.first_match(start), Some(family), on_log)
+    }
+
+    /// Reports the Log rules of `family` wholly within terms `start..stop` (passed without a match).
+    #[inline]
+    fn passed_logs(&self, start: usize, stop: usize, family: u8, on_log: &mut impl FnMut(u32, bool)) {
+        let from = self.log_rules.partition_point(|&r| (self.flat.rules[r as usize].term_start as usize) < start);
+        for &r in &self.log_rules[from..] {
+            let o = &self.flat.rules[r as usize];
+            if o.term_end as usize > stop {
+                break;
+            }
+            if o.families & family != 0 {
+                on_log(r, false);
+            }
+        }
     }
 
     #[inline]
-    fn run(&self, first_match: impl Fn(usize) -> Option<usize>, mut on_log: impl FnMut(u32)) -> ProgramEnd {
+    fn run(
+        &self,
+        first_match: impl Fn(usize) -> Option<usize>,
+        reaching: Option<u8>,
+        mut on_log: impl FnMut(u32, bool),
+    ) -> ProgramEnd {
         let mut start = 0usize;
         loop {
-            let Some(i) = first_match(start) else { return ProgramEnd::FellThrough };
+            let found = first_match(start);
+            if let Some(family) = reaching.filter(|_| !self.log_rules.is_empty()) {
+                self.passed_logs(start, found.unwrap_or(self.flat.terms.len()), family, &mut on_log);
+            }
+            let Some(i) = found else { return ProgramEnd::FellThrough };
             match self.flat.terms[i].action {
                 TermAction::Rule { rule, action, resume } => match action {
                     Action::Allow => return ProgramEnd::Allow(rule),
                     Action::Deny => return ProgramEnd::Deny(rule),
                     Action::Log => {
-                        on_log(rule);
+                        on_log(rule, true);
                         start = resume as usize;
                     }
                     Action::Pass => start = resume as usize,

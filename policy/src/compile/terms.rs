@@ -113,6 +113,13 @@ pub struct RuleOrigin {
     pub fingerprint: u64,
     /// Dense id for counters (`RuleIds`): stable across table versions while the rule is unchanged.
     pub id: u32,
+    /// Where the rule stands among the program's terms: its terms are `terms[term_start..term_end]` (none,
+    /// `term_start == term_end`, when it can match nothing), so a walk from `s` that stops at term `i` passed
+    /// it when `s <= term_start && term_end <= i`.
+    pub term_start: u32,
+    pub term_end: u32,
+    /// The families whose chains Felix renders the rule into (bit 0 IPv4, bit 1 IPv6; `Rule::in_family`).
+    pub families: u8,
 }
 
 #[derive(Clone, Debug, PartialEq, Eq, Hash)]
@@ -243,6 +250,7 @@ pub fn flatten<'a>(
                 // A profile that does not exist denies (semantics §1.4).
                 None => {
                     let rule = p.rules.len() as u32;
+                    let at = p.terms.len() as u32;
                     p.rules.push(RuleOrigin {
                         owner: RuleOwner::Profile(name.clone()),
                         index: 0,
@@ -250,6 +258,9 @@ pub fn flatten<'a>(
                         direction: d,
                         fingerprint: 0,
                         id: 0,
+                        term_start: at,
+                        term_end: at + 1,
+                        families: 0b11,
                     });
                     p.terms.push(Term {
                         conditions: Conditions::always(),
@@ -305,7 +316,19 @@ fn push_rule<'a>(
         rule.hash(&mut h);
         h.finish()
     };
-    p.rules.push(RuleOrigin { owner, index, action: rule.action, direction, fingerprint, id: 0 });
+    let term_start = p.terms.len() as u32;
+    let families = u8::from(rule.in_family(IpFamily::V4)) | u8::from(rule.in_family(IpFamily::V6)) << 1;
+    p.rules.push(RuleOrigin {
+        owner,
+        index,
+        action: rule.action,
+        direction,
+        fingerprint,
+        id: 0,
+        term_start,
+        term_end: term_start,
+        families,
+    });
     for family in [IpFamily::V4, IpFamily::V6] {
         for conditions in rule_conditions(resolver, world, rule, family) {
             let at = p.terms.len();
@@ -317,6 +340,7 @@ fn push_rule<'a>(
             }
         }
     }
+    p.rules[rule_id as usize].term_end = p.terms.len() as u32;
     if rule.action == Action::Log {
         // A Log rule fires once however many of its terms match; evaluation continues after all of them.
         let after = p.terms.len() as u32;

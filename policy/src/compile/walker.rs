@@ -53,7 +53,8 @@ impl PolicyWalker for Compiled {
             }
         };
         let key = flow_key(pkt);
-        let end = program.evaluate(&key, |rule| logs.push(log_for(world, rule_ref(rule))));
+        let end = program
+            .evaluate_reaching(&key, |rule, matched| logs.push(LogEvent { matched, ..log_for(world, rule_ref(rule)) }));
         match end {
             ProgramEnd::Allow(r) => WalkEnd::Allow(rule_ref(r)),
             ProgramEnd::Deny(r) => WalkEnd::Deny(rule_ref(r)),

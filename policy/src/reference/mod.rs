@@ -7,6 +7,7 @@ pub mod matching;
 pub mod walk;
 pub mod walker;
 
+use std::collections::HashMap;
 use std::net::{IpAddr, SocketAddr};
 use std::time::Duration;
 
@@ -14,13 +15,15 @@ use flows::{Flows, Lookup, Tuple};
 pub use walker::{EndpointRef, Interpreted, PolicyWalker, WalkEnd};
 
 use crate::conntrack::{CtState, FlowDir};
+use crate::felix::DenyAction;
+use crate::limit::Rate;
 use crate::net::IpFamily;
 use crate::node::{EndpointToHostAction, Failsafe, NodeConfig};
 use crate::packet::PacketHeader;
 use crate::resolve::{Direction, ResolvedNode, Stage, LOOPBACK};
 use crate::resource::{Protocol, ResourceSet};
 use crate::service::{find_service, pick_backend, ServiceNat};
-use crate::verdict::{Egress, LogEvent, Outcome, Reason, Verdict};
+use crate::verdict::{Egress, LogEvent, Outcome, Reason, RuleOwner, Verdict};
 
 /// Where a packet enters the node.
 #[derive(Clone, Debug, PartialEq, Eq, Hash)]
@@ -55,20 +58,41 @@ enum Chain {
 /// walks inside them are done by `W` (interpreted from the resources, or by compiled programs).
 #[derive(Debug)]
 pub struct NodeModel<W: PolicyWalker> {
+    /// The node as given (its own `config:`); `world.node` has the FelixConfigurations over it.
+    node: NodeConfig,
     resources: ResourceSet,
     world: ResolvedNode,
     walker: W,
     flows: Flows,
     now: Duration,
+    /// Each Log rule's token bucket (semantics §9.1: `-m limit` on its LOG rule, one per rule of a policy
+    /// or profile chain and IP family), kept while the rule is unchanged.
+    log_buckets: HashMap<LogBucketKey, u64>,
+    /// The kernel's ICMP error buckets: per destination, and the host's global one.
+    icmp_peers: HashMap<IpAddr, u64>,
+    icmp_global: u64,
 }
+
+/// A Log rule's bucket: its owner, direction, position and contents, and the packet's family.
+type LogBucketKey = (RuleOwner, Direction, usize, u64, IpFamily);
 
 /// The reference evaluator: every walk interpreted directly from the resources.
 pub type ReferenceNode = NodeModel<Interpreted>;
 
 /// The packet being followed through the hooks, with what earlier hooks recorded.
+#[derive(Default)]
 struct Walk {
     logs: Vec<LogEvent>,
     trace: Vec<Reason>,
+    /// The drop came from a filter-table chain, where Felix's deny action applies (not raw, mangle or
+    /// DefaultEndpointToHostAction).
+    filter_drop: bool,
+    /// Service NAT changed the packet's destination.
+    translated: bool,
+    /// Conntrack called the packet NEW (it has an entry, not yet confirmed, that an answer carries).
+    new_flow: bool,
+    /// The packet is a Reject answer: conntrack finds it RELATED (the refused packet's entry is attached).
+    answer: bool,
 }
 
 impl ReferenceNode {
@@ -85,8 +109,19 @@ impl<W: PolicyWalker> NodeModel<W> {
     pub fn with_walker(node: NodeConfig, resources: ResourceSet, mut walker: W) -> Result<NodeModel<W>, String> {
         let world = ResolvedNode::new(&node, &resources);
         walker.rebuild(&world)?;
-        let flows = Flows::new(Some(node.felix.conntrack_capacity), node.felix.conntrack_timeouts);
-        Ok(NodeModel { resources, world, walker, flows, now: Duration::ZERO })
+        let felix = &world.node.felix;
+        let flows = Flows::new(Some(felix.conntrack_capacity), felix.conntrack_timeouts);
+        Ok(NodeModel {
+            node,
+            resources,
+            world,
+            walker,
+            flows,
+            now: Duration::ZERO,
+            log_buckets: HashMap::new(),
+            icmp_peers: HashMap::new(),
+            icmp_global: 0,
+        })
     }
 
     pub fn walker(&self) -> &W {
@@ -104,8 +139,9 @@ impl<W: PolicyWalker> NodeModel<W> {
     /// Replaces the resources in force; if the walker rejects them, the previous ones stay. Conntrack is
     /// kept: Felix does not flush it on policy change (semantics §8.2).
     pub fn set_resources(&mut self, resources: ResourceSet) -> Result<(), String> {
-        let world = ResolvedNode::new(&self.world.node, &resources);
+        let world = ResolvedNode::new(&self.node, &resources);
         self.walker.rebuild(&world)?;
+        self.flows.timeouts = world.node.felix.conntrack_timeouts;
         self.world = world;
         self.resources = resources;
         Ok(())
@@ -120,7 +156,9 @@ impl<W: PolicyWalker> NodeModel<W> {
         for ip in crate::node::removed_workload_addresses(&self.world.node, &node) {
             self.flows.flush_ip(ip);
         }
+        self.flows.timeouts = world.node.felix.conntrack_timeouts;
         self.world = world;
+        self.node = node;
         Ok(())
     }
 
@@ -144,12 +182,94 @@ impl<W: PolicyWalker> NodeModel<W> {
             ),
             Attach::Host => Source::Host,
         };
-        let mut w = Walk { logs: Vec::new(), trace: Vec::new() };
+        let mut w = Walk::default();
         let result = self.follow(source, pkt, inner, &mut w);
-        Ok(self.finish(result, pkt, w))
+        let reject =
+            result.is_err() && w.filter_drop && self.world.node.felix.filter_deny_action() == DenyAction::Reject;
+        let (translated, new_flow) = (w.translated, w.new_flow);
+        let mut outcome = self.finish(result, pkt, w);
+        if reject {
+            outcome.rejected = self.answer_reject(pkt, translated, new_flow);
+        }
+        Ok(outcome)
     }
 
-    fn finish(&mut self, result: Result<Delivered, Reason>, pkt: &PacketHeader, w: Walk) -> Outcome {
+    /// Felix's Reject deny action (semantics §10 `IptablesFilterDenyAction`, crate::reject): the kernel's
+    /// port unreachable back to the sender, if it sends one (eligibility, rate limits), and if the host's
+    /// OUTPUT path lets it out (RELATED to the flow it refuses when that flow was NEW, so only raw-table
+    /// policy can stop it; looked up like any ICMP error when conntrack called the packet INVALID). True
+    /// when it left the node.
+    fn answer_reject(&mut self, pkt: &PacketHeader, translated: bool, new_flow: bool) -> bool {
+        let node = &self.world.node;
+        if !crate::reject::eligible(pkt, node) {
+            return false;
+        }
+        let Some(answer) = crate::reject::answer(pkt, node, translated) else { return false };
+        let now = self.now.as_nanos() as u64;
+        if !crate::reject::GLOBAL.would_admit(self.icmp_global, now) {
+            return false;
+        }
+        if let Some(rate) = crate::reject::peer_rate(node, answer.dst) {
+            let tat = self.icmp_peers.entry(answer.dst).or_insert(0);
+            match rate.admit(*tat, now) {
+                Some(next) => *tat = next,
+                None => return false,
+            }
+        }
+        if let Some(next) = crate::reject::GLOBAL.admit(self.icmp_global, now) {
+            self.icmp_global = next;
+        }
+        let mut w = Walk { answer: new_flow, ..Walk::default() };
+        let sent = self.follow(Source::Host, &answer, Some(Tuple::of(pkt)), &mut w).is_ok();
+        // Its Log rules (if its walk reached any) use their buckets as the step's do.
+        self.limit_logs(w.logs, &answer);
+        sent
+    }
+
+    /// The Log rules that fired: those the packet matched, within their rules' rate limits (semantics §9.1).
+    /// Every Log rule the walk reached takes a token if one is left, matched or not: Felix puts the `limit`
+    /// match before the rule's own criteria (`CombineMatches(logMatch, match)` in `rules/policy.go`).
+    fn limit_logs(&mut self, logs: Vec<LogEvent>, pkt: &PacketHeader) -> Vec<LogEvent> {
+        let felix = &self.world.node.felix;
+        let Some(limit) = felix.log_rate_limit else { return logs.into_iter().filter(|e| e.matched).collect() };
+        let rate = Rate { interval: limit.interval_nanos(), burst: u64::from(felix.log_burst()) };
+        let now = self.now.as_nanos() as u64;
+        let mut kept = Vec::with_capacity(logs.len());
+        for e in logs {
+            let key = (e.rule.owner.clone(), e.rule.direction, e.rule.index, self.rule_hash(&e), pkt.family());
+            let tat = self.log_buckets.entry(key).or_insert(0);
+            if let Some(next) = rate.admit(*tat, now) {
+                *tat = next;
+                if e.matched {
+                    kept.push(e);
+                }
+            }
+        }
+        kept
+    }
+
+    /// The contents of the rule a Log event names, hashed: a changed rule is another rule with a new bucket,
+    /// as a rewritten chain gets new `limit` matches.
+    fn rule_hash(&self, e: &LogEvent) -> u64 {
+        use std::hash::{Hash, Hasher};
+        let rule = match &e.rule.owner {
+            RuleOwner::Policy { id, .. } => self
+                .world
+                .policies
+                .iter()
+                .find(|p| &p.id == id)
+                .and_then(|p| p.rules(e.rule.direction).get(e.rule.index)),
+            RuleOwner::Profile(name) => {
+                self.world.profiles.get(name).and_then(|p| p.rules(e.rule.direction).get(e.rule.index))
+            }
+        };
+        let mut h = std::collections::hash_map::DefaultHasher::new();
+        rule.hash(&mut h);
+        h.finish()
+    }
+
+    fn finish(&mut self, result: Result<Delivered, Reason>, pkt: &PacketHeader, mut w: Walk) -> Outcome {
+        w.logs = self.limit_logs(std::mem::take(&mut w.logs), pkt);
         match result {
             Err(reason) => {
                 let tracked = self.flows.tracks(pkt);
@@ -161,6 +281,7 @@ impl<W: PolicyWalker> NodeModel<W> {
                     logs: w.logs,
                     reason,
                     trace: w.trace,
+                    rejected: false,
                 }
             }
             Ok(d) => {
@@ -179,6 +300,7 @@ impl<W: PolicyWalker> NodeModel<W> {
                     logs: w.logs,
                     reason,
                     trace: w.trace,
+                    rejected: false,
                 }
             }
         }
@@ -225,9 +347,12 @@ impl<W: PolicyWalker> NodeModel<W> {
         // conntrack.
         let lookup = if accepted.is_some() {
             Lookup { state: CtState::Untracked, entry: None, tcp_next: None }
+        } else if w.answer {
+            Lookup { state: CtState::Related, entry: None, tcp_next: None }
         } else {
             self.flows.lookup(pkt, inner)
         };
+        w.new_flow = lookup.state == CtState::New;
         if matches!(lookup.state, CtState::Established | CtState::Related) {
             // Every tracked chain accepts ESTABLISHED/RELATED first (semantics §8.1).
             let reason = if lookup.state == CtState::Established { Reason::Established } else { Reason::Related };
@@ -272,6 +397,7 @@ impl<W: PolicyWalker> NodeModel<W> {
                 match pick_backend(svc, pkt.src, pkt.src_port) {
                     ServiceNat::NoBackends => return Err(self.note(w, Reason::ServiceWithoutEndpoints)),
                     ServiceNat::Backend(b) => {
+                        w.translated = true;
                         let via_node_port = svc.node_port == Some(pkt.dst_port) && node.is_host_ip(pkt.dst);
                         post.dst = b.ip();
                         post.dst_port = b.port();
@@ -292,13 +418,19 @@ impl<W: PolicyWalker> NodeModel<W> {
         let route = self.route(post.dst);
         let ct = lookup.state;
 
-        let out = match source {
-            Source::Host => self.local_output(route, &post, ct, accepted, w)?,
+        let filtered = match source {
+            Source::Host => self.local_output(route, &post, ct, accepted, w),
             Source::Workload(_) | Source::Uplink(_) => match route {
-                Route::Local => self.local_input(source, &post, ct, accepted, w)?,
-                _ => self.forward(source, route, &post, ct, accepted, w)?,
+                Route::Local => self.local_input(source, &post, ct, accepted, w),
+                _ => self.forward(source, route, &post, ct, accepted, w),
             },
         };
+        // filter INPUT, FORWARD and OUTPUT: Felix's deny action applies to their drops, except
+        // DefaultEndpointToHostAction's (always DROP).
+        if let Err(r) = &filtered {
+            w.filter_drop = !matches!(r, Reason::EndpointToHost(_));
+        }
+        let out = filtered?;
 
         let mut reply = Tuple::of(&post).reversed();
         if let Some(a) = snat {

@@ -36,7 +36,8 @@ pub struct WalkInput<'a> {
     pub pkt: &'a PacketHeader,
 }
 
-/// Walks the tiers (semantics §4.2). Log rules append to `logs` and continue.
+/// Walks the tiers (semantics §4.2). Log rules append to `logs` and continue; every Log rule the walk
+/// passes is reported, matched or not (`LogEvent::matched`; semantics §9.1, its rate limit).
 pub fn walk_tiers(input: &WalkInput<'_>, logs: &mut Vec<LogEvent>) -> TierEnd {
     let WalkInput { world, endpoint, direction, stage, pkt } = *input;
     for tier in &world.tiers {
@@ -49,7 +50,9 @@ pub fn walk_tiers(input: &WalkInput<'_>, logs: &mut Vec<LogEvent>) -> TierEnd {
             }
             present = true;
             for (index, rule) in policy.rules(direction).iter().enumerate() {
-                if !rule_matches(rule, pkt, world) {
+                let matched = rule_matches(rule, pkt, world);
+                let reached_log = rule.action == Action::Log && rule.in_family(pkt.family());
+                if !(matched || reached_log) {
                     continue;
                 }
                 let at = || RuleRef {
@@ -61,7 +64,7 @@ pub fn walk_tiers(input: &WalkInput<'_>, logs: &mut Vec<LogEvent>) -> TierEnd {
                     action: rule.action,
                 };
                 match rule.action {
-                    Action::Log => logs.push(log_event(world, at())),
+                    Action::Log => logs.push(LogEvent { matched, ..log_event(world, at()) }),
                     Action::Allow => return TierEnd::Allow(at()),
                     Action::Deny => return TierEnd::Deny(at()),
                     Action::Pass => {
@@ -101,11 +104,13 @@ pub fn walk_profiles(input: &WalkInput<'_>, logs: &mut Vec<LogEvent>) -> Profile
             return ProfileEnd::Deny(at(0, Action::Deny));
         };
         for (index, rule) in profile.rules(direction).iter().enumerate() {
-            if !rule_matches(rule, pkt, world) {
+            let matched = rule_matches(rule, pkt, world);
+            let reached_log = rule.action == Action::Log && rule.in_family(pkt.family());
+            if !(matched || reached_log) {
                 continue;
             }
             match rule.action {
-                Action::Log => logs.push(log_event(world, at(index, Action::Log))),
+                Action::Log => logs.push(LogEvent { matched, ..log_event(world, at(index, Action::Log)) }),
                 Action::Allow => return ProfileEnd::Allow(at(index, Action::Allow)),
                 Action::Deny => return ProfileEnd::Deny(at(index, Action::Deny)),
                 Action::Pass => break,
@@ -141,11 +146,12 @@ pub(crate) fn log_event(world: &ResolvedNode, rule: RuleRef) -> LogEvent {
     let template = &world.node.felix.log_prefix;
     let (tier, kind, name, qualified) = match &rule.owner {
         RuleOwner::Policy { tier, id } => {
+            let name = id.felix_name();
             let qualified = match &id.namespace {
-                Some(ns) => format!("{ns}/{}", id.name),
-                None => id.name.clone(),
+                Some(ns) => format!("{ns}/{name}"),
+                None => name.clone(),
             };
-            (tier.clone(), id.kind.short_name().to_string(), id.name.clone(), qualified)
+            (tier.clone(), id.kind.short_name().to_string(), name, qualified)
         }
         RuleOwner::Profile(p) => (String::new(), "pro".to_string(), p.clone(), p.clone()),
     };
@@ -168,5 +174,5 @@ pub(crate) fn log_event(world: &ResolvedNode, rule: RuleRef) -> LogEvent {
             None => prefix.push('%'),
         }
     }
-    LogEvent { rule, prefix }
+    LogEvent { rule, prefix, matched: true }
 }

@@ -78,7 +78,7 @@ fn convert(f: Field<'_>, kind: PolicyKind, warnings: &mut Vec<String>) -> Result
 }
 
 /// A Kubernetes LabelSelector as a Calico selector; `None` for the empty selector (everything).
-fn label_selector(f: Field<'_>) -> Result<Option<Selector>, LoadError> {
+pub(super) fn label_selector(f: Field<'_>) -> Result<Option<Selector>, LoadError> {
     f.only_keys(&["matchLabels", "matchExpressions"])?;
     let mut terms: Vec<Expr> = Vec::new();
     // matchLabels come out as `k == 'v'` terms sorted by key (a BTreeMap iterates sorted).

@@ -3,7 +3,7 @@
 
 use std::path::{Path, PathBuf};
 
-use super::{k8s, v1, v3, Resource};
+use super::{cnp, k8s, v1, v3, Resource};
 use crate::yaml::{parse_documents, Field, LoadError, Origin};
 
 /// A loaded resource and where it was written.
@@ -161,11 +161,17 @@ fn load_node(f: Field<'_>, out: &mut Vec<ResourceDoc>) -> Result<(), LoadError> 
     let resource = match api_version.as_str() {
         "projectcalico.org/v3" | "crd.projectcalico.org/v1" => v3::parse(f, &kind, &mut warnings)?,
         "networking.k8s.io/v1" if kind == "NetworkPolicy" => k8s::parse(f, &mut warnings)?,
+        "policy.networking.k8s.io/v1alpha2" if kind == "ClusterNetworkPolicy" => {
+            cnp::parse_cluster(f, &mut warnings)?
+        }
+        "policy.networking.k8s.io/v1alpha1" if kind == "AdminNetworkPolicy" || kind == "BaselineAdminNetworkPolicy" => {
+            cnp::parse_v1alpha1(f, &kind, &mut warnings)?
+        }
         "v1" => v1::parse(f, &kind, &mut warnings)?,
         other => {
             return Err(f.with("apiVersion", |a| {
                 Ok(a.map(|a| a.error(format!(
-                    "unsupported apiVersion '{other}' for kind '{kind}' (expected projectcalico.org/v3, networking.k8s.io/v1 for NetworkPolicy, or calicoctl v1)"
+                    "unsupported apiVersion '{other}' for kind '{kind}' (expected projectcalico.org/v3, networking.k8s.io/v1 for NetworkPolicy, policy.networking.k8s.io/v1alpha2 for ClusterNetworkPolicy, policy.networking.k8s.io/v1alpha1 for AdminNetworkPolicy and BaselineAdminNetworkPolicy, or calicoctl v1)"
                 ))))
             })?
             .unwrap_or_else(|| f.error("missing apiVersion")))

@@ -4,6 +4,7 @@
 //! Loading is all-or-nothing: a file with one bad document yields an error naming the file, line, column
 //! and field, and no resource from it.
 
+mod cnp;
 mod k8s;
 mod load;
 pub mod rule;
@@ -33,6 +34,12 @@ pub enum PolicyKind {
     StagedGlobalNetworkPolicy,
     StagedNetworkPolicy,
     StagedKubernetesNetworkPolicy,
+    /// `policy.networking.k8s.io/v1alpha2` ClusterNetworkPolicy, as Calico converts it.
+    KubernetesClusterNetworkPolicy,
+    /// `policy.networking.k8s.io/v1alpha1` AdminNetworkPolicy, as Calico v3.29–v3.31 converted it.
+    KubernetesAdminNetworkPolicy,
+    /// `policy.networking.k8s.io/v1alpha1` BaselineAdminNetworkPolicy, as Calico v3.30–v3.31 converted it.
+    KubernetesBaselineAdminNetworkPolicy,
 }
 
 impl PolicyKind {
@@ -55,6 +62,10 @@ impl PolicyKind {
             PolicyKind::StagedGlobalNetworkPolicy => "sgnp",
             PolicyKind::StagedNetworkPolicy => "snp",
             PolicyKind::StagedKubernetesNetworkPolicy => "sknp",
+            PolicyKind::KubernetesClusterNetworkPolicy => "kcnp",
+            // Calico versions with these kinds had no `%k`; calxdp gives them names in the same style.
+            PolicyKind::KubernetesAdminNetworkPolicy => "kanp",
+            PolicyKind::KubernetesBaselineAdminNetworkPolicy => "kbanp",
         }
     }
 
@@ -66,6 +77,21 @@ impl PolicyKind {
             PolicyKind::StagedGlobalNetworkPolicy => "StagedGlobalNetworkPolicy",
             PolicyKind::StagedNetworkPolicy => "StagedNetworkPolicy",
             PolicyKind::StagedKubernetesNetworkPolicy => "StagedKubernetesNetworkPolicy",
+            PolicyKind::KubernetesClusterNetworkPolicy => "KubernetesClusterNetworkPolicy",
+            PolicyKind::KubernetesAdminNetworkPolicy => "KubernetesAdminNetworkPolicy",
+            PolicyKind::KubernetesBaselineAdminNetworkPolicy => "KubernetesBaselineAdminNetworkPolicy",
+        }
+    }
+
+    /// The kind as a user applies it, when it differs from the stored kind (`delete: NetworkPolicy/ns/name`
+    /// names a Kubernetes NetworkPolicy too).
+    pub fn applied_as(self) -> Option<&'static str> {
+        match self {
+            PolicyKind::KubernetesNetworkPolicy => Some("NetworkPolicy"),
+            PolicyKind::KubernetesClusterNetworkPolicy => Some("ClusterNetworkPolicy"),
+            PolicyKind::KubernetesAdminNetworkPolicy => Some("AdminNetworkPolicy"),
+            PolicyKind::KubernetesBaselineAdminNetworkPolicy => Some("BaselineAdminNetworkPolicy"),
+            _ => None,
         }
     }
 }
@@ -76,6 +102,20 @@ pub struct PolicyId {
     pub kind: PolicyKind,
     pub namespace: Option<String>,
     pub name: String,
+}
+
+impl PolicyId {
+    /// The policy's name as Felix knows it: Calico v3.29–v3.31 named converted (Baseline)AdminNetworkPolicies
+    /// with a prefix (`kanp.adminnetworkpolicy.`, `kbanp.baselineadminnetworkpolicy.`).
+    pub fn felix_name(&self) -> String {
+        match self.kind {
+            PolicyKind::KubernetesAdminNetworkPolicy => format!("kanp.adminnetworkpolicy.{}", self.name),
+            PolicyKind::KubernetesBaselineAdminNetworkPolicy => {
+                format!("kbanp.baselineadminnetworkpolicy.{}", self.name)
+            }
+            _ => self.name.clone(),
+        }
+    }
 }
 
 impl fmt::Display for PolicyId {
@@ -123,14 +163,27 @@ pub struct Tier {
 
 /// The name of the tier of policies that name none.
 pub const DEFAULT_TIER: &str = "default";
+/// The tiers of ClusterNetworkPolicy's Admin and Baseline tiers.
+pub const KUBE_ADMIN_TIER: &str = "kube-admin";
+pub const KUBE_BASELINE_TIER: &str = "kube-baseline";
+/// The tiers Calico v3.29–v3.31 put v1alpha1 AdminNetworkPolicy and BaselineAdminNetworkPolicy in.
+pub const ADMIN_NETWORK_POLICY_TIER: &str = "adminnetworkpolicy";
+pub const BASELINE_ADMIN_NETWORK_POLICY_TIER: &str = "baselineadminnetworkpolicy";
 
 impl Tier {
-    /// The tiers Calico always has, with their fixed orders (semantics §1.5).
+    /// The tiers Calico always has, with their fixed orders (semantics §1.5), and the two that Calico
+    /// v3.29–v3.31 made for the v1alpha1 (Baseline)AdminNetworkPolicy (`ensureTierExists`).
     pub fn builtin() -> Vec<Tier> {
         vec![
-            Tier { name: "kube-admin".into(), order: Some(1_000.0), default_action: TierDefault::Pass },
+            Tier { name: KUBE_ADMIN_TIER.into(), order: Some(1_000.0), default_action: TierDefault::Pass },
             Tier { name: DEFAULT_TIER.into(), order: Some(1_000_000.0), default_action: TierDefault::Deny },
-            Tier { name: "kube-baseline".into(), order: Some(10_000_000.0), default_action: TierDefault::Pass },
+            Tier { name: KUBE_BASELINE_TIER.into(), order: Some(10_000_000.0), default_action: TierDefault::Pass },
+            Tier { name: ADMIN_NETWORK_POLICY_TIER.into(), order: Some(1_000.0), default_action: TierDefault::Pass },
+            Tier {
+                name: BASELINE_ADMIN_NETWORK_POLICY_TIER.into(),
+                order: Some(10_000_000.0),
+                default_action: TierDefault::Pass,
+            },
         ]
     }
 }
@@ -198,6 +251,13 @@ pub struct NetworkSet {
     pub nets: Vec<IpNet>,
 }
 
+/// `FelixConfiguration`: the Felix settings it sets. Only `default` and `node.<nodename>` apply to a node.
+#[derive(Clone, Debug, PartialEq)]
+pub struct FelixConfiguration {
+    pub name: String,
+    pub settings: crate::felix::FelixSettings,
+}
+
 /// One loaded resource.
 #[derive(Clone, Debug, PartialEq)]
 pub enum Resource {
@@ -208,6 +268,7 @@ pub enum Resource {
     HostEndpoint(HostEndpoint),
     Profile(Profile),
     NetworkSet(NetworkSet),
+    FelixConfiguration(Box<FelixConfiguration>),
 }
 
 /// A resource's identity in the store: `kind/name` or `kind/namespace/name`.
@@ -245,9 +306,17 @@ impl ResourceKey {
     /// Whether a key typed by a user (as in `delete: NetworkPolicy/ns/name`) names this stored key:
     /// a Kubernetes NetworkPolicy answers to `NetworkPolicy` as well as its own kind.
     pub fn answers_to(&self, asked: &ResourceKey) -> bool {
+        let applied_as = [
+            PolicyKind::KubernetesNetworkPolicy,
+            PolicyKind::KubernetesClusterNetworkPolicy,
+            PolicyKind::KubernetesAdminNetworkPolicy,
+            PolicyKind::KubernetesBaselineAdminNetworkPolicy,
+        ]
+        .into_iter()
+        .find(|k| k.name() == self.kind)
+        .and_then(PolicyKind::applied_as);
         let kind_ok = self.kind.eq_ignore_ascii_case(&asked.kind)
-            || (self.kind == PolicyKind::KubernetesNetworkPolicy.name()
-                && asked.kind.eq_ignore_ascii_case("NetworkPolicy"));
+            || applied_as.is_some_and(|a| asked.kind.eq_ignore_ascii_case(a));
         kind_ok && self.namespace == asked.namespace && self.name == asked.name
     }
 }
@@ -270,6 +339,9 @@ impl Resource {
                 namespace: s.namespace.clone(),
                 name: s.name.clone(),
             },
+            Resource::FelixConfiguration(c) => {
+                ResourceKey { kind: "FelixConfiguration".into(), namespace: None, name: c.name.clone() }
+            }
         }
     }
 }
@@ -348,5 +420,13 @@ impl ResourceSet {
             Resource::NetworkSet(s) => Some(s),
             _ => None,
         })
+    }
+
+    /// The FelixConfiguration of that name, if any.
+    pub fn felix_configuration(&self, name: &str) -> Option<&FelixConfiguration> {
+        match self.by_key.get(&ResourceKey { kind: "FelixConfiguration".into(), namespace: None, name: name.into() }) {
+            Some(Resource::FelixConfiguration(c)) => Some(&**c),
+            _ => None,
+        }
     }
 }

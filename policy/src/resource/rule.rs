@@ -148,6 +148,18 @@ impl Rule {
         }
     }
 
+    /// Whether Felix renders this rule into the chains of `family` (semantics §3 "IP-family filtering",
+    /// "Negated catch-all"): not when `ipVersion` or an ICMP protocol says the other family, nor when a
+    /// side's nets or notNets are all of the other family, nor when a notNets holds the family's catch-all.
+    pub fn in_family(&self, family: IpFamily) -> bool {
+        let lists = [&self.source.nets, &self.source.not_nets, &self.destination.nets, &self.destination.not_nets];
+        let catch_all = |l: &Vec<IpNet>| l.iter().any(|n| n.family() == family && n.is_catch_all());
+        self.family().is_none_or(|f| f == family)
+            && lists.iter().all(|l| l.is_empty() || l.iter().any(|n| n.family() == family))
+            && !catch_all(&self.source.not_nets)
+            && !catch_all(&self.destination.not_nets)
+    }
+
     /// The one family this rule can match, if it is restricted to one: `ipVersion`, or implied by
     /// `protocol: ICMP` (v4) / `ICMPv6` (v6) (semantics §3 `protocol`).
     pub fn family(&self) -> Option<IpFamily> {
@@ -352,14 +364,16 @@ fn scope_selector(
     namespace_selector: Option<NamespaceSelector>,
     service_accounts: Option<(Vec<String>, Option<Selector>)>,
 ) -> Option<Selector> {
-    // Step 1: service accounts, prefixed `pcsa.` and restricted to the names.
-    let sa_sel = service_accounts.map(|(names, sel)| {
-        let mut s = sel.map(|s| s.with_label_prefix("pcsa.")).unwrap_or_else(Selector::all);
-        if !names.is_empty() {
-            let set = names.into_iter().collect();
-            s = s.and(Selector::from_expr(Expr::In(SERVICE_ACCOUNT_LABEL.into(), set)));
+    // Step 1: service accounts, prefixed `pcsa.` and restricted to the names. `serviceAccounts: {}` (no names,
+    // no selector) adds nothing: the side matches any address (Felix's `updateprocessors/rules.go`).
+    let sa_sel = service_accounts.and_then(|(names, sel)| {
+        let sel = sel.map(|s| s.with_label_prefix("pcsa."));
+        let by_name = (!names.is_empty())
+            .then(|| Selector::from_expr(Expr::In(SERVICE_ACCOUNT_LABEL.into(), names.into_iter().collect())));
+        match (sel, by_name) {
+            (Some(s), Some(n)) => Some(s.and(n)),
+            (s, n) => s.or(n),
         }
-        s
     });
     // Step 2: combine with the rule selector.
     let sel = match (sa_sel, selector) {

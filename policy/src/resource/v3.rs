@@ -65,10 +65,11 @@ pub(super) fn parse(f: Field<'_>, kind: &str, warnings: &mut Vec<String>) -> Res
         "Tier" => parse_tier(f),
         "GlobalNetworkSet" => parse_network_set(f, false),
         "NetworkSet" => parse_network_set(f, true),
+        "FelixConfiguration" => parse_felix_configuration(f),
         other => Err(f.with("kind", |k| {
             Ok(k.map(|k| {
                 k.error(format!(
-                    "unsupported kind '{other}' (expected GlobalNetworkPolicy, NetworkPolicy, StagedGlobalNetworkPolicy, StagedNetworkPolicy, StagedKubernetesNetworkPolicy, HostEndpoint, Profile, Tier, GlobalNetworkSet or NetworkSet)"
+                    "unsupported kind '{other}' (expected GlobalNetworkPolicy, NetworkPolicy, StagedGlobalNetworkPolicy, StagedNetworkPolicy, StagedKubernetesNetworkPolicy, HostEndpoint, Profile, Tier, GlobalNetworkSet, NetworkSet or FelixConfiguration)"
                 ))
             }))
         })?
@@ -109,7 +110,11 @@ pub(super) fn parse_policy(f: Field<'_>, kind: PolicyKind, dialect: Dialect) -> 
         let tier = spec.with("tier", |t| t.map(|t| t.string()).transpose())?.filter(|t| !t.is_empty());
         let tier = tier.unwrap_or_else(|| DEFAULT_TIER.to_string());
         let order = spec.with("order", |o| o.map(|o| o.f64()).transpose())?;
-        let selector = spec.with("selector", |s| s.map(|s| parse_selector(s, false)).transpose())?;
+        // Blank text is no selector: Felix has no `all()` to rewrite in it (`target_selector`).
+        let selector = spec.with("selector", |s| match s {
+            Some(s) if !s.str()?.trim().is_empty() => parse_selector(s, false).map(Some),
+            _ => Ok(None),
+        })?;
         let ns_selector = if global {
             spec.with("namespaceSelector", |s| s.map(|s| parse_selector(s, false)).transpose())?
         } else {
@@ -192,26 +197,45 @@ pub(super) fn default_types(has_ingress: bool, has_egress: bool, pre_dnat: bool)
     }
 }
 
-/// semantics §2.1: the selector a policy uses to pick its endpoints.
+/// semantics §2.1: the selector a policy uses to pick its endpoints, combined as Felix's update processors
+/// combine it. A namespaced policy (`namespace`) ANDs its namespace and its service-account selector and
+/// rewrites nothing (`networkpolicyprocessor.go`). A global one appends the namespace selector (labels
+/// `pcns.`) and then every `all()` of the whole combined selector, the policy's own `selector` included,
+/// becomes `has(projectcalico.org/namespace)`; then the service-account selector (labels `pcsa.`), and every
+/// remaining `all()` becomes `has(projectcalico.org/serviceaccount)` (`globalnetworkpolicyprocessor.go`).
+/// An absent `selector` is empty text there, so it has no `all()` to rewrite.
 pub(super) fn target_selector(
     selector: Option<Selector>,
     namespace: Option<&str>,
     namespace_selector: Option<Selector>,
     service_account_selector: Option<Selector>,
 ) -> Selector {
-    let mut sel = selector.unwrap_or_else(Selector::all);
-    if let Some(ns) = namespace {
-        sel = sel.and(Selector::from_expr(Expr::Eq(NAMESPACE_LABEL.into(), ns.to_string())));
+    // `(cur) && new`, keeping an `all()` on either side for the rewrite that follows.
+    fn append(cur: Option<Selector>, new: Selector) -> Selector {
+        match cur {
+            None => new,
+            Some(cur) => Selector::from_expr(Expr::And(vec![cur.expr().clone(), new.expr().clone()])),
+        }
     }
+    if let Some(ns) = namespace {
+        let sel = selector
+            .unwrap_or_else(Selector::all)
+            .and(Selector::from_expr(Expr::Eq(NAMESPACE_LABEL.into(), ns.to_string())));
+        return match service_account_selector {
+            Some(sa) => sel.and(sa.with_label_prefix("pcsa.")),
+            None => sel,
+        };
+    }
+    let mut sel = selector;
     if let Some(ns_sel) = namespace_selector {
-        // Felix replaces all() throughout the combined selector; harmless elsewhere (semantics §2.1).
-        sel = sel.and(ns_sel.with_label_prefix("pcns.")).replace_all(&Expr::Has(NAMESPACE_LABEL.into()));
+        let combined = append(sel, ns_sel.with_label_prefix("pcns."));
+        sel = Some(combined.replace_all(&Expr::Has(NAMESPACE_LABEL.into())));
     }
     if let Some(sa_sel) = service_account_selector {
-        let sa = sa_sel.with_label_prefix("pcsa.").replace_all(&Expr::Has(SERVICE_ACCOUNT_LABEL.into()));
-        sel = sel.and(sa);
+        let combined = append(sel, sa_sel.with_label_prefix("pcsa."));
+        sel = Some(combined.replace_all(&Expr::Has(SERVICE_ACCOUNT_LABEL.into())));
     }
-    sel
+    sel.unwrap_or_else(Selector::all)
 }
 
 pub(super) fn parse_host_endpoint(f: Field<'_>, dialect: Dialect) -> Result<Resource, LoadError> {
@@ -332,6 +356,14 @@ fn parse_network_set(f: Field<'_>, namespaced: bool) -> Result<Resource, LoadErr
         None => Ok(Vec::new()),
         Some(spec) => {
             spec.only_keys(&["nets", "allowedEgressDomains"])?;
+            spec.with("allowedEgressDomains", |d| match d {
+                Some(d) if !d.each(|x| x.string())?.is_empty() => Err(d.error(
+                    "allowedEgressDomains is a Calico Enterprise field (DNS policy) that calxdp does not enforce: a rule \
+                     selecting this set would match only its nets, not the domains' addresses; list the addresses in \
+                     nets instead",
+                )),
+                _ => Ok(()),
+            })?;
             Ok(spec.with("nets", |n| n.map(super::rule::parse_nets).transpose())?.unwrap_or_default())
         }
     })?;
@@ -341,4 +373,136 @@ fn parse_network_set(f: Field<'_>, namespaced: bool) -> Result<Resource, LoadErr
         labels.insert(NAMESPACE_LABEL.into(), ns.clone());
     }
     Ok(Resource::NetworkSet(NetworkSet { namespace, name: meta.name, labels, nets }))
+}
+
+/// `FelixConfiguration`: the Felix settings its spec sets (`crate::felix`). Raw settings in
+/// `config.projectcalico.org/<Param>` annotations are refused: calxdp reads the spec only.
+fn parse_felix_configuration(f: Field<'_>) -> Result<Resource, LoadError> {
+    let meta = metadata(f, &[])?;
+    f.require("metadata", |m| {
+        m.with("annotations", |a| {
+            let Some(a) = a else { return Ok(()) };
+            match a.string_map()?.keys().find(|k| k.starts_with("config.projectcalico.org/")) {
+                Some(k) => Err(a.error(format!(
+                    "annotation {k}: calxdp does not read Felix settings from annotations; set the field in spec"
+                ))),
+                None => Ok(()),
+            }
+        })
+    })?;
+    let settings = f.with("spec", |s| s.map(crate::felix::parse_settings).transpose())?.unwrap_or_default();
+    Ok(Resource::FelixConfiguration(Box::new(super::FelixConfiguration { name: meta.name, settings })))
+}
+
+#[cfg(test)]
+mod tests {
+    use crate::resource::{load_text, Labels, Policy, Resource, ResourceSet};
+    use crate::yaml::Origin;
+
+    fn labels(pairs: &[(&str, &str)]) -> Labels {
+        pairs.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect()
+    }
+
+    fn load(yaml: &str) -> Vec<Resource> {
+        load_text(yaml, &Origin::file("p.yaml"))
+            .unwrap_or_else(|e| panic!("{e}"))
+            .into_iter()
+            .map(|d| d.resource)
+            .collect()
+    }
+
+    fn policy(spec: &str, namespaced: bool) -> Policy {
+        let (kind, ns) = if namespaced { ("NetworkPolicy", ", namespace: app") } else { ("GlobalNetworkPolicy", "") };
+        let yaml = format!("apiVersion: projectcalico.org/v3\nkind: {kind}\nmetadata: {{name: p{ns}}}\nspec:\n{spec}");
+        match load(&yaml).remove(0) {
+            Resource::Policy(p) => (*p).clone(),
+            other => panic!("{other:?}"),
+        }
+    }
+
+    const HEP: &[(&str, &str)] = &[("role", "node")];
+    const POD: &[(&str, &str)] = &[
+        ("projectcalico.org/namespace", "app"),
+        ("projectcalico.org/orchestrator", "k8s"),
+        ("projectcalico.org/serviceaccount", "web"),
+        ("pcns.name", "app"),
+        ("pcsa.projectcalico.org/name", "web"),
+    ];
+    /// A pod whose service account's name is too long for a label value: no serviceaccount label.
+    const LONG_SA_POD: &[(&str, &str)] =
+        &[("projectcalico.org/namespace", "app"), ("projectcalico.org/orchestrator", "k8s"), ("pcns.name", "app")];
+
+    #[test]
+    fn global_all_is_rewritten_across_the_combined_selector() {
+        let p = policy("  selector: all()\n  serviceAccountSelector: '!has(restricted)'\n", false);
+        assert!(
+            !p.selector.matches(&labels(HEP)),
+            "Felix: (has(projectcalico.org/serviceaccount)) && !has(pcsa.restricted)"
+        );
+        assert!(p.selector.matches(&labels(POD)));
+        assert!(!p.selector.matches(&labels(LONG_SA_POD)));
+        let p = policy("  selector: all()\n  namespaceSelector: name == 'app'\n", false);
+        assert!(p.selector.matches(&labels(POD)));
+        assert!(!p.selector.matches(&labels(&[("pcns.name", "app")])), "all() became has(projectcalico.org/namespace)");
+        // No selector at all: nothing to rewrite, the service-account part alone.
+        let p = policy("  serviceAccountSelector: '!has(restricted)'\n", false);
+        assert!(p.selector.matches(&labels(HEP)));
+        let p = policy("  selector: all()\n", false);
+        assert!(p.selector.matches(&labels(HEP)), "without the other selectors all() stays all()");
+    }
+
+    #[test]
+    fn namespaced_service_account_all_is_not_rewritten() {
+        let p = policy("  serviceAccountSelector: all()\n", true);
+        assert!(p.selector.matches(&labels(LONG_SA_POD)));
+        assert!(!p.selector.matches(&labels(&[("projectcalico.org/namespace", "other")])));
+        let p = policy("  serviceAccountSelector: has(projectcalico.org/name)\n", true);
+        assert!(p.selector.matches(&labels(POD)) && !p.selector.matches(&labels(LONG_SA_POD)));
+    }
+
+    #[test]
+    fn empty_service_accounts_add_no_selector() {
+        let p = policy("  ingress:\n    - action: Allow\n      source: {serviceAccounts: {}}\n", true);
+        assert_eq!(p.ingress[0].source.selector, None, "any address, not only the namespace's endpoints");
+        let p = policy("  ingress:\n    - action: Allow\n      source: {serviceAccounts: {names: [web]}}\n", true);
+        let s = p.ingress[0].source.selector.as_ref().expect("names select");
+        assert!(s.matches(&labels(POD)) && !s.matches(&labels(LONG_SA_POD)));
+    }
+
+    #[test]
+    fn allowed_egress_domains_are_refused_with_the_reason() {
+        let e = load_text(
+            "apiVersion: projectcalico.org/v3\nkind: GlobalNetworkSet\nmetadata: {name: s}\nspec:\n  nets: [10.0.0.0/8]\n  allowedEgressDomains: [example.com]\n",
+            &Origin::file("s.yaml"),
+        )
+        .expect_err("refused")
+        .to_string();
+        assert!(
+            e.contains("s.yaml:6:25: spec.allowedEgressDomains: allowedEgressDomains is a Calico Enterprise field"),
+            "{e}"
+        );
+        assert_eq!(load("apiVersion: projectcalico.org/v3\nkind: NetworkSet\nmetadata: {name: s}\nspec: {allowedEgressDomains: []}\n").len(), 1);
+    }
+
+    #[test]
+    fn felix_configurations_apply_by_name_over_the_node_file() {
+        let node_yaml = "name: node1\nconfig: {defaultEndpointToHostAction: Accept, vxlanPort: 4790}\n";
+        let origin = Origin::file("n.yaml");
+        let docs = crate::yaml::parse_documents(node_yaml, &origin).unwrap();
+        let node = crate::node::NodeConfig::parse(crate::yaml::Field::root(&docs[0], &origin)).unwrap();
+        let mut rs = ResourceSet::new();
+        rs.apply_all(load(
+            "apiVersion: projectcalico.org/v3\nkind: FelixConfiguration\nmetadata: {name: default}\nspec: {vxlanPort: 4791, logPrefix: 'x %n'}\n---\napiVersion: projectcalico.org/v3\nkind: FelixConfiguration\nmetadata: {name: node.node1}\nspec: {logPrefix: node}\n---\napiVersion: projectcalico.org/v3\nkind: FelixConfiguration\nmetadata: {name: node.node2}\nspec: {defaultEndpointToHostAction: Drop}\n",
+        ));
+        let felix = crate::resolve::felix_config(&node, &rs);
+        assert_eq!(felix.default_endpoint_to_host_action, crate::felix::EndpointToHostAction::Accept);
+        assert_eq!((felix.vxlan_port, felix.log_prefix.as_str()), (4791, "node"));
+        let e = load_text(
+            "apiVersion: projectcalico.org/v3\nkind: FelixConfiguration\nmetadata:\n  name: default\n  annotations: {config.projectcalico.org/LogPrefix: x}\n",
+            &Origin::file("f.yaml"),
+        )
+        .expect_err("refused")
+        .to_string();
+        assert!(e.contains("metadata.annotations: annotation config.projectcalico.org/LogPrefix"), "{e}");
+    }
 }
