@@ -97,10 +97,14 @@ struct Entry {
     /// The epoch of the tables that admitted the flow.
     epoch: u32,
     kind: u8,
+    /// TCP: the connection's state. UDP: 1 once the flow is a stream (the reference's `Entry::stream`).
     tcp: u8,
-    /// A reply was seen (for TCP and UDP this makes the flow "assured": a full table does not give it up).
+    /// A reply was seen (for TCP this makes the flow "assured": a full table does not give it up).
     seen_reply: bool,
     live: bool,
+    /// When the entry was made, in milliseconds of the clock (wrapping): only the first two seconds of a
+    /// UDP flow's life are ever asked about, so 32 bits are enough.
+    created_ms: u32,
     /// Neighbours on the list of unassured entries (slots; [`NIL`] at the ends).
     older: u32,
     newer: u32,
@@ -116,6 +120,7 @@ impl Entry {
         tcp: 0,
         seen_reply: false,
         live: false,
+        created_ms: 0,
         older: NIL,
         newer: NIL,
     };
@@ -123,11 +128,22 @@ impl Entry {
 
 const NIL: u32 = u32::MAX;
 
+/// `Entry::tcp` of a UDP flow that is a stream.
+const UDP_STREAM: u8 = 1;
+
+fn millis(now: Nanos) -> u32 {
+    (now / 1_000_000) as u32
+}
+
 impl Entry {
-    /// Linux's IPS_ASSURED, simplified: a TCP or UDP flow that has seen a reply. ICMP and other protocols
-    /// are never assured, so they are always the first to go when the table is full.
+    /// Linux's IPS_ASSURED, simplified: a TCP flow that has seen a reply, a UDP flow that is a stream. ICMP
+    /// and other protocols are never assured, so they are always the first to go when the table is full.
     fn assured(&self) -> bool {
-        self.seen_reply && matches!(self.kind, KIND_TCP | KIND_UDP)
+        match self.kind {
+            KIND_TCP => self.seen_reply,
+            KIND_UDP => self.tcp == UDP_STREAM,
+            _ => false,
+        }
     }
 }
 
@@ -480,11 +496,17 @@ impl FlowTable {
                     self.entries[slot as usize].seen_reply = false;
                     self.push_unassured(slot);
                 }
-                if dir == FlowDir::Reply && !self.entries[slot as usize].seen_reply {
-                    self.entries[slot as usize].seen_reply = true;
-                    if self.entries[slot as usize].assured() {
-                        self.unlink_unassured(slot);
-                    }
+                // As the reference: a UDP flow that saw a reply before and is older than two seconds is a
+                // stream (assured); the entry is refreshed before this packet's reply is noted.
+                let e = self.entries[slot as usize];
+                let stream_after = calxdp_policy::reference::flows::UDP_STREAM_AFTER.as_millis() as u32;
+                if e.kind == KIND_UDP
+                    && e.tcp != UDP_STREAM
+                    && e.seen_reply
+                    && millis(now).wrapping_sub(e.created_ms) > stream_after
+                {
+                    self.unlink_unassured(slot);
+                    self.entries[slot as usize].tcp = UDP_STREAM;
                 }
                 let timeouts = &self.timeout_ns;
                 let e = &mut self.entries[slot as usize];
@@ -492,6 +514,12 @@ impl FlowTable {
                     e.tcp = tcp_code(next);
                 }
                 e.expires = now + timeouts[timeout_slot(e)];
+                if dir == FlowDir::Reply && !e.seen_reply {
+                    e.seen_reply = true;
+                    if e.assured() {
+                        self.unlink_unassured(slot);
+                    }
+                }
                 Ok(())
             }
             None => {
@@ -514,9 +542,10 @@ impl FlowTable {
                     expires: 0,
                     epoch,
                     kind,
-                    tcp: tcp_code(lookup.tcp_next.unwrap_or(TcpState::SynSent)),
+                    tcp: if kind == KIND_TCP { tcp_code(lookup.tcp_next.unwrap_or(TcpState::SynSent)) } else { 0 },
                     seen_reply: false,
                     live: true,
+                    created_ms: millis(now),
                     older: NIL,
                     newer: NIL,
                 };
@@ -666,7 +695,7 @@ const TIMEOUT_SLOTS: usize = 13;
 fn timeout_slot(e: &Entry) -> usize {
     match e.kind {
         KIND_TCP => e.tcp as usize,
-        KIND_UDP if e.seen_reply => 10,
+        KIND_UDP if e.tcp == UDP_STREAM => 10,
         KIND_UDP => 9,
         KIND_ICMP => 11,
         _ => 12,

@@ -91,19 +91,7 @@ pub fn solicited_node(target: Ipv6Addr) -> Ipv6Addr {
     Ipv6Addr::from(a)
 }
 
-/// The link-local address Linux gives an interface with this MAC (modified EUI-64, RFC 4291 appendix A).
-pub fn link_local(mac: [u8; 6]) -> Ipv6Addr {
-    let mut a = [0u8; 16];
-    a[0] = 0xfe;
-    a[1] = 0x80;
-    a[8] = mac[0] ^ 0x02;
-    a[9] = mac[1];
-    a[10] = mac[2];
-    a[11] = 0xff;
-    a[12] = 0xfe;
-    a[13..16].copy_from_slice(&mac[3..6]);
-    Ipv6Addr::from(a)
-}
+pub use calxdp_policy::net::link_local;
 
 /// Writes into `out` a neighbour solicitation for `target`, as Linux sends one to resolve a next hop: to the
 /// target's solicited-node multicast group (and its 33:33:ff MAC), hop limit 255, from `source` (the

@@ -175,3 +175,17 @@ mod tests {
         assert!("0.0.0.0/0".parse::<IpNet>().unwrap().contains("1.2.3.4".parse().unwrap()));
     }
 }
+
+/// The link-local address Linux gives an interface with this MAC (modified EUI-64, RFC 4291 appendix A).
+pub fn link_local(mac: [u8; 6]) -> std::net::Ipv6Addr {
+    let mut a = [0u8; 16];
+    a[0] = 0xfe;
+    a[1] = 0x80;
+    a[8] = mac[0] ^ 0x02;
+    a[9] = mac[1];
+    a[10] = mac[2];
+    a[11] = 0xff;
+    a[12] = 0xfe;
+    a[13..16].copy_from_slice(&mac[3..6]);
+    std::net::Ipv6Addr::from(a)
+}

@@ -63,20 +63,17 @@ fn known_difference(
     if back_out && pkt.src.is_ipv4() && reference.rejected && !kernel.rejected {
         return Some("an ICMP redirect holds back a REJECT's answer to a packet routed back out");
     }
+    // The same for IPv6 on a node without a global IPv6 address, the other way round: Linux answers the
+    // hairpinned packet (from a link-local source), calxdp has no address to answer from.
+    let no_global_v6 = !node.uplinks.iter().flat_map(|u| &u.addrs).any(|a| a.is_ipv6());
+    if back_out && pkt.src.is_ipv6() && no_global_v6 && !reference.rejected && kernel.rejected {
+        return Some("an IPv6 packet routed back out, on a node without a global IPv6 address, is answered by Linux");
+    }
     // A flow whose reply tuple is its original tuple (one address and port at both ends): Linux's lookup
     // finds the reply direction first.
     let self_tuple = pkt.src == pkt.dst && (!pkt.has_ports() || pkt.src_port == pkt.dst_port) && !pkt.is_icmp();
     if self_tuple {
         return Some("a flow from an address and port to itself");
-    }
-    // Linux keys an ICMP echo flow on the request's and the reply's types: an echo reply sent the way the
-    // request went is INVALID, an echo request sent back by the responder opens a flow of its own.
-    if pkt.is_icmp_echo() {
-        let is_reply = matches!(pkt.icmp_type, 0 | 129);
-        let kernel_invalid = kernel.reason.to_string().contains("--ctstate INVALID");
-        if (is_reply && kernel_invalid) || (!is_reply && reference.reason == Reason::Established) {
-            return Some("ICMP echo flows are keyed by their types");
-        }
     }
     None
 }

@@ -583,8 +583,16 @@ impl Dataplane for KernelLevel {
     }
 
     fn advance(&mut self, by: Duration) {
-        // Time passes for conntrack only: every entry's remaining timeout shrinks by `by`; those that run
-        // out are deleted, as the kernel's expiry would.
+        // The first seconds pass for real: conntrack also reads the clock itself (a UDP flow becomes a
+        // stream only with a packet more than two seconds after its entry was made), and a scenario's short
+        // advance is that kind of wait. The rest passes for conntrack only: every entry's remaining timeout
+        // shrinks by it; those that run out are deleted, as the kernel's expiry would.
+        let real = by.min(Duration::from_millis(2_500));
+        std::thread::sleep(real);
+        let by = by - real;
+        if by.as_secs() == 0 {
+            return;
+        }
         for family in [IpFamily::V4, IpFamily::V6] {
             let Ok(entries) = self.conntrack(family) else { continue };
             for e in entries {
@@ -861,14 +869,12 @@ impl CtEntry {
             let src: IpAddr = s.get("src")?.parse().ok()?;
             let dst: IpAddr = s.get("dst")?.parse().ok()?;
             let num = |k: &str| s.get(k).and_then(|v| v.parse::<u16>().ok()).unwrap_or(0);
-            let (sp, dp) = if s.contains_key("sport") {
-                (num("sport"), num("dport"))
-            } else if s.contains_key("id") {
-                // ICMP echo: the identifier stands for both ports (Tuple::of); errors are never tracked.
-                (num("id"), num("id"))
-            } else {
-                (0, 0)
-            };
+            if s.contains_key("id") {
+                // ICMP echo, keyed on its type as calxdp does (Tuple::echo); errors are never tracked.
+                let request = matches!(s.get("type").copied(), Some("8" | "128"));
+                return Some(Tuple::echo(src, dst, protocol, request, num("id")));
+            }
+            let (sp, dp) = if s.contains_key("sport") { (num("sport"), num("dport")) } else { (0, 0) };
             Some(Tuple { src, dst, protocol, src_port: sp, dst_port: dp })
         };
         let orig = tuple(&sides[0])?;

@@ -332,6 +332,10 @@ fn parse_packet_step(f: Field<'_>, node: &NodeConfig) -> Result<PacketStep, Load
             let ports = matches!(protocol, Protocol::TCP | Protocol::UDP | Protocol::SCTP | Protocol::UDPLITE);
             let (src, src_port) = i.require("src", |s| parse_endpoint(s, ports))?;
             let (dst, dst_port) = i.require("dst", |d| parse_endpoint(d, ports))?;
+            // A quoted ICMP packet is an echo request with identifier 0 (what the levels' frames quote).
+            if matches!(protocol, Protocol::ICMP | Protocol::ICMPV6) {
+                return Ok(Tuple::echo(src, dst, protocol, true, 0));
+            }
             Ok(Tuple { src, dst, protocol, src_port, dst_port })
         })
         .transpose()

@@ -49,9 +49,9 @@ pub struct Program {
 impl Program {
     pub fn build(flat: FlatProgram) -> Program {
         let classifier = Classifier::build(&flat.terms);
-        let mut log_rules: Vec<u32> =
+        // In rule order, which is term order (`terms::flatten` pushes each rule's terms after it).
+        let log_rules: Vec<u32> =
             (0..flat.rules.len() as u32).filter(|&r| flat.rules[r as usize].action == Action::Log).collect();
-        log_rules.sort_by_key(|&r| flat.rules[r as usize].term_start);
         Program { flat, classifier, log_rules }
     }
 
@@ -86,10 +86,11 @@ impl Program {
         self.run(|start| prepared.first_match(start), Some(family), on_log)
     }
 
-    /// Reports the Log rules of `family` wholly within terms `start..stop` (passed without a match).
+    /// Reports the Log rules of `family` from rule `first_rule` on whose terms end by term `stop` (passed
+    /// without a match). Rules are in program order, so their terms are too.
     #[inline]
-    fn passed_logs(&self, start: usize, stop: usize, family: u8, on_log: &mut impl FnMut(u32, bool)) {
-        let from = self.log_rules.partition_point(|&r| (self.flat.rules[r as usize].term_start as usize) < start);
+    fn passed_logs(&self, first_rule: u32, stop: usize, family: u8, on_log: &mut impl FnMut(u32, bool)) {
+        let from = self.log_rules.partition_point(|&r| r < first_rule);
         for &r in &self.log_rules[from..] {
             let o = &self.flat.rules[r as usize];
             if o.term_end as usize > stop {
@@ -109,10 +110,12 @@ impl Program {
         mut on_log: impl FnMut(u32, bool),
     ) -> ProgramEnd {
         let mut start = 0usize;
+        // The first rule the walk can still reach (rules with no terms sit between terms).
+        let mut first_rule = 0u32;
         loop {
             let found = first_match(start);
             if let Some(family) = reaching.filter(|_| !self.log_rules.is_empty()) {
-                self.passed_logs(start, found.unwrap_or(self.flat.terms.len()), family, &mut on_log);
+                self.passed_logs(first_rule, found.unwrap_or(self.flat.terms.len()), family, &mut on_log);
             }
             let Some(i) = found else { return ProgramEnd::FellThrough };
             match self.flat.terms[i].action {
@@ -122,8 +125,15 @@ impl Program {
                     Action::Log => {
                         on_log(rule, true);
                         start = resume as usize;
+                        first_rule = rule + 1;
                     }
-                    Action::Pass => start = resume as usize,
+                    Action::Pass => {
+                        start = resume as usize;
+                        if reaching.is_some() {
+                            let at = self.flat.pass_resume_rules.partition_point(|&(r, _)| r < rule);
+                            first_rule = self.flat.pass_resume_rules.get(at).map_or(u32::MAX, |&(_, next)| next);
+                        }
+                    }
                 },
                 TermAction::EndOfTier { tier } => return ProgramEnd::EndOfTier(tier),
                 TermAction::NoProfileMatched => return ProgramEnd::NoProfileMatched,

@@ -136,6 +136,10 @@ pub struct FlatProgram {
     pub tiers: Vec<String>,
     /// Whether any policy of the stage selects the endpoint for the direction.
     pub has_policies: bool,
+    /// For each Pass rule (by rule index, ascending), the index of the first rule of the section it resumes
+    /// at: rules that can match nothing have no terms, so the resume term alone cannot tell a passed
+    /// tier's last such rules from the next section's first (a walk reports the Log rules it reaches).
+    pub pass_resume_rules: Vec<(u32, u32)>,
 }
 
 /// Resolves rule selectors to address sets and named ports to tuple sets, caching per selector.
@@ -293,9 +297,13 @@ pub fn flatten<'a>(
 /// Points every pending Pass at the current end of the list (the next section's first term).
 fn patch_resume(p: &mut FlatProgram, pending: &mut Vec<usize>) {
     let here = p.terms.len() as u32;
+    let first_rule = p.rules.len() as u32;
     for t in pending.drain(..) {
-        if let TermAction::Rule { resume, .. } = &mut p.terms[t].action {
+        if let TermAction::Rule { resume, rule, .. } = &mut p.terms[t].action {
             *resume = here;
+            if p.pass_resume_rules.last().is_none_or(|&(r, _)| r < *rule) {
+                p.pass_resume_rules.push((*rule, first_rule));
+            }
         }
     }
 }

@@ -8,7 +8,8 @@ use crate::conntrack::{tcp_step, CtState, FlowDir, TcpState, TcpStep, Timeouts};
 use crate::packet::PacketHeader;
 use crate::resource::Protocol;
 
-/// One direction of a flow, as conntrack keys it. ICMP echo uses the identifier as both ports.
+/// One direction of a flow, as conntrack keys it. An ICMP echo's identifier and direction stand in the ports
+/// ([`Tuple::echo`]).
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 pub struct Tuple {
     pub src: IpAddr,
@@ -20,14 +21,23 @@ pub struct Tuple {
 
 impl Tuple {
     pub fn of(pkt: &PacketHeader) -> Tuple {
-        let (src_port, dst_port) = if pkt.has_ports() {
-            (pkt.src_port, pkt.dst_port)
-        } else if pkt.is_icmp_echo() {
-            (pkt.icmp_id, pkt.icmp_id)
-        } else {
-            (0, 0)
-        };
+        if pkt.is_icmp_echo() {
+            let request = matches!(pkt.icmp_type, 8 | 128);
+            return Tuple::echo(pkt.src, pkt.dst, pkt.protocol, request, pkt.icmp_id);
+        }
+        let (src_port, dst_port) = if pkt.has_ports() { (pkt.src_port, pkt.dst_port) } else { (0, 0) };
         Tuple { src: pkt.src, dst: pkt.dst, protocol: pkt.protocol, src_port, dst_port }
+    }
+
+    /// An echo request's (or reply's) tuple. Linux keys echo on the message type as well as the identifier:
+    /// (request, id) one way and (reply, id) back, so a reply sent the way the request went, or a request
+    /// sent back by the responder, is not the flow (the first is INVALID, the second a new flow). The ports
+    /// hold it as (id, id+1) for a request and (id+1, id) for a reply: reversing one gives the other, and no
+    /// request's pair is any reply's (that would need id+2 == id).
+    pub fn echo(src: IpAddr, dst: IpAddr, protocol: Protocol, request: bool, id: u16) -> Tuple {
+        let next = id.wrapping_add(1);
+        let (src_port, dst_port) = if request { (id, next) } else { (next, id) };
+        Tuple { src, dst, protocol, src_port, dst_port }
     }
 
     pub fn reversed(&self) -> Tuple {
@@ -57,16 +67,30 @@ pub struct Entry {
     pub kind: FlowKind,
     pub seen_reply: bool,
     pub expires: Duration,
+    /// When the entry was made: a UDP flow becomes a stream only with a packet more than
+    /// [`UDP_STREAM_AFTER`] later, counted in whole milliseconds (as the flow table does; Linux counts jiffies).
+    pub created: Duration,
+    /// A UDP flow that is a stream (Linux's `udp_packet`: a reply was seen before, and a packet came more
+    /// than two seconds after the entry was made): it gets the replied timeout and is assured.
+    pub stream: bool,
     /// When the entry last became unassured (created, or a closed TCP flow reopened): the oldest
     /// unassured entry is the one a full table gives up first.
     pub unassured_since: u64,
 }
 
+/// How long after its creation a UDP flow with a reply must still be seen to count as a stream (Linux's
+/// `stream_ts`, two seconds).
+pub const UDP_STREAM_AFTER: Duration = Duration::from_secs(2);
+
 impl Entry {
-    /// Linux's IPS_ASSURED, simplified: a TCP or UDP flow that has seen a reply. ICMP and other protocols
-    /// never are; a full table gives up unassured entries first.
+    /// Linux's IPS_ASSURED, simplified: a TCP flow that has seen a reply, a UDP flow that is a stream. ICMP
+    /// and other protocols never are; a full table gives up unassured entries first.
     pub fn assured(&self) -> bool {
-        self.seen_reply && matches!(self.kind, FlowKind::Tcp(_) | FlowKind::Udp)
+        match self.kind {
+            FlowKind::Tcp(_) => self.seen_reply,
+            FlowKind::Udp => self.stream,
+            _ => false,
+        }
     }
 }
 
@@ -212,13 +236,18 @@ impl Flows {
                     e.seen_reply = false;
                     e.unassured_since = sequence;
                 }
-                if dir == FlowDir::Reply {
-                    e.seen_reply = true;
+                // Linux refreshes the entry before it notes the reply: the first reply still gets the
+                // unreplied timeout; a stream needs a reply seen before and the entry older than two seconds.
+                if e.kind == FlowKind::Udp && e.seen_reply && now.as_millis().saturating_sub(e.created.as_millis()) > UDP_STREAM_AFTER.as_millis() {
+                    e.stream = true;
                 }
                 if let Some(next) = lookup.tcp_next {
                     e.kind = FlowKind::Tcp(next);
                 }
                 e.expires = now + timeout(&self.timeouts, e);
+                if dir == FlowDir::Reply {
+                    e.seen_reply = true;
+                }
                 Ok(())
             }
             None => {
@@ -249,6 +278,8 @@ impl Flows {
                     kind,
                     seen_reply: false,
                     expires: now,
+                    created: now,
+                    stream: false,
                     unassured_since: self.sequence,
                 };
                 e.expires = now + timeout(&self.timeouts, &e);
@@ -274,7 +305,7 @@ impl Flows {
 fn timeout(t: &Timeouts, e: &Entry) -> Duration {
     match e.kind {
         FlowKind::Tcp(st) => t.tcp(st),
-        FlowKind::Udp if e.seen_reply => t.udp_replied,
+        FlowKind::Udp if e.stream => t.udp_replied,
         FlowKind::Udp => t.udp_unreplied,
         FlowKind::Icmp => t.icmp,
         FlowKind::Other => t.generic,
