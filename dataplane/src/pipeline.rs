@@ -11,7 +11,6 @@ use std::sync::Arc;
 
 use calxdp_policy::compile::{flow_key, Program, ProgramEnd};
 use calxdp_policy::conntrack::{CtState, FlowDir};
-use calxdp_policy::net::IpFamily;
 use calxdp_policy::node::{DenyAction, EndpointToHostAction, Failsafe};
 use calxdp_policy::packet::PacketHeader;
 use calxdp_policy::reference::flows::Tuple;
@@ -828,8 +827,8 @@ fn prednat_stage(t: &TableSet, p: &mut Packet) {
     }
 }
 
-/// nat PREROUTING / OUTPUT: ClusterIP and NodePort DNAT as kube-proxy does; a NodePort flow forwarded
-/// to another node is masqueraded (externalTrafficPolicy Cluster).
+/// nat PREROUTING / OUTPUT: ClusterIP and NodePort DNAT as kube-proxy does; NodePort flows from outside the
+/// host (externalTrafficPolicy Cluster) and hairpins are masqueraded.
 fn service_nat(t: &TableSet, p: &mut Packet) {
     p.post = p.header;
     if !(p.header.has_ports() && p.lookup.state == CtState::New) {
@@ -847,14 +846,14 @@ fn service_nat(t: &TableSet, p: &mut Packet) {
                 let via_node_port = svc.node_port == Some(p.header.dst_port) && t.ports.is_host_ip(p.header.dst);
                 p.post.dst = b.ip();
                 p.post.dst_port = b.port();
-                if via_node_port && p.port != Port::Host {
-                    if let Route::Uplink(u) = t.ports.route(&t.world, b.ip()) {
-                        p.snat = node.uplinks[u as usize]
-                            .addrs
-                            .iter()
-                            .copied()
-                            .find(|a| IpFamily::of(*a) == IpFamily::of(b.ip()));
-                    }
+                // kube-proxy masquerades every NodePort flow from outside the host, to a local backend too,
+                // and a pod that reaches itself through its service (the reference's service NAT).
+                if (via_node_port && p.port != Port::Host) || b.ip() == p.header.src {
+                    let via = match t.ports.route(&t.world, b.ip()) {
+                        Route::Uplink(u) => Some(u as usize),
+                        _ => None,
+                    };
+                    p.snat = node.masquerade_source(via, b.ip());
                 }
             }
         }

@@ -215,6 +215,15 @@ impl NodeConfig {
     }
 
     /// The local workload that owns `ip`.
+    /// The source MASQUERADE gives a flow to `dst` leaving by uplink `via` (or by a pod's veth, `None`): the
+    /// uplink's address of the family, else (a veth has no address) the host's first address of the family,
+    /// as the kernel's source selection falls back to another interface's.
+    pub fn masquerade_source(&self, via: Option<usize>, dst: IpAddr) -> Option<IpAddr> {
+        let of_family = |addrs: &[IpAddr]| addrs.iter().copied().find(|a| a.is_ipv4() == dst.is_ipv4());
+        via.and_then(|u| of_family(&self.uplinks[u].addrs))
+            .or_else(|| self.uplinks.iter().find_map(|u| of_family(&u.addrs)))
+    }
+
     pub fn local_workload_by_ip(&self, ip: IpAddr) -> Option<usize> {
         self.workloads.iter().position(|w| w.ips.contains(&ip))
     }

@@ -17,7 +17,7 @@ use calxdp_policy::node::NodeConfig;
 use calxdp_policy::packet::{tcp_flags, PacketHeader};
 use calxdp_policy::reference::{Attach, ReferenceNode};
 use calxdp_policy::resource::{Protocol, Resource};
-use calxdp_policy::verdict::{Outcome, Reason, Verdict};
+use calxdp_policy::verdict::{Outcome, Verdict};
 use calxdp_tests::gen::{case, load, Case};
 
 /// Where a packet from `src` enters: its pod, the host, or the uplink.

@@ -401,15 +401,13 @@ impl<W: PolicyWalker> NodeModel<W> {
                         let via_node_port = svc.node_port == Some(pkt.dst_port) && node.is_host_ip(pkt.dst);
                         post.dst = b.ip();
                         post.dst_port = b.port();
-                        // externalTrafficPolicy Cluster: a NodePort flow forwarded to another node is masqueraded.
-                        if via_node_port && source != Source::Host {
-                            if let Route::Uplink(u) = self.route(b.ip()) {
-                                snat = node.uplinks[u]
-                                    .addrs
-                                    .iter()
-                                    .copied()
-                                    .find(|a| IpFamily::of(*a) == IpFamily::of(b.ip()));
-                            }
+                        // kube-proxy masquerades every NodePort flow from outside the host (externalTrafficPolicy
+                        // Cluster, `KUBE-EXT-…`), to a local backend too, and a pod that reaches itself through
+                        // its service (the hairpin, `KUBE-SEP-…`).
+                        if (via_node_port && source != Source::Host) || b.ip() == pkt.src {
+                            let route = self.route(b.ip());
+                            let via = if let Route::Uplink(u) = route { Some(u) } else { None };
+                            snat = node.masquerade_source(via, b.ip());
                         }
                     }
                 }

@@ -331,6 +331,10 @@ fn parse_entity(
     let not_ports = f.with("notPorts", |p| p.map(parse_ports).transpose())?.unwrap_or_default();
 
     let numeric = ports.iter().chain(&not_ports).any(|p| matches!(p, Port::Range(..)));
+    // Calico's validation: named ports may go without a protocol, but no ports go with one that has none.
+    if let Some(p) = protocol.filter(|p| !p.has_ports() && !(ports.is_empty() && not_ports.is_empty())) {
+        return Err(f.error(format!("{side} has ports, but protocol {p} has none (ports need TCP, UDP or SCTP)")));
+    }
     if numeric && !protocol.is_some_and(Protocol::has_ports) {
         return Err(f.error(format!(
             "{side} has numeric ports, which need protocol TCP, UDP or SCTP (named ports may go without a protocol)"
