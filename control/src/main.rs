@@ -276,8 +276,8 @@ fn main() -> ExitCode {
                 ExitCode::FAILURE
             }
         },
-        Command::Status { ask } => ask_node(&ask, Request::Status, 0),
-        Command::Rules { ask } => ask_node(&ask, Request::Rules, 0),
+        Command::Status { ask } => ask_node(&ask, Request::Status {}, 0),
+        Command::Rules { ask } => ask_node(&ask, Request::Rules {}, 0),
         Command::Explain { from, to, ask } => ask_node(&ask, Request::Explain { from, to }, 0),
         Command::Trace { count, timeout, ask } => {
             let timeout = timeout.min(60);
@@ -362,9 +362,9 @@ fn parse_protocol(text: &str) -> Result<u8, String> {
 /// take beyond the usual few.
 fn ask_node(ask: &Ask, req: Request, wait: u64) -> ExitCode {
     let name = match &req {
-        Request::Status => "status",
+        Request::Status {} => "status",
         Request::ConntrackList { .. } | Request::ConntrackFlush { .. } => "conntrack",
-        Request::Rules => "rules",
+        Request::Rules {} => "rules",
         Request::Explain { .. } => "explain",
         Request::Trace { .. } => "trace",
     };

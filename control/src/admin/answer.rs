@@ -33,10 +33,10 @@ pub const MAX_TRACE_WAIT: Duration = Duration::from_secs(60);
 /// The answer to one request.
 pub fn answer(view: &NodeView, req: Request) -> Response {
     let result = match req {
-        Request::Status => to_json(status(view)),
+        Request::Status {} => to_json(status(view)),
         Request::ConntrackList { filter } => flows(view, filter).and_then(to_json),
         Request::ConntrackFlush { filter } => flush(view, filter).and_then(to_json),
-        Request::Rules => rules(view).and_then(to_json),
+        Request::Rules {} => rules(view).and_then(to_json),
         Request::Explain { from, to } => explain_flow(view, &from, &to).and_then(to_json),
         Request::Trace { count, timeout_ms } => trace(view, count, timeout_ms).and_then(to_json),
     };

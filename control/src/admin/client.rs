@@ -58,7 +58,7 @@ pub fn render(req: &Request, v: serde_json::Value) -> Result<String, String> {
     let mut o = String::new();
     use std::fmt::Write as _;
     match req {
-        Request::Status => {
+        Request::Status {} => {
             let s: proto::Status = parse(v)?;
             let t = &s.tables;
             let _ = writeln!(o, "node {}: up {}", s.node, ago(s.uptime_seconds));
@@ -100,8 +100,13 @@ pub fn render(req: &Request, v: serde_json::Value) -> Result<String, String> {
                     w.id, w.frames, w.batches, w.busy_seconds, w.conntrack_entries
                 );
             }
-            let dropped: u64 = s.drops.iter().map(|d| d.count).sum();
-            let _ = writeln!(o, "\nframes {}: {} allowed, {} dropped", s.frames, s.allowed, dropped);
+            let _ = writeln!(
+                o,
+                "\nframes {} decided: {} allowed, {} dropped; drops by reason (after the pipeline too):",
+                s.frames,
+                s.allowed,
+                s.frames.saturating_sub(s.allowed)
+            );
             for d in s.drops.iter().filter(|d| d.count > 0) {
                 let _ = writeln!(o, "  {:>10} {}", d.count, d.reason);
             }
@@ -145,7 +150,7 @@ pub fn render(req: &Request, v: serde_json::Value) -> Result<String, String> {
             let f: proto::Flushed = parse(v)?;
             let _ = writeln!(o, "calxdp conntrack: {} flow entries have been deleted", f.flushed);
         }
-        Request::Rules => {
+        Request::Rules {} => {
             let r: proto::Rules = parse(v)?;
             let _ = writeln!(o, "tables v{}: {} rules", r.version, r.rules.len());
             let _ = writeln!(

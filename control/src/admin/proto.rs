@@ -10,7 +10,7 @@ use serde::{Deserialize, Serialize};
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(tag = "command", rename_all = "snake_case", deny_unknown_fields)]
 pub enum Request {
-    Status,
+    Status {},
     ConntrackList {
         #[serde(default)]
         filter: Filter,
@@ -19,7 +19,7 @@ pub enum Request {
         #[serde(default)]
         filter: Filter,
     },
-    Rules,
+    Rules {},
     Explain {
         from: String,
         to: String,
