@@ -267,8 +267,8 @@ fn run_serves_status_explain_rules_and_metrics_that_follow_a_policy_change() {
 
     // SIGINT: the node stops and takes its socket with it.
     let mut node = node;
-    // SAFETY: kill(2) on our own child's pid (`ip netns exec` execs calxdp in place).
-    assert_eq!(unsafe { libc::kill(node.child.id() as i32, libc::SIGINT) }, 0);
+    let sent = Command::new("kill").args(["-INT", &node.child.id().to_string()]).status().unwrap();
+    assert!(sent.success());
     node.wait_for("calxdp: stopped", Duration::from_secs(30));
     let _ = node.child.wait();
     assert!(!socket.exists(), "the admin socket was left behind");

@@ -6,7 +6,7 @@
 //! it can reach a worker: the workers only ever see commands on their channels.
 
 use std::net::SocketAddr;
-use std::os::unix::fs::{FileTypeExt, PermissionsExt};
+use std::os::unix::fs::{DirBuilderExt, FileTypeExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
@@ -124,16 +124,27 @@ fn bind_socket(path: &Path) -> Result<std::os::unix::net::UnixListener, String> 
         }
         std::fs::remove_file(path).map_err(|e| format!("cannot remove the stale socket {}: {e}", path.display()))?;
     }
-    // Bound under a umask that leaves nobody but the owner any access, so there is no moment at which
-    // another user could connect.
-    // SAFETY: umask only swaps the process's file creation mask; it cannot fail.
-    let old = unsafe { libc::umask(0o177) };
-    let bound = std::os::unix::net::UnixListener::bind(path);
-    // SAFETY: as above, restoring the previous mask.
-    unsafe { libc::umask(old) };
-    let l = bound.map_err(|e| format!("cannot listen on {}: {e}", path.display()))?;
-    std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o600))
-        .map_err(|e| format!("cannot restrict {}: {e}", path.display()))?;
+    // Bound in a directory only root can enter, made root-only, then moved into place: there is no moment
+    // at which another user could connect.
+    let dir = path.parent().filter(|d| !d.as_os_str().is_empty()).unwrap_or(Path::new("."));
+    let name = path.file_name().map(|n| n.to_string_lossy().to_string()).unwrap_or_default();
+    let private = dir.join(format!(".{name}.{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&private);
+    std::fs::DirBuilder::new()
+        .mode(0o700)
+        .create(&private)
+        .map_err(|e| format!("cannot create {}: {e}", private.display()))?;
+    let staged = private.join("admin.sock");
+    let bound = std::os::unix::net::UnixListener::bind(&staged)
+        .map_err(|e| format!("cannot listen on {}: {e}", path.display()))
+        .and_then(|l| {
+            std::fs::set_permissions(&staged, std::fs::Permissions::from_mode(0o600))
+                .map_err(|e| format!("cannot restrict {}: {e}", path.display()))?;
+            std::fs::rename(&staged, path).map_err(|e| format!("cannot move the socket to {}: {e}", path.display()))?;
+            Ok(l)
+        });
+    let _ = std::fs::remove_dir_all(&private);
+    let l = bound?;
     l.set_nonblocking(true).map_err(|e| format!("admin socket: {e}"))?;
     Ok(l)
 }
