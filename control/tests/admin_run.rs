@@ -227,6 +227,10 @@ fn run_serves_status_explain_rules_and_metrics_that_follow_a_policy_change() {
     let enforced = u["enforced_ms"].as_f64().expect("every worker took the new tables");
     assert!(enforced >= u["compile_ms"].as_f64().unwrap(), "{status}");
 
+    let text = Command::new(BIN).args(["status", "--admin"]).arg(&socket).output().unwrap();
+    let text = String::from_utf8_lossy(&text.stdout);
+    assert!(text.contains("last policy update: v2") && text.contains("enforced on every worker after"), "{text}");
+    eprintln!("{text}");
     let allowed = json(&socket, &["explain", "--from", "10.78.0.1", "--to", "10.78.0.2:8080/tcp"]);
     assert_eq!(allowed["verdict"], "allow", "{allowed}");
     let d = allowed["deciding"].as_str().unwrap();
