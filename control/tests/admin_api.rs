@@ -192,13 +192,15 @@ fn a_running_demo_answers_every_admin_command_and_leaves_nothing_behind() {
     let frames = trace["frames"].as_array().unwrap();
     assert_eq!(frames.len(), 6, "{trace}");
     let syn = format!("192.168.1.11:{port} -> 192.168.1.10:8080");
-    let first = frames.iter().find(|f| f["flow"] == syn.as_str()).unwrap_or_else(|| panic!("{syn} not traced: {trace}"));
+    let first =
+        frames.iter().find(|f| f["flow"] == syn.as_str()).unwrap_or_else(|| panic!("{syn} not traced: {trace}"));
     let stages: Vec<&str> = first["stages"].as_array().unwrap().iter().map(|s| s.as_str().unwrap()).collect();
     assert_eq!(first["verdict"], "allow");
     assert!(stages.iter().any(|s| s.contains(web_ingress)), "{stages:?}");
 
     // conntrack list shows the flow just sent.
-    let flows = json(&socket, &["conntrack", "list", "--src", "192.168.1.11", "--dst", "192.168.1.10", "--proto", "tcp"]);
+    let flows =
+        json(&socket, &["conntrack", "list", "--src", "192.168.1.11", "--dst", "192.168.1.10", "--proto", "tcp"]);
     let entries = flows["entries"].as_array().unwrap();
     assert!(entries.iter().any(|e| e["sport"] == port && e["dport"] == 8080 && e["replied"] == true), "{flows}");
     assert!(entries.iter().all(|e| e["src"] == "192.168.1.11" && e["protocol"] == "TCP"), "{flows}");
@@ -216,7 +218,10 @@ fn a_running_demo_answers_every_admin_command_and_leaves_nothing_behind() {
     let dropped = json(&socket, &["explain", "--from", "10.0.0.1", "--to", "192.168.1.10:9090/tcp"]);
     assert_eq!(dropped["verdict"], "drop", "{dropped}");
     let deciding = dropped["deciding"].as_str().unwrap();
-    assert!(deciding.contains("GlobalNetworkPolicy/forward-only-http-to-pods") && deciding.contains("Deny"), "{dropped}");
+    assert!(
+        deciding.contains("GlobalNetworkPolicy/forward-only-http-to-pods") && deciding.contains("Deny"),
+        "{dropped}"
+    );
     let allowed = json(&socket, &["explain", "--from", "shop/frontend", "--to", "shop/web:8080/tcp"]);
     assert_eq!(allowed["verdict"], "allow", "{allowed}");
     assert!(allowed["deciding"].as_str().unwrap().contains(web_ingress), "{allowed}");
@@ -235,7 +240,13 @@ fn a_running_demo_answers_every_admin_command_and_leaves_nothing_behind() {
     assert!(body.contains("felix_active_local_endpoints 4"), "{body}");
     assert!(body.contains("calxdp_drops_total{reason=\"policy_deny\"}"), "{body}");
     assert!(body.contains("calxdp_port_rx_frames_total{port=\"caliweb\"}"), "{body}");
-    match Command::new("promtool").args(["check", "metrics"]).stdin(Stdio::piped()).stdout(Stdio::piped()).stderr(Stdio::piped()).spawn() {
+    match Command::new("promtool")
+        .args(["check", "metrics"])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+    {
         Ok(mut p) => {
             p.stdin.take().unwrap().write_all(body.as_bytes()).unwrap();
             let out = p.wait_with_output().unwrap();

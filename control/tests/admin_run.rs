@@ -143,7 +143,8 @@ fn run_serves_status_explain_rules_and_metrics_that_follow_a_policy_change() {
         ip(&["-n", ns, "link", "set", "eth0", "up"]);
         ip(&["-n", ns, "route", "add", "169.254.1.1", "dev", "eth0", "scope", "link"]);
         ip(&["-n", ns, "route", "add", "default", "via", "169.254.1.1", "dev", "eth0"]);
-        let out = Command::new("ip").args(["netns", "exec", ns, "ethtool", "-K", "eth0", "tx", "off"]).output().unwrap();
+        let out =
+            Command::new("ip").args(["netns", "exec", ns, "ethtool", "-K", "eth0", "tx", "off"]).output().unwrap();
         assert!(out.status.success());
     }
     // Pod b echoes on 8080 until the test ends.
@@ -261,7 +262,9 @@ fn run_serves_status_explain_rules_and_metrics_that_follow_a_policy_change() {
     assert!(body.contains("calxdp_policy_enforce_seconds_count 1"), "{body}");
     assert!(body.contains("calxdp_table_publications_total 1"), "{body}");
     assert!(body.contains("felix_active_local_policies 1"), "{body}");
-    if let Ok(mut p) = Command::new("promtool").args(["check", "metrics"]).stdin(Stdio::piped()).stderr(Stdio::piped()).spawn() {
+    if let Ok(mut p) =
+        Command::new("promtool").args(["check", "metrics"]).stdin(Stdio::piped()).stderr(Stdio::piped()).spawn()
+    {
         p.stdin.take().unwrap().write_all(body.as_bytes()).unwrap();
         let out = p.wait_with_output().unwrap();
         assert!(out.status.success(), "promtool: {}", String::from_utf8_lossy(&out.stderr));

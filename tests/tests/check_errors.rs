@@ -145,7 +145,11 @@ fn a_directory_of_scenarios_is_checked_file_by_file_with_every_error_reported() 
     let good = std::fs::read_dir(root.join("scenarios")).unwrap().next().unwrap().unwrap().path();
     std::fs::copy(&good, dir.join("a-good.yaml")).unwrap();
     std::fs::copy(root.join("../examples/policies/app-policies.yaml"), dir.join("b-manifest.yaml")).unwrap();
-    std::fs::write(dir.join("c-bad.yaml"), "apiVersion: projectcalico.org/v3\nkind: GlobalNetworkPolicy\nmetadata:\n  name: x\nspec:\n  order: high\n").unwrap();
+    std::fs::write(
+        dir.join("c-bad.yaml"),
+        "apiVersion: projectcalico.org/v3\nkind: GlobalNetworkPolicy\nmetadata:\n  name: x\nspec:\n  order: high\n",
+    )
+    .unwrap();
     let text = std::fs::read_to_string(&good).unwrap();
     std::fs::write(dir.join("d-bad-scenario.yaml"), text.replacen("steps:", "steps: 5\nsteps_:", 1)).unwrap();
     let e = check_path(&dir).expect_err("two bad files");

@@ -70,9 +70,7 @@ pub fn port_name(t: &TableSet, p: Port) -> String {
     match p {
         Port::Host => "host".into(),
         Port::Uplink(u) => node.uplinks.get(u as usize).map_or_else(|| format!("uplink {u}"), |u| u.name.clone()),
-        Port::Workload(w) => {
-            node.workloads.get(w as usize).map_or_else(|| format!("workload {w}"), |w| w.name.clone())
-        }
+        Port::Workload(w) => node.workloads.get(w as usize).map_or_else(|| format!("workload {w}"), |w| w.name.clone()),
     }
 }
 
@@ -163,10 +161,8 @@ fn status(view: &NodeView) -> proto::Status {
 /// Drops by reason: the pipeline's, then those around it (a full transmit queue, a frame too long, a
 /// port being attached, a next hop that never answered).
 pub fn drop_counts(c: &Counters, io: &IoCounters) -> Vec<proto::Count> {
-    let mut out: Vec<proto::Count> = DropReason::ALL
-        .iter()
-        .map(|r| proto::Count { reason: r.name().into(), count: c.dropped(*r) })
-        .collect();
+    let mut out: Vec<proto::Count> =
+        DropReason::ALL.iter().map(|r| proto::Count { reason: r.name().into(), count: c.dropped(*r) }).collect();
     for (reason, count) in [
         ("tx_queue_full", io.tx_full),
         ("oversize", io.oversize),
@@ -239,7 +235,7 @@ fn flows(view: &NodeView, filter: proto::Filter) -> Result<proto::Flows, String>
             worker,
         }));
     }
-    out.entries.sort_by(|a, b| (a.src, a.dst, a.sport, a.dport).cmp(&(b.src, b.dst, b.sport, b.dport)));
+    out.entries.sort_by_key(|e| (e.src, e.dst, e.sport, e.dport));
     Ok(out)
 }
 
@@ -332,7 +328,10 @@ pub fn traced(t: &TableSet, r: &TraceRecord) -> proto::TracedFrame {
         flow: flow_text(&r.header),
         verdict: if r.verdict == Verdict::Allow { "allow" } else { "drop" }.into(),
         leaves: r.out.map(|o| port_name(t, o)),
-        translated: r.translated.filter(|a| a.ip() != r.header.dst || a.port() != r.header.dst_port).map(|a| a.to_string()),
+        translated: r
+            .translated
+            .filter(|a| a.ip() != r.header.dst || a.port() != r.header.dst_port)
+            .map(|a| a.to_string()),
         stages: stages(t, r),
         rejected: r.rejected,
         version: r.epoch,
@@ -349,7 +348,9 @@ fn trace(view: &NodeView, count: u32, timeout_ms: Option<u64>) -> Result<proto::
     };
     let (tx, rx) = sync_channel::<TraceRecord>(count as usize);
     for (i, w) in view.workers.iter().enumerate() {
-        w.commands.send(WorkerCommand::Trace { count, to: tx.clone() }).map_err(|_| format!("worker {i} has stopped"))?;
+        w.commands
+            .send(WorkerCommand::Trace { count, to: tx.clone() })
+            .map_err(|_| format!("worker {i} has stopped"))?;
     }
     drop(tx);
     let deadline = Instant::now() + wait;
@@ -407,9 +408,8 @@ fn source(node: &NodeConfig, from: &str, family_of: Option<IpAddr>) -> Result<(A
 }
 
 fn find_pod<'a>(node: &'a NodeConfig, name: &str) -> Result<&'a calxdp_policy::node::Workload, String> {
-    let (ns, pod) = name
-        .split_once('/')
-        .ok_or_else(|| format!("'{name}' is neither an address nor a pod named namespace/name"))?;
+    let (ns, pod) =
+        name.split_once('/').ok_or_else(|| format!("'{name}' is neither an address nor a pod named namespace/name"))?;
     node.workloads
         .iter()
         .find(|w| w.namespace == ns && w.name == pod)

@@ -92,7 +92,8 @@ pub fn render(req: &Request, v: serde_json::Value) -> Result<String, String> {
             for p in &s.ports {
                 let _ = writeln!(o, "{:<24} {:>4} {:<28} {:>12} {:>12}", p.name, p.id, p.state, p.rx, p.tx);
             }
-            let _ = writeln!(o, "\n{:<8} {:>12} {:>10} {:>10} {:>12}", "worker", "frames", "batches", "busy", "conntrack");
+            let _ =
+                writeln!(o, "\n{:<8} {:>12} {:>10} {:>10} {:>12}", "worker", "frames", "batches", "busy", "conntrack");
             for w in &s.workers {
                 let _ = writeln!(
                     o,
@@ -159,7 +160,8 @@ pub fn render(req: &Request, v: serde_json::Value) -> Result<String, String> {
                 "pkts", "tier", "policy / profile", "stage", "dir", "rule", "action"
             );
             for x in &r.rules {
-                let owner = x.policy.clone().or_else(|| x.profile.as_ref().map(|p| format!("profile {p}"))).unwrap_or_default();
+                let owner =
+                    x.policy.clone().or_else(|| x.profile.as_ref().map(|p| format!("profile {p}"))).unwrap_or_default();
                 let _ = writeln!(
                     o,
                     "{:>10} {:<12} {:<48} {:<8} {:<8} {:>4} {:<6}",

@@ -70,7 +70,13 @@ pub fn render(view: &NodeView) -> String {
     let mut out = String::with_capacity(8192);
     let o = &mut out;
 
-    single(o, "felix_active_local_endpoints", "gauge", "Number of active endpoints on this node.", local_endpoints(&t) as f64);
+    single(
+        o,
+        "felix_active_local_endpoints",
+        "gauge",
+        "Number of active endpoints on this node.",
+        local_endpoints(&t) as f64,
+    );
     single(
         o,
         "felix_active_local_policies",
@@ -92,11 +98,19 @@ pub fn render(view: &NodeView) -> String {
 
     let mut f = Family::new(o, "calxdp_port_rx_frames_total", "counter", "Frames received, by port.");
     for p in &control.ports {
-        f.sample("calxdp_port_rx_frames_total", &[("port", &p.name)], io.rx.get(p.id as usize).copied().unwrap_or(0) as f64);
+        f.sample(
+            "calxdp_port_rx_frames_total",
+            &[("port", &p.name)],
+            io.rx.get(p.id as usize).copied().unwrap_or(0) as f64,
+        );
     }
     let mut f = Family::new(o, "calxdp_port_tx_frames_total", "counter", "Frames sent, by port.");
     for p in &control.ports {
-        f.sample("calxdp_port_tx_frames_total", &[("port", &p.name)], io.tx.get(p.id as usize).copied().unwrap_or(0) as f64);
+        f.sample(
+            "calxdp_port_tx_frames_total",
+            &[("port", &p.name)],
+            io.tx.get(p.id as usize).copied().unwrap_or(0) as f64,
+        );
     }
     let mut f = Family::new(o, "calxdp_port_up", "gauge", "Whether the port is taken over (1) or not (0).");
     for p in &control.ports {
@@ -133,7 +147,12 @@ pub fn render(view: &NodeView) -> String {
     );
     let h = &control.enforce_seconds;
     let name = "calxdp_policy_enforce_seconds";
-    let mut f = Family::new(o, name, "histogram", "Time from the start of a policy update's compile until every worker enforces it.");
+    let mut f = Family::new(
+        o,
+        name,
+        "histogram",
+        "Time from the start of a policy update's compile until every worker enforces it.",
+    );
     for (b, bound) in h.buckets.iter().zip(h.bounds) {
         f.sample(&format!("{name}_bucket"), &[("le", &bound.to_string())], *b as f64);
     }
@@ -141,7 +160,12 @@ pub fn render(view: &NodeView) -> String {
     f.sample(&format!("{name}_sum"), &[], h.sum);
     f.sample(&format!("{name}_count"), &[], h.count as f64);
 
-    let mut f = Family::new(o, "calxdp_worker_busy_seconds_total", "counter", "Time each worker spent in rounds that moved frames.");
+    let mut f = Family::new(
+        o,
+        "calxdp_worker_busy_seconds_total",
+        "counter",
+        "Time each worker spent in rounds that moved frames.",
+    );
     for (i, (_, wio, _, _)) in per_worker.iter().enumerate() {
         f.sample("calxdp_worker_busy_seconds_total", &[("worker", &i.to_string())], wio.busy_nanos as f64 / 1e9);
     }
@@ -149,13 +173,31 @@ pub fn render(view: &NodeView) -> String {
     for (i, (_, wio, _, _)) in per_worker.iter().enumerate() {
         f.sample("calxdp_worker_batches_total", &[("worker", &i.to_string())], wio.batches as f64);
     }
-    single(o, "calxdp_handed_off_total", "counter", "Frames handed to the worker owning their flow.", io.handed_off as f64);
+    single(
+        o,
+        "calxdp_handed_off_total",
+        "counter",
+        "Frames handed to the worker owning their flow.",
+        io.handed_off as f64,
+    );
     single(o, "calxdp_arp_replied_total", "counter", "ARP requests answered.", io.arp_replied as f64);
     single(o, "calxdp_ndp_answered_total", "counter", "Neighbour solicitations answered.", io.ndp_answered as f64);
     single(o, "calxdp_log_lines_total", "counter", "Log rule lines written.", io.log_lines as f64);
-    single(o, "calxdp_log_suppressed_total", "counter", "Log rule hits over their rate limit.", c.logs_suppressed as f64);
+    single(
+        o,
+        "calxdp_log_suppressed_total",
+        "counter",
+        "Log rule hits over their rate limit.",
+        c.logs_suppressed as f64,
+    );
     single(o, "calxdp_rejected_total", "counter", "Denied packets answered (Reject deny action).", io.rejected as f64);
     single(o, "calxdp_trace_lost_total", "counter", "Trace records lost to a full queue.", io.trace_lost as f64);
-    single(o, "calxdp_uptime_seconds", "gauge", "Seconds since the node started serving.", view.started.elapsed().as_secs_f64());
+    single(
+        o,
+        "calxdp_uptime_seconds",
+        "gauge",
+        "Seconds since the node started serving.",
+        view.started.elapsed().as_secs_f64(),
+    );
     out
 }
