@@ -62,9 +62,11 @@ enum Command {
         /// Print one line per frame: where it came in, the verdict, where it went, and why.
         #[arg(long)]
         trace: bool,
-        /// The admin socket (root only) that `calxdp status`, `conntrack`, `rules`, `explain` and `trace` ask.
-        #[arg(long, default_value = calxdp::admin::DEFAULT_SOCKET)]
-        admin: PathBuf,
+        /// The admin socket (root only) that `calxdp status`, `conntrack`, `rules`, `explain` and `trace` ask
+        /// [default: /run/calxdp/admin.sock; in a network namespace other than PID 1's,
+        /// /run/calxdp/admin-net<inode>.sock].
+        #[arg(long)]
+        admin: Option<PathBuf>,
         /// Do not serve the admin socket.
         #[arg(long)]
         no_admin: bool,
@@ -84,9 +86,9 @@ enum Command {
         /// After the table, keep the node running and serve the admin API until SIGINT or SIGTERM.
         #[arg(long)]
         keep: bool,
-        /// With --keep: the admin socket.
-        #[arg(long, default_value = calxdp::admin::DEFAULT_SOCKET, requires = "keep")]
-        admin: PathBuf,
+        /// With --keep: the admin socket [default: as for run].
+        #[arg(long, requires = "keep")]
+        admin: Option<PathBuf>,
         /// With --keep: serve Prometheus metrics on this address.
         #[arg(long, requires = "keep")]
         metrics: Option<SocketAddr>,
@@ -146,9 +148,10 @@ enum Command {
 /// How to reach a running node and how to print its answer.
 #[derive(clap::Args, Debug, Clone)]
 struct Ask {
-    /// The node's admin socket.
-    #[arg(long, default_value = calxdp::admin::DEFAULT_SOCKET)]
-    admin: PathBuf,
+    /// The node's admin socket [default: /run/calxdp/admin.sock; in a network namespace other than PID 1's,
+    /// /run/calxdp/admin-net<inode>.sock, as the node started there chose].
+    #[arg(long)]
+    admin: Option<PathBuf>,
     /// table | json
     #[arg(long, default_value = "table")]
     output: String,
@@ -255,6 +258,7 @@ fn main() -> ExitCode {
                 }
             }
             let opts = LiveOptions { workers, tap, ..LiveOptions::default() };
+            let admin = admin.unwrap_or_else(calxdp::admin::default_socket);
             let serve = ServeOptions { admin: (!no_admin).then_some(admin), metrics };
             let result = calxdp::run::run_serving(&node, &policies, &opts, stop, trace, None, &serve);
             match result {
@@ -338,7 +342,13 @@ fn main() -> ExitCode {
 }
 
 /// `calxdp demo`, with `--keep` until SIGINT or SIGTERM.
-fn demo(workers: usize, trace: bool, keep: bool, admin: PathBuf, metrics: Option<SocketAddr>) -> Result<bool, String> {
+fn demo(
+    workers: usize,
+    trace: bool,
+    keep: bool,
+    admin: Option<PathBuf>,
+    metrics: Option<SocketAddr>,
+) -> Result<bool, String> {
     if !keep {
         return calxdp::demo::demo(workers, trace);
     }
@@ -346,7 +356,7 @@ fn demo(workers: usize, trace: bool, keep: bool, admin: PathBuf, metrics: Option
     for sig in [signal_hook::consts::SIGINT, signal_hook::consts::SIGTERM] {
         signal_hook::flag::register(sig, stop.clone()).map_err(|e| format!("cannot handle signals: {e}"))?;
     }
-    let serve = ServeOptions { admin: Some(admin), metrics };
+    let serve = ServeOptions { admin: Some(admin.unwrap_or_else(calxdp::admin::default_socket)), metrics };
     calxdp::demo::demo_keep(workers, trace, Some(calxdp::demo::Keep { serve, stop }))
 }
 
@@ -376,7 +386,8 @@ fn ask_node(ask: &Ask, req: Request, wait: u64) -> ExitCode {
             return ExitCode::from(2);
         }
     };
-    match calxdp::admin::client::ask(&ask.admin, &req, Duration::from_secs(10 + wait)) {
+    let socket = ask.admin.clone().unwrap_or_else(calxdp::admin::default_socket);
+    match calxdp::admin::client::ask(&socket, &req, Duration::from_secs(10 + wait)) {
         Ok(v) if json => {
             println!("{}", serde_json::to_string_pretty(&v).unwrap_or_default());
             ExitCode::SUCCESS

@@ -27,8 +27,22 @@ use calxdp_policy::resource::ResourceSet;
 
 use crate::live::{LiveNode, PortState};
 
-/// Where `calxdp run` and `demo --keep` serve the API unless told otherwise, and where the CLI asks.
+/// Where `calxdp run` and `demo --keep` serve the API unless told otherwise, and where the CLI asks, in
+/// the machine's own network namespace (PID 1's).
 pub const DEFAULT_SOCKET: &str = "/run/calxdp/admin.sock";
+
+/// The default socket for a node started from this thread's network namespace: [`DEFAULT_SOCKET`] in the
+/// machine's own, `/run/calxdp/admin-net<inode>.sock` in any other, so nodes in different namespaces on one
+/// machine (tests, `ip netns exec`) each have their own and the CLI, run in the same namespace, finds it.
+pub fn default_socket() -> std::path::PathBuf {
+    use std::os::unix::fs::MetadataExt;
+    let here = calxdp_dataplane::xsk::netns::current_netns_id().ok();
+    let init = std::fs::metadata("/proc/1/ns/net").ok().map(|m| m.ino());
+    match here {
+        Some(ns) if init != Some(ns) => format!("/run/calxdp/admin-net{ns}.sock").into(),
+        _ => DEFAULT_SOCKET.into(),
+    }
+}
 
 /// How long the control loop waits for every worker to take new tables, to measure enforcement.
 const ENFORCE_WAIT: Duration = Duration::from_millis(200);
