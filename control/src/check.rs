@@ -15,8 +15,33 @@ pub struct Checked {
     pub warnings: Vec<String>,
 }
 
-/// Checks a file or directory. A scenario file is checked as a scenario; anything else as manifests.
+/// Checks a file or directory. A scenario file is checked as a scenario; anything else as manifests. In a
+/// directory each file is recognised on its own (a folder of scenarios, or scenarios beside manifests), and
+/// every file's errors are reported, not only the first.
 pub fn check_path(path: &Path) -> Result<Checked, String> {
+    if path.is_dir() {
+        let files = calxdp_policy::resource::policy_files(path).map_err(|(p, e)| format!("{}: {e}", p.display()))?;
+        let mut resources = 0;
+        let mut warnings = Vec::new();
+        let mut errors = Vec::new();
+        for f in files {
+            match check_file(&f) {
+                Ok(c) => {
+                    resources += c.resources;
+                    warnings.extend(c.warnings);
+                }
+                Err(e) => errors.push(e),
+            }
+        }
+        if !errors.is_empty() {
+            return Err(errors.join("\n"));
+        }
+        return Ok(Checked { path: path.to_path_buf(), resources, warnings });
+    }
+    check_file(path)
+}
+
+fn check_file(path: &Path) -> Result<Checked, String> {
     if path.is_file() {
         let text = std::fs::read_to_string(path).map_err(|e| format!("{}: cannot read: {e}", path.display()))?;
         if looks_like_scenario(&text) {

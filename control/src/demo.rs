@@ -16,7 +16,6 @@ use std::sync::Arc;
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
-use calxdp_dataplane::pipeline::explain;
 use calxdp_dataplane::worker::TraceRecord;
 use calxdp_dataplane::xsk::netns;
 use calxdp_policy::node::NodeConfig;
@@ -25,6 +24,8 @@ use calxdp_policy::resource::{load_text, ResourceSet};
 use calxdp_policy::verdict::Verdict;
 use calxdp_policy::yaml::{parse_documents, Field, Origin};
 
+use crate::admin::server::{AdminServer, ServeOptions};
+use crate::admin::NodeView;
 use crate::live::{ip, LiveNode, LiveOptions, Namespaces};
 use crate::run::port_name;
 
@@ -370,6 +371,21 @@ fn attempt(f: &Flow) -> Result<bool, String> {
 
 /// Runs the whole demo and prints its table; false if any flow did not behave as Linux Calico would.
 pub fn demo(workers: usize, show_trace: bool) -> Result<bool, String> {
+    demo_keep(workers, show_trace, None)
+}
+
+/// What `demo --keep` needs: where to serve the admin API and metrics, and the flag SIGINT or SIGTERM
+/// raise to end it.
+#[derive(Debug, Clone)]
+pub struct Keep {
+    pub serve: ServeOptions,
+    pub stop: Arc<AtomicBool>,
+}
+
+/// [`demo`]; with `keep`, after the table the node keeps running (its echo servers too, so traffic can be
+/// sent from the namespaces), serving the admin API, until `keep.stop` is raised; then everything is torn
+/// down as without it.
+pub fn demo_keep(workers: usize, show_trace: bool, keep: Option<Keep>) -> Result<bool, String> {
     if crate::parity::live_level::unavailable().is_some() {
         return Err("the demo needs root and iproute2: it builds network namespaces and attaches XDP programs".into());
     }
@@ -385,8 +401,17 @@ pub fn demo(workers: usize, show_trace: bool) -> Result<bool, String> {
     let (tx, trace) = sync_channel(65_536);
     let (n, r) = (node.clone(), resources.clone());
     let opts = LiveOptions { workers, ..LiveOptions::default() };
-    let live = netns::run_in(NODE, move || LiveNode::start(n, r, &opts, Some(tx)))
+    let mut live = netns::run_in(NODE, move || LiveNode::start(n, r, &opts, Some(tx)))
         .map_err(|e| format!("namespace {NODE}: {e}"))??;
+    // The admin API is served from this thread's namespace: the socket is a file, and the metrics port is
+    // where the operator's tools are.
+    let served = match &keep {
+        Some(k) => {
+            let view = NodeView::new(&mut live);
+            Some((AdminServer::start(&k.serve, view.clone())?, view))
+        }
+        None => None,
+    };
     println!(
         "calxdp demo: dataplane up: XDP on {}, host stack on tap calxdp-host, {} policy resources, {workers} worker(s)",
         live.attach_modes.iter().map(|(i, m)| format!("{i} ({m})")).collect::<Vec<_>>().join(", "),
@@ -402,10 +427,6 @@ pub fn demo(workers: usize, show_trace: bool) -> Result<bool, String> {
         results.push(attempt(f));
     }
     std::thread::sleep(Duration::from_millis(100));
-    stop.store(true, Ordering::Relaxed);
-    for s in servers {
-        let _ = s.join();
-    }
     let records: Vec<TraceRecord> = std::iter::from_fn(|| trace.try_recv().ok()).collect();
     let ok = print_table(&live, &records, &results);
     if show_trace {
@@ -413,6 +434,31 @@ pub fn demo(workers: usize, show_trace: bool) -> Result<bool, String> {
         for r in &records {
             println!("{}", crate::run::trace_line(&live, r));
         }
+    }
+    if let (Some(k), Some((server, view))) = (&keep, &served) {
+        let socket = server.socket.as_ref().map_or_else(|| "none".into(), |p| p.display().to_string());
+        let metrics = server.metrics.map_or_else(|| "off".into(), |a| format!("http://{a}/metrics"));
+        println!(
+            "\ncalxdp demo: kept running; admin socket {socket}, metrics {metrics}; send traffic from the cxdemo-* \
+             namespaces (ip netns exec cxdemo-front ...); Ctrl-C tears it down"
+        );
+        let _ = std::io::stdout().flush();
+        while !k.stop.load(Ordering::Relaxed) {
+            drain(&trace);
+            if let Some(death) = live.dead_worker() {
+                println!("calxdp demo: {death}; tearing down");
+                break;
+            }
+            view.refresh(&mut live);
+            std::thread::sleep(Duration::from_millis(100));
+        }
+    }
+    if let Some((server, _)) = served {
+        server.stop();
+    }
+    stop.store(true, Ordering::Relaxed);
+    for s in servers {
+        let _ = s.join();
     }
     let (c, io) = live.stop();
     println!(
@@ -468,13 +514,14 @@ fn print_table(live: &LiveNode, records: &[TraceRecord], results: &[Result<bool,
                     Kind::Udp | Kind::UdpRefused => h.protocol == Protocol::UDP && h.dst_port == f.port,
                 }
         });
+        // Every stage that decided, not only the last (a pod's egress and the other pod's ingress, say).
         let why = match first {
             Some(rec) => format!(
                 "{} {} -> {}: {}",
                 if rec.verdict == Verdict::Allow { "allow" } else { "drop" },
                 port_name(&live.node, rec.port),
                 rec.out.map(|o| port_name(&live.node, o)).unwrap_or_else(|| "-".into()),
-                explain(&tables, &rec.decision)
+                crate::admin::answer::stages(&tables, rec).join("; then ")
             ),
             None => "(no packet seen by the dataplane)".into(),
         };

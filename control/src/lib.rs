@@ -1,5 +1,6 @@
 //! The calxdp node agent: command line, policy sources, the control thread, and the parity runner.
 
+pub mod admin;
 pub mod check;
 pub mod demo;
 pub mod live;

@@ -92,6 +92,15 @@ pub enum PortEvent {
     Failed { interface: String, error: String },
 }
 
+/// A port as the operator sees it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct PortState {
+    pub name: String,
+    pub id: PortId,
+    pub up: bool,
+    pub state: String,
+}
+
 /// A running node.
 #[derive(Debug)]
 pub struct LiveNode {
@@ -392,6 +401,30 @@ impl LiveNode {
         self.node = node;
         self.supervise();
         Ok(())
+    }
+
+    /// Every port the node wants now, with its state: taken over (and how), waiting for its interface, or
+    /// failed (retried).
+    pub fn port_states(&mut self) -> Vec<PortState> {
+        let mut out = Vec::new();
+        for (name, id) in self.wanted() {
+            let state = match self.attached.get(&name) {
+                Some(a) => format!("up (XDP {})", a.redirect.mode),
+                None if self.failed.contains_key(&name) => "failed (retried every 5 s)".to_string(),
+                None => "waiting for its interface".to_string(),
+            };
+            let up = self.attached.contains_key(&name);
+            out.push(PortState { name, id, up, state });
+        }
+        let host = self.node.uplinks.len() as PortId;
+        out.push(PortState { name: format!("host (tap {})", self.opts.tap), id: host, up: true, state: "up".into() });
+        out
+    }
+
+    /// What the admin API needs of each worker: its command channel (answered between rounds) and its
+    /// published counters.
+    pub fn worker_links(&self) -> Vec<(Sender<WorkerCommand>, Arc<WorkerShared>)> {
+        self.commands.iter().cloned().zip(self.shared.iter().cloned()).collect()
     }
 
     /// The port changes since the last call.

@@ -6,7 +6,13 @@ use std::process::ExitCode;
 use std::sync::atomic::AtomicBool;
 use std::sync::Arc;
 
+use std::net::{IpAddr, SocketAddr};
+use std::time::Duration;
+
 use clap::{Parser, Subcommand};
+
+use calxdp::admin::proto::{Filter, Request};
+use calxdp::admin::server::ServeOptions;
 
 use calxdp::check::check_path;
 use calxdp::live::LiveOptions;
@@ -56,6 +62,17 @@ enum Command {
         /// Print one line per frame: where it came in, the verdict, where it went, and why.
         #[arg(long)]
         trace: bool,
+        /// The admin socket (root only) that `calxdp status`, `conntrack`, `rules`, `explain` and `trace` ask
+        /// [default: /run/calxdp/admin.sock; in a network namespace other than PID 1's,
+        /// /run/calxdp/admin-net<inode>.sock].
+        #[arg(long)]
+        admin: Option<PathBuf>,
+        /// Do not serve the admin socket.
+        #[arg(long)]
+        no_admin: bool,
+        /// Serve Prometheus metrics on this address (http://ADDR/metrics); off unless given.
+        #[arg(long)]
+        metrics: Option<SocketAddr>,
     },
     /// A node in network namespaces (root): sample policies, real traffic, a table of flows with the
     /// verdict and the deciding policy; then everything is torn down.
@@ -66,6 +83,52 @@ enum Command {
         /// After the table, print every frame the dataplane decided, with its verdict and why.
         #[arg(long)]
         trace: bool,
+        /// After the table, keep the node running and serve the admin API until SIGINT or SIGTERM.
+        #[arg(long)]
+        keep: bool,
+        /// With --keep: the admin socket [default: as for run].
+        #[arg(long, requires = "keep")]
+        admin: Option<PathBuf>,
+        /// With --keep: serve Prometheus metrics on this address.
+        #[arg(long, requires = "keep")]
+        metrics: Option<SocketAddr>,
+    },
+    /// A running node's state: tables, last policy update, ports, workers, drops, conntrack.
+    Status {
+        #[command(flatten)]
+        ask: Ask,
+    },
+    /// A running node's conntrack entries: list them or flush them.
+    Conntrack {
+        #[command(subcommand)]
+        what: ConntrackWhat,
+    },
+    /// Every rule of a running node's tables with its hit counters (like `iptables -L -v`).
+    Rules {
+        #[command(flatten)]
+        ask: Ask,
+    },
+    /// What a running node's tables decide for a new connection, stage by stage; no packet is sent.
+    Explain {
+        /// A pod (namespace/name) or an address, with an optional port (IP:PORT, [IPv6]:PORT).
+        #[arg(long)]
+        from: String,
+        /// A pod (namespace/name) or an address, with port and protocol: IP:PORT/PROTO (tcp, udp, sctp,
+        /// icmp or a number; ICMP without a port: IP/icmp).
+        #[arg(long)]
+        to: String,
+        #[command(flatten)]
+        ask: Ask,
+    },
+    /// The next N frames a running node decides, with every stage they went through.
+    Trace {
+        #[arg(long, default_value_t = 10)]
+        count: u32,
+        /// Seconds to wait for them (at most 60).
+        #[arg(long, default_value_t = 10)]
+        timeout: u64,
+        #[command(flatten)]
+        ask: Ask,
     },
     /// Render the node as Linux Calico would program it.
     Render {
@@ -79,6 +142,48 @@ enum Command {
         level: String,
         #[arg(required = true)]
         paths: Vec<PathBuf>,
+    },
+}
+
+/// How to reach a running node and how to print its answer.
+#[derive(clap::Args, Debug, Clone)]
+struct Ask {
+    /// The node's admin socket [default: /run/calxdp/admin.sock; in a network namespace other than PID 1's,
+    /// /run/calxdp/admin-net<inode>.sock, as the node started there chose].
+    #[arg(long)]
+    admin: Option<PathBuf>,
+    /// table | json
+    #[arg(long, default_value = "table")]
+    output: String,
+}
+
+/// Conntrack entries by their original direction.
+#[derive(clap::Args, Debug, Clone)]
+struct CtFilter {
+    #[arg(long)]
+    src: Option<IpAddr>,
+    #[arg(long)]
+    dst: Option<IpAddr>,
+    /// tcp, udp, icmp, sctp or a protocol number.
+    #[arg(long)]
+    proto: Option<String>,
+}
+
+#[derive(Subcommand, Debug)]
+enum ConntrackWhat {
+    /// The entries (conntrack -L), optionally only those matching.
+    List {
+        #[command(flatten)]
+        filter: CtFilter,
+        #[command(flatten)]
+        ask: Ask,
+    },
+    /// Deletes the entries matching (all without a filter), as conntrack -D / -F.
+    Flush {
+        #[command(flatten)]
+        filter: CtFilter,
+        #[command(flatten)]
+        ask: Ask,
     },
 }
 
@@ -144,7 +249,7 @@ fn main() -> ExitCode {
                 }
             }
         }
-        Command::Run { node, policies, workers, tap, trace } => {
+        Command::Run { node, policies, workers, tap, trace, admin, no_admin, metrics } => {
             let stop = Arc::new(AtomicBool::new(false));
             for sig in [signal_hook::consts::SIGINT, signal_hook::consts::SIGTERM] {
                 if let Err(e) = signal_hook::flag::register(sig, stop.clone()) {
@@ -153,7 +258,9 @@ fn main() -> ExitCode {
                 }
             }
             let opts = LiveOptions { workers, tap, ..LiveOptions::default() };
-            let result = calxdp::run::run(&node, &policies, &opts, stop, trace, None);
+            let admin = admin.unwrap_or_else(calxdp::admin::default_socket);
+            let serve = ServeOptions { admin: (!no_admin).then_some(admin), metrics };
+            let result = calxdp::run::run_serving(&node, &policies, &opts, stop, trace, None, &serve);
             match result {
                 Ok(_) => ExitCode::SUCCESS,
                 Err(e) => {
@@ -162,7 +269,7 @@ fn main() -> ExitCode {
                 }
             }
         }
-        Command::Demo { workers, trace } => match calxdp::demo::demo(workers, trace) {
+        Command::Demo { workers, trace, keep, admin, metrics } => match demo(workers, trace, keep, admin, metrics) {
             Ok(true) => ExitCode::SUCCESS,
             Ok(false) => {
                 eprintln!("calxdp demo: some flows did not behave as Linux Calico would (marked NO)");
@@ -173,6 +280,30 @@ fn main() -> ExitCode {
                 ExitCode::FAILURE
             }
         },
+        Command::Status { ask } => ask_node(&ask, Request::Status {}, 0),
+        Command::Rules { ask } => ask_node(&ask, Request::Rules {}, 0),
+        Command::Explain { from, to, ask } => ask_node(&ask, Request::Explain { from, to }, 0),
+        Command::Trace { count, timeout, ask } => {
+            let timeout = timeout.min(60);
+            ask_node(&ask, Request::Trace { count, timeout_ms: Some(timeout * 1000) }, timeout)
+        }
+        Command::Conntrack { what } => {
+            let (filter, ask, flush) = match what {
+                ConntrackWhat::List { filter, ask } => (filter, ask, false),
+                ConntrackWhat::Flush { filter, ask } => (filter, ask, true),
+            };
+            let protocol = match filter.proto.as_deref().map(parse_protocol) {
+                None => None,
+                Some(Ok(p)) => Some(p),
+                Some(Err(e)) => {
+                    eprintln!("calxdp conntrack: {e}");
+                    return ExitCode::from(2);
+                }
+            };
+            let filter = Filter { src: filter.src, dst: filter.dst, protocol };
+            let req = if flush { Request::ConntrackFlush { filter } } else { Request::ConntrackList { filter } };
+            ask_node(&ask, req, 0)
+        }
         Command::Render { what: RenderWhat::Iptables { node, policies, apply_in } } => {
             match calxdp::render::render_files(&node, &policies, apply_in.as_deref()) {
                 Ok(text) => {
@@ -206,6 +337,74 @@ fn main() -> ExitCode {
                     ExitCode::from(2)
                 }
             }
+        }
+    }
+}
+
+/// `calxdp demo`, with `--keep` until SIGINT or SIGTERM.
+fn demo(
+    workers: usize,
+    trace: bool,
+    keep: bool,
+    admin: Option<PathBuf>,
+    metrics: Option<SocketAddr>,
+) -> Result<bool, String> {
+    if !keep {
+        return calxdp::demo::demo(workers, trace);
+    }
+    let stop = Arc::new(AtomicBool::new(false));
+    for sig in [signal_hook::consts::SIGINT, signal_hook::consts::SIGTERM] {
+        signal_hook::flag::register(sig, stop.clone()).map_err(|e| format!("cannot handle signals: {e}"))?;
+    }
+    let serve = ServeOptions { admin: Some(admin.unwrap_or_else(calxdp::admin::default_socket)), metrics };
+    calxdp::demo::demo_keep(workers, trace, Some(calxdp::demo::Keep { serve, stop }))
+}
+
+/// A protocol by name or number.
+fn parse_protocol(text: &str) -> Result<u8, String> {
+    calxdp_policy::resource::Protocol::parse(text)
+        .map(|p| p.0)
+        .or_else(|| text.parse().ok())
+        .ok_or_else(|| format!("unknown protocol '{text}' (tcp, udp, icmp, icmpv6, sctp or a number)"))
+}
+
+/// Asks the node on `ask.admin` and prints the answer as a table or as JSON. `wait`: seconds the answer may
+/// take beyond the usual few.
+fn ask_node(ask: &Ask, req: Request, wait: u64) -> ExitCode {
+    let name = match &req {
+        Request::Status {} => "status",
+        Request::ConntrackList { .. } | Request::ConntrackFlush { .. } => "conntrack",
+        Request::Rules {} => "rules",
+        Request::Explain { .. } => "explain",
+        Request::Trace { .. } => "trace",
+    };
+    let json = match ask.output.as_str() {
+        "json" => true,
+        "table" => false,
+        other => {
+            eprintln!("calxdp {name}: unknown --output '{other}' (table or json)");
+            return ExitCode::from(2);
+        }
+    };
+    let socket = ask.admin.clone().unwrap_or_else(calxdp::admin::default_socket);
+    match calxdp::admin::client::ask(&socket, &req, Duration::from_secs(10 + wait)) {
+        Ok(v) if json => {
+            println!("{}", serde_json::to_string_pretty(&v).unwrap_or_default());
+            ExitCode::SUCCESS
+        }
+        Ok(v) => match calxdp::admin::client::render(&req, v) {
+            Ok(text) => {
+                print!("{text}");
+                ExitCode::SUCCESS
+            }
+            Err(e) => {
+                eprintln!("calxdp {name}: {e}");
+                ExitCode::FAILURE
+            }
+        },
+        Err(e) => {
+            eprintln!("calxdp {name}: {e}");
+            ExitCode::FAILURE
         }
     }
 }

@@ -91,6 +91,8 @@ pub struct TablePublisher {
     slot: Arc<TableSlot>,
     epoch: u64,
     pub ports: PortIds,
+    /// The last publication after the first tables (for the operator: when, and how long it took).
+    last: Option<Published>,
 }
 
 impl TablePublisher {
@@ -102,7 +104,12 @@ impl TablePublisher {
         let compiled = cache.compile(&world, 1);
         let ids = ports.of(&node);
         let slot = Arc::new(TableSlot::new(TableSet::with_ports(1, Arc::new(world), Arc::new(compiled), ids)));
-        TablePublisher { node, resources, cache, slot, epoch: 1, ports }
+        TablePublisher { node, resources, cache, slot, epoch: 1, ports, last: None }
+    }
+
+    /// The last publication since the first tables, if any.
+    pub fn last_published(&self) -> Option<Published> {
+        self.last
     }
 
     pub fn slot(&self) -> Arc<TableSlot> {
@@ -168,7 +175,9 @@ impl TablePublisher {
         self.slot
             .publish_with_flushes(TableSet::with_ports(self.epoch, Arc::new(world), Arc::new(compiled), ids), flush);
         self.resources = next;
-        Ok(Published { epoch: self.epoch, stats, took: start.elapsed() })
+        let published = Published { epoch: self.epoch, stats, took: start.elapsed() };
+        self.last = Some(published);
+        Ok(published)
     }
 }
 

@@ -15,6 +15,8 @@ use calxdp_policy::node::NodeConfig;
 use calxdp_policy::resource::{load_path, ResourceSet};
 use calxdp_policy::verdict::Verdict;
 
+use crate::admin::server::{AdminServer, ServeOptions};
+use crate::admin::NodeView;
 use crate::live::{LiveNode, LiveOptions, PortEvent};
 
 /// What the directory looked like: every policy file with its size and modification time (or why it
@@ -67,6 +69,21 @@ pub fn run(
     trace: bool,
     ready: Option<Arc<AtomicBool>>,
 ) -> Result<RunReport, String> {
+    run_serving(node_file, policies, opts, stop, trace, ready, &ServeOptions::default())
+}
+
+/// [`run`], serving the admin API and metrics as `serve` says (`calxdp run --admin --metrics`). The
+/// socket and the metrics port are taken before the first frame is forwarded; failing to take them ends
+/// the run with nothing left behind.
+pub fn run_serving(
+    node_file: &Path,
+    policies: &Path,
+    opts: &LiveOptions,
+    stop: Arc<AtomicBool>,
+    trace: bool,
+    ready: Option<Arc<AtomicBool>>,
+    serve: &ServeOptions,
+) -> Result<RunReport, String> {
     let node = crate::replay::load_node(node_file)?;
     let resources = load_dir(policies)
         .map_err(|e| format!("{e}\n(the policies must load before the node starts; nothing was changed)"))?;
@@ -81,6 +98,20 @@ pub fn run(
         say!("calxdp: {iface}: XDP attached ({mode}), AF_XDP copy mode, {} queue(s)", opts.workers);
     }
     report_events(&mut live);
+    let view = NodeView::new(&mut live);
+    let server = match AdminServer::start(serve, view.clone()) {
+        Ok(s) => s,
+        Err(e) => {
+            live.stop();
+            return Err(e);
+        }
+    };
+    if let Some(p) = &server.socket {
+        say!("calxdp: admin socket {} (calxdp status, conntrack, rules, explain, trace)", p.display());
+    }
+    if let Some(a) = server.metrics {
+        say!("calxdp: Prometheus metrics on http://{a}/metrics");
+    }
     say!(
         "calxdp: running; tables v{} with {} policies; conntrack {} entries ({} per worker), timeouts {}; \
          watching {} and {} (Ctrl-C stops)",
@@ -122,6 +153,7 @@ pub fn run(
             }
             live.supervise();
             report_events(&mut live);
+            view.refresh(&mut live);
         }
         if last_stats.elapsed() >= Duration::from_secs(30) {
             last_stats = Instant::now();
@@ -129,6 +161,7 @@ pub fn run(
         }
     }
     say!("calxdp: stopping: {}", summary(&live));
+    server.stop();
     let capacity = live.flow_capacity();
     let (counters, io, flows, entries) = live.stop_with_stats();
     say!("calxdp: stopped; XDP detached and the tap removed");

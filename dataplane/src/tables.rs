@@ -120,6 +120,13 @@ impl TableSlot {
         self.current.load().epoch
     }
 
+    /// The oldest version a registered reader (a worker's pipeline) has taken up, if any reader is left: a
+    /// version is in force on every worker once this reaches its epoch.
+    pub fn slowest_reader(&self) -> Option<u64> {
+        let log = lock(&self.flushes);
+        log.readers.iter().filter_map(Weak::upgrade).map(|a| a.load(Ordering::Acquire)).min()
+    }
+
     /// Publishes `next` (control thread only), then frees replaced versions nobody holds any more.
     pub fn publish(&self, next: TableSet) {
         self.publish_with_flushes(next, &[]);

@@ -104,6 +104,9 @@ pub struct TraceRecord {
     /// A dropped packet answered as Felix's Reject deny action answers (an ICMP port unreachable that left
     /// the node, or waits for its next hop).
     pub rejected: bool,
+    /// The rule that decided each chain the frame crossed, in order (the last may be `decision`'s): every
+    /// stage that had a say, not only the last.
+    pub rule_hits: [Option<LogHit>; crate::pipeline::MAX_RULE_HITS],
 }
 
 /// Counters of the work around the pipeline (ARP, neighbours, transmit, ports), per worker.
@@ -143,6 +146,8 @@ pub struct IoCounters {
     /// Frames that arrived on, or were routed to, a port the tables do not know (being attached or
     /// detached): dropped.
     pub no_port: u64,
+    /// Time spent in rounds that moved frames (the worker's busy time; idle polling and sleeps excluded).
+    pub busy_nanos: u64,
     /// Frames received and sent, by port id.
     pub rx: Vec<u64>,
     pub tx: Vec<u64>,
@@ -171,6 +176,7 @@ impl IoCounters {
             log_dropped,
             rejected,
             no_port,
+            busy_nanos,
             rx,
             tx,
         } = o;
@@ -194,6 +200,7 @@ impl IoCounters {
         self.log_dropped += log_dropped;
         self.rejected += rejected;
         self.no_port += no_port;
+        self.busy_nanos += busy_nanos;
         for (mine, theirs) in [(&mut self.rx, rx), (&mut self.tx, tx)] {
             if mine.len() < theirs.len() {
                 mine.resize(theirs.len(), 0);
@@ -222,6 +229,36 @@ pub enum WorkerCommand {
     Attach { id: PortId, io: PortIo },
     /// Stop using port `id` (its interface goes away) and hand its queue back for closing off the hot path.
     Detach { id: PortId, done: SyncSender<Option<PortIo>> },
+    // The operator's questions (the admin API), answered between two rounds so that reading state never
+    // takes a lock a worker could wait on. The worker copies what is asked into the reply and goes on; a
+    // reply nobody waits for any more is dropped.
+    /// Every conntrack entry `filter` accepts, at most `limit` of them.
+    Flows { filter: FlowFilter, limit: usize, reply: SyncSender<Vec<crate::flow::FlowView>> },
+    /// Removes every conntrack entry `filter` accepts; replies how many.
+    FlushFlows { filter: FlowFilter, reply: SyncSender<usize> },
+    /// A copy of the rule hit counters.
+    RuleHits { reply: SyncSender<crate::pipeline::RuleHits> },
+    /// Sends a trace record of each of the next `count` frames this worker decides to `to` (besides any
+    /// `--trace` output); stops early when `to` is closed. A count of 0 stops tracing.
+    Trace { count: u32, to: SyncSender<TraceRecord> },
+}
+
+/// Which conntrack entries an operator means, by the original direction's addresses and protocol (as
+/// `conntrack -L -s/-d/-p` match). Empty fields match everything.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct FlowFilter {
+    pub src: Option<IpAddr>,
+    pub dst: Option<IpAddr>,
+    pub protocol: Option<u8>,
+}
+
+impl FlowFilter {
+    /// Whether `f` is one of the entries meant.
+    pub fn accepts(&self, f: &crate::flow::FlowView) -> bool {
+        self.src.is_none_or(|s| f.original.src == s)
+            && self.dst.is_none_or(|d| f.original.dst == d)
+            && self.protocol.is_none_or(|p| f.original.protocol.0 == p)
+    }
 }
 
 /// Where the Log rules' lines go (their rate limits are applied in the pipeline): a bounded queue to a
@@ -266,6 +303,8 @@ pub struct Worker {
     clock: Arc<Clock>,
     trace: Option<SyncSender<TraceRecord>>,
     commands: Option<Receiver<WorkerCommand>>,
+    /// An operator's `calxdp trace`: where to send records, and how many more frames to trace.
+    asked_trace: Option<(SyncSender<TraceRecord>, u32)>,
     congested_streak: u32,
 }
 
@@ -311,6 +350,7 @@ impl Worker {
             clock,
             trace,
             commands: None,
+            asked_trace: None,
             congested_streak: 0,
         }
     }
@@ -374,21 +414,30 @@ impl Worker {
     pub fn run(&mut self) {
         let mut idle_rounds = 0u32;
         let mut last_publish = Instant::now();
+        let mut round_start = last_publish;
         while !self.shared.stop.load(Ordering::Relaxed) {
             let moved = self.round();
+            // One clock read per round, for the busy time and the publication both.
+            let now = Instant::now();
+            if moved > 0 {
+                self.io.busy_nanos += now.duration_since(round_start).as_nanos() as u64;
+            }
+            round_start = now;
             if moved == 0 {
                 idle_rounds = idle_rounds.saturating_add(1);
                 if idle_rounds > 20_000 {
                     std::thread::sleep(Duration::from_micros(200));
+                    round_start = Instant::now();
                 } else if idle_rounds > 200 {
                     std::thread::yield_now();
+                    round_start = Instant::now();
                 }
             } else {
                 idle_rounds = 0;
             }
-            if last_publish.elapsed() > Duration::from_millis(100) {
+            if now.duration_since(last_publish) > Duration::from_millis(100) {
                 self.publish();
-                last_publish = Instant::now();
+                last_publish = now;
             }
         }
         self.flush();
@@ -455,6 +504,21 @@ impl Worker {
                 WorkerCommand::Detach { id, done } => {
                     let io = self.detach(id);
                     let _ = done.send(io);
+                }
+                WorkerCommand::Flows { filter, limit, reply } => {
+                    let flows = self.pipeline.flows.entries().filter(|f| filter.accepts(f)).take(limit).collect();
+                    let _ = reply.try_send(flows);
+                }
+                WorkerCommand::FlushFlows { filter, reply } => {
+                    let n = self.pipeline.flows.flush_matching(|f| filter.accepts(f));
+                    let _ = reply.try_send(n);
+                }
+                WorkerCommand::RuleHits { reply } => {
+                    let _ = reply.try_send(self.pipeline.rule_hits.clone());
+                }
+                WorkerCommand::Trace { count, to } => {
+                    self.asked_trace = (count > 0).then_some((to, count));
+                    self.pipeline.note_tracked = self.trace.is_some() || self.asked_trace.is_some();
                 }
             }
         }
@@ -687,7 +751,7 @@ impl Worker {
                 (Some(a), Some(parsed)) if verdict == Verdict::Drop => self.send_answer(t, &a, parsed, i, now),
                 _ => false,
             };
-            if let Some(trace) = &self.trace {
+            if self.trace.is_some() || self.asked_trace.is_some() {
                 let rec = TraceRecord {
                     in_port: self.in_ids[i],
                     port: p.port,
@@ -701,9 +765,24 @@ impl Worker {
                     tracked: p.tracked,
                     epoch: t.epoch,
                     rejected,
+                    rule_hits: p.rule_hits,
                 };
-                if trace.try_send(rec).is_err() {
-                    self.io.trace_lost += 1;
+                if let Some(trace) = &self.trace {
+                    if trace.try_send(rec).is_err() {
+                        self.io.trace_lost += 1;
+                    }
+                }
+                if let Some((to, left)) = &mut self.asked_trace {
+                    // A full queue costs the operator a record (counted), never the worker a wait.
+                    match to.try_send(rec) {
+                        Ok(()) => *left -= 1,
+                        Err(TrySendError::Full(_)) => self.io.trace_lost += 1,
+                        Err(TrySendError::Disconnected(_)) => *left = 0,
+                    }
+                    if *left == 0 {
+                        self.asked_trace = None;
+                        self.pipeline.note_tracked = self.trace.is_some();
+                    }
                 }
             }
         }

@@ -141,3 +141,30 @@ fn cluster_network_policy_loads_and_warns_where_calico_fails_closed() {
     );
     assert!(e.contains(":9:16: spec.ingress[0].action: unknown action 'Allow' (expected Accept, Deny, Pass)"), "{e}");
 }
+
+#[test]
+fn a_directory_of_scenarios_is_checked_file_by_file_with_every_error_reported() {
+    let root = PathBuf::from(env!("CARGO_MANIFEST_DIR"));
+    // Our scenarios, and the shared cases, each as a whole directory (not only file by file).
+    let ours = check_path(&root.join("scenarios")).unwrap_or_else(|e| panic!("{e}"));
+    assert!(ours.resources > 0);
+    check_path(&calxdp_tests::shared_cases()).unwrap_or_else(|e| panic!("{e}"));
+    // A directory mixing a good scenario, a manifest and two bad files: both bad files are named.
+    let dir = std::env::temp_dir().join(format!("calxdp-check-dir-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(&dir).unwrap();
+    let good = std::fs::read_dir(root.join("scenarios")).unwrap().next().unwrap().unwrap().path();
+    std::fs::copy(&good, dir.join("a-good.yaml")).unwrap();
+    std::fs::copy(root.join("../examples/policies/app-policies.yaml"), dir.join("b-manifest.yaml")).unwrap();
+    std::fs::write(
+        dir.join("c-bad.yaml"),
+        "apiVersion: projectcalico.org/v3\nkind: GlobalNetworkPolicy\nmetadata:\n  name: x\nspec:\n  order: high\n",
+    )
+    .unwrap();
+    let text = std::fs::read_to_string(&good).unwrap();
+    std::fs::write(dir.join("d-bad-scenario.yaml"), text.replacen("steps:", "steps: 5\nsteps_:", 1)).unwrap();
+    let e = check_path(&dir).expect_err("two bad files");
+    assert!(e.contains("c-bad.yaml:6:10: spec.order"), "{e}");
+    assert!(e.contains("d-bad-scenario.yaml"), "{e}");
+    let _ = std::fs::remove_dir_all(&dir);
+}

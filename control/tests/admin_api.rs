@@ -1,0 +1,324 @@
+//! The admin API end to end, against `calxdp demo --keep` (root, network namespaces): every command of the
+//! CLI asks the running node and is checked for real content (a flow sent from a pod is listed by
+//! conntrack, traced, counted by its rule; explain names the policy deciding a dropped and an allowed
+//! flow), the metrics pass `promtool check metrics`, bad clients get errors while the node keeps
+//! forwarding, and SIGINT leaves nothing behind. One test: the demo's namespaces have fixed names.
+
+use std::io::{BufRead, BufReader, Read, Write};
+use std::net::{SocketAddr, TcpStream};
+use std::os::unix::fs::PermissionsExt;
+use std::os::unix::net::UnixStream;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::mpsc::{channel, Receiver};
+use std::time::{Duration, Instant};
+
+use serde_json::Value;
+
+const BIN: &str = env!("CARGO_BIN_EXE_calxdp");
+
+/// The demo, killed (SIGKILL) if the test fails half-way; its namespaces are then deleted by the next demo.
+struct Demo {
+    child: Child,
+    lines: Receiver<String>,
+}
+
+impl Drop for Demo {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+impl Demo {
+    /// Waits for a line containing `what`; every line seen on the way is returned.
+    fn wait_for(&self, what: &str, within: Duration) -> Vec<String> {
+        let deadline = Instant::now() + within;
+        let mut seen = Vec::new();
+        loop {
+            let left = deadline.saturating_duration_since(Instant::now());
+            match self.lines.recv_timeout(left) {
+                Ok(l) => {
+                    let done = l.contains(what);
+                    seen.push(l);
+                    if done {
+                        return seen;
+                    }
+                }
+                Err(_) => panic!("no line with '{what}' within {within:?}; saw:\n{}", seen.join("\n")),
+            }
+        }
+    }
+}
+
+fn cli(socket: &Path, args: &[&str]) -> (bool, String, String) {
+    let out = Command::new(BIN).args(args).arg("--admin").arg(socket).output().expect("run calxdp");
+    (out.status.success(), String::from_utf8_lossy(&out.stdout).into(), String::from_utf8_lossy(&out.stderr).into())
+}
+
+fn json(socket: &Path, args: &[&str]) -> Value {
+    let mut a = args.to_vec();
+    a.extend(["--output", "json"]);
+    let (ok, out, err) = cli(socket, &a);
+    assert!(ok, "calxdp {args:?} failed: {err}");
+    serde_json::from_str(&out).unwrap_or_else(|e| panic!("calxdp {args:?}: not JSON ({e}): {out}"))
+}
+
+/// One raw request line on the socket and the answer line (empty if the node closed the connection).
+fn raw(socket: &Path, line: &[u8]) -> String {
+    let mut s = UnixStream::connect(socket).expect("connect");
+    s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+    let _ = s.write_all(line);
+    let mut answer = String::new();
+    let _ = BufReader::new(s).read_line(&mut answer);
+    answer
+}
+
+/// A TCP exchange from a pod's namespace (the demo's echo servers answer); returns the source port used.
+fn tcp_from(ns: &'static str, to: &'static str) -> Option<u16> {
+    calxdp_dataplane::xsk::netns::run_in(ns, move || {
+        let to: SocketAddr = to.parse().unwrap();
+        let mut s = TcpStream::connect_timeout(&to, Duration::from_secs(2)).ok()?;
+        s.set_read_timeout(Some(Duration::from_secs(2))).ok()?;
+        s.write_all(b"hello").ok()?;
+        let mut buf = [0u8; 5];
+        s.read_exact(&mut buf).ok()?;
+        (&buf == b"hello").then(|| s.local_addr().ok().map(|a| a.port())).flatten()
+    })
+    .ok()
+    .flatten()
+}
+
+fn rule_packets(rules: &Value, policy: &str, direction: &str, index: u64) -> u64 {
+    rules["rules"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|r| r["policy"] == policy && r["direction"] == direction && r["index"] == index)
+        .unwrap_or_else(|| panic!("no rule {policy} {direction} {index} in {rules}"))["packets"]
+        .as_u64()
+        .unwrap()
+}
+
+fn scrape(addr: &str) -> String {
+    let mut s = TcpStream::connect(addr).expect("metrics port");
+    s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+    s.write_all(b"GET /metrics HTTP/1.1\r\nHost: x\r\n\r\n").unwrap();
+    let mut all = String::new();
+    s.read_to_string(&mut all).unwrap();
+    let (head, body) = all.split_once("\r\n\r\n").expect("an HTTP answer");
+    assert!(head.starts_with("HTTP/1.1 200"), "{head}");
+    body.to_string()
+}
+
+#[test]
+fn a_running_demo_answers_every_admin_command_and_leaves_nothing_behind() {
+    if let Some(why) = calxdp::parity::live_level::unavailable() {
+        eprintln!("skipped: {why}");
+        return;
+    }
+    for tool in ["ethtool", "ping"] {
+        if Command::new(tool).arg("-V").output().is_err() {
+            eprintln!("skipped: the demo needs {tool} (apt-get install ethtool iputils-ping)");
+            return;
+        }
+    }
+    let socket = PathBuf::from(format!("/run/calxdp/admin-test-{}.sock", std::process::id()));
+    let mut child = Command::new(BIN)
+        .args(["demo", "--keep", "--metrics", "127.0.0.1:0", "--admin"])
+        .arg(&socket)
+        .stdout(Stdio::piped())
+        .stderr(Stdio::inherit())
+        .spawn()
+        .expect("start calxdp demo --keep");
+    let stdout = child.stdout.take().unwrap();
+    let (tx, lines) = channel();
+    std::thread::spawn(move || {
+        for l in BufReader::new(stdout).lines().map_while(Result::ok) {
+            if tx.send(l).is_err() {
+                break;
+            }
+        }
+    });
+    let demo = Demo { child, lines };
+    let seen = demo.wait_for("kept running", Duration::from_secs(180));
+    let table = seen.join("\n");
+    // The why column names every stage that decided: the pod's egress, then the other pod's ingress.
+    let row2 = seen.iter().find(|l| l.starts_with("2 ")).expect("row 2 of the table");
+    assert!(
+        row2.contains("shop/frontend egress") && row2.contains("then") && row2.contains("shop/web ingress"),
+        "{row2}"
+    );
+    assert!(!table.lines().any(|l| l.contains(" NO ")), "a demo flow did not behave as Calico would:\n{table}");
+    let kept = seen.last().unwrap();
+    assert!(kept.contains(&socket.display().to_string()), "{kept}");
+    let metrics = kept.split("http://").nth(1).and_then(|r| r.split("/metrics").next()).expect("metrics address");
+    let metrics = metrics.to_string();
+
+    // The socket is root's alone.
+    let mode = std::fs::metadata(&socket).unwrap().permissions().mode() & 0o777;
+    assert_eq!(mode, 0o600, "admin socket mode {mode:o}");
+
+    // status
+    let status = json(&socket, &["status"]);
+    assert!(status["tables"]["version"].as_u64().unwrap() >= 1, "{status}");
+    assert_eq!(status["tables"]["local_endpoints"], 4, "{status}");
+    assert_eq!(status["workers"].as_array().unwrap().len(), 1, "{status}");
+    let ports = status["ports"].as_array().unwrap();
+    for p in ["eth0", "caliweb", "califront", "calidns"] {
+        let port = ports.iter().find(|x| x["name"] == p).unwrap_or_else(|| panic!("no port {p}: {status}"));
+        assert_eq!(port["up"], true, "{port}");
+        assert!(port["rx"].as_u64().unwrap() > 0, "{port}");
+    }
+    assert!(status["conntrack"]["capacity"].as_u64().unwrap() > 0);
+    let (ok, text, _) = cli(&socket, &["status"]);
+    assert!(ok && text.contains("tables v") && text.contains("caliweb"), "{text}");
+
+    // rules before, and a trace waiting for the next frames.
+    let before = json(&socket, &["rules"]);
+    let web_ingress = "KubernetesNetworkPolicy/shop/web-ingress";
+    let hits_before = rule_packets(&before, web_ingress, "ingress", 0);
+    let trace = Command::new(BIN)
+        .args(["trace", "--count", "6", "--timeout", "20", "--output", "json", "--admin"])
+        .arg(&socket)
+        .stdout(Stdio::piped())
+        .spawn()
+        .unwrap();
+    std::thread::sleep(Duration::from_millis(500));
+    let port = tcp_from("cxdemo-front", "192.168.1.10:8080").expect("frontend reaches web:8080");
+    let trace = trace.wait_with_output().unwrap();
+    assert!(trace.status.success());
+    let trace: Value = serde_json::from_slice(&trace.stdout).unwrap();
+    let frames = trace["frames"].as_array().unwrap();
+    assert_eq!(frames.len(), 6, "{trace}");
+    let syn = format!("192.168.1.11:{port} -> 192.168.1.10:8080");
+    let first =
+        frames.iter().find(|f| f["flow"] == syn.as_str()).unwrap_or_else(|| panic!("{syn} not traced: {trace}"));
+    let stages: Vec<&str> = first["stages"].as_array().unwrap().iter().map(|s| s.as_str().unwrap()).collect();
+    assert_eq!(first["verdict"], "allow");
+    assert!(stages.iter().any(|s| s.contains(web_ingress)), "{stages:?}");
+
+    // conntrack list shows the flow just sent.
+    let flows =
+        json(&socket, &["conntrack", "list", "--src", "192.168.1.11", "--dst", "192.168.1.10", "--proto", "tcp"]);
+    let entries = flows["entries"].as_array().unwrap();
+    assert!(entries.iter().any(|e| e["sport"] == port && e["dport"] == 8080 && e["replied"] == true), "{flows}");
+    assert!(entries.iter().all(|e| e["src"] == "192.168.1.11" && e["protocol"] == "TCP"), "{flows}");
+    let (ok, text, _) = cli(&socket, &["conntrack", "list", "--proto", "tcp"]);
+    assert!(ok && text.contains(&format!("sport={port} dport=8080")), "{text}");
+
+    // rules: the NetworkPolicy's rule counted the new flow.
+    let after = json(&socket, &["rules"]);
+    assert!(rule_packets(&after, web_ingress, "ingress", 0) > hits_before, "{before}\n{after}");
+    let (ok, text, _) = cli(&socket, &["rules"]);
+    assert!(ok && text.contains(web_ingress) && text.contains("pkts"), "{text}");
+
+    // explain: a dropped flow and an allowed one, each naming the deciding policy; nothing is sent.
+    let frames_before = json(&socket, &["status"])["frames"].as_u64().unwrap();
+    let dropped = json(&socket, &["explain", "--from", "10.0.0.1", "--to", "192.168.1.10:9090/tcp"]);
+    assert_eq!(dropped["verdict"], "drop", "{dropped}");
+    let deciding = dropped["deciding"].as_str().unwrap();
+    assert!(
+        deciding.contains("GlobalNetworkPolicy/forward-only-http-to-pods") && deciding.contains("Deny"),
+        "{dropped}"
+    );
+    let allowed = json(&socket, &["explain", "--from", "shop/frontend", "--to", "shop/web:8080/tcp"]);
+    assert_eq!(allowed["verdict"], "allow", "{allowed}");
+    assert!(allowed["deciding"].as_str().unwrap().contains(web_ingress), "{allowed}");
+    let stages = allowed["stages"].as_array().unwrap();
+    assert!(stages.len() >= 2 && stages[0].as_str().unwrap().contains("shop/frontend egress"), "{allowed}");
+    let not_peer = json(&socket, &["explain", "--from", "kube-system/coredns", "--to", "shop/web:8080/tcp"]);
+    assert_eq!(not_peer["verdict"], "drop", "{not_peer}");
+    let (ok, text, _) = cli(&socket, &["explain", "--from", "10.0.0.1", "--to", "10.96.0.20:80/tcp"]);
+    assert!(ok && text.contains("service NAT: to 192.168.1.10:8080") && text.contains("verdict: ALLOW"), "{text}");
+    let (ok, _, err) = cli(&socket, &["explain", "--from", "nowhere/nobody", "--to", "shop/web:8080/tcp"]);
+    assert!(!ok && err.contains("no pod nowhere/nobody"), "{err}");
+    assert_eq!(json(&socket, &["status"])["frames"].as_u64().unwrap(), frames_before, "explain sent a packet");
+
+    // Prometheus: the format as promtool reads it, and real values.
+    let body = scrape(&metrics);
+    assert!(body.contains("felix_active_local_endpoints 4"), "{body}");
+    assert!(body.contains("calxdp_drops_total{reason=\"policy_deny\"}"), "{body}");
+    assert!(body.contains("calxdp_port_rx_frames_total{port=\"caliweb\"}"), "{body}");
+    match Command::new("promtool")
+        .args(["check", "metrics"])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+    {
+        Ok(mut p) => {
+            p.stdin.take().unwrap().write_all(body.as_bytes()).unwrap();
+            let out = p.wait_with_output().unwrap();
+            assert!(
+                out.status.success(),
+                "promtool check metrics: {}{}",
+                String::from_utf8_lossy(&out.stdout),
+                String::from_utf8_lossy(&out.stderr)
+            );
+        }
+        Err(e) if std::env::var_os("CI").is_none() => {
+            eprintln!("promtool not run ({e}): apt-get install prometheus to check the metrics' format");
+        }
+        Err(e) => panic!("promtool is needed in CI (apt-get install prometheus): {e}"),
+    }
+    let mut s = TcpStream::connect(&metrics).unwrap();
+    s.write_all(b"GET /other HTTP/1.0\r\n\r\n").unwrap();
+    let mut answer = String::new();
+    let _ = s.read_to_string(&mut answer);
+    assert!(answer.starts_with("HTTP/1.1 404"), "{answer}");
+
+    // Bad requests get an error or are dropped; the node keeps forwarding meanwhile.
+    assert!(raw(&socket, b"garbage\n").contains("bad request"));
+    assert!(raw(&socket, b"{\"command\":\"launch\"}\n").contains("unknown variant"));
+    assert!(raw(&socket, b"{\"command\":\"status\",\"extra\":1}\n").contains("unknown field"));
+    assert!(raw(&socket, b"{\"command\":\"conntrack_flush\",\"src\":\"10.0.0.1\"}\n").contains("unknown field"));
+    assert!(raw(&socket, b"{\"command\":\"trace\",\"count\":0}\n").contains("count must be"));
+    let mut huge = vec![b'x'; 1 << 20];
+    huge.push(b'\n');
+    assert!(raw(&socket, &huge).contains("longer than"));
+    let mut lazy = UnixStream::connect(&socket).unwrap();
+    lazy.set_write_timeout(Some(Duration::from_secs(2))).unwrap();
+    for _ in 0..2000 {
+        if lazy.write_all(b"{\"command\":\"rules\"}\n").is_err() {
+            break;
+        }
+    }
+    let mut idle: Vec<UnixStream> = (0..40).filter_map(|_| UnixStream::connect(&socket).ok()).collect();
+    std::thread::sleep(Duration::from_millis(300));
+    assert!(raw(&socket, b"{\"command\":\"status\"}\n").contains("too many clients"));
+    assert!(tcp_from("cxdemo-front", "192.168.1.10:8080").is_some(), "the node stopped forwarding");
+    // Clients over the limit are told so; once they go, the node answers again.
+    idle.truncate(0);
+    drop(lazy);
+    std::thread::sleep(Duration::from_millis(300));
+    assert!(json(&socket, &["status"])["frames"].as_u64().unwrap() > frames_before);
+
+    // conntrack flush by filter.
+    let flushed = json(&socket, &["conntrack", "flush", "--src", "192.168.1.11", "--proto", "tcp"]);
+    assert!(flushed["flushed"].as_u64().unwrap() >= 1, "{flushed}");
+    let flows = json(&socket, &["conntrack", "list", "--src", "192.168.1.11", "--proto", "tcp"]);
+    assert_eq!(flows["entries"].as_array().unwrap().len(), 0, "{flows}");
+
+    // SIGINT: the demo tears down; nothing is left.
+    let mut demo = demo;
+    let sent = Command::new("kill").args(["-INT", &demo.child.id().to_string()]).status().unwrap();
+    assert!(sent.success());
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        if demo.child.try_wait().unwrap().is_some() {
+            break;
+        }
+        assert!(Instant::now() < deadline, "the demo did not stop on SIGINT");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    let rest = demo.wait_for("torn down", Duration::from_secs(5));
+    assert!(rest.iter().any(|l| l.contains("torn down")));
+    assert!(!socket.exists(), "the admin socket was left behind");
+    assert!(TcpStream::connect(&metrics).is_err(), "the metrics port is still open");
+    let left = Command::new("ip").args(["netns", "list"]).output().unwrap();
+    let left = String::from_utf8_lossy(&left.stdout);
+    assert!(!left.contains("cxdemo-"), "namespaces left behind: {left}");
+    let tap = Command::new("ip").args(["link", "show", "calxdp-host"]).output().unwrap();
+    assert!(!tap.status.success(), "the host tap was left behind");
+}
