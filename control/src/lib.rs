@@ -2,6 +2,7 @@
 
 pub mod check;
 pub mod demo;
+pub mod felix;
 pub mod live;
 pub mod offline;
 pub mod parity;
