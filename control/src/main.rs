@@ -93,6 +93,9 @@ enum Command {
         /// Compile and publish every update but take over no interface (no root needed).
         #[arg(long)]
         check: bool,
+        /// Seconds between the ProcessStatusUpdate messages to Felix.
+        #[arg(long, default_value_t = 10.0)]
+        status_every: f64,
     },
     Parity {
         /// reference | compiled | pipeline | live | kernel | felix | all
@@ -183,7 +186,7 @@ fn main() -> ExitCode {
                 }
             }
         }
-        Command::FelixDriver { node, input, output, workers, tap, check } => {
+        Command::FelixDriver { node, input, output, workers, tap, check, status_every } => {
             let stop = Arc::new(AtomicBool::new(false));
             for sig in [signal_hook::consts::SIGINT, signal_hook::consts::SIGTERM] {
                 if let Err(e) = signal_hook::flag::register(sig, stop.clone()) {
@@ -192,7 +195,12 @@ fn main() -> ExitCode {
                 }
             }
             let live = LiveOptions { workers, tap, ..LiveOptions::default() };
-            let opts = calxdp::felix::driver::DriverOptions { node, input, output, live, check };
+            if !(status_every > 0.0 && status_every.is_finite()) {
+                eprintln!("calxdp felix-driver: --status-every must be a positive number of seconds");
+                return ExitCode::from(2);
+            }
+            let status_every = std::time::Duration::from_secs_f64(status_every);
+            let opts = calxdp::felix::driver::DriverOptions { node, input, output, live, check, status_every };
             match calxdp::felix::driver::run(&opts, stop) {
                 Ok(()) => ExitCode::SUCCESS,
                 Err(e) => {

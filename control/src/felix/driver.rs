@@ -127,6 +127,8 @@ pub struct DriverOptions {
     pub live: LiveOptions,
     /// Compile and publish every update but take over no interface (no root needed).
     pub check: bool,
+    /// How often to send `ProcessStatusUpdate` ([`STATUS_EVERY`] unless a test says otherwise).
+    pub status_every: Duration,
 }
 
 /// What the reader thread hands the control loop.
@@ -349,7 +351,7 @@ pub fn run(opts: &DriverOptions, stop: Arc<AtomicBool>) -> Result<(), String> {
                 return Err(format!("{death}; the dataplane cannot run without it"));
             }
         }
-        if last_status.elapsed() >= STATUS_EVERY {
+        if last_status.elapsed() >= opts.status_every {
             last_status = Instant::now();
             reporter.process_status()?;
         }
