@@ -131,13 +131,6 @@ pub struct DriverOptions {
     pub status_every: Duration,
 }
 
-/// What the reader thread hands the control loop.
-enum Incoming {
-    Message(ToDataplane),
-    Broken(String),
-    End,
-}
-
 /// Opens fd `n` as a file (Felix's pipes).
 fn inherited_fd(n: i32, what: &str) -> Result<File, String> {
     use std::os::fd::FromRawFd;
@@ -273,45 +266,54 @@ pub fn run(opts: &DriverOptions, stop: Arc<AtomicBool>) -> Result<(), String> {
     let mut dirty = false;
     let mut last_status = Instant::now();
     while !stop.load(Ordering::Relaxed) {
-        let incoming = match rx.recv_timeout(Duration::from_millis(50)) {
-            Ok(frame) => Some(to_incoming(&front, frame)),
-            Err(RecvTimeoutError::Timeout) => None,
-            Err(RecvTimeoutError::Disconnected) => Some(Incoming::End),
-        };
-        let mut batch = incoming.into_iter().collect::<Vec<_>>();
-        // Everything readable now is one batch: Felix sends no end-of-flush marker.
-        while batch.last().is_some_and(|i| matches!(i, Incoming::Message(_))) {
+        // Everything readable now is one batch: Felix sends no end-of-flush marker. Frames are decoded as
+        // they are applied, so an error names the message before it.
+        let mut batch: Vec<Result<Vec<u8>, FrameError>> = Vec::new();
+        let mut ended = false;
+        match rx.recv_timeout(Duration::from_millis(50)) {
+            Ok(frame) => batch.push(frame),
+            Err(RecvTimeoutError::Timeout) => {}
+            Err(RecvTimeoutError::Disconnected) => ended = true,
+        }
+        while batch.last().is_some_and(|f| f.as_ref().is_ok_and(|b| !b.is_empty())) {
             match rx.try_recv() {
-                Ok(frame) => batch.push(to_incoming(&front, frame)),
+                Ok(frame) => batch.push(frame),
                 Err(TryRecvError::Empty) => break,
-                Err(TryRecvError::Disconnected) => batch.push(Incoming::End),
+                Err(TryRecvError::Disconnected) => {
+                    ended = true;
+                    break;
+                }
             }
         }
-        let mut ended = false;
-        for item in batch {
-            match item {
-                Incoming::Message(m) => match front.feed(m).map_err(|e| e.to_string())? {
-                    Applied::Ignored => {}
-                    Applied::Changed => dirty = true,
-                    Applied::InSync => {
-                        if plane.is_none() {
-                            let (node, resources) = front.model()?;
-                            plane = Some(start(node, resources, opts)?);
-                            dirty = false;
-                            say!(
-                                "calxdp felix-driver: in sync: {} workload and {} host endpoint(s), {} policies, {} \
-                                 profiles, {} IP sets",
-                                front.state.workloads.len(),
-                                front.state.host_endpoints.len(),
-                                front.state.policies.len(),
-                                front.state.profiles.len(),
-                                front.state.ip_sets.len()
-                            );
-                        }
+        for frame in batch {
+            let bytes = match frame {
+                Ok(b) if b.is_empty() => {
+                    ended = true;
+                    break;
+                }
+                Ok(b) => b,
+                Err(e) => return Err(front.frame_error(&e)),
+            };
+            let m = front.decode(&bytes)?;
+            match front.feed(m).map_err(|e| e.to_string())? {
+                Applied::Ignored => {}
+                Applied::Changed => dirty = true,
+                Applied::InSync => {
+                    if plane.is_none() {
+                        let (node, resources) = front.model()?;
+                        plane = Some(start(node, resources, opts)?);
+                        dirty = false;
+                        say!(
+                            "calxdp felix-driver: in sync: {} workload and {} host endpoint(s), {} policies, {} \
+                             profiles, {} IP sets",
+                            front.state.workloads.len(),
+                            front.state.host_endpoints.len(),
+                            front.state.policies.len(),
+                            front.state.profiles.len(),
+                            front.state.ip_sets.len()
+                        );
                     }
-                },
-                Incoming::Broken(e) => return Err(e),
-                Incoming::End => ended = true,
+                }
             }
         }
         if dirty {
@@ -364,17 +366,6 @@ pub fn run(opts: &DriverOptions, stop: Arc<AtomicBool>) -> Result<(), String> {
         live.stop();
     }
     Ok(())
-}
-
-fn to_incoming(front: &FrontEnd, frame: Result<Vec<u8>, FrameError>) -> Incoming {
-    match frame {
-        Ok(bytes) if bytes.is_empty() => Incoming::End,
-        Ok(bytes) => match front.decode(&bytes) {
-            Ok(m) => Incoming::Message(m),
-            Err(e) => Incoming::Broken(e),
-        },
-        Err(e) => Incoming::Broken(front.frame_error(&e)),
-    }
 }
 
 fn start(node: NodeConfig, resources: ResourceSet, opts: &DriverOptions) -> Result<Plane, String> {
