@@ -12,7 +12,7 @@
 //! and detach (…`StatusRemove` when the endpoint goes), and a `ProcessStatusUpdate` every
 //! [`STATUS_EVERY`].
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 use std::fs::File;
 use std::io::{BufReader, BufWriter, Read, Write};
 use std::path::{Path, PathBuf};
@@ -28,7 +28,7 @@ use calxdp_policy::resource::ResourceSet;
 
 use super::framing::{read_frame, write_frame, FrameError};
 use super::proto::{self, from_dataplane, FromDataplane, ToDataplane};
-use super::state::{Applied, FelixState, StreamError};
+use super::state::{Applied, FelixState, StreamError, WorkloadKey};
 use super::{config, lower};
 use crate::live::{LiveNode, LiveOptions, PortEvent};
 use crate::publisher::TablePublisher;
@@ -265,6 +265,8 @@ pub fn run(opts: &DriverOptions, stop: Arc<AtomicBool>) -> Result<(), String> {
     let mut plane: Option<Plane> = None;
     let mut dirty = false;
     let mut last_status = Instant::now();
+    let mut reported_workloads: BTreeSet<WorkloadKey> = BTreeSet::new();
+    let mut reported_heps: BTreeSet<String> = BTreeSet::new();
     while !stop.load(Ordering::Relaxed) {
         // Everything readable now is one batch: Felix sends no end-of-flush marker. Frames are decoded as
         // they are applied, so an error names the message before it.
@@ -315,6 +317,19 @@ pub fn run(opts: &DriverOptions, stop: Arc<AtomicBool>) -> Result<(), String> {
                     }
                 }
             }
+        }
+        // Endpoints that went: Felix drops their status (…StatusRemove), whether or not a port was up.
+        if plane.is_some() {
+            for k in reported_workloads.iter().filter(|k| !front.state.workloads.contains_key(*k)) {
+                let r = proto::WorkloadEndpointStatusRemove { id: Some(k.to_proto()) };
+                reporter.send(from_dataplane::Payload::WorkloadEndpointStatusRemove(r))?;
+            }
+            for id in reported_heps.iter().filter(|id| !front.state.host_endpoints.contains_key(*id)) {
+                let r = proto::HostEndpointStatusRemove { id: Some(proto::HostEndpointId { endpoint_id: id.clone() }) };
+                reporter.send(from_dataplane::Payload::HostEndpointStatusRemove(r))?;
+            }
+            reported_workloads = front.state.workloads.keys().cloned().collect();
+            reported_heps = front.state.host_endpoints.keys().cloned().collect();
         }
         if dirty {
             if let Some(p) = &mut plane {

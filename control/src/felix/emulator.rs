@@ -69,6 +69,18 @@ fn net_members(n: &IpNet, out: &mut BTreeSet<String>) {
     }
 }
 
+/// One side of a rule in Felix's terms: the sets and port ranges it must (not) match.
+struct SideSets {
+    set_ids: Vec<String>,
+    ranges: Vec<proto::PortRange>,
+    named: Vec<String>,
+    not_set_ids: Vec<String>,
+    not_ranges: Vec<proto::PortRange>,
+    not_named: Vec<String>,
+    /// Service (IP, port) sets (destination only).
+    port_sets: Vec<String>,
+}
+
 /// The IP sets the active rules use, computed over every entity (rule_scanner.go, named_port_index.go).
 struct Sets<'w> {
     world: &'w ResolvedNode,
@@ -153,13 +165,7 @@ impl<'w> Sets<'w> {
     }
 
     /// One side of a rule, as `ruleToParsedRule` splits it.
-    #[allow(clippy::type_complexity)]
-    fn side(
-        &mut self,
-        side: &EntityRule,
-        protocol: Option<Protocol>,
-        is_src: bool,
-    ) -> (Vec<String>, Vec<proto::PortRange>, Vec<String>, Vec<String>, Vec<proto::PortRange>, Vec<String>, Vec<String>, Vec<String>) {
+    fn side(&mut self, side: &EntityRule, protocol: Option<Protocol>, is_src: bool) -> SideSets {
         let split = |ports: &[Port]| -> (Vec<proto::PortRange>, Vec<String>) {
             let mut ranges = Vec::new();
             let mut names = Vec::new();
@@ -196,7 +202,7 @@ impl<'w> Sets<'w> {
                 port_sets.push(self.service(&svc.namespace, &svc.name, true));
             }
         }
-        (set_ids, ranges, named, not_set_ids, not_ranges, not_named, port_sets, Vec::new())
+        SideSets { set_ids, ranges, named, not_set_ids, not_ranges, not_named, port_sets }
     }
 
     fn rule(&mut self, r: &Rule) -> proto::Rule {
@@ -207,10 +213,8 @@ impl<'w> Sets<'w> {
             Action::Log => "log",
             Action::Pass => "next-tier",
         };
-        let (src_sets, src_ports, src_named, not_src_sets, not_src_ports, not_src_named, _, _) =
-            self.side(&r.source, r.protocol, true);
-        let (dst_sets, dst_ports, dst_named, not_dst_sets, not_dst_ports, not_dst_named, dst_port_sets, _) =
-            self.side(&r.destination, r.protocol, false);
+        let src = self.side(&r.source, r.protocol, true);
+        let dst = self.side(&r.destination, r.protocol, false);
         let icmp = |m: Option<calxdp_policy::resource::IcmpMatch>| {
             m.map(|m| match m.code {
                 None => (Some(m.icmp_type as i32), None),
@@ -227,33 +231,33 @@ impl<'w> Sets<'w> {
             },
             protocol: Self::protocol(r.protocol),
             src_net: nets(&r.source.nets),
-            src_ports,
+            src_ports: src.ranges,
             dst_net: nets(&r.destination.nets),
-            dst_ports,
+            dst_ports: dst.ranges,
             icmp: match icmp(r.icmp) {
                 Some((Some(t), _)) => Some(Icmp::IcmpType(t)),
                 Some((None, Some(tc))) => Some(Icmp::IcmpTypeCode(tc)),
                 _ => None,
             },
-            src_ip_set_ids: src_sets,
-            dst_ip_set_ids: dst_sets,
-            src_named_port_ip_set_ids: src_named,
-            dst_named_port_ip_set_ids: dst_named,
-            dst_ip_port_set_ids: dst_port_sets,
+            src_ip_set_ids: src.set_ids,
+            dst_ip_set_ids: dst.set_ids,
+            src_named_port_ip_set_ids: src.named,
+            dst_named_port_ip_set_ids: dst.named,
+            dst_ip_port_set_ids: dst.port_sets,
             not_protocol: Self::protocol(r.not_protocol),
             not_src_net: nets(&r.source.not_nets),
-            not_src_ports,
+            not_src_ports: src.not_ranges,
             not_dst_net: nets(&r.destination.not_nets),
-            not_dst_ports,
+            not_dst_ports: dst.not_ranges,
             not_icmp: match icmp(r.not_icmp) {
                 Some((Some(t), _)) => Some(NotIcmp::NotIcmpType(t)),
                 Some((None, Some(tc))) => Some(NotIcmp::NotIcmpTypeCode(tc)),
                 _ => None,
             },
-            not_src_ip_set_ids: not_src_sets,
-            not_dst_ip_set_ids: not_dst_sets,
-            not_src_named_port_ip_set_ids: not_src_named,
-            not_dst_named_port_ip_set_ids: not_dst_named,
+            not_src_ip_set_ids: src.not_set_ids,
+            not_dst_ip_set_ids: dst.not_set_ids,
+            not_src_named_port_ip_set_ids: src.not_named,
+            not_dst_named_port_ip_set_ids: dst.not_named,
             rule_id: String::new(),
         }
     }

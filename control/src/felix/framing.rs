@@ -62,6 +62,15 @@ pub fn read_frame(r: &mut impl Read, buf: &mut Vec<u8>) -> Result<bool, FrameErr
     Ok(true)
 }
 
+/// Reads and decodes one message of type `M`; `Ok(None)` when the stream ended cleanly between frames.
+pub fn read_message<M: Message + Default>(r: &mut impl Read) -> Result<Option<M>, String> {
+    let mut buf = Vec::new();
+    if !read_frame(r, &mut buf).map_err(|e| e.to_string())? {
+        return Ok(None);
+    }
+    M::decode(&buf[..]).map(Some).map_err(|e| format!("a frame that does not decode: {e}"))
+}
+
 /// Writes one message with its length prefix, as one write so a reader never sees half a prefix first.
 pub fn write_frame(w: &mut impl Write, msg: &impl Message) -> io::Result<()> {
     let mut out = Vec::with_capacity(8 + msg.encoded_len());

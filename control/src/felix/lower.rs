@@ -255,6 +255,11 @@ fn merge_orders<K: Ord + Clone>(chains: &[Vec<K>]) -> Vec<K> {
     out
 }
 
+/// Each list once.
+fn distinct<K: Ord>(chains: Vec<Vec<K>>) -> Vec<Vec<K>> {
+    chains.into_iter().collect::<BTreeSet<_>>().into_iter().collect()
+}
+
 /// Orders for the tiers in `merged` that keep the built-in tiers' fixed orders and put every other tier
 /// where the merged order says.
 fn tier_orders(merged: &[String]) -> HashMap<String, f64> {
@@ -452,15 +457,21 @@ pub fn lower(state: &FelixState, base: &NodeConfig, felix: &FelixConfig) -> Resu
     for ep in state.host_endpoints.values() {
         walk(&hep_tier_lists(ep), Some(&ep.forward_tiers));
     }
-    let tier_order = tier_orders(&merge_orders(&tier_chains));
+    // Endpoints alike have identical lists: merge each distinct list once.
+    let tier_chains: Vec<Vec<String>> = distinct(tier_chains);
+    let policy_chains: Vec<Vec<PolicyKey>> = distinct(policy_chains);
+    let merged_tiers = merge_orders(&tier_chains);
+    let tier_order = tier_orders(&merged_tiers);
     let policy_rank: HashMap<PolicyKey, usize> =
         merge_orders(&policy_chains).into_iter().enumerate().map(|(i, k)| (k, i)).collect();
 
-    for (name, default_action) in &tier_default {
+    // Every tier an endpoint names exists, so the resolver orders them all by rank (a tier only untracked or
+    // preDNAT lists name has no default action of its own: those stages end in Pass anyway).
+    for name in &merged_tiers {
         resources.apply(Resource::Tier(Tier {
             name: name.clone(),
             order: tier_order.get(name).copied(),
-            default_action: *default_action,
+            default_action: tier_default.get(name).copied().unwrap_or(TierDefault::Deny),
         }));
     }
     for (key, p) in &state.policies {

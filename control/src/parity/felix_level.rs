@@ -10,7 +10,7 @@
 use std::io::Read;
 use std::time::Duration;
 
-use calxdp_policy::node::NodeConfig;
+use calxdp_policy::node::{FelixConfig, NodeConfig};
 use calxdp_policy::packet::PacketHeader;
 use calxdp_policy::reference::flows::Tuple;
 use calxdp_policy::reference::Attach;
@@ -48,6 +48,12 @@ pub fn through_pipe(msgs: Vec<ToDataplane>, front: &mut FrontEnd) -> Result<usiz
     Ok(got)
 }
 
+/// The node options the driver is started with: the scenario's node with Felix's defaults, since the
+/// emulated Felix sends the node's `config:` (and the FelixConfigurations over it) in its `ConfigUpdate`.
+fn options(node: &NodeConfig) -> NodeConfig {
+    NodeConfig { felix: FelixConfig::default(), ..node.clone() }
+}
+
 /// A pipeline node fed by the emulated Felix.
 #[derive(Debug)]
 pub struct FelixNode {
@@ -61,7 +67,7 @@ pub struct FelixNode {
 impl FelixNode {
     pub fn new(node: &NodeConfig, resources: &ResourceSet) -> Result<FelixNode, String> {
         let mut emulator = Emulator::new();
-        let mut front = FrontEnd::new(node);
+        let mut front = FrontEnd::new(&options(node));
         through_pipe(emulator.update(FelixView::compute(node, resources)?), &mut front)?;
         if !front.state.in_sync {
             return Err("the emulated Felix sent no InSync".into());
@@ -82,9 +88,9 @@ impl FelixNode {
         let view = FelixView::compute(node, resources)?;
         if self.emulator.needs_restart(&view) {
             self.emulator = Emulator::new();
-            self.front = FrontEnd::new(node);
+            self.front = FrontEnd::new(&options(node));
         } else {
-            self.front.set_base(node);
+            self.front.set_base(&options(node));
         }
         through_pipe(self.emulator.update(view), &mut self.front)?;
         let (model_node, model_resources) = self.front.model()?;
