@@ -158,7 +158,7 @@ impl Back {
     }
 }
 
-fn status(pod: &str, st: &'static str) -> impl Fn(&BackPayload) -> bool + '_ {
+fn status<'a>(pod: &'a str, st: &'static str) -> impl Fn(&BackPayload) -> bool + 'a {
     move |b| matches!(b, BackPayload::WorkloadEndpointStatusUpdate(u)
         if u.id.as_ref().is_some_and(|i| i.workload_id == format!("demo/pod-{pod}"))
             && u.status.as_ref().is_some_and(|s| s.status == st))
