@@ -4,7 +4,7 @@
 //! The emulated Felix (`calxdp::felix::emulator`) sends the snapshot for pods A and B — a policy that lets
 //! only `app == a` reach `app in {b, c}`, so B's ingress matches by IP set — over a real pipe into the
 //! driver (`driver::run`, reading the pipe as Felix's fd 3 and answering on another pipe as fd 4). Then,
-//! while A pings B every 10 ms: pod C's endpoint is added (its veth already exists), A reaches C; C's
+//! while A pings B every 10 ms: pod C's endpoint is added (its veth is made after the message), A reaches C; C's
 //! endpoint is removed, A no longer reaches C. Checked: the status Felix receives (up for A, B and C as
 //! their ports attach; C's status removed when its endpoint goes), and that A→B lost no ping throughout.
 //!
@@ -77,18 +77,29 @@ impl Topology {
             run("ip", &["netns", "exec", ns, "sysctl", "-qw", "net.ipv6.conf.all.disable_ipv6=1", "net.ipv6.conf.default.disable_ipv6=1"])?;
             ip(&["-n", ns, "link", "set", "lo", "up"])?;
         }
-        for ((_, host_if, addr, mac), pod_ns) in PODS.iter().zip(&t.pods) {
-            ip(&["-n", &t.node, "link", "add", host_if, "address", "ee:ee:ee:ee:ee:ee", "type", "veth", "peer", "name", "eth0", "address", mac, "netns", pod_ns])?;
-            ip(&["-n", &t.node, "link", "set", host_if, "up"])?;
-            ip(&["-n", pod_ns, "addr", "add", &format!("{addr}/32"), "dev", "eth0"])?;
-            ip(&["-n", pod_ns, "link", "set", "eth0", "up"])?;
-            ip(&["-n", pod_ns, "route", "add", "169.254.1.1", "dev", "eth0", "scope", "link"])?;
-            ip(&["-n", pod_ns, "route", "add", "default", "via", "169.254.1.1", "dev", "eth0"])?;
+        // Pod C's veth is made later, after its endpoint was sent.
+        for i in 0..2 {
+            t.add_veth(i)?;
         }
         ip(&["-n", &t.node, "link", "add", "cxfU", "type", "veth", "peer", "name", "cxfUp"])?;
         ip(&["-n", &t.node, "link", "set", "cxfU", "up"])?;
         ip(&["-n", &t.node, "link", "set", "cxfUp", "up"])?;
         Ok(t)
+    }
+}
+
+impl Topology {
+    /// Pod `i`'s veth: the host side (Calico's MAC) in the node namespace, `eth0` in the pod's.
+    fn add_veth(&self, i: usize) -> Result<(), String> {
+        let (_, host_if, addr, mac) = PODS[i];
+        let pod_ns = &self.pods[i];
+        ip(&["-n", &self.node, "link", "add", host_if, "address", "ee:ee:ee:ee:ee:ee", "type", "veth", "peer", "name", "eth0", "address", mac, "netns", pod_ns])?;
+        ip(&["-n", &self.node, "link", "set", host_if, "up"])?;
+        ip(&["-n", pod_ns, "addr", "add", &format!("{addr}/32"), "dev", "eth0"])?;
+        ip(&["-n", pod_ns, "link", "set", "eth0", "up"])?;
+        ip(&["-n", pod_ns, "route", "add", "169.254.1.1", "dev", "eth0", "scope", "link"])?;
+        ip(&["-n", pod_ns, "route", "add", "default", "via", "169.254.1.1", "dev", "eth0"])?;
+        Ok(())
     }
 }
 
@@ -232,7 +243,11 @@ fn endpoints_come_and_go_under_traffic() {
     let a = pod_a.clone();
     let steady = thread::spawn(move || ping(&a, PODS[1].2, 1500, "0.01"));
     thread::sleep(Duration::from_millis(300));
+    // C's endpoint arrives before its veth exists: the port is taken over when the veth appears.
     send(felix.update(FelixView::compute(&cluster(&["a", "b", "c"]), &resources).unwrap()), &mut to_driver);
+    thread::sleep(Duration::from_millis(300));
+    assert!(!back.seen.iter().any(|m| m.payload.as_ref().is_some_and(status("c", "up"))), "C up before its veth");
+    topo.add_veth(2).expect("pod C's veth");
     back.wait_for(Duration::from_secs(30), "status up for pod-c", status("c", "up"));
     let reached = (0..20).any(|_| ping(&pod_a, PODS[2].2, 1, "0.2").1 == 1);
     assert!(reached, "A never reached C after its endpoint was added");
