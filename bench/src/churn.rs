@@ -36,8 +36,15 @@ fn ms(d: Duration) -> String {
 pub fn run(quick: bool) -> Result<(), String> {
     let (endpoints, policies) = if quick { (1_000, 10_000) } else { (1_000, 20_000) };
     let node = synth::node(endpoints);
-    let selector = |p: usize| if p % 20 == 0 { "all()".to_string() } else { format!("app == 'app{}'", p % synth::APPS) };
+    let selector =
+        |p: usize| if p % 20 == 0 { "all()".to_string() } else { format!("app == 'app{}'", p % synth::APPS) };
     let resources: ResourceSet = synth::load(&synth::policies(3, policies, 3, selector));
+    // Baseline, same run: the same node and policies compiled straight from the resources (the YAML front
+    // end), no protocol and no lowering.
+    let t = std::time::Instant::now();
+    let yaml = TablePublisher::new(node.clone(), resources.clone());
+    let yaml_insync = t.elapsed();
+    drop(yaml);
     let mut emulator = Emulator::new();
     let snapshot = emulator.update(FelixView::compute(&node, &resources)?);
     let mut seq = snapshot.len() as u64;
@@ -95,10 +102,18 @@ pub fn run(quick: bool) -> Result<(), String> {
         },
     );
     let update = next(Payload::ActivePolicyUpdate(proto::ActivePolicyUpdate {
-        id: Some(proto::PolicyId { name: pkey.name.clone(), namespace: pkey.namespace.clone(), kind: pkey.kind.clone() }),
+        id: Some(proto::PolicyId {
+            name: pkey.name.clone(),
+            namespace: pkey.namespace.clone(),
+            kind: pkey.kind.clone(),
+        }),
         policy: Some(policy),
     }));
     let policy_update = apply(&mut front, &mut publisher, &[update])?;
+    println!(
+        "baseline: yaml_insync_ms={} (the same node and policies published straight from the resources)",
+        ms(yaml_insync)
+    );
     println!(
         "endpoints={endpoints} policies={policies} insync_ms={} ipset_delta_ms={} endpoint_add_ms={} policy_update_ms={}",
         ms(insync),

@@ -11,7 +11,7 @@ use std::time::{Duration, Instant};
 use prost::Message;
 
 use calxdp::felix::emulator::{Emulator, FelixView};
-use calxdp::felix::framing::{read_frame, write_frame};
+use calxdp::felix::framing::{pipe, read_frame, write_frame};
 use calxdp::felix::proto::{self, from_dataplane, to_dataplane::Payload, FromDataplane, ToDataplane};
 use calxdp::parity::scenario::{parse_scenario, ScenarioFile};
 use calxdp_policy::resource::ResourceSet;
@@ -28,18 +28,23 @@ fn high(fd: &impl AsRawFd) -> OwnedFd {
 /// The driver with `to_driver` on its fd 3 and `from_driver` on its fd 4, as Felix starts it.
 struct Driver {
     child: std::process::Child,
-    to_driver: std::io::PipeWriter,
-    from_driver: std::io::PipeReader,
+    to_driver: std::fs::File,
+    from_driver: std::fs::File,
 }
 
 fn start(args: &[&str]) -> Driver {
-    let (r3, to_driver) = std::io::pipe().unwrap();
-    let (from_driver, w4) = std::io::pipe().unwrap();
+    let (r3, to_driver) = pipe().unwrap();
+    let (from_driver, w4) = pipe().unwrap();
     let (h3, h4) = (high(&r3), high(&w4));
     drop((r3, w4));
     let (f3, f4) = (h3.as_raw_fd(), h4.as_raw_fd());
     let mut cmd = Command::new(env!("CARGO_BIN_EXE_calxdp"));
-    cmd.arg("felix-driver").arg("--check").args(args).env_remove("CALXDP_NODE").stdin(Stdio::null()).stderr(Stdio::piped());
+    cmd.arg("felix-driver")
+        .arg("--check")
+        .args(args)
+        .env_remove("CALXDP_NODE")
+        .stdin(Stdio::null())
+        .stderr(Stdio::piped());
     // SAFETY: between fork and exec only async-signal-safe dup2 runs; dup2 clears close-on-exec on 3 and 4.
     unsafe {
         cmd.pre_exec(move || {
@@ -92,9 +97,7 @@ fn scenario_stream() -> Vec<ToDataplane> {
     let root = std::path::PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("..");
     let path = root.join("tests/scenarios/calxdp-090-static-and-conntrack.yaml");
     let text = std::fs::read_to_string(&path).unwrap();
-    let Ok(ScenarioFile::Scenario(s)) = parse_scenario(&text, &path.display().to_string()) else {
-        panic!("scenario")
-    };
+    let Ok(ScenarioFile::Scenario(s)) = parse_scenario(&text, &path.display().to_string()) else { panic!("scenario") };
     let mut resources = ResourceSet::new();
     resources.apply_all(s.resources.iter().map(|d| d.resource.clone()));
     Emulator::new().update(FelixView::compute(&s.node, &resources).unwrap())

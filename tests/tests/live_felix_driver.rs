@@ -22,7 +22,7 @@ use std::time::{Duration, Instant};
 
 use calxdp::felix::driver::{run as run_driver, DriverOptions};
 use calxdp::felix::emulator::{Emulator, FelixView};
-use calxdp::felix::framing::{read_message, write_frame};
+use calxdp::felix::framing::{pipe, read_message, write_frame};
 use calxdp::felix::proto::{from_dataplane::Payload as BackPayload, FromDataplane, ToDataplane};
 use calxdp::live::LiveOptions;
 use calxdp_dataplane::xsk::netns;
@@ -74,7 +74,18 @@ impl Topology {
             } else {
                 t.pods.push(ns.clone());
             }
-            run("ip", &["netns", "exec", ns, "sysctl", "-qw", "net.ipv6.conf.all.disable_ipv6=1", "net.ipv6.conf.default.disable_ipv6=1"])?;
+            run(
+                "ip",
+                &[
+                    "netns",
+                    "exec",
+                    ns,
+                    "sysctl",
+                    "-qw",
+                    "net.ipv6.conf.all.disable_ipv6=1",
+                    "net.ipv6.conf.default.disable_ipv6=1",
+                ],
+            )?;
             ip(&["-n", ns, "link", "set", "lo", "up"])?;
         }
         // Pod C's veth is made later, after its endpoint was sent.
@@ -93,7 +104,24 @@ impl Topology {
     fn add_veth(&self, i: usize) -> Result<(), String> {
         let (_, host_if, addr, mac) = PODS[i];
         let pod_ns = &self.pods[i];
-        ip(&["-n", &self.node, "link", "add", host_if, "address", "ee:ee:ee:ee:ee:ee", "type", "veth", "peer", "name", "eth0", "address", mac, "netns", pod_ns])?;
+        ip(&[
+            "-n",
+            &self.node,
+            "link",
+            "add",
+            host_if,
+            "address",
+            "ee:ee:ee:ee:ee:ee",
+            "type",
+            "veth",
+            "peer",
+            "name",
+            "eth0",
+            "address",
+            mac,
+            "netns",
+            pod_ns,
+        ])?;
         ip(&["-n", &self.node, "link", "set", host_if, "up"])?;
         ip(&["-n", pod_ns, "addr", "add", &format!("{addr}/32"), "dev", "eth0"])?;
         ip(&["-n", pod_ns, "link", "set", "eth0", "up"])?;
@@ -134,7 +162,7 @@ spec:
 }
 
 /// Collects what the driver tells Felix.
-fn collect(mut r: std::io::PipeReader) -> Receiver<FromDataplane> {
+fn collect(mut r: std::fs::File) -> Receiver<FromDataplane> {
     let (tx, rx) = channel();
     thread::spawn(move || {
         while let Ok(Some(m)) = read_message::<FromDataplane>(&mut r) {
@@ -170,9 +198,11 @@ impl Back {
 }
 
 fn status<'a>(pod: &'a str, st: &'static str) -> impl Fn(&BackPayload) -> bool + 'a {
-    move |b| matches!(b, BackPayload::WorkloadEndpointStatusUpdate(u)
+    move |b| {
+        matches!(b, BackPayload::WorkloadEndpointStatusUpdate(u)
         if u.id.as_ref().is_some_and(|i| i.workload_id == format!("demo/pod-{pod}"))
             && u.status.as_ref().is_some_and(|s| s.status == st))
+    }
 }
 
 /// `ping` from pod A's namespace: (sent, received).
@@ -184,7 +214,11 @@ fn ping(ns: &str, dst: &str, count: u32, interval: &str) -> (u32, u32) {
     let text = String::from_utf8_lossy(&out.stdout);
     let line = text.lines().find(|l| l.contains("packets transmitted")).unwrap_or("");
     let num = |word: &str| -> u32 {
-        line.split(',').find(|p| p.contains(word)).and_then(|p| p.split_whitespace().next()).and_then(|n| n.parse().ok()).unwrap_or(0)
+        line.split(',')
+            .find(|p| p.contains(word))
+            .and_then(|p| p.split_whitespace().next())
+            .and_then(|n| n.parse().ok())
+            .unwrap_or(0)
     };
     (num("transmitted"), num("received"))
 }
@@ -206,14 +240,19 @@ fn endpoints_come_and_go_under_traffic() {
     std::fs::write(&node_file, NODE_OPTIONS).unwrap();
 
     // Felix's two pipes; the driver opens its ends through /proc, as it would open fd 3 and 4.
-    let (to_read, mut to_driver) = std::io::pipe().unwrap();
-    let (from_driver, from_write) = std::io::pipe().unwrap();
+    let (to_read, mut to_driver) = pipe().unwrap();
+    let (from_driver, from_write) = pipe().unwrap();
     let path = |fd: i32| PathBuf::from(format!("/proc/self/fd/{fd}"));
     let opts = DriverOptions {
         node: Some(node_file.clone()),
         input: Some(path(to_read.as_raw_fd())),
         output: Some(path(from_write.as_raw_fd())),
-        live: LiveOptions { tap: "cxf-host".into(), netns: Some(node_ns.clone()), host_addresses: false, ..LiveOptions::default() },
+        live: LiveOptions {
+            tap: "cxf-host".into(),
+            netns: Some(node_ns.clone()),
+            host_addresses: false,
+            ..LiveOptions::default()
+        },
         check: false,
         status_every: Duration::from_secs(10),
     };
@@ -226,7 +265,7 @@ fn endpoints_come_and_go_under_traffic() {
     let mut back = Back { rx: collect(from_driver), seen: Vec::new() };
 
     let mut felix = Emulator::new();
-    let send = |msgs: Vec<ToDataplane>, w: &mut std::io::PipeWriter| {
+    let send = |msgs: Vec<ToDataplane>, w: &mut std::fs::File| {
         for m in &msgs {
             write_frame(w, m).expect("write to the driver");
         }

@@ -209,14 +209,16 @@ mod tests {
 
     #[test]
     fn strings_round_trip() {
-        let mut c = FelixConfig::default();
-        c.default_endpoint_to_host_action = EndpointToHostAction::Accept;
-        c.failsafe_inbound = parse_failsafe_string("tcp:22,udp:68,tcp:10.0.0.0/8:80,tcp:[fd00::/64]:443").unwrap();
-        c.failsafe_outbound = Vec::new();
-        c.log_prefix = "calxdp %t".into();
-        c.iptables_filter_deny_action = DenyAction::Reject;
-        c.interface_exclude = InterfaceMatch::parse_list("eth9,/^veth/").unwrap();
-        c.nftables_mode = NftablesMode::Disabled;
+        let c = FelixConfig {
+            default_endpoint_to_host_action: EndpointToHostAction::Accept,
+            failsafe_inbound: parse_failsafe_string("tcp:22,udp:68,tcp:10.0.0.0/8:80,tcp:[fd00::/64]:443").unwrap(),
+            failsafe_outbound: Vec::new(),
+            log_prefix: "calxdp %t".into(),
+            iptables_filter_deny_action: DenyAction::Reject,
+            interface_exclude: InterfaceMatch::parse_list("eth9,/^veth/").unwrap(),
+            nftables_mode: NftablesMode::Disabled,
+            ..FelixConfig::default()
+        };
         let strings = to_strings(&c).unwrap();
         assert_eq!(strings["FailsafeOutboundHostPorts"], "none");
         assert_eq!(apply(&FelixConfig::default(), &strings).unwrap(), c);

@@ -222,7 +222,11 @@ impl<W: Write> Reporter<W> {
     fn port(&mut self, state: &FelixState, iface: &str, status: &str) -> Result<(), String> {
         let st = Some(proto::EndpointStatus { status: status.into() });
         for (k, ep) in state.workloads.iter().filter(|(_, ep)| ep.name == iface) {
-            let u = proto::WorkloadEndpointStatusUpdate { id: Some(k.to_proto()), status: st.clone(), endpoint: Some(ep.clone()) };
+            let u = proto::WorkloadEndpointStatusUpdate {
+                id: Some(k.to_proto()),
+                status: st.clone(),
+                endpoint: Some(ep.clone()),
+            };
             self.send(from_dataplane::Payload::WorkloadEndpointStatusUpdate(u))?;
         }
         for id in state.host_endpoints.iter().filter(|(_, ep)| ep.name == iface).map(|(id, _)| id) {
@@ -336,7 +340,9 @@ pub fn run(opts: &DriverOptions, stop: Arc<AtomicBool>) -> Result<(), String> {
                 let (node, resources) = front.model()?;
                 let result = match p {
                     Plane::Live(live) => live.set_model(node, resources),
-                    Plane::Check(publisher) => publisher.set_model(node, resources).map(|_| ()).map_err(|e| e.to_string()),
+                    Plane::Check(publisher) => {
+                        publisher.set_model(node, resources).map(|_| ()).map_err(|e| e.to_string())
+                    }
                 };
                 if let Err(e) = result {
                     // The stream was valid; the model it describes cannot be compiled. Say so and keep the

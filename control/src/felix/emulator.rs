@@ -61,8 +61,7 @@ fn proto_word(p: Protocol) -> &'static str {
 fn net_members(n: &IpNet, out: &mut BTreeSet<String>) {
     // Felix splits a /0 into two halves (`extractCIDRsFromNetworkSet`).
     if n.prefix_len() == 0 {
-        let halves: [&str; 2] =
-            if n.addr().is_ipv4() { ["0.0.0.0/1", "128.0.0.0/1"] } else { ["::/1", "8000::/1"] };
+        let halves: [&str; 2] = if n.addr().is_ipv4() { ["0.0.0.0/1", "128.0.0.0/1"] } else { ["::/1", "8000::/1"] };
         out.extend(halves.iter().map(|h| h.to_string()));
     } else {
         out.insert(n.to_string());
@@ -527,7 +526,11 @@ impl Emulator {
                             r#type: set.kind as i32,
                         })));
                     } else {
-                        deltas.push(IpSetDeltaUpdate { id: id.clone(), added_members: added, removed_members: removed });
+                        deltas.push(IpSetDeltaUpdate {
+                            id: id.clone(),
+                            added_members: added,
+                            removed_members: removed,
+                        });
                     }
                 }
             }
@@ -538,7 +541,12 @@ impl Emulator {
         for (k, p) in &next.policies {
             if prev.policies.get(k) != Some(p) {
                 let id = PolicyId { name: k.name.clone(), namespace: k.namespace.clone(), kind: k.kind.clone() };
-                out.push(self.wrap(Payload::ActivePolicyUpdate(ActivePolicyUpdate { id: Some(id), policy: Some(p.clone()) })));
+                out.push(
+                    self.wrap(Payload::ActivePolicyUpdate(ActivePolicyUpdate {
+                        id: Some(id),
+                        policy: Some(p.clone()),
+                    })),
+                );
             }
         }
         for (name, p) in &next.profiles {
@@ -574,7 +582,11 @@ impl Emulator {
             })));
         }
         for k in prev.profiles.keys().filter(|k| !next.profiles.contains_key(*k)) {
-            out.push(self.wrap(Payload::ActiveProfileRemove(ActiveProfileRemove { id: Some(ProfileId { name: k.clone() }) })));
+            out.push(
+                self.wrap(Payload::ActiveProfileRemove(ActiveProfileRemove {
+                    id: Some(ProfileId { name: k.clone() }),
+                })),
+            );
         }
         for k in prev.policies.keys().filter(|k| !next.policies.contains_key(*k)) {
             let id = PolicyId { name: k.name.clone(), namespace: k.namespace.clone(), kind: k.kind.clone() };

@@ -71,6 +71,19 @@ pub fn read_message<M: Message + Default>(r: &mut impl Read) -> Result<Option<M>
     M::decode(&buf[..]).map(Some).map_err(|e| format!("a frame that does not decode: {e}"))
 }
 
+/// A pipe, both ends close-on-exec: `(read end, write end)`. (`std::io::pipe` is newer than the
+/// workspace's minimum Rust.)
+pub fn pipe() -> io::Result<(std::fs::File, std::fs::File)> {
+    use std::os::fd::FromRawFd;
+    let mut fds = [0 as libc::c_int; 2];
+    // SAFETY: pipe2 writes two descriptors into the array it is given, which has room for two.
+    if unsafe { libc::pipe2(fds.as_mut_ptr(), libc::O_CLOEXEC) } != 0 {
+        return Err(io::Error::last_os_error());
+    }
+    // SAFETY: both descriptors were just made and nothing else owns them.
+    Ok(unsafe { (std::fs::File::from_raw_fd(fds[0]), std::fs::File::from_raw_fd(fds[1])) })
+}
+
 /// Writes one message with its length prefix, as one write so a reader never sees half a prefix first.
 pub fn write_frame(w: &mut impl Write, msg: &impl Message) -> io::Result<()> {
     let mut out = Vec::with_capacity(8 + msg.encoded_len());
@@ -100,9 +113,6 @@ mod tests {
         let huge = (MAX_FRAME + 1).to_le_bytes();
         assert!(matches!(read_frame(&mut &huge[..], &mut buf), Err(FrameError::TooLong(n)) if n == MAX_FRAME + 1));
         assert!(matches!(read_frame(&mut &bytes[..5], &mut buf), Err(FrameError::ShortPrefix(5))));
-        assert!(matches!(
-            read_frame(&mut &bytes[..bytes.len() - 1], &mut buf),
-            Err(FrameError::ShortFrame { .. })
-        ));
+        assert!(matches!(read_frame(&mut &bytes[..bytes.len() - 1], &mut buf), Err(FrameError::ShortFrame { .. })));
     }
 }

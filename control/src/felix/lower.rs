@@ -25,8 +25,8 @@ use std::sync::Arc;
 use calxdp_policy::net::{IpFamily, IpNet};
 use calxdp_policy::node::{parse_mac, FelixConfig, NodeConfig, Workload};
 use calxdp_policy::resource::{
-    Action, EntityRule, HostEndpoint, IcmpMatch, NamedPort, NetworkSet, Policy, PolicyId, PolicyKind, Port,
-    Profile, Protocol, Resource, ResourceSet, Rule, Tier, TierDefault,
+    Action, EntityRule, HostEndpoint, IcmpMatch, NamedPort, NetworkSet, Policy, PolicyId, PolicyKind, Port, Profile,
+    Protocol, Resource, ResourceSet, Rule, Tier, TierDefault,
 };
 use calxdp_policy::selector::{Expr, Selector};
 
@@ -305,12 +305,7 @@ fn endpoint_labels(lists: &[&[proto::TierInfo]]) -> BTreeMap<String, String> {
 }
 
 fn addrs(v4: &[String], v6: &[String], what: &str) -> Result<Vec<IpAddr>, String> {
-    v4.iter()
-        .chain(v6)
-        .map(|t| {
-            t.parse::<IpNet>().map(|n| n.addr()).map_err(|e| format!("{what}: {}", e.0))
-        })
-        .collect()
+    v4.iter().chain(v6).map(|t| t.parse::<IpNet>().map(|n| n.addr()).map_err(|e| format!("{what}: {}", e.0))).collect()
 }
 
 /// A workload endpoint as a local pod of the node.
@@ -392,7 +387,12 @@ fn set_entities(state: &FelixState) -> (Vec<NetworkSet>, Vec<Workload>) {
     let nets = prefixes
         .keys()
         .enumerate()
-        .map(|(i, n)| NetworkSet { namespace: None, name: format!("felix-member-{i}"), labels: containing(*n), nets: vec![*n] })
+        .map(|(i, n)| NetworkSet {
+            namespace: None,
+            name: format!("felix-member-{i}"),
+            labels: containing(*n),
+            nets: vec![*n],
+        })
         .collect();
     let endpoints = tuples
         .into_iter()
@@ -425,7 +425,8 @@ pub fn lower(state: &FelixState, base: &NodeConfig, felix: &FelixConfig) -> Resu
     let mut egress: BTreeSet<PolicyKey> = BTreeSet::new();
     let mut forward: BTreeSet<PolicyKey> = BTreeSet::new();
     let mut builtin: Vec<Tier> = Tier::builtin();
-    builtin.sort_by(|a, b| a.order.unwrap_or(f64::MAX).total_cmp(&b.order.unwrap_or(f64::MAX)).then(a.name.cmp(&b.name)));
+    builtin
+        .sort_by(|a, b| a.order.unwrap_or(f64::MAX).total_cmp(&b.order.unwrap_or(f64::MAX)).then(a.name.cmp(&b.name)));
     tier_chains.push(builtin.iter().map(|t| t.name.clone()).collect());
     let mut walk = |lists: &[&[proto::TierInfo]], forward_list: Option<&[proto::TierInfo]>| {
         for (li, list) in lists.iter().enumerate() {

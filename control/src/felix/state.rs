@@ -316,7 +316,8 @@ impl FelixState {
                 let key = PolicyKey::from_proto(&id);
                 let p = u.policy.unwrap_or_default();
                 let mut sets = Vec::new();
-                let inbound = convert_rules(&p.inbound_rules, "inbound", &mut sets).map_err(|e| err(format!("{key}: {e}")))?;
+                let inbound =
+                    convert_rules(&p.inbound_rules, "inbound", &mut sets).map_err(|e| err(format!("{key}: {e}")))?;
                 let outbound =
                     convert_rules(&p.outbound_rules, "outbound", &mut sets).map_err(|e| err(format!("{key}: {e}")))?;
                 if let Some(s) = sets.iter().find(|s| !self.ip_sets.contains_key(*s)) {
@@ -401,7 +402,8 @@ impl FelixState {
             }
             Payload::HostEndpointRemove(r) => {
                 let id = r.id.map(|i| i.endpoint_id).unwrap_or_default();
-                let old = self.host_endpoints.remove(&id).ok_or_else(|| err(format!("unknown host endpoint '{id}'")))?;
+                let old =
+                    self.host_endpoints.remove(&id).ok_or_else(|| err(format!("unknown host endpoint '{id}'")))?;
                 self.release_endpoint(&hep_tier_lists(&old), &old.profile_ids);
                 Ok(Applied::Changed)
             }

@@ -92,7 +92,11 @@ fn pid(name: &str, kind: &str) -> proto::PolicyId {
 }
 
 fn wid(pod: &str) -> proto::WorkloadEndpointId {
-    proto::WorkloadEndpointId { orchestrator_id: "k8s".into(), workload_id: format!("app/{pod}"), endpoint_id: "eth0".into() }
+    proto::WorkloadEndpointId {
+        orchestrator_id: "k8s".into(),
+        workload_id: format!("app/{pod}"),
+        endpoint_id: "eth0".into(),
+    }
 }
 
 fn tier(name: &str, default_action: &str, ingress: &[(&str, &str)]) -> proto::TierInfo {
@@ -256,16 +260,25 @@ fn broken_streams_name_the_message() {
     };
     // A policy naming a set never sent.
     let mut s = Stream::new();
-    s.policy("p", "GlobalNetworkPolicy", "default", vec![proto::Rule {
-        action: "allow".into(),
-        src_ip_set_ids: vec!["s:nope".into()],
-        ..Default::default()
-    }]);
+    s.policy(
+        "p",
+        "GlobalNetworkPolicy",
+        "default",
+        vec![proto::Rule { action: "allow".into(), src_ip_set_ids: vec!["s:nope".into()], ..Default::default() }],
+    );
     check(&s, "message 1 (ActivePolicyUpdate): GlobalNetworkPolicy/p refers to unknown IP set 's:nope'");
     // An endpoint naming a policy never sent, and a profile never sent.
     let mut s = Stream::new();
-    s.profile("kns.app", "allow").workload("w", "cali1", "10.9.9.1", vec![tier("t", "Deny", &[("p", "GlobalNetworkPolicy")])]);
-    check(&s, "message 2 (WorkloadEndpointUpdate): k8s/app/w/eth0: tier t refers to unknown policy GlobalNetworkPolicy/p");
+    s.profile("kns.app", "allow").workload(
+        "w",
+        "cali1",
+        "10.9.9.1",
+        vec![tier("t", "Deny", &[("p", "GlobalNetworkPolicy")])],
+    );
+    check(
+        &s,
+        "message 2 (WorkloadEndpointUpdate): k8s/app/w/eth0: tier t refers to unknown policy GlobalNetworkPolicy/p",
+    );
     let mut s = Stream::new();
     s.workload("w", "cali1", "10.9.9.1", vec![]);
     check(&s, "message 1 (WorkloadEndpointUpdate): k8s/app/w/eth0: refers to unknown profile 'kns.app'");
@@ -326,4 +339,48 @@ fn unknown_fields_and_cases_are_ignored() {
     assert_eq!(front.feed(unknown).unwrap(), super::state::Applied::Ignored);
     front.feed(decoded).unwrap();
     assert!(front.state.ip_sets.contains_key("s:A"));
+}
+
+#[test]
+fn host_endpoint_untracked_tiers_keep_their_order() {
+    // Tier `security` is named only in the untracked lists; it must still come before `default`, whose
+    // untracked policy allows everything.
+    let mut s = Stream::new();
+    let deny_telnet = vec![proto::Rule {
+        action: "deny".into(),
+        protocol: named("tcp"),
+        dst_ports: vec![proto::PortRange { first: 23, last: 23 }],
+        ..Default::default()
+    }];
+    let allow_all = vec![proto::Rule { action: "allow".into(), ..Default::default() }];
+    let untracked = |name: &str, tier: &str, rules: Vec<proto::Rule>| {
+        Payload::ActivePolicyUpdate(proto::ActivePolicyUpdate {
+            id: Some(pid(name, "GlobalNetworkPolicy")),
+            policy: Some(proto::Policy {
+                inbound_rules: rules,
+                untracked: true,
+                tier: tier.into(),
+                ..Default::default()
+            }),
+        })
+    };
+    s.push(untracked("raw-deny-telnet", "security", deny_telnet));
+    s.push(untracked("raw-allow", "default", allow_all.clone()));
+    s.policy("host-normal", "GlobalNetworkPolicy", "default", allow_all);
+    s.push(Payload::HostEndpointUpdate(proto::HostEndpointUpdate {
+        id: Some(proto::HostEndpointId { endpoint_id: "n1-eth0".into() }),
+        endpoint: Some(proto::HostEndpoint {
+            name: "eth0".into(),
+            untracked_tiers: vec![
+                tier("security", "Pass", &[("raw-deny-telnet", "GlobalNetworkPolicy")]),
+                tier("default", "Pass", &[("raw-allow", "GlobalNetworkPolicy")]),
+            ],
+            tiers: vec![tier("default", "Deny", &[("host-normal", "GlobalNetworkPolicy")])],
+            ..Default::default()
+        }),
+    }));
+    s.push(Payload::InSync(proto::InSync {}));
+    let front = feed(&s).unwrap();
+    assert_eq!(verdict(&front, "10.250.0.9", "10.250.0.1", Protocol::TCP, 23), Verdict::Drop);
+    assert_eq!(verdict(&front, "10.250.0.9", "10.250.0.1", Protocol::TCP, 8080), Verdict::Allow);
 }

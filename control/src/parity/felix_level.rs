@@ -21,13 +21,13 @@ use super::pipeline_level::PipelineNode;
 use super::Dataplane;
 use crate::felix::driver::{read_all, FrontEnd};
 use crate::felix::emulator::{Emulator, FelixView};
-use crate::felix::framing::write_frame;
+use crate::felix::framing::{pipe, write_frame};
 use crate::felix::proto::ToDataplane;
 use crate::offline::OfflineNode;
 
 /// Sends `msgs` through a pipe into `front`, framed as Felix frames them; returns how many it applied.
 pub fn through_pipe(msgs: Vec<ToDataplane>, front: &mut FrontEnd) -> Result<usize, String> {
-    let (mut reader, mut writer) = std::io::pipe().map_err(|e| format!("pipe: {e}"))?;
+    let (mut reader, mut writer) = pipe().map_err(|e| format!("pipe: {e}"))?;
     let sent = msgs.len();
     let writer_thread = std::thread::spawn(move || -> std::io::Result<()> {
         for m in &msgs {
