@@ -2,6 +2,7 @@
 //! (which resolve to pod address sets), CIDRs, port ranges, named ports, protocols and actions, and the
 //! packets to classify against them.
 
+pub mod churn;
 pub mod e2e;
 pub mod soak;
 pub mod synth;

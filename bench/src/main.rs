@@ -21,6 +21,12 @@ fn main() -> ExitCode {
         Some("compile") => compile(quick),
         Some("pipeline") => pipeline(quick),
         Some("e2e") => calxdp_bench::e2e::run(quick),
+        Some("churn") => {
+            if let Err(e) = calxdp_bench::churn::run(quick) {
+                eprintln!("calxdp-bench churn: {e}");
+                return ExitCode::FAILURE;
+            }
+        }
         Some("soak") => {
             let minutes =
                 args.iter().position(|a| a == "--minutes").and_then(|i| args.get(i + 1)).and_then(|m| m.parse().ok());
@@ -30,7 +36,7 @@ fn main() -> ExitCode {
             }
         }
         _ => {
-            eprintln!("usage: calxdp-bench classify|compile|pipeline|e2e|soak [--quick] [--minutes N]");
+            eprintln!("usage: calxdp-bench classify|compile|pipeline|e2e|soak|churn [--quick] [--minutes N]");
             return ExitCode::from(2);
         }
     }

@@ -3,6 +3,7 @@
 pub mod admin;
 pub mod check;
 pub mod demo;
+pub mod felix;
 pub mod live;
 pub mod offline;
 pub mod parity;

@@ -427,6 +427,20 @@ impl LiveNode {
         self.commands.iter().cloned().zip(self.shared.iter().cloned()).collect()
     }
 
+    /// [`LiveNode::set_node`] with a new resource set too, in one publication (the Felix driver).
+    pub fn set_model(&mut self, node: NodeConfig, resources: ResourceSet) -> Result<(), String> {
+        let mut node = node;
+        for (u, old) in node.uplinks.iter_mut().zip(&self.node.uplinks) {
+            if u.mac.is_none() {
+                u.mac = old.mac;
+            }
+        }
+        self.publisher.set_model(node.clone(), resources).map_err(|e| e.to_string())?;
+        self.node = node;
+        self.supervise();
+        Ok(())
+    }
+
     /// The port changes since the last call.
     pub fn take_events(&mut self) -> Vec<PortEvent> {
         std::mem::take(&mut self.events)

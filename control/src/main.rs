@@ -136,8 +136,32 @@ enum Command {
         what: RenderWhat,
     },
     /// Run parity scenarios and compare every verdict with Linux Calico's.
+    /// Felix's external dataplane driver (set Felix's `DataplaneDriver` to a script that runs this): reads
+    /// Felix's messages from fd 3, answers on fd 4, and runs the node they describe.
+    FelixDriver {
+        /// The node options Felix does not send (name, uplinks, services, `config:`), as `run --node`; also
+        /// read from $CALXDP_NODE. Workloads in it are ignored: Felix sends the endpoints.
+        #[arg(long, env = "CALXDP_NODE")]
+        node: Option<PathBuf>,
+        /// Read Felix's messages from this file instead of fd 3.
+        #[arg(long = "in")]
+        input: Option<PathBuf>,
+        /// Write the messages to Felix to this file instead of fd 4.
+        #[arg(long = "out")]
+        output: Option<PathBuf>,
+        #[arg(long, default_value_t = 1, env = "CALXDP_WORKERS")]
+        workers: usize,
+        #[arg(long, default_value = "calxdp-host", env = "CALXDP_TAP")]
+        tap: String,
+        /// Compile and publish every update but take over no interface (no root needed).
+        #[arg(long)]
+        check: bool,
+        /// Seconds between the ProcessStatusUpdate messages to Felix.
+        #[arg(long, default_value_t = 10.0)]
+        status_every: f64,
+    },
     Parity {
-        /// reference | compiled | pipeline | live | kernel | all
+        /// reference | compiled | pipeline | live | kernel | felix | all
         #[arg(long, default_value = "pipeline")]
         level: String,
         #[arg(required = true)]
@@ -269,6 +293,29 @@ fn main() -> ExitCode {
                 }
             }
         }
+        Command::FelixDriver { node, input, output, workers, tap, check, status_every } => {
+            let stop = Arc::new(AtomicBool::new(false));
+            for sig in [signal_hook::consts::SIGINT, signal_hook::consts::SIGTERM] {
+                if let Err(e) = signal_hook::flag::register(sig, stop.clone()) {
+                    eprintln!("calxdp felix-driver: cannot handle signals: {e}");
+                    return ExitCode::FAILURE;
+                }
+            }
+            let live = LiveOptions { workers, tap, ..LiveOptions::default() };
+            if !(status_every > 0.0 && status_every.is_finite()) {
+                eprintln!("calxdp felix-driver: --status-every must be a positive number of seconds");
+                return ExitCode::from(2);
+            }
+            let status_every = std::time::Duration::from_secs_f64(status_every);
+            let opts = calxdp::felix::driver::DriverOptions { node, input, output, live, check, status_every };
+            match calxdp::felix::driver::run(&opts, stop) {
+                Ok(()) => ExitCode::SUCCESS,
+                Err(e) => {
+                    eprintln!("calxdp felix-driver: {e}");
+                    ExitCode::FAILURE
+                }
+            }
+        }
         Command::Demo { workers, trace, keep, admin, metrics } => match demo(workers, trace, keep, admin, metrics) {
             Ok(true) => ExitCode::SUCCESS,
             Ok(false) => {
@@ -319,7 +366,7 @@ fn main() -> ExitCode {
         Command::Parity { level, paths } => {
             let Some(levels) = Level::parse(&level) else {
                 eprintln!(
-                    "calxdp parity: unknown level '{level}' (expected reference, compiled, pipeline, live, kernel or all)"
+                    "calxdp parity: unknown level '{level}' (expected reference, compiled, pipeline, live, kernel, felix or all)"
                 );
                 return ExitCode::from(2);
             };

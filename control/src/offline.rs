@@ -119,6 +119,18 @@ impl OfflineNode {
         Ok(())
     }
 
+    /// [`OfflineNode::set_node`] with a new resource set too, in one publication.
+    pub fn set_model(&mut self, mut node: NodeConfig, resources: ResourceSet) -> Result<(), String> {
+        for (u, old) in node.uplinks.iter_mut().zip(&self.publisher.node().uplinks) {
+            if u.mac.is_none() {
+                u.mac = old.mac;
+            }
+        }
+        self.publisher.set_model(node, resources).map_err(|e| e.to_string())?;
+        self.attach_pods();
+        Ok(())
+    }
+
     /// Queues a frame to arrive on port `id`.
     pub fn inject(&mut self, id: PortId, frame: Vec<u8>) -> Result<(), String> {
         let port = self.worker.memory_port(id).ok_or_else(|| format!("port {id} is not attached"))?;

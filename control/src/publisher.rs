@@ -159,6 +159,29 @@ impl TablePublisher {
         }
     }
 
+    /// Puts a changed node and a changed resource set in force with one publication, so no table ever pairs
+    /// the new endpoints with the old policies (Felix's driver receives both in one flush). Returns what
+    /// [`TablePublisher::set_node`] returns; an error leaves both as they were.
+    pub fn set_model(
+        &mut self,
+        node: NodeConfig,
+        next: ResourceSet,
+    ) -> Result<(Published, Vec<std::net::IpAddr>), Rejected> {
+        node.check().map_err(Rejected)?;
+        if node.uplinks != self.node.uplinks {
+            return Err(Rejected("the node's interfaces (uplinks) changed: restart calxdp to take them over".into()));
+        }
+        let removed = calxdp_policy::node::removed_workload_addresses(&self.node, &node);
+        let previous = std::mem::replace(&mut self.node, node);
+        match self.publish(next, &removed) {
+            Ok(p) => Ok((p, removed)),
+            Err(e) => {
+                self.node = previous;
+                Err(e)
+            }
+        }
+    }
+
     /// Puts a whole resource set in force (a watched directory re-read, say).
     pub fn replace(&mut self, next: ResourceSet) -> Result<Published, Rejected> {
         self.publish(next, &[])

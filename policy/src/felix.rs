@@ -150,6 +150,11 @@ impl PartialEq for InterfaceMatch {
 
 impl InterfaceMatch {
     /// Whether interface `name` is excluded by this element.
+    /// The entry as written (`eth0`, `/^veth/`).
+    pub fn text(&self) -> &str {
+        &self.text
+    }
+
     pub fn matches(&self, name: &str) -> bool {
         match &self.regex {
             Some(r) => r.is_match(name),
@@ -820,7 +825,8 @@ fn parse_failsafes(f: Field<'_>) -> Result<Vec<Failsafe>, LoadError> {
     })
 }
 
-fn parse_failsafe_string(text: &str) -> Result<Vec<Failsafe>, String> {
+/// Felix's string form of a failsafe list (`tcp:22,udp:68`, `tcp:10.0.0.0/8:22`, `none`).
+pub fn parse_failsafe_string(text: &str) -> Result<Vec<Failsafe>, String> {
     let text = text.trim();
     if text.eq_ignore_ascii_case("none") {
         return Ok(Vec::new());

@@ -78,6 +78,9 @@ pub struct Workload {
     pub ports: Vec<NamedPort>,
     /// The pod's own MAC, behind its veth.
     pub mac: Option<[u8; 6]>,
+    /// The profiles the endpoint lists, when something other than Kubernetes' `kns.<namespace>`,
+    /// `ksa.<namespace>.<serviceaccount>` pair says so (Felix's `WorkloadEndpoint.profile_ids`).
+    pub profiles: Option<Vec<String>>,
 }
 
 /// A Kubernetes Service as kube-proxy programs it.
@@ -351,7 +354,7 @@ fn parse_workload(f: Field<'_>, local: bool) -> Result<Workload, LoadError> {
         f.with("serviceAccount", |s| s.map(|s| s.string()).transpose())?.unwrap_or_else(|| "default".into());
     let ports = f.with("ports", |p| p.map(|p| p.each(parse_named_port)).transpose())?.unwrap_or_default();
     let mac = if local { f.with("mac", |m| m.map(mac_field).transpose())? } else { None };
-    Ok(Workload { name, namespace, interface, ips, labels, service_account, ports, mac })
+    Ok(Workload { name, namespace, interface, ips, labels, service_account, ports, mac, profiles: None })
 }
 
 fn parse_service(f: Field<'_>) -> Result<Service, LoadError> {

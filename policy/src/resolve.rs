@@ -355,7 +355,10 @@ fn workload_endpoint(_node: &NodeConfig, w: &Workload, profiles: &BTreeMap<Strin
     if w.service_account.len() < 63 {
         labels.insert(SERVICE_ACCOUNT_LABEL.into(), w.service_account.clone());
     }
-    let profile_names = vec![format!("kns.{}", w.namespace), format!("ksa.{}.{}", w.namespace, w.service_account)];
+    let profile_names = w
+        .profiles
+        .clone()
+        .unwrap_or_else(|| vec![format!("kns.{}", w.namespace), format!("ksa.{}.{}", w.namespace, w.service_account)]);
     inherit(&mut labels, &profile_names, profiles);
     Endpoint { id: format!("WorkloadEndpoint/{}/{}", w.namespace, w.name), labels, profiles: profile_names }
 }

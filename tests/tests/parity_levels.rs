@@ -40,3 +40,13 @@ fn shared_cases_pipeline() {
 fn own_scenarios_pipeline() {
     check(Level::Pipeline, own_scenarios());
 }
+
+#[test]
+fn shared_cases_felix() {
+    check(Level::Felix, shared_cases());
+}
+
+#[test]
+fn own_scenarios_felix() {
+    check(Level::Felix, own_scenarios());
+}

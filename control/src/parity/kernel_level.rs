@@ -994,6 +994,7 @@ mod tests {
                 service_account: "default".into(),
                 ports: Vec::new(),
                 mac: None,
+                profiles: None,
             });
         }
         kernel_names(&mut node, &mut KernelNames::new());

@@ -1,6 +1,7 @@
 //! The parity runner: every scenario through one level of calxdp, one line per failing step, and the closing
 //! line `N passed, N failed` (shared/parity/FORMAT.md).
 
+pub mod felix_level;
 pub mod kernel_level;
 pub mod live_level;
 pub mod pipeline_level;
@@ -31,6 +32,9 @@ pub enum Level {
     Live,
     /// Linux itself, programmed as Felix programs iptables (docs/kernel-oracle.md).
     Kernel,
+    /// The pipeline fed through Felix's driver protocol: the emulated Felix's messages over a pipe into
+    /// `felix-driver`'s front end (docs/felix-driver.md).
+    Felix,
 }
 
 impl Level {
@@ -41,6 +45,7 @@ impl Level {
             Level::Pipeline => "pipeline",
             Level::Live => "live",
             Level::Kernel => "kernel",
+            Level::Felix => "felix",
         }
     }
 
@@ -51,7 +56,8 @@ impl Level {
             "pipeline" => vec![Level::Pipeline],
             "live" => vec![Level::Live],
             "kernel" => vec![Level::Kernel],
-            "all" => vec![Level::Reference, Level::Compiled, Level::Pipeline, Level::Live, Level::Kernel],
+            "felix" => vec![Level::Felix],
+            "all" => vec![Level::Reference, Level::Compiled, Level::Pipeline, Level::Felix, Level::Live, Level::Kernel],
             _ => return None,
         })
     }
@@ -117,6 +123,7 @@ pub fn build(level: Level, node: &NodeConfig, resources: &ResourceSet) -> Result
         Level::Pipeline => Ok(pipeline_level::build(node, resources)),
         Level::Live => live_level::build(node, resources),
         Level::Kernel => kernel_level::build(node, resources),
+        Level::Felix => felix_level::build(node, resources),
     }
 }
 

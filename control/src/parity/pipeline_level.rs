@@ -39,6 +39,16 @@ impl PipelineNode {
         PipelineNode { node }
     }
 
+    /// A pipeline node on an offline node built elsewhere (the felix level builds it from the driver's model).
+    pub fn from_offline(node: OfflineNode) -> PipelineNode {
+        PipelineNode { node }
+    }
+
+    /// The offline node under the scenario's steps.
+    pub fn offline_mut(&mut self) -> &mut OfflineNode {
+        &mut self.node
+    }
+
     fn port(&self, at: &Attach) -> Result<PortId, String> {
         let tables = self.node.tables();
         let p = super::port_of(&tables.world.node, at)?;
