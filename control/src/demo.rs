@@ -125,7 +125,7 @@ const FLOWS: [Flow; 15] = [
         true,
     ),
     flow(
-        "frontend -> coredns:53/udp, 3000 bytes each way (fragments, reassembled)",
+        "frontend -> coredns:53/udp, 3000 bytes each way, as fragments",
         "cxdemo-front",
         "192.168.1.11",
         Kind::UdpLarge,
@@ -452,6 +452,7 @@ pub fn demo(workers: usize, show_trace: bool) -> Result<bool, String> {
         .map(|r| format!("{} {}", c.dropped(*r), r.name()))
         .collect();
     println!("drops by reason: {}", reasons.join(", "));
+    println!("fragments: {} reassembled into {} datagrams before conntrack", c.fragments, c.reassembled);
     drop(topo);
     println!("calxdp demo: torn down (namespaces deleted, XDP detached, tap removed)");
     drain(&trace);
