@@ -53,6 +53,9 @@ enum Kind {
     /// translated back through the service's NAT), rather than waiting for a reply that never comes.
     UdpRefused,
     Ping,
+    /// A 3000-byte UDP datagram and its echo: on 1500-byte links both go as fragments, which the dataplane
+    /// reassembles before conntrack and sends on as fragments, as Linux's defrag does.
+    UdpLarge,
 }
 
 /// One thing the demo tries, and what Linux Calico would do with it.
@@ -67,7 +70,7 @@ struct Flow {
     expect_ok: bool,
 }
 
-const FLOWS: [Flow; 14] = [
+const FLOWS: [Flow; 15] = [
     flow(
         "frontend -> outside:80, pod egress; 10.0.0.1 resolved by ARP",
         "cxdemo-front",
@@ -118,6 +121,15 @@ const FLOWS: [Flow; 14] = [
         "cxdemo-front",
         "192.168.1.11",
         Kind::Udp,
+        "192.168.1.53",
+        53,
+        true,
+    ),
+    flow(
+        "frontend -> coredns:53/udp, 3000 bytes each way, as fragments",
+        "cxdemo-front",
+        "192.168.1.11",
+        Kind::UdpLarge,
         "192.168.1.53",
         53,
         true,
@@ -304,7 +316,7 @@ fn serve(ns: &'static str, tcp: &'static [u16], udp: &'static [u16], stop: Arc<A
                 let _ = s.set_nonblocking(true);
             })
             .collect();
-        let mut buf = [0u8; 512];
+        let mut buf = [0u8; 4096];
         while !stop.load(Ordering::Relaxed) {
             for l in &listeners {
                 if let Ok((mut c, _)) = l.accept() {
@@ -362,6 +374,13 @@ fn attempt(f: &Flow) -> Result<bool, String> {
                 s.connect(to).is_ok()
                     && s.send(b"hello").is_ok()
                     && s.recv(&mut buf).is_err_and(|e| e.kind() == std::io::ErrorKind::ConnectionRefused)
+            }
+            Kind::UdpLarge => {
+                let Ok(s) = UdpSocket::bind((src_ip, 0)) else { return false };
+                let _ = s.set_read_timeout(Some(wait));
+                let sent: Vec<u8> = (0..3000u32).map(|i| (i % 251) as u8).collect();
+                let mut buf = [0u8; 4096];
+                s.send_to(&sent, to).is_ok() && s.recv_from(&mut buf).is_ok_and(|(n, _)| buf[..n] == sent[..])
             }
             Kind::Ping => unreachable!("handled above"),
         }
@@ -479,6 +498,7 @@ pub fn demo_keep(workers: usize, show_trace: bool, keep: Option<Keep>) -> Result
         .map(|r| format!("{} {}", c.dropped(*r), r.name()))
         .collect();
     println!("drops by reason: {}", reasons.join(", "));
+    println!("fragments: {} reassembled into {} datagrams before conntrack", c.fragments, c.reassembled);
     drop(topo);
     println!("calxdp demo: torn down (namespaces deleted, XDP detached, tap removed)");
     drain(&trace);
@@ -511,7 +531,9 @@ fn print_table(live: &LiveNode, records: &[TraceRecord], results: &[Result<bool,
                 && match f.kind {
                     Kind::Ping => h.protocol == Protocol::ICMP,
                     Kind::Tcp => h.protocol == Protocol::TCP && h.dst_port == f.port,
-                    Kind::Udp | Kind::UdpRefused => h.protocol == Protocol::UDP && h.dst_port == f.port,
+                    Kind::Udp | Kind::UdpRefused | Kind::UdpLarge => {
+                        h.protocol == Protocol::UDP && h.dst_port == f.port
+                    }
                 }
         });
         // Every stage that decided, not only the last (a pod's egress and the other pod's ingress, say).

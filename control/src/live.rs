@@ -160,9 +160,7 @@ impl LiveNode {
         // The host tap: one queue per worker.
         let mut taps = Vec::new();
         for _ in 0..opts.workers {
-            let tap = Tap::open(&opts.tap, opts.workers > 1).map_err(|e| {
-                format!("cannot create the host tap {}: {e} (calxdp needs /dev/net/tun and CAP_NET_ADMIN)", opts.tap)
-            })?;
+            let tap = Tap::open(&opts.tap, opts.workers > 1).map_err(|e| Tap::open_error(&opts.tap, &e))?;
             taps.push(tap);
         }
         configure_tap(&node, opts)?;

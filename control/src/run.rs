@@ -299,14 +299,30 @@ pub fn reload(live: &mut LiveNode, policies: &Path, still_for: Duration, state: 
     true
 }
 
-fn summary(live: &LiveNode) -> String {
-    let (c, io, flows, entries) = live.stats();
+/// The summary's first part: frames, allowed, and each drop reason with its count; malformed frames by
+/// their own reasons, never as one lump; fragments and the datagrams they made.
+fn frames_part(c: &calxdp_dataplane::pipeline::Counters) -> String {
     let mut s = format!("{} frames: {} allowed", c.packets, c.allowed);
     for r in DropReason::ALL {
-        if c.dropped(r) > 0 {
+        if r == DropReason::Malformed {
+            for m in calxdp_dataplane::wire::Malformed::ALL {
+                if c.malformed[m.index()] > 0 {
+                    s.push_str(&format!(", {} malformed {}", c.malformed[m.index()], m.as_str()));
+                }
+            }
+        } else if c.dropped(r) > 0 {
             s.push_str(&format!(", {} {}", c.dropped(r), r.name()));
         }
     }
+    if c.fragments > 0 {
+        s.push_str(&format!("; {} fragments made {} datagrams", c.fragments, c.reassembled));
+    }
+    s
+}
+
+fn summary(live: &LiveNode) -> String {
+    let (c, io, flows, entries) = live.stats();
+    let mut s = frames_part(&c);
     s.push_str(&format!("; arp {} answered, {} passed", io.arp_replied, io.arp_passed));
     if io.handed_off + io.handoff_full > 0 {
         s.push_str(&format!(
@@ -319,11 +335,6 @@ fn summary(live: &LiveNode) -> String {
     }
     if io.tx_full > 0 {
         s.push_str(&format!("; {} lost to full tx queues", io.tx_full));
-    }
-    for m in calxdp_dataplane::wire::Malformed::ALL {
-        if c.malformed[m.index()] > 0 {
-            s.push_str(&format!("; malformed {} {}", m.as_str(), c.malformed[m.index()]));
-        }
     }
     s.push_str(&format!(
         "; conntrack {entries}/{} entries, {} created, {} expired, {} early-dropped, {} refused (full), {} flushed",
@@ -400,4 +411,24 @@ pub fn trace_line(live: &LiveNode, r: &TraceRecord) -> String {
         out,
         explain(&tables, &r.decision)
     )
+}
+
+#[cfg(test)]
+mod summary_tests {
+    use calxdp_dataplane::pipeline::{Counters, DropReason};
+    use calxdp_dataplane::wire::Malformed;
+
+    /// The 30 s line names each malformed reason with its own count.
+    #[test]
+    fn malformed_frames_are_listed_by_reason() {
+        let mut c = Counters { packets: 10, allowed: 4, ..Counters::default() };
+        c.drops[DropReason::Malformed as usize] = 5;
+        c.malformed[Malformed::BadIpv4Checksum.index()] = 3;
+        c.malformed[Malformed::TooShortIp.index()] = 2;
+        c.drops[DropReason::PolicyDeny as usize] = 1;
+        assert_eq!(
+            super::frames_part(&c),
+            "10 frames: 4 allowed, 1 policy_deny, 2 malformed too_short_ip, 3 malformed bad_ipv4_checksum"
+        );
+    }
 }

@@ -11,6 +11,7 @@ pub mod owner;
 pub mod path;
 pub mod pipeline;
 pub mod ports;
+pub mod reassembly;
 pub mod reject;
 pub mod tables;
 pub mod walk_cache;

@@ -67,6 +67,15 @@ pub fn owner(h: &PacketHeader, inner: Option<Tuple>, ends: &ServiceEnds, workers
     (mix(key) % workers as u64) as usize
 }
 
+/// The worker that gathers the fragments of a datagram (`src` to `dst`, identification `ident`): one for all
+/// of them, since only the first carries ports. Once whole, the datagram goes to its flow's owner.
+pub fn fragment_owner(src: IpAddr, dst: IpAddr, ident: u32, workers: usize) -> usize {
+    if workers <= 1 {
+        return 0;
+    }
+    (mix(end_hash(src, 0) ^ end_hash(dst, 0).rotate_left(1) ^ u64::from(ident)) % workers as u64) as usize
+}
+
 fn end_hash(ip: IpAddr, port: u16) -> u64 {
     let a = match ip {
         IpAddr::V4(a) => u64::from(u32::from(a)),

@@ -93,10 +93,18 @@ pub enum DropReason {
     TtlExceeded,
     VlanTagged,
     SourceRouted,
+    /// Fragments: overlapping (the datagram discarded with them), duplicates, impossible lengths, too big
+    /// a datagram, no room for another datagram, not complete in time (`crate::reassembly`).
+    FragmentOverlap,
+    FragmentDuplicate,
+    FragmentInvalid,
+    FragmentTooBig,
+    ReassemblyFull,
+    ReassemblyTimeout,
 }
 
 impl DropReason {
-    pub const ALL: [DropReason; 14] = [
+    pub const ALL: [DropReason; 20] = [
         DropReason::PolicyDeny,
         DropReason::EndOfTier,
         DropReason::NoProfile,
@@ -111,6 +119,12 @@ impl DropReason {
         DropReason::TtlExceeded,
         DropReason::VlanTagged,
         DropReason::SourceRouted,
+        DropReason::FragmentOverlap,
+        DropReason::FragmentDuplicate,
+        DropReason::FragmentInvalid,
+        DropReason::FragmentTooBig,
+        DropReason::ReassemblyFull,
+        DropReason::ReassemblyTimeout,
     ];
 
     pub fn name(self) -> &'static str {
@@ -129,6 +143,25 @@ impl DropReason {
             DropReason::TtlExceeded => "ttl_exceeded",
             DropReason::VlanTagged => "vlan_tagged",
             DropReason::SourceRouted => "ipv4_source_route",
+            DropReason::FragmentOverlap => "fragment_overlap",
+            DropReason::FragmentDuplicate => "fragment_duplicate",
+            DropReason::FragmentInvalid => "fragment_invalid",
+            DropReason::FragmentTooBig => "fragment_too_big",
+            DropReason::ReassemblyFull => "reassembly_full",
+            DropReason::ReassemblyTimeout => "reassembly_timeout",
+        }
+    }
+
+    /// The counter of fragments dropped for `d`.
+    pub fn of_fragment(d: crate::reassembly::FragmentDrop) -> DropReason {
+        use crate::reassembly::FragmentDrop as F;
+        match d {
+            F::Overlap => DropReason::FragmentOverlap,
+            F::Duplicate => DropReason::FragmentDuplicate,
+            F::Invalid => DropReason::FragmentInvalid,
+            F::TooBig => DropReason::FragmentTooBig,
+            F::NoRoom => DropReason::ReassemblyFull,
+            F::Timeout => DropReason::ReassemblyTimeout,
         }
     }
 
@@ -165,6 +198,9 @@ pub struct Counters {
     pub logs_suppressed: u64,
     /// Answers of Felix's Reject deny action the kernel's ICMP rate limits held back.
     pub reject_limited: u64,
+    /// Fragments taken into reassembly, and datagrams they completed (each then one packet).
+    pub fragments: u64,
+    pub reassembled: u64,
 }
 
 impl Counters {
@@ -185,6 +221,14 @@ impl Counters {
         self.logs_overflowed += o.logs_overflowed;
         self.logs_suppressed += o.logs_suppressed;
         self.reject_limited += o.reject_limited;
+        self.fragments += o.fragments;
+        self.reassembled += o.reassembled;
+    }
+
+    /// Counts `n` fragments dropped for `d` (each a packet that ends here).
+    pub fn fragments_dropped(&mut self, d: crate::reassembly::FragmentDrop, n: usize) {
+        self.packets += n as u64;
+        self.drops[DropReason::of_fragment(d) as usize] += n as u64;
     }
 }
 
@@ -420,11 +464,15 @@ pub struct Pipeline {
     pub answers: Vec<Packet>,
     /// The kernel's ICMP error rate limits, for those answers.
     icmp_limits: crate::reject::IcmpErrorLimits,
+    /// Datagrams being reassembled before conntrack (the worker feeds it fragments; swept here).
+    pub reassembly: crate::reassembly::Reassembly,
 }
 
 /// Slots of the flow table the sweep looks at per worker round: a whole table of 2^18 entries every
 /// 4096 rounds (well under a second on a busy worker), a few hundred nanoseconds per round.
 pub const SWEEP_BUDGET: usize = 64;
+/// Reassembly slots the sweep looks at per round (all of them every few rounds).
+pub const REASSEMBLY_SWEEP_BUDGET: usize = 16;
 
 impl Pipeline {
     /// A pipeline with a flow table of `flow_capacity` entries and the timeouts of the current tables.
@@ -442,6 +490,7 @@ impl Pipeline {
             note_tracked: false,
             answers: Vec::with_capacity(crate::worker::BATCH),
             icmp_limits: Default::default(),
+            reassembly: crate::reassembly::Reassembly::new(),
         }
     }
 
@@ -451,6 +500,10 @@ impl Pipeline {
         let t = self.slot.load();
         self.catch_up(&t);
         self.flows.expire(now, SWEEP_BUDGET);
+        let expired = self.reassembly.expire(now, REASSEMBLY_SWEEP_BUDGET);
+        if expired > 0 {
+            self.counters.fragments_dropped(crate::reassembly::FragmentDrop::Timeout, expired);
+        }
     }
 
     /// Applies what versions newer than the last one seen carry: flushes of removed addresses (with the

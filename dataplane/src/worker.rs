@@ -27,7 +27,9 @@ use crate::frames::{ingest, rewrite, time_exceeded};
 use crate::log::{log_leader, log_line};
 use crate::ndp;
 use crate::nexthop::{self, Due, Pending};
-use crate::owner::owner;
+use crate::owner::{fragment_owner, owner};
+use crate::reassembly::{Insert, MAX_FRAGMENTS};
+use crate::wire::fragment::{fragment_of, write_fragment};
 use crate::path::{Port, PortMap, WORKLOAD_GATEWAY_MAC};
 use crate::pipeline::{rule_ref, Counters, Decision, DropReason, LogHit, Packet, Pipeline, MAX_LOGS};
 use crate::ports::{send, PortId, PortIo};
@@ -45,6 +47,10 @@ const CONGESTED_PAUSE_SPINS: u32 = 256;
 pub const BATCH: usize = 64;
 /// Largest frame the worker handles (a standard MTU plus Ethernet and VLAN headers).
 pub const FRAME_MAX: usize = crate::xsk::handoff::SLOT_BYTES;
+
+/// In a handoff tag (the port id a frame arrived on): the frame is a fragment of a datagram already gathered
+/// by another worker and sent to this one because it owns the datagram's flow, which it decides.
+const FLOW_STEERED: u16 = 0x8000;
 
 /// The link-local address of the host side of every pod veth (Calico: fe80::ecee:eeff:feee:eeee), from
 /// which the dataplane solicits a pod.
@@ -288,8 +294,13 @@ pub struct Worker {
     handoff_in: Vec<HandoffReceiver>,
     batch: Vec<Packet>,
     parsed: Vec<Option<Parsed>>,
-    /// For each packet of the batch, the buffer its frame is in.
+    /// For each packet of the batch, the buffer its frame is in (for a reassembled datagram: the buffer of
+    /// the fragment that completed it, free for the fragments it leaves as), and the reassembly slot of a
+    /// reassembled datagram.
     frame_of: Vec<usize>,
+    datagram_of: Vec<Option<usize>>,
+    /// Frames handed over as fragments of a datagram whose flow this worker owns ([`FLOW_STEERED`]).
+    flow_steered: [bool; BATCH],
     descs: [XdpDesc; BATCH],
     addrs: [u64; BATCH],
     scratch: [u8; FRAME_MAX],
@@ -339,6 +350,8 @@ impl Worker {
             batch: Vec::with_capacity(BATCH),
             parsed: Vec::with_capacity(BATCH),
             frame_of: Vec::with_capacity(BATCH),
+            datagram_of: Vec::with_capacity(BATCH),
+            flow_steered: [false; BATCH],
             descs: [XdpDesc::default(); BATCH],
             addrs: [0; BATCH],
             scratch: [0; FRAME_MAX],
@@ -551,7 +564,10 @@ impl Worker {
     /// Takes one batch of frames other workers handed over (frames of flows this worker owns).
     fn poll_handoff(&mut self, k: usize) -> usize {
         let n = self.handoff_in[k].receive(&mut self.bufs, &mut self.lens, &mut self.tags);
-        self.in_ids[..n].copy_from_slice(&self.tags[..n]);
+        for i in 0..n {
+            self.in_ids[i] = self.tags[i] & !FLOW_STEERED;
+            self.flow_steered[i] = self.tags[i] & FLOW_STEERED != 0;
+        }
         if n > 0 {
             self.io.batches += 1;
             let done = self.handle(n, true);
@@ -612,6 +628,7 @@ impl Worker {
             }
         };
         self.in_ids[..n].fill(id);
+        self.flow_steered[..n].fill(false);
         if n > 0 {
             self.io.batches += 1;
             let done = self.handle(n, false);
@@ -651,8 +668,10 @@ impl Worker {
         self.batch.clear();
         self.parsed.clear();
         self.frame_of.clear();
+        self.datagram_of.clear();
         let mut is_arp = [false; BATCH];
         let mut finished = n;
+        let now = self.clock.now();
         for (i, arp_frame) in is_arp.iter_mut().enumerate().take(n) {
             let id = self.in_ids[i];
             if !handed {
@@ -671,26 +690,56 @@ impl Worker {
                 continue;
             }
             let frame = &self.bufs[i][..self.lens[i]];
+            let mut datagram = None;
+            if let Some(f) = fragment_of(frame) {
+                // Reassembly before conntrack, on the worker that gathers this datagram's fragments.
+                if self.workers > 1 && !handed {
+                    let o = fragment_owner(f.src, f.dst, f.ident, self.workers);
+                    if o != self.id {
+                        finished -= 1;
+                        self.hand_off(o, id, i);
+                        continue;
+                    }
+                }
+                self.pipeline.counters.fragments += 1;
+                match self.pipeline.reassembly.insert(&f, frame, now) {
+                    Insert::Held => continue,
+                    Insert::Dropped { reason, fragments } => {
+                        self.pipeline.counters.fragments_dropped(reason, fragments);
+                        continue;
+                    }
+                    Insert::Complete(s) => {
+                        self.pipeline.counters.reassembled += 1;
+                        datagram = Some(s);
+                    }
+                }
+            }
+            let frame = match datagram {
+                Some(s) => self.pipeline.reassembly.datagram(s),
+                None => &self.bufs[i][..self.lens[i]],
+            };
             let (packet, parsed) = ingest(port, frame);
-            if self.workers > 1 && !handed && parsed.as_ref().is_some_and(Parsed::is_ip) {
+            if let Some(s) = datagram.filter(|_| self.workers > 1 && !self.flow_steered[i]) {
+                let o = owner(&packet.header, packet.inner, &t.service_ends, self.workers);
+                if o != self.id {
+                    // Its flow is another worker's: the fragments go there, to be gathered and decided.
+                    finished -= 1;
+                    self.hand_off_datagram(o, id, s);
+                    continue;
+                }
+            }
+            if datagram.is_none() && self.workers > 1 && !handed && parsed.as_ref().is_some_and(Parsed::is_ip) {
                 let o = owner(&packet.header, packet.inner, &t.service_ends, self.workers);
                 if o != self.id {
                     finished -= 1;
-                    let sent = match self.handoff_out.get_mut(o) {
-                        Some(Some(h)) => h.send(id, frame),
-                        _ => false,
-                    };
-                    if sent {
-                        self.io.handed_off += 1;
-                    } else {
-                        self.io.handoff_full += 1;
-                    }
+                    self.hand_off(o, id, i);
                     continue;
                 }
             }
             self.batch.push(packet);
             self.parsed.push(parsed);
             self.frame_of.push(i);
+            self.datagram_of.push(datagram);
         }
         // ARP first, in arrival order (it never enters the pipeline).
         for i in (0..n).filter(|&i| is_arp[i]) {
@@ -701,7 +750,6 @@ impl Worker {
         if self.batch.is_empty() {
             return finished;
         }
-        let now = self.clock.now();
         self.pipeline.process(t, &mut self.batch, now);
         // Borrowed out of `self` for the loop (a move of the vectors, not of their contents): a packet is
         // 480 bytes, too big to copy per frame.
@@ -711,6 +759,14 @@ impl Worker {
         for (b, p) in batch.iter().enumerate() {
             let i = frame_of[b];
             let parsed = &parsed_all[b];
+            let datagram = self.datagram_of[b];
+            if let Some(s) = datagram {
+                // Its headers where the logs, the answers and the MAC learning look for them.
+                let whole = self.pipeline.reassembly.datagram(s);
+                let n = whole.len().min(FRAME_MAX);
+                self.bufs[i][..n].copy_from_slice(&whole[..n]);
+                self.lens[i] = n;
+            }
             self.learn_source(t, p, i, parsed.as_ref());
             if p.logs[0].is_some() && self.logs.is_some() {
                 if let Some(parsed) = parsed {
@@ -722,7 +778,15 @@ impl Worker {
             if verdict == Verdict::Allow {
                 let parsed = parsed.as_ref().expect("an allowed packet parsed");
                 let len = self.lens[i];
-                match rewrite(&mut self.bufs[i][..len], parsed, p, &t.ports) {
+                let rewritten = match datagram {
+                    Some(s) => rewrite(self.pipeline.reassembly.datagram_mut(s), parsed, p, &t.ports),
+                    None => rewrite(&mut self.bufs[i][..len], parsed, p, &t.ports),
+                };
+                match rewritten {
+                    Ok(()) if datagram.is_some() => {
+                        let o = out.expect("an allowed packet has an output port");
+                        self.send_datagram(t, p, o, datagram.unwrap_or_default(), i, now);
+                    }
                     Ok(()) => {
                         let o = out.expect("an allowed packet has an output port");
                         let o_id = t.ports.id_of(o);
@@ -786,10 +850,79 @@ impl Worker {
                 }
             }
         }
+        for s in self.datagram_of.iter().flatten() {
+            self.pipeline.reassembly.release(*s);
+        }
         self.batch = batch;
         self.parsed = parsed_all;
         self.frame_of = frame_of;
         finished
+    }
+
+    /// Hands frame `i` (from port `id`) to worker `o`.
+    fn hand_off(&mut self, o: usize, id: PortId, i: usize) {
+        let sent = match self.handoff_out.get_mut(o) {
+            Some(Some(h)) => h.send(id, &self.bufs[i][..self.lens[i]]),
+            _ => false,
+        };
+        if sent {
+            self.io.handed_off += 1;
+        } else {
+            self.io.handoff_full += 1;
+        }
+    }
+
+    /// Hands the fragments of datagram `s` (from port `id`), as they arrived, to worker `o`, which owns its
+    /// flow; the slot is free again.
+    fn hand_off_datagram(&mut self, o: usize, id: PortId, s: usize) {
+        let mut pieces = [(0, 0); MAX_FRAGMENTS];
+        let (layout, n) = self.pipeline.reassembly.pieces(s, &mut pieces);
+        for (k, &(off, len)) in pieces[..n].iter().enumerate() {
+            let whole = self.pipeline.reassembly.datagram(s);
+            let Some(m) = write_fragment(whole, &layout, off.into(), len.into(), k + 1 < n, &mut self.scratch) else {
+                self.io.oversize += 1;
+                continue;
+            };
+            let sent = match self.handoff_out.get_mut(o) {
+                Some(Some(h)) => h.send(id | FLOW_STEERED, &self.scratch[..m]),
+                _ => false,
+            };
+            if sent {
+                self.io.handed_off += 1;
+            } else {
+                self.io.handoff_full += 1;
+            }
+        }
+        self.pipeline.reassembly.release(s);
+    }
+
+    /// Sends allowed datagram `s` (rewritten) out of `o` as the fragments it arrived as, each with the
+    /// datagram's headers (Linux's `ip_do_fragment` / `ip6_fragment` along the reassembled geometry), through
+    /// buffer `i`.
+    fn send_datagram(&mut self, t: &TableSet, p: &Packet, o: Port, s: usize, i: usize, now: Nanos) {
+        let o_id = t.ports.id_of(o);
+        let mac = self.next_hop_mac(t, p, o);
+        let mut pieces = [(0, 0); MAX_FRAGMENTS];
+        let (layout, n) = self.pipeline.reassembly.pieces(s, &mut pieces);
+        for (k, &(off, len)) in pieces[..n].iter().enumerate() {
+            let whole = self.pipeline.reassembly.datagram(s);
+            let Some(m) = write_fragment(whole, &layout, off.into(), len.into(), k + 1 < n, &mut self.bufs[i]) else {
+                self.io.oversize += 1;
+                continue;
+            };
+            self.lens[i] = m;
+            match mac {
+                Ok(known) => {
+                    if let Some(mac) = known {
+                        self.bufs[i][0..6].copy_from_slice(&mac);
+                    }
+                    if !Self::transmit(&mut self.ports, &mut self.io, o_id, &self.bufs[i][..m]) {
+                        self.io.tx_full += 1;
+                    }
+                }
+                Err(next_hop) => self.hold(o_id, next_hop, i, now),
+            }
+        }
     }
 
     /// Sends the answer the pipeline decided for dropped frame `i` (parsed as `parsed`; Felix's Reject
@@ -874,6 +1007,14 @@ impl Worker {
     /// frames or ARP, an on-link neighbour or the gateway as learned on the uplink. `Err(next hop)` when it
     /// is not known yet (the caller holds the frame while the next hop is resolved).
     fn fill_next_hop_mac(&mut self, t: &TableSet, p: &Packet, out: Port, i: usize) -> Result<(), IpAddr> {
+        if let Some(mac) = self.next_hop_mac(t, p, out)? {
+            self.bufs[i][0..6].copy_from_slice(&mac);
+        }
+        Ok(())
+    }
+
+    /// The destination MAC [`Worker::fill_next_hop_mac`] sets: `Ok(None)` when the rewrite's is right.
+    fn next_hop_mac(&self, t: &TableSet, p: &Packet, out: Port) -> Result<Option<[u8; 6]>, IpAddr> {
         let ports: &PortMap = &t.ports;
         let dst = p.translated.map(|d| d.ip()).unwrap_or(p.header.dst);
         let next_hop = match out {
@@ -882,14 +1023,12 @@ impl Worker {
             Port::Uplink(u) if ports.gateway_mac.get(u as usize).copied().flatten().is_none() => {
                 match t.world.node.uplinks.get(u as usize).and_then(|up| up.gateway(dst)) {
                     Some(gw) => gw,
-                    None => return Ok(()),
+                    None => return Ok(None),
                 }
             }
-            _ => return Ok(()),
+            _ => return Ok(None),
         };
-        let mac = self.neighbours.get(next_hop).ok_or(next_hop)?;
-        self.bufs[i][0..6].copy_from_slice(&mac);
-        Ok(())
+        self.neighbours.get(next_hop).map(Some).ok_or(next_hop)
     }
 
     /// Keeps frame `i` until the MAC of `next_hop` (through port `out`) is known, as Linux queues packets

@@ -43,7 +43,17 @@ impl Redirect {
             Ok(_) => "native",
             Err(native) => match prog.attach(interface, XdpMode::Skb) {
                 Ok(_) => "generic",
-                Err(_) => return Err(describe(&format!("the kernel refused to attach XDP to {interface}"), &native)),
+                Err(_) => {
+                    let mut e = describe(&format!("the kernel refused to attach XDP to {interface}"), &native);
+                    if let Some(holder) = attached_program(interface) {
+                        e.push_str(&format!(
+                            " ({interface} is busy: another XDP program, {holder}, is attached to it, by another \
+                             calxdp or another tool; see `ip -d link show dev {interface}`, and detach it with \
+                             `ip link set dev {interface} xdp off` if nothing needs it)"
+                        ));
+                    }
+                    return Err(e);
+                }
             },
         };
         let map = ebpf.take_map(MAP).ok_or("the XDP object has no map calxdp_xsks")?;
@@ -64,6 +74,21 @@ impl Redirect {
     }
 }
 
+/// The XDP program attached to `interface`, as `ip -d link` shows it ("id 42 name xdp_prog"), if one is.
+/// The error path only (it runs `ip`).
+pub fn attached_program(interface: &str) -> Option<String> {
+    let out = std::process::Command::new("ip").args(["-d", "-o", "link", "show", "dev", interface]).output().ok()?;
+    let text = String::from_utf8_lossy(&out.stdout);
+    let words: Vec<&str> = text.split_whitespace().collect();
+    let at = words.iter().position(|w| w.starts_with("prog/xdp"))?;
+    let id = words.get(at + 1..at + 3).filter(|w| w[0] == "id")?[1];
+    let name = words.get(at + 3..at + 5).filter(|w| w[0] == "name").map(|w| w[1]);
+    Some(match name {
+        Some(n) => format!("id {id} name {n}"),
+        None => format!("id {id}"),
+    })
+}
+
 fn describe(what: &str, e: &dyn std::error::Error) -> String {
     let mut s = format!("{what}: {e}");
     let mut src = e.source();
@@ -79,6 +104,36 @@ fn describe(what: &str, e: &dyn std::error::Error) -> String {
 
 #[cfg(test)]
 mod tests {
+    /// A second attachment to an interface another program holds is refused with the holder named (root:
+    /// in a namespace of its own).
+    #[test]
+    fn a_busy_interface_names_the_program_that_holds_it() {
+        // SAFETY: geteuid has no preconditions.
+        if unsafe { libc::geteuid() } != 0 {
+            eprintln!("skipped: needs root");
+            return;
+        }
+        let ns = format!("cxb{}", std::process::id());
+        let ip = |args: &[&str]| std::process::Command::new("ip").args(args).status().unwrap().success();
+        assert!(ip(&["netns", "add", &ns]));
+        assert!(ip(&["-n", &ns, "link", "add", "xa", "type", "veth", "peer", "name", "xb"]));
+        assert!(ip(&["-n", &ns, "link", "set", "xa", "up"]));
+        let got = crate::xsk::netns::run_in(&ns, || {
+            let first = super::Redirect::attach("xa").map(|_r| ());
+            let held = super::Redirect::attach("xa");
+            let second = super::Redirect::attach("xa").map(|_| ());
+            drop(held);
+            (first, second)
+        })
+        .unwrap();
+        ip(&["netns", "del", &ns]);
+        assert!(got.0.is_ok(), "{:?}", got.0);
+        let e = got.1.expect_err("the interface is held");
+        assert!(e.contains("xa is busy: another XDP program, id "), "{e}");
+        assert!(e.contains("name calxdp_redirect"), "{e}");
+        assert!(!e.contains("run calxdp as root"), "{e}");
+    }
+
     /// The committed object is what the committed source assembles to (where LLVM's assembler exists).
     #[test]
     fn committed_object_matches_source() {

@@ -168,3 +168,56 @@ fn a_directory_of_scenarios_is_checked_file_by_file_with_every_error_reported() 
     assert!(e.contains("d-bad-scenario.yaml"), "{e}");
     let _ = std::fs::remove_dir_all(&dir);
 }
+
+/// A subfolder calxdp may not list is named as itself, not by its parent. The check runs on a thread
+/// without the capabilities that let root read anything (capabilities are per thread), so the directory's
+/// permissions hold even for root.
+#[test]
+fn an_unreadable_subfolder_is_named_as_itself() {
+    use std::os::unix::fs::PermissionsExt;
+    let d = std::env::temp_dir().join(format!("calxdp-check-unreadable-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&d);
+    let sub = d.join("team-a");
+    std::fs::create_dir_all(&sub).unwrap();
+    let policy = format!("{HEAD}spec:\n  selector: all()\n");
+    std::fs::write(d.join("a.yaml"), &policy).unwrap();
+    std::fs::write(sub.join("b.yaml"), &policy).unwrap();
+    std::fs::set_permissions(&sub, std::fs::Permissions::from_mode(0o000)).unwrap();
+    let walk = d.clone();
+    let got = std::thread::spawn(move || {
+        drop_dac_capabilities();
+        check_path(&walk)
+    })
+    .join()
+    .unwrap();
+    std::fs::set_permissions(&sub, std::fs::Permissions::from_mode(0o755)).unwrap();
+    std::fs::remove_dir_all(&d).ok();
+    let e = got.expect_err("refused");
+    assert!(e.starts_with(&format!("{}: cannot list directory: Permission denied", sub.display())), "{e}");
+}
+
+/// Drops CAP_DAC_OVERRIDE and CAP_DAC_READ_SEARCH from the calling thread's effective set.
+fn drop_dac_capabilities() {
+    #[repr(C)]
+    struct Header {
+        version: u32,
+        pid: i32,
+    }
+    #[repr(C)]
+    #[derive(Clone, Copy, Default)]
+    struct Data {
+        effective: u32,
+        permitted: u32,
+        inheritable: u32,
+    }
+    let mut h = Header { version: 0x2008_0522, pid: 0 };
+    let mut data = [Data::default(); 2];
+    // SAFETY: capget and capset read and write one header and two data structs (capability version 3),
+    // which these are.
+    unsafe {
+        assert_eq!(libc::syscall(libc::SYS_capget, &mut h as *mut Header, data.as_mut_ptr()), 0);
+        // CAP_DAC_OVERRIDE is 1, CAP_DAC_READ_SEARCH 2.
+        data[0].effective &= !((1 << 1) | (1 << 2));
+        assert_eq!(libc::syscall(libc::SYS_capset, &mut h as *mut Header, data.as_ptr()), 0);
+    }
+}

@@ -26,10 +26,25 @@ pub enum PcapError {
     BadMagic(u32),
     /// Not an Ethernet capture.
     LinkType(u32),
-    /// A record claims an impossible length.
+    /// A record claims an impossible length. Records are numbered from 1, as Wireshark numbers frames;
+    /// `offset` is where the record's header starts in the file.
     BadRecord {
         index: usize,
+        offset: u64,
         length: u32,
+    },
+    /// The file ends inside a record's header or data.
+    Truncated {
+        index: usize,
+        offset: u64,
+        /// "header" or "data".
+        part: &'static str,
+    },
+    /// Reading a record failed.
+    RecordIo {
+        index: usize,
+        offset: u64,
+        error: io::Error,
     },
 }
 
@@ -41,7 +56,13 @@ impl std::fmt::Display for PcapError {
                 write!(f, "not a pcap file (magic {m:#010x}); pcapng is not supported, convert with `editcap -F pcap`")
             }
             PcapError::LinkType(l) => write!(f, "link type {l} is not Ethernet (1)"),
-            PcapError::BadRecord { index, length } => write!(f, "record {index} claims {length} bytes"),
+            PcapError::BadRecord { index, offset, length } => {
+                write!(f, "record {index} (at byte {offset}) claims {length} bytes, more than a frame can be")
+            }
+            PcapError::Truncated { index, offset, part } => {
+                write!(f, "record {index} (at byte {offset}): the file ends inside its {part}")
+            }
+            PcapError::RecordIo { index, offset, error } => write!(f, "record {index} (at byte {offset}): {error}"),
         }
     }
 }
@@ -80,24 +101,48 @@ pub fn read_all(mut r: impl Read) -> Result<Vec<Record>, PcapError> {
     }
     let mut out = Vec::new();
     let mut rec = [0u8; 16];
+    let mut offset = 24u64;
     loop {
-        match r.read_exact(&mut rec) {
-            Ok(()) => {}
-            Err(e) if e.kind() == io::ErrorKind::UnexpectedEof => break,
-            Err(e) => return Err(e.into()),
+        let index = out.len() + 1;
+        let at = |error: io::Error, part| match error.kind() {
+            io::ErrorKind::UnexpectedEof => PcapError::Truncated { index, offset, part },
+            _ => PcapError::RecordIo { index, offset, error },
+        };
+        // A clean end comes between records; a partial header is a truncated file.
+        let got = fill(&mut r, &mut rec).map_err(|e| at(e, "header"))?;
+        if got == 0 {
+            break;
+        }
+        if got < rec.len() {
+            return Err(PcapError::Truncated { index, offset, part: "header" });
         }
         let secs = u32_at(&rec, 0) as u64;
         let frac = u32_at(&rec, 4) as u64;
         let len = u32_at(&rec, 8);
         if len > MAX_FRAME {
-            return Err(PcapError::BadRecord { index: out.len(), length: len });
+            return Err(PcapError::BadRecord { index, offset, length: len });
         }
         let mut data = vec![0u8; len as usize];
-        r.read_exact(&mut data)?;
+        r.read_exact(&mut data).map_err(|e| at(e, "data"))?;
+        offset += 16 + u64::from(len);
         let nanos = secs * 1_000_000_000 + if nanos { frac } else { frac * 1000 };
         out.push(Record { nanos, data });
     }
     Ok(out)
+}
+
+/// Reads until `buf` is full or the stream ends; returns how many bytes it read.
+fn fill(r: &mut impl Read, buf: &mut [u8]) -> io::Result<usize> {
+    let mut n = 0;
+    while n < buf.len() {
+        match r.read(&mut buf[n..]) {
+            Ok(0) => break,
+            Ok(k) => n += k,
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+            Err(e) => return Err(e),
+        }
+    }
+    Ok(n)
 }
 
 /// Writes records as a microsecond pcap with the Ethernet link type.
@@ -154,5 +199,23 @@ mod tests {
         write_all(&mut buf, &[Record { nanos: 0, data: vec![0; 40] }]).unwrap();
         buf.truncate(50);
         assert!(read_all(&buf[..]).is_err());
+    }
+
+    /// Every record error says which record, counted from 1 as Wireshark counts, and where it starts.
+    #[test]
+    fn record_errors_name_the_record() {
+        let three = [Record { nanos: 0, data: vec![0; 40] }, Record { nanos: 1, data: vec![1; 60] }];
+        let mut buf = Vec::new();
+        write_all(&mut buf, &three).unwrap();
+        let second = 24 + 16 + 40;
+        let mut bad = buf.clone();
+        bad[second + 8..second + 12].copy_from_slice(&(1u32 << 30).to_le_bytes());
+        let e = read_all(&bad[..]).unwrap_err().to_string();
+        assert_eq!(e, format!("record 2 (at byte {second}) claims {} bytes, more than a frame can be", 1u32 << 30));
+        let e = read_all(&buf[..buf.len() - 1]).unwrap_err().to_string();
+        assert_eq!(e, format!("record 2 (at byte {second}): the file ends inside its data"));
+        let e = read_all(&buf[..second + 5]).unwrap_err().to_string();
+        assert_eq!(e, format!("record 2 (at byte {second}): the file ends inside its header"));
+        assert_eq!(read_all(&buf[..]).unwrap().len(), 2);
     }
 }

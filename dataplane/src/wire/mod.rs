@@ -42,6 +42,7 @@
 pub mod build;
 pub mod checksum;
 pub mod ethernet;
+pub mod fragment;
 pub mod icmp;
 pub mod ipv4;
 pub mod ipv6;

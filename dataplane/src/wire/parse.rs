@@ -8,7 +8,8 @@
 //!
 //! What is checked, beyond each view's `check_len`: the IPv4 header checksum (a corrupt header makes the
 //! addresses policy matches on untrustworthy); that the packet is not a non-first fragment (it has no L4
-//! header, so ports cannot be matched; calxdp does not reassemble); and for ICMP errors that the quoted
+//! header, so ports cannot be matched: the worker reassembles fragments before they get here,
+//! `crate::reassembly`, so one reaches `parse` only on paths that do not reassemble); and for ICMP errors that the quoted
 //! packet is an IP header of the same family with its first 8 L4 bytes (conntrack needs them to relate
 //! the error). The L4 checksum is not checked here; see [`Parsed::verify_l4_checksum`].
 

@@ -47,6 +47,28 @@ impl Tap {
         Ok(Tap { fd, name: name.to_string() })
     }
 
+    /// What went wrong when [`Tap::open`] on `name` failed with `e`, in words: a tap another process holds
+    /// is busy, not a question of privileges.
+    pub fn open_error(name: &str, e: &io::Error) -> String {
+        match e.raw_os_error() {
+            Some(libc::EBUSY) => format!(
+                "cannot attach to the host tap {name}: it is busy, another process holds it (another calxdp, or a \
+                 VM or VPN using that name): stop it or choose another --tap"
+            ),
+            Some(libc::EINVAL) => format!(
+                "cannot attach to the host tap {name}: a device of that name exists and is not a tap calxdp can \
+                 take (another kind of device, or a tap made with other flags): remove it or choose another --tap"
+            ),
+            Some(libc::EPERM) | Some(libc::EACCES) => {
+                format!("cannot create the host tap {name}: {e} (calxdp needs CAP_NET_ADMIN: run it as root)")
+            }
+            Some(libc::ENOENT) | Some(libc::ENODEV) => {
+                format!("cannot create the host tap {name}: {e} (is the tun module loaded? /dev/net/tun is missing)")
+            }
+            _ => format!("cannot create the host tap {name}: {e}"),
+        }
+    }
+
     pub fn fd(&self) -> RawFd {
         self.fd.as_raw_fd()
     }
@@ -63,5 +85,37 @@ impl Tap {
         // SAFETY: write(2) reads `frame.len()` bytes from `frame`.
         let n = unsafe { libc::write(self.fd.as_raw_fd(), frame.as_ptr().cast(), frame.len()) };
         n == frame.len() as isize
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A tap another process (here: another descriptor) holds is reported as busy, not as a lack of
+    /// privileges. Root: the tap is made in a namespace of its own and goes with it.
+    #[test]
+    fn a_busy_tap_is_reported_as_busy() {
+        // SAFETY: geteuid has no preconditions.
+        if unsafe { libc::geteuid() } != 0 {
+            eprintln!("skipped: needs root");
+            return;
+        }
+        let ns = format!("cxt{}", std::process::id());
+        let ip = |args: &[&str]| std::process::Command::new("ip").args(args).status().unwrap().success();
+        assert!(ip(&["netns", "add", &ns]));
+        let got = crate::xsk::netns::run_in(&ns, || {
+            let first = Tap::open("cxtap", false).map(|_| ()).map_err(|e| e.to_string());
+            let held = Tap::open("cxtap", false);
+            let second = Tap::open("cxtap", false).map(|_| ());
+            drop(held);
+            (first, second.map_err(|e| Tap::open_error("cxtap", &e)))
+        })
+        .unwrap();
+        ip(&["netns", "del", &ns]);
+        assert!(got.0.is_ok(), "{:?}", got.0);
+        let e = got.1.expect_err("busy");
+        assert!(e.contains("it is busy, another process holds it"), "{e}");
+        assert!(!e.contains("CAP_NET_ADMIN"), "{e}");
     }
 }

@@ -200,6 +200,20 @@ mod file_tests {
     const POLICY: &str =
         "apiVersion: projectcalico.org/v3\nkind: GlobalNetworkPolicy\nmetadata: {name: a}\nspec: {selector: all()}\n";
 
+    /// A 100 KB selector with a mistake at its end: the error says where, shows the text around it, and is
+    /// short.
+    #[test]
+    fn a_selector_error_does_not_echo_a_huge_selector() {
+        let selector = format!("{}oops oops", "a == 'x' && ".repeat(9_000));
+        let yaml = format!(
+            "apiVersion: projectcalico.org/v3\nkind: GlobalNetworkPolicy\nmetadata: {{name: a}}\nspec: {{selector: \"{selector}\"}}\n"
+        );
+        let e = load_text(&yaml, &Origin::file("big.yaml")).expect_err("refused").to_string();
+        assert!(e.len() < 600, "{} bytes: {}", e.len(), &e[..600.min(e.len())]);
+        assert!(e.contains("bad selector \"…") && e.contains("oops"), "{e}");
+        assert!(e.starts_with("big.yaml:4:"), "{e}");
+    }
+
     #[test]
     fn links_back_to_the_folder_are_walked_once() {
         let d = dir("links");

@@ -434,7 +434,13 @@ fn parse_namespace_selector(f: Field<'_>) -> Result<NamespaceSelector, LoadError
 pub(crate) fn parse_selector(f: Field<'_>, allow_global: bool) -> Result<Selector, LoadError> {
     let text = f.str()?;
     let sel = Selector::parse(text).map_err(|e| {
-        let mut err = f.error(format!("bad selector \"{text}\": {e}"));
+        // A long selector (or token) is cut around the error, not echoed whole.
+        let shown = crate::selector::excerpt(text, e.column);
+        let message: String = match e.message.char_indices().nth(300) {
+            Some((cut, _)) => format!("{}…", &e.message[..cut]),
+            None => e.message.clone(),
+        };
+        let mut err = f.error(format!("bad selector \"{shown}\": column {}: {message}", e.column));
         // Point at the character in the file: the scalar's start, past an opening quote.
         if !text.contains('\n') {
             err.col += e.column.saturating_sub(1) + usize::from(f.is_quoted());
@@ -442,7 +448,8 @@ pub(crate) fn parse_selector(f: Field<'_>, allow_global: bool) -> Result<Selecto
         err
     })?;
     if !allow_global && sel.uses_global() {
-        return Err(f.error(format!("bad selector \"{text}\": global() is only allowed as a whole namespaceSelector")));
+        let shown = crate::selector::excerpt(text, 1);
+        return Err(f.error(format!("bad selector \"{shown}\": global() is only allowed as a whole namespaceSelector")));
     }
     Ok(sel)
 }

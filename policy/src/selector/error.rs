@@ -27,9 +27,45 @@ impl fmt::Display for SelectorError {
 
 impl std::error::Error for SelectorError {}
 
+/// The most characters of a selector (or of a token in a message about it) an error repeats.
+pub const EXCERPT_CHARS: usize = 80;
+
+/// `text` as an error repeats it: whole when short, else the [`EXCERPT_CHARS`] characters around 1-based
+/// character `column`, with an ellipsis where text was left out (a 100 KB selector is not echoed back).
+pub fn excerpt(text: &str, column: usize) -> String {
+    let len = text.chars().count();
+    if len <= EXCERPT_CHARS {
+        return text.to_string();
+    }
+    let half = EXCERPT_CHARS / 2;
+    let start = column.saturating_sub(1).saturating_sub(half).min(len - EXCERPT_CHARS);
+    let mut out = String::with_capacity(EXCERPT_CHARS * 4 + 6);
+    if start > 0 {
+        out.push('…');
+    }
+    out.extend(text.chars().skip(start).take(EXCERPT_CHARS));
+    if start + EXCERPT_CHARS < len {
+        out.push('…');
+    }
+    out
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn long_selectors_are_cut_around_the_error_with_an_ellipsis() {
+        assert_eq!(excerpt("a == 'b'", 3), "a == 'b'");
+        let long = format!("{} && {}", "x".repeat(100_000), "!!!");
+        let e = excerpt(&long, 100_005);
+        assert!(e.starts_with('…') && !e.ends_with('…') && e.ends_with("!!!"), "{e}");
+        assert_eq!(e.chars().count(), EXCERPT_CHARS + 1);
+        let e = excerpt(&long, 1);
+        assert!(!e.starts_with('…') && e.ends_with('…'));
+        let e = excerpt(&long, 50_000);
+        assert!(e.starts_with('…') && e.ends_with('…') && e.chars().count() == EXCERPT_CHARS + 2);
+    }
 
     // semantics §5.1: errors carry a 1-based column and render as "column N: message"
     #[test]

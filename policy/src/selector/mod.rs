@@ -23,7 +23,7 @@ mod rewrite;
 #[cfg(test)]
 mod tests;
 
-pub use error::SelectorError;
+pub use error::{excerpt, SelectorError};
 
 /// Read access to an entity's labels; selectors only ever look labels up by name.
 pub trait Labels {
