@@ -952,7 +952,9 @@ mod tests {
         assert_eq!(e.orig.dst_port, 3000);
         assert_eq!(e.reply.src, "192.168.1.10".parse::<IpAddr>().unwrap());
         let i = CtEntry::parse("icmp     1 29 src=10.0.0.2 dst=10.0.0.1 type=8 code=0 id=7 src=10.0.0.1 dst=10.0.0.2 type=0 code=0 id=7 mark=0 use=1").unwrap();
-        assert_eq!((i.orig.src_port, i.orig.dst_port), (7, 7));
+        // An echo's tuple holds its direction (Tuple::echo): (id, id+1) for the request, (id+1, id) back.
+        assert_eq!((i.orig.src_port, i.orig.dst_port), (7, 8));
+        assert_eq!((i.reply.src_port, i.reply.dst_port), (8, 7));
         assert_eq!(i.icmp, Some((8, 0, 7)));
         assert!(i.filter_args().contains(&"--icmp-id".to_string()));
         let g = CtEntry::parse(
