@@ -848,7 +848,8 @@ mod tests {
                     }
                     Op::Packet { reply, flow, flags } => {
                         // UDP three times in six: its flows must stay long enough (a stream) to be assured.
-                        let protos = [Protocol::TCP, Protocol::UDP, Protocol::ICMP, Protocol(47), Protocol::UDP, Protocol::UDP];
+                        let protos =
+                            [Protocol::TCP, Protocol::UDP, Protocol::ICMP, Protocol(47), Protocol::UDP, Protocol::UDP];
                         let proto = protos[(flow % 6) as usize];
                         let (a, b, sp, dp) = (1 + flow % 3, 4 + flow % 2, 1000 + flow as u16, 80);
                         let mut p =

@@ -516,7 +516,10 @@ mod tests {
             let mut r = Reassembly::new();
             feed(&mut r, &frags[..1], 0);
             // The same first fragment again: a duplicate, the datagram stays.
-            assert_eq!(feed(&mut r, &frags[..1], 0)[0], Insert::Dropped { reason: FragmentDrop::Duplicate, fragments: 1 });
+            assert_eq!(
+                feed(&mut r, &frags[..1], 0)[0],
+                Insert::Dropped { reason: FragmentDrop::Duplicate, fragments: 1 }
+            );
             // A fragment that starts inside the first one's data and runs past it.
             let mut overlap = cut(&whole, 1232 - 8, 5)[1].clone();
             let f = fragment_of(&overlap).unwrap();

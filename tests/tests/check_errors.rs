@@ -64,7 +64,10 @@ fn named_ports_with_a_protocol_that_has_none_are_refused_as_calico_does() {
         &format!("{HEAD}spec:\n  ingress:\n    - action: Allow\n      protocol: ICMP\n      destination:\n        notPorts: [http]\n"),
     );
     assert!(e.contains("spec.ingress[0].destination: destination has ports, but protocol ICMP has none"), "{e}");
-    let ok = write("named-any.yaml", &format!("{HEAD}spec:\n  ingress:\n    - action: Allow\n      destination:\n        ports: [http]\n"));
+    let ok = write(
+        "named-any.yaml",
+        &format!("{HEAD}spec:\n  ingress:\n    - action: Allow\n      destination:\n        ports: [http]\n"),
+    );
     assert!(check_path(&ok).is_ok(), "a named port without a protocol is fine");
 }
 

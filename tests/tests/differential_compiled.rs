@@ -4,9 +4,9 @@
 use proptest::prelude::*;
 
 use calxdp_policy::compile::walker::Compiled;
+use calxdp_policy::packet::PacketHeader;
 use calxdp_policy::reference::{EndpointRef, Interpreted, PolicyWalker};
 use calxdp_policy::resolve::{Direction, Stage};
-use calxdp_policy::packet::PacketHeader;
 use calxdp_policy::resource::Protocol;
 use calxdp_tests::gen::{case, cases, resolve, Case};
 
@@ -58,7 +58,12 @@ fn a_pass_skips_a_log_rule_with_no_terms_at_the_end_of_its_tier() {
     let world = resolve(&c).unwrap();
     let mut compiled = Compiled::default();
     compiled.rebuild(&world).unwrap();
-    let pkt = PacketHeader { src: "10.1.0.6".parse().unwrap(), dst: "10.2.0.1".parse().unwrap(), protocol: Protocol(47), ..PacketHeader::EMPTY };
+    let pkt = PacketHeader {
+        src: "10.1.0.6".parse().unwrap(),
+        dst: "10.2.0.1".parse().unwrap(),
+        protocol: Protocol(47),
+        ..PacketHeader::EMPTY
+    };
     let (mut la, mut lb) = (Vec::new(), Vec::new());
     let a = Interpreted.walk(&world, EndpointRef::Workload(0), Direction::Egress, Stage::Normal, &pkt, &mut la);
     let b = compiled.walk(&world, EndpointRef::Workload(0), Direction::Egress, Stage::Normal, &pkt, &mut lb);

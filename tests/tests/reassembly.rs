@@ -13,9 +13,9 @@ use calxdp_dataplane::reassembly::{Insert, Reassembly};
 use calxdp_dataplane::wire::fragment::{cut, fragment_of};
 use calxdp_dataplane::wire::{parse, FrameSpec};
 use calxdp_policy::packet::PacketHeader;
+use calxdp_policy::resource::load_text;
 use calxdp_policy::resource::{Protocol, ResourceSet};
 use calxdp_policy::verdict::Verdict;
-use calxdp_policy::resource::load_text;
 use calxdp_policy::yaml::{parse_documents, Field, Origin};
 
 const NODE: &str = "

@@ -238,7 +238,10 @@ impl Flows {
                 }
                 // Linux refreshes the entry before it notes the reply: the first reply still gets the
                 // unreplied timeout; a stream needs a reply seen before and the entry older than two seconds.
-                if e.kind == FlowKind::Udp && e.seen_reply && now.as_millis().saturating_sub(e.created.as_millis()) > UDP_STREAM_AFTER.as_millis() {
+                if e.kind == FlowKind::Udp
+                    && e.seen_reply
+                    && now.as_millis().saturating_sub(e.created.as_millis()) > UDP_STREAM_AFTER.as_millis()
+                {
                     e.stream = true;
                 }
                 if let Some(next) = lookup.tcp_next {
