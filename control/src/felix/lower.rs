@@ -196,18 +196,7 @@ pub fn rule_from_proto(r: &proto::Rule) -> Result<RuleSets, String> {
 /// relatives unless their name says they are staged (Felix's `KindIsStaged` is a prefix test too).
 pub fn policy_kind(key: &PolicyKey) -> PolicyKind {
     use PolicyKind::*;
-    let all = [
-        GlobalNetworkPolicy,
-        NetworkPolicy,
-        KubernetesNetworkPolicy,
-        StagedGlobalNetworkPolicy,
-        StagedNetworkPolicy,
-        StagedKubernetesNetworkPolicy,
-        KubernetesClusterNetworkPolicy,
-        KubernetesAdminNetworkPolicy,
-        KubernetesBaselineAdminNetworkPolicy,
-    ];
-    if let Some(k) = all.into_iter().find(|k| k.name() == key.kind) {
+    if let Some(k) = PolicyKind::ALL.into_iter().find(|k| k.name() == key.kind) {
         return k;
     }
     match (key.kind.starts_with("Staged"), key.namespace.is_empty()) {

@@ -43,6 +43,19 @@ pub enum PolicyKind {
 }
 
 impl PolicyKind {
+    /// Every kind, in declaration order.
+    pub const ALL: [PolicyKind; 9] = [
+        PolicyKind::GlobalNetworkPolicy,
+        PolicyKind::NetworkPolicy,
+        PolicyKind::KubernetesNetworkPolicy,
+        PolicyKind::StagedGlobalNetworkPolicy,
+        PolicyKind::StagedNetworkPolicy,
+        PolicyKind::StagedKubernetesNetworkPolicy,
+        PolicyKind::KubernetesClusterNetworkPolicy,
+        PolicyKind::KubernetesAdminNetworkPolicy,
+        PolicyKind::KubernetesBaselineAdminNetworkPolicy,
+    ];
+
     /// Staged kinds are loaded but never enforced (semantics §1.2).
     pub fn is_staged(self) -> bool {
         matches!(
