@@ -53,6 +53,8 @@ pub struct FrontEnd {
     base_felix: FelixConfig,
     /// The last sequence number applied, for errors about frames that carry none.
     last_seq: Option<u64>,
+    /// Policies as the last model lowered them, reused while unchanged (`lower::PolicyCache`).
+    lowered: std::cell::RefCell<lower::PolicyCache>,
 }
 
 impl FrontEnd {
@@ -63,7 +65,7 @@ impl FrontEnd {
         node.workloads.clear();
         node.remote_endpoints.clear();
         let base_felix = node.felix.clone();
-        FrontEnd { state: FelixState::new(), base: node, base_felix, last_seq: None }
+        FrontEnd { state: FelixState::new(), base: node, base_felix, last_seq: None, lowered: Default::default() }
     }
 
     /// New node options (services, namespaces) under the same stream.
@@ -111,7 +113,7 @@ impl FrontEnd {
             Some(c) => config::apply(&self.base_felix, c)?,
             None => self.base_felix.clone(),
         };
-        lower::lower(&self.state, &self.base, &felix)
+        lower::lower(&self.state, &self.base, &felix, &mut self.lowered.borrow_mut())
     }
 }
 

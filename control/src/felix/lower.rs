@@ -12,11 +12,14 @@
 //!   member of the set equal to it or wider), and every `IP_AND_PORT` member address one entity declaring
 //!   the named ports; an address is in `A && B` exactly when one of these prefixes lies in both, so set
 //!   intersection and named ports filtered by a set come out as Felix means them;
-//! - every policy becomes a label `felixpolicy/<kind>/<namespace>/<name>` put on the endpoints whose tier
-//!   lists name it, and its order and its tier's order are ranks consistent with every endpoint's lists.
+//! - endpoints whose tier lists are equal carry one label `felixlists/<hash of the lists>`, and every policy
+//!   selects `has(L1) || has(L2) || ...` over the lists that name it (a policy no list names selects
+//!   nothing); its order and its tier's order are ranks consistent with every endpoint's lists. One label per
+//!   endpoint, not one per policy in its lists: a thousand endpoints under seven hundred policies each would
+//!   otherwise carry 700 000 labels through every compile.
 //!
-//! Unchanged sets, policies and endpoints lower to identical resources, so the compiler's caches keep every
-//! program a change does not touch.
+//! Unchanged sets, policies and endpoints lower to identical resources, and an unchanged policy to the same
+//! `Arc` ([`PolicyCache`]), so the compiler's caches keep every program a change does not touch.
 
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::net::IpAddr;
@@ -283,14 +286,31 @@ fn tier_orders(merged: &[String]) -> HashMap<String, f64> {
     out
 }
 
-/// The labels an endpoint carries: one per policy in any of its tier lists.
+/// Identifies an endpoint's tier lists by content: endpoints with equal lists carry the same label, and a
+/// policy selects the endpoints whose lists name it (see the module comment).
+fn lists_label(lists: &[&[proto::TierInfo]]) -> String {
+    use std::hash::{Hash, Hasher};
+    // `DefaultHasher::new()` has fixed keys: a label is the same in every compile and every run.
+    let mut h = std::collections::hash_map::DefaultHasher::new();
+    lists.len().hash(&mut h);
+    for list in lists {
+        list.len().hash(&mut h);
+        for t in list.iter() {
+            (&t.name, &t.default_action).hash(&mut h);
+            for ids in [&t.ingress_policies, &t.egress_policies] {
+                ids.len().hash(&mut h);
+                for id in ids {
+                    (&id.kind, &id.namespace, &id.name).hash(&mut h);
+                }
+            }
+        }
+    }
+    format!("felixlists/{:016x}", h.finish())
+}
+
+/// The labels an endpoint carries: the one of its tier lists.
 fn endpoint_labels(lists: &[&[proto::TierInfo]]) -> BTreeMap<String, String> {
-    lists
-        .iter()
-        .flat_map(|l| l.iter())
-        .flat_map(|t| t.ingress_policies.iter().chain(&t.egress_policies))
-        .map(|id| (policy_label(&PolicyKey::from_proto(id)), String::new()))
-        .collect()
+    BTreeMap::from([(lists_label(lists), String::new())])
 }
 
 fn addrs(v4: &[String], v6: &[String], what: &str) -> Result<Vec<IpAddr>, String> {
@@ -401,9 +421,29 @@ fn set_entities(state: &FelixState) -> (Vec<NetworkSet>, Vec<Workload>) {
     (nets, endpoints)
 }
 
+/// A policy's selector: the labels of the tier lists that name it (`lists` is in label order); a policy
+/// no list names selects nothing.
+fn selecting(key: &PolicyKey, lists: &[&str]) -> Selector {
+    let mut exprs: Vec<Expr> = lists.iter().map(|l| Expr::Has(l.to_string())).collect();
+    match exprs.len() {
+        0 => Selector::from_expr(Expr::Has(policy_label(key))),
+        1 => exprs.pop().map(Selector::from_expr).expect("one"),
+        _ => Selector::from_expr(Expr::Or(exprs)),
+    }
+}
+
 /// Felix's model on `base` (the node options Felix does not send: name, uplinks, services; `felix` is the
 /// configuration already merged with the stream's `ConfigUpdate`) → the node and the resources in force.
-pub fn lower(state: &FelixState, base: &NodeConfig, felix: &FelixConfig) -> Result<(NodeConfig, ResourceSet), String> {
+/// Policies a previous lowering made, by key, with the state's version of each: an unchanged policy is the
+/// same `Arc` in the next resource set, so the compiler knows it without looking at its rules again.
+pub type PolicyCache = HashMap<PolicyKey, (u64, Arc<Policy>)>;
+
+pub fn lower(
+    state: &FelixState,
+    base: &NodeConfig,
+    felix: &FelixConfig,
+    cache: &mut PolicyCache,
+) -> Result<(NodeConfig, ResourceSet), String> {
     let mut resources = ResourceSet::new();
 
     // Tier and policy order, merged from every endpoint's lists.
@@ -441,11 +481,34 @@ pub fn lower(state: &FelixState, base: &NodeConfig, felix: &FelixConfig) -> Resu
             forward.extend(t.ingress_policies.iter().chain(&t.egress_policies).map(PolicyKey::from_proto));
         }
     };
+    // Endpoints alike have identical lists: walk each distinct set of lists once.
+    let mut seen: BTreeMap<String, Vec<&[proto::TierInfo]>> = BTreeMap::new();
     for ep in state.workloads.values() {
-        walk(&[&ep.tiers], None);
+        let lists = [&ep.tiers[..]];
+        if let std::collections::btree_map::Entry::Vacant(v) = seen.entry(lists_label(&lists)) {
+            walk(&lists, None);
+            v.insert(lists.to_vec());
+        }
     }
     for ep in state.host_endpoints.values() {
-        walk(&hep_tier_lists(ep), Some(&ep.forward_tiers));
+        let lists = hep_tier_lists(ep);
+        if let std::collections::btree_map::Entry::Vacant(v) = seen.entry(lists_label(&lists)) {
+            walk(&lists, Some(&ep.forward_tiers));
+            v.insert(lists.to_vec());
+        }
+    }
+    // Each policy selects the endpoints of the lists that name it.
+    let mut lists_of: HashMap<PolicyKey, Vec<&str>> = HashMap::new();
+    for (label, lists) in &seen {
+        let named: BTreeSet<PolicyKey> = lists
+            .iter()
+            .flat_map(|l| l.iter())
+            .flat_map(|t| t.ingress_policies.iter().chain(&t.egress_policies))
+            .map(PolicyKey::from_proto)
+            .collect();
+        for key in named {
+            lists_of.entry(key).or_default().push(label);
+        }
     }
     // Endpoints alike have identical lists: merge each distinct list once.
     let tier_chains: Vec<Vec<String>> = distinct(tier_chains);
@@ -464,28 +527,47 @@ pub fn lower(state: &FelixState, base: &NodeConfig, felix: &FelixConfig) -> Resu
             default_action: tier_default.get(name).copied().unwrap_or(TierDefault::Deny),
         }));
     }
+    let mut lowered: PolicyCache = HashMap::with_capacity(state.policies.len());
     for (key, p) in &state.policies {
         let kind = policy_kind(key);
-        let policy = Policy {
-            id: PolicyId {
-                kind,
-                namespace: if key.namespace.is_empty() { None } else { Some(key.namespace.clone()) },
-                name: key.name.clone(),
-            },
-            tier: p.tier.clone(),
-            // Active policies no endpoint lists (AssumeNeededOnEveryNode) select nothing; their order is moot.
-            order: Some(policy_rank.get(key).copied().unwrap_or(usize::MAX >> 12) as f64),
-            selector: Selector::from_expr(Expr::Has(policy_label(key))),
-            applies_ingress: ingress.contains(key),
-            applies_egress: egress.contains(key),
-            ingress: p.inbound.clone(),
-            egress: p.outbound.clone(),
-            do_not_track: p.untracked,
-            pre_dnat: p.pre_dnat,
-            apply_on_forward: p.untracked || p.pre_dnat || forward.contains(key),
+        let id = PolicyId {
+            kind,
+            namespace: if key.namespace.is_empty() { None } else { Some(key.namespace.clone()) },
+            name: key.name.clone(),
         };
-        resources.apply(Resource::Policy(Arc::new(policy)));
+        // Active policies no endpoint lists (AssumeNeededOnEveryNode) select nothing; their order is moot.
+        let order = Some(policy_rank.get(key).copied().unwrap_or(usize::MAX >> 12) as f64);
+        let selector = selecting(key, lists_of.get(key).map(Vec::as_slice).unwrap_or_default());
+        let (applies_ingress, applies_egress) = (ingress.contains(key), egress.contains(key));
+        let apply_on_forward = p.untracked || p.pre_dnat || forward.contains(key);
+        let reuse = cache.remove(key).filter(|(version, c)| {
+            *version == p.version
+                && c.order == order
+                && c.selector == selector
+                && (c.applies_ingress, c.applies_egress, c.apply_on_forward)
+                    == (applies_ingress, applies_egress, apply_on_forward)
+        });
+        let policy = match reuse {
+            Some((_, c)) => c,
+            None => Arc::new(Policy {
+                id,
+                tier: p.tier.clone(),
+                order,
+                selector,
+                applies_ingress,
+                applies_egress,
+                ingress: p.inbound.clone(),
+                egress: p.outbound.clone(),
+                do_not_track: p.untracked,
+                pre_dnat: p.pre_dnat,
+                apply_on_forward,
+            }),
+        };
+        resources.apply(Resource::Policy(policy.clone()));
+        lowered.insert(key.clone(), (p.version, policy));
     }
+    // Only the policies in force stay cached.
+    *cache = lowered;
     for (name, p) in &state.profiles {
         resources.apply(Resource::Profile(Profile {
             name: name.clone(),

@@ -117,6 +117,8 @@ pub struct ActivePolicy {
     pub outbound: Vec<Rule>,
     /// Every IP set the rules refer to (with repeats), for reference counting.
     sets: Vec<String>,
+    /// Distinct for every update the state took: what the lowering's cache of converted policies checks.
+    pub version: u64,
 }
 
 /// An active profile's rules, converted.
@@ -185,6 +187,8 @@ pub struct FelixState {
     set_refs: HashMap<String, usize>,
     policy_refs: HashMap<PolicyKey, usize>,
     profile_refs: HashMap<String, usize>,
+    /// The version the next `ActivePolicyUpdate` gets.
+    next_policy_version: u64,
 }
 
 /// The tier lists of a host endpoint, in the order Felix's renderer walks them.
@@ -324,7 +328,17 @@ impl FelixState {
                     return Err(err(format!("{key} refers to unknown IP set '{s}'")));
                 }
                 let tier = if p.tier.is_empty() { "default".to_string() } else { p.tier };
-                let next = ActivePolicy { tier, untracked: p.untracked, pre_dnat: p.pre_dnat, inbound, outbound, sets };
+                self.next_policy_version += 1;
+                let version = self.next_policy_version;
+                let next = ActivePolicy {
+                    tier,
+                    untracked: p.untracked,
+                    pre_dnat: p.pre_dnat,
+                    inbound,
+                    outbound,
+                    sets,
+                    version,
+                };
                 bump(&mut self.set_refs, &next.sets, true);
                 if let Some(old) = self.policies.insert(key, next) {
                     bump(&mut self.set_refs, &old.sets, false);

@@ -9,6 +9,7 @@
 //! `fields × (terms / 4096 + a few)` words, not one per rule. No allocation, no lock.
 
 use std::collections::HashMap;
+use std::sync::Arc;
 
 use super::ranges::RangeSet;
 use super::terms::{Conditions, Term, TupleCond, TupleKey, NO_VALUE, V4_BASE};
@@ -599,41 +600,59 @@ fn same_class(bits: &ClassBits, c: u32, dense: &[u64], summary_words: usize) -> 
 }
 
 fn build_tuples(conds: &[&TupleCond], words: usize, summary_words: usize) -> (TupleField, ClassBits) {
-    let mut universe: Vec<TupleKey> = conds
+    // Rules naming the same ports of the same peers share one set (`SetResolver::named_ports`): walk each
+    // distinct set once.
+    let mut distinct: HashMap<*const std::collections::BTreeSet<TupleKey>, usize> = HashMap::new();
+    let mut sets: Vec<&std::collections::BTreeSet<TupleKey>> = Vec::new();
+    let set_of: Vec<Option<usize>> = conds
         .iter()
-        .flat_map(|c| match c {
-            TupleCond::Any => Vec::new(),
-            TupleCond::In(s) | TupleCond::NotIn(s) => s.iter().copied().collect(),
+        .map(|c| match c {
+            TupleCond::Any => None,
+            TupleCond::In(s) | TupleCond::NotIn(s) => Some(*distinct.entry(Arc::as_ptr(s)).or_insert_with(|| {
+                sets.push(s);
+                sets.len() - 1
+            })),
         })
         .collect();
+    let mut universe: Vec<TupleKey> = sets.iter().flat_map(|s| s.iter().copied()).collect();
     universe.sort_unstable();
     universe.dedup();
     let wildcards: Vec<bool> = conds.iter().map(|c| matches!(c, TupleCond::Any)).collect();
     let mut bits = ClassBits::new(words, summary_words, &wildcards);
     let mut interner = Interner::default();
-    let vector_for = |tuple: Option<&TupleKey>| -> (Vec<u64>, u64) {
-        let mut v = vec![0u64; words];
-        let mut hash = 0u64;
-        for (t, c) in conds.iter().enumerate() {
-            let holds = match (c, tuple) {
-                (TupleCond::Any, _) => false,
-                (TupleCond::In(s), Some(k)) => s.contains(k),
-                (TupleCond::In(_), None) => false,
-                (TupleCond::NotIn(s), Some(k)) => !s.contains(k),
-                (TupleCond::NotIn(_), None) => true,
-            };
-            if holds {
-                v[t / 64] |= 1 << (t % 64);
-                hash ^= splitmix(t as u64 + 1);
-            }
+    // The class of a tuple in no set: every NotIn term holds.
+    let mut default_vec = vec![0u64; words];
+    let mut default_hash = 0u64;
+    // Which terms' sets hold each tuple of the universe (by universe index): walking the sets once costs
+    // their total size, where asking every set about every tuple cost universe × terms lookups.
+    let members: Vec<Vec<u32>> = sets
+        .iter()
+        .map(|s| {
+            s.iter().map(|k| universe.binary_search(k).expect("every set member is in the universe") as u32).collect()
+        })
+        .collect();
+    let mut holders: Vec<Vec<u32>> = vec![Vec::new(); universe.len()];
+    for (t, c) in conds.iter().enumerate() {
+        let Some(set) = set_of[t] else { continue };
+        if matches!(c, TupleCond::NotIn(_)) {
+            default_vec[t / 64] |= 1 << (t % 64);
+            default_hash ^= splitmix(t as u64 + 1);
         }
-        (v, hash)
-    };
-    let (v, h) = vector_for(None);
-    let default = interner.intern(&v, h, &mut bits, summary_words);
+        for &at in &members[set] {
+            holders[at as usize].push(t as u32);
+        }
+    }
+    let default = interner.intern(&default_vec, default_hash, &mut bits, summary_words);
     let mut by_tuple = HashMap::with_capacity_and_hasher(universe.len(), FastHash);
-    for k in &universe {
-        let (v, h) = vector_for(Some(k));
+    let mut v = vec![0u64; words];
+    for (k, terms) in universe.iter().zip(&holders) {
+        // A holder flips its term: In starts clear and holds, NotIn starts set and stops holding.
+        v.copy_from_slice(&default_vec);
+        let mut h = default_hash;
+        for &t in terms {
+            v[t as usize / 64] ^= 1 << (t % 64);
+            h ^= splitmix(t as u64 + 1);
+        }
         let c = interner.intern(&v, h, &mut bits, summary_words);
         by_tuple.insert(*k, c);
     }

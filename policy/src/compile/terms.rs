@@ -147,14 +147,20 @@ pub struct FlatProgram {
 pub struct SetResolver<'a> {
     entities: &'a [Entity],
     ips: HashMap<&'a Selector, RangeSet>,
+    /// Named-port tuple sets by (names, selector, rule protocol): every rule of every program that names the
+    /// same ports of the same peers shares one set, resolved once per compile.
+    tuples: HashMap<NamedPortsKey<'a>, Arc<BTreeSet<TupleKey>>>,
     families: [RangeSet; 2],
 }
+
+type NamedPortsKey<'a> = (Vec<&'a str>, Option<&'a Selector>, Option<Protocol>);
 
 impl<'a> SetResolver<'a> {
     pub fn new(world: &'a ResolvedNode) -> SetResolver<'a> {
         SetResolver {
             entities: &world.entities,
             ips: HashMap::new(),
+            tuples: HashMap::new(),
             families: [family_range(IpFamily::V4), family_range(IpFamily::V6)],
         }
     }
@@ -182,11 +188,15 @@ impl<'a> SetResolver<'a> {
     /// (ip, protocol, port) of every named port `names` of entities matching `sel` (all if none), with a
     /// protocol compatible with `rule_protocol` (semantics §3 "Named port").
     fn named_ports(
-        &self,
-        names: &[&str],
-        sel: Option<&Selector>,
+        &mut self,
+        names: &[&'a str],
+        sel: Option<&'a Selector>,
         rule_protocol: Option<Protocol>,
-    ) -> BTreeSet<TupleKey> {
+    ) -> Arc<BTreeSet<TupleKey>> {
+        let key = (names.to_vec(), sel, rule_protocol);
+        if let Some(s) = self.tuples.get(&key) {
+            return s.clone();
+        }
         let mut out = BTreeSet::new();
         for e in self.entities {
             if sel.is_some_and(|s| !s.matches(&e.labels)) {
@@ -201,6 +211,8 @@ impl<'a> SetResolver<'a> {
                 }
             }
         }
+        let out = Arc::new(out);
+        self.tuples.insert(key, out.clone());
         out
     }
 }
@@ -539,7 +551,7 @@ fn side_alternatives<'a>(
     let with_exclusion = |cond: TupleCond| -> TupleCond {
         match (&not_named, cond) {
             (None, c) => c,
-            (Some(ex), TupleCond::Any) => TupleCond::NotIn(Arc::new(ex.clone())),
+            (Some(ex), TupleCond::Any) => TupleCond::NotIn(ex.clone()),
             (Some(ex), TupleCond::In(s)) => TupleCond::In(Arc::new(s.difference(ex).copied().collect())),
             (Some(ex), TupleCond::NotIn(s)) => TupleCond::NotIn(Arc::new(s.union(ex).copied().collect())),
         }
@@ -562,7 +574,7 @@ fn side_alternatives<'a>(
         }
         if !names.is_empty() {
             let named = resolver.named_ports(&names, positive, rule.protocol);
-            alts.push((base.clone(), ports_of(None), with_exclusion(TupleCond::In(Arc::new(named)))));
+            alts.push((base.clone(), ports_of(None), with_exclusion(TupleCond::In(named))));
         }
     }
     // Drop alternatives that can never match.
