@@ -49,7 +49,7 @@ pub fn replay(node: NodeConfig, policies: &Path, capture: &Path) -> Result<Repla
     // The production worker on memory ports, one frame per round at the capture's own time.
     let mut offline = OfflineNode::new(node.clone(), resources, true)?;
     let start = records.first().map(|r| r.nanos).unwrap_or(0);
-    let port_name = |p: Port| crate::run::port_name(&node, p);
+    let port_name = |p: Port| p.name_in(&node);
     let mut report = String::new();
     let _ = writeln!(
         report,

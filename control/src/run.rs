@@ -8,10 +8,8 @@ use std::sync::mpsc::Receiver;
 use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime};
 
-use calxdp_dataplane::path::Port;
 use calxdp_dataplane::pipeline::{explain, DropReason};
 use calxdp_dataplane::worker::TraceRecord;
-use calxdp_policy::node::NodeConfig;
 use calxdp_policy::resource::{load_path, ResourceSet};
 use calxdp_policy::verdict::Verdict;
 
@@ -366,15 +364,6 @@ fn summary(live: &LiveNode) -> String {
     s
 }
 
-/// The port's name as the node file gives it.
-pub fn port_name(node: &NodeConfig, p: Port) -> String {
-    match p {
-        Port::Host => "host".into(),
-        Port::Uplink(u) => node.uplinks[u as usize].name.clone(),
-        Port::Workload(w) => node.workloads[w as usize].name.clone(),
-    }
-}
-
 fn print_trace(live: &LiveNode, rx: &Receiver<TraceRecord>) {
     use std::io::Write as _;
     let mut out = std::io::stdout().lock();
@@ -394,7 +383,7 @@ pub fn trace_line(live: &LiveNode, r: &TraceRecord) -> String {
         format!("{} -> {}", h.src, h.dst)
     };
     let verdict = if r.verdict == Verdict::Allow { "allow" } else { "drop" };
-    let out = r.out.map(|o| port_name(&live.node, o)).unwrap_or_default();
+    let out = r.out.map(|o| o.name_in(&live.node)).unwrap_or_default();
     // A rule is named by its index in the program that decided; after a swap the tables at hand may not be
     // the ones that decided, so say so rather than name a rule of another version as if it were that one.
     let version = if r.epoch == tables.epoch {
@@ -404,7 +393,7 @@ pub fn trace_line(live: &LiveNode, r: &TraceRecord) -> String {
     };
     format!(
         "trace {:<10} proto {:<3} {:<44} {:<5} {:<10} {}{version}",
-        port_name(&live.node, r.port),
+        r.port.name_in(&live.node),
         h.protocol.0,
         flow,
         verdict,

@@ -13,9 +13,9 @@ use std::time::Duration;
 
 use calxdp_dataplane::path::Port;
 use calxdp_policy::compile::walker::Compiled;
+use calxdp_policy::ids::Tuple;
 use calxdp_policy::node::NodeConfig;
 use calxdp_policy::packet::PacketHeader;
-use calxdp_policy::reference::flows::Tuple;
 use calxdp_policy::reference::{Attach, NodeModel, PolicyWalker, ReferenceNode};
 use calxdp_policy::resource::ResourceSet;
 use calxdp_policy::selector::Selector;
