@@ -339,11 +339,11 @@ impl LiveNode {
                     limit - 18
                 ));
             }
-            let mut redirect = Redirect::attach(&iface)?;
+            let mut redirect = Redirect::attach(&iface).map_err(|e| e.to_string())?;
             let mut sockets = Vec::new();
             for q in 0..workers {
                 let sock = XskSocket::open(&iface, q as u32, xsk).map_err(|e| e.to_string())?;
-                redirect.register(q as u32, sock.fd())?;
+                redirect.register(q as u32, sock.fd()).map_err(|e| e.to_string())?;
                 sockets.push(sock);
             }
             Ok((redirect, sockets))

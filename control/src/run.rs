@@ -10,6 +10,7 @@ use std::time::{Duration, Instant, SystemTime};
 
 use calxdp_dataplane::pipeline::{explain, DropReason};
 use calxdp_dataplane::worker::TraceRecord;
+use calxdp_policy::node::NodeConfig;
 use calxdp_policy::resource::{load_path, ResourceSet};
 use calxdp_policy::verdict::Verdict;
 
@@ -82,7 +83,7 @@ pub fn run_serving(
     ready: Option<Arc<AtomicBool>>,
     serve: &ServeOptions,
 ) -> Result<RunReport, String> {
-    let node = crate::replay::load_node(node_file)?;
+    let node = NodeConfig::load(node_file).map_err(|e| e.to_string())?;
     let resources = load_dir(policies)
         .map_err(|e| format!("{e}\n(the policies must load before the node starts; nothing was changed)"))?;
     let (tx, rx) = if trace {
@@ -207,7 +208,7 @@ fn report_events(live: &mut LiveNode) {
 /// Re-reads the node file: workloads and namespaces added, changed or removed are put in force; a bad file
 /// is reported and the node stays as it was.
 pub fn reload_node(live: &mut LiveNode, node_file: &Path) {
-    match crate::replay::load_node(node_file) {
+    match NodeConfig::load(node_file) {
         Err(e) => say!("calxdp: node update rejected, node unchanged: {e}"),
         Ok(node) => match live.set_node(node) {
             Ok(()) => say!(

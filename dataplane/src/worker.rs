@@ -44,7 +44,6 @@ const MAX_CONGESTED_STREAK: u32 = 64;
 /// Spins between transmit wakeups while an output port is congested (about a microsecond).
 const CONGESTED_PAUSE_SPINS: u32 = 256;
 
-
 /// In a handoff tag (the port id a frame arrived on): the frame is a fragment of a datagram already gathered
 /// by another worker and sent to this one because it owns the datagram's flow, which it decides.
 const FLOW_STEERED: u16 = 0x8000;

@@ -309,12 +309,12 @@ impl Reflector {
                 let setup = (|| -> Result<_, String> {
                     topo::enter(topo::NODE_NS)?;
                     topo::pin(Some(FORWARD_CPU));
-                    let mut up = Redirect::attach(topo::NODE_UP_IF)?;
-                    let mut pod = Redirect::attach(topo::NODE_POD_IF)?;
+                    let mut up = Redirect::attach(topo::NODE_UP_IF).map_err(|e| e.to_string())?;
+                    let mut pod = Redirect::attach(topo::NODE_POD_IF).map_err(|e| e.to_string())?;
                     let rx = XskSocket::open(topo::NODE_UP_IF, 0, XskConfig::default()).map_err(|e| e.to_string())?;
                     let tx = XskSocket::open(topo::NODE_POD_IF, 0, XskConfig::default()).map_err(|e| e.to_string())?;
-                    up.register(0, rx.fd())?;
-                    pod.register(0, tx.fd())?;
+                    up.register(0, rx.fd()).map_err(|e| e.to_string())?;
+                    pod.register(0, tx.fd()).map_err(|e| e.to_string())?;
                     Ok((up, pod, rx, tx))
                 })();
                 let (_up, _pod, mut rx, mut tx) = match setup {

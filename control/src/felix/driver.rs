@@ -236,7 +236,7 @@ impl<W: Write> Reporter<W> {
 /// Runs the driver until Felix closes the stream (exit 0), the stream breaks, or `stop` is raised.
 pub fn run(opts: &DriverOptions, stop: Arc<AtomicBool>) -> Result<(), String> {
     let base = match &opts.node {
-        Some(p) => crate::replay::load_node(p)?,
+        Some(p) => NodeConfig::load(p).map_err(|e| e.to_string())?,
         None => NodeConfig {
             name: hostname(),
             uplinks: Vec::new(),
