@@ -9,7 +9,7 @@ use calxdp_bench::synth;
 use calxdp_dataplane::flow::FlowTable;
 use calxdp_dataplane::path::Port;
 use calxdp_dataplane::pipeline::{Packet, Pipeline};
-use calxdp_policy::reference::flows::Tuple;
+use calxdp_policy::ids::Tuple;
 
 const BATCH: usize = 32;
 

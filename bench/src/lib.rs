@@ -2,6 +2,9 @@
 //! (which resolve to pod address sets), CIDRs, port ranges, named ports, protocols and actions, and the
 //! packets to classify against them.
 
+// Syscalls live in `calxdp_dataplane::sys`, behind safe wrappers.
+#![deny(unsafe_code)]
+
 pub mod churn;
 pub mod e2e;
 pub mod soak;

@@ -3,6 +3,9 @@
 //! - `classify --quick`: new-flow classification against the linear first-match scan of the same rules;
 //! - `compile --quick`: full compile and one-policy recompile times, and table size.
 
+// Syscalls live in `calxdp_dataplane::sys`, behind safe wrappers.
+#![deny(unsafe_code)]
+
 use std::hint::black_box;
 use std::process::ExitCode;
 use std::time::{Duration, Instant};

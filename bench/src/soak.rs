@@ -24,9 +24,9 @@ use std::time::{Duration, Instant};
 
 use calxdp::live::{LiveOptions, Namespaces};
 use calxdp::run::RunReport;
+use calxdp_dataplane::sys::netns;
+use calxdp_dataplane::sys::packet::PacketSocket;
 use calxdp_dataplane::wire::FrameSpec;
-use calxdp_dataplane::xsk::netns;
-use calxdp_dataplane::xsk::packet::PacketSocket;
 use calxdp_policy::packet::PacketHeader;
 use calxdp_policy::resource::Protocol;
 

@@ -16,8 +16,8 @@ use std::sync::Arc;
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
+use calxdp_dataplane::sys::netns;
 use calxdp_dataplane::worker::TraceRecord;
-use calxdp_dataplane::xsk::netns;
 use calxdp_policy::node::NodeConfig;
 use calxdp_policy::resource::Protocol;
 use calxdp_policy::resource::{load_text, ResourceSet};
@@ -27,7 +27,6 @@ use calxdp_policy::yaml::{parse_documents, Field, Origin};
 use crate::admin::server::{AdminServer, ServeOptions};
 use crate::admin::NodeView;
 use crate::live::{ip, LiveNode, LiveOptions, Namespaces};
-use crate::run::port_name;
 
 const NODE_YAML: &str = include_str!("../../examples/demo/node.yaml");
 const POLICIES_YAML: &str = include_str!("../../examples/demo/policies.yaml");
@@ -541,8 +540,8 @@ fn print_table(live: &LiveNode, records: &[TraceRecord], results: &[Result<bool,
             Some(rec) => format!(
                 "{} {} -> {}: {}",
                 if rec.verdict == Verdict::Allow { "allow" } else { "drop" },
-                port_name(&live.node, rec.port),
-                rec.out.map(|o| port_name(&live.node, o)).unwrap_or_else(|| "-".into()),
+                rec.port.name_in(&live.node),
+                rec.out.map(|o| o.name_in(&live.node)).unwrap_or_else(|| "-".into()),
                 crate::admin::answer::stages(&tables, rec).join("; then ")
             ),
             None => "(no packet seen by the dataplane)".into(),

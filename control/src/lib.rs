@@ -1,5 +1,8 @@
 //! The calxdp node agent: command line, policy sources, the control thread, and the parity runner.
 
+// Syscalls live in `calxdp_dataplane::sys`, behind safe wrappers.
+#![deny(unsafe_code)]
+
 pub mod admin;
 pub mod check;
 pub mod demo;

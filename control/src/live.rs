@@ -21,12 +21,12 @@ use calxdp_dataplane::flow::FlowStats;
 use calxdp_dataplane::log::{self, WriterState};
 use calxdp_dataplane::pipeline::{Counters, Pipeline};
 use calxdp_dataplane::ports::{PortId, PortIo};
+use calxdp_dataplane::sys::handoff::{self, HandoffReceiver, HandoffSender};
+use calxdp_dataplane::sys::netns;
+use calxdp_dataplane::sys::socket::{XskConfig, XskSocket};
+use calxdp_dataplane::sys::tap::Tap;
 use calxdp_dataplane::worker::{Clock, IoCounters, LogOutput, TraceRecord, Worker, WorkerCommand, WorkerShared};
 use calxdp_dataplane::xdp::Redirect;
-use calxdp_dataplane::xsk::handoff::{self, HandoffReceiver, HandoffSender};
-use calxdp_dataplane::xsk::netns;
-use calxdp_dataplane::xsk::socket::{XskConfig, XskSocket};
-use calxdp_dataplane::xsk::tap::Tap;
 use calxdp_policy::node::{parse_mac, NodeConfig};
 use calxdp_policy::resource::ResourceSet;
 
@@ -339,11 +339,11 @@ impl LiveNode {
                     limit - 18
                 ));
             }
-            let mut redirect = Redirect::attach(&iface)?;
+            let mut redirect = Redirect::attach(&iface).map_err(|e| e.to_string())?;
             let mut sockets = Vec::new();
             for q in 0..workers {
                 let sock = XskSocket::open(&iface, q as u32, xsk).map_err(|e| e.to_string())?;
-                redirect.register(q as u32, sock.fd())?;
+                redirect.register(q as u32, sock.fd()).map_err(|e| e.to_string())?;
                 sockets.push(sock);
             }
             Ok((redirect, sockets))
@@ -641,7 +641,7 @@ fn preflight(node: &NodeConfig, opts: &LiveOptions) -> Result<(), String> {
     }
     let need = opts.xsk.umem_bytes() * names.len() * opts.workers;
     if !has_cap_ipc_lock() {
-        let limit = memlock_limit();
+        let limit = calxdp_dataplane::sys::process::memlock_limit();
         if limit.is_some_and(|l| (l as usize) < need) {
             return Err(format!(
                 "memlock limit too low: the AF_XDP UMEMs need {} KiB of locked memory but `ulimit -l` allows {} KiB; \
@@ -654,26 +654,18 @@ fn preflight(node: &NodeConfig, opts: &LiveOptions) -> Result<(), String> {
     Ok(())
 }
 
-fn status_field(name: &str) -> Option<String> {
-    let s = std::fs::read_to_string("/proc/self/status").ok()?;
-    s.lines().find_map(|l| l.strip_prefix(name).map(|v| v.trim().to_string()))
-}
+pub use calxdp_dataplane::sys::process::is_root;
 
-/// Whether this process runs as root (effective uid 0).
-pub fn is_root() -> bool {
-    status_field("Uid:").and_then(|v| v.split_whitespace().nth(1).map(|e| e == "0")).unwrap_or(false)
-}
-
+/// Whether the effective capabilities hold CAP_IPC_LOCK (locking memory past `ulimit -l`). Read from
+/// /proc: libc has no wrapper for capget(2), and the kernel's own text is its stable interface.
 fn has_cap_ipc_lock() -> bool {
     const CAP_IPC_LOCK: u32 = 14;
-    status_field("CapEff:").and_then(|v| u64::from_str_radix(&v, 16).ok()).is_some_and(|c| c & (1 << CAP_IPC_LOCK) != 0)
-}
-
-/// `ulimit -l` in bytes (None: unlimited or unknown).
-fn memlock_limit() -> Option<u64> {
-    let s = std::fs::read_to_string("/proc/self/limits").ok()?;
-    let line = s.lines().find(|l| l.starts_with("Max locked memory"))?;
-    line.split_whitespace().nth(3).and_then(|v| v.parse().ok())
+    let Ok(status) = std::fs::read_to_string("/proc/self/status") else { return false };
+    status
+        .lines()
+        .find_map(|l| l.strip_prefix("CapEff:"))
+        .and_then(|v| u64::from_str_radix(v.trim(), 16).ok())
+        .is_some_and(|c| c & (1 << CAP_IPC_LOCK) != 0)
 }
 
 /// What the node needs to know of an interface, read with `ip` (which, unlike /sys, follows the network

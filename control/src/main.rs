@@ -161,9 +161,8 @@ enum Command {
         status_every: f64,
     },
     Parity {
-        /// reference | compiled | pipeline | live | kernel | felix | all
-        #[arg(long, default_value = "pipeline")]
-        level: String,
+        #[arg(long, value_enum, default_value_t = LevelArg::Pipeline)]
+        level: LevelArg,
         #[arg(required = true)]
         paths: Vec<PathBuf>,
     },
@@ -228,6 +227,25 @@ enum RenderWhat {
     },
 }
 
+/// `parity --level`: one level a scenario runs through, or all of them.
+#[derive(Clone, Copy, Debug, clap::ValueEnum)]
+enum LevelArg {
+    /// The reference evaluator.
+    Reference,
+    /// Compiled classifier programs walked in place of the reference's interpreter.
+    Compiled,
+    /// The production pipeline on frames.
+    Pipeline,
+    /// Real frames through XDP and AF_XDP in network namespaces (root).
+    Live,
+    /// Linux itself, programmed as Felix programs iptables (root).
+    Kernel,
+    /// The pipeline fed through Felix's driver protocol.
+    Felix,
+    /// Every level, those needing root last.
+    All,
+}
+
 fn main() -> ExitCode {
     let cli = Cli::parse();
     match cli.command {
@@ -254,7 +272,9 @@ fn main() -> ExitCode {
             }
         }
         Command::Replay { node, policies, out_dir, capture } => {
-            let result = calxdp::replay::load_node(&node).and_then(|n| calxdp::replay::replay(n, &policies, &capture));
+            let result = calxdp_policy::node::NodeConfig::load(&node)
+                .map_err(calxdp::replay::ReplayError::from)
+                .and_then(|n| calxdp::replay::replay(n, &policies, &capture));
             match result {
                 Ok(r) => {
                     print!("{}", r.report);
@@ -364,11 +384,14 @@ fn main() -> ExitCode {
             }
         }
         Command::Parity { level, paths } => {
-            let Some(levels) = Level::parse(&level) else {
-                eprintln!(
-                    "calxdp parity: unknown level '{level}' (expected reference, compiled, pipeline, live, kernel, felix or all)"
-                );
-                return ExitCode::from(2);
+            let levels = match level {
+                LevelArg::Reference => vec![Level::Reference],
+                LevelArg::Compiled => vec![Level::Compiled],
+                LevelArg::Pipeline => vec![Level::Pipeline],
+                LevelArg::Live => vec![Level::Live],
+                LevelArg::Kernel => vec![Level::Kernel],
+                LevelArg::Felix => vec![Level::Felix],
+                LevelArg::All => Level::ALL.to_vec(),
             };
             match parity::run(&paths, &levels) {
                 Ok((report, tally)) => {

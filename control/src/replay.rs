@@ -7,26 +7,33 @@
 
 use std::collections::BTreeMap;
 use std::fmt::Write as _;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 
-use calxdp_dataplane::io::pcap::{self, Record};
+use calxdp_dataplane::io::pcap::{self, PcapError, Record};
 use calxdp_dataplane::path::Port;
 use calxdp_dataplane::pipeline::{explain, Decision};
 use calxdp_policy::node::NodeConfig;
 use calxdp_policy::resource::{load_path, ResourceSet};
 use calxdp_policy::verdict::Verdict;
-use calxdp_policy::yaml::{parse_documents, Field, LoadError, Origin};
+use calxdp_policy::yaml::LoadError;
 
 use crate::offline::OfflineNode;
 
-/// Reads a node file (the schema of a parity scenario's `node:` section).
-pub fn load_node(path: &Path) -> Result<NodeConfig, String> {
-    let file = path.display().to_string();
-    let text = std::fs::read_to_string(path).map_err(|e| format!("{file}: cannot read: {e}"))?;
-    let origin = Origin::file(file.clone());
-    let docs = parse_documents(&text, &origin).map_err(|e| e.to_string())?;
-    let doc = docs.first().ok_or_else(|| format!("{file}: empty node file"))?;
-    NodeConfig::parse(Field::root(doc, &origin)).map_err(|e: LoadError| e.to_string())
+/// Why a replay could not run or write its output. Each message is what `calxdp replay` prints.
+#[derive(Debug, thiserror::Error)]
+pub enum ReplayError {
+    /// The node file or a policy file does not load (file:line:col: field: message).
+    #[error("{0}")]
+    Load(#[from] LoadError),
+    /// The capture cannot be read.
+    #[error("{}: {error}", path.display())]
+    Capture { path: PathBuf, error: PcapError },
+    /// The offline node refused the node and policies, or a frame.
+    #[error("{0}")]
+    Setup(String),
+    /// An output capture cannot be written.
+    #[error("{}: {error}", path.display())]
+    Output { path: PathBuf, error: std::io::Error },
 }
 
 /// What a replay produced.
@@ -40,16 +47,17 @@ pub struct Replay {
     pub out: BTreeMap<String, Vec<Record>>,
 }
 
-pub fn replay(node: NodeConfig, policies: &Path, capture: &Path) -> Result<Replay, String> {
+pub fn replay(node: NodeConfig, policies: &Path, capture: &Path) -> Result<Replay, ReplayError> {
     let mut resources = ResourceSet::new();
-    resources.apply_all(load_path(policies).map_err(|e| e.to_string())?.into_iter().map(|d| d.resource));
-    let file = std::fs::File::open(capture).map_err(|e| format!("{}: {e}", capture.display()))?;
-    let records = pcap::read_all(std::io::BufReader::new(file)).map_err(|e| format!("{}: {e}", capture.display()))?;
+    resources.apply_all(load_path(policies)?.into_iter().map(|d| d.resource));
+    let unreadable = |error| ReplayError::Capture { path: capture.to_path_buf(), error };
+    let file = std::fs::File::open(capture).map_err(|e| unreadable(PcapError::Io(e)))?;
+    let records = pcap::read_all(std::io::BufReader::new(file)).map_err(unreadable)?;
 
     // The production worker on memory ports, one frame per round at the capture's own time.
-    let mut offline = OfflineNode::new(node.clone(), resources, true)?;
+    let mut offline = OfflineNode::new(node.clone(), resources, true).map_err(ReplayError::Setup)?;
     let start = records.first().map(|r| r.nanos).unwrap_or(0);
-    let port_name = |p: Port| crate::run::port_name(&node, p);
+    let port_name = |p: Port| p.name_in(&node);
     let mut report = String::new();
     let _ = writeln!(
         report,
@@ -68,7 +76,7 @@ pub fn replay(node: NodeConfig, policies: &Path, capture: &Path) -> Result<Repla
         let now = rec.nanos.saturating_sub(start);
         offline.clock.set(now);
         let id = offline.id_of(port);
-        offline.inject(id, rec.data.clone())?;
+        offline.inject(id, rec.data.clone()).map_err(ReplayError::Setup)?;
         let traced = offline.settle();
         let tables = offline.tables();
         let mine = traced.iter().find(|r| {
@@ -216,12 +224,13 @@ fn proto_name(p: u8) -> String {
 }
 
 /// Writes one pcap per output port into `dir`.
-pub fn write_outputs(dir: &Path, out: &BTreeMap<String, Vec<Record>>) -> Result<(), String> {
-    std::fs::create_dir_all(dir).map_err(|e| format!("{}: {e}", dir.display()))?;
+pub fn write_outputs(dir: &Path, out: &BTreeMap<String, Vec<Record>>) -> Result<(), ReplayError> {
+    let failed = |path: &Path, error| ReplayError::Output { path: path.to_path_buf(), error };
+    std::fs::create_dir_all(dir).map_err(|e| failed(dir, e))?;
     for (port, records) in out {
         let path = dir.join(format!("{port}.pcap"));
-        let f = std::fs::File::create(&path).map_err(|e| format!("{}: {e}", path.display()))?;
-        pcap::write_all(std::io::BufWriter::new(f), records).map_err(|e| format!("{}: {e}", path.display()))?;
+        let f = std::fs::File::create(&path).map_err(|e| failed(&path, e))?;
+        pcap::write_all(std::io::BufWriter::new(f), records).map_err(|e| failed(&path, e))?;
     }
     Ok(())
 }

@@ -8,7 +8,6 @@ use std::sync::mpsc::Receiver;
 use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime};
 
-use calxdp_dataplane::path::Port;
 use calxdp_dataplane::pipeline::{explain, DropReason};
 use calxdp_dataplane::worker::TraceRecord;
 use calxdp_policy::node::NodeConfig;
@@ -84,7 +83,7 @@ pub fn run_serving(
     ready: Option<Arc<AtomicBool>>,
     serve: &ServeOptions,
 ) -> Result<RunReport, String> {
-    let node = crate::replay::load_node(node_file)?;
+    let node = NodeConfig::load(node_file).map_err(|e| e.to_string())?;
     let resources = load_dir(policies)
         .map_err(|e| format!("{e}\n(the policies must load before the node starts; nothing was changed)"))?;
     let (tx, rx) = if trace {
@@ -209,7 +208,7 @@ fn report_events(live: &mut LiveNode) {
 /// Re-reads the node file: workloads and namespaces added, changed or removed are put in force; a bad file
 /// is reported and the node stays as it was.
 pub fn reload_node(live: &mut LiveNode, node_file: &Path) {
-    match crate::replay::load_node(node_file) {
+    match NodeConfig::load(node_file) {
         Err(e) => say!("calxdp: node update rejected, node unchanged: {e}"),
         Ok(node) => match live.set_node(node) {
             Ok(()) => say!(
@@ -366,15 +365,6 @@ fn summary(live: &LiveNode) -> String {
     s
 }
 
-/// The port's name as the node file gives it.
-pub fn port_name(node: &NodeConfig, p: Port) -> String {
-    match p {
-        Port::Host => "host".into(),
-        Port::Uplink(u) => node.uplinks[u as usize].name.clone(),
-        Port::Workload(w) => node.workloads[w as usize].name.clone(),
-    }
-}
-
 fn print_trace(live: &LiveNode, rx: &Receiver<TraceRecord>) {
     use std::io::Write as _;
     let mut out = std::io::stdout().lock();
@@ -394,7 +384,7 @@ pub fn trace_line(live: &LiveNode, r: &TraceRecord) -> String {
         format!("{} -> {}", h.src, h.dst)
     };
     let verdict = if r.verdict == Verdict::Allow { "allow" } else { "drop" };
-    let out = r.out.map(|o| port_name(&live.node, o)).unwrap_or_default();
+    let out = r.out.map(|o| o.name_in(&live.node)).unwrap_or_default();
     // A rule is named by its index in the program that decided; after a swap the tables at hand may not be
     // the ones that decided, so say so rather than name a rule of another version as if it were that one.
     let version = if r.epoch == tables.epoch {
@@ -404,7 +394,7 @@ pub fn trace_line(live: &LiveNode, r: &TraceRecord) -> String {
     };
     format!(
         "trace {:<10} proto {:<3} {:<44} {:<5} {:<10} {}{version}",
-        port_name(&live.node, r.port),
+        r.port.name_in(&live.node),
         h.protocol.0,
         flow,
         verdict,

@@ -43,7 +43,7 @@ pub fn is_resolution(frame: &[u8]) -> bool {
 /// Whether `frame` is a port unreachable (ICMP 3/3, ICMPv6 1/4) about `pkt`, going back to its sender: the
 /// node's answer to a frame Felix's Reject deny action refused.
 pub fn answers(frame: &[u8], pkt: &calxdp_policy::packet::PacketHeader) -> bool {
-    use calxdp_policy::reference::flows::Tuple;
+    use calxdp_policy::ids::Tuple;
     let Ok(p) = calxdp_dataplane::wire::parse(frame) else { return false };
     is_unreachable(frame)
         && p.header.dst == pkt.src

@@ -39,7 +39,8 @@ fn parity_prints_failures_and_the_closing_line() {
 
     let (code, _, err) = calxdp(&["parity", "--level", "sideways", "tests/scenarios"]);
     assert_eq!(code, 2);
-    assert!(err.contains("unknown level 'sideways'"), "{err}");
+    assert!(err.contains("invalid value 'sideways' for '--level <LEVEL>'"), "{err}");
+    assert!(err.contains("reference, compiled, pipeline, live, kernel, felix, all"), "{err}");
 
     let (code, _, err) = calxdp(&["parity", "--level", "reference", "no/such/dir"]);
     assert_eq!(code, 2);

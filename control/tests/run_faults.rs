@@ -9,9 +9,9 @@ use std::sync::mpsc::{channel, Receiver};
 use std::time::{Duration, Instant};
 
 use calxdp::live::Namespaces;
+use calxdp_dataplane::sys::netns;
+use calxdp_dataplane::sys::packet::PacketSocket;
 use calxdp_dataplane::wire::FrameSpec;
-use calxdp_dataplane::xsk::netns;
-use calxdp_dataplane::xsk::packet::PacketSocket;
 use calxdp_policy::packet::PacketHeader;
 use calxdp_policy::resource::Protocol;
 
@@ -64,11 +64,8 @@ spec:
 ";
 
 impl Node {
-    fn new(tag: &str, pods: &[(&str, &str, &str)]) -> Option<Node> {
-        if !calxdp::live::is_root() {
-            eprintln!("skipped: calxdp run needs root (network namespaces, XDP, AF_XDP)");
-            return None;
-        }
+    fn new(tag: &str, pods: &[(&str, &str, &str)]) -> Node {
+        assert!(calxdp::live::is_root(), "calxdp run needs root (network namespaces, XDP, AF_XDP)");
         let id = std::process::id();
         let (node, wire) = (format!("cxf{tag}{id}n"), format!("cxf{tag}{id}w"));
         let mut namespaces = Namespaces::default();
@@ -83,7 +80,7 @@ impl Node {
         for (_, iface, _) in pods {
             n.veth(iface, &format!("w{iface}"));
         }
-        Some(n)
+        n
     }
 
     fn veth(&self, inner: &str, outer: &str) {
@@ -204,9 +201,10 @@ fn write(path: &Path, text: &str) {
 }
 
 #[test]
+#[ignore = "needs root (network namespaces, XDP, AF_XDP): scripts/test runs it with --include-ignored as root"]
 fn veths_that_vanish_and_come_back_and_pods_added_to_the_node_file_are_followed_without_loss_for_others() {
     let pods = [("db", "calidb", "192.168.5.2"), ("cache", "calicache", "192.168.5.3")];
-    let Some(mut n) = Node::new("p", &pods) else { return };
+    let mut n = Node::new("p", &pods);
     let rx = lines(n.spawn());
     let mut seen = Vec::new();
     wait_for(&rx, "calxdp: running", &mut seen);
@@ -262,9 +260,10 @@ fn veths_that_vanish_and_come_back_and_pods_added_to_the_node_file_are_followed_
 }
 
 #[test]
+#[ignore = "needs root (network namespaces, XDP, AF_XDP): scripts/test runs it with --include-ignored as root"]
 fn a_log_reader_that_stops_reading_or_goes_away_never_stops_forwarding() {
     let pods = [("db", "calidb", "192.168.5.2")];
-    let Some(mut n) = Node::new("l", &pods) else { return };
+    let mut n = Node::new("l", &pods);
     let mut err = n.spawn();
     // Read up to the running line, then stop reading: the pipe fills with Log lines nobody takes.
     let mut text = String::new();
@@ -313,9 +312,10 @@ fn from_pod(pod: &PacketSocket, src: &str, dst: &str, port: u16) {
 }
 
 #[test]
+#[ignore = "needs root (network namespaces, XDP, AF_XDP): scripts/test runs it with --include-ignored as root"]
 fn a_pod_talking_to_a_dead_neighbour_does_not_hold_up_another_pods_first_packet_to_a_live_one() {
     let pods = [("db", "calidb", "192.168.5.2"), ("cache", "calicache", "192.168.5.3")];
-    let Some(mut n) = Node::new("n", &pods) else { return };
+    let mut n = Node::new("n", &pods);
     let rx = lines(n.spawn());
     let mut seen = Vec::new();
     wait_for(&rx, "calxdp: running", &mut seen);
@@ -356,8 +356,9 @@ fn a_pod_talking_to_a_dead_neighbour_does_not_hold_up_another_pods_first_packet_
 }
 
 #[test]
+#[ignore = "needs root (network namespaces, XDP, AF_XDP): scripts/test runs it with --include-ignored as root"]
 fn an_uplink_mtu_larger_than_the_frames_is_refused_with_a_sentence() {
-    let Some(mut n) = Node::new("m", &[]) else { return };
+    let mut n = Node::new("m", &[]);
     ip(&["-n", &n.node, "link", "set", "eth0", "mtu", "9000"]);
     let rx = lines(n.spawn());
     let mut seen = Vec::new();
@@ -368,9 +369,10 @@ fn an_uplink_mtu_larger_than_the_frames_is_refused_with_a_sentence() {
 }
 
 #[test]
+#[ignore = "needs root (network namespaces, XDP, AF_XDP): scripts/test runs it with --include-ignored as root"]
 fn a_policy_file_being_written_is_never_enforced_half_written_and_an_emptied_folder_is_slow_and_loud() {
     let pods = [("db", "calidb", "192.168.5.2")];
-    let Some(mut n) = Node::new("w", &pods) else { return };
+    let mut n = Node::new("w", &pods);
     let rx = lines(n.spawn());
     let mut seen = Vec::new();
     wait_for(&rx, "calxdp: running", &mut seen);
@@ -404,9 +406,10 @@ fn a_policy_file_being_written_is_never_enforced_half_written_and_an_emptied_fol
 }
 
 #[test]
+#[ignore = "needs root (network namespaces, XDP, AF_XDP): scripts/test runs it with --include-ignored as root"]
 fn a_second_instance_on_the_same_interfaces_is_refused_before_it_changes_anything() {
     let pods = [("db", "calidb", "192.168.5.2")];
-    let Some(mut n) = Node::new("s", &pods) else { return };
+    let mut n = Node::new("s", &pods);
     let rx = lines(n.spawn());
     let mut seen = Vec::new();
     wait_for(&rx, "calxdp: running", &mut seen);

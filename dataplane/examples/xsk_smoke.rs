@@ -1,8 +1,8 @@
 //! Smoke check of the AF_XDP plumbing: attach to an interface, receive for a few seconds, reflect each frame
 //! back out with the MACs swapped. Usage: xsk_smoke IFACE SECONDS
+use calxdp_dataplane::sys::ring::XdpDesc;
+use calxdp_dataplane::sys::socket::{XskConfig, XskSocket};
 use calxdp_dataplane::xdp::Redirect;
-use calxdp_dataplane::xsk::ring::XdpDesc;
-use calxdp_dataplane::xsk::socket::{XskConfig, XskSocket};
 
 fn main() {
     let args: Vec<String> = std::env::args().collect();

@@ -10,7 +10,7 @@ use calxdp_policy::verdict::Verdict;
 
 use crate::path::{Port, PortMap, WORKLOAD_GATEWAY_MAC};
 use crate::pipeline::{Decision, Packet};
-use calxdp_policy::reference::flows::Tuple;
+use calxdp_policy::ids::Tuple;
 
 use crate::wire::checksum::{checksum, fill_l4_checksum, update_addr, update_u16};
 

@@ -1,6 +1,9 @@
 //! The calxdp dataplane: frames in, verdicts and frames out.
 
+#![deny(unsafe_code)]
+
 pub mod arp;
+pub mod batch;
 pub mod flow;
 pub mod frames;
 pub mod io;
@@ -13,9 +16,11 @@ pub mod pipeline;
 pub mod ports;
 pub mod reassembly;
 pub mod reject;
+// The one module allowed `unsafe`: syscalls and memory shared with the kernel, behind safe wrappers.
+#[allow(unsafe_code)]
+pub mod sys;
 pub mod tables;
 pub mod walk_cache;
 pub mod wire;
 pub mod worker;
 pub mod xdp;
-pub mod xsk;

@@ -16,6 +16,10 @@ use calxdp_policy::resource::Protocol;
 use crate::flow::Nanos;
 use crate::wire::{Parsed, L3};
 
+/// Most Log hits a packet records (and a remembered walk replays): the pipeline keeps them in a fixed array
+/// so the hot path does not allocate.
+pub const MAX_LOGS: usize = 4;
+
 /// Felix's Log rate limit, per rule: one token bucket per Log rule and IP family, as each LOG rule of a
 /// policy or profile chain (one chain per IP family, shared by every endpoint the policy applies to) has
 /// its own `limit` match. Kept by the rules' dense ids (`RuleOrigin::id`) and shared by the workers (one

@@ -64,7 +64,7 @@ pub enum HoldError {
 pub struct Pending {
     targets: [Option<Target>; TARGETS],
     held: [Option<Held>; HELD_FRAMES],
-    bufs: Vec<[u8; crate::worker::FRAME_MAX]>,
+    bufs: Vec<[u8; crate::batch::FRAME_MAX]>,
     seq: u64,
     /// Frames dropped to make room (a next hop's oldest, when its share or the pool was full).
     pub displaced: u64,
@@ -75,7 +75,7 @@ impl Default for Pending {
         Pending {
             targets: [None; TARGETS],
             held: [None; HELD_FRAMES],
-            bufs: vec![[0; crate::worker::FRAME_MAX]; HELD_FRAMES],
+            bufs: vec![[0; crate::batch::FRAME_MAX]; HELD_FRAMES],
             seq: 0,
             displaced: 0,
         }
@@ -121,7 +121,7 @@ impl Pending {
                 k
             }
         };
-        let len = frame.len().min(crate::worker::FRAME_MAX);
+        let len = frame.len().min(crate::batch::FRAME_MAX);
         self.bufs[slot][..len].copy_from_slice(&frame[..len]);
         self.seq += 1;
         self.held[slot] = Some(Held { target: t as u8, len: len as u16, seq: self.seq });

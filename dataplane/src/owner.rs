@@ -12,9 +12,9 @@
 use std::collections::HashSet;
 use std::net::IpAddr;
 
+use calxdp_policy::ids::Tuple;
 use calxdp_policy::node::NodeConfig;
 use calxdp_policy::packet::PacketHeader;
-use calxdp_policy::reference::flows::Tuple;
 
 use crate::path::AddrHash;
 

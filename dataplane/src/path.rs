@@ -5,6 +5,7 @@
 use std::collections::HashMap;
 use std::net::IpAddr;
 
+use calxdp_policy::node::NodeConfig;
 use calxdp_policy::resolve::{ResolvedNode, LOOPBACK};
 
 use crate::ports::PortId;
@@ -18,6 +19,17 @@ pub enum Port {
     Workload(u16),
     /// The host's own network stack (the tap).
     Host,
+}
+
+impl Port {
+    /// The port's name as the node file gives it (`host` for the tap).
+    pub fn name_in(self, node: &NodeConfig) -> String {
+        match self {
+            Port::Host => "host".into(),
+            Port::Uplink(u) => node.uplinks[u as usize].name.clone(),
+            Port::Workload(w) => node.workloads[w as usize].name.clone(),
+        }
+    }
 }
 
 /// Where routing sends a packet.

@@ -11,16 +11,17 @@ use std::sync::Arc;
 
 use calxdp_policy::compile::{flow_key, Program, ProgramEnd};
 use calxdp_policy::conntrack::{CtState, FlowDir};
+use calxdp_policy::ids::EndpointRef;
+use calxdp_policy::ids::Tuple;
 use calxdp_policy::node::{DenyAction, EndpointToHostAction, Failsafe};
 use calxdp_policy::packet::PacketHeader;
-use calxdp_policy::reference::flows::Tuple;
-use calxdp_policy::reference::EndpointRef;
 use calxdp_policy::resolve::{Direction, Stage};
 use calxdp_policy::resource::Protocol;
 use calxdp_policy::service::{find_service, pick_backend, ServiceNat};
 use calxdp_policy::verdict::{Reason, RuleOwner, RuleRef, Verdict};
 
 use crate::flow::{FlowLookup, FlowTable, Nanos};
+use crate::log::MAX_LOGS;
 use crate::path::{Port, Route};
 use crate::tables::{TableSet, TableSlot};
 
@@ -241,8 +242,6 @@ pub struct LogHit {
     pub rule: u32,
 }
 
-/// Most Log hits a packet records.
-pub const MAX_LOGS: usize = 4;
 /// Most deciding rules (one per chain it crossed) a packet records for the hit counters.
 pub const MAX_RULE_HITS: usize = 4;
 
@@ -488,7 +487,7 @@ impl Pipeline {
             rule_hits,
             applied,
             note_tracked: false,
-            answers: Vec::with_capacity(crate::worker::BATCH),
+            answers: Vec::with_capacity(crate::batch::BATCH),
             icmp_limits: Default::default(),
             reassembly: crate::reassembly::Reassembly::new(),
         }

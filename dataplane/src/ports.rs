@@ -8,8 +8,8 @@
 
 use std::collections::VecDeque;
 
-use crate::xsk::socket::XskSocket;
-use crate::xsk::tap::Tap;
+use crate::sys::socket::XskSocket;
+use crate::sys::tap::Tap;
 
 /// A port, as the worker and the control thread know it: stable while its interface is attached.
 pub type PortId = u16;

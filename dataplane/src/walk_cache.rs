@@ -16,7 +16,7 @@ use std::cell::RefCell;
 use calxdp_policy::compile::classifier::FlowKey;
 use calxdp_policy::compile::{Program, ProgramEnd};
 
-use crate::pipeline::MAX_LOGS;
+use crate::log::MAX_LOGS;
 
 const SLOTS: usize = 512;
 /// Bits of the admission filter: a key gets a slot only when its bit shows it was walked recently, so a
@@ -134,9 +134,9 @@ pub fn stats() -> (u64, u64) {
 mod tests {
     use super::*;
     use calxdp_policy::compile::{flow_key, ProgramCache};
+    use calxdp_policy::ids::EndpointRef;
     use calxdp_policy::node::NodeConfig;
     use calxdp_policy::packet::PacketHeader;
-    use calxdp_policy::reference::EndpointRef;
     use calxdp_policy::resolve::{Direction, ResolvedNode, Stage};
     use calxdp_policy::resource::{load_text, Protocol, ResourceSet};
     use calxdp_policy::yaml::{parse_documents, Field, Origin};

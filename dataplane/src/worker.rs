@@ -22,31 +22,27 @@ use calxdp_policy::reference::walker::log_for;
 use calxdp_policy::verdict::Verdict;
 
 use crate::arp::{self, Neighbours};
+use crate::batch::{BATCH, FRAME_MAX};
 use crate::flow::Nanos;
 use crate::frames::{ingest, rewrite, time_exceeded};
-use crate::log::{log_leader, log_line};
+use crate::log::{log_leader, log_line, MAX_LOGS};
 use crate::ndp;
 use crate::nexthop::{self, Due, Pending};
 use crate::owner::{fragment_owner, owner};
 use crate::path::{Port, PortMap, WORKLOAD_GATEWAY_MAC};
-use crate::pipeline::{rule_ref, Counters, Decision, DropReason, LogHit, Packet, Pipeline, MAX_LOGS};
+use crate::pipeline::{rule_ref, Counters, Decision, DropReason, LogHit, Packet, Pipeline};
 use crate::ports::{send, PortId, PortIo};
 use crate::reassembly::{Insert, MAX_FRAGMENTS};
+use crate::sys::handoff::{HandoffReceiver, HandoffSender};
+use crate::sys::ring::XdpDesc;
 use crate::tables::TableSet;
 use crate::wire::fragment::{fragment_of, write_fragment};
 use crate::wire::Parsed;
-use crate::xsk::handoff::{HandoffReceiver, HandoffSender};
-use crate::xsk::ring::XdpDesc;
 
 /// Congested rounds in a row before the worker receives regardless (roughly 100 µs).
 const MAX_CONGESTED_STREAK: u32 = 64;
 /// Spins between transmit wakeups while an output port is congested (about a microsecond).
 const CONGESTED_PAUSE_SPINS: u32 = 256;
-
-/// Frames per batch.
-pub const BATCH: usize = 64;
-/// Largest frame the worker handles (a standard MTU plus Ethernet and VLAN headers).
-pub const FRAME_MAX: usize = crate::xsk::handoff::SLOT_BYTES;
 
 /// In a handoff tag (the port id a frame arrived on): the frame is a fragment of a datagram already gathered
 /// by another worker and sent to this one because it owns the datagram's flow, which it decides.

@@ -5,6 +5,7 @@
 pub mod compile;
 pub mod conntrack;
 pub mod felix;
+pub mod ids;
 pub mod limit;
 pub mod net;
 pub mod node;

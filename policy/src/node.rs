@@ -12,7 +12,7 @@ pub use crate::felix::{
 use crate::net::IpNet;
 use crate::resource::parse_named_port;
 use crate::resource::{Labels, NamedPort, Protocol};
-use crate::yaml::{Field, LoadError};
+use crate::yaml::{parse_documents, Field, LoadError, Origin};
 
 /// An uplink: one of the node's own interfaces, where host endpoints bind.
 #[derive(Clone, Debug, PartialEq)]
@@ -108,6 +108,18 @@ pub struct NodeConfig {
 }
 
 impl NodeConfig {
+    /// Reads a node file (the schema of a parity scenario's `node:` section). A file that cannot be read
+    /// or holds no document is an error about the whole file, with no position.
+    pub fn load(path: &std::path::Path) -> Result<NodeConfig, LoadError> {
+        let file = path.display().to_string();
+        let whole = |message: String| LoadError { file: file.clone(), line: 0, col: 0, field: String::new(), message };
+        let text = std::fs::read_to_string(path).map_err(|e| whole(format!("cannot read: {e}")))?;
+        let origin = Origin::file(file.clone());
+        let docs = parse_documents(&text, &origin)?;
+        let doc = docs.first().ok_or_else(|| whole("empty node file".into()))?;
+        NodeConfig::parse(Field::root(doc, &origin))
+    }
+
     /// Reads a node from its YAML mapping.
     pub fn parse(f: Field<'_>) -> Result<NodeConfig, LoadError> {
         f.only_keys(&["name", "interfaces", "namespaces", "workloads", "remoteEndpoints", "services", "config"])?;

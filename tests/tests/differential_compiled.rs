@@ -4,8 +4,9 @@
 use proptest::prelude::*;
 
 use calxdp_policy::compile::walker::Compiled;
+use calxdp_policy::ids::EndpointRef;
 use calxdp_policy::packet::PacketHeader;
-use calxdp_policy::reference::{EndpointRef, Interpreted, PolicyWalker};
+use calxdp_policy::reference::{Interpreted, PolicyWalker};
 use calxdp_policy::resolve::{Direction, Stage};
 use calxdp_policy::resource::Protocol;
 use calxdp_tests::gen::{case, cases, resolve, Case};

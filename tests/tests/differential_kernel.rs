@@ -215,10 +215,10 @@ fn run_case(c: &Case, replies: &[bool]) -> Result<Vec<String>, String> {
 }
 
 #[test]
+#[ignore = "needs root, iptables-legacy, ipset and conntrack: scripts/test runs it with --include-ignored as root"]
 fn the_kernel_matches_the_reference() {
     if let Some(why) = kernel_level::unavailable() {
-        println!("skipping the kernel differential: {why}");
-        return;
+        panic!("the kernel differential cannot run: {why}");
     }
     let cases: u32 = std::env::var("CALXDP_KERNEL_CASES").ok().and_then(|v| v.parse().ok()).unwrap_or(8);
     let mut runner =

@@ -7,7 +7,7 @@
 //! from one core. Its own rate is the kernel's time per repetition; what reaches the node is the node veth's receive counter. The sink counts with an XDP program that
 //! drops every frame after counting it, so receiving costs the sink (and the CPU that feeds it) little.
 
-use std::os::fd::{AsFd, AsRawFd, OwnedFd};
+use std::os::fd::{AsFd, OwnedFd};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::thread::JoinHandle;
@@ -16,6 +16,9 @@ use std::time::Duration;
 use aya::maps::{Array, MapData};
 use aya::programs::{Xdp, XdpMode};
 use aya::Ebpf;
+
+use calxdp_dataplane::sys::packet::PacketSocket;
+use calxdp_dataplane::sys::{bpf, netns};
 
 use super::topo;
 
@@ -137,75 +140,13 @@ fn checksum(acc: u32, data: &[u8]) -> u16 {
     fold(sum16(acc, data))
 }
 
-/// `union bpf_attr` for BPF_PROG_TEST_RUN (the `test` member).
-#[repr(C, align(8))]
-#[derive(Default)]
-struct TestRunAttr {
-    prog_fd: u32,
-    retval: u32,
-    data_size_in: u32,
-    data_size_out: u32,
-    data_in: u64,
-    data_out: u64,
-    repeat: u32,
-    duration: u32,
-    ctx_size_in: u32,
-    ctx_size_out: u32,
-    ctx_in: u64,
-    ctx_out: u64,
-    flags: u32,
-    cpu: u32,
-    batch_size: u32,
-    _pad: u32,
-}
-
-/// `struct xdp_md` as the test run's context.
-#[repr(C)]
-#[derive(Default)]
-struct XdpMd {
-    data: u32,
-    data_end: u32,
-    data_meta: u32,
-    ingress_ifindex: u32,
-    rx_queue_index: u32,
-    egress_ifindex: u32,
-}
-
-const BPF_PROG_TEST_RUN: libc::c_long = 10;
-const BPF_F_TEST_XDP_LIVE_FRAMES: u32 = 1 << 1;
-
 /// One live-frames test run of `repeat` transmissions of `frame` on interface `ifindex` (of the calling
 /// thread's network namespace).
 /// Returns the kernel's mean nanoseconds per frame.
-fn test_run(prog_fd: i32, frame: &[u8], ifindex: u32, repeat: u32) -> Result<u32, String> {
-    let ctx = XdpMd { data_end: frame.len() as u32, ingress_ifindex: ifindex, ..Default::default() };
-    let mut attr = TestRunAttr {
-        prog_fd: prog_fd as u32,
-        data_size_in: frame.len() as u32,
-        data_in: frame.as_ptr() as u64,
-        repeat,
-        ctx_size_in: std::mem::size_of::<XdpMd>() as u32,
-        ctx_in: &ctx as *const XdpMd as u64,
-        flags: BPF_F_TEST_XDP_LIVE_FRAMES,
-        ..Default::default()
-    };
-    // SAFETY: bpf(BPF_PROG_TEST_RUN) reads `attr` (its exact size) and the frame and context it points to,
-    // which live across the call, and writes back only `retval` and `duration` of `attr`.
-    let r = unsafe {
-        libc::syscall(
-            libc::SYS_bpf,
-            BPF_PROG_TEST_RUN,
-            &mut attr as *mut TestRunAttr,
-            std::mem::size_of::<TestRunAttr>() as libc::c_uint,
-        )
-    };
-    if r < 0 {
-        let e = std::io::Error::last_os_error();
-        return Err(format!(
-            "bpf(BPF_PROG_TEST_RUN, live frames) on ifindex {ifindex}: {e} (needs Linux 5.18+ and root)"
-        ));
-    }
-    Ok(attr.duration)
+fn test_run(prog: &OwnedFd, frame: &[u8], ifindex: u32, repeat: u32) -> Result<u32, String> {
+    bpf::xdp_test_run_live(prog.as_fd(), frame, ifindex, repeat).map_err(|e| {
+        format!("bpf(BPF_PROG_TEST_RUN, live frames) on ifindex {ifindex}: {e} (needs Linux 5.18+ and root)")
+    })
 }
 
 /// How fast to send.
@@ -228,39 +169,23 @@ fn paced(
     stop: &AtomicBool,
     ready: std::sync::mpsc::Sender<Result<(), String>>,
 ) -> Result<(), String> {
-    // SAFETY: socket(2) with constant arguments; protocol 0 receives nothing.
-    let raw = unsafe { libc::socket(libc::AF_PACKET, libc::SOCK_RAW | libc::SOCK_CLOEXEC, 0) };
-    if raw < 0 {
-        let e = format!("socket(AF_PACKET): {}", std::io::Error::last_os_error());
-        let _ = ready.send(Err(e.clone()));
-        return Err(e);
-    }
-    // SAFETY: `raw` is a fresh descriptor that nothing else owns.
-    let sock = unsafe { <OwnedFd as std::os::fd::FromRawFd>::from_raw_fd(raw) };
-    // SAFETY: sockaddr_ll is plain integers; all-zero is valid.
-    let mut addr: libc::sockaddr_ll = unsafe { std::mem::zeroed() };
-    addr.sll_family = libc::AF_PACKET as u16;
-    addr.sll_ifindex = ifindex as i32;
-    addr.sll_halen = 6;
-    addr.sll_addr[..6].copy_from_slice(&frame[..6]);
+    // Ethertype 0: a send-only socket, it receives nothing.
+    let sock = match PacketSocket::open_with(topo::GEN_IF, 0, true) {
+        Ok(s) => s,
+        Err(e) => {
+            let e = format!("socket(AF_PACKET) on {} (ifindex {ifindex}): {e}", topo::GEN_IF);
+            let _ = ready.send(Err(e.clone()));
+            return Err(e);
+        }
+    };
     let _ = ready.send(Ok(()));
     const BURST: u64 = 16;
     let start = std::time::Instant::now();
     let mut done = 0u64;
     while !stop.load(Ordering::Relaxed) {
         for _ in 0..BURST {
-            // SAFETY: sends `frame` (valid for its length) to a valid sockaddr_ll of its exact size.
-            let r = unsafe {
-                libc::sendto(
-                    sock.as_raw_fd(),
-                    frame.as_ptr().cast(),
-                    frame.len(),
-                    0,
-                    (&addr as *const libc::sockaddr_ll).cast(),
-                    std::mem::size_of::<libc::sockaddr_ll>() as libc::socklen_t,
-                )
-            };
-            if r > 0 {
+            let r = sock.send(frame);
+            if r.is_ok() {
                 done += 1;
             }
         }
@@ -302,13 +227,8 @@ impl Generator {
                 let setup = (|| -> Result<u32, String> {
                     topo::enter(topo::GEN_NS)?;
                     topo::pin(Some(cpu));
-                    let name = std::ffi::CString::new(topo::GEN_IF).expect("no NUL");
-                    // SAFETY: a plain libc call on a NUL-terminated string.
-                    let ifindex = unsafe { libc::if_nametoindex(name.as_ptr()) };
-                    if ifindex == 0 {
-                        return Err(format!("no interface {} in {}", topo::GEN_IF, topo::GEN_NS));
-                    }
-                    Ok(ifindex)
+                    netns::ifindex(topo::GEN_IF)
+                        .ok_or_else(|| format!("no interface {} in {}", topo::GEN_IF, topo::GEN_NS))
                 })();
                 let ifindex = match setup {
                     Ok(i) => i,
@@ -321,8 +241,7 @@ impl Generator {
                 if let Pace::Rate(rate) = pace {
                     return paced(&frame, ifindex, rate, &stop2, ready_tx).map(|()| 0.0);
                 }
-                let raw = fd.as_raw_fd();
-                if let Err(e) = test_run(raw, &frame, ifindex, 64) {
+                if let Err(e) = test_run(&fd, &frame, ifindex, 64) {
                     let _ = ready_tx.send(Err(e.clone()));
                     return Err(e);
                 }
@@ -330,7 +249,7 @@ impl Generator {
                 // Each run costs ~20 ms of setup and teardown (measured here), so runs are long.
                 let (mut frames, mut nanos) = (0u64, 0u64);
                 while !stop2.load(Ordering::Relaxed) {
-                    let per_frame = test_run(raw, &frame, ifindex, FLAT_REPEAT)?;
+                    let per_frame = test_run(&fd, &frame, ifindex, FLAT_REPEAT)?;
                     frames += u64::from(FLAT_REPEAT);
                     nanos += u64::from(FLAT_REPEAT) * u64::from(per_frame);
                 }

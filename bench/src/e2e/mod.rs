@@ -26,9 +26,9 @@ use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
 use calxdp::live::{LiveNode, LiveOptions};
+use calxdp_dataplane::sys::ring::XdpDesc;
+use calxdp_dataplane::sys::socket::{XskConfig, XskSocket};
 use calxdp_dataplane::xdp::Redirect;
-use calxdp_dataplane::xsk::ring::XdpDesc;
-use calxdp_dataplane::xsk::socket::{XskConfig, XskSocket};
 use calxdp_policy::compile::ProgramCache;
 use calxdp_policy::node::NodeConfig;
 use calxdp_policy::resolve::{Direction, ResolvedNode, Stage};
@@ -101,10 +101,7 @@ fn median(mut v: Vec<f64>) -> f64 {
 }
 
 fn bench(quick: bool) -> Result<(), String> {
-    if !std::fs::read_to_string("/proc/self/status")
-        .map(|s| s.lines().any(|l| l.starts_with("Uid:") && l.split_whitespace().nth(1) == Some("0")))
-        .unwrap_or(false)
-    {
+    if !calxdp_dataplane::sys::process::is_root() {
         return Err("needs root: it creates network namespaces, attaches XDP and opens AF_XDP sockets".into());
     }
     let window = Duration::from_secs(if quick { 3 } else { 10 });
@@ -312,12 +309,12 @@ impl Reflector {
                 let setup = (|| -> Result<_, String> {
                     topo::enter(topo::NODE_NS)?;
                     topo::pin(Some(FORWARD_CPU));
-                    let mut up = Redirect::attach(topo::NODE_UP_IF)?;
-                    let mut pod = Redirect::attach(topo::NODE_POD_IF)?;
+                    let mut up = Redirect::attach(topo::NODE_UP_IF).map_err(|e| e.to_string())?;
+                    let mut pod = Redirect::attach(topo::NODE_POD_IF).map_err(|e| e.to_string())?;
                     let rx = XskSocket::open(topo::NODE_UP_IF, 0, XskConfig::default()).map_err(|e| e.to_string())?;
                     let tx = XskSocket::open(topo::NODE_POD_IF, 0, XskConfig::default()).map_err(|e| e.to_string())?;
-                    up.register(0, rx.fd())?;
-                    pod.register(0, tx.fd())?;
+                    up.register(0, rx.fd()).map_err(|e| e.to_string())?;
+                    pod.register(0, tx.fd()).map_err(|e| e.to_string())?;
                     Ok((up, pod, rx, tx))
                 })();
                 let (_up, _pod, mut rx, mut tx) = match setup {
@@ -348,8 +345,7 @@ impl Reflector {
                     if tx.in_flight > 0 {
                         // The kernel sends at most 32 frames per wakeup in copy mode: wake it again so the
                         // TX ring drains (a no-op syscall when it already has).
-                        // SAFETY: sendto with a null buffer of length 0 is the documented TX wakeup.
-                        unsafe { libc::sendto(tx.fd(), std::ptr::null(), 0, libc::MSG_DONTWAIT, std::ptr::null(), 0) };
+                        tx.wake_tx();
                     }
                 }
                 Ok((received, sent))
@@ -412,8 +408,8 @@ fn enforcement(live: &mut LiveNode, allow: &ResourceSet, deny: &ResourceSet, sin
     let mut marks: Vec<(Instant, bool)> = Vec::new();
     let log = std::thread::scope(|s| {
         let poller = s.spawn(|| {
-            // SAFETY: prctl(PR_SET_TIMERSLACK) only changes this thread's timer slack.
-            unsafe { libc::prctl(libc::PR_SET_TIMERSLACK, 1u64, 0u64, 0u64, 0u64) };
+            // Best effort: a coarser slack only blurs the marks' timing.
+            let _ = calxdp_dataplane::sys::process::set_timer_slack(1);
             let mut log: Vec<(Instant, u64)> = Vec::with_capacity(1 << 16);
             let mut last = sink.read();
             log.push((Instant::now(), last));

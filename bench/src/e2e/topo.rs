@@ -9,11 +9,11 @@
 //! threads it spawns inherit both; CPU pinning; interface counters read by re-reading one open sysfs file.
 //! The namespaces are deleted when the [`Topology`] is dropped, also on error and on panic.
 
-use std::ffi::CString;
 use std::fs::File;
-use std::os::fd::AsRawFd;
 use std::os::unix::fs::FileExt;
 use std::process::Command;
+
+use calxdp_dataplane::sys::{netns, process};
 
 pub const GEN_NS: &str = "cxb-gen";
 pub const NODE_NS: &str = "cxb-node";
@@ -131,38 +131,7 @@ impl Drop for Topology {
 /// that network namespace's sysfs on /sys (what `ip netns exec` does). Threads it spawns afterwards
 /// inherit both. Other threads of the process are not affected.
 pub fn enter(ns: &str) -> Result<(), String> {
-    let path = format!("/var/run/netns/{ns}");
-    let file = File::open(&path).map_err(|e| format!("{path}: {e}"))?;
-    let fail = |what: &str| format!("{what} for namespace {ns}: {}", std::io::Error::last_os_error());
-    // SAFETY: setns on a valid namespace descriptor; it only changes this thread's network namespace.
-    if unsafe { libc::setns(file.as_raw_fd(), libc::CLONE_NEWNET) } != 0 {
-        return Err(fail("setns"));
-    }
-    // SAFETY: unshare of this thread's filesystem attributes and mount namespace (allowed per thread).
-    if unsafe { libc::unshare(libc::CLONE_NEWNS) } != 0 {
-        return Err(fail("unshare(CLONE_NEWNS)"));
-    }
-    let root = CString::new("/").expect("no NUL");
-    let sys = CString::new("/sys").expect("no NUL");
-    let sysfs = CString::new("sysfs").expect("no NUL");
-    // SAFETY: mount(2) with valid NUL-terminated strings; the changes stay in the private mount namespace.
-    unsafe {
-        if libc::mount(
-            std::ptr::null(),
-            root.as_ptr(),
-            std::ptr::null(),
-            libc::MS_SLAVE | libc::MS_REC,
-            std::ptr::null(),
-        ) != 0
-        {
-            return Err(fail("making / a slave mount"));
-        }
-        libc::umount2(sys.as_ptr(), libc::MNT_DETACH);
-        if libc::mount(sysfs.as_ptr(), sys.as_ptr(), sysfs.as_ptr(), 0, std::ptr::null()) != 0 {
-            return Err(fail("mounting sysfs"));
-        }
-    }
-    Ok(())
+    netns::enter_with_sysfs(ns).map_err(|e| format!("entering namespace {ns}: {e}"))
 }
 
 /// Runs `f` on a new thread inside namespace `ns` and returns its result.
@@ -179,17 +148,7 @@ pub fn in_netns<T: Send>(ns: &str, f: impl FnOnce() -> Result<T, String> + Send)
 
 /// Pins the calling thread to one CPU (None: every CPU). Best effort: returns whether it worked.
 pub fn pin(cpu: Option<usize>) -> bool {
-    // SAFETY: cpu_set_t is plain bits; all-zero is the empty set.
-    let mut set: libc::cpu_set_t = unsafe { std::mem::zeroed() };
-    let cpus = std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1);
-    for c in 0..cpus {
-        if cpu.is_none_or(|p| p == c) {
-            // SAFETY: c is below CPU_SETSIZE (the machine's CPU count).
-            unsafe { libc::CPU_SET(c, &mut set) };
-        }
-    }
-    // SAFETY: sets the calling thread's affinity (pid 0) from a valid set of its exact size.
-    unsafe { libc::sched_setaffinity(0, std::mem::size_of::<libc::cpu_set_t>(), &set) == 0 }
+    process::pin_to_cpu(cpu)
 }
 
 /// One interface counter of one namespace: a sysfs file opened inside that namespace, re-read on demand

@@ -36,7 +36,7 @@ pub const DEFAULT_SOCKET: &str = "/run/calxdp/admin.sock";
 /// machine (tests, `ip netns exec`) each have their own and the CLI, run in the same namespace, finds it.
 pub fn default_socket() -> std::path::PathBuf {
     use std::os::unix::fs::MetadataExt;
-    let here = calxdp_dataplane::xsk::netns::current_netns_id().ok();
+    let here = calxdp_dataplane::sys::netns::current_netns_id().ok();
     let init = std::fs::metadata("/proc/1/ns/net").ok().map(|m| m.ino());
     match here {
         Some(ns) if init != Some(ns) => format!("/run/calxdp/admin-net{ns}.sock").into(),

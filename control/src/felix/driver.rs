@@ -135,18 +135,11 @@ pub struct DriverOptions {
 
 /// Opens fd `n` as a file (Felix's pipes).
 fn inherited_fd(n: i32, what: &str) -> Result<File, String> {
-    use std::os::fd::FromRawFd;
-    // fcntl(F_GETFD) tells whether the descriptor is open, so a driver started by hand gets a sentence.
-    // SAFETY: F_GETFD only reads the descriptor's flags.
-    let open = unsafe { libc::fcntl(n, libc::F_GETFD) } != -1;
-    if !open {
-        return Err(format!(
-            "fd {n} is not open: Felix starts the driver with {what} on fd {n} (use --in/--out to run it by hand)"
-        ));
-    }
-    // SAFETY: the descriptor is open and nothing else in this process owns it: Felix hands it to the driver
-    // and the driver opens it once, here.
-    Ok(unsafe { File::from_raw_fd(n) })
+    // Felix hands the descriptor to the driver and the driver opens it once, here; a driver started by hand
+    // without it gets a sentence.
+    calxdp_dataplane::sys::process::inherited_fd(n).ok_or_else(|| {
+        format!("fd {n} is not open: Felix starts the driver with {what} on fd {n} (use --in/--out to run it by hand)")
+    })
 }
 
 /// Reads frames on its own thread, so the control loop can batch what is readable and keep time.
@@ -245,7 +238,7 @@ impl<W: Write> Reporter<W> {
 /// Runs the driver until Felix closes the stream (exit 0), the stream breaks, or `stop` is raised.
 pub fn run(opts: &DriverOptions, stop: Arc<AtomicBool>) -> Result<(), String> {
     let base = match &opts.node {
-        Some(p) => crate::replay::load_node(p)?,
+        Some(p) => NodeConfig::load(p).map_err(|e| e.to_string())?,
         None => NodeConfig {
             name: hostname(),
             uplinks: Vec::new(),

@@ -74,14 +74,7 @@ pub fn read_message<M: Message + Default>(r: &mut impl Read) -> Result<Option<M>
 /// A pipe, both ends close-on-exec: `(read end, write end)`. (`std::io::pipe` is newer than the
 /// workspace's minimum Rust.)
 pub fn pipe() -> io::Result<(std::fs::File, std::fs::File)> {
-    use std::os::fd::FromRawFd;
-    let mut fds = [0 as libc::c_int; 2];
-    // SAFETY: pipe2 writes two descriptors into the array it is given, which has room for two.
-    if unsafe { libc::pipe2(fds.as_mut_ptr(), libc::O_CLOEXEC) } != 0 {
-        return Err(io::Error::last_os_error());
-    }
-    // SAFETY: both descriptors were just made and nothing else owns them.
-    Ok(unsafe { (std::fs::File::from_raw_fd(fds[0]), std::fs::File::from_raw_fd(fds[1])) })
+    calxdp_dataplane::sys::process::pipe()
 }
 
 /// Writes one message with its length prefix, as one write so a reader never sees half a prefix first.

@@ -10,9 +10,9 @@
 use std::io::Read;
 use std::time::Duration;
 
+use calxdp_policy::ids::Tuple;
 use calxdp_policy::node::{FelixConfig, NodeConfig};
 use calxdp_policy::packet::PacketHeader;
-use calxdp_policy::reference::flows::Tuple;
 use calxdp_policy::reference::Attach;
 use calxdp_policy::resource::ResourceSet;
 use calxdp_policy::verdict::Outcome;

@@ -16,14 +16,14 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
 use calxdp_dataplane::path::Port;
+use calxdp_dataplane::sys::netns;
+use calxdp_dataplane::sys::packet::PacketSocket;
+use calxdp_dataplane::sys::rawip::RawIpSocket;
 use calxdp_dataplane::wire::parse;
-use calxdp_dataplane::xsk::netns;
-use calxdp_dataplane::xsk::packet::PacketSocket;
-use calxdp_dataplane::xsk::rawip::RawIpSocket;
+use calxdp_policy::ids::Tuple;
 use calxdp_policy::net::IpFamily;
 use calxdp_policy::node::{removed_workload_addresses, NodeConfig};
 use calxdp_policy::packet::PacketHeader;
-use calxdp_policy::reference::flows::Tuple;
 use calxdp_policy::reference::Attach;
 use calxdp_policy::resolve::ResolvedNode;
 use calxdp_policy::resource::{Protocol, ResourceSet};

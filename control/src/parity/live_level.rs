@@ -17,13 +17,13 @@ use std::time::{Duration, Instant};
 use calxdp_dataplane::frames::ipv4_header_ok;
 use calxdp_dataplane::pipeline::{explain, rule_ref};
 use calxdp_dataplane::ports::PortId;
+use calxdp_dataplane::sys::netns;
+use calxdp_dataplane::sys::packet::PacketSocket;
 use calxdp_dataplane::wire::parse;
 use calxdp_dataplane::worker::TraceRecord;
-use calxdp_dataplane::xsk::netns;
-use calxdp_dataplane::xsk::packet::PacketSocket;
+use calxdp_policy::ids::Tuple;
 use calxdp_policy::node::NodeConfig;
 use calxdp_policy::packet::PacketHeader;
-use calxdp_policy::reference::flows::Tuple;
 use calxdp_policy::reference::walker::log_for;
 use calxdp_policy::reference::Attach;
 use calxdp_policy::resource::ResourceSet;
@@ -124,7 +124,7 @@ impl LiveLevel {
         let opts = LiveOptions {
             host_addresses: false,
             tap: TAP.into(),
-            xsk: calxdp_dataplane::xsk::socket::XskConfig { frames: 512, frame_size: 2048, ring_size: 256 },
+            xsk: calxdp_dataplane::sys::socket::XskConfig { frames: 512, frame_size: 2048, ring_size: 256 },
             log_rules: false,
             netns: Some(node_ns.clone()),
             ..LiveOptions::default()

@@ -13,9 +13,9 @@ use std::time::Duration;
 
 use calxdp_dataplane::path::Port;
 use calxdp_policy::compile::walker::Compiled;
+use calxdp_policy::ids::Tuple;
 use calxdp_policy::node::NodeConfig;
 use calxdp_policy::packet::PacketHeader;
-use calxdp_policy::reference::flows::Tuple;
 use calxdp_policy::reference::{Attach, NodeModel, PolicyWalker, ReferenceNode};
 use calxdp_policy::resource::ResourceSet;
 use calxdp_policy::selector::Selector;
@@ -49,18 +49,9 @@ impl Level {
         }
     }
 
-    pub fn parse(text: &str) -> Option<Vec<Level>> {
-        Some(match text {
-            "reference" => vec![Level::Reference],
-            "compiled" => vec![Level::Compiled],
-            "pipeline" => vec![Level::Pipeline],
-            "live" => vec![Level::Live],
-            "kernel" => vec![Level::Kernel],
-            "felix" => vec![Level::Felix],
-            "all" => vec![Level::Reference, Level::Compiled, Level::Pipeline, Level::Felix, Level::Live, Level::Kernel],
-            _ => return None,
-        })
-    }
+    /// Every level, in the order `--level all` runs them: the cheap ones first, those needing root last.
+    pub const ALL: [Level; 6] =
+        [Level::Reference, Level::Compiled, Level::Pipeline, Level::Felix, Level::Live, Level::Kernel];
 }
 
 /// A dataplane under test: takes resources, packets and time, as a scenario gives them.

@@ -5,9 +5,9 @@ use std::collections::BTreeMap;
 use std::net::{IpAddr, SocketAddr};
 use std::time::Duration;
 
+use calxdp_policy::ids::Tuple;
 use calxdp_policy::node::NodeConfig;
 use calxdp_policy::packet::{tcp_flags, PacketHeader};
-use calxdp_policy::reference::flows::Tuple;
 use calxdp_policy::reference::Attach;
 use calxdp_policy::resource::{load_text, Protocol, ResourceDoc, ResourceKey};
 use calxdp_policy::verdict::Verdict;

@@ -342,7 +342,7 @@ pub fn render_files(
     policies: &std::path::Path,
     apply_in: Option<&str>,
 ) -> Result<String, String> {
-    let node = crate::replay::load_node(node)?;
+    let node = calxdp_policy::node::NodeConfig::load(node).map_err(|e| e.to_string())?;
     let mut resources = calxdp_policy::resource::ResourceSet::new();
     resources.apply_all(
         calxdp_policy::resource::load_path(policies).map_err(|e| e.to_string())?.into_iter().map(|d| d.resource),

@@ -207,16 +207,16 @@ pub struct CompiledTables {
 
 impl CompiledTables {
     /// The compiled walk of `ep` for `stage` and direction `d`.
-    pub fn program(&self, ep: crate::reference::EndpointRef, stage: Stage, d: Direction) -> Option<&Program> {
+    pub fn program(&self, ep: crate::ids::EndpointRef, stage: Stage, d: Direction) -> Option<&Program> {
         let programs = match ep {
-            crate::reference::EndpointRef::Workload(i) => self.workloads.get(i)?,
-            crate::reference::EndpointRef::Host(h) => self.host_endpoints.get(h)?,
+            crate::ids::EndpointRef::Workload(i) => self.workloads.get(i)?,
+            crate::ids::EndpointRef::Host(h) => self.host_endpoints.get(h)?,
         };
         programs.get(stage, d).map(|p| &**p)
     }
 
     /// Whether any policy of `stage` selects `ep` (for direction `d`, or either when `None`).
-    pub fn has_policies(&self, ep: crate::reference::EndpointRef, stage: Stage, d: Option<Direction>) -> bool {
+    pub fn has_policies(&self, ep: crate::ids::EndpointRef, stage: Stage, d: Option<Direction>) -> bool {
         let has = |d| self.program(ep, stage, d).is_some_and(|p| p.flat.has_policies);
         match d {
             Some(d) => has(d),

@@ -3,9 +3,10 @@
 use std::sync::Arc;
 
 use super::{flow_key, CompiledTables, ProgramCache, ProgramEnd};
+use crate::ids::EndpointRef;
 use crate::packet::PacketHeader;
 use crate::reference::walker::log_for;
-use crate::reference::{EndpointRef, PolicyWalker, WalkEnd};
+use crate::reference::{PolicyWalker, WalkEnd};
 use crate::resolve::{Direction, ResolvedNode, Stage};
 use crate::verdict::{LogEvent, RuleRef};
 

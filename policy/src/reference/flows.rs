@@ -5,51 +5,9 @@ use std::net::IpAddr;
 use std::time::Duration;
 
 use crate::conntrack::{tcp_step, CtState, FlowDir, TcpState, TcpStep, Timeouts};
+use crate::ids::Tuple;
 use crate::packet::PacketHeader;
 use crate::resource::Protocol;
-
-/// One direction of a flow, as conntrack keys it. An ICMP echo's identifier and direction stand in the ports
-/// ([`Tuple::echo`]).
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
-pub struct Tuple {
-    pub src: IpAddr,
-    pub dst: IpAddr,
-    pub protocol: Protocol,
-    pub src_port: u16,
-    pub dst_port: u16,
-}
-
-impl Tuple {
-    pub fn of(pkt: &PacketHeader) -> Tuple {
-        if pkt.is_icmp_echo() {
-            let request = matches!(pkt.icmp_type, 8 | 128);
-            return Tuple::echo(pkt.src, pkt.dst, pkt.protocol, request, pkt.icmp_id);
-        }
-        let (src_port, dst_port) = if pkt.has_ports() { (pkt.src_port, pkt.dst_port) } else { (0, 0) };
-        Tuple { src: pkt.src, dst: pkt.dst, protocol: pkt.protocol, src_port, dst_port }
-    }
-
-    /// An echo request's (or reply's) tuple. Linux keys echo on the message type as well as the identifier:
-    /// (request, id) one way and (reply, id) back, so a reply sent the way the request went, or a request
-    /// sent back by the responder, is not the flow (the first is INVALID, the second a new flow). The ports
-    /// hold it as (id, id+1) for a request and (id+1, id) for a reply: reversing one gives the other, and no
-    /// request's pair is any reply's (that would need id+2 == id).
-    pub fn echo(src: IpAddr, dst: IpAddr, protocol: Protocol, request: bool, id: u16) -> Tuple {
-        let next = id.wrapping_add(1);
-        let (src_port, dst_port) = if request { (id, next) } else { (next, id) };
-        Tuple { src, dst, protocol, src_port, dst_port }
-    }
-
-    pub fn reversed(&self) -> Tuple {
-        Tuple {
-            src: self.dst,
-            dst: self.src,
-            protocol: self.protocol,
-            src_port: self.dst_port,
-            dst_port: self.src_port,
-        }
-    }
-}
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum FlowKind {

@@ -11,11 +11,12 @@ use std::collections::HashMap;
 use std::net::{IpAddr, SocketAddr};
 use std::time::Duration;
 
-use flows::{Flows, Lookup, Tuple};
-pub use walker::{EndpointRef, Interpreted, PolicyWalker, WalkEnd};
+use flows::{Flows, Lookup};
+pub use walker::{Interpreted, PolicyWalker, WalkEnd};
 
 use crate::conntrack::{CtState, FlowDir};
 use crate::felix::DenyAction;
+use crate::ids::{EndpointRef, Tuple};
 use crate::limit::Rate;
 use crate::net::IpFamily;
 use crate::node::{EndpointToHostAction, Failsafe, NodeConfig};

@@ -2,26 +2,10 @@
 //! The node model follows the hooks the same way for both, so the two can only differ in the walks.
 
 use super::walk::{log_event, walk_profiles, walk_tiers, ProfileEnd, TierEnd, WalkInput};
+use crate::ids::EndpointRef;
 use crate::packet::PacketHeader;
-use crate::resolve::{Direction, Endpoint, ResolvedNode, Stage};
+use crate::resolve::{Direction, ResolvedNode, Stage};
 use crate::verdict::{LogEvent, RuleRef};
-
-/// A local endpoint: a pod by its index in the node's workloads, or a host endpoint by its index in
-/// [`ResolvedNode::host_endpoints`].
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
-pub enum EndpointRef {
-    Workload(usize),
-    Host(usize),
-}
-
-impl EndpointRef {
-    pub fn endpoint(self, world: &ResolvedNode) -> &Endpoint {
-        match self {
-            EndpointRef::Workload(i) => &world.workloads[i],
-            EndpointRef::Host(h) => &world.host_endpoints[h].endpoint,
-        }
-    }
-}
 
 /// How one walk ended. The normal stage runs profiles after the tiers; the others stop at the tiers.
 #[derive(Clone, Debug, PartialEq, Eq)]

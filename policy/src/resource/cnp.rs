@@ -17,8 +17,8 @@
 use std::collections::BTreeMap;
 
 use super::k8s::label_selector;
+use super::meta::{metadata, target_selector};
 use super::rule::{parse_net, prefix_namespace_selector, EntityRule, Port, Protocol, Rule, ORCHESTRATOR_LABEL};
-use super::v3::{metadata, target_selector};
 use super::{Action, Policy, PolicyId, PolicyKind, Resource};
 use super::{ADMIN_NETWORK_POLICY_TIER, BASELINE_ADMIN_NETWORK_POLICY_TIER, KUBE_ADMIN_TIER, KUBE_BASELINE_TIER};
 use crate::net::IpNet;

@@ -2,9 +2,9 @@
 
 use std::collections::BTreeSet;
 
+use super::meta::{metadata, target_selector};
 use super::rule::{parse_net, prefix_namespace_selector, EntityRule, Port, Protocol, Rule};
 use super::rule::{NAMESPACE_LABEL, ORCHESTRATOR_LABEL};
-use super::v3::{metadata, target_selector};
 use super::{Action, Policy, PolicyId, PolicyKind, Resource, DEFAULT_TIER};
 use crate::selector::{Expr, Selector};
 use crate::yaml::{Field, LoadError};

@@ -7,6 +7,7 @@
 mod cnp;
 mod k8s;
 mod load;
+mod meta;
 pub mod rule;
 mod v1;
 mod v3;

@@ -16,6 +16,41 @@ pub fn enter(name: &str) -> io::Result<()> {
     Ok(())
 }
 
+/// Moves the calling thread into the named network namespace and into a private mount namespace with that
+/// network namespace's sysfs on /sys (what `ip netns exec` does), so /sys/class/net shows its interfaces.
+/// Threads it spawns afterwards inherit both; other threads of the process are not affected.
+pub fn enter_with_sysfs(name: &str) -> io::Result<()> {
+    enter(name)?;
+    let fail = |what: &str| {
+        let e = io::Error::last_os_error();
+        io::Error::new(e.kind(), format!("{what}: {e}"))
+    };
+    // SAFETY: unshare of this thread's filesystem attributes and mount namespace (allowed per thread).
+    if unsafe { libc::unshare(libc::CLONE_NEWNS) } != 0 {
+        return Err(fail("unshare(CLONE_NEWNS)"));
+    }
+    let (root, sys, sysfs) = (c"/", c"/sys", c"sysfs");
+    // SAFETY: mount(2) and umount2(2) with valid NUL-terminated strings; the changes stay in the private
+    // mount namespace made above.
+    unsafe {
+        if libc::mount(
+            std::ptr::null(),
+            root.as_ptr(),
+            std::ptr::null(),
+            libc::MS_SLAVE | libc::MS_REC,
+            std::ptr::null(),
+        ) != 0
+        {
+            return Err(fail("making / a slave mount"));
+        }
+        libc::umount2(sys.as_ptr(), libc::MNT_DETACH);
+        if libc::mount(sysfs.as_ptr(), sys.as_ptr(), sysfs.as_ptr(), 0, std::ptr::null()) != 0 {
+            return Err(fail("mounting sysfs"));
+        }
+    }
+    Ok(())
+}
+
 /// Runs `f` on a new thread inside the named namespace and returns its result.
 pub fn run_in<T: Send + 'static>(name: &str, f: impl FnOnce() -> T + Send + 'static) -> io::Result<T> {
     let name = name.to_string();

@@ -410,6 +410,13 @@ impl XskSocket {
         }
     }
 
+    /// Wakes the kernel to send what the TX ring holds, whether or not it asked to be woken (a no-op syscall
+    /// when it already has).
+    pub fn wake_tx(&self) {
+        // SAFETY: sendto with a null buffer of length 0 is the documented TX wakeup.
+        unsafe { libc::sendto(self.fd.as_raw_fd(), std::ptr::null(), 0, libc::MSG_DONTWAIT, std::ptr::null(), 0) };
+    }
+
     /// Whether most of the transmit frames are still with the kernel: the port sends slower than frames
     /// arrive for it, and taking in more would only decide frames to drop them.
     pub fn tx_congested(&self) -> bool {
