@@ -174,8 +174,20 @@ pub fn render(view: &NodeView) -> String {
         "Enforced (not staged) policies this node has.",
         w.policies.len() as f64,
     );
-    single(o, "felix_cluster_num_profiles", Gauge, "Profiles this node has.", w.profiles.len() as f64);
-    single(o, "felix_cluster_num_tiers", Gauge, "Tiers this node has.", w.tiers.len() as f64);
+    single(
+        o,
+        "felix_cluster_num_profiles",
+        Gauge,
+        "Profiles this node has (those generated from namespaces and service accounts included).",
+        w.profiles.len() as f64,
+    );
+    single(
+        o,
+        "felix_cluster_num_tiers",
+        Gauge,
+        "Tiers this node has (the built-in ones and those only named by a policy included).",
+        w.tiers.len() as f64,
+    );
     family(
         o,
         "felix_int_dataplane_apply_time_seconds",
