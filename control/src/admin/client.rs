@@ -14,7 +14,7 @@ const MAX_ANSWER: u64 = 512 * 1024 * 1024;
 pub fn ask(socket: &Path, req: &Request, wait: Duration) -> Result<serde_json::Value, String> {
     let mut s = UnixStream::connect(socket).map_err(|e| {
         format!(
-            "cannot reach a running node on {}: {e} (is `calxdp run` or `calxdp demo --keep` running? --admin \
+            "cannot reach a running node on {}: {e} (is `calxdp run`, `felix-driver` or `demo --keep` running? --admin \
              names another socket)",
             socket.display()
         )
