@@ -127,6 +127,9 @@ pub struct LiveNode {
     pub log_writer: Option<Arc<WriterState>>,
     _log_thread: Option<JoinHandle<()>>,
     stopping: bool,
+    /// Policy and node updates rejected whole (bad input; the running tables stay), counted by the driver
+    /// that read them (`calxdp run`'s reloads) for the operator.
+    pub rejected_updates: u64,
 }
 
 impl LiveNode {
@@ -242,6 +245,7 @@ impl LiveNode {
             log_writer,
             _log_thread: log_thread,
             stopping: false,
+            rejected_updates: 0,
         };
         live.supervise();
         // Uplinks must be there from the start (preflight checked they exist): a failure is fatal.
@@ -479,15 +483,15 @@ impl LiveNode {
                 Ok(g) => g,
                 Err(poisoned) => poisoned.into_inner(),
             };
-            c.add(&g.0);
-            io.add(&g.1);
-            flows.created += g.2.created;
-            flows.expired += g.2.expired;
-            flows.early_dropped += g.2.early_dropped;
-            flows.refused += g.2.refused;
-            flows.flushed += g.2.flushed;
-            flows.peak += g.2.peak;
-            entries += g.3;
+            c.add(&g.pipeline);
+            io.add(&g.io);
+            flows.created += g.flows.created;
+            flows.expired += g.flows.expired;
+            flows.early_dropped += g.flows.early_dropped;
+            flows.refused += g.flows.refused;
+            flows.flushed += g.flows.flushed;
+            flows.peak += g.flows.peak;
+            entries += g.entries;
         }
         (c, io, flows, entries)
     }

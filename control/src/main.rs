@@ -159,6 +159,15 @@ enum Command {
         /// Seconds between the ProcessStatusUpdate messages to Felix.
         #[arg(long, default_value_t = 10.0)]
         status_every: f64,
+        /// The admin socket, as `run --admin` (served once the node runs, not with --check).
+        #[arg(long)]
+        admin: Option<PathBuf>,
+        /// Do not serve the admin socket.
+        #[arg(long)]
+        no_admin: bool,
+        /// Serve Prometheus metrics on this address (http://ADDR/metrics); off unless given.
+        #[arg(long)]
+        metrics: Option<SocketAddr>,
     },
     Parity {
         #[arg(long, value_enum, default_value_t = LevelArg::Pipeline)]
@@ -313,7 +322,7 @@ fn main() -> ExitCode {
                 }
             }
         }
-        Command::FelixDriver { node, input, output, workers, tap, check, status_every } => {
+        Command::FelixDriver { node, input, output, workers, tap, check, status_every, admin, no_admin, metrics } => {
             let stop = Arc::new(AtomicBool::new(false));
             for sig in [signal_hook::consts::SIGINT, signal_hook::consts::SIGTERM] {
                 if let Err(e) = signal_hook::flag::register(sig, stop.clone()) {
@@ -327,7 +336,9 @@ fn main() -> ExitCode {
                 return ExitCode::from(2);
             }
             let status_every = std::time::Duration::from_secs_f64(status_every);
-            let opts = calxdp::felix::driver::DriverOptions { node, input, output, live, check, status_every };
+            let admin = admin.unwrap_or_else(calxdp::admin::default_socket);
+            let serve = ServeOptions { admin: (!no_admin).then_some(admin), metrics };
+            let opts = calxdp::felix::driver::DriverOptions { node, input, output, live, check, status_every, serve };
             match calxdp::felix::driver::run(&opts, stop) {
                 Ok(()) => ExitCode::SUCCESS,
                 Err(e) => {

@@ -209,14 +209,20 @@ fn report_events(live: &mut LiveNode) {
 /// is reported and the node stays as it was.
 pub fn reload_node(live: &mut LiveNode, node_file: &Path) {
     match NodeConfig::load(node_file) {
-        Err(e) => say!("calxdp: node update rejected, node unchanged: {e}"),
+        Err(e) => {
+            live.rejected_updates += 1;
+            say!("calxdp: node update rejected, node unchanged: {e}")
+        }
         Ok(node) => match live.set_node(node) {
             Ok(()) => say!(
                 "calxdp: node updated: {} local workloads, tables v{}",
                 live.node.workloads.len(),
                 live.publisher.slot().epoch()
             ),
-            Err(e) => say!("calxdp: node update rejected, node unchanged: {e}"),
+            Err(e) => {
+                live.rejected_updates += 1;
+                say!("calxdp: node update rejected, node unchanged: {e}")
+            }
         },
     }
 }
@@ -270,7 +276,10 @@ pub fn reload(live: &mut LiveNode, policies: &Path, still_for: Duration, state: 
         return false;
     }
     match loaded {
-        Err(e) => say!("calxdp: policy update rejected, tables unchanged: {e}"),
+        Err(e) => {
+            live.rejected_updates += 1;
+            say!("calxdp: policy update rejected, tables unchanged: {e}")
+        }
         Ok(set) => {
             if set.is_empty() && !live.publisher.resources().is_empty() {
                 if still_for < EMPTY_SETTLE {
@@ -291,7 +300,10 @@ pub fn reload(live: &mut LiveNode, policies: &Path, still_for: Duration, state: 
                     p.stats.built,
                     p.took.as_secs_f64() * 1e3
                 ),
-                Err(e) => say!("calxdp: policy update rejected, tables unchanged: {e}"),
+                Err(e) => {
+                    live.rejected_updates += 1;
+                    say!("calxdp: policy update rejected, tables unchanged: {e}")
+                }
             }
         }
     }

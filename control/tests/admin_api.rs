@@ -4,65 +4,19 @@
 //! flow), the metrics pass `promtool check metrics`, bad clients get errors while the node keeps
 //! forwarding, and SIGINT leaves nothing behind. One test: the demo's namespaces have fixed names.
 
+mod common;
+
 use std::io::{BufRead, BufReader, Read, Write};
 use std::net::{SocketAddr, TcpStream};
 use std::os::unix::fs::PermissionsExt;
 use std::os::unix::net::UnixStream;
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
-use std::sync::mpsc::{channel, Receiver};
-use std::time::{Duration, Instant};
+use std::process::{Command, Stdio};
+use std::time::Duration;
 
 use serde_json::Value;
 
-const BIN: &str = env!("CARGO_BIN_EXE_calxdp");
-
-/// The demo, killed (SIGKILL) if the test fails half-way; its namespaces are then deleted by the next demo.
-struct Demo {
-    child: Child,
-    lines: Receiver<String>,
-}
-
-impl Drop for Demo {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
-impl Demo {
-    /// Waits for a line containing `what`; every line seen on the way is returned.
-    fn wait_for(&self, what: &str, within: Duration) -> Vec<String> {
-        let deadline = Instant::now() + within;
-        let mut seen = Vec::new();
-        loop {
-            let left = deadline.saturating_duration_since(Instant::now());
-            match self.lines.recv_timeout(left) {
-                Ok(l) => {
-                    let done = l.contains(what);
-                    seen.push(l);
-                    if done {
-                        return seen;
-                    }
-                }
-                Err(_) => panic!("no line with '{what}' within {within:?}; saw:\n{}", seen.join("\n")),
-            }
-        }
-    }
-}
-
-fn cli(socket: &Path, args: &[&str]) -> (bool, String, String) {
-    let out = Command::new(BIN).args(args).arg("--admin").arg(socket).output().expect("run calxdp");
-    (out.status.success(), String::from_utf8_lossy(&out.stdout).into(), String::from_utf8_lossy(&out.stderr).into())
-}
-
-fn json(socket: &Path, args: &[&str]) -> Value {
-    let mut a = args.to_vec();
-    a.extend(["--output", "json"]);
-    let (ok, out, err) = cli(socket, &a);
-    assert!(ok, "calxdp {args:?} failed: {err}");
-    serde_json::from_str(&out).unwrap_or_else(|e| panic!("calxdp {args:?}: not JSON ({e}): {out}"))
-}
+use common::{cli, json, promtool_check, scrape, Node, BIN};
 
 /// One raw request line on the socket and the answer line (empty if the node closed the connection).
 fn raw(socket: &Path, line: &[u8]) -> String {
@@ -100,17 +54,6 @@ fn rule_packets(rules: &Value, policy: &str, direction: &str, index: u64) -> u64
         .unwrap()
 }
 
-fn scrape(addr: &str) -> String {
-    let mut s = TcpStream::connect(addr).expect("metrics port");
-    s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
-    s.write_all(b"GET /metrics HTTP/1.1\r\nHost: x\r\n\r\n").unwrap();
-    let mut all = String::new();
-    s.read_to_string(&mut all).unwrap();
-    let (head, body) = all.split_once("\r\n\r\n").expect("an HTTP answer");
-    assert!(head.starts_with("HTTP/1.1 200"), "{head}");
-    body.to_string()
-}
-
 #[test]
 #[ignore = "needs root (network namespaces, XDP, AF_XDP): scripts/test runs it with --include-ignored as root"]
 fn a_running_demo_answers_every_admin_command_and_leaves_nothing_behind() {
@@ -123,23 +66,14 @@ fn a_running_demo_answers_every_admin_command_and_leaves_nothing_behind() {
         }
     }
     let socket = PathBuf::from(format!("/run/calxdp/admin-test-{}.sock", std::process::id()));
-    let mut child = Command::new(BIN)
-        .args(["demo", "--keep", "--metrics", "127.0.0.1:0", "--admin"])
-        .arg(&socket)
-        .stdout(Stdio::piped())
-        .stderr(Stdio::inherit())
-        .spawn()
-        .expect("start calxdp demo --keep");
-    let stdout = child.stdout.take().unwrap();
-    let (tx, lines) = channel();
-    std::thread::spawn(move || {
-        for l in BufReader::new(stdout).lines().map_while(Result::ok) {
-            if tx.send(l).is_err() {
-                break;
-            }
-        }
-    });
-    let demo = Demo { child, lines };
+    let demo = Node::start(
+        Command::new(BIN)
+            .args(["demo", "--keep", "--metrics", "127.0.0.1:0", "--admin"])
+            .arg(&socket)
+            .stdout(Stdio::piped())
+            .stderr(Stdio::inherit()),
+        common::stdout,
+    );
     let seen = demo.wait_for("kept running", Duration::from_secs(180));
     let table = seen.join("\n");
     // The why column names every stage that decided: the pod's egress, then the other pod's ingress.
@@ -241,34 +175,14 @@ fn a_running_demo_answers_every_admin_command_and_leaves_nothing_behind() {
     // Prometheus: the format as promtool reads it, and real values.
     let body = scrape(&metrics);
     assert!(body.contains("felix_active_local_endpoints 4"), "{body}");
-    assert!(body.contains("calxdp_drops_total{reason=\"policy_deny\"}"), "{body}");
+    assert!(
+        body.lines().any(|l| l.starts_with("calxdp_drops_total{port=") && l.contains("reason=\"policy_deny\"")),
+        "{body}"
+    );
     assert!(body.contains("calxdp_port_rx_frames_total{port=\"caliweb\"}"), "{body}");
-    match Command::new("promtool")
-        .args(["check", "metrics"])
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-    {
-        Ok(mut p) => {
-            p.stdin.take().unwrap().write_all(body.as_bytes()).unwrap();
-            let out = p.wait_with_output().unwrap();
-            assert!(
-                out.status.success(),
-                "promtool check metrics: {}{}",
-                String::from_utf8_lossy(&out.stdout),
-                String::from_utf8_lossy(&out.stderr)
-            );
-        }
-        Err(e) if std::env::var_os("CI").is_none() => {
-            eprintln!("promtool not run ({e}): apt-get install prometheus to check the metrics' format");
-        }
-        Err(e) => panic!("promtool is needed in CI (apt-get install prometheus): {e}"),
-    }
-    let mut s = TcpStream::connect(&metrics).unwrap();
-    s.write_all(b"GET /other HTTP/1.0\r\n\r\n").unwrap();
-    let mut answer = String::new();
-    let _ = s.read_to_string(&mut answer);
+    assert!(body.contains("felix_active_local_selectors "), "{body}");
+    promtool_check(&body);
+    let (answer, _) = common::http_get(&metrics, "/other");
     assert!(answer.starts_with("HTTP/1.1 404"), "{answer}");
 
     // Bad requests get an error or are dropped; the node keeps forwarding meanwhile.
@@ -305,16 +219,7 @@ fn a_running_demo_answers_every_admin_command_and_leaves_nothing_behind() {
 
     // SIGINT: the demo tears down; nothing is left.
     let mut demo = demo;
-    let sent = Command::new("kill").args(["-INT", &demo.child.id().to_string()]).status().unwrap();
-    assert!(sent.success());
-    let deadline = Instant::now() + Duration::from_secs(60);
-    loop {
-        if demo.child.try_wait().unwrap().is_some() {
-            break;
-        }
-        assert!(Instant::now() < deadline, "the demo did not stop on SIGINT");
-        std::thread::sleep(Duration::from_millis(100));
-    }
+    demo.interrupt(Duration::from_secs(60));
     let rest = demo.wait_for("torn down", Duration::from_secs(5));
     assert!(rest.iter().any(|l| l.contains("torn down")));
     assert!(!socket.exists(), "the admin socket was left behind");

@@ -4,19 +4,20 @@
 //! policy), in `rules` and in the metrics (the enforcement histogram, checked by promtool); SIGINT removes
 //! the socket.
 
-use std::io::{BufRead, BufReader, Read, Write};
+mod common;
+
+use std::io::{Read, Write};
 use std::net::{SocketAddr, TcpListener, TcpStream};
-use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+use std::path::PathBuf;
+use std::process::{Command, Stdio};
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::mpsc::{channel, Receiver};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use calxdp_dataplane::sys::netns;
 use serde_json::Value;
 
-const BIN: &str = env!("CARGO_BIN_EXE_calxdp");
+use common::{json, port_drops, promtool_check, sample, Node, BIN};
 
 fn ip(args: &[&str]) {
     let out = Command::new("ip").args(args).output().expect("ip");
@@ -36,41 +37,32 @@ impl Drop for Topology {
     }
 }
 
-struct Node {
-    child: Child,
-    lines: Receiver<String>,
-}
-
-impl Drop for Node {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
+/// Every reason's drops, summed over the ports and the unattributed, equal the node-wide count of the same
+/// answer (no port of this node has been released, so every row is shown).
+fn drops_add_up(status: &Value) {
+    for d in status["drops"].as_array().unwrap() {
+        let reason = d["reason"].as_str().unwrap();
+        let by_port: u64 = status["ports"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|p| port_drops(status, p["name"].as_str().unwrap(), reason))
+            .sum();
+        let unattributed: u64 = status["unattributed_drops"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .filter(|u| u["reason"] == reason)
+            .map(|u| u["count"].as_u64().unwrap())
+            .sum();
+        assert_eq!(by_port + unattributed, d["count"].as_u64().unwrap(), "{reason}: {status}");
     }
 }
 
-impl Node {
-    fn wait_for(&self, what: &str, within: Duration) -> Vec<String> {
-        let deadline = Instant::now() + within;
-        let mut seen = Vec::new();
-        loop {
-            match self.lines.recv_timeout(deadline.saturating_duration_since(Instant::now())) {
-                Ok(l) => {
-                    let done = l.contains(what);
-                    seen.push(l);
-                    if done {
-                        return seen;
-                    }
-                }
-                Err(_) => panic!("no line with '{what}' within {within:?}; saw:\n{}", seen.join("\n")),
-            }
-        }
-    }
-}
-
-fn json(socket: &Path, args: &[&str]) -> Value {
-    let out = Command::new(BIN).args(args).args(["--output", "json", "--admin"]).arg(socket).output().unwrap();
-    assert!(out.status.success(), "calxdp {args:?}: {}", String::from_utf8_lossy(&out.stderr));
-    serde_json::from_slice(&out.stdout).unwrap()
+/// The metrics at `addr`, scraped from namespace `ns` (where the node listens).
+fn scrape_in(ns: &str, addr: &str) -> String {
+    let addr = addr.to_string();
+    netns::run_in(ns, move || common::scrape(&addr)).unwrap()
 }
 
 fn tcp_from(ns: &str, to: &'static str) -> bool {
@@ -171,26 +163,17 @@ fn run_serves_status_explain_rules_and_metrics_that_follow_a_policy_change() {
     std::fs::write(policies.join("b.yaml"), policy("Deny")).unwrap();
     let socket = PathBuf::from(format!("/run/calxdp/admin-run-test-{pid}.sock"));
 
-    let mut child = Command::new("ip")
-        .args(["netns", "exec", &n, BIN, "run", "--metrics", "127.0.0.1:0", "--node"])
-        .arg(dir.join("node.yaml"))
-        .arg("--policies")
-        .arg(&policies)
-        .arg("--admin")
-        .arg(&socket)
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
-    let stderr = child.stderr.take().unwrap();
-    let (tx, lines) = channel();
-    std::thread::spawn(move || {
-        for l in BufReader::new(stderr).lines().map_while(Result::ok) {
-            if tx.send(l).is_err() {
-                break;
-            }
-        }
-    });
-    let node = Node { child, lines };
+    let node = Node::start(
+        Command::new("ip")
+            .args(["netns", "exec", &n, BIN, "run", "--metrics", "127.0.0.1:0", "--node"])
+            .arg(dir.join("node.yaml"))
+            .arg("--policies")
+            .arg(&policies)
+            .arg("--admin")
+            .arg(&socket)
+            .stderr(Stdio::piped()),
+        common::stderr,
+    );
     let seen = node.wait_for("calxdp: running", Duration::from_secs(60));
     let metrics = seen
         .iter()
@@ -207,6 +190,36 @@ fn run_serves_status_explain_rules_and_metrics_that_follow_a_policy_change() {
     let status = json(&socket, &["status"]);
     assert_eq!(status["tables"]["version"], 1, "{status}");
     assert!(status["last_update"].is_null(), "{status}");
+
+    // Those SYNs were dropped by the policy, counted on the port they arrived on (a's veth) and nowhere
+    // else, in status and in the metrics alike. Workers publish their counters every 100 ms.
+    let deadline = Instant::now() + Duration::from_secs(5);
+    let status = loop {
+        let s = json(&socket, &["status"]);
+        if port_drops(&s, "calia", "policy_deny") > 0 {
+            break s;
+        }
+        assert!(Instant::now() < deadline, "no policy_deny drop counted on calia: {s}");
+        std::thread::sleep(Duration::from_millis(100));
+    };
+    let denied_on_a = port_drops(&status, "calia", "policy_deny");
+    assert_eq!(port_drops(&status, "calib", "policy_deny"), 0, "{status}");
+    assert_eq!(port_drops(&status, "up0", "policy_deny"), 0, "{status}");
+    drops_add_up(&status);
+    let calia = status["ports"].as_array().unwrap().iter().find(|p| p["name"] == "calia").unwrap();
+    assert!(calia["dropped"].as_u64().unwrap() >= denied_on_a, "{calia}");
+    let text = Command::new(BIN).args(["status", "--admin"]).arg(&socket).output().unwrap();
+    let text = String::from_utf8_lossy(&text.stdout);
+    assert!(
+        text.lines().any(|l| l.contains("calia") && l.contains("policy_deny")),
+        "the table shows calia's policy drops: {text}"
+    );
+    let body = scrape_in(&n, &metrics);
+    let series = "calxdp_drops_total{port=\"calia\",reason=\"policy_deny\"}";
+    let scraped = sample(&body, series).unwrap_or_else(|| panic!("no {series}: {body}"));
+    assert!(scraped >= denied_on_a as f64, "{series} {scraped} < status's {denied_on_a}");
+    assert!(sample(&body, "calxdp_drops_total{port=\"calib\",reason=\"policy_deny\"}").is_none(), "{body}");
+    promtool_check(&body);
 
     // The change on disk is published; status tells when, how long it took, and that every worker has it.
     std::fs::write(policies.join("b.yaml"), policy("Allow")).unwrap();
@@ -248,33 +261,20 @@ fn run_serves_status_explain_rules_and_metrics_that_follow_a_policy_change() {
     assert!(flows["entries"].as_array().unwrap().iter().any(|f| f["dport"] == 8080), "{flows}");
 
     // The metrics, scraped where the node listens (its namespace).
-    let body = netns::run_in(&n, move || {
-        let mut s = TcpStream::connect(&metrics).unwrap();
-        s.write_all(b"GET /metrics HTTP/1.0\r\n\r\n").unwrap();
-        let mut all = String::new();
-        s.read_to_string(&mut all).unwrap();
-        all.split_once("\r\n\r\n").unwrap().1.to_string()
-    })
-    .unwrap();
+    let body = scrape_in(&n, &metrics);
     assert!(body.contains("calxdp_policy_enforce_seconds_count 1"), "{body}");
     assert!(body.contains("calxdp_table_publications_total 1"), "{body}");
     assert!(body.contains("felix_active_local_policies 1"), "{body}");
-    if let Ok(mut p) =
-        Command::new("promtool").args(["check", "metrics"]).stdin(Stdio::piped()).stderr(Stdio::piped()).spawn()
-    {
-        p.stdin.take().unwrap().write_all(body.as_bytes()).unwrap();
-        let out = p.wait_with_output().unwrap();
-        assert!(out.status.success(), "promtool: {}", String::from_utf8_lossy(&out.stderr));
-    } else if std::env::var_os("CI").is_some() {
-        panic!("promtool is needed in CI (apt-get install prometheus)");
-    }
+    assert_eq!(sample(&body, "felix_int_dataplane_apply_time_seconds_count"), Some(1.0), "{body}");
+    assert_eq!(sample(&body, "felix_int_dataplane_failures"), Some(0.0), "{body}");
+    assert_eq!(sample(&body, "felix_cluster_num_workload_endpoints"), Some(2.0), "{body}");
+    assert_eq!(sample(&body, "felix_active_local_endpoints"), Some(2.0), "{body}");
+    promtool_check(&body);
 
     // SIGINT: the node stops and takes its socket with it.
     let mut node = node;
-    let sent = Command::new("kill").args(["-INT", &node.child.id().to_string()]).status().unwrap();
-    assert!(sent.success());
-    node.wait_for("calxdp: stopped", Duration::from_secs(30));
-    let _ = node.child.wait();
+    node.interrupt(Duration::from_secs(30));
+    node.wait_for("calxdp: stopped", Duration::from_secs(5));
     assert!(!socket.exists(), "the admin socket was left behind");
     stop.store(true, Ordering::Relaxed);
     let _ = server.join();

@@ -13,6 +13,7 @@ pub mod nexthop;
 pub mod owner;
 pub mod path;
 pub mod pipeline;
+pub mod port_drops;
 pub mod ports;
 pub mod reassembly;
 pub mod reject;

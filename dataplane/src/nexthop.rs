@@ -39,6 +39,8 @@ struct Target {
 struct Held {
     target: u8,
     len: u16,
+    /// The port the frame arrived on, to count it there if it is dropped.
+    from: PortId,
     /// Arrival order, so frames leave in the order they came.
     seq: u64,
 }
@@ -68,6 +70,8 @@ pub struct Pending {
     seq: u64,
     /// Frames dropped to make room (a next hop's oldest, when its share or the pool was full).
     pub displaced: u64,
+    /// The port the frame the last [`Pending::hold`] dropped to make room had arrived on.
+    pub displaced_from: Option<PortId>,
 }
 
 impl Default for Pending {
@@ -78,6 +82,7 @@ impl Default for Pending {
             bufs: vec![[0; crate::batch::FRAME_MAX]; HELD_FRAMES],
             seq: 0,
             displaced: 0,
+            displaced_from: None,
         }
     }
 }
@@ -93,9 +98,17 @@ impl Pending {
         self.held.iter().flatten().count()
     }
 
-    /// Holds `frame` until the MAC of `ip` (reached through `port`) is known. Returns whether a probe should
-    /// go out now (the first frame for a next hop starts its resolution).
-    pub fn hold(&mut self, port: PortId, ip: IpAddr, frame: &[u8], now: Nanos) -> Result<bool, HoldError> {
+    /// Holds `frame` (which arrived on port `from`) until the MAC of `ip` (reached through `port`) is known.
+    /// Returns whether a probe should go out now (the first frame for a next hop starts its resolution).
+    pub fn hold(
+        &mut self,
+        port: PortId,
+        ip: IpAddr,
+        frame: &[u8],
+        now: Nanos,
+        from: PortId,
+    ) -> Result<bool, HoldError> {
+        self.displaced_from = None;
         let (t, fresh) = match self.targets.iter().position(|t| t.is_some_and(|t| t.port == port && t.ip == ip)) {
             Some(t) => (t, false),
             None => {
@@ -116,6 +129,7 @@ impl Pending {
                         .min_by_key(|&k| self.held[k].map_or(u64::MAX, |h| h.seq))
                 };
                 let k = oldest(Some(t)).or_else(|| oldest(None)).expect("a full pool holds frames");
+                self.displaced_from = self.held[k].map(|h| h.from);
                 self.release(k);
                 self.displaced += 1;
                 k
@@ -124,7 +138,7 @@ impl Pending {
         let len = frame.len().min(crate::batch::FRAME_MAX);
         self.bufs[slot][..len].copy_from_slice(&frame[..len]);
         self.seq += 1;
-        self.held[slot] = Some(Held { target: t as u8, len: len as u16, seq: self.seq });
+        self.held[slot] = Some(Held { target: t as u8, len: len as u16, from, seq: self.seq });
         if let Some(x) = self.targets[t].as_mut() {
             x.held += 1;
         }
@@ -169,14 +183,20 @@ impl Pending {
         &mut self.bufs[k][..len]
     }
 
+    /// The port the frame held in slot `k` arrived on.
+    pub fn from(&self, k: usize) -> Option<PortId> {
+        self.held[k].map(|h| h.from)
+    }
+
     /// Frees slot `k` after its frame was sent.
     pub fn free(&mut self, k: usize) {
         self.held[k] = None;
     }
 
     /// What is due at `now`: probes for next hops whose last probe is a second old, and the next hops
-    /// that failed (their frames are dropped here). At most `out.len()` at a time.
-    pub fn due(&mut self, now: Nanos, out: &mut [Option<Due>; TARGETS]) -> usize {
+    /// that failed (their frames are dropped here, each told to `dropped` with the port it arrived on). At
+    /// most `out.len()` at a time.
+    pub fn due(&mut self, now: Nanos, out: &mut [Option<Due>; TARGETS], dropped: &mut impl FnMut(PortId)) -> usize {
         let mut n = 0;
         for t in 0..TARGETS {
             let Some(mut target) = self.targets[t] else { continue };
@@ -184,15 +204,16 @@ impl Pending {
                 continue;
             }
             if target.probes >= PROBES {
-                let mut dropped = 0;
+                let mut gone = 0;
                 for k in 0..HELD_FRAMES {
-                    if self.held[k].is_some_and(|h| h.target as usize == t) {
+                    if let Some(h) = self.held[k].filter(|h| h.target as usize == t) {
                         self.held[k] = None;
-                        dropped += 1;
+                        dropped(h.from);
+                        gone += 1;
                     }
                 }
                 self.targets[t] = None;
-                out[n] = Some(Due::Failed { port: target.port, ip: target.ip, dropped });
+                out[n] = Some(Due::Failed { port: target.port, ip: target.ip, dropped: gone });
             } else {
                 target.probes += 1;
                 target.last_probe = now;
@@ -204,21 +225,23 @@ impl Pending {
         n
     }
 
-    /// Drops everything held for `port` (its interface went away); returns how many frames.
-    pub fn forget_port(&mut self, port: PortId) -> usize {
-        let mut dropped = 0;
+    /// Drops everything held for `port` (its interface went away), each frame told to `dropped` with the
+    /// port it arrived on; returns how many frames.
+    pub fn forget_port(&mut self, port: PortId, dropped: &mut impl FnMut(PortId)) -> usize {
+        let mut gone = 0;
         for t in 0..TARGETS {
             if self.targets[t].is_some_and(|x| x.port == port) {
                 for k in 0..HELD_FRAMES {
-                    if self.held[k].is_some_and(|h| h.target as usize == t) {
+                    if let Some(h) = self.held[k].filter(|h| h.target as usize == t) {
                         self.held[k] = None;
-                        dropped += 1;
+                        dropped(h.from);
+                        gone += 1;
                     }
                 }
                 self.targets[t] = None;
             }
         }
-        dropped
+        gone
     }
 }
 
@@ -234,31 +257,31 @@ mod tests {
 
     fn run_due(p: &mut Pending, now: Nanos) -> Vec<Due> {
         let mut out = [None; TARGETS];
-        let n = p.due(now, &mut out);
+        let n = p.due(now, &mut out, &mut |_| {});
         out[..n].iter().flatten().copied().collect()
     }
 
     #[test]
     fn three_probes_a_second_apart_then_the_next_hop_fails_and_its_frames_are_dropped() {
         let mut p = Pending::default();
-        assert_eq!(p.hold(1, ip(99), &[1; 60], 0), Ok(true), "the first frame asks at once");
-        assert_eq!(p.hold(1, ip(99), &[2; 60], 0), Ok(false));
+        assert_eq!(p.hold(1, ip(99), &[1; 60], 0, 7), Ok(true), "the first frame asks at once");
+        assert_eq!(p.hold(1, ip(99), &[2; 60], 0, 7), Ok(false));
         assert_eq!(run_due(&mut p, 0), vec![Due::Probe { port: 1, ip: ip(99) }]);
         assert_eq!(run_due(&mut p, S / 2), vec![]);
         assert_eq!(run_due(&mut p, S), vec![Due::Probe { port: 1, ip: ip(99) }]);
         assert_eq!(run_due(&mut p, 2 * S), vec![Due::Probe { port: 1, ip: ip(99) }]);
         assert_eq!(run_due(&mut p, 3 * S), vec![Due::Failed { port: 1, ip: ip(99), dropped: 2 }]);
         assert!(p.is_empty());
-        assert_eq!(p.hold(1, ip(99), &[3; 60], 4 * S), Ok(true), "a failed next hop is asked again");
+        assert_eq!(p.hold(1, ip(99), &[3; 60], 4 * S, 7), Ok(true), "a failed next hop is asked again");
     }
 
     #[test]
     fn a_dead_next_hop_does_not_keep_a_live_one_from_being_asked_or_its_frames_from_leaving() {
         let mut p = Pending::default();
         for i in 0..100 {
-            let _ = p.hold(1, ip(99), &[i; 60], 0);
+            let _ = p.hold(1, ip(99), &[i; 60], 0, 7);
         }
-        assert_eq!(p.hold(2, ip(7), &[0xaa; 60], 0), Ok(true), "another next hop is asked at once");
+        assert_eq!(p.hold(2, ip(7), &[0xaa; 60], 0, 8), Ok(true), "another next hop is asked at once");
         let due = run_due(&mut p, 0);
         assert!(due.contains(&Due::Probe { port: 2, ip: ip(7) }), "{due:?}");
         assert_eq!(p.held(), HELD_PER_TARGET + 1, "the dead next hop keeps only its share");
@@ -276,9 +299,11 @@ mod tests {
     #[test]
     fn a_port_that_goes_away_takes_its_frames_with_it() {
         let mut p = Pending::default();
-        let _ = p.hold(3, ip(1), &[0; 60], 0);
-        let _ = p.hold(4, ip(2), &[0; 60], 0);
-        assert_eq!(p.forget_port(3), 1);
+        let _ = p.hold(3, ip(1), &[0; 60], 0, 9);
+        let _ = p.hold(4, ip(2), &[0; 60], 0, 9);
+        let mut from = Vec::new();
+        assert_eq!(p.forget_port(3, &mut |f| from.push(f)), 1);
+        assert_eq!(from, vec![9], "each dropped frame is told with the port it arrived on");
         assert_eq!(p.targets().collect::<Vec<_>>(), vec![(4, ip(2))]);
     }
 }

@@ -23,6 +23,8 @@ use calxdp_policy::verdict::{Reason, RuleOwner, RuleRef, Verdict};
 use crate::flow::{FlowLookup, FlowTable, Nanos};
 use crate::log::MAX_LOGS;
 use crate::path::{Port, Route};
+use crate::port_drops::PortDrops;
+use crate::ports::PortId;
 use crate::tables::{TableSet, TableSlot};
 
 /// A decision without names: which rule (by its index in the program that decided), or which static
@@ -452,6 +454,8 @@ pub struct Pipeline {
     slot: Arc<TableSlot>,
     pub flows: FlowTable,
     pub counters: Counters,
+    /// The same drops by the port each frame arrived on (the worker adds its own, `port_drops.rs`).
+    pub port_drops: PortDrops,
     pub rule_hits: RuleHits,
     /// The table version whose flushes and settings this pipeline has applied, shared with the slot so
     /// it keeps flushes until every pipeline has them.
@@ -484,6 +488,7 @@ impl Pipeline {
             slot,
             flows,
             counters: Counters::default(),
+            port_drops: PortDrops::default(),
             rule_hits,
             applied,
             note_tracked: false,
@@ -501,7 +506,8 @@ impl Pipeline {
         self.flows.expire(now, SWEEP_BUDGET);
         let expired = self.reassembly.expire(now, REASSEMBLY_SWEEP_BUDGET);
         if expired > 0 {
-            self.counters.fragments_dropped(crate::reassembly::FragmentDrop::Timeout, expired);
+            // Which port the timed-out fragments came by is not kept: they are unattributed.
+            self.fragments_dropped(None, crate::reassembly::FragmentDrop::Timeout, expired);
         }
     }
 
@@ -653,7 +659,9 @@ impl Pipeline {
             match p.verdict {
                 Verdict::Allow => self.counters.allowed += 1,
                 Verdict::Drop => {
-                    self.counters.drops[DropReason::of(&p.decision) as usize] += 1;
+                    let r = DropReason::of(&p.decision);
+                    self.counters.drops[r as usize] += 1;
+                    self.port_drops.pipeline(port_id(t, p.port), r, 1);
                     if let Decision::Malformed(m) = p.decision {
                         self.counters.malformed[m.index()] += 1;
                     }
@@ -723,18 +731,44 @@ impl Pipeline {
                 p.answer = Some(self.answers.len() as u8);
                 self.answers.push(a);
             }
-            Verdict::Drop => self.counters.drops[DropReason::of(&a.decision) as usize] += 1,
+            Verdict::Drop => {
+                // The host's own answer, dropped on its way out: counted on the host's port.
+                let r = DropReason::of(&a.decision);
+                self.counters.drops[r as usize] += 1;
+                self.port_drops.pipeline(port_id(t, Port::Host), r, 1);
+            }
         }
     }
 
-    /// An allowed packet that the rewrite could not send on (its TTL ran out): counted as that drop.
-    pub fn dropped_after_rewrite(&mut self, r: DropReason) {
+    /// An allowed packet from port `id` that the rewrite could not send on (its TTL ran out): counted as
+    /// that drop.
+    pub fn dropped_after_rewrite(&mut self, id: PortId, r: DropReason) {
         self.counters.allowed = self.counters.allowed.saturating_sub(1);
         self.counters.drops[r as usize] += 1;
+        self.port_drops.pipeline(id, r, 1);
+    }
+
+    /// Counts `n` fragments dropped for `d`, from port `id` when it is known.
+    pub fn fragments_dropped(&mut self, id: Option<PortId>, d: crate::reassembly::FragmentDrop, n: usize) {
+        self.counters.fragments_dropped(d, n);
+        let r = DropReason::of_fragment(d);
+        match id {
+            Some(id) => self.port_drops.pipeline(id, r, n as u64),
+            None => self.port_drops.unattributed[r as usize] += n as u64,
+        }
     }
 
     pub fn tables(&self) -> arc_swap::Guard<Arc<TableSet>> {
         self.slot.load()
+    }
+}
+
+/// The port id of `p` in tables `t` (an id without a row, counted as unattributed, for a pod the tables do
+/// not have: only a test builds such a packet).
+fn port_id(t: &TableSet, p: Port) -> PortId {
+    match p {
+        Port::Workload(w) => t.ports.workload_port.get(w as usize).copied().unwrap_or(PortId::MAX),
+        _ => t.ports.id_of(p),
     }
 }
 

@@ -31,6 +31,7 @@ use crate::nexthop::{self, Due, Pending};
 use crate::owner::{fragment_owner, owner};
 use crate::path::{Port, PortMap, WORKLOAD_GATEWAY_MAC};
 use crate::pipeline::{rule_ref, Counters, Decision, DropReason, LogHit, Packet, Pipeline};
+use crate::port_drops::{IoDrop, PortDrops};
 use crate::ports::{send, PortId, PortIo};
 use crate::reassembly::{Insert, MAX_FRAGMENTS};
 use crate::sys::handoff::{HandoffReceiver, HandoffSender};
@@ -156,6 +157,18 @@ pub struct IoCounters {
 }
 
 impl IoCounters {
+    /// Makes port `id`'s rx and tx counters, zeroed (the worker starts using the port; see `port_drops.rs`
+    /// for why a port starts from zero).
+    pub fn open(&mut self, id: PortId) {
+        let i = id as usize;
+        for v in [&mut self.rx, &mut self.tx] {
+            if v.len() <= i {
+                v.resize(i + 1, 0);
+            }
+            v[i] = 0;
+        }
+    }
+
     /// Adds another worker's counters.
     pub fn add(&mut self, o: &IoCounters) {
         let IoCounters {
@@ -221,7 +234,36 @@ pub struct WorkerShared {
     /// Frames this worker has finished (decided and sent or dropped); read by tests to know a frame is done.
     pub frames_done: AtomicU64,
     /// The counters as of the last publication (about every 100 ms; only `try_lock`ed by the worker).
-    pub snapshot: Mutex<(Counters, IoCounters, crate::flow::FlowStats, usize)>,
+    pub snapshot: Mutex<WorkerCounters>,
+}
+
+/// A worker's counters as it publishes them.
+#[derive(Clone, Debug, Default)]
+pub struct WorkerCounters {
+    pub pipeline: Counters,
+    pub io: IoCounters,
+    /// Drops by the port they arrived on and reason (the pipeline's and the worker's).
+    pub port_drops: PortDrops,
+    pub flows: crate::flow::FlowStats,
+    /// Conntrack entries held.
+    pub entries: usize,
+}
+
+impl WorkerCounters {
+    /// Adds another worker's counters.
+    pub fn add(&mut self, o: &WorkerCounters) {
+        self.pipeline.add(&o.pipeline);
+        self.io.add(&o.io);
+        self.port_drops.add(&o.port_drops);
+        let f = &o.flows;
+        self.flows.created += f.created;
+        self.flows.expired += f.expired;
+        self.flows.early_dropped += f.early_dropped;
+        self.flows.refused += f.refused;
+        self.flows.flushed += f.flushed;
+        self.flows.peak += f.peak;
+        self.entries += o.entries;
+    }
 }
 
 /// What the control thread asks of a running worker, between rounds.
@@ -331,6 +373,11 @@ impl Worker {
         assert!(ports.len() > uplinks, "one port per uplink, then the host");
         let mut pipeline = pipeline;
         pipeline.note_tracked = trace.is_some();
+        let mut io = IoCounters::default();
+        for id in 0..ports.len() {
+            pipeline.port_drops.open(id as PortId);
+            io.open(id as PortId);
+        }
         Worker {
             pipeline,
             ports,
@@ -353,7 +400,7 @@ impl Worker {
             scratch: [0; FRAME_MAX],
             neighbours: Arc::new(Neighbours::with_capacity(1024)),
             pending: Pending::default(),
-            io: IoCounters::default(),
+            io,
             logs,
             shared,
             clock,
@@ -390,19 +437,28 @@ impl Worker {
         self.uplinks as PortId
     }
 
-    /// Starts using `io` as port `id`.
+    /// Starts using `io` as port `id`. Its counters start from zero (an id may have been another
+    /// interface's: `port_drops.rs`); their rows are made here, between rounds, so counting never allocates.
     pub fn attach(&mut self, id: PortId, io: PortIo) {
         let i = id as usize;
         if self.ports.len() <= i {
             self.ports.resize_with(i + 1, || None);
         }
         self.ports[i] = Some(io);
+        self.io.open(id);
+        self.pipeline.port_drops.open(id);
     }
 
     /// Stops using port `id`: frames held for it are dropped (counted), its queue is handed back.
     pub fn detach(&mut self, id: PortId) -> Option<PortIo> {
-        self.io.no_neighbour += self.pending.forget_port(id) as u64;
+        let (io, drops) = (&mut self.io, &mut self.pipeline.port_drops);
+        self.pending.forget_port(id, &mut |from| count_drop(io, drops, from, IoDrop::NoNeighbour));
         self.ports.get_mut(id as usize).and_then(Option::take)
+    }
+
+    /// Counts one frame from port `id` dropped around the pipeline for `d`.
+    fn dropped(&mut self, id: PortId, d: IoDrop) {
+        count_drop(&mut self.io, &mut self.pipeline.port_drops, id, d);
     }
 
     /// The in-memory port `id`, if it is one (offline drivers push frames in and take frames out).
@@ -536,10 +592,11 @@ impl Worker {
     /// Copies the counters where the control thread can read them, if it is not reading right now.
     pub fn publish(&mut self) {
         if let Ok(mut s) = self.shared.snapshot.try_lock() {
-            s.0.clone_from(&self.pipeline.counters);
-            s.1.clone_from(&self.io);
-            s.2 = self.pipeline.flows.stats;
-            s.3 = self.pipeline.flows.len();
+            s.pipeline.clone_from(&self.pipeline.counters);
+            s.io.clone_from(&self.io);
+            s.port_drops.clone_from(&self.pipeline.port_drops);
+            s.flows = self.pipeline.flows.stats;
+            s.entries = self.pipeline.flows.len();
         }
     }
 
@@ -583,7 +640,7 @@ impl Worker {
                     let d = self.descs[i];
                     self.addrs[i] = d.addr;
                     if d.len as usize > FRAME_MAX {
-                        self.io.oversize += 1;
+                        count_drop(&mut self.io, &mut self.pipeline.port_drops, id, IoDrop::Oversize);
                         continue;
                     }
                     self.bufs[n][..d.len as usize].copy_from_slice(sock.frame_mut(d.addr, d.len));
@@ -597,7 +654,9 @@ impl Worker {
                 let mut n = 0;
                 while n < BATCH {
                     match tap.read(&mut self.scratch) {
-                        Some(len) if len > FRAME_MAX => self.io.oversize += 1,
+                        Some(len) if len > FRAME_MAX => {
+                            count_drop(&mut self.io, &mut self.pipeline.port_drops, id, IoDrop::Oversize)
+                        }
                         Some(len) => {
                             self.bufs[n][..len].copy_from_slice(&self.scratch[..len]);
                             self.lens[n] = len;
@@ -613,7 +672,7 @@ impl Worker {
                 while n < BATCH {
                     let Some(frame) = m.rx.pop_front() else { break };
                     if frame.len() > FRAME_MAX {
-                        self.io.oversize += 1;
+                        count_drop(&mut self.io, &mut self.pipeline.port_drops, id, IoDrop::Oversize);
                         continue;
                     }
                     self.bufs[n][..frame.len()].copy_from_slice(&frame);
@@ -634,11 +693,10 @@ impl Worker {
     }
 
     fn count_rx(&mut self, id: PortId) {
-        let i = id as usize;
-        if self.io.rx.len() <= i {
-            self.io.rx.resize(i + 1, 0);
+        // Frames are received only on attached ports, whose row `attach` made.
+        if let Some(n) = self.io.rx.get_mut(id as usize) {
+            *n += 1;
         }
-        self.io.rx[i] += 1;
     }
 
     /// Sends `frame` out of port `id`, counting it; false if the port would not take it.
@@ -646,11 +704,10 @@ impl Worker {
         if !send(ports.get_mut(id as usize), frame) {
             return false;
         }
-        let i = id as usize;
-        if io.tx.len() <= i {
-            io.tx.resize(i + 1, 0);
+        // A port that took the frame is attached, so its row exists.
+        if let Some(n) = io.tx.get_mut(id as usize) {
+            *n += 1;
         }
-        io.tx[i] += 1;
         true
     }
 
@@ -674,7 +731,7 @@ impl Worker {
                 self.count_rx(id);
             }
             let Some(port) = t.ports.port_of_id(id) else {
-                self.io.no_port += 1;
+                self.dropped(id, IoDrop::NoPort);
                 continue;
             };
             let frame = &self.bufs[i][..self.lens[i]];
@@ -701,7 +758,8 @@ impl Worker {
                 match self.pipeline.reassembly.insert(&f, frame, now) {
                     Insert::Held => continue,
                     Insert::Dropped { reason, fragments } => {
-                        self.pipeline.counters.fragments_dropped(reason, fragments);
+                        // All counted on this fragment's port (a datagram's fragments come by one port).
+                        self.pipeline.fragments_dropped(Some(id), reason, fragments);
                         continue;
                     }
                     Insert::Complete(s) => {
@@ -789,16 +847,16 @@ impl Worker {
                         match self.fill_next_hop_mac(t, p, o, i) {
                             Ok(()) => {
                                 if !Self::transmit(&mut self.ports, &mut self.io, o_id, &self.bufs[i][..len]) {
-                                    self.io.tx_full += 1;
+                                    self.dropped(self.in_ids[i], IoDrop::TxQueueFull);
                                 }
                             }
-                            Err(next_hop) => self.hold(o_id, next_hop, i, now),
+                            Err(next_hop) => self.hold(o_id, next_hop, i, now, self.in_ids[i]),
                         }
                     }
                     Err(_) => {
                         verdict = Verdict::Drop;
                         out = None;
-                        self.pipeline.dropped_after_rewrite(DropReason::TtlExceeded);
+                        self.pipeline.dropped_after_rewrite(self.in_ids[i], DropReason::TtlExceeded);
                         // The ICMP error back to the sender: a rare path, allowed to allocate.
                         if let Some(icmp) = time_exceeded(parsed, &t.ports) {
                             Self::transmit(&mut self.ports, &mut self.io, self.in_ids[i], &icmp);
@@ -864,7 +922,7 @@ impl Worker {
         if sent {
             self.io.handed_off += 1;
         } else {
-            self.io.handoff_full += 1;
+            self.dropped(id, IoDrop::HandoffRingFull);
         }
     }
 
@@ -876,7 +934,7 @@ impl Worker {
         for (k, &(off, len)) in pieces[..n].iter().enumerate() {
             let whole = self.pipeline.reassembly.datagram(s);
             let Some(m) = write_fragment(whole, &layout, off.into(), len.into(), k + 1 < n, &mut self.scratch) else {
-                self.io.oversize += 1;
+                self.dropped(id, IoDrop::Oversize);
                 continue;
             };
             let sent = match self.handoff_out.get_mut(o) {
@@ -886,7 +944,7 @@ impl Worker {
             if sent {
                 self.io.handed_off += 1;
             } else {
-                self.io.handoff_full += 1;
+                self.dropped(id, IoDrop::HandoffRingFull);
             }
         }
         self.pipeline.reassembly.release(s);
@@ -903,7 +961,7 @@ impl Worker {
         for (k, &(off, len)) in pieces[..n].iter().enumerate() {
             let whole = self.pipeline.reassembly.datagram(s);
             let Some(m) = write_fragment(whole, &layout, off.into(), len.into(), k + 1 < n, &mut self.bufs[i]) else {
-                self.io.oversize += 1;
+                self.dropped(self.in_ids[i], IoDrop::Oversize);
                 continue;
             };
             self.lens[i] = m;
@@ -913,10 +971,10 @@ impl Worker {
                         self.bufs[i][0..6].copy_from_slice(&mac);
                     }
                     if !Self::transmit(&mut self.ports, &mut self.io, o_id, &self.bufs[i][..m]) {
-                        self.io.tx_full += 1;
+                        self.dropped(self.in_ids[i], IoDrop::TxQueueFull);
                     }
                 }
-                Err(next_hop) => self.hold(o_id, next_hop, i, now),
+                Err(next_hop) => self.hold(o_id, next_hop, i, now, self.in_ids[i]),
             }
         }
     }
@@ -940,13 +998,15 @@ impl Worker {
             return false;
         }
         let o_id = t.ports.id_of(o);
+        // The answer comes from the host's stack: its losses count on the host's port.
+        let host = self.host_port();
         match self.fill_next_hop_mac(t, answer, o, i) {
             Ok(()) => {
                 if !Self::transmit(&mut self.ports, &mut self.io, o_id, &self.bufs[i][..len]) {
-                    self.io.tx_full += 1;
+                    self.dropped(host, IoDrop::TxQueueFull);
                 }
             }
-            Err(next_hop) => self.hold(o_id, next_hop, i, now),
+            Err(next_hop) => self.hold(o_id, next_hop, i, now, host),
         }
         self.io.rejected += 1;
         true
@@ -1027,19 +1087,21 @@ impl Worker {
         self.neighbours.get(next_hop).map(Some).ok_or(next_hop)
     }
 
-    /// Keeps frame `i` until the MAC of `next_hop` (through port `out`) is known, as Linux queues packets
-    /// behind an unresolved neighbour; the first frame for a next hop sends its first probe.
-    fn hold(&mut self, out: PortId, next_hop: IpAddr, i: usize, now: Nanos) {
-        let displaced = self.pending.displaced;
-        match self.pending.hold(out, next_hop, &self.bufs[i][..self.lens[i]], now) {
+    /// Keeps frame `i` (from port `from`) until the MAC of `next_hop` (through port `out`) is known, as
+    /// Linux queues packets behind an unresolved neighbour; the first frame for a next hop sends its first
+    /// probe.
+    fn hold(&mut self, out: PortId, next_hop: IpAddr, i: usize, now: Nanos, from: PortId) {
+        match self.pending.hold(out, next_hop, &self.bufs[i][..self.lens[i]], now, from) {
             Ok(first) => {
                 self.io.held += 1;
-                self.io.no_neighbour += self.pending.displaced - displaced;
+                if let Some(gone) = self.pending.displaced_from {
+                    self.dropped(gone, IoDrop::NoNeighbour);
+                }
                 if first {
                     self.resolve_next_hops(now);
                 }
             }
-            Err(_) => self.io.no_neighbour += 1,
+            Err(_) => self.dropped(from, IoDrop::NoNeighbour),
         }
     }
 
@@ -1060,26 +1122,22 @@ impl Worker {
             let mut slots = [0usize; nexthop::HELD_PER_TARGET];
             let n = self.pending.resolved(port, ip, &mut slots);
             for &slot in &slots[..n] {
+                let from = self.pending.from(slot).unwrap_or(PortId::MAX);
                 let frame = self.pending.frame(slot);
                 frame[0..6].copy_from_slice(&mac);
-                if !send(self.ports.get_mut(port as usize), frame) {
-                    self.io.tx_full += 1;
-                } else {
-                    let i = port as usize;
-                    if self.io.tx.len() <= i {
-                        self.io.tx.resize(i + 1, 0);
-                    }
-                    self.io.tx[i] += 1;
+                if !Self::transmit(&mut self.ports, &mut self.io, port, frame) {
+                    self.dropped(from, IoDrop::TxQueueFull);
                 }
                 self.pending.free(slot);
             }
         }
         let mut due = [None; nexthop::TARGETS];
-        let n = self.pending.due(now, &mut due);
+        let (io, drops) = (&mut self.io, &mut self.pipeline.port_drops);
+        let n = self.pending.due(now, &mut due, &mut |from| count_drop(io, drops, from, IoDrop::NoNeighbour));
         for d in due[..n].iter().flatten() {
-            match *d {
-                Due::Probe { port, ip } => self.probe(&tables, port, ip),
-                Due::Failed { dropped, .. } => self.io.no_neighbour += dropped as u64,
+            // A failed next hop's frames were counted as they were dropped.
+            if let Due::Probe { port, ip } = *d {
+                self.probe(&tables, port, ip);
             }
         }
     }
@@ -1167,12 +1225,12 @@ impl Worker {
     /// answered here.
     fn arp(&mut self, t: &TableSet, port: Port, i: usize) {
         let len = self.lens[i];
+        let here = self.in_ids[i];
         let Some(a) = arp::parse(&self.bufs[i][..len]) else {
-            self.io.arp_dropped += 1;
+            self.dropped(here, IoDrop::ArpDropped);
             return;
         };
         let host = self.host_port();
-        let here = self.in_ids[i];
         match port {
             Port::Workload(w) => {
                 if t.ports.workload_by_ip.get(&IpAddr::V4(a.sender_ip)) == Some(&w) {
@@ -1189,7 +1247,7 @@ impl Worker {
                 if Self::transmit(&mut self.ports, &mut self.io, host, &self.bufs[i][..len]) {
                     self.io.arp_passed += 1;
                 } else {
-                    self.io.arp_dropped += 1;
+                    self.dropped(here, IoDrop::ArpDropped);
                 }
             }
             Port::Host => {
@@ -1205,11 +1263,26 @@ impl Worker {
                 if self.uplinks > 0 && Self::transmit(&mut self.ports, &mut self.io, u, &self.bufs[i][..len]) {
                     self.io.arp_passed += 1;
                 } else {
-                    self.io.arp_dropped += 1;
+                    self.dropped(here, IoDrop::ArpDropped);
                 }
             }
         }
     }
+}
+
+/// Counts one frame from port `id` dropped around the pipeline for `d`: node-wide by reason, and by port
+/// (a function of the two counters alone, so callers can count while they hold other parts of the worker).
+fn count_drop(io: &mut IoCounters, drops: &mut PortDrops, id: PortId, d: IoDrop) {
+    let node_wide = match d {
+        IoDrop::TxQueueFull => &mut io.tx_full,
+        IoDrop::Oversize => &mut io.oversize,
+        IoDrop::NoPort => &mut io.no_port,
+        IoDrop::NoNeighbour => &mut io.no_neighbour,
+        IoDrop::HandoffRingFull => &mut io.handoff_full,
+        IoDrop::ArpDropped => &mut io.arp_dropped,
+    };
+    *node_wide += 1;
+    drops.io(id, d);
 }
 
 fn is_gateway(t: &TableSet, u: u16, ip: IpAddr) -> bool {

@@ -6,7 +6,9 @@
 //! driver (`driver::run`, reading the pipe as Felix's fd 3 and answering on another pipe as fd 4). Then,
 //! while A pings B every 10 ms: pod C's endpoint is added (its veth is made after the message), A reaches C; C's
 //! endpoint is removed, A no longer reaches C. Checked: the status Felix receives (up for A, B and C as
-//! their ports attach; C's status removed when its endpoint goes), and that A→B lost no ping throughout.
+//! their ports attach; C's status removed when its endpoint goes), that A→B lost no ping throughout, and
+//! that the driver serves the admin API (`status`: A's and B's ports up, A's pings received) and removes
+//! its socket when Felix goes.
 //!
 //! Needs root and network namespaces: `#[ignore]`d, and run by scripts/test with --include-ignored as root.
 
@@ -20,6 +22,9 @@ use std::sync::Arc;
 use std::thread;
 use std::time::{Duration, Instant};
 
+use calxdp::admin::client::ask;
+use calxdp::admin::proto::Request;
+use calxdp::admin::server::ServeOptions;
 use calxdp::felix::driver::{run as run_driver, DriverOptions};
 use calxdp::felix::emulator::{Emulator, FelixView};
 use calxdp::felix::framing::{pipe, read_message, write_frame};
@@ -235,6 +240,7 @@ fn endpoints_come_and_go_under_traffic() {
     let (pod_a, node_ns) = (topo.pods[0].clone(), topo.node.clone());
 
     let dir = std::env::temp_dir().join(format!("{prefix}-driver"));
+    let socket = PathBuf::from(format!("/run/calxdp/{prefix}-driver.sock"));
     std::fs::create_dir_all(&dir).unwrap();
     let node_file = dir.join("node.yaml");
     std::fs::write(&node_file, NODE_OPTIONS).unwrap();
@@ -255,6 +261,7 @@ fn endpoints_come_and_go_under_traffic() {
         },
         check: false,
         status_every: Duration::from_secs(10),
+        serve: ServeOptions { admin: Some(socket.clone()), metrics: None },
     };
     let stop = Arc::new(AtomicBool::new(false));
     let ns = node_ns.clone();
@@ -277,6 +284,36 @@ fn endpoints_come_and_go_under_traffic() {
     // Neighbour resolution and the first flow settle.
     let warm = (0..20).any(|_| ping(&pod_a, PODS[1].2, 1, "0.2").1 == 1);
     assert!(warm, "A never reached B");
+
+    // The operator's view of the driver's node: its ports, up, and the pings counted on A's.
+    // Workers publish their counters every 100 ms: the pings show on A's port within a moment.
+    // A's rx from the same answer.
+    let ask_status = || {
+        let s = ask(&socket, &Request::Status {}, Duration::from_secs(5)).expect("the driver serves status");
+        let rx = s["ports"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|p| p["name"] == PODS[0].1)
+            .map_or(0, |p| p["rx"].as_u64().unwrap());
+        (s, rx)
+    };
+    let deadline = Instant::now() + Duration::from_secs(3);
+    let (node_status, rx_a) = loop {
+        let (s, rx) = ask_status();
+        if rx > 0 || Instant::now() > deadline {
+            break (s, rx);
+        }
+        thread::sleep(Duration::from_millis(100));
+    };
+    let ports = node_status["ports"].as_array().unwrap();
+    let port =
+        |name: &str| ports.iter().find(|p| p["name"] == name).unwrap_or_else(|| panic!("no {name}: {node_status}"));
+    for p in [PODS[0].1, PODS[1].1] {
+        assert_eq!(port(p)["up"], true, "{node_status}");
+    }
+    assert!(rx_a > 0, "{node_status}");
+    assert_eq!(node_status["tables"]["local_endpoints"], 2, "{node_status}");
 
     // Under a steady ping A→B: C comes, is reached, goes.
     let a = pod_a.clone();
@@ -301,10 +338,11 @@ fn endpoints_come_and_go_under_traffic() {
     assert!(sent >= 1500, "ping sent {sent}");
     assert_eq!(received, sent, "A→B lost pings while C came and went");
 
-    // Felix goes away: the driver stops and gives the interfaces back.
+    // Felix goes away: the driver stops and gives the interfaces back, and its admin socket.
     drop(to_driver);
     let result = driver.join().expect("driver thread");
     assert!(result.is_ok(), "{result:?}");
+    assert!(!socket.exists(), "the driver left its admin socket behind");
     drop(from_write);
     let mut rest = Vec::new();
     let _ = to_read.take(0).read_to_end(&mut rest);

@@ -9,8 +9,9 @@ use std::time::{Duration, Instant, SystemTime};
 use calxdp_dataplane::flow::FlowView;
 use calxdp_dataplane::path::Port;
 use calxdp_dataplane::pipeline::{explain, Counters, Decision, DropReason, RuleHits};
+use calxdp_dataplane::port_drops::{kind_name, DropRow, IoDrop};
 use calxdp_dataplane::tables::TableSet;
-use calxdp_dataplane::worker::{FlowFilter, IoCounters, TraceRecord, WorkerCommand};
+use calxdp_dataplane::worker::{FlowFilter, IoCounters, TraceRecord, WorkerCommand, WorkerCounters};
 use calxdp_policy::conntrack::TcpState;
 use calxdp_policy::node::NodeConfig;
 use calxdp_policy::packet::{tcp_flags, PacketHeader};
@@ -51,7 +52,7 @@ fn to_json<T: serde::Serialize>(v: T) -> Result<serde_json::Value, String> {
 }
 
 /// Every worker's published counters, one entry per worker.
-pub fn worker_counters(view: &NodeView) -> Vec<(Counters, IoCounters, calxdp_dataplane::flow::FlowStats, usize)> {
+pub fn worker_counters(view: &NodeView) -> Vec<WorkerCounters> {
     view.workers
         .iter()
         .map(|w| {
@@ -62,6 +63,15 @@ pub fn worker_counters(view: &NodeView) -> Vec<(Counters, IoCounters, calxdp_dat
             g.clone()
         })
         .collect()
+}
+
+/// The workers' counters summed.
+pub fn total(per_worker: &[WorkerCounters]) -> WorkerCounters {
+    let mut sum = WorkerCounters::default();
+    for w in per_worker {
+        sum.add(w);
+    }
+    sum
 }
 
 /// The name of a port of `t`, as the node file gives it.
@@ -79,55 +89,94 @@ pub fn local_endpoints(t: &TableSet) -> usize {
     t.world.node.workloads.iter().filter(|w| w.interface.is_some()).count() + t.world.host_endpoints.len()
 }
 
-/// Policies that select at least one local endpoint (Felix's `felix_active_local_policies`).
-pub fn active_local_policies(t: &TableSet) -> usize {
+/// The local endpoints of `t`: pods with an interface here, and host endpoints.
+fn local_endpoint_list(t: &TableSet) -> Vec<&calxdp_policy::resolve::Endpoint> {
     let w = &t.world;
-    let local: Vec<&calxdp_policy::resolve::Endpoint> = w
-        .workloads
+    w.workloads
         .iter()
         .zip(&w.node.workloads)
         .filter(|(_, wl)| wl.interface.is_some())
         .map(|(e, _)| e)
         .chain(w.host_endpoints.iter().map(|h| &h.endpoint))
-        .collect();
-    w.policies.iter().filter(|p| local.iter().any(|e| p.selector.matches(&e.labels))).count()
+        .collect()
+}
+
+/// Policies that select at least one local endpoint (Felix's `felix_active_local_policies`).
+pub fn active_local_policies(t: &TableSet) -> usize {
+    let local = local_endpoint_list(t);
+    t.world.policies.iter().filter(|p| local.iter().any(|e| p.selector.matches(&e.labels))).count()
+}
+
+/// Distinct rule selectors (`selector` and `notSelector` of sources and destinations) of the policies
+/// that select a local endpoint and of the profiles local endpoints have: the selectors whose members the
+/// node's rules match on (Felix's `felix_active_local_selectors` counts its active rule selectors the same
+/// way).
+pub fn active_local_selectors(t: &TableSet) -> usize {
+    let local = local_endpoint_list(t);
+    let w = &t.world;
+    let policy_rules = w
+        .policies
+        .iter()
+        .filter(|p| local.iter().any(|e| p.selector.matches(&e.labels)))
+        .flat_map(|p| p.ingress.iter().chain(&p.egress));
+    let profile_rules = local
+        .iter()
+        .flat_map(|e| &e.profiles)
+        .collect::<std::collections::BTreeSet<_>>()
+        .into_iter()
+        .filter_map(|name| w.profiles.get(name))
+        .flat_map(|p| p.ingress.iter().chain(&p.egress));
+    let mut selectors = std::collections::BTreeSet::new();
+    for r in policy_rules.chain(profile_rules) {
+        for side in [&r.source, &r.destination] {
+            selectors.extend(side.selector.iter().chain(&side.not_selector));
+        }
+    }
+    selectors.len()
 }
 
 fn status(view: &NodeView) -> proto::Status {
     let t = view.slot.hold();
     let per_worker = worker_counters(view);
-    let mut c = Counters::default();
-    let mut io = IoCounters::default();
-    let mut ct = proto::ConntrackStatus { capacity: view.capacity, ..Default::default() };
-    let mut workers = Vec::new();
-    for (i, (wc, wio, fs, entries)) in per_worker.iter().enumerate() {
-        c.add(wc);
-        io.add(wio);
-        ct.entries += entries;
-        ct.created += fs.created;
-        ct.expired += fs.expired;
-        ct.early_dropped += fs.early_dropped;
-        ct.refused += fs.refused;
-        ct.flushed += fs.flushed;
-        workers.push(proto::WorkerStatus {
+    let sum = total(&per_worker);
+    let (c, io) = (&sum.pipeline, &sum.io);
+    let fs = &sum.flows;
+    let ct = proto::ConntrackStatus {
+        capacity: view.capacity,
+        entries: sum.entries,
+        created: fs.created,
+        expired: fs.expired,
+        early_dropped: fs.early_dropped,
+        refused: fs.refused,
+        flushed: fs.flushed,
+    };
+    let workers = per_worker
+        .iter()
+        .enumerate()
+        .map(|(i, w)| proto::WorkerStatus {
             id: i,
             frames: view.workers[i].shared.frames_done.load(std::sync::atomic::Ordering::Relaxed),
-            batches: wio.batches,
-            busy_seconds: wio.busy_nanos as f64 / 1e9,
-            conntrack_entries: *entries,
-        });
-    }
+            batches: w.io.batches,
+            busy_seconds: w.io.busy_nanos as f64 / 1e9,
+            conntrack_entries: w.entries,
+        })
+        .collect();
     let control = view.control().clone();
     let ports = control
         .ports
         .iter()
-        .map(|p| proto::PortStatus {
-            name: p.name.clone(),
-            id: p.id,
-            up: p.up,
-            state: p.state.clone(),
-            rx: io.rx.get(p.id as usize).copied().unwrap_or(0),
-            tx: io.tx.get(p.id as usize).copied().unwrap_or(0),
+        .map(|p| {
+            let drops = row_counts(&sum.port_drops.get(p.id));
+            proto::PortStatus {
+                name: p.name.clone(),
+                id: p.id,
+                up: p.up,
+                state: p.state.clone(),
+                rx: io.rx.get(p.id as usize).copied().unwrap_or(0),
+                tx: io.tx.get(p.id as usize).copied().unwrap_or(0),
+                dropped: drops.iter().map(|d| d.count).sum(),
+                drops,
+            }
         })
         .collect();
     let since = |at: SystemTime| SystemTime::now().duration_since(at).unwrap_or_default().as_secs_f64();
@@ -153,27 +202,38 @@ fn status(view: &NodeView) -> proto::Status {
         workers,
         frames: c.packets,
         allowed: c.allowed,
-        drops: drop_counts(&c, &io),
+        drops: drop_counts(c, io),
+        unattributed_drops: row_counts(&sum.port_drops.unattributed),
         conntrack: ct,
     }
 }
 
-/// Drops by reason: the pipeline's, then those around it (a full transmit queue, a frame too long, a
-/// port being attached, a next hop that never answered).
+/// Drops by reason, node-wide: the pipeline's, then those around it (a full transmit queue, a frame too
+/// long, a port being attached, a next hop that never answered).
 pub fn drop_counts(c: &Counters, io: &IoCounters) -> Vec<proto::Count> {
     let mut out: Vec<proto::Count> =
         DropReason::ALL.iter().map(|r| proto::Count { reason: r.name().into(), count: c.dropped(*r) }).collect();
-    for (reason, count) in [
-        ("tx_queue_full", io.tx_full),
-        ("oversize", io.oversize),
-        ("no_port", io.no_port),
-        ("no_neighbour", io.no_neighbour),
-        ("handoff_ring_full", io.handoff_full),
-        ("arp_dropped", io.arp_dropped),
-    ] {
-        out.push(proto::Count { reason: reason.into(), count });
+    for d in IoDrop::ALL {
+        let count = match d {
+            IoDrop::TxQueueFull => io.tx_full,
+            IoDrop::Oversize => io.oversize,
+            IoDrop::NoPort => io.no_port,
+            IoDrop::NoNeighbour => io.no_neighbour,
+            IoDrop::HandoffRingFull => io.handoff_full,
+            IoDrop::ArpDropped => io.arp_dropped,
+        };
+        out.push(proto::Count { reason: d.name().into(), count });
     }
     out
+}
+
+/// One port's drops by reason, the reasons with drops only.
+pub fn row_counts(row: &DropRow) -> Vec<proto::Count> {
+    row.iter()
+        .enumerate()
+        .filter(|(_, n)| **n > 0)
+        .map(|(k, n)| proto::Count { reason: kind_name(k).into(), count: *n })
+        .collect()
 }
 
 /// Asks every worker the same question and waits for every answer.

@@ -14,7 +14,7 @@ const MAX_ANSWER: u64 = 512 * 1024 * 1024;
 pub fn ask(socket: &Path, req: &Request, wait: Duration) -> Result<serde_json::Value, String> {
     let mut s = UnixStream::connect(socket).map_err(|e| {
         format!(
-            "cannot reach a running node on {}: {e} (is `calxdp run` or `calxdp demo --keep` running? --admin \
+            "cannot reach a running node on {}: {e} (is `calxdp run`, `felix-driver` or `demo --keep` running? --admin \
              names another socket)",
             socket.display()
         )
@@ -88,9 +88,14 @@ pub fn render(req: &Request, v: serde_json::Value) -> Result<String, String> {
                     let _ = writeln!(o, "last policy update: none since start");
                 }
             }
-            let _ = writeln!(o, "\n{:<24} {:>4} {:<28} {:>12} {:>12}", "port", "id", "state", "rx", "tx");
+            let _ =
+                writeln!(o, "\n{:<24} {:>4} {:<28} {:>12} {:>12} {:>10}", "port", "id", "state", "rx", "tx", "dropped");
             for p in &s.ports {
-                let _ = writeln!(o, "{:<24} {:>4} {:<28} {:>12} {:>12}", p.name, p.id, p.state, p.rx, p.tx);
+                let _ = writeln!(
+                    o,
+                    "{:<24} {:>4} {:<28} {:>12} {:>12} {:>10}",
+                    p.name, p.id, p.state, p.rx, p.tx, p.dropped
+                );
             }
             let _ =
                 writeln!(o, "\n{:<8} {:>12} {:>10} {:>10} {:>12}", "worker", "frames", "batches", "busy", "conntrack");
@@ -110,6 +115,18 @@ pub fn render(req: &Request, v: serde_json::Value) -> Result<String, String> {
             );
             for d in s.drops.iter().filter(|d| d.count > 0) {
                 let _ = writeln!(o, "  {:>10} {}", d.count, d.reason);
+            }
+            let by_port: Vec<(&str, &proto::Count)> = s
+                .ports
+                .iter()
+                .flat_map(|p| p.drops.iter().map(move |d| (p.name.as_str(), d)))
+                .chain(s.unattributed_drops.iter().map(|d| ("(arrival port unknown)", d)))
+                .collect();
+            if !by_port.is_empty() {
+                let _ = writeln!(o, "drops by the port they arrived on:");
+                for (port, d) in by_port {
+                    let _ = writeln!(o, "  {:>10} {:<24} {}", d.count, port, d.reason);
+                }
             }
             let c = &s.conntrack;
             let _ = writeln!(

@@ -82,6 +82,24 @@ pub struct ControlState {
     pub publications: u64,
     /// From the start of each publication's compile to its enforcement on every worker.
     pub enforce_seconds: Histogram,
+    /// From the start of each publication's compile to its swap.
+    pub apply_seconds: Summary,
+    /// Updates rejected whole (bad input; the running tables stay), as the node driver counts them.
+    pub rejected_updates: u64,
+}
+
+/// A Prometheus summary without quantiles: how many observations and their sum.
+#[derive(Clone, Copy, Debug, Default, PartialEq)]
+pub struct Summary {
+    pub sum: f64,
+    pub count: u64,
+}
+
+impl Summary {
+    pub fn observe(&mut self, v: f64) {
+        self.sum += v;
+        self.count += 1;
+    }
 }
 
 /// A publication after the first tables.
@@ -135,6 +153,8 @@ impl NodeView {
             last_update: None,
             publications: 0,
             enforce_seconds: Histogram::new(Histogram::ENFORCE_BOUNDS),
+            apply_seconds: Summary::default(),
+            rejected_updates: live.rejected_updates,
         };
         Arc::new(NodeView {
             slot: live.publisher.slot(),
@@ -172,7 +192,9 @@ impl NodeView {
         }
         let mut c = self.control();
         c.ports = ports;
+        c.rejected_updates = live.rejected_updates;
         if let Some(u) = update {
+            c.apply_seconds.observe(u.compile.as_secs_f64());
             c.node = live.publisher.node().clone();
             c.resources = live.publisher.resources().clone();
             c.tables_since = u.at;

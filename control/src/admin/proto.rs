@@ -62,7 +62,11 @@ pub struct Status {
     pub workers: Vec<WorkerStatus>,
     pub frames: u64,
     pub allowed: u64,
+    /// Node-wide, every reason (zeros too).
     pub drops: Vec<Count>,
+    /// Drops whose arrival port is not known (fragments that timed out in reassembly, frames handed over
+    /// from a port a worker had not taken yet); only the reasons with drops.
+    pub unattributed_drops: Vec<Count>,
     pub conntrack: ConntrackStatus,
 }
 
@@ -97,6 +101,9 @@ pub struct PortStatus {
     pub state: String,
     pub rx: u64,
     pub tx: u64,
+    /// Frames that arrived on this port and were dropped, in all and by reason (only reasons with drops).
+    pub dropped: u64,
+    pub drops: Vec<Count>,
 }
 
 #[derive(Clone, Debug, Default, Serialize, Deserialize)]

@@ -30,6 +30,8 @@ use super::framing::{read_frame, write_frame, FrameError};
 use super::proto::{self, from_dataplane, FromDataplane, ToDataplane};
 use super::state::{Applied, FelixState, StreamError, WorkloadKey};
 use super::{config, lower};
+use crate::admin::server::{AdminServer, ServeOptions};
+use crate::admin::NodeView;
 use crate::live::{LiveNode, LiveOptions, PortEvent};
 use crate::publisher::TablePublisher;
 
@@ -131,6 +133,8 @@ pub struct DriverOptions {
     pub check: bool,
     /// How often to send `ProcessStatusUpdate` ([`STATUS_EVERY`] unless a test says otherwise).
     pub status_every: Duration,
+    /// Where to serve the admin API and metrics once the node runs (not with `check`).
+    pub serve: ServeOptions,
 }
 
 /// Opens fd `n` as a file (Felix's pipes).
@@ -266,6 +270,8 @@ pub fn run(opts: &DriverOptions, stop: Arc<AtomicBool>) -> Result<(), String> {
     let mut last_status = Instant::now();
     let mut reported_workloads: BTreeSet<WorkloadKey> = BTreeSet::new();
     let mut reported_heps: BTreeSet<String> = BTreeSet::new();
+    // The operator's view (`calxdp status`, …, metrics), served from the first InSync on.
+    let mut admin: Option<(AdminServer, Arc<NodeView>)> = None;
     while !stop.load(Ordering::Relaxed) {
         // Everything readable now is one batch: Felix sends no end-of-flush marker. Frames are decoded as
         // they are applied, so an error names the message before it.
@@ -304,6 +310,17 @@ pub fn run(opts: &DriverOptions, stop: Arc<AtomicBool>) -> Result<(), String> {
                         let (node, resources) = front.model()?;
                         plane = Some(start(node, resources, opts)?);
                         dirty = false;
+                        if let Some(Plane::Live(live)) = &mut plane {
+                            let view = NodeView::new(live);
+                            let server = AdminServer::start(&opts.serve, view.clone())?;
+                            if let Some(p) = &server.socket {
+                                say!("calxdp felix-driver: admin socket {}", p.display());
+                            }
+                            if let Some(a) = server.metrics {
+                                say!("calxdp felix-driver: Prometheus metrics on http://{a}/metrics");
+                            }
+                            admin = Some((server, view));
+                        }
                         say!(
                             "calxdp felix-driver: in sync: {} workload and {} host endpoint(s), {} policies, {} \
                              profiles, {} IP sets",
@@ -343,6 +360,9 @@ pub fn run(opts: &DriverOptions, stop: Arc<AtomicBool>) -> Result<(), String> {
                     // The stream was valid; the model it describes cannot be compiled. Say so and keep the
                     // tables in force, as `run` does with a bad policy file.
                     say!("calxdp felix-driver: update rejected, tables unchanged: {e}");
+                    if let Plane::Live(live) = p {
+                        live.rejected_updates += 1;
+                    }
                 }
                 dirty = false;
             }
@@ -368,6 +388,9 @@ pub fn run(opts: &DriverOptions, stop: Arc<AtomicBool>) -> Result<(), String> {
             if let Some(death) = live.dead_worker() {
                 return Err(format!("{death}; the dataplane cannot run without it"));
             }
+            if let Some((_, view)) = &admin {
+                view.refresh(live);
+            }
         }
         if last_status.elapsed() >= opts.status_every {
             last_status = Instant::now();
@@ -377,6 +400,9 @@ pub fn run(opts: &DriverOptions, stop: Arc<AtomicBool>) -> Result<(), String> {
             say!("calxdp felix-driver: Felix closed the stream; stopping");
             break;
         }
+    }
+    if let Some((server, _)) = admin {
+        server.stop();
     }
     if let Some(Plane::Live(live)) = plane {
         live.stop();
