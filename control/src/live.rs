@@ -123,7 +123,7 @@ pub struct LiveNode {
     /// Port changes since the last `take_events`.
     events: Vec<PortEvent>,
     /// Locks on the uplinks and the tap, held while the node runs (a second instance is refused).
-    _locks: Vec<std::fs::File>,
+    _locks: Vec<netns::HeldLock>,
     pub log_writer: Option<Arc<WriterState>>,
     _log_thread: Option<JoinHandle<()>>,
     stopping: bool,
@@ -543,8 +543,11 @@ const LOCK_DIR: &str = "/run/calxdp";
 
 /// Takes a lock per uplink and on the tap's name, in this network namespace: a second `calxdp run` (or a
 /// demo) on the same interfaces is refused with a sentence before it changes a route, an address or a link.
-fn lock_interfaces(node: &NodeConfig, opts: &LiveOptions) -> Result<Vec<std::fs::File>, String> {
+fn lock_interfaces(node: &NodeConfig, opts: &LiveOptions) -> Result<Vec<netns::HeldLock>, String> {
     std::fs::create_dir_all(LOCK_DIR).map_err(|e| format!("cannot create {LOCK_DIR}: {e}"))?;
+    // Locks left by killed processes (a clean exit removes its own): the directory stays as small as the
+    // number of running nodes' interfaces.
+    netns::sweep_locks(std::path::Path::new(LOCK_DIR));
     let ns = netns::current_netns_id().map_err(|e| format!("cannot read this thread's network namespace: {e}"))?;
     let mut locks = Vec::new();
     let names = node.uplinks.iter().map(|u| (u.name.as_str(), "uplink")).chain([(opts.tap.as_str(), "host tap")]);

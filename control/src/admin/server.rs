@@ -106,11 +106,35 @@ impl Drop for AdminServer {
     }
 }
 
+/// Removes the admin sockets in calxdp's own directory that no node answers on (left by nodes that were
+/// killed, typically in network namespaces that no longer exist): the directory stays as small as the number
+/// of running nodes. A node's socket is moved into place already listening, so a socket that refuses a
+/// connection is dead, never one about to answer.
+fn sweep_dead_sockets(dir: &Path) {
+    if dir != Path::new(super::DEFAULT_SOCKET).parent().unwrap_or(Path::new("/run/calxdp")) {
+        return;
+    }
+    let Ok(entries) = std::fs::read_dir(dir) else { return };
+    for e in entries.flatten() {
+        let path = e.path();
+        let name = e.file_name().to_string_lossy().to_string();
+        let is_socket = e.file_type().is_ok_and(|t| t.is_socket());
+        if is_socket && name.starts_with("admin") && name.ends_with(".sock") {
+            if let Err(err) = std::os::unix::net::UnixStream::connect(&path) {
+                if err.kind() == std::io::ErrorKind::ConnectionRefused {
+                    let _ = std::fs::remove_file(&path);
+                }
+            }
+        }
+    }
+}
+
 /// Binds the admin socket, readable and writable by root only (it can flush conntrack). A socket file
 /// left by a node that died is replaced; one a running node answers on is not.
 fn bind_socket(path: &Path) -> Result<std::os::unix::net::UnixListener, String> {
     if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
         std::fs::create_dir_all(dir).map_err(|e| format!("cannot create {}: {e}", dir.display()))?;
+        sweep_dead_sockets(dir);
     }
     if let Ok(meta) = std::fs::symlink_metadata(path) {
         if !meta.file_type().is_socket() {
