@@ -56,22 +56,22 @@ pub struct RuleSets {
     pub sets: Vec<String>,
 }
 
-fn has_all(ids: &[String]) -> Option<Selector> {
-    let mut exprs: Vec<Expr> = ids.iter().map(|id| Expr::Has(set_label(id))).collect();
+/// `has(l1) && has(l2) && …` (`all`) or `has(l1) || has(l2) || …` over `labels`; `None` for no labels.
+fn has_labels(labels: impl IntoIterator<Item = String>, all: bool) -> Option<Selector> {
+    let mut exprs: Vec<Expr> = labels.into_iter().map(Expr::Has).collect();
     match exprs.len() {
         0 => None,
         1 => exprs.pop().map(Selector::from_expr),
-        _ => Some(Selector::from_expr(Expr::And(exprs))),
+        _ => Some(Selector::from_expr(if all { Expr::And(exprs) } else { Expr::Or(exprs) })),
     }
 }
 
+fn has_all(ids: &[String]) -> Option<Selector> {
+    has_labels(ids.iter().map(|id| set_label(id)), true)
+}
+
 fn has_any(ids: &[String]) -> Option<Selector> {
-    let mut exprs: Vec<Expr> = ids.iter().map(|id| Expr::Has(set_label(id))).collect();
-    match exprs.len() {
-        0 => None,
-        1 => exprs.pop().map(Selector::from_expr),
-        _ => Some(Selector::from_expr(Expr::Or(exprs))),
-    }
+    has_labels(ids.iter().map(|id| set_label(id)), false)
 }
 
 fn nets(list: &[String]) -> Result<Vec<IpNet>, String> {
@@ -424,12 +424,8 @@ fn set_entities(state: &FelixState) -> (Vec<NetworkSet>, Vec<Workload>) {
 /// A policy's selector: the labels of the tier lists that name it (`lists` is in label order); a policy
 /// no list names selects nothing.
 fn selecting(key: &PolicyKey, lists: &[&str]) -> Selector {
-    let mut exprs: Vec<Expr> = lists.iter().map(|l| Expr::Has(l.to_string())).collect();
-    match exprs.len() {
-        0 => Selector::from_expr(Expr::Has(policy_label(key))),
-        1 => exprs.pop().map(Selector::from_expr).expect("one"),
-        _ => Selector::from_expr(Expr::Or(exprs)),
-    }
+    has_labels(lists.iter().map(|l| l.to_string()), false)
+        .unwrap_or_else(|| Selector::from_expr(Expr::Has(policy_label(key))))
 }
 
 /// Felix's model on `base` (the node options Felix does not send: name, uplinks, services; `felix` is the
