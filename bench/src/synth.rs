@@ -211,6 +211,12 @@ pub fn pipeline_tables() -> std::sync::Arc<calxdp_dataplane::tables::TableSlot> 
     Arc::new(TableSlot::new(TableSet::new(1, Arc::new(world), Arc::new(compiled))))
 }
 
+/// The answer of pod 0 to flow `i`'s request.
+pub fn dns_reply(i: usize) -> PacketHeader {
+    let q = dns_flow(i);
+    PacketHeader { src: q.dst, dst: q.src, src_port: q.dst_port, dst_port: q.src_port, ..q }
+}
+
 /// Flow `i` of the pipeline benchmarks: a client beyond the uplink asking pod 0 for DNS.
 pub fn dns_flow(i: usize) -> PacketHeader {
     PacketHeader {

@@ -252,9 +252,9 @@ impl FlowTable {
         let capacity = capacity.clamp(1, (u32::MAX >> 2) as usize);
         let index_len = (capacity * INDEX_SLOTS_PER_FLOW).next_power_of_two();
         FlowTable {
-            entries: vec![Entry::VACANT; capacity],
+            entries: crate::sys::hugepages::huge_vec(capacity, Entry::VACANT),
             free: (0..capacity as u32).rev().collect(),
-            index: vec![EMPTY; index_len],
+            index: crate::sys::hugepages::huge_vec(index_len, EMPTY),
             mask: index_len - 1,
             live: 0,
             timeout_ns: timeout_table(timeouts),
@@ -466,6 +466,26 @@ impl FlowTable {
                 Protocol::ICMPV6 => none(if pkt.icmp_type == 128 { CtState::New } else { CtState::Invalid }),
                 _ => none(CtState::New),
             },
+        }
+    }
+
+    /// Step one of a batched lookup: where `pkt`'s flow would be found in the index, that line prefetched.
+    /// Step two is [`FlowTable::prefetch_entry`] with the answer; lookups that follow find both in cache.
+    /// Only the first probe is warmed (the index is kept at most a quarter full, so most keys are there).
+    pub fn prefetch_index(&self, pkt: &PacketHeader) -> usize {
+        let i = Key::of(&Tuple::of(pkt)).hash() as usize & self.mask;
+        crate::sys::prefetch::prefetch(&self.index[i]);
+        i
+    }
+
+    /// Step two of a batched lookup: the entry the index slot `i` names, prefetched (both of its lines when
+    /// it straddles two).
+    pub fn prefetch_entry(&self, i: usize) {
+        let v = self.index[i & self.mask];
+        if v != EMPTY {
+            let e = &self.entries[(v >> 1) as usize];
+            crate::sys::prefetch::prefetch(e);
+            crate::sys::prefetch::prefetch(&e.newer);
         }
     }
 

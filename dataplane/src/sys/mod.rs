@@ -7,8 +7,10 @@
 
 pub mod bpf;
 pub mod handoff;
+pub mod hugepages;
 pub mod netns;
 pub mod packet;
+pub mod prefetch;
 pub mod process;
 pub mod rawip;
 pub mod ring;
