@@ -469,11 +469,15 @@ pub struct Pipeline {
     icmp_limits: crate::reject::IcmpErrorLimits,
     /// Datagrams being reassembled before conntrack (the worker feeds it fragments; swept here).
     pub reassembly: crate::reassembly::Reassembly,
+    /// The flow index slots the batch's lookups will read (prefetched; allocated once).
+    flow_slots: Vec<usize>,
 }
 
 /// Slots of the flow table the sweep looks at per worker round: a whole table of 2^18 entries every
 /// 4096 rounds (well under a second on a busy worker), a few hundred nanoseconds per round.
 pub const SWEEP_BUDGET: usize = 64;
+/// Most flow lookups of one batch whose lines are prefetched (a worker's batches are smaller).
+const PREFETCH_MAX: usize = 256;
 /// Reassembly slots the sweep looks at per round (all of them every few rounds).
 pub const REASSEMBLY_SWEEP_BUDGET: usize = 16;
 
@@ -495,6 +499,7 @@ impl Pipeline {
             answers: Vec::with_capacity(crate::batch::BATCH),
             icmp_limits: Default::default(),
             reassembly: crate::reassembly::Reassembly::new(),
+            flow_slots: Vec::with_capacity(PREFETCH_MAX),
         }
     }
 
@@ -556,6 +561,7 @@ impl Pipeline {
     /// flow's second packet, its reply) starts a new window after that packet is committed.
     pub fn process(&mut self, t: &TableSet, batch: &mut [Packet], now: Nanos) {
         self.catch_up(t);
+        self.prefetch_index(batch);
         self.answers.clear();
         for p in batch.iter_mut() {
             p.now = now;
@@ -566,7 +572,7 @@ impl Pipeline {
         for p in batch.iter_mut().filter(|p| !p.done) {
             untracked_stage(t, p);
         }
-        self.prefetch_flows(batch);
+        self.prefetch_entries();
         let mut start = 0;
         while start < batch.len() {
             let end = start + self.conntrack_window(t, &mut batch[start..], now);
@@ -585,20 +591,24 @@ impl Pipeline {
         }
     }
 
-    /// Warms the flow table's lines the batch's lookups will read, in two passes (index slots, then the
-    /// entries they name), so the cache misses of a batch overlap rather than queue behind one another.
-    fn prefetch_flows(&self, batch: &[Packet]) {
-        const CHUNK: usize = 64;
-        let mut slots = [0usize; CHUNK];
-        for chunk in batch.chunks(CHUNK) {
-            let mut n = 0;
-            for p in chunk.iter().filter(|p| !p.done && p.accepted.is_none() && !p.header.is_icmp_error()) {
-                slots[n] = self.flows.prefetch_index(&p.header);
-                n += 1;
+    /// Step one of warming the flow table's lines the batch's lookups will read: the index slot of every
+    /// packet that will look its flow up, prefetched and noted in `flow_slots`. Step two
+    /// ([`Pipeline::prefetch_entries`]) comes after other work, so the misses of a batch overlap each other and
+    /// that work rather than queueing behind one another.
+    fn prefetch_index(&mut self, batch: &[Packet]) {
+        self.flow_slots.clear();
+        for p in batch.iter().filter(|p| !p.done && !p.header.is_icmp_error()) {
+            if self.flow_slots.len() == self.flow_slots.capacity() {
+                break;
             }
-            for &i in &slots[..n] {
-                self.flows.prefetch_entry(i);
-            }
+            self.flow_slots.push(self.flows.prefetch_index(&p.header));
+        }
+    }
+
+    /// Step two: the entries the prefetched index slots name.
+    fn prefetch_entries(&self) {
+        for &i in &self.flow_slots {
+            self.flows.prefetch_entry(i);
         }
     }
 

@@ -29,14 +29,20 @@ fn readers_see_whole_increasing_versions_while_the_publisher_swaps() {
     let mut publisher = TablePublisher::new(node(), ResourceSet::new());
     let slot = publisher.slot();
     let stop = Arc::new(AtomicBool::new(false));
+    // Readers and the publisher start together, and a reader loads once more after the publisher stops:
+    // on a busy machine a reader scheduled late still checks versions (the last one at least).
+    let start = Arc::new(std::sync::Barrier::new(3));
     let readers: Vec<_> = (0..2)
         .map(|_| {
             let slot = slot.clone();
             let stop = stop.clone();
+            let start = start.clone();
             thread::spawn(move || {
                 let mut last = 0;
                 let mut loads = 0u64;
-                while !stop.load(Ordering::Relaxed) {
+                start.wait();
+                loop {
+                    let stopping = stop.load(Ordering::Acquire);
                     let t = slot.load();
                     assert!(t.epoch >= last, "epoch went back from {last} to {}", t.epoch);
                     // The version is the one published under its epoch: epoch 1 is the empty start, epoch
@@ -56,17 +62,23 @@ fn readers_see_whole_increasing_versions_while_the_publisher_swaps() {
                     assert_eq!(ports, want, "epoch {} holds another version's policy", t.epoch);
                     last = t.epoch;
                     loads += 1;
+                    if stopping {
+                        break;
+                    }
                 }
-                loads
+                (loads, last)
             })
         })
         .collect();
+    start.wait();
     for i in 0..300 {
         publisher.apply(&policy(1000 + i)).unwrap();
     }
-    stop.store(true, Ordering::Relaxed);
+    stop.store(true, Ordering::Release);
     for r in readers {
-        assert!(r.join().unwrap() > 0);
+        let (loads, last) = r.join().unwrap();
+        assert!(loads > 0);
+        assert_eq!(last, 301, "a reader's last load, after the publisher stopped, sees the last version");
     }
     assert_eq!(slot.epoch(), 301);
     assert_eq!(slot.collect(), 0, "every replaced version is freed once readers let go");
