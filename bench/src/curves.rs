@@ -58,6 +58,15 @@ impl Column {
 pub struct Row {
     pub x: f64,
     pub values: Vec<f64>,
+    /// The baseline's values measured alternately with this point, when it was (the ratio columns divide
+    /// by these; otherwise by the first row's values).
+    pub base: Option<Vec<f64>>,
+}
+
+impl Row {
+    pub fn new(x: f64, values: Vec<f64>) -> Row {
+        Row { x, values, base: None }
+    }
 }
 
 /// A curve: its points, what they are against (the first row), and how to draw it.
@@ -97,7 +106,7 @@ pub fn value_text(v: f64) -> String {
         "n/a".into()
     } else if v == 0.0 {
         "0".into()
-    } else if a >= 100.0 {
+    } else if a >= 100.0 || (a >= 10.0 && v.fract() == 0.0) {
         format!("{v:.0}")
     } else if a >= 10.0 {
         format!("{v:.1}")
@@ -118,7 +127,7 @@ pub fn markdown(curves: &[Curve], preamble: &str) -> String {
         for col in &c.columns {
             head.push(col.name.to_string());
             if col.ratio {
-                head.push(format!("× {} {}", count_text(c.rows.first().map_or(0.0, |r| r.x)), c.x));
+                head.push(format!("× ({} = {})", c.x, count_text(c.rows.first().map_or(0.0, |r| r.x))));
             }
         }
         let _ = writeln!(out, "| {} |", head.join(" | "));
@@ -129,7 +138,7 @@ pub fn markdown(curves: &[Curve], preamble: &str) -> String {
                 let v = r.values.get(i).copied().unwrap_or(f64::NAN);
                 cells.push(value_text(v));
                 if col.ratio {
-                    let base = c.rows[0].values.get(i).copied().unwrap_or(f64::NAN);
+                    let base = r.base.as_ref().unwrap_or(&c.rows[0].values).get(i).copied().unwrap_or(f64::NAN);
                     cells.push(if base != 0.0 { format!("{:.2}", v / base) } else { "n/a".into() });
                 }
             }
@@ -288,25 +297,6 @@ pub fn run(quick: bool, out: Option<PathBuf>) -> Result<(), String> {
 
 const BATCH: usize = 32;
 
-/// Runs `f` over `n` items at a time for three windows of a third of `budget`; returns the median window's
-/// items a second (a burst of other work on the machine spoils one window, not the point).
-fn rate(budget: Duration, n: usize, mut f: impl FnMut(usize)) -> f64 {
-    let mut round = 0usize;
-    let windows = (0..3)
-        .map(|_| {
-            let start = Instant::now();
-            let mut done = 0usize;
-            while start.elapsed() < budget / 3 {
-                f(round);
-                done += n;
-                round += 1;
-            }
-            done as f64 / start.elapsed().as_secs_f64()
-        })
-        .collect();
-    median(windows)
-}
-
 fn median(mut v: Vec<f64>) -> f64 {
     v.sort_by(|a, b| a.total_cmp(b));
     v.get(v.len() / 2).copied().unwrap_or(f64::NAN)
@@ -336,27 +326,47 @@ fn flows(quick: bool) -> Curve {
     } else {
         &[1_000, 4_000, 16_000, 64_000, 256_000, 1_000_000, 4_000_000]
     };
-    let budget = Duration::from_millis(if quick { 400 } else { 2000 });
+    let budget = Duration::from_millis(if quick { 450 } else { 2100 });
     let slot = synth::pipeline_tables();
-    let mut rows = Vec::new();
-    for &n in sizes {
-        let capacity = n + n / 4;
-        let mut p = Pipeline::new(slot.clone(), capacity);
+    // An established table of `n` flows, every flow opened and answered; and how many were answered.
+    let open = |n: usize| {
+        let mut p = Pipeline::new(slot.clone(), n + n / 4);
         feed(&mut p, Port::Uplink(0), n, 0, synth::dns_flow);
         feed(&mut p, Port::Workload(0), n, 0, dns_reply);
         let answered = p.flows.entries().filter(|f| f.seen_reply).count();
+        (p, answered)
+    };
+    // Packets of the table's `n` flows round robin for `d`; returns Mpps.
+    let window = |p: &mut Pipeline, n: usize, d: Duration| {
         let mut batch = [Packet::new(Port::Uplink(0), synth::dns_flow(0), None); BATCH];
-        let mpps = rate(budget, BATCH, |b| {
+        let start = Instant::now();
+        let mut b = 0usize;
+        while start.elapsed() < d {
             for (j, s) in batch.iter_mut().enumerate() {
                 *s = Packet::new(Port::Uplink(0), synth::dns_flow((b * BATCH + j) % n), None);
             }
             p.process_current(&mut batch, 1);
-        }) / 1e6;
+            b += 1;
+        }
+        (b * BATCH) as f64 / start.elapsed().as_secs_f64() / 1e6
+    };
+    let n0 = sizes[0];
+    let (mut base, _) = open(n0);
+    let base_bytes = base.flows.bytes_per_flow() as f64;
+    let mut rows = Vec::new();
+    for &n in sizes {
+        let (mut p, answered) = open(n);
+        // The point and the baseline take turns, three windows each: load that drifts falls on both.
+        let (mut at_base, mut at_n) = (Vec::new(), Vec::new());
+        for _ in 0..3 {
+            at_base.push(window(&mut base, n0, budget / 6));
+            at_n.push(window(&mut p, n, budget / 6));
+        }
         rows.push(Row {
             x: n as f64,
-            values: vec![mpps, p.flows.bytes_per_flow() as f64, 100.0 * answered as f64 / n as f64],
+            values: vec![median(at_n), p.flows.bytes_per_flow() as f64, 100.0 * answered as f64 / n as f64],
+            base: Some(vec![median(at_base), base_bytes, f64::NAN]),
         });
-        drop(p);
     }
     Curve {
         name: "flows",
@@ -368,9 +378,10 @@ fn flows(quick: bool) -> Curve {
         method: format!(
             "The pipeline on one core (`Pipeline::process_current`, batches of {BATCH}), the pipeline bench's \
              tables (1 000 rules on the pod behind a DNS allow): every flow opened from the uplink and answered \
-             by the pod, then packets of the flows round robin, the median of three windows of {} ms a point; the flow table sized for 1.25× \
+             by the pod, then packets of the flows round robin: three windows of {} ms a point, each after one \
+             of the 1k-flow baseline (the ratio is to those), medians; the flow table sized for 1.25× \
              the flows. Bytes per flow are the table's entry and index bytes over its capacity.",
-            budget.as_millis() / 3
+            budget.as_millis() / 6
         ),
         columns: vec![
             Column::new("established Mpps", true, true),
@@ -412,7 +423,7 @@ fn policies(quick: bool) -> Curve {
             one.push(t.elapsed().as_secs_f64() * 1e3);
             drop((tables, tables2));
         }
-        rows.push(Row { x: n as f64, values: vec![median(full), median(one), bytes as f64 / 1e6] });
+        rows.push(Row::new(n as f64, vec![median(full), median(one), bytes as f64 / 1e6]));
     }
     Curve {
         name: "policies",
@@ -473,23 +484,34 @@ fn rules(quick: bool) -> Curve {
     let sizes: &[usize] = if quick { &[10, 100, 1_000, 10_000] } else { &[10, 100, 1_000, 10_000, 100_000] };
     let budget = Duration::from_millis(if quick { 300 } else { 2000 });
     let flows = 100_000usize;
+    let flows_text = count_text(flows as f64);
+    // One round: `flows` new flows from `first` on through a fresh pipeline; returns Mpps and how many
+    // were admitted.
+    let round = |slot: &Arc<TableSlot>, first: usize| {
+        let mut p = Pipeline::new(slot.clone(), 1 << 20);
+        let start = Instant::now();
+        feed(&mut p, Port::Uplink(0), flows, 0, |i| outside_flow(first + i));
+        (flows as f64 / start.elapsed().as_secs_f64() / 1e6, p.flows.len())
+    };
+    let (base_slot, _) = rule_tables(sizes[0]);
+    let mut next = 0usize;
     let mut rows = Vec::new();
     for &n in sizes {
         let (slot, terms) = rule_tables(n);
-        let (mut rounds, mut time, mut admitted) = (Vec::new(), Duration::ZERO, 0usize);
-        while time < budget || rounds.len() < 3 {
-            let mut p = Pipeline::new(slot.clone(), 1 << 20);
-            let start = Instant::now();
-            let first = rounds.len() * flows;
-            feed(&mut p, Port::Uplink(0), flows, 0, |i| outside_flow(first + i));
-            let took = start.elapsed();
-            time += took;
-            rounds.push(flows as f64 / took.as_secs_f64() / 1e6);
-            admitted = p.flows.len();
+        // The point and the 10-rule baseline take turns, round by round.
+        let (mut at_base, mut at_n, mut admitted) = (Vec::new(), Vec::new(), 0);
+        let start = Instant::now();
+        while start.elapsed() < budget || at_n.len() < 3 {
+            at_base.push(round(&base_slot, next).0);
+            let (mpps, a) = round(&slot, next + flows);
+            at_n.push(mpps);
+            admitted = a;
+            next += 2 * flows;
         }
         rows.push(Row {
             x: n as f64,
-            values: vec![median(rounds), terms as f64, 100.0 * admitted as f64 / flows as f64],
+            values: vec![median(at_n), terms as f64, 100.0 * admitted as f64 / flows as f64],
+            base: Some(vec![median(at_base), f64::NAN, f64::NAN]),
         });
     }
     Curve {
@@ -500,8 +522,9 @@ fn rules(quick: bool) -> Curve {
         log_x: true,
         log_y: false,
         method: format!(
-            "The pipeline on one core, every packet a flow it has not seen ({flows} a round, a fresh flow table \
-             each round, at least three rounds and {} ms a point, the median round): N synthetic rules on every pod (10 a policy, selectors, CIDRs, \
+            "The pipeline on one core, every packet a flow it has not seen ({flows_text} a round, a fresh flow table \
+             each round, the median of at least three rounds and {} ms a point, each round after one on the \
+             10-rule baseline, to which the ratio is): N synthetic rules on every pod (10 a policy, selectors, CIDRs, \
              ports, Pass and Log), none matching the client, then the admitting DNS allow last, so the \
              classification cannot stop early. Every flow key is new in the run, so no memo of an earlier walk \
              helps either.",
@@ -592,6 +615,7 @@ fn worker_rate(
 fn workers(quick: bool) -> Curve {
     let budget = Duration::from_millis(if quick { 500 } else { 3000 });
     let flows = 100_000usize;
+    let flows_text = count_text(flows as f64);
     let (node, resources) = worker_node();
     let publisher = TablePublisher::new(node.clone(), resources);
     let pod = publisher.ports.get(node.workloads[0].interface.as_deref().unwrap_or("cali0")).expect("pod 0 has a port");
@@ -613,7 +637,7 @@ fn workers(quick: bool) -> Curve {
             // Each worker's rate over its own busy time, summed: the workers ran side by side.
             values.push(results.iter().map(|(d, t)| *d as f64 / t.as_secs_f64()).sum::<f64>() / 1e6);
         }
-        rows.push(Row { x: n as f64, values });
+        rows.push(Row::new(n as f64, values));
     }
     Curve {
         name: "workers",
@@ -624,7 +648,7 @@ fn workers(quick: bool) -> Curve {
         log_y: false,
         method: format!(
             "The production worker (`Worker::round`: parse, pipeline, rewrite, transmit) on memory ports, one \
-             thread each, sharing one table version: {flows} flows split evenly between the workers, 64-byte \
+             thread each, sharing one table version: {flows_text} flows split evenly between the workers, 64-byte \
              frames from the uplink to pod 0 (the pipeline bench's policies); established (opened and answered \
              first) and new (a fresh flow table each pass), {} ms each; a worker's rate is its frames over its \
              own busy time, summed over the workers. Memory ports copy every frame in and out, so the absolute \
@@ -651,7 +675,11 @@ mod tests {
             log_y: false,
             method: "Made up.".into(),
             columns: vec![Column::new("rate", true, true), Column::new("bytes", false, false)],
-            rows: vec![Row { x: 1_000.0, values: vec![4.0, 112.0] }, Row { x: 1_000_000.0, values: vec![2.0, 112.0] }],
+            rows: vec![
+                Row::new(1_000.0, vec![4.0, 112.0]),
+                Row::new(1_000_000.0, vec![2.0, 112.0]),
+                Row { x: 4_000_000.0, values: vec![1.0, 130.0], base: Some(vec![5.0, 112.0]) },
+            ],
         }
     }
 
@@ -663,6 +691,7 @@ mod tests {
         assert_eq!(count_text(2.0), "2");
         assert_eq!(value_text(123.4), "123");
         assert_eq!(value_text(12.34), "12.3");
+        assert_eq!(value_text(16.0), "16");
         assert_eq!(value_text(1.234), "1.23");
         assert_eq!(value_text(0.01234), "0.012");
         assert_eq!(value_text(f64::NAN), "n/a");
@@ -675,11 +704,13 @@ mod tests {
     fn table_has_ratio_columns_against_the_first_row() {
         let md = markdown(&[sample()], "Preamble.");
         let lines: Vec<&str> = md.lines().filter(|l| l.starts_with('|')).collect();
-        assert_eq!(lines[0], "| flows | rate | × 1k flows | bytes |");
+        assert_eq!(lines[0], "| flows | rate | × (flows = 1k) | bytes |");
         assert_eq!(lines[1], "|---|---|---|---|");
         assert_eq!(lines[2], "| 1k | 4.00 | 1.00 | 112 |");
         assert_eq!(lines[3], "| 1M | 2.00 | 0.50 | 112 |");
-        assert_eq!(lines.len(), 4);
+        // A row with its own baseline is against that, not the first row.
+        assert_eq!(lines[4], "| 4M | 1.00 | 0.20 | 130 |");
+        assert_eq!(lines.len(), 5);
         assert!(md.contains("![A sample](curves-sample.svg)"), "{md}");
         assert!(md.starts_with("# Scale curves\n\nPreamble."));
     }
