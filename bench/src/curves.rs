@@ -268,6 +268,7 @@ pub fn write(dir: &Path, curves: &[Curve], preamble: &str) -> Result<Vec<PathBuf
 /// Measures every curve, prints the table, writes the files into `out` (default: the workspace's docs/).
 pub fn run(quick: bool, out: Option<PathBuf>) -> Result<(), String> {
     let started = Instant::now();
+    let load_before = load_average();
     let mut curves = Vec::new();
     for (name, measure) in [
         ("flows", flows as fn(bool) -> Curve),
@@ -281,11 +282,14 @@ pub fn run(quick: bool, out: Option<PathBuf>) -> Result<(), String> {
         curves.push(c);
     }
     let preamble = format!(
-        "Written by `cargo run --release -p calxdp-bench -- curves{}` in {:.0} s on this project's 2-core machine, \
-         shared with other work while it ran: absolute figures move by ±30% from run to run, so each curve is \
-         also given against its own first point, measured in the same run (the `×` columns).",
+        "Written by `cargo run --release -p calxdp-bench -- curves{}` in {:.0} s on a machine of {} CPUs, its load \
+         average {} at the start and {} at the end (other work shares it): absolute figures move with that \
+         load, so each curve is also given against a baseline measured in the same run (the `×` columns).",
         if quick { " --quick" } else { "" },
-        started.elapsed().as_secs_f64()
+        started.elapsed().as_secs_f64(),
+        std::thread::available_parallelism().map_or(0, |n| n.get()),
+        load_before,
+        load_average()
     );
     print!("{}", markdown(&curves, &preamble));
     let dir = out.unwrap_or_else(|| Path::new(env!("CARGO_MANIFEST_DIR")).join("../docs"));
@@ -293,6 +297,14 @@ pub fn run(quick: bool, out: Option<PathBuf>) -> Result<(), String> {
         eprintln!("curves: wrote {}", f.display());
     }
     Ok(())
+}
+
+/// The one-minute load average, as /proc/loadavg gives it ("?" where it cannot be read).
+fn load_average() -> String {
+    std::fs::read_to_string("/proc/loadavg")
+        .ok()
+        .and_then(|l| l.split_whitespace().next().map(str::to_string))
+        .unwrap_or_else(|| "?".into())
 }
 
 const BATCH: usize = 32;
