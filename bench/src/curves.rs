@@ -117,6 +117,15 @@ pub fn value_text(v: f64) -> String {
     }
 }
 
+/// Whether `v` is 1, 2 or 5 times a power of ten.
+fn one_two_five(v: f64) -> bool {
+    if v <= 0.0 || !v.is_finite() {
+        return false;
+    }
+    let m = v / 10f64.powf(v.log10().floor());
+    [1.0, 2.0, 5.0, 10.0].iter().any(|k| (m - k).abs() < 1e-6)
+}
+
 /// The Markdown of every curve: a section each, its method, and its table with the ratio columns.
 pub fn markdown(curves: &[Curve], preamble: &str) -> String {
     let mut out = String::new();
@@ -197,7 +206,8 @@ pub fn svg(c: &Curve) -> Result<String, String> {
                 .y_desc(c.y)
                 // Counts are whole: a linear axis's ticks between them stay unlabelled.
                 .x_label_formatter(&|v| if (v - v.round()).abs() > 1e-6 { String::new() } else { count_text(*v) })
-                .y_label_formatter(&|v| value_text(*v))
+                // A log axis labels 1, 2 and 5 of each decade only (its other ticks would overlap).
+                .y_label_formatter(&|v| if c.log_y && !one_two_five(*v) { String::new() } else { value_text(*v) })
                 .draw()
                 .map_err(|x| e(&x))?;
             for (k, &i) in plotted.iter().enumerate() {
@@ -708,6 +718,8 @@ mod tests {
         assert_eq!(value_text(0.01234), "0.012");
         assert_eq!(value_text(f64::NAN), "n/a");
         assert_eq!(value_text(0.0), "0");
+        assert!(one_two_five(1000.0) && one_two_five(0.2) && one_two_five(50.0));
+        assert!(!one_two_five(900.0) && !one_two_five(0.0) && !one_two_five(3.0));
     }
 
     /// The table has a column per value plus a ratio column where asked, a row per point, and the ratios
