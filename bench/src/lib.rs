@@ -6,6 +6,7 @@
 #![deny(unsafe_code)]
 
 pub mod churn;
+pub mod curves;
 pub mod e2e;
 pub mod soak;
 pub mod synth;

@@ -1,7 +1,8 @@
 //! Quick performance reports, each measured against a baseline in the same run:
 //!
 //! - `classify --quick`: new-flow classification against the linear first-match scan of the same rules;
-//! - `compile --quick`: full compile and one-policy recompile times, and table size.
+//! - `compile --quick`: full compile and one-policy recompile times, and table size;
+//! - `curves [--quick] [--out DIR]`: the scale curves, written as a table and SVG plots into docs/.
 
 // Syscalls live in `calxdp_dataplane::sys`, behind safe wrappers.
 #![deny(unsafe_code)]
@@ -24,6 +25,13 @@ fn main() -> ExitCode {
         Some("compile") => compile(quick),
         Some("pipeline") => pipeline(quick),
         Some("e2e") => calxdp_bench::e2e::run(quick),
+        Some("curves") => {
+            let out = args.iter().position(|a| a == "--out").and_then(|i| args.get(i + 1)).map(Into::into);
+            if let Err(e) = calxdp_bench::curves::run(quick, out) {
+                eprintln!("calxdp-bench curves: {e}");
+                return ExitCode::FAILURE;
+            }
+        }
         Some("churn") => {
             if let Err(e) = calxdp_bench::churn::run(quick) {
                 eprintln!("calxdp-bench churn: {e}");
@@ -39,7 +47,9 @@ fn main() -> ExitCode {
             }
         }
         _ => {
-            eprintln!("usage: calxdp-bench classify|compile|pipeline|e2e|soak|churn [--quick] [--minutes N]");
+            eprintln!(
+                "usage: calxdp-bench classify|compile|pipeline|e2e|curves|soak|churn [--quick] [--minutes N] [--out DIR]"
+            );
             return ExitCode::from(2);
         }
     }

@@ -79,8 +79,9 @@ impl SinkCounter {
     }
 }
 
-/// A 64-byte (without FCS) Ethernet/IPv4/UDP frame from the client to the sink pod, checksums correct.
-pub fn frame() -> [u8; 64] {
+/// A 64-byte (without FCS) Ethernet/IPv4/UDP frame from the client's port `src_port` to the sink pod,
+/// checksums correct.
+pub fn frame(src_port: u16) -> [u8; 64] {
     let mut f = [0u8; 64];
     f[0..6].copy_from_slice(&topo::NODE_UP_MAC);
     f[6..12].copy_from_slice(&topo::GEN_MAC);
@@ -100,7 +101,7 @@ pub fn frame() -> [u8; 64] {
         let c = checksum(0, ip);
         ip[10..12].copy_from_slice(&c.to_be_bytes());
     }
-    f[34..36].copy_from_slice(&topo::CLIENT_PORT.to_be_bytes());
+    f[34..36].copy_from_slice(&src_port.to_be_bytes());
     f[36..38].copy_from_slice(&topo::SINK_PORT.to_be_bytes());
     f[38..40].copy_from_slice(&udp_len.to_be_bytes());
     for (i, b) in f[42..].iter_mut().enumerate() {
@@ -207,8 +208,10 @@ pub struct Generator {
 }
 
 impl Generator {
-    /// Loads the XDP_TX program and starts transmitting; returns once the first run succeeded.
-    pub fn start(pace: Pace, cpu: usize) -> Result<Generator, String> {
+    /// Loads the XDP_TX program and starts transmitting the client's flow from `src_port` (the one-way
+    /// flow [`topo::CLIENT_PORT`], or the answered one [`topo::ESTABLISHED_PORT`]); returns once the first
+    /// run succeeded.
+    pub fn start(pace: Pace, cpu: usize, src_port: u16) -> Result<Generator, String> {
         let ebpf = load("cxb_tx")?;
         let prog: &Xdp = ebpf.program("cxb_tx").expect("loaded").try_into().expect("an XDP program");
         let fd: OwnedFd = prog
@@ -237,7 +240,7 @@ impl Generator {
                         return Err(e);
                     }
                 };
-                let frame = frame();
+                let frame = frame(src_port);
                 if let Pace::Rate(rate) = pace {
                     return paced(&frame, ifindex, rate, &stop2, ready_tx).map(|()| 0.0);
                 }
@@ -291,7 +294,7 @@ mod tests {
     /// The frame's IPv4 and UDP checksums verify (sum over the covered bytes folds to zero).
     #[test]
     fn frame_checksums_verify() {
-        let f = frame();
+        let f = frame(topo::CLIENT_PORT);
         assert_eq!(fold(sum16(0, &f[14..34])), 0);
         let mut pseudo = [0u8; 12];
         pseudo[0..4].copy_from_slice(&f[26..30]);

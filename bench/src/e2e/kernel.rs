@@ -5,7 +5,9 @@
 //! would the same node cost with Calico's iptables dataplane", on the same traffic and topology.
 //!
 //! One-way UDP never becomes ESTABLISHED in Linux conntrack (no reply), so, as under Felix, every frame
-//! walks the chains; calxdp's flow table likewise keeps the flow new and classifies every frame.
+//! walks the chains; calxdp's flow table likewise keeps the flow new and classifies every frame. The
+//! answered flow (the established mix) is accepted by the `-m conntrack --ctstate RELATED,ESTABLISHED -j
+//! ACCEPT` Felix puts first in the pod's chains, and calxdp takes its conntrack fast path.
 
 use calxdp::render::{self, apply};
 use calxdp_policy::node::NodeConfig;
@@ -21,6 +23,8 @@ pub struct KernelSetup {
     pub rules: usize,
     /// Rules in the pod's ingress chain and the policy chains it jumps to.
     pub pod_rules: usize,
+    /// The position (from 1) in the pod's ingress chain of its `--ctstate RELATED,ESTABLISHED` accept.
+    pub established_at: Option<usize>,
     pub ipsets: usize,
     /// How the node's ingress veth accepts XDP_TX'ed frames: "gro" or "xdp-pass".
     pub napi: &'static str,
@@ -53,6 +57,24 @@ pub fn setup(node: &NodeConfig, resources: &ResourceSet) -> Result<KernelSetup, 
             &topo::mac_text(topo::SINK_MAC),
             "dev",
             NODE_POD_IF,
+            "nud",
+            "permanent",
+        ],
+    )?;
+    // The sink's replies leave by the uplink toward the gateway (the generator's side, which has no address
+    // to answer ARP with).
+    run(
+        "ip",
+        &[
+            "-n",
+            NODE_NS,
+            "neigh",
+            "replace",
+            &topo::ip_text(topo::GATEWAY_IP),
+            "lladdr",
+            &topo::mac_text(topo::GEN_MAC),
+            "dev",
+            up,
             "nud",
             "permanent",
         ],
@@ -94,9 +116,13 @@ pub fn setup(node: &NodeConfig, resources: &ResourceSet) -> Result<KernelSetup, 
                     .sum::<usize>()
         })
         .unwrap_or(0);
+    let established_at = filter
+        .and_then(|t| t.chain(&pod_chain))
+        .and_then(|c| c.rules.iter().position(|r| r.matches.contains("--ctstate RELATED,ESTABLISHED")))
+        .map(|i| i + 1);
     let ipsets = rules.v4.sets.len() + rules.v6.sets.len();
     apply::apply(Some(NODE_NS), &rules, &[], &[])?;
-    Ok(KernelSetup { backend: "iptables-legacy".into(), rules: count, pod_rules, ipsets, napi, pass })
+    Ok(KernelSetup { backend: "iptables-legacy".into(), rules: count, pod_rules, established_at, ipsets, napi, pass })
 }
 
 /// Undoes everything [`setup`] did, so the next forwarder finds the node namespace as it was.
@@ -109,6 +135,7 @@ pub fn teardown(setup: KernelSetup) {
     let _ = run_in(NODE_NS, "sysctl", &["-q", "-w", "net.ipv4.ip_forward=0"]);
     let _ = run("ip", &["-n", NODE_NS, "neigh", "del", &topo::ip_text(topo::SINK_IP), "dev", NODE_POD_IF]);
     let _ = run("ip", &["-n", NODE_NS, "route", "del", &format!("{}/32", topo::ip_text(topo::SINK_IP))]);
+    let _ = run("ip", &["-n", NODE_NS, "neigh", "del", &topo::ip_text(topo::GATEWAY_IP), "dev", NODE_UP_IF]);
     let _ = run("ip", &["-n", NODE_NS, "addr", "flush", "dev", NODE_UP_IF]);
     let _ = run_in(NODE_NS, "sh", &["-c", &format!("echo 0 > /sys/class/net/{NODE_UP_IF}/queues/rx-0/rps_cpus")]);
     if setup.napi == "gro" {

@@ -8,6 +8,13 @@
 //! 3. **kernel** — Linux forwarding under `calxdp render iptables` of the same node and policies
 //!    (`kernel`): what the same node costs with Calico's iptables dataplane.
 //!
+//! Two traffic mixes go through calxdp and the kernel: the **one-way** flow (never answered, so every frame
+//! is a NEW one for Linux's conntrack and calxdp's, and walks the policy), and the **established** flow (a
+//! flow of its own the sink pod answers during the warm-up, so both conntracks have seen both directions
+//! before the window: Linux accepts it at Felix's leading `--ctstate RELATED,ESTABLISHED` rule, calxdp at its
+//! flow-table fast path). Forwarded frames are counted where they arrive, on the sink's veth, for every
+//! forwarder and mix; the replies are counted where they arrive too, on the generator's veth.
+//!
 //! The generator (`gen`, BPF_PROG_RUN live frames) is pinned to CPU 0 and every forwarder to CPU 1; the
 //! forwarders take turns (one window each per round, three rounds) and each figure is the median of its
 //! three windows. It also measures policy-update-to-enforcement latency on calxdp
@@ -57,6 +64,8 @@ struct Counters {
     sink_rx: Counter,
     /// Frames the node's uplink veth received.
     node_in: Counter,
+    /// Frames the generator's veth received: the sink's replies, once forwarded.
+    gen_rx: Counter,
     sink_xdp: SinkCounter,
 }
 
@@ -70,6 +79,18 @@ struct Window {
     /// The same as `forwarded`, counted by the sink's XDP program (a cross-check).
     counted: f64,
 }
+
+/// Which of the client's flows a window sends.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Mix {
+    /// [`topo::CLIENT_PORT`], never answered.
+    OneWay,
+    /// [`topo::ESTABLISHED_PORT`], answered by the sink during the warm-up.
+    Established,
+}
+
+/// Replies the sink sends in an established window's warm-up.
+const REPLIES: usize = 5;
 
 /// The medians of a forwarder's windows.
 #[derive(Debug, Clone)]
@@ -115,6 +136,7 @@ fn bench(quick: bool) -> Result<(), String> {
     let counters = Counters {
         sink_rx: topo::in_netns(topo::SINK_NS, || Counter::open(topo::SINK_IF, "rx_packets"))?,
         node_in: topo::in_netns(topo::NODE_NS, || Counter::open(topo::NODE_UP_IF, "rx_packets"))?,
+        gen_rx: topo::in_netns(topo::GEN_NS, || Counter::open(topo::GEN_IF, "rx_packets"))?,
         sink_xdp: topo::in_netns(topo::SINK_NS, || SinkCounter::attach(topo::SINK_IF))?,
     };
     println!(
@@ -130,9 +152,19 @@ fn bench(quick: bool) -> Result<(), String> {
         window.as_secs()
     );
     println!("e2e: sink counts with an XDP program ({} mode) on {}", counters.sink_xdp.mode, topo::SINK_IF);
+    println!(
+        "e2e: established mix: the flow from port {} is answered by the sink ({REPLIES} replies {}:{} -> {}:{} in \
+         the warm-up, counted on {}), then measured like the one-way flow",
+        topo::ESTABLISHED_PORT,
+        topo::ip_text(topo::SINK_IP),
+        topo::SINK_PORT,
+        topo::ip_text(topo::CLIENT_IP),
+        topo::ESTABLISHED_PORT,
+        topo::GEN_IF
+    );
 
     // The forwarders take turns, one window each per round, so drifting load on the machine falls on all.
-    let mut results: Vec<Result3> = ["ceiling", "calxdp", "kernel"]
+    let mut results: Vec<Result3> = ["ceiling", "calxdp", "kernel", "calxdp-est", "kernel-est"]
         .into_iter()
         .map(|name| Result3 { name, windows: Vec::new(), gen_pps: Vec::new(), note: String::new() })
         .collect();
@@ -141,29 +173,32 @@ fn bench(quick: bool) -> Result<(), String> {
         // 1. The ceiling: a raw AF_XDP reflector.
         {
             let reflector = Reflector::start()?;
-            let measured = drive(&counters, warm, window);
+            let measured = drive(&counters, warm, window, Mix::OneWay);
             let (rx, tx) = reflector.stop()?;
-            let (w, g) = measured?;
+            let (w, g, _) = measured?;
             results[0].push(w, g, format!("reflector received {rx}, sent {tx} (copy mode, both veths native XDP)"));
         }
 
-        // 2. calxdp with the policies.
-        let (w, g, note) = topo::in_netns(topo::NODE_NS, || {
+        // 2. calxdp with the policies, the one-way then the established mix.
+        let ((w, g, note), (we, ge, note_e)) = topo::in_netns(topo::NODE_NS, || {
             let live = start_calxdp(&node, &allow)?;
             let modes: Vec<String> = live.attach_modes.iter().map(|(i, m)| format!("{i}:{m}")).collect();
-            let measured = drive(&counters, warm, window);
+            let one_way = drive(&counters, warm, window, Mix::OneWay);
+            let established = one_way.is_ok().then(|| drive(&counters, warm, window, Mix::Established));
             let (c, io) = live.stop();
-            let (w, g) = measured?;
+            let (w, g, _) = one_way?;
+            let (we, ge, replies) = established.expect("driven after a one-way success")?;
             let note = format!(
-                "XDP {}; last round: worker packets {} allowed {} tx_full {}",
+                "XDP {}; last round, both mixes: worker packets {} allowed {} tx_full {}",
                 modes.join(" "),
                 c.packets,
                 c.allowed,
                 io.tx_full
             );
-            Ok((w, g, note))
+            Ok(((w, g, note), (we, ge, format!("replies forwarded to the client: {replies}/{REPLIES}"))))
         })?;
         results[1].push(w, g, note);
+        results[3].push(we, ge, note_e);
 
         // 3. The kernel under calxdp render iptables of the same node and policies.
         if kernel_skipped.is_none() {
@@ -175,10 +210,21 @@ fn bench(quick: bool) -> Result<(), String> {
                          {FORWARD_CPU} by RPS",
                         setup.backend, setup.rules, setup.pod_rules, setup.ipsets, setup.napi
                     );
-                    let measured = drive(&counters, warm, window);
+                    let at = setup.established_at.map_or_else(|| "absent".to_string(), |i| format!("rule {i}"));
+                    let one_way = drive(&counters, warm, window, Mix::OneWay);
+                    let established = one_way.is_ok().then(|| drive(&counters, warm, window, Mix::Established));
                     kernel::teardown(setup);
-                    let (w, g) = measured?;
+                    let (w, g, _) = one_way?;
+                    let (we, ge, replies) = established.expect("driven after a one-way success")?;
                     results[2].push(w, g, note);
+                    results[4].push(
+                        we,
+                        ge,
+                        format!(
+                            "replies forwarded to the client: {replies}/{REPLIES}; the pod chain's --ctstate \
+                             RELATED,ESTABLISHED accept: {at}"
+                        ),
+                    );
                 }
                 Err(e) => kernel_skipped = Some(e),
             }
@@ -186,7 +232,7 @@ fn bench(quick: bool) -> Result<(), String> {
     }
     if let Some(e) = &kernel_skipped {
         println!("e2e: kernel measurement skipped: {e}");
-        results.pop();
+        results.retain(|r| !r.name.starts_with("kernel"));
     }
 
     // Policy-update-to-enforcement latency on calxdp at 1k policies.
@@ -214,9 +260,23 @@ fn start_calxdp(node: &NodeConfig, resources: &ResourceSet) -> Result<LiveNode, 
 }
 
 /// Runs the generator flat out and measures one window after a warm-up; also returns the generator's own
-/// rate while it ran.
-fn drive(c: &Counters, warm: Duration, window: Duration) -> Result<(Window, f64), String> {
-    let generator = Generator::start(Pace::Flat, GEN_CPU)?;
+/// rate while it ran, and (the established mix) how many of the sink's replies reached the client's veth.
+fn drive(c: &Counters, warm: Duration, window: Duration, mix: Mix) -> Result<(Window, f64, u64), String> {
+    let port = match mix {
+        Mix::OneWay => topo::CLIENT_PORT,
+        Mix::Established => topo::ESTABLISHED_PORT,
+    };
+    let generator = Generator::start(Pace::Flat, GEN_CPU, port)?;
+    let mut replies = 0;
+    if mix == Mix::Established {
+        // The flow is open (the forwarder has seen the client's frames); the sink answers it, and the
+        // answers that come out of the forwarder's uplink prove it saw both directions.
+        std::thread::sleep(warm / 5);
+        let before = c.gen_rx.read();
+        topo::in_netns(topo::SINK_NS, || topo::reply(REPLIES, Duration::from_millis(10)))?;
+        std::thread::sleep(Duration::from_millis(20));
+        replies = c.gen_rx.read().saturating_sub(before);
+    }
     std::thread::sleep(warm);
     let read = || (c.node_in.read(), c.sink_rx.read(), c.sink_xdp.count());
     let (n0, r0, x0) = read();
@@ -227,7 +287,7 @@ fn drive(c: &Counters, warm: Duration, window: Duration) -> Result<(Window, f64)
     let rate = |a: u64, b: u64| b.saturating_sub(a) as f64 / secs;
     let w = Window { offered: rate(n0, n1), forwarded: rate(r0, r1), counted: rate(x0, x1) };
     let gen_pps = generator.stop()?;
-    Ok((w, gen_pps))
+    Ok((w, gen_pps, replies))
 }
 
 /// The node, the policies that admit the flow, and the same with the admitting policy turned to Deny.
@@ -397,7 +457,7 @@ fn enforcement(live: &mut LiveNode, allow: &ResourceSet, deny: &ResourceSet, sin
     let mut out = Enforcement::default();
     // The control thread (this one, which compiles) and the poller float: pinning them beside the
     // generator stalls the stream while the tables compile, which would read as early enforcement.
-    let generator = match Generator::start(Pace::Rate(RATE), GEN_CPU) {
+    let generator = match Generator::start(Pace::Rate(RATE), GEN_CPU, topo::CLIENT_PORT) {
         Ok(g) => g,
         Err(e) => {
             out.problems.push(e);
@@ -479,7 +539,7 @@ fn enforcement(live: &mut LiveNode, allow: &ResourceSet, deny: &ResourceSet, sin
 fn report(results: &[Result3], policies: usize, terms: usize, latency: Option<Enforcement>) {
     println!("e2e: calxdp policies: {policies} resources; the pod's compiled ingress walk: {terms} terms");
     println!(
-        "{:<9} {:>10} {:>12} {:>14} {:>13} {:>20}",
+        "{:<10} {:>10} {:>12} {:>14} {:>13} {:>20}",
         "forwarder", "gen_pps", "node_in_pps", "forwarded_pps", "sink_xdp_pps", "forwarded min..max"
     );
     for r in results {
@@ -487,7 +547,7 @@ fn report(results: &[Result3], policies: usize, terms: usize, latency: Option<En
         let lo = fw.iter().copied().fold(f64::INFINITY, f64::min);
         let hi = fw.iter().copied().fold(0.0, f64::max);
         println!(
-            "{:<9} {:>10.0} {:>12.0} {:>14.0} {:>13.0} {:>20}",
+            "{:<10} {:>10.0} {:>12.0} {:>14.0} {:>13.0} {:>20}",
             r.name,
             median(r.gen_pps.clone()),
             r.median(|w| w.offered),
@@ -495,7 +555,7 @@ fn report(results: &[Result3], policies: usize, terms: usize, latency: Option<En
             r.median(|w| w.counted),
             format!("{lo:.0}..{hi:.0}")
         );
-        println!("          {}", r.note);
+        println!("           {}", r.note);
     }
     let get = |n: &str| results.iter().find(|r| r.name == n).map(|r| r.median(|w| w.forwarded));
     let fmt = |v: Option<f64>| v.map(|v| format!("{v:.0}")).unwrap_or_else(|| "n/a".into());
@@ -504,13 +564,18 @@ fn report(results: &[Result3], policies: usize, terms: usize, latency: Option<En
         _ => "n/a".into(),
     };
     let (ceiling, calxdp, kernel) = (get("ceiling"), get("calxdp"), get("kernel"));
+    let (calxdp_est, kernel_est) = (get("calxdp-est"), get("kernel-est"));
     println!(
-        "ceiling_pps={} calxdp_pps={} kernel_pps={} calxdp_vs_ceiling={} calxdp_vs_kernel={}",
+        "ceiling_pps={} calxdp_pps={} kernel_pps={} calxdp_vs_ceiling={} calxdp_vs_kernel={} \
+         calxdp_established_pps={} kernel_established_pps={} calxdp_vs_kernel_established={}",
         fmt(ceiling),
         fmt(calxdp),
         fmt(kernel),
         ratio(calxdp, ceiling),
-        ratio(calxdp, kernel)
+        ratio(calxdp, kernel),
+        fmt(calxdp_est),
+        fmt(kernel_est),
+        ratio(calxdp_est, kernel_est)
     );
     let offered = median(results.iter().flat_map(|r| r.windows.iter().map(|w| w.offered)).collect());
     let gen = median(results.iter().flat_map(|r| r.gen_pps.iter().copied()).collect());

@@ -39,7 +39,14 @@ pub const CLIENT_IP: [u8; 4] = [220, 77, 0, 1];
 /// The pod in the sink namespace.
 pub const SINK_IP: [u8; 4] = [192, 168, 77, 2];
 pub const SINK_PORT: u16 = 9999;
+/// The client's one-way flow: never answered, so it stays NEW in every conntrack.
 pub const CLIENT_PORT: u16 = 40000;
+/// The client's answered flow: the sink replies to it before it is measured, so the forwarders' conntrack
+/// has seen both directions (ESTABLISHED). A port of its own, so the one-way flow's entry never sees a reply.
+pub const ESTABLISHED_PORT: u16 = 40001;
+/// The pod's gateway, as Calico configures every pod (answered by the node's veth MAC here, a permanent
+/// neighbour entry in the sink).
+pub const POD_GATEWAY_IP: [u8; 4] = [169, 254, 1, 1];
 
 pub fn mac_text(m: [u8; 6]) -> String {
     m.iter().map(|b| format!("{b:02x}")).collect::<Vec<_>>().join(":")
@@ -113,6 +120,27 @@ impl Topology {
             run_in(ns, "ethtool", &["-K", ifname, "tx", "off"])?;
         }
         run("ip", &["-n", SINK_NS, "addr", "add", &format!("{}/32", ip_text(SINK_IP)), "dev", SINK_IF])?;
+        // The pod's way back to the client (its replies), as Calico configures a pod: a default route via
+        // 169.254.1.1 on its veth, here with the gateway's MAC fixed to the node's veth.
+        let gw = ip_text(POD_GATEWAY_IP);
+        run("ip", &["-n", SINK_NS, "route", "add", &gw, "dev", SINK_IF, "scope", "link"])?;
+        run("ip", &["-n", SINK_NS, "route", "add", "default", "via", &gw, "dev", SINK_IF])?;
+        run(
+            "ip",
+            &[
+                "-n",
+                SINK_NS,
+                "neigh",
+                "replace",
+                &gw,
+                "lladdr",
+                &mac_text(NODE_POD_MAC),
+                "dev",
+                SINK_IF,
+                "nud",
+                "permanent",
+            ],
+        )?;
         Ok(topo)
     }
 }
@@ -144,6 +172,24 @@ pub fn in_netns<T: Send>(ns: &str, f: impl FnOnce() -> Result<T, String> + Send)
         .join()
         .unwrap_or_else(|p| std::panic::resume_unwind(p))
     })
+}
+
+/// Sends `count` UDP datagrams from the sink pod's port [`SINK_PORT`] to the client's
+/// [`ESTABLISHED_PORT`], `gap` apart: the replies that make the answered flow ESTABLISHED in the forwarder's
+/// conntrack. Call on a thread inside the sink namespace. Returns how many the socket took.
+pub fn reply(count: usize, gap: std::time::Duration) -> Result<usize, String> {
+    use std::net::{Ipv4Addr, SocketAddrV4, UdpSocket};
+    let local = SocketAddrV4::new(Ipv4Addr::from(SINK_IP), SINK_PORT);
+    let sock = UdpSocket::bind(local).map_err(|e| format!("bind {local} in {SINK_NS}: {e}"))?;
+    let to = SocketAddrV4::new(Ipv4Addr::from(CLIENT_IP), ESTABLISHED_PORT);
+    let mut sent = 0;
+    for _ in 0..count {
+        if sock.send_to(b"reply", to).is_ok() {
+            sent += 1;
+        }
+        std::thread::sleep(gap);
+    }
+    Ok(sent)
 }
 
 /// Pins the calling thread to one CPU (None: every CPU). Best effort: returns whether it worked.
