@@ -324,12 +324,6 @@ fn median(mut v: Vec<f64>) -> f64 {
     v.get(v.len() / 2).copied().unwrap_or(f64::NAN)
 }
 
-/// The answer of the pod to [`synth::dns_flow`] `i`.
-fn dns_reply(i: usize) -> PacketHeader {
-    let q = synth::dns_flow(i);
-    PacketHeader { src: q.dst, dst: q.src, src_port: q.dst_port, dst_port: q.src_port, ..q }
-}
-
 /// Runs `header(0..n)` through `p` from `port`, a batch at a time.
 fn feed(p: &mut Pipeline, port: Port, n: usize, now: u64, header: impl Fn(usize) -> PacketHeader) {
     let mut batch = [Packet::new(port, header(0), None); BATCH];
@@ -354,7 +348,7 @@ fn flows(quick: bool) -> Curve {
     let open = |n: usize| {
         let mut p = Pipeline::new(slot.clone(), n + n / 4);
         feed(&mut p, Port::Uplink(0), n, 0, synth::dns_flow);
-        feed(&mut p, Port::Workload(0), n, 0, dns_reply);
+        feed(&mut p, Port::Workload(0), n, 0, synth::dns_reply);
         let answered = p.flows.entries().filter(|f| f.seen_reply).count();
         (p, answered)
     };
@@ -617,7 +611,7 @@ fn worker_rate(
         sent
     };
     if established {
-        let answers: Vec<Vec<u8>> = (0..flows).map(|i| frame(dns_reply(first + i))).collect();
+        let answers: Vec<Vec<u8>> = (0..flows).map(|i| frame(synth::dns_reply(first + i))).collect();
         pass(&mut w, &q, 0, pod);
         pass(&mut w, &answers, pod, 0);
     }
