@@ -17,6 +17,7 @@ pub mod port_drops;
 pub mod ports;
 pub mod reassembly;
 pub mod reject;
+pub mod services;
 // The one module allowed `unsafe`: syscalls and memory shared with the kernel, behind safe wrappers.
 #[allow(unsafe_code)]
 pub mod sys;

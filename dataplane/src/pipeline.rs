@@ -17,7 +17,7 @@ use calxdp_policy::node::{DenyAction, EndpointToHostAction, Failsafe};
 use calxdp_policy::packet::PacketHeader;
 use calxdp_policy::resolve::{Direction, Stage};
 use calxdp_policy::resource::Protocol;
-use calxdp_policy::service::{find_service, pick_backend, ServiceNat};
+use calxdp_policy::service::{pick_backend, ServiceNat};
 use calxdp_policy::verdict::{Reason, RuleOwner, RuleRef, Verdict};
 
 use crate::flow::{FlowLookup, FlowTable, Nanos};
@@ -950,7 +950,8 @@ fn service_nat(t: &TableSet, p: &mut Packet) {
         return;
     }
     let node = &t.world.node;
-    if let Some(svc) = find_service(node, p.header.protocol, p.header.dst, p.header.dst_port) {
+    let is_host_ip = |ip| t.ports.is_host_ip(ip);
+    if let Some(svc) = t.services.find(node, is_host_ip, p.header.protocol, p.header.dst, p.header.dst_port) {
         match pick_backend(svc, p.header.src, p.header.src_port) {
             ServiceNat::NoBackends => {
                 p.drop(Decision::ServiceWithoutEndpoints);

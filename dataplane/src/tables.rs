@@ -30,6 +30,8 @@ pub struct TableSet {
     pub ports: PortMap,
     /// Service front ends and backends, for choosing a flow's owning worker.
     pub service_ends: crate::owner::ServiceEnds,
+    /// The services by front end, for service NAT.
+    pub services: crate::services::ServiceIndex,
     /// Unique in the process, across every slot (epochs restart with each publisher): what memos of
     /// this version's answers are keyed by (`walk_cache`).
     pub generation: u64,
@@ -66,9 +68,10 @@ impl TableSet {
     ) -> TableSet {
         let ports = PortMap::with_workload_ports(&world, workload_ports);
         let service_ends = crate::owner::ServiceEnds::new(&world.node);
+        let services = crate::services::ServiceIndex::new(&world.node);
         let generation = GENERATIONS.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
         let log_limits = Arc::new(RuleLogLimits::new(&compiled.rules, log_rate(&world), None));
-        TableSet { epoch, world, compiled, ports, service_ends, generation, flushes: Vec::new(), log_limits }
+        TableSet { epoch, world, compiled, ports, service_ends, services, generation, flushes: Vec::new(), log_limits }
     }
 }
 
