@@ -95,7 +95,7 @@ pub fn setup(node: &NodeConfig, resources: &ResourceSet) -> Result<KernelSetup, 
         })
         .unwrap_or(0);
     let ipsets = rules.v4.sets.len() + rules.v6.sets.len();
-    apply::apply(Some(NODE_NS), &rules, &[], &[])?;
+    apply::apply(Some(NODE_NS), &rules, &[], &[]).map_err(|e| e.to_string())?;
     Ok(KernelSetup { backend: "iptables-legacy".into(), rules: count, pod_rules, ipsets, napi, pass })
 }
 
