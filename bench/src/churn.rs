@@ -23,9 +23,9 @@ fn apply(front: &mut FrontEnd, publisher: &mut TablePublisher, msgs: &[ToDatapla
         write_frame(&mut bytes, m).map_err(|e| e.to_string())?;
     }
     let t = Instant::now();
-    read_all(front, &mut &bytes[..], None)?;
-    let (node, resources) = front.model()?;
-    publisher.set_model(node, resources).map_err(|e| e.0)?;
+    read_all(front, &mut &bytes[..], None).map_err(|e| e.to_string())?;
+    let (node, resources) = front.model().map_err(|e| e.to_string())?;
+    publisher.set_model(node, resources).map_err(|e| e.to_string())?;
     Ok(t.elapsed())
 }
 
@@ -46,7 +46,7 @@ pub fn run(quick: bool) -> Result<(), String> {
     let yaml_insync = t.elapsed();
     drop(yaml);
     let mut emulator = Emulator::new();
-    let snapshot = emulator.update(FelixView::compute(&node, &resources)?);
+    let snapshot = emulator.update(FelixView::compute(&node, &resources).map_err(|e| e.to_string())?);
     let mut seq = snapshot.len() as u64;
 
     let mut front = FrontEnd::new(&node);
@@ -90,7 +90,7 @@ pub fn run(quick: bool) -> Result<(), String> {
 
     // One active policy changed: a new first rule.
     let (pkey, _) = front.state.policies.iter().next().map(|(k, p)| (k.clone(), p.clone())).ok_or("no policies")?;
-    let view = FelixView::compute(&node, &resources)?;
+    let view = FelixView::compute(&node, &resources).map_err(|e| e.to_string())?;
     let mut policy = view.policies.get(&pkey).cloned().ok_or("policy not in the view")?;
     policy.inbound_rules.insert(
         0,

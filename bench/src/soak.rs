@@ -71,7 +71,7 @@ spec:
 ";
 
 fn ip(args: &[&str]) -> Result<(), String> {
-    calxdp::live::ip(args)
+    calxdp::live::ip(args).map_err(|e| e.to_string())
 }
 
 fn exec(ns: &str, cmd: &[&str]) -> Result<(), String> {
@@ -93,7 +93,7 @@ fn topology() -> Result<Namespaces, String> {
     }
     let mut ns = Namespaces::default();
     for n in [NODE, EXT, POD] {
-        ns.add(n)?;
+        ns.add(n).map_err(|e| e.to_string())?;
     }
     ip(&["link", "add", "eth0", "netns", NODE, "type", "veth", "peer", "name", "ext0", "netns", EXT])?;
     ip(&["link", "add", "calisoak", "netns", NODE, "type", "veth", "peer", "name", "eth0", "netns", POD])?;
@@ -179,7 +179,7 @@ fn start(dir: &std::path::Path) -> Result<Run, String> {
     let handle = std::thread::spawn(move || {
         netns::enter(NODE).map_err(|e| format!("namespace {NODE}: {e}"))?;
         let opts = LiveOptions { log_rules: false, ..LiveOptions::default() };
-        calxdp::run::run(&d.join("node.yaml"), &d.join("policies"), &opts, s, false, Some(r))
+        calxdp::run::run(&d.join("node.yaml"), &d.join("policies"), &opts, s, false, Some(r)).map_err(|e| e.to_string())
     });
     let deadline = Instant::now() + Duration::from_secs(20);
     while !ready.load(Ordering::Acquire) {

@@ -222,21 +222,59 @@ fn all_namespaces() -> Vec<&'static str> {
     v
 }
 
-fn exec(ns: &str, cmd: &[&str]) -> Result<(), String> {
+/// Why a command run in a namespace failed.
+#[derive(Debug, thiserror::Error)]
+pub enum ExecError {
+    #[error("cannot run {program}: {error}")]
+    Spawn { program: String, error: std::io::Error },
+    /// The command joined by spaces, and what it wrote to stderr (trimmed).
+    #[error("`{command}` in {ns} failed: {stderr}")]
+    Failed { command: String, ns: String, stderr: String },
+}
+
+/// Why the demo could not run (not a flow that misbehaved: those are the table's).
+#[derive(Debug, thiserror::Error)]
+pub enum DemoError {
+    #[error("the demo needs root and iproute2: it builds network namespaces and attaches XDP programs")]
+    Unavailable,
+    /// The node or policies shipped with the demo do not load.
+    #[error(transparent)]
+    Load(#[from] calxdp_policy::yaml::LoadError),
+    #[error(transparent)]
+    Ip(#[from] crate::live::IpError),
+    #[error("namespace {0}: {1}")]
+    Namespace(&'static str, std::io::Error),
+    #[error(transparent)]
+    Exec(#[from] ExecError),
+    #[error("{0} (install ethtool: apt-get install ethtool)")]
+    Ethtool(ExecError),
+    #[error("{0} (install iputils-ping)")]
+    Ping(ExecError),
+    #[error(transparent)]
+    Start(#[from] crate::live::StartError),
+    #[error(transparent)]
+    Admin(#[from] crate::admin::server::ServeError),
+}
+
+fn exec(ns: &str, cmd: &[&str]) -> Result<(), ExecError> {
     let out = std::process::Command::new("ip")
         .args(["netns", "exec", ns])
         .args(cmd)
         .output()
-        .map_err(|e| format!("cannot run {}: {e}", cmd[0]))?;
+        .map_err(|error| ExecError::Spawn { program: cmd[0].to_string(), error })?;
     if out.status.success() {
         Ok(())
     } else {
-        Err(format!("`{}` in {ns} failed: {}", cmd.join(" "), String::from_utf8_lossy(&out.stderr).trim()))
+        Err(ExecError::Failed {
+            command: cmd.join(" "),
+            ns: ns.to_string(),
+            stderr: String::from_utf8_lossy(&out.stderr).trim().to_string(),
+        })
     }
 }
 
 /// Builds the demo's namespaces and links; they are deleted when the returned value is dropped.
-fn build_topology(workers: usize) -> Result<Namespaces, String> {
+fn build_topology(workers: usize) -> Result<Namespaces, DemoError> {
     for ns in all_namespaces() {
         let _ = ip(&["netns", "del", ns]); // a previous demo that was killed
     }
@@ -245,7 +283,7 @@ fn build_topology(workers: usize) -> Result<Namespaces, String> {
         topo.add(ns)?;
         // ICMP datagram sockets for any user, so ping needs no raw socket.
         netns::run_in(ns, || std::fs::write("/proc/sys/net/ipv4/ping_group_range", "0 2147483647").ok())
-            .map_err(|e| format!("namespace {ns}: {e}"))?;
+            .map_err(|e| DemoError::Namespace(ns, e))?;
     }
     // The uplink's wire: the external host at 10.0.0.1, routing the pod network via the node.
     ip(&["link", "add", "eth0", "netns", NODE, "type", "veth", "peer", "name", "eth0", "netns", EXT])?;
@@ -272,14 +310,13 @@ fn build_topology(workers: usize) -> Result<Namespaces, String> {
                 let _ = std::fs::write(format!("/proc/sys/net/ipv6/conf/{f}/disable_ipv6"), "0");
             }
         })
-        .map_err(|e| format!("namespace {ns}: {e}"))?;
+        .map_err(|e| DemoError::Namespace(ns, e))?;
         ip(&["-n", ns, "-6", "addr", "add", &format!("{addr}/128"), "dev", "eth0", "nodad"])?;
         ip(&["-n", ns, "-6", "route", "add", "default", "via", IPV6_GATEWAY, "dev", "eth0"])?;
     }
     // Senders into an XDP program on veth must not leave checksums to offload: XDP sees the frame as is.
     for ns in PODS.iter().map(|p| p.0).chain([EXT]) {
-        exec(ns, &["ethtool", "-K", "eth0", "tx", "off"])
-            .map_err(|e| format!("{e} (install ethtool: apt-get install ethtool)"))?;
+        exec(ns, &["ethtool", "-K", "eth0", "tx", "off"]).map_err(DemoError::Ethtool)?;
     }
     // One queue per worker on both ends of every veth, so the flows spread over the workers.
     if workers > 1 {
@@ -337,15 +374,12 @@ fn serve(ns: &'static str, tcp: &'static [u16], udp: &'static [u16], stop: Arc<A
 }
 
 /// Tries a flow from inside its namespace; true if the application got its answer.
-fn attempt(f: &Flow) -> Result<bool, String> {
+fn attempt(f: &Flow) -> Result<bool, DemoError> {
     let (kind, src, dst, port) = (f.kind, f.src, f.dst, f.port);
     if kind == Kind::Ping {
-        return exec(f.from, &["ping", "-c", "1", "-W", "1", dst]).map(|()| true).or_else(|e| {
-            if e.contains("cannot run") {
-                Err(format!("{e} (install iputils-ping)"))
-            } else {
-                Ok(false)
-            }
+        return exec(f.from, &["ping", "-c", "1", "-W", "1", dst]).map(|()| true).or_else(|e| match e {
+            ExecError::Spawn { .. } => Err(DemoError::Ping(e)),
+            ExecError::Failed { .. } => Ok(false),
         });
     }
     netns::run_in(f.from, move || {
@@ -384,11 +418,11 @@ fn attempt(f: &Flow) -> Result<bool, String> {
             Kind::Ping => unreachable!("handled above"),
         }
     })
-    .map_err(|e| format!("namespace {}: {e}", f.from))
+    .map_err(|e| DemoError::Namespace(f.from, e))
 }
 
 /// Runs the whole demo and prints its table; false if any flow did not behave as Linux Calico would.
-pub fn demo(workers: usize, show_trace: bool) -> Result<bool, String> {
+pub fn demo(workers: usize, show_trace: bool) -> Result<bool, DemoError> {
     demo_keep(workers, show_trace, None)
 }
 
@@ -403,15 +437,15 @@ pub struct Keep {
 /// [`demo`]; with `keep`, after the table the node keeps running (its echo servers too, so traffic can be
 /// sent from the namespaces), serving the admin API, until `keep.stop` is raised; then everything is torn
 /// down as without it.
-pub fn demo_keep(workers: usize, show_trace: bool, keep: Option<Keep>) -> Result<bool, String> {
+pub fn demo_keep(workers: usize, show_trace: bool, keep: Option<Keep>) -> Result<bool, DemoError> {
     if crate::parity::live_level::unavailable().is_some() {
-        return Err("the demo needs root and iproute2: it builds network namespaces and attaches XDP programs".into());
+        return Err(DemoError::Unavailable);
     }
     let origin = Origin::file("examples/demo/node.yaml");
-    let docs = parse_documents(NODE_YAML, &origin).map_err(|e| e.to_string())?;
-    let node = NodeConfig::parse(Field::root(&docs[0], &origin)).map_err(|e| e.to_string())?;
+    let docs = parse_documents(NODE_YAML, &origin)?;
+    let node = NodeConfig::parse(Field::root(&docs[0], &origin))?;
     let mut resources = ResourceSet::new();
-    let loaded = load_text(POLICIES_YAML, &Origin::file("examples/demo/policies.yaml")).map_err(|e| e.to_string())?;
+    let loaded = load_text(POLICIES_YAML, &Origin::file("examples/demo/policies.yaml"))?;
     resources.apply_all(loaded.into_iter().map(|d| d.resource));
 
     println!("calxdp demo: building the node in network namespaces (cxdemo-*)");
@@ -420,7 +454,7 @@ pub fn demo_keep(workers: usize, show_trace: bool, keep: Option<Keep>) -> Result
     let (n, r) = (node.clone(), resources.clone());
     let opts = LiveOptions { workers, ..LiveOptions::default() };
     let mut live = netns::run_in(NODE, move || LiveNode::start(n, r, &opts, Some(tx)))
-        .map_err(|e| format!("namespace {NODE}: {e}"))??;
+        .map_err(|e| DemoError::Namespace(NODE, e))??;
     // The admin API is served from this thread's namespace: the socket is a file, and the metrics port is
     // where the operator's tools are.
     let served = match &keep {
@@ -510,7 +544,7 @@ fn drain(rx: &Receiver<TraceRecord>) {
 
 /// One line per flow: what was tried, what Linux Calico does, what the application saw, and the verdict of
 /// the flow's first packet with the rule that decided it.
-fn print_table(live: &LiveNode, records: &[TraceRecord], results: &[Result<bool, String>]) -> bool {
+fn print_table(live: &LiveNode, records: &[TraceRecord], results: &[Result<bool, DemoError>]) -> bool {
     let tables = live.publisher.slot().hold();
     let mut all_ok = true;
     println!("\n{:<3} {:<66} {:<8} {:<8} {:<6} why (first packet of the flow)", "#", "flow", "calico", "seen", "match");

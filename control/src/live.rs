@@ -30,7 +30,7 @@ use calxdp_dataplane::xdp::Redirect;
 use calxdp_policy::node::{parse_mac, NodeConfig};
 use calxdp_policy::resource::ResourceSet;
 
-use crate::publisher::TablePublisher;
+use crate::publisher::{Rejected, TablePublisher};
 
 /// Frames in flight from one worker to another.
 const HANDOFF_SLOTS: u32 = 1024;
@@ -141,7 +141,7 @@ impl LiveNode {
         resources: ResourceSet,
         opts: &LiveOptions,
         trace: Option<SyncSender<TraceRecord>>,
-    ) -> Result<LiveNode, String> {
+    ) -> Result<LiveNode, StartError> {
         preflight(&node, opts)?;
         // Before anything on the host is touched: another calxdp on these interfaces refuses this one.
         let locks = lock_interfaces(&node, opts)?;
@@ -163,14 +163,14 @@ impl LiveNode {
         // The host tap: one queue per worker.
         let mut taps = Vec::new();
         for _ in 0..opts.workers {
-            let tap = Tap::open(&opts.tap, opts.workers > 1).map_err(|e| Tap::open_error(&opts.tap, &e))?;
+            let tap =
+                Tap::open(&opts.tap, opts.workers > 1).map_err(|e| StartError::Tap(Tap::open_error(&opts.tap, &e)))?;
             taps.push(tap);
         }
         configure_tap(&node, opts)?;
 
         let (log_queue, log_writer, log_thread) = if opts.log_rules {
-            let (tx, state, handle) = log::spawn_writer(std::io::stderr(), LOG_QUEUE)
-                .map_err(|e| format!("cannot start the log writer: {e}"))?;
+            let (tx, state, handle) = log::spawn_writer(std::io::stderr(), LOG_QUEUE).map_err(StartError::LogWriter)?;
             (Some(tx), Some(state), Some(handle))
         } else {
             (None, None, None)
@@ -222,7 +222,7 @@ impl LiveNode {
                         }
                     }
                 })
-                .map_err(|e| format!("cannot start worker thread {i}: {e}"))?;
+                .map_err(|e| StartError::WorkerThread(i, e))?;
             shared.push(s);
             threads.push(handle);
         }
@@ -259,7 +259,7 @@ impl LiveNode {
                         _ => None,
                     })
                     .unwrap_or_else(|| format!("interface {} could not be taken over", u.name));
-                return Err(why);
+                return Err(StartError::Uplink(why));
             }
         }
         Ok(live)
@@ -392,14 +392,14 @@ impl LiveNode {
 
     /// Puts a changed node in force: the tables first (with the flushes of addresses that went away), then
     /// the ports (new pods attached if their veth exists, removed ones detached).
-    pub fn set_node(&mut self, node: NodeConfig) -> Result<(), String> {
+    pub fn set_node(&mut self, node: NodeConfig) -> Result<(), Rejected> {
         let mut node = node;
         for (u, old) in node.uplinks.iter_mut().zip(&self.node.uplinks) {
             if u.mac.is_none() {
                 u.mac = old.mac;
             }
         }
-        self.publisher.set_node(node.clone()).map_err(|e| e.to_string())?;
+        self.publisher.set_node(node.clone())?;
         self.node = node;
         self.supervise();
         Ok(())
@@ -430,14 +430,14 @@ impl LiveNode {
     }
 
     /// [`LiveNode::set_node`] with a new resource set too, in one publication (the Felix driver).
-    pub fn set_model(&mut self, node: NodeConfig, resources: ResourceSet) -> Result<(), String> {
+    pub fn set_model(&mut self, node: NodeConfig, resources: ResourceSet) -> Result<(), Rejected> {
         let mut node = node;
         for (u, old) in node.uplinks.iter_mut().zip(&self.node.uplinks) {
             if u.mac.is_none() {
                 u.mac = old.mac;
             }
         }
-        self.publisher.set_model(node.clone(), resources).map_err(|e| e.to_string())?;
+        self.publisher.set_model(node.clone(), resources)?;
         self.node = node;
         self.supervise();
         Ok(())
@@ -538,31 +538,78 @@ impl Drop for LiveNode {
     }
 }
 
+/// Why the node could not start: what is missing and what to do, a sentence for an operator.
+#[derive(Debug, thiserror::Error)]
+pub enum StartError {
+    #[error("--workers must be at least 1")]
+    NoWorkers,
+    #[error(
+        "the node dataplane needs root (CAP_NET_ADMIN, CAP_NET_RAW, CAP_BPF): it attaches XDP programs, opens \
+         AF_XDP sockets and creates a tap"
+    )]
+    NotRoot,
+    #[error("interface {0} (uplink) does not exist in this network namespace; create it or fix the node file")]
+    NoUplink(String),
+    #[error(
+        "interface {name} has {rx} receive and {tx} transmit queue(s) but {workers} workers were asked for; each \
+         worker owns one queue of every interface"
+    )]
+    FewQueues { name: String, rx: usize, tx: usize, workers: usize },
+    #[error("/dev/net/tun is missing: load the tun module (modprobe tun) so calxdp can make the host tap")]
+    NoTun,
+    /// Bytes the UMEMs need and bytes `ulimit -l` allows.
+    #[error(
+        "memlock limit too low: the AF_XDP UMEMs need {} KiB of locked memory but `ulimit -l` allows {} KiB; run \
+         as root (CAP_IPC_LOCK) or raise the limit",
+        .need / 1024,
+        .limit / 1024
+    )]
+    Memlock { need: usize, limit: u64 },
+    #[error("cannot create {LOCK_DIR}: {0}")]
+    LockDir(std::io::Error),
+    #[error("cannot read this thread's network namespace: {0}")]
+    Netns(std::io::Error),
+    #[error(
+        "another calxdp already runs on {name} ({what}) in this network namespace (lock {}); stop it first — \
+         nothing was changed",
+        .path.display()
+    )]
+    Locked { name: String, what: &'static str, path: std::path::PathBuf },
+    #[error("cannot lock {}: {error}", .path.display())]
+    Lock { path: std::path::PathBuf, error: std::io::Error },
+    /// The tap could not be opened: the sentence names what holds it or what is missing.
+    #[error("{0}")]
+    Tap(String),
+    #[error(transparent)]
+    Ip(#[from] IpError),
+    #[error("cannot start the log writer: {0}")]
+    LogWriter(std::io::Error),
+    #[error("cannot start worker thread {0}: {1}")]
+    WorkerThread(usize, std::io::Error),
+    /// An uplink was not taken over: the attach's own sentence (as its port event says it).
+    #[error("{0}")]
+    Uplink(String),
+}
+
 /// Where the interface locks live.
 const LOCK_DIR: &str = "/run/calxdp";
 
 /// Takes a lock per uplink and on the tap's name, in this network namespace: a second `calxdp run` (or a
 /// demo) on the same interfaces is refused with a sentence before it changes a route, an address or a link.
-fn lock_interfaces(node: &NodeConfig, opts: &LiveOptions) -> Result<Vec<netns::HeldLock>, String> {
-    std::fs::create_dir_all(LOCK_DIR).map_err(|e| format!("cannot create {LOCK_DIR}: {e}"))?;
+fn lock_interfaces(node: &NodeConfig, opts: &LiveOptions) -> Result<Vec<netns::HeldLock>, StartError> {
+    std::fs::create_dir_all(LOCK_DIR).map_err(StartError::LockDir)?;
     // Locks left by killed processes (a clean exit removes its own): the directory stays as small as the
     // number of running nodes' interfaces.
     netns::sweep_locks(std::path::Path::new(LOCK_DIR));
-    let ns = netns::current_netns_id().map_err(|e| format!("cannot read this thread's network namespace: {e}"))?;
+    let ns = netns::current_netns_id().map_err(StartError::Netns)?;
     let mut locks = Vec::new();
     let names = node.uplinks.iter().map(|u| (u.name.as_str(), "uplink")).chain([(opts.tap.as_str(), "host tap")]);
     for (name, what) in names {
         let path = std::path::Path::new(LOCK_DIR).join(format!("net{ns}-{name}.lock"));
         match netns::try_lock(&path) {
             Ok(Some(f)) => locks.push(f),
-            Ok(None) => {
-                return Err(format!(
-                    "another calxdp already runs on {name} ({what}) in this network namespace (lock {}); stop it \
-                     first — nothing was changed",
-                    path.display()
-                ))
-            }
-            Err(e) => return Err(format!("cannot lock {}: {e}", path.display())),
+            Ok(None) => return Err(StartError::Locked { name: name.to_string(), what, path }),
+            Err(e) => return Err(StartError::Lock { path, error: e }),
         }
     }
     Ok(locks)
@@ -594,7 +641,7 @@ pub struct Namespaces(Vec<String>);
 impl Namespaces {
     /// Creates namespace `name` with loopback up and IPv6 off by default, so no autoconfiguration chatter
     /// reaches the dataplane unasked.
-    pub fn add(&mut self, name: &str) -> Result<(), String> {
+    pub fn add(&mut self, name: &str) -> Result<(), IpError> {
         ip(&["netns", "add", name])?;
         self.0.push(name.to_string());
         netns::run_in(name, || {
@@ -602,7 +649,7 @@ impl Namespaces {
                 let _ = std::fs::write(format!("/proc/sys/net/ipv6/conf/{f}/disable_ipv6"), "1");
             }
         })
-        .map_err(|e| format!("entering namespace {name}: {e}"))?;
+        .map_err(|e| IpError::Enter(name.to_string(), e))?;
         ip(&["-n", name, "link", "set", "lo", "up"])
     }
 }
@@ -616,46 +663,35 @@ impl Drop for Namespaces {
 }
 
 /// Checks what the node needs before touching anything.
-fn preflight(node: &NodeConfig, opts: &LiveOptions) -> Result<(), String> {
+fn preflight(node: &NodeConfig, opts: &LiveOptions) -> Result<(), StartError> {
     if opts.workers == 0 {
-        return Err("--workers must be at least 1".into());
+        return Err(StartError::NoWorkers);
     }
     if !is_root() {
-        return Err("the node dataplane needs root (CAP_NET_ADMIN, CAP_NET_RAW, CAP_BPF): it attaches XDP \
-                    programs, opens AF_XDP sockets and creates a tap"
-            .into());
+        return Err(StartError::NotRoot);
     }
     for u in &node.uplinks {
         let Some(link) = link_info(&u.name) else {
-            return Err(format!(
-                "interface {} (uplink) does not exist in this network namespace; create it or fix the node file",
-                u.name
-            ));
+            return Err(StartError::NoUplink(u.name.clone()));
         };
         if link.rx_queues.min(link.tx_queues) < opts.workers {
-            return Err(format!(
-                "interface {} has {} receive and {} transmit queue(s) but {} workers were asked for; each \
-                 worker owns one queue of every interface",
-                u.name, link.rx_queues, link.tx_queues, opts.workers
-            ));
+            return Err(StartError::FewQueues {
+                name: u.name.clone(),
+                rx: link.rx_queues,
+                tx: link.tx_queues,
+                workers: opts.workers,
+            });
         }
     }
     let names = interfaces(node);
     if !std::path::Path::new("/dev/net/tun").exists() {
-        return Err(
-            "/dev/net/tun is missing: load the tun module (modprobe tun) so calxdp can make the host tap".into()
-        );
+        return Err(StartError::NoTun);
     }
     let need = opts.xsk.umem_bytes() * names.len() * opts.workers;
     if !has_cap_ipc_lock() {
         let limit = calxdp_dataplane::sys::process::memlock_limit();
-        if limit.is_some_and(|l| (l as usize) < need) {
-            return Err(format!(
-                "memlock limit too low: the AF_XDP UMEMs need {} KiB of locked memory but `ulimit -l` allows {} KiB; \
-                 run as root (CAP_IPC_LOCK) or raise the limit",
-                need / 1024,
-                limit.unwrap_or(0) / 1024
-            ));
+        if let Some(limit) = limit.filter(|&l| (l as usize) < need) {
+            return Err(StartError::Memlock { need, limit });
         }
     }
     Ok(())
@@ -705,19 +741,31 @@ fn interface_mac(name: &str) -> Option<[u8; 6]> {
     link_info(name)?.mac
 }
 
+/// Why an `ip` command (or entering a namespace made with one) failed; the error names the command.
+#[derive(Debug, thiserror::Error)]
+pub enum IpError {
+    #[error("cannot run `ip` (install iproute2): {0}")]
+    Spawn(std::io::Error),
+    /// The arguments joined by spaces, and what `ip` wrote to stderr (trimmed).
+    #[error("`ip {args}` failed: {stderr}")]
+    Failed { args: String, stderr: String },
+    #[error("entering namespace {0}: {1}")]
+    Enter(String, std::io::Error),
+}
+
 /// Runs `ip` with the arguments; the error names the command.
-pub fn ip(args: &[&str]) -> Result<(), String> {
-    let out = Command::new("ip").args(args).output().map_err(|e| format!("cannot run `ip` (install iproute2): {e}"))?;
+pub fn ip(args: &[&str]) -> Result<(), IpError> {
+    let out = Command::new("ip").args(args).output().map_err(IpError::Spawn)?;
     if out.status.success() {
         Ok(())
     } else {
-        Err(format!("`ip {}` failed: {}", args.join(" "), String::from_utf8_lossy(&out.stderr).trim()))
+        Err(IpError::Failed { args: args.join(" "), stderr: String::from_utf8_lossy(&out.stderr).trim().to_string() })
     }
 }
 
 /// The tap carries the uplink's MAC and MTU; on a real node also the node's addresses, its default route
 /// and a /32 route to each local pod (so the host reaches pods through the dataplane, under policy).
-fn configure_tap(node: &NodeConfig, opts: &LiveOptions) -> Result<(), String> {
+fn configure_tap(node: &NodeConfig, opts: &LiveOptions) -> Result<(), IpError> {
     let tap = opts.tap.as_str();
     // A node without uplinks (pods only) still has a host stack; its tap gets a fixed local MAC.
     let mac = node.uplinks.first().and_then(|u| u.mac).unwrap_or([0x02, 0xca, 0x1c, 0, 0, 1]);

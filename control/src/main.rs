@@ -431,14 +431,14 @@ fn demo(
     metrics: Option<SocketAddr>,
 ) -> Result<bool, String> {
     if !keep {
-        return calxdp::demo::demo(workers, trace);
+        return calxdp::demo::demo(workers, trace).map_err(|e| e.to_string());
     }
     let stop = Arc::new(AtomicBool::new(false));
     for sig in [signal_hook::consts::SIGINT, signal_hook::consts::SIGTERM] {
         signal_hook::flag::register(sig, stop.clone()).map_err(|e| format!("cannot handle signals: {e}"))?;
     }
     let serve = ServeOptions { admin: Some(admin.unwrap_or_else(calxdp::admin::default_socket)), metrics };
-    calxdp::demo::demo_keep(workers, trace, Some(calxdp::demo::Keep { serve, stop }))
+    calxdp::demo::demo_keep(workers, trace, Some(calxdp::demo::Keep { serve, stop })).map_err(|e| e.to_string())
 }
 
 /// A protocol by name or number.

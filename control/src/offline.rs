@@ -17,11 +17,16 @@ use calxdp_dataplane::worker::{Clock, LogOutput, TraceRecord, Worker, WorkerShar
 use calxdp_policy::node::NodeConfig;
 use calxdp_policy::resource::ResourceSet;
 
-use crate::publisher::TablePublisher;
+use crate::publisher::{Rejected, TablePublisher};
 use crate::wire_hosts;
 
 /// Rounds a frame may take to settle (resolution and handoff included) before the harness gives up.
 const MAX_ROUNDS: usize = 64;
+
+/// A frame was given to a port that has no memory port attached.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, thiserror::Error)]
+#[error("port {0} is not attached")]
+pub struct NotAttached(pub PortId);
 
 /// A node on memory ports, and what it sends.
 #[derive(Debug)]
@@ -38,7 +43,7 @@ pub struct OfflineNode {
 impl OfflineNode {
     /// The node with its resources; with `log_lines`, the Log rules' lines are kept (each rule rate-limited
     /// as Felix configures) for [`OfflineNode::take_log_lines`].
-    pub fn new(mut node: NodeConfig, resources: ResourceSet, log_lines: bool) -> Result<OfflineNode, String> {
+    pub fn new(mut node: NodeConfig, resources: ResourceSet, log_lines: bool) -> OfflineNode {
         // A live node reads each uplink's MAC off its interface; these interfaces have none, so an uplink
         // without one in the node file gets a locally administered stand-in.
         for (u, up) in node.uplinks.iter_mut().enumerate() {
@@ -69,7 +74,7 @@ impl OfflineNode {
         );
         let mut n = OfflineNode { publisher, worker, clock, trace, logs: log_rx, attached: BTreeMap::new() };
         n.attach_pods();
-        Ok(n)
+        n
     }
 
     /// The tables in force.
@@ -108,32 +113,32 @@ impl OfflineNode {
 
     /// Puts a changed node in force: tables first (with the flushes of addresses that went away), then the
     /// pods' ports.
-    pub fn set_node(&mut self, mut node: NodeConfig) -> Result<(), String> {
+    pub fn set_node(&mut self, mut node: NodeConfig) -> Result<(), Rejected> {
         for (u, old) in node.uplinks.iter_mut().zip(&self.publisher.node().uplinks) {
             if u.mac.is_none() {
                 u.mac = old.mac;
             }
         }
-        self.publisher.set_node(node).map_err(|e| e.to_string())?;
+        self.publisher.set_node(node)?;
         self.attach_pods();
         Ok(())
     }
 
     /// [`OfflineNode::set_node`] with a new resource set too, in one publication.
-    pub fn set_model(&mut self, mut node: NodeConfig, resources: ResourceSet) -> Result<(), String> {
+    pub fn set_model(&mut self, mut node: NodeConfig, resources: ResourceSet) -> Result<(), Rejected> {
         for (u, old) in node.uplinks.iter_mut().zip(&self.publisher.node().uplinks) {
             if u.mac.is_none() {
                 u.mac = old.mac;
             }
         }
-        self.publisher.set_model(node, resources).map_err(|e| e.to_string())?;
+        self.publisher.set_model(node, resources)?;
         self.attach_pods();
         Ok(())
     }
 
     /// Queues a frame to arrive on port `id`.
-    pub fn inject(&mut self, id: PortId, frame: Vec<u8>) -> Result<(), String> {
-        let port = self.worker.memory_port(id).ok_or_else(|| format!("port {id} is not attached"))?;
+    pub fn inject(&mut self, id: PortId, frame: Vec<u8>) -> Result<(), NotAttached> {
+        let port = self.worker.memory_port(id).ok_or(NotAttached(id))?;
         port.rx.push_back(frame);
         Ok(())
     }

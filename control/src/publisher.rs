@@ -22,14 +22,15 @@ pub struct Published {
     pub took: Duration,
 }
 
-/// Why an update was not published.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub struct Rejected(pub String);
-
-impl std::fmt::Display for Rejected {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str(&self.0)
-    }
+/// Why an update was not published; the tables in force stay.
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+pub enum Rejected {
+    #[error("delete {0}: no such resource")]
+    NoSuchResource(ResourceKey),
+    #[error(transparent)]
+    Node(#[from] calxdp_policy::node::NodeError),
+    #[error("the node's interfaces (uplinks) changed: restart calxdp to take them over")]
+    UplinksChanged,
 }
 
 /// The port ids of the pods' interfaces (`calxdp_dataplane::ports`): an interface keeps its id from the
@@ -131,7 +132,7 @@ impl TablePublisher {
     pub fn delete(&mut self, key: &ResourceKey) -> Result<Published, Rejected> {
         let mut next = self.resources.clone();
         if next.delete(key) == 0 {
-            return Err(Rejected(format!("delete {key}: no such resource")));
+            return Err(Rejected::NoSuchResource(key.clone()));
         }
         self.replace(next)
     }
@@ -144,9 +145,9 @@ impl TablePublisher {
     /// in force. Returns the publication and the addresses whose flows must be flushed: those a local
     /// workload had and no longer has (semantics §8.2).
     pub fn set_node(&mut self, node: NodeConfig) -> Result<(Published, Vec<std::net::IpAddr>), Rejected> {
-        node.check().map_err(Rejected)?;
+        node.check()?;
         if node.uplinks != self.node.uplinks {
-            return Err(Rejected("the node's interfaces (uplinks) changed: restart calxdp to take them over".into()));
+            return Err(Rejected::UplinksChanged);
         }
         let removed = calxdp_policy::node::removed_workload_addresses(&self.node, &node);
         let previous = std::mem::replace(&mut self.node, node);
@@ -167,9 +168,9 @@ impl TablePublisher {
         node: NodeConfig,
         next: ResourceSet,
     ) -> Result<(Published, Vec<std::net::IpAddr>), Rejected> {
-        node.check().map_err(Rejected)?;
+        node.check()?;
         if node.uplinks != self.node.uplinks {
-            return Err(Rejected("the node's interfaces (uplinks) changed: restart calxdp to take them over".into()));
+            return Err(Rejected::UplinksChanged);
         }
         let removed = calxdp_policy::node::removed_workload_addresses(&self.node, &node);
         let previous = std::mem::replace(&mut self.node, node);

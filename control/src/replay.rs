@@ -28,9 +28,9 @@ pub enum ReplayError {
     /// The capture cannot be read.
     #[error("{}: {error}", path.display())]
     Capture { path: PathBuf, error: PcapError },
-    /// The offline node refused the node and policies, or a frame.
-    #[error("{0}")]
-    Setup(String),
+    /// A frame named a port the offline node has not attached.
+    #[error(transparent)]
+    Inject(#[from] crate::offline::NotAttached),
     /// An output capture cannot be written.
     #[error("{}: {error}", path.display())]
     Output { path: PathBuf, error: std::io::Error },
@@ -55,7 +55,7 @@ pub fn replay(node: NodeConfig, policies: &Path, capture: &Path) -> Result<Repla
     let records = pcap::read_all(std::io::BufReader::new(file)).map_err(unreadable)?;
 
     // The production worker on memory ports, one frame per round at the capture's own time.
-    let mut offline = OfflineNode::new(node.clone(), resources, true).map_err(ReplayError::Setup)?;
+    let mut offline = OfflineNode::new(node.clone(), resources, true);
     let start = records.first().map(|r| r.nanos).unwrap_or(0);
     let port_name = |p: Port| p.name_in(&node);
     let mut report = String::new();
@@ -76,7 +76,7 @@ pub fn replay(node: NodeConfig, policies: &Path, capture: &Path) -> Result<Repla
         let now = rec.nanos.saturating_sub(start);
         offline.clock.set(now);
         let id = offline.id_of(port);
-        offline.inject(id, rec.data.clone()).map_err(ReplayError::Setup)?;
+        offline.inject(id, rec.data.clone())?;
         let traced = offline.settle();
         let tables = offline.tables();
         let mine = traced.iter().find(|r| {

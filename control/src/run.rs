@@ -13,10 +13,28 @@ use calxdp_dataplane::worker::TraceRecord;
 use calxdp_policy::node::NodeConfig;
 use calxdp_policy::resource::{load_path, ResourceSet};
 use calxdp_policy::verdict::Verdict;
+use calxdp_policy::yaml::LoadError;
 
 use crate::admin::server::{AdminServer, ServeOptions};
 use crate::admin::NodeView;
 use crate::live::{LiveNode, LiveOptions, PortEvent};
+
+/// Why `calxdp run` stopped with an error, as it prints it.
+#[derive(Debug, thiserror::Error)]
+pub enum RunError {
+    /// The node file does not load (file:line:col: field: message).
+    #[error(transparent)]
+    Node(#[from] LoadError),
+    #[error("{0}\n(the policies must load before the node starts; nothing was changed)")]
+    Policies(LoadError),
+    #[error(transparent)]
+    Start(#[from] crate::live::StartError),
+    #[error(transparent)]
+    Admin(#[from] crate::admin::server::ServeError),
+    /// A worker stopped on its own (its panic, as the worker's death notice says it).
+    #[error("{0}; the dataplane cannot run without it")]
+    WorkerDied(String),
+}
 
 /// What the directory looked like: every policy file with its size and modification time (or why it
 /// could not be listed).
@@ -37,8 +55,8 @@ pub fn dir_state(dir: &Path) -> DirState {
 }
 
 /// Reads every policy file under `dir` into one resource set, or the first error (file:line:col field).
-pub fn load_dir(dir: &Path) -> Result<ResourceSet, String> {
-    let docs = load_path(dir).map_err(|e| e.to_string())?;
+pub fn load_dir(dir: &Path) -> Result<ResourceSet, LoadError> {
+    let docs = load_path(dir)?;
     let mut set = ResourceSet::new();
     set.apply_all(docs.into_iter().map(|d| d.resource));
     Ok(set)
@@ -67,7 +85,7 @@ pub fn run(
     stop: Arc<AtomicBool>,
     trace: bool,
     ready: Option<Arc<AtomicBool>>,
-) -> Result<RunReport, String> {
+) -> Result<RunReport, RunError> {
     run_serving(node_file, policies, opts, stop, trace, ready, &ServeOptions::default())
 }
 
@@ -82,10 +100,9 @@ pub fn run_serving(
     trace: bool,
     ready: Option<Arc<AtomicBool>>,
     serve: &ServeOptions,
-) -> Result<RunReport, String> {
-    let node = NodeConfig::load(node_file).map_err(|e| e.to_string())?;
-    let resources = load_dir(policies)
-        .map_err(|e| format!("{e}\n(the policies must load before the node starts; nothing was changed)"))?;
+) -> Result<RunReport, RunError> {
+    let node = NodeConfig::load(node_file)?;
+    let resources = load_dir(policies).map_err(RunError::Policies)?;
     let (tx, rx) = if trace {
         let (tx, rx) = std::sync::mpsc::sync_channel(4096);
         (Some(tx), Some(rx))
@@ -102,7 +119,7 @@ pub fn run_serving(
         Ok(s) => s,
         Err(e) => {
             live.stop();
-            return Err(e);
+            return Err(e.into());
         }
     };
     if let Some(p) = &server.socket {
@@ -137,7 +154,7 @@ pub fn run_serving(
         if let Some(death) = live.dead_worker() {
             say!("calxdp: {death}; stopping so the node can be restarted (XDP detaches with the process)");
             live.stop();
-            return Err(format!("{death}; the dataplane cannot run without it"));
+            return Err(RunError::WorkerDied(death));
         }
         if last_check.elapsed() >= CHECK_EVERY {
             last_check = Instant::now();

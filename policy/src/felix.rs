@@ -12,7 +12,7 @@ use std::time::Duration;
 
 use crate::conntrack::Timeouts;
 use crate::net::IpNet;
-use crate::resource::Protocol;
+use crate::resource::rule::Protocol;
 use crate::yaml::{Field, LoadError};
 
 /// `DefaultEndpointToHostAction` (semantics §7.6).
@@ -83,6 +83,14 @@ impl Failsafe {
     }
 }
 
+/// A `LogActionRateLimit` Felix would refuse (the text as given).
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+#[error(
+    "'{0}' is not a rate Felix accepts: N/second, N/minute, N/hour or N/day with N from 1 to 9999 (the unit \
+     spelled out)"
+)]
+pub struct BadLogRate(pub String);
+
 /// `LogActionRateLimit`: `N/second|minute|hour|day`, N from 1 to 9999 (Felix's `LogActionRateRegexp`).
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 pub struct LogRate {
@@ -92,13 +100,8 @@ pub struct LogRate {
 
 impl LogRate {
     /// Parses Felix's form; the error says what is wrong.
-    pub fn parse(text: &str) -> Result<LogRate, String> {
-        let bad = || {
-            format!(
-                "'{text}' is not a rate Felix accepts: N/second, N/minute, N/hour or N/day with N from 1 to 9999 (the \
-                 unit spelled out)"
-            )
-        };
+    pub fn parse(text: &str) -> Result<LogRate, BadLogRate> {
+        let bad = || BadLogRate(text.to_string());
         let (n, unit) = text.split_once('/').ok_or_else(bad)?;
         let digits_ok = !n.is_empty() && n.len() <= 4 && !n.starts_with('0') && n.bytes().all(|b| b.is_ascii_digit());
         if !digits_ok {
@@ -604,8 +607,9 @@ pub fn parse_settings(f: Field<'_>) -> Result<FelixSettings, LoadError> {
         })
         .transpose()
     })?;
-    let log_rate_limit =
-        f.with("logActionRateLimit", |p| p.map(|p| LogRate::parse(p.str()?).map_err(|m| p.error(m))).transpose())?;
+    let log_rate_limit = f.with("logActionRateLimit", |p| {
+        p.map(|p| LogRate::parse(p.str()?).map_err(|e| p.error(e.to_string()))).transpose()
+    })?;
     let log_rate_burst =
         f.with("logActionRateLimitBurst", |p| p.map(|p| p.uint(9999).map(|v| v as u32)).transpose())?;
     let conntrack_capacity = f.with("bpfMapSizeConntrack", |p| {

@@ -107,6 +107,17 @@ pub struct NodeConfig {
     pub felix: FelixConfig,
 }
 
+/// Why a node is inconsistent ([`NodeConfig::check`]).
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+pub enum NodeError {
+    #[error("interface name '{0}' is used twice")]
+    InterfaceNameTwice(String),
+    #[error("workload name '{0}' is already used by an interface, a workload or 'host'")]
+    WorkloadNameUsed(String),
+    #[error("workload interface '{0}' is used twice")]
+    WorkloadInterfaceTwice(String),
+}
+
 impl NodeConfig {
     /// Reads a node file (the schema of a parity scenario's `node:` section). A file that cannot be read
     /// or holds no document is an error about the whole file, with no position.
@@ -152,29 +163,26 @@ impl NodeConfig {
     }
 
     fn validate(&self, f: Field<'_>) -> Result<(), LoadError> {
-        self.check().map_err(|m| f.error(m))
+        self.check().map_err(|e| f.error(e.to_string()))
     }
 
     /// The node's own consistency: names and interfaces used once.
-    pub fn check(&self) -> Result<(), String> {
+    pub fn check(&self) -> Result<(), NodeError> {
         let mut names: BTreeMap<&str, &str> = BTreeMap::new();
         for u in &self.uplinks {
             if names.insert(&u.name, "interface").is_some() {
-                return Err(format!("interface name '{}' is used twice", u.name));
+                return Err(NodeError::InterfaceNameTwice(u.name.clone()));
             }
         }
         for w in &self.workloads {
             if names.insert(&w.name, "workload").is_some() || w.name == "host" {
-                return Err(format!(
-                    "workload name '{}' is already used by an interface, a workload or 'host'",
-                    w.name
-                ));
+                return Err(NodeError::WorkloadNameUsed(w.name.clone()));
             }
             if let Some(i) = &w.interface {
                 if self.uplinks.iter().any(|u| &u.name == i)
                     || self.workloads.iter().filter(|o| o.interface.as_ref() == Some(i)).count() > 1
                 {
-                    return Err(format!("workload interface '{i}' is used twice"));
+                    return Err(NodeError::WorkloadInterfaceTwice(i.clone()));
                 }
             }
         }

@@ -4,7 +4,7 @@
 use std::net::IpAddr;
 
 use crate::net::IpFamily;
-use crate::resource::Protocol;
+use crate::resource::rule::Protocol;
 
 /// TCP flag bits as they sit in the TCP header's flags byte.
 pub mod tcp_flags {

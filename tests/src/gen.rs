@@ -9,7 +9,7 @@ use calxdp_policy::node::NodeConfig;
 use calxdp_policy::packet::PacketHeader;
 use calxdp_policy::resolve::ResolvedNode;
 use calxdp_policy::resource::{load_text, Protocol, ResourceSet};
-use calxdp_policy::yaml::{parse_documents, Field, Origin};
+use calxdp_policy::yaml::{parse_documents, Field, LoadError, Origin};
 
 const SELECTORS: &[&str] = &[
     "all()",
@@ -321,19 +321,17 @@ pub fn packet() -> impl Strategy<Value = PacketHeader> {
 }
 
 /// The node and resources of a case, loaded; an error for a combination validation rejects.
-pub fn load(c: &Case) -> Result<(NodeConfig, ResourceSet), String> {
+pub fn load(c: &Case) -> Result<(NodeConfig, ResourceSet), LoadError> {
     let origin = Origin::file("node");
-    let docs = parse_documents(&c.node, &origin).map_err(|e| e.to_string())?;
-    let node = NodeConfig::parse(Field::root(&docs[0], &origin)).map_err(|e| e.to_string())?;
+    let docs = parse_documents(&c.node, &origin)?;
+    let node = NodeConfig::parse(Field::root(&docs[0], &origin))?;
     let mut rs = ResourceSet::new();
-    rs.apply_all(
-        load_text(&c.resources, &Origin::file("resources")).map_err(|e| e.to_string())?.into_iter().map(|d| d.resource),
-    );
+    rs.apply_all(load_text(&c.resources, &Origin::file("resources"))?.into_iter().map(|d| d.resource));
     Ok((node, rs))
 }
 
 /// The resolved node of a case.
-pub fn resolve(c: &Case) -> Result<ResolvedNode, String> {
+pub fn resolve(c: &Case) -> Result<ResolvedNode, LoadError> {
     let (node, rs) = load(c)?;
     Ok(ResolvedNode::new(&node, &rs))
 }

@@ -56,7 +56,7 @@ fn run(
     groups: &[(PortId, Vec<Vec<u8>>)],
     batched: bool,
 ) -> (Vec<String>, Vec<(PortId, Vec<u8>)>) {
-    let mut n = OfflineNode::new(node.clone(), rs.clone(), false).expect("the node starts");
+    let mut n = OfflineNode::new(node.clone(), rs.clone(), false);
     let mut decisions = Vec::new();
     let mut sent = Vec::new();
     for (id, frames) in groups {
@@ -112,7 +112,7 @@ proptest! {
             last = Some(pkt);
         }
         // Consecutive frames of one port make one batch.
-        let probe = OfflineNode::new(node.clone(), rs.clone(), false).unwrap();
+        let probe = OfflineNode::new(node.clone(), rs.clone(), false);
         let mut groups: Vec<(PortId, Vec<Vec<u8>>)> = Vec::new();
         for (port, pkt) in &frames {
             let id = probe.id_of(*port);

@@ -16,7 +16,7 @@ const HEAD: &str = "apiVersion: projectcalico.org/v3\nkind: GlobalNetworkPolicy\
 
 fn error_of(name: &str, text: &str) -> String {
     let p = write(name, text);
-    let err = check_path(&p).expect_err("must be rejected");
+    let err = check_path(&p).expect_err("must be rejected").to_string();
     assert!(err.starts_with(&p.display().to_string()), "{err}");
     err
 }
@@ -166,7 +166,7 @@ fn a_directory_of_scenarios_is_checked_file_by_file_with_every_error_reported() 
     .unwrap();
     let text = std::fs::read_to_string(&good).unwrap();
     std::fs::write(dir.join("d-bad-scenario.yaml"), text.replacen("steps:", "steps: 5\nsteps_:", 1)).unwrap();
-    let e = check_path(&dir).expect_err("two bad files");
+    let e = check_path(&dir).expect_err("two bad files").to_string();
     assert!(e.contains("c-bad.yaml:6:10: spec.order"), "{e}");
     assert!(e.contains("d-bad-scenario.yaml"), "{e}");
     let _ = std::fs::remove_dir_all(&dir);
@@ -195,7 +195,7 @@ fn an_unreadable_subfolder_is_named_as_itself() {
     .unwrap();
     std::fs::set_permissions(&sub, std::fs::Permissions::from_mode(0o755)).unwrap();
     std::fs::remove_dir_all(&d).ok();
-    let e = got.expect_err("refused");
+    let e = got.expect_err("refused").to_string();
     assert!(e.starts_with(&format!("{}: cannot list directory: Permission denied", sub.display())), "{e}");
 }
 

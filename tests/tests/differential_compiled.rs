@@ -3,7 +3,7 @@
 
 use proptest::prelude::*;
 
-use calxdp_policy::compile::walker::Compiled;
+use calxdp::parity::compiled_level::Compiled;
 use calxdp_policy::ids::EndpointRef;
 use calxdp_policy::packet::PacketHeader;
 use calxdp_policy::reference::{Interpreted, PolicyWalker};
@@ -22,7 +22,7 @@ proptest! {
             Err(e) => { if std::env::var_os("CALXDP_SHOW_REJECTS").is_some() { eprintln!("REJECT {e}"); } prop_assume!(false, "{}", e); unreachable!() }
         };
         let mut compiled = Compiled::default();
-        compiled.rebuild(&world).unwrap();
+        compiled.rebuild(&world);
         let mut endpoints: Vec<(EndpointRef, &[Stage])> = (0..world.workloads.len()).map(|i| (EndpointRef::Workload(i), &[Stage::Normal][..])).collect();
         for h in 0..world.host_endpoints.len() {
             endpoints.push((EndpointRef::Host(h), &[Stage::Untracked, Stage::PreDnat, Stage::Normal, Stage::Forward][..]));
@@ -58,7 +58,7 @@ fn a_pass_skips_a_log_rule_with_no_terms_at_the_end_of_its_tier() {
     packets: vec![] };
     let world = resolve(&c).unwrap();
     let mut compiled = Compiled::default();
-    compiled.rebuild(&world).unwrap();
+    compiled.rebuild(&world);
     let pkt = PacketHeader {
         src: "10.1.0.6".parse().unwrap(),
         dst: "10.2.0.1".parse().unwrap(),

@@ -32,7 +32,7 @@ proptest! {
             Err(e) => { prop_assume!(false, "{}", e); unreachable!() }
         };
         let mut direct = PipelineNode::new(&node, &rs);
-        let mut felix = FelixNode::new(&node, &rs).map_err(TestCaseError::fail)?;
+        let mut felix = FelixNode::new(&node, &rs).map_err(|e| TestCaseError::fail(e.to_string()))?;
         for (i, pkt) in c.packets.iter().enumerate() {
             let at = attach(&node, pkt);
             let a = direct.process(&at, pkt, None).unwrap();

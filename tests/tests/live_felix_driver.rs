@@ -267,7 +267,7 @@ fn endpoints_come_and_go_under_traffic() {
     let ns = node_ns.clone();
     let driver = thread::spawn(move || {
         netns::enter(&ns).map_err(|e| e.to_string())?;
-        run_driver(&opts, stop)
+        run_driver(&opts, stop).map_err(|e| e.to_string())
     });
     let mut back = Back { rx: collect(from_driver), seen: Vec::new() };
 

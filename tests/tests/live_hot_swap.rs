@@ -630,7 +630,7 @@ fn run_node(
     let started = (|| {
         enter_netns(ns)?;
         let opts = LiveOptions { tap: "cxh-host".into(), host_addresses: false, ..LiveOptions::default() };
-        LiveNode::start(node_config(), versions[0].1.clone(), &opts, Some(trace))
+        LiveNode::start(node_config(), versions[0].1.clone(), &opts, Some(trace)).map_err(|e| e.to_string())
     })();
     let mut live = match started {
         Ok(l) => {

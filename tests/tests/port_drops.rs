@@ -48,7 +48,7 @@ fn node_config(text: &str) -> NodeConfig {
 fn node() -> OfflineNode {
     let mut rs = ResourceSet::new();
     rs.apply_all(load_text(POLICY, &Origin::file("policy")).unwrap().into_iter().map(|d| d.resource));
-    OfflineNode::new(node_config(NODE), rs, false).unwrap()
+    OfflineNode::new(node_config(NODE), rs, false)
 }
 
 /// A TCP SYN from pod a (192.168.1.1) to `dst`:`port`, as a pod sends it to its gateway.

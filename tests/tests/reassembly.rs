@@ -47,7 +47,7 @@ fn node() -> OfflineNode {
     let node = calxdp_policy::node::NodeConfig::parse(Field::root(&docs[0], &origin)).unwrap_or_else(|e| panic!("{e}"));
     let mut rs = ResourceSet::new();
     rs.apply_all(load_text(POLICY, &Origin::file("policy")).unwrap().into_iter().map(|d| d.resource));
-    OfflineNode::new(node, rs, false).unwrap()
+    OfflineNode::new(node, rs, false)
 }
 
 /// A whole UDP datagram of `payload` bytes from an outside client to `dst`:`port`.

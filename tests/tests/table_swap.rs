@@ -90,7 +90,7 @@ fn a_rejected_update_leaves_the_running_tables() {
     publisher.apply(&policy(80)).unwrap();
     let before = publisher.slot().epoch();
     let err = publisher.delete(&ResourceKey::parse("GlobalNetworkPolicy/nope").unwrap()).unwrap_err();
-    assert!(err.0.contains("no such resource"));
+    assert!(err.to_string().contains("no such resource"));
     assert_eq!(publisher.slot().epoch(), before);
     assert_eq!(publisher.resources().len(), 1);
 }

@@ -121,7 +121,7 @@ pub fn setup(node: &NodeConfig, resources: &ResourceSet) -> Result<KernelSetup, 
         .and_then(|c| c.rules.iter().position(|r| r.matches.contains("--ctstate RELATED,ESTABLISHED")))
         .map(|i| i + 1);
     let ipsets = rules.v4.sets.len() + rules.v6.sets.len();
-    apply::apply(Some(NODE_NS), &rules, &[], &[])?;
+    apply::apply(Some(NODE_NS), &rules, &[], &[]).map_err(|e| e.to_string())?;
     Ok(KernelSetup { backend: "iptables-legacy".into(), rules: count, pod_rules, established_at, ipsets, napi, pass })
 }
 

@@ -254,7 +254,7 @@ fn bench(quick: bool) -> Result<(), String> {
 fn start_calxdp(node: &NodeConfig, resources: &ResourceSet) -> Result<LiveNode, String> {
     topo::pin(Some(FORWARD_CPU)); // the workers inherit it
     let opts = LiveOptions { host_addresses: true, ..Default::default() };
-    let live = LiveNode::start(node.clone(), resources.clone(), &opts, None);
+    let live = LiveNode::start(node.clone(), resources.clone(), &opts, None).map_err(|e| e.to_string());
     topo::pin(None);
     live
 }

@@ -554,7 +554,7 @@ fn explain_flow(view: &NodeView, from: &str, to: &str) -> Result<proto::Explaine
     // The reference evaluator with the node and resources the tables in force were compiled from, and an
     // empty conntrack: the answer for a new connection, stage by stage, with nothing sent.
     let mut model = ReferenceNode::new(node, resources);
-    let outcome = model.process(&attach, &pkt, None)?;
+    let outcome = model.process(&attach, &pkt, None).map_err(|e| e.to_string())?;
     let enters = match &attach {
         Attach::Workload(w) => format!("from pod {w}"),
         Attach::Uplink(u) => format!("from outside, on uplink {u}"),

@@ -10,33 +10,55 @@ use super::proto::{self, Request, Response};
 /// Longest answer the CLI reads (a full conntrack listing of a large node).
 const MAX_ANSWER: u64 = 512 * 1024 * 1024;
 
+/// An answer that is not what the request asks for (another version of calxdp answered, say).
+#[derive(Debug, thiserror::Error)]
+#[error("an answer calxdp cannot read: {0}")]
+pub struct BadAnswer(pub serde_json::Error);
+
+/// Why a request got no answer; each is a sentence naming the socket.
+#[derive(Debug, thiserror::Error)]
+pub enum AskError {
+    #[error(
+        "cannot reach a running node on {}: {error} (is `calxdp run`, `felix-driver` or `demo --keep` running? --admin \
+         names another socket)",
+        .path.display()
+    )]
+    Unreachable { path: std::path::PathBuf, error: std::io::Error },
+    #[error("cannot encode the request: {0}")]
+    Encode(serde_json::Error),
+    #[error("{}: {error}", .path.display())]
+    Send { path: std::path::PathBuf, error: std::io::Error },
+    #[error("{}: no answer: {error}", .path.display())]
+    NoAnswer { path: std::path::PathBuf, error: std::io::Error },
+    /// The node's own error, as it answered.
+    #[error("{0}")]
+    Node(String),
+    #[error("{}: {error}", .path.display())]
+    Unreadable { path: std::path::PathBuf, error: BadAnswer },
+}
+
 /// Sends `req` to the node serving `socket` and returns its answer (or the node's error).
-pub fn ask(socket: &Path, req: &Request, wait: Duration) -> Result<serde_json::Value, String> {
-    let mut s = UnixStream::connect(socket).map_err(|e| {
-        format!(
-            "cannot reach a running node on {}: {e} (is `calxdp run`, `felix-driver` or `demo --keep` running? --admin \
-             names another socket)",
-            socket.display()
-        )
-    })?;
+pub fn ask(socket: &Path, req: &Request, wait: Duration) -> Result<serde_json::Value, AskError> {
+    let at = || socket.to_path_buf();
+    let mut s = UnixStream::connect(socket).map_err(|e| AskError::Unreachable { path: at(), error: e })?;
     let _ = s.set_read_timeout(Some(wait));
     let _ = s.set_write_timeout(Some(Duration::from_secs(5)));
-    let mut line = serde_json::to_vec(req).map_err(|e| format!("cannot encode the request: {e}"))?;
+    let mut line = serde_json::to_vec(req).map_err(AskError::Encode)?;
     line.push(b'\n');
-    s.write_all(&line).map_err(|e| format!("{}: {e}", socket.display()))?;
+    s.write_all(&line).map_err(|e| AskError::Send { path: at(), error: e })?;
     let mut answer = String::new();
     BufReader::new(std::io::Read::take(&mut s, MAX_ANSWER))
         .read_line(&mut answer)
-        .map_err(|e| format!("{}: no answer: {e}", socket.display()))?;
+        .map_err(|e| AskError::NoAnswer { path: at(), error: e })?;
     match serde_json::from_str::<Response>(&answer) {
         Ok(Response::Ok(v)) => Ok(v),
-        Ok(Response::Error(e)) => Err(e),
-        Err(e) => Err(format!("{}: an answer calxdp cannot read: {e}", socket.display())),
+        Ok(Response::Error(e)) => Err(AskError::Node(e)),
+        Err(e) => Err(AskError::Unreadable { path: at(), error: BadAnswer(e) }),
     }
 }
 
-fn parse<T: serde::de::DeserializeOwned>(v: serde_json::Value) -> Result<T, String> {
-    serde_json::from_value(v).map_err(|e| format!("an answer calxdp cannot read: {e}"))
+fn parse<T: serde::de::DeserializeOwned>(v: serde_json::Value) -> Result<T, BadAnswer> {
+    serde_json::from_value(v).map_err(BadAnswer)
 }
 
 fn ms(v: f64) -> String {
@@ -54,7 +76,7 @@ fn ago(s: f64) -> String {
 }
 
 /// The answer as a human reads it.
-pub fn render(req: &Request, v: serde_json::Value) -> Result<String, String> {
+pub fn render(req: &Request, v: serde_json::Value) -> Result<String, BadAnswer> {
     let mut o = String::new();
     use std::fmt::Write as _;
     match req {

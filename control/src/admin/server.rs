@@ -40,6 +40,35 @@ pub struct ServeOptions {
     pub metrics: Option<SocketAddr>,
 }
 
+/// Why the admin API could not be served: a sentence naming the socket or the port.
+#[derive(Debug, thiserror::Error)]
+pub enum ServeError {
+    #[error("cannot listen for metrics on {0}: {1}")]
+    MetricsListen(SocketAddr, std::io::Error),
+    #[error("metrics listener: {0}")]
+    MetricsListener(std::io::Error),
+    #[error("cannot start the admin runtime: {0}")]
+    Runtime(std::io::Error),
+    #[error("cannot start the admin thread: {0}")]
+    Thread(std::io::Error),
+    #[error("cannot create {}: {error}", .path.display())]
+    CreateDir { path: std::path::PathBuf, error: std::io::Error },
+    #[error("{} exists and is not a socket; remove it or choose another --admin", .0.display())]
+    NotASocket(PathBuf),
+    #[error("another calxdp answers on {}; stop it or choose another --admin path", .0.display())]
+    Taken(PathBuf),
+    #[error("cannot remove the stale socket {}: {error}", .path.display())]
+    RemoveStale { path: std::path::PathBuf, error: std::io::Error },
+    #[error("cannot listen on {}: {error}", .path.display())]
+    Listen { path: std::path::PathBuf, error: std::io::Error },
+    #[error("cannot restrict {}: {error}", .path.display())]
+    Restrict { path: std::path::PathBuf, error: std::io::Error },
+    #[error("cannot move the socket to {}: {error}", .path.display())]
+    Move { path: std::path::PathBuf, error: std::io::Error },
+    #[error("admin socket: {0}")]
+    Socket(std::io::Error),
+}
+
 /// The running admin thread; stopping it (or dropping it) closes the listeners and removes the socket.
 #[derive(Debug)]
 pub struct AdminServer {
@@ -52,16 +81,15 @@ pub struct AdminServer {
 impl AdminServer {
     /// Binds the socket and the metrics port here (errors are sentences naming them), then serves on a
     /// thread of its own.
-    pub fn start(opts: &ServeOptions, view: Arc<NodeView>) -> Result<AdminServer, String> {
+    pub fn start(opts: &ServeOptions, view: Arc<NodeView>) -> Result<AdminServer, ServeError> {
         let unix = match &opts.admin {
             Some(path) => Some(bind_socket(path)?),
             None => None,
         };
         let tcp = match opts.metrics {
             Some(addr) => {
-                let l = std::net::TcpListener::bind(addr)
-                    .map_err(|e| format!("cannot listen for metrics on {addr}: {e}"))?;
-                l.set_nonblocking(true).map_err(|e| format!("metrics listener: {e}"))?;
+                let l = std::net::TcpListener::bind(addr).map_err(|e| ServeError::MetricsListen(addr, e))?;
+                l.set_nonblocking(true).map_err(ServeError::MetricsListener)?;
                 Some(l)
             }
             None => None,
@@ -74,11 +102,11 @@ impl AdminServer {
             .max_blocking_threads(4)
             .thread_name("calxdp-admin-answer")
             .build()
-            .map_err(|e| format!("cannot start the admin runtime: {e}"))?;
+            .map_err(ServeError::Runtime)?;
         let thread = std::thread::Builder::new()
             .name("calxdp-admin".into())
             .spawn(move || runtime.block_on(serve(unix, tcp, view, stopped)))
-            .map_err(|e| format!("cannot start the admin thread: {e}"))?;
+            .map_err(ServeError::Thread)?;
         Ok(AdminServer { socket: opts.admin.clone(), metrics, stop: Some(stop), thread: Some(thread) })
     }
 
@@ -131,22 +159,20 @@ fn sweep_dead_sockets(dir: &Path) {
 
 /// Binds the admin socket, readable and writable by root only (it can flush conntrack). A socket file
 /// left by a node that died is replaced; one a running node answers on is not.
-fn bind_socket(path: &Path) -> Result<std::os::unix::net::UnixListener, String> {
+fn bind_socket(path: &Path) -> Result<std::os::unix::net::UnixListener, ServeError> {
+    let at = |p: &Path| p.to_path_buf();
     if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
-        std::fs::create_dir_all(dir).map_err(|e| format!("cannot create {}: {e}", dir.display()))?;
+        std::fs::create_dir_all(dir).map_err(|e| ServeError::CreateDir { path: at(dir), error: e })?;
         sweep_dead_sockets(dir);
     }
     if let Ok(meta) = std::fs::symlink_metadata(path) {
         if !meta.file_type().is_socket() {
-            return Err(format!("{} exists and is not a socket; remove it or choose another --admin", path.display()));
+            return Err(ServeError::NotASocket(at(path)));
         }
         if std::os::unix::net::UnixStream::connect(path).is_ok() {
-            return Err(format!(
-                "another calxdp answers on {}; stop it or choose another --admin path",
-                path.display()
-            ));
+            return Err(ServeError::Taken(at(path)));
         }
-        std::fs::remove_file(path).map_err(|e| format!("cannot remove the stale socket {}: {e}", path.display()))?;
+        std::fs::remove_file(path).map_err(|e| ServeError::RemoveStale { path: at(path), error: e })?;
     }
     // Bound in a directory only root can enter, made root-only, then moved into place: there is no moment
     // at which another user could connect.
@@ -157,19 +183,19 @@ fn bind_socket(path: &Path) -> Result<std::os::unix::net::UnixListener, String> 
     std::fs::DirBuilder::new()
         .mode(0o700)
         .create(&private)
-        .map_err(|e| format!("cannot create {}: {e}", private.display()))?;
+        .map_err(|e| ServeError::CreateDir { path: at(&private), error: e })?;
     let staged = private.join("admin.sock");
     let bound = std::os::unix::net::UnixListener::bind(&staged)
-        .map_err(|e| format!("cannot listen on {}: {e}", path.display()))
+        .map_err(|e| ServeError::Listen { path: at(path), error: e })
         .and_then(|l| {
             std::fs::set_permissions(&staged, std::fs::Permissions::from_mode(0o600))
-                .map_err(|e| format!("cannot restrict {}: {e}", path.display()))?;
-            std::fs::rename(&staged, path).map_err(|e| format!("cannot move the socket to {}: {e}", path.display()))?;
+                .map_err(|e| ServeError::Restrict { path: at(path), error: e })?;
+            std::fs::rename(&staged, path).map_err(|e| ServeError::Move { path: at(path), error: e })?;
             Ok(l)
         });
     let _ = std::fs::remove_dir_all(&private);
     let l = bound?;
-    l.set_nonblocking(true).map_err(|e| format!("admin socket: {e}"))?;
+    l.set_nonblocking(true).map_err(ServeError::Socket)?;
     Ok(l)
 }
 

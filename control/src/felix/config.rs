@@ -11,28 +11,52 @@ use calxdp_policy::node::{
     AllowAction, DenyAction, EndpointToHostAction, FelixConfig, FelixSettings, InterfaceMatch, LogRate, NftablesMode,
 };
 
-fn one_of<T: Copy>(key: &str, value: &str, options: &[(&str, T)]) -> Result<T, String> {
+/// A `ConfigUpdate` parameter Felix itself would refuse; the message starts with the parameter's key.
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+pub enum ConfigError {
+    /// The accepted values, joined by ", ".
+    #[error("{key}: '{value}' is not one of {options}")]
+    NotOneOf { key: String, value: String, options: String },
+    #[error("{key}: '{value}' is not a boolean")]
+    NotBool { key: String, value: String },
+    #[error("{key}: '{value}' is not a number in range")]
+    NotNumber { key: String, value: String },
+    /// A list or rate the policy crate's parser refused, with its reason.
+    #[error("{key}: {detail}")]
+    Invalid { key: String, detail: String },
+}
+
+/// What the emulator cannot say in a `ConfigUpdate`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, thiserror::Error)]
+#[error("BPFConntrackTimeouts has no ConfigUpdate form in the emulator")]
+pub struct NoConfigForm;
+
+fn one_of<T: Copy>(key: &str, value: &str, options: &[(&str, T)]) -> Result<T, ConfigError> {
     options.iter().find(|(name, _)| name.eq_ignore_ascii_case(value)).map(|(_, v)| *v).ok_or_else(|| {
         let names: Vec<&str> = options.iter().map(|(n, _)| *n).collect();
-        format!("{key}: '{value}' is not one of {}", names.join(", "))
+        ConfigError::NotOneOf { key: key.to_string(), value: value.to_string(), options: names.join(", ") }
     })
 }
 
 /// Go's `strconv.ParseBool`, which Felix's bool parameters use.
-fn go_bool(key: &str, value: &str) -> Result<bool, String> {
+fn go_bool(key: &str, value: &str) -> Result<bool, ConfigError> {
     match value {
         "1" | "t" | "T" | "TRUE" | "true" | "True" => Ok(true),
         "0" | "f" | "F" | "FALSE" | "false" | "False" => Ok(false),
-        _ => Err(format!("{key}: '{value}' is not a boolean")),
+        _ => Err(ConfigError::NotBool { key: key.to_string(), value: value.to_string() }),
     }
 }
 
-fn number<T: std::str::FromStr>(key: &str, value: &str) -> Result<T, String> {
-    value.trim().parse().map_err(|_| format!("{key}: '{value}' is not a number in range"))
+fn number<T: std::str::FromStr>(key: &str, value: &str) -> Result<T, ConfigError> {
+    value.trim().parse().map_err(|_| ConfigError::NotNumber { key: key.to_string(), value: value.to_string() })
+}
+
+fn invalid(key: &str) -> impl Fn(String) -> ConfigError + '_ {
+    move |detail| ConfigError::Invalid { key: key.to_string(), detail }
 }
 
 /// The settings a `ConfigUpdate.config` map sets.
-pub fn settings(config: &BTreeMap<String, String>) -> Result<FelixSettings, String> {
+pub fn settings(config: &BTreeMap<String, String>) -> Result<FelixSettings, ConfigError> {
     let mut s = FelixSettings::default();
     let deny = [("DROP", DenyAction::Drop), ("REJECT", DenyAction::Reject)];
     let allow = [("ACCEPT", AllowAction::Accept), ("RETURN", AllowAction::Return)];
@@ -50,23 +74,21 @@ pub fn settings(config: &BTreeMap<String, String>) -> Result<FelixSettings, Stri
                     ],
                 )?)
             }
-            "failsafeinboundhostports" => {
-                s.failsafe_inbound = Some(parse_failsafe_string(value).map_err(|e| format!("{k}: {e}"))?)
-            }
+            "failsafeinboundhostports" => s.failsafe_inbound = Some(parse_failsafe_string(value).map_err(invalid(k))?),
             "failsafeoutboundhostports" => {
-                s.failsafe_outbound = Some(parse_failsafe_string(value).map_err(|e| format!("{k}: {e}"))?)
+                s.failsafe_outbound = Some(parse_failsafe_string(value).map_err(invalid(k))?)
             }
             "disableconntrackinvalidcheck" => s.disable_conntrack_invalid_check = Some(go_bool(k, value)?),
             "allowvxlanpacketsfromworkloads" => s.allow_vxlan_from_workloads = Some(go_bool(k, value)?),
             "allowipippacketsfromworkloads" => s.allow_ipip_from_workloads = Some(go_bool(k, value)?),
             "vxlanport" => s.vxlan_port = Some(number(k, value)?),
             "logprefix" => s.log_prefix = Some(value.clone()),
-            "logactionratelimit" => s.log_rate_limit = Some(LogRate::parse(value).map_err(|e| format!("{k}: {e}"))?),
+            "logactionratelimit" => {
+                s.log_rate_limit = Some(LogRate::parse(value).map_err(|e| invalid(k)(e.to_string()))?)
+            }
             "logactionratelimitburst" => s.log_rate_burst = Some(number(k, value)?),
             "bpfmapsizeconntrack" => s.conntrack_capacity = Some(number(k, value)?),
-            "interfaceexclude" => {
-                s.interface_exclude = Some(InterfaceMatch::parse_list(value).map_err(|e| format!("{k}: {e}"))?)
-            }
+            "interfaceexclude" => s.interface_exclude = Some(InterfaceMatch::parse_list(value).map_err(invalid(k))?),
             "iptablesfilterdenyaction" => s.iptables_filter_deny_action = Some(one_of(k, value, &deny)?),
             "nftablesfilterdenyaction" => s.nftables_filter_deny_action = Some(one_of(k, value, &deny)?),
             "iptablesfilterallowaction" => s.iptables_filter_allow_action = Some(one_of(k, value, &allow)?),
@@ -93,7 +115,7 @@ pub fn settings(config: &BTreeMap<String, String>) -> Result<FelixSettings, Stri
 /// The parameters that make `config` differ from Felix's defaults, as Felix would send them — what the
 /// emulator puts in its `ConfigUpdate`. `BPFConntrackTimeouts` has no string form here: a configuration that
 /// changes it is refused.
-pub fn to_strings(config: &FelixConfig) -> Result<BTreeMap<String, String>, String> {
+pub fn to_strings(config: &FelixConfig) -> Result<BTreeMap<String, String>, NoConfigForm> {
     let d = FelixConfig::default();
     let mut out = BTreeMap::new();
     let mut put = |k: &str, v: String| {
@@ -191,13 +213,13 @@ pub fn to_strings(config: &FelixConfig) -> Result<BTreeMap<String, String>, Stri
         put("NFTablesMode", v.into());
     }
     if config.conntrack_timeouts != d.conntrack_timeouts {
-        return Err("BPFConntrackTimeouts has no ConfigUpdate form in the emulator".into());
+        return Err(NoConfigForm);
     }
     Ok(out)
 }
 
 /// `base` with the stream's parameters over it.
-pub fn apply(base: &FelixConfig, config: &BTreeMap<String, String>) -> Result<FelixConfig, String> {
+pub fn apply(base: &FelixConfig, config: &BTreeMap<String, String>) -> Result<FelixConfig, ConfigError> {
     let mut c = base.clone();
     c.apply(&settings(config)?);
     Ok(c)
@@ -227,6 +249,6 @@ mod tests {
         m.insert("RouteRefreshInterval".to_string(), "90".to_string());
         assert!(settings(&m).is_ok());
         m.insert("DefaultEndpointToHostAction".to_string(), "Maybe".to_string());
-        assert!(settings(&m).unwrap_err().contains("DefaultEndpointToHostAction"));
+        assert!(settings(&m).unwrap_err().to_string().contains("DefaultEndpointToHostAction"));
     }
 }

@@ -46,6 +46,60 @@ macro_rules! say {
     }};
 }
 
+/// Where in the stream a frame is: after message N (its sequence number), or the first.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Position(pub Option<u64>);
+
+impl std::fmt::Display for Position {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self.0 {
+            Some(s) => write!(f, "the frame after message {s}"),
+            None => f.write_str("the first frame"),
+        }
+    }
+}
+
+/// Why the stream's state does not make a model: a configuration or a message calxdp cannot express.
+#[derive(Debug, thiserror::Error)]
+pub enum ModelError {
+    #[error(transparent)]
+    Config(#[from] config::ConfigError),
+    #[error(transparent)]
+    Convert(#[from] super::convert::ConvertError),
+}
+
+/// Why the driver stopped. A broken stream is one line naming the message and its sequence number (or the
+/// frame after the last good one); the rest name what could not be opened or started.
+#[derive(Debug, thiserror::Error)]
+pub enum DriverError {
+    #[error("{at}: {error}")]
+    Frame { at: Position, error: FrameError },
+    #[error("{at}: not a ToDataplane message: {error}")]
+    Decode { at: Position, error: prost::DecodeError },
+    #[error(transparent)]
+    Stream(#[from] StreamError),
+    #[error(transparent)]
+    Model(#[from] ModelError),
+    /// The node options file does not load.
+    #[error(transparent)]
+    Load(#[from] calxdp_policy::yaml::LoadError),
+    #[error("{}: {error}", .path.display())]
+    Open { path: PathBuf, error: std::io::Error },
+    #[error("fd {n} is not open: Felix starts the driver with {what} on fd {n} (use --in/--out to run it by hand)")]
+    NoFd { n: i32, what: &'static str },
+    #[error(transparent)]
+    Start(#[from] crate::live::StartError),
+    #[error(transparent)]
+    Rejected(#[from] crate::publisher::Rejected),
+    #[error(transparent)]
+    Admin(#[from] crate::admin::server::ServeError),
+    #[error("writing to Felix: {0}")]
+    Report(std::io::Error),
+    /// A worker stopped on its own (its death notice).
+    #[error("{0}; the dataplane cannot run without it")]
+    WorkerDied(String),
+}
+
 /// Felix's stream applied to calxdp's model: the state, the node options Felix does not send, and the
 /// Felix configuration those options start from.
 #[derive(Debug)]
@@ -80,21 +134,18 @@ impl FrontEnd {
     }
 
     /// Where the next frame is, for errors: after message N, or the first.
-    fn position(&self) -> String {
-        match self.last_seq {
-            Some(s) => format!("the frame after message {s}"),
-            None => "the first frame".into(),
-        }
+    fn position(&self) -> Position {
+        Position(self.last_seq)
     }
 
     /// Decodes one frame.
-    pub fn decode(&self, frame: &[u8]) -> Result<ToDataplane, String> {
-        ToDataplane::decode(frame).map_err(|e| format!("{}: not a ToDataplane message: {e}", self.position()))
+    pub fn decode(&self, frame: &[u8]) -> Result<ToDataplane, DriverError> {
+        ToDataplane::decode(frame).map_err(|error| DriverError::Decode { at: self.position(), error })
     }
 
-    /// A framing error as one line.
-    pub fn frame_error(&self, e: &FrameError) -> String {
-        format!("{}: {e}", self.position())
+    /// A framing error, placed in the stream.
+    pub fn frame_error(&self, error: FrameError) -> DriverError {
+        DriverError::Frame { at: self.position(), error }
     }
 
     /// Applies one message (checking the configuration it carries).
@@ -102,7 +153,7 @@ impl FrontEnd {
         let seq = msg.sequence_number;
         if let Some(proto::to_dataplane::Payload::ConfigUpdate(c)) = &msg.payload {
             let map: BTreeMap<String, String> = c.config.clone().into_iter().collect();
-            config::settings(&map).map_err(|detail| StreamError { seq, message: "ConfigUpdate", detail })?;
+            config::settings(&map).map_err(|e| StreamError { seq, message: "ConfigUpdate", detail: e.to_string() })?;
         }
         let applied = self.state.apply(msg)?;
         self.last_seq = Some(seq);
@@ -110,12 +161,12 @@ impl FrontEnd {
     }
 
     /// The node and resources the state stands for.
-    pub fn model(&self) -> Result<(NodeConfig, ResourceSet), String> {
+    pub fn model(&self) -> Result<(NodeConfig, ResourceSet), ModelError> {
         let felix = match &self.state.config {
             Some(c) => config::apply(&self.base_felix, c)?,
             None => self.base_felix.clone(),
         };
-        lower::lower(&self.state, &self.base, &felix, &mut self.lowered.borrow_mut())
+        Ok(lower::lower(&self.state, &self.base, &felix, &mut self.lowered.borrow_mut())?)
     }
 }
 
@@ -138,12 +189,10 @@ pub struct DriverOptions {
 }
 
 /// Opens fd `n` as a file (Felix's pipes).
-fn inherited_fd(n: i32, what: &str) -> Result<File, String> {
+fn inherited_fd(n: i32, what: &'static str) -> Result<File, DriverError> {
     // Felix hands the descriptor to the driver and the driver opens it once, here; a driver started by hand
     // without it gets a sentence.
-    calxdp_dataplane::sys::process::inherited_fd(n).ok_or_else(|| {
-        format!("fd {n} is not open: Felix starts the driver with {what} on fd {n} (use --in/--out to run it by hand)")
-    })
+    calxdp_dataplane::sys::process::inherited_fd(n).ok_or(DriverError::NoFd { n, what })
 }
 
 /// Reads frames on its own thread, so the control loop can batch what is readable and keep time.
@@ -203,13 +252,13 @@ struct Reporter<W: Write> {
 }
 
 impl<W: Write> Reporter<W> {
-    fn send(&mut self, p: from_dataplane::Payload) -> Result<(), String> {
+    fn send(&mut self, p: from_dataplane::Payload) -> Result<(), DriverError> {
         let m = FromDataplane { sequence_number: self.seq, payload: Some(p) };
         self.seq += 1;
-        write_frame(&mut self.out, &m).map_err(|e| format!("writing to Felix: {e}"))
+        write_frame(&mut self.out, &m).map_err(DriverError::Report)
     }
 
-    fn process_status(&mut self) -> Result<(), String> {
+    fn process_status(&mut self) -> Result<(), DriverError> {
         let p = proto::ProcessStatusUpdate {
             iso_timestamp: iso_timestamp(SystemTime::now()),
             uptime: self.started.elapsed().as_secs_f64(),
@@ -218,7 +267,7 @@ impl<W: Write> Reporter<W> {
     }
 
     /// An interface went up or down: the endpoint on it, if any, gets that status.
-    fn port(&mut self, state: &FelixState, iface: &str, status: &str) -> Result<(), String> {
+    fn port(&mut self, state: &FelixState, iface: &str, status: &str) -> Result<(), DriverError> {
         let st = Some(proto::EndpointStatus { status: status.into() });
         for (k, ep) in state.workloads.iter().filter(|(_, ep)| ep.name == iface) {
             let u = proto::WorkloadEndpointStatusUpdate {
@@ -240,9 +289,9 @@ impl<W: Write> Reporter<W> {
 }
 
 /// Runs the driver until Felix closes the stream (exit 0), the stream breaks, or `stop` is raised.
-pub fn run(opts: &DriverOptions, stop: Arc<AtomicBool>) -> Result<(), String> {
+pub fn run(opts: &DriverOptions, stop: Arc<AtomicBool>) -> Result<(), DriverError> {
     let base = match &opts.node {
-        Some(p) => NodeConfig::load(p).map_err(|e| e.to_string())?,
+        Some(p) => NodeConfig::load(p)?,
         None => NodeConfig {
             name: hostname(),
             uplinks: Vec::new(),
@@ -254,7 +303,7 @@ pub fn run(opts: &DriverOptions, stop: Arc<AtomicBool>) -> Result<(), String> {
         },
     };
     let input = match &opts.input {
-        Some(p) => File::open(p).map_err(|e| format!("{}: {e}", p.display()))?,
+        Some(p) => File::open(p).map_err(|error| DriverError::Open { path: p.clone(), error })?,
         None => inherited_fd(3, "Felix's messages")?,
     };
     let output: File = match &opts.output {
@@ -299,10 +348,10 @@ pub fn run(opts: &DriverOptions, stop: Arc<AtomicBool>) -> Result<(), String> {
                     break;
                 }
                 Ok(b) => b,
-                Err(e) => return Err(front.frame_error(&e)),
+                Err(e) => return Err(front.frame_error(e)),
             };
             let m = front.decode(&bytes)?;
-            match front.feed(m).map_err(|e| e.to_string())? {
+            match front.feed(m)? {
                 Applied::Ignored => {}
                 Applied::Changed => dirty = true,
                 Applied::InSync => {
@@ -352,9 +401,7 @@ pub fn run(opts: &DriverOptions, stop: Arc<AtomicBool>) -> Result<(), String> {
                 let (node, resources) = front.model()?;
                 let result = match p {
                     Plane::Live(live) => live.set_model(node, resources),
-                    Plane::Check(publisher) => {
-                        publisher.set_model(node, resources).map(|_| ()).map_err(|e| e.to_string())
-                    }
+                    Plane::Check(publisher) => publisher.set_model(node, resources).map(|_| ()),
                 };
                 if let Err(e) = result {
                     // The stream was valid; the model it describes cannot be compiled. Say so and keep the
@@ -386,7 +433,7 @@ pub fn run(opts: &DriverOptions, stop: Arc<AtomicBool>) -> Result<(), String> {
                 }
             }
             if let Some(death) = live.dead_worker() {
-                return Err(format!("{death}; the dataplane cannot run without it"));
+                return Err(DriverError::WorkerDied(death));
             }
             if let Some((_, view)) = &admin {
                 view.refresh(live);
@@ -410,23 +457,23 @@ pub fn run(opts: &DriverOptions, stop: Arc<AtomicBool>) -> Result<(), String> {
     Ok(())
 }
 
-fn start(node: NodeConfig, resources: ResourceSet, opts: &DriverOptions) -> Result<Plane, String> {
+fn start(node: NodeConfig, resources: ResourceSet, opts: &DriverOptions) -> Result<Plane, DriverError> {
     if opts.check {
         let mut p = TablePublisher::new(node.clone(), ResourceSet::new());
-        p.set_model(node, resources).map_err(|e| e.to_string())?;
+        p.set_model(node, resources)?;
         return Ok(Plane::Check(Box::new(p)));
     }
     let live = LiveNode::start(node, resources, &opts.live, None)?;
     Ok(Plane::Live(Box::new(live)))
 }
 
-fn open_output(p: &Path) -> Result<File, String> {
+fn open_output(p: &Path) -> Result<File, DriverError> {
     std::fs::OpenOptions::new()
         .write(true)
         .create(true)
         .truncate(true)
         .open(p)
-        .map_err(|e| format!("{}: {e}", p.display()))
+        .map_err(|error| DriverError::Open { path: p.to_path_buf(), error })
 }
 
 /// Felix's fallback for its own name: the kernel hostname, lower-cased.
@@ -436,17 +483,17 @@ fn hostname() -> String {
 
 /// Reads a whole stream from `r` into a front end (tests, the parity level): every message applied, the
 /// first error as the driver would print it.
-pub fn read_all(front: &mut FrontEnd, r: &mut impl Read, limit: Option<usize>) -> Result<usize, String> {
+pub fn read_all(front: &mut FrontEnd, r: &mut impl Read, limit: Option<usize>) -> Result<usize, DriverError> {
     let mut buf = Vec::new();
     let mut n = 0;
     while limit.is_none_or(|l| n < l) {
         match read_frame(r, &mut buf) {
             Ok(true) => {}
             Ok(false) => break,
-            Err(e) => return Err(front.frame_error(&e)),
+            Err(e) => return Err(front.frame_error(e)),
         }
         let m = front.decode(&buf)?;
-        front.feed(m).map_err(|e| e.to_string())?;
+        front.feed(m)?;
         n += 1;
     }
     Ok(n)

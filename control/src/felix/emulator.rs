@@ -304,7 +304,7 @@ fn missing_profile(name: &str) -> Profile {
 
 impl FelixView {
     /// What Felix on `node` would send with `resources` in the datastore.
-    pub fn compute(node: &NodeConfig, resources: &ResourceSet) -> Result<FelixView, String> {
+    pub fn compute(node: &NodeConfig, resources: &ResourceSet) -> Result<FelixView, super::config::NoConfigForm> {
         let world = ResolvedNode::new(node, resources);
         // Every policy, staged ones included, in Felix's order (semantics §4.1); tiers in the resolver's
         // order, then tiers only staged policies name.

@@ -25,21 +25,16 @@ use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::net::IpAddr;
 use std::sync::Arc;
 
-use calxdp_policy::net::{IpFamily, IpNet};
-use calxdp_policy::node::{parse_mac, FelixConfig, NodeConfig, Workload};
+use calxdp_policy::net::IpNet;
+use calxdp_policy::node::{FelixConfig, NodeConfig, Workload};
 use calxdp_policy::resource::{
-    Action, EntityRule, HostEndpoint, IcmpMatch, NamedPort, NetworkSet, Policy, PolicyId, PolicyKind, Port, Profile,
-    Protocol, Resource, ResourceSet, Rule, Tier, TierDefault,
+    NamedPort, NetworkSet, Policy, PolicyId, PolicyKind, Profile, Resource, ResourceSet, Tier, TierDefault,
 };
 use calxdp_policy::selector::{Expr, Selector};
 
+use super::convert::{has_labels, hep_tier_lists, host_endpoint, lists_label, set_label, workload, ConvertError};
 use super::proto;
-use super::state::{hep_tier_lists, FelixState, Member, PolicyKey, WorkloadKey};
-
-/// The label an IP set's members carry.
-pub fn set_label(id: &str) -> String {
-    format!("felixset/{id}")
-}
+use super::state::{FelixState, Member, PolicyKey};
 
 /// The label an endpoint carries for each policy in its tiers.
 pub fn policy_label(key: &PolicyKey) -> String {
@@ -48,152 +43,6 @@ pub fn policy_label(key: &PolicyKey) -> String {
 
 /// The namespace the entities standing for `IP_AND_PORT` members are put in (no endpoint refers to it).
 pub const SET_MEMBER_NAMESPACE: &str = "calxdp-felix-sets";
-
-/// A converted rule and the IP sets it refers to.
-#[derive(Debug)]
-pub struct RuleSets {
-    pub rule: Rule,
-    pub sets: Vec<String>,
-}
-
-/// `has(l1) && has(l2) && …` (`all`) or `has(l1) || has(l2) || …` over `labels`; `None` for no labels.
-fn has_labels(labels: impl IntoIterator<Item = String>, all: bool) -> Option<Selector> {
-    let mut exprs: Vec<Expr> = labels.into_iter().map(Expr::Has).collect();
-    match exprs.len() {
-        0 => None,
-        1 => exprs.pop().map(Selector::from_expr),
-        _ => Some(Selector::from_expr(if all { Expr::And(exprs) } else { Expr::Or(exprs) })),
-    }
-}
-
-fn has_all(ids: &[String]) -> Option<Selector> {
-    has_labels(ids.iter().map(|id| set_label(id)), true)
-}
-
-fn has_any(ids: &[String]) -> Option<Selector> {
-    has_labels(ids.iter().map(|id| set_label(id)), false)
-}
-
-fn nets(list: &[String]) -> Result<Vec<IpNet>, String> {
-    list.iter().map(|n| n.parse::<IpNet>().map_err(|e| e.0)).collect()
-}
-
-fn ports(ranges: &[proto::PortRange], named: &[String]) -> Result<Vec<Port>, String> {
-    let mut out = Vec::new();
-    for r in ranges {
-        let ok = (0..=65535).contains(&r.first) && (0..=65535).contains(&r.last) && r.first <= r.last;
-        if !ok {
-            return Err(format!("port range {}:{} is not within 0-65535", r.first, r.last));
-        }
-        out.push(Port::Range(r.first as u16, r.last as u16));
-    }
-    out.extend(named.iter().map(|id| Port::Named(set_label(id))));
-    Ok(out)
-}
-
-fn protocol(p: &Option<proto::Protocol>) -> Result<Option<Protocol>, String> {
-    use proto::protocol::NumberOrName;
-    match p.as_ref().and_then(|p| p.number_or_name.as_ref()) {
-        None => Ok(None),
-        Some(NumberOrName::Number(n)) => match u8::try_from(*n) {
-            Ok(v) if v >= 1 => Ok(Some(Protocol(v))),
-            _ => Err(format!("protocol number {n} is not 1-255")),
-        },
-        Some(NumberOrName::Name(name)) => {
-            Protocol::parse(name).map(Some).ok_or_else(|| format!("unknown protocol name '{name}'"))
-        }
-    }
-}
-
-fn icmp_match(t: Option<i32>, tc: Option<&proto::IcmpTypeAndCode>) -> Result<Option<IcmpMatch>, String> {
-    let byte = |v: i32, what: &str| u8::try_from(v).map_err(|_| format!("ICMP {what} {v} is not 0-255"));
-    Ok(match (t, tc) {
-        (Some(t), _) => Some(IcmpMatch { icmp_type: byte(t, "type")?, code: None }),
-        (None, Some(tc)) => Some(IcmpMatch { icmp_type: byte(tc.r#type, "type")?, code: Some(byte(tc.code, "code")?) }),
-        (None, None) => None,
-    })
-}
-
-/// One of Felix's rules as a calxdp rule (matching semantics: notes/felix-protocol.md §3.9).
-pub fn rule_from_proto(r: &proto::Rule) -> Result<RuleSets, String> {
-    use proto::rule::{Icmp, NotIcmp};
-    let action = match r.action.as_str() {
-        "" | "allow" => Action::Allow,
-        "deny" => Action::Deny,
-        "log" => Action::Log,
-        "next-tier" | "pass" => Action::Pass,
-        other => return Err(format!("unknown action '{other}'")),
-    };
-    let ip_version = match r.ip_version {
-        0 => None,
-        4 => Some(IpFamily::V4),
-        6 => Some(IpFamily::V6),
-        v => return Err(format!("unknown ip_version {v}")),
-    };
-    let (icmp_t, icmp_tc) = match &r.icmp {
-        Some(Icmp::IcmpType(t)) => (Some(*t), None),
-        Some(Icmp::IcmpTypeCode(tc)) => (None, Some(tc)),
-        None => (None, None),
-    };
-    let (not_t, not_tc) = match &r.not_icmp {
-        Some(NotIcmp::NotIcmpType(t)) => (Some(*t), None),
-        Some(NotIcmp::NotIcmpTypeCode(tc)) => (None, Some(tc)),
-        None => (None, None),
-    };
-    let mut dst_ports = ports(&r.dst_ports, &r.dst_named_port_ip_set_ids)?;
-    // A service's (IP, port) set must hold as well as everything else; calxdp expresses it as a named port
-    // of the set's members, which is exact when the rule has no other destination ports (Felix never sends
-    // both: a rule with `destination.services` has no `ports`).
-    match r.dst_ip_port_set_ids.as_slice() {
-        [] => {}
-        [id] if dst_ports.is_empty() => dst_ports.push(Port::Named(set_label(id))),
-        _ => return Err("service (IP, port) sets together with destination ports are not supported".into()),
-    }
-    let source = EntityRule {
-        nets: nets(&r.src_net)?,
-        not_nets: nets(&r.not_src_net)?,
-        selector: has_all(&r.src_ip_set_ids),
-        not_selector: has_any(&r.not_src_ip_set_ids),
-        ports: ports(&r.src_ports, &r.src_named_port_ip_set_ids)?,
-        not_ports: ports(&r.not_src_ports, &r.not_src_named_port_ip_set_ids)?,
-        services: None,
-    };
-    let destination = EntityRule {
-        nets: nets(&r.dst_net)?,
-        not_nets: nets(&r.not_dst_net)?,
-        selector: has_all(&r.dst_ip_set_ids),
-        not_selector: has_any(&r.not_dst_ip_set_ids),
-        ports: dst_ports,
-        not_ports: ports(&r.not_dst_ports, &r.not_dst_named_port_ip_set_ids)?,
-        services: None,
-    };
-    let rule = Rule {
-        action,
-        ip_version,
-        protocol: protocol(&r.protocol)?,
-        not_protocol: protocol(&r.not_protocol)?,
-        icmp: icmp_match(icmp_t, icmp_tc)?,
-        not_icmp: icmp_match(not_t, not_tc)?,
-        source,
-        destination,
-    };
-    let sets = [
-        &r.src_ip_set_ids,
-        &r.dst_ip_set_ids,
-        &r.src_named_port_ip_set_ids,
-        &r.dst_named_port_ip_set_ids,
-        &r.dst_ip_port_set_ids,
-        &r.not_src_ip_set_ids,
-        &r.not_dst_ip_set_ids,
-        &r.not_src_named_port_ip_set_ids,
-        &r.not_dst_named_port_ip_set_ids,
-    ]
-    .into_iter()
-    .flatten()
-    .cloned()
-    .collect();
-    Ok(RuleSets { rule, sets })
-}
 
 /// The kind a `PolicyID.kind` names. Kinds this driver does not know are enforced like their non-staged
 /// relatives unless their name says they are staged (Felix's `KindIsStaged` is a prefix test too).
@@ -286,88 +135,6 @@ fn tier_orders(merged: &[String]) -> HashMap<String, f64> {
     out
 }
 
-/// Identifies an endpoint's tier lists by content: endpoints with equal lists carry the same label, and a
-/// policy selects the endpoints whose lists name it (see the module comment).
-fn lists_label(lists: &[&[proto::TierInfo]]) -> String {
-    use std::hash::{Hash, Hasher};
-    // `DefaultHasher::new()` has fixed keys: a label is the same in every compile and every run.
-    let mut h = std::collections::hash_map::DefaultHasher::new();
-    lists.len().hash(&mut h);
-    for list in lists {
-        list.len().hash(&mut h);
-        for t in list.iter() {
-            (&t.name, &t.default_action).hash(&mut h);
-            for ids in [&t.ingress_policies, &t.egress_policies] {
-                ids.len().hash(&mut h);
-                for id in ids {
-                    (&id.kind, &id.namespace, &id.name).hash(&mut h);
-                }
-            }
-        }
-    }
-    format!("felixlists/{:016x}", h.finish())
-}
-
-/// The labels an endpoint carries: the one of its tier lists.
-fn endpoint_labels(lists: &[&[proto::TierInfo]]) -> BTreeMap<String, String> {
-    BTreeMap::from([(lists_label(lists), String::new())])
-}
-
-fn addrs(v4: &[String], v6: &[String], what: &str) -> Result<Vec<IpAddr>, String> {
-    v4.iter().chain(v6).map(|t| t.parse::<IpNet>().map(|n| n.addr()).map_err(|e| format!("{what}: {}", e.0))).collect()
-}
-
-/// A workload endpoint as a local pod of the node.
-pub fn workload(key: &WorkloadKey, ep: &proto::WorkloadEndpoint) -> Result<Workload, String> {
-    if ep.name.is_empty() {
-        return Err(format!("workload endpoint {key} has no interface name"));
-    }
-    let (namespace, pod) = match key.workload.split_once('/') {
-        Some((ns, pod)) => (ns.to_string(), pod.to_string()),
-        None => (String::new(), key.workload.clone()),
-    };
-    let name = if key.endpoint.is_empty() || key.endpoint == "eth0" { pod } else { format!("{pod}.{}", key.endpoint) };
-    let service_account = ep
-        .profile_ids
-        .iter()
-        .find_map(|p| p.strip_prefix(&format!("ksa.{namespace}.")).map(str::to_string))
-        .unwrap_or_else(|| "default".into());
-    let mac = match ep.mac.as_str() {
-        "" => None,
-        m => Some(parse_mac(m).ok_or_else(|| format!("workload endpoint {key}: '{m}' is not a MAC address"))?),
-    };
-    Ok(Workload {
-        name,
-        namespace,
-        interface: Some(ep.name.clone()),
-        ips: addrs(&ep.ipv4_nets, &ep.ipv6_nets, &format!("workload endpoint {key}"))?,
-        labels: endpoint_labels(&[&ep.tiers]),
-        service_account,
-        ports: Vec::new(),
-        mac,
-        profiles: Some(ep.profile_ids.clone()),
-    })
-}
-
-/// A host endpoint of this node.
-pub fn host_endpoint(node: &str, id: &str, ep: &proto::HostEndpoint) -> Result<HostEndpoint, String> {
-    let expected_ips = ep
-        .expected_ipv4_addrs
-        .iter()
-        .chain(&ep.expected_ipv6_addrs)
-        .map(|a| a.parse::<IpAddr>().map_err(|_| format!("host endpoint {id}: '{a}' is not an address")))
-        .collect::<Result<Vec<_>, _>>()?;
-    Ok(HostEndpoint {
-        name: id.to_string(),
-        node: node.to_string(),
-        interface_name: if ep.name.is_empty() { None } else { Some(ep.name.clone()) },
-        expected_ips,
-        labels: endpoint_labels(&hep_tier_lists(ep)),
-        profiles: ep.profile_ids.clone(),
-        ports: Vec::new(),
-    })
-}
-
 /// The entities standing for the IP sets' members (see the module comment).
 fn set_entities(state: &FelixState) -> (Vec<NetworkSet>, Vec<Workload>) {
     let mut prefixes: BTreeMap<IpNet, BTreeSet<&str>> = BTreeMap::new();
@@ -439,7 +206,7 @@ pub fn lower(
     base: &NodeConfig,
     felix: &FelixConfig,
     cache: &mut PolicyCache,
-) -> Result<(NodeConfig, ResourceSet), String> {
+) -> Result<(NodeConfig, ResourceSet), ConvertError> {
     let mut resources = ResourceSet::new();
 
     // Tier and policy order, merged from every endpoint's lists.

@@ -5,12 +5,14 @@
 //! - [`state`]: what the driver holds from the stream (IP sets, policies, profiles, endpoints, config), with
 //!   every reference checked as it arrives.
 //! - [`config`]: `ConfigUpdate`'s raw strings → the Felix settings calxdp implements.
+//! - [`convert`]: one message → calxdp's model (a rule, an endpoint), shared by the two below.
 //! - [`lower`]: that state → the node and resource model the compiler consumes.
 //! - [`emulator`]: the Felix side, for tests and `parity --level felix`: a scenario's resources and node →
 //!   the stream Felix's calculation graph would send.
 //! - [`driver`]: `calxdp felix-driver`, the executable Felix runs.
 
 pub mod config;
+pub mod convert;
 pub mod driver;
 pub mod emulator;
 pub mod framing;

@@ -11,7 +11,8 @@ use std::net::IpAddr;
 use calxdp_policy::net::IpNet;
 use calxdp_policy::resource::{Protocol, Rule};
 
-use super::lower::{rule_from_proto, RuleSets};
+pub use super::convert::{hep_tier_lists, WorkloadKey};
+use super::convert::{rule_from_proto, RuleSets};
 use super::proto::{self, ip_set_update::IpSetType, to_dataplane::Payload, ToDataplane};
 
 /// A broken stream: which message (sequence number and type) and what is wrong with it.
@@ -38,6 +39,15 @@ pub enum SetKind {
     Net,
 }
 
+/// An IP set member that is not of its set's kind.
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+pub enum BadMember {
+    #[error("member '{0}' is not an address or CIDR")]
+    Net(String),
+    #[error("member '{0}' is not <ip>,<tcp|udp|sctp>:<port>")]
+    IpPort(String),
+}
+
 /// One member of an IP set, parsed.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Member {
@@ -48,17 +58,17 @@ pub enum Member {
 }
 
 impl Member {
-    pub fn parse(kind: SetKind, text: &str) -> Result<Member, String> {
-        let net = |t: &str| -> Result<IpNet, String> {
+    pub fn parse(kind: SetKind, text: &str) -> Result<Member, BadMember> {
+        let net = |t: &str| -> Result<IpNet, BadMember> {
             if let Ok(ip) = t.parse::<IpAddr>() {
                 return Ok(IpNet::host(ip));
             }
-            t.parse::<IpNet>().map_err(|_| format!("member '{text}' is not an address or CIDR"))
+            t.parse::<IpNet>().map_err(|_| BadMember::Net(text.to_string()))
         };
         match kind {
             SetKind::Ip | SetKind::Net => net(text).map(Member::Net),
             SetKind::IpAndPort => {
-                let bad = || format!("member '{text}' is not <ip>,<tcp|udp|sctp>:<port>");
+                let bad = || BadMember::IpPort(text.to_string());
                 let (ip, rest) = text.split_once(',').ok_or_else(bad)?;
                 let (proto, port) = rest.split_once(':').ok_or_else(bad)?;
                 let ip: IpAddr = ip.parse().map_err(|_| bad())?;
@@ -129,38 +139,6 @@ pub struct ActiveProfile {
     sets: Vec<String>,
 }
 
-/// `WorkloadEndpointID`.
-#[derive(Clone, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
-pub struct WorkloadKey {
-    pub orchestrator: String,
-    pub workload: String,
-    pub endpoint: String,
-}
-
-impl WorkloadKey {
-    pub fn from_proto(id: &proto::WorkloadEndpointId) -> WorkloadKey {
-        WorkloadKey {
-            orchestrator: id.orchestrator_id.clone(),
-            workload: id.workload_id.clone(),
-            endpoint: id.endpoint_id.clone(),
-        }
-    }
-
-    pub fn to_proto(&self) -> proto::WorkloadEndpointId {
-        proto::WorkloadEndpointId {
-            orchestrator_id: self.orchestrator.clone(),
-            workload_id: self.workload.clone(),
-            endpoint_id: self.endpoint.clone(),
-        }
-    }
-}
-
-impl fmt::Display for WorkloadKey {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "{}/{}/{}", self.orchestrator, self.workload, self.endpoint)
-    }
-}
-
 /// What a message changed, so the driver knows what to republish.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Applied {
@@ -189,11 +167,6 @@ pub struct FelixState {
     profile_refs: HashMap<String, usize>,
     /// The version the next `ActivePolicyUpdate` gets.
     next_policy_version: u64,
-}
-
-/// The tier lists of a host endpoint, in the order Felix's renderer walks them.
-pub fn hep_tier_lists(h: &proto::HostEndpoint) -> [&[proto::TierInfo]; 4] {
-    [&h.untracked_tiers, &h.pre_dnat_tiers, &h.tiers, &h.forward_tiers]
 }
 
 fn payload_name(p: &Payload) -> &'static str {
@@ -384,7 +357,7 @@ impl FelixState {
             Payload::WorkloadEndpointUpdate(u) => {
                 let key = WorkloadKey::from_proto(&u.id.unwrap_or_default());
                 let ep = u.endpoint.unwrap_or_default();
-                super::lower::workload(&key, &ep).map_err(err)?;
+                super::convert::workload(&key, &ep).map_err(|e| err(e.to_string()))?;
                 let (pols, profs) =
                     self.endpoint_refs(&[&ep.tiers], &ep.profile_ids).map_err(|e| err(format!("{key}: {e}")))?;
                 bump(&mut self.policy_refs, &pols, true);
@@ -403,7 +376,7 @@ impl FelixState {
             Payload::HostEndpointUpdate(u) => {
                 let id = u.id.map(|i| i.endpoint_id).unwrap_or_default();
                 let ep = u.endpoint.unwrap_or_default();
-                super::lower::host_endpoint("", &id, &ep).map_err(err)?;
+                super::convert::host_endpoint("", &id, &ep).map_err(|e| err(e.to_string()))?;
                 let (pols, profs) = self
                     .endpoint_refs(&hep_tier_lists(&ep), &ep.profile_ids)
                     .map_err(|e| err(format!("host endpoint {id}: {e}")))?;

@@ -114,7 +114,7 @@ fn named(n: &str) -> Option<proto::Protocol> {
 
 fn feed(s: &Stream) -> Result<FrontEnd, String> {
     let mut front = FrontEnd::new(&base());
-    read_all(&mut front, &mut &s.bytes()[..], None)?;
+    read_all(&mut front, &mut &s.bytes()[..], None).map_err(|e| e.to_string())?;
     Ok(front)
 }
 
@@ -304,12 +304,12 @@ fn broken_streams_name_the_message() {
     // A length prefix over the limit; a frame that is not a ToDataplane.
     let mut front = FrontEnd::new(&base());
     let huge = u64::MAX.to_le_bytes();
-    let e = read_all(&mut front, &mut &huge[..], None).unwrap_err();
+    let e = read_all(&mut front, &mut &huge[..], None).unwrap_err().to_string();
     assert!(e.contains(&format!("the first frame: length prefix {}", u64::MAX)), "{e}");
     let mut bytes = Stream::new().bytes();
     bytes.extend_from_slice(&3u64.to_le_bytes());
     bytes.extend_from_slice(&[0xff, 0xff, 0xff]);
-    let e = read_all(&mut front, &mut &bytes[..], None).unwrap_err();
+    let e = read_all(&mut front, &mut &bytes[..], None).unwrap_err().to_string();
     assert!(e.contains("the frame after message 0: not a ToDataplane message"), "{e}");
 }
 

@@ -18,7 +18,7 @@ use calxdp_policy::resource::ResourceSet;
 use calxdp_policy::verdict::Outcome;
 
 use super::pipeline_level::PipelineNode;
-use super::Dataplane;
+use super::{Dataplane, StepError};
 use crate::felix::driver::{read_all, FrontEnd};
 use crate::felix::emulator::{Emulator, FelixView};
 use crate::felix::framing::{pipe, write_frame};
@@ -26,7 +26,7 @@ use crate::felix::proto::ToDataplane;
 use crate::offline::OfflineNode;
 
 /// Sends `msgs` through a pipe into `front`, framed as Felix frames them; returns how many it applied.
-pub fn through_pipe(msgs: Vec<ToDataplane>, front: &mut FrontEnd) -> Result<usize, String> {
+pub fn through_pipe(msgs: Vec<ToDataplane>, front: &mut FrontEnd) -> Result<usize, StepError> {
     let (mut reader, mut writer) = pipe().map_err(|e| format!("pipe: {e}"))?;
     let sent = msgs.len();
     let writer_thread = std::thread::spawn(move || -> std::io::Result<()> {
@@ -39,11 +39,11 @@ pub fn through_pipe(msgs: Vec<ToDataplane>, front: &mut FrontEnd) -> Result<usiz
     // Drain what a failed read left, so the writer never blocks on a full pipe.
     let mut rest = Vec::new();
     let _ = reader.read_to_end(&mut rest);
-    let written = writer_thread.join().map_err(|_| "the emulator's writer thread panicked".to_string())?;
+    let written = writer_thread.join().map_err(|_| "the emulator's writer thread panicked")?;
     let got = got?;
     written.map_err(|e| format!("writing the stream: {e}"))?;
     if got != sent {
-        return Err(format!("the driver applied {got} of {sent} messages"));
+        return Err(format!("the driver applied {got} of {sent} messages").into());
     }
     Ok(got)
 }
@@ -65,7 +65,7 @@ pub struct FelixNode {
 }
 
 impl FelixNode {
-    pub fn new(node: &NodeConfig, resources: &ResourceSet) -> Result<FelixNode, String> {
+    pub fn new(node: &NodeConfig, resources: &ResourceSet) -> Result<FelixNode, StepError> {
         let mut emulator = Emulator::new();
         let mut front = FrontEnd::new(&options(node));
         through_pipe(emulator.update(FelixView::compute(node, resources)?), &mut front)?;
@@ -73,7 +73,7 @@ impl FelixNode {
             return Err("the emulated Felix sent no InSync".into());
         }
         let (model_node, model_resources) = front.model()?;
-        let offline = OfflineNode::new(model_node, model_resources, false)?;
+        let offline = OfflineNode::new(model_node, model_resources, false);
         Ok(FelixNode {
             inner: PipelineNode::from_offline(offline),
             emulator,
@@ -84,7 +84,7 @@ impl FelixNode {
     }
 
     /// Sends what changed and publishes the driver's new model.
-    fn sync(&mut self, node: &NodeConfig, resources: &ResourceSet) -> Result<(), String> {
+    fn sync(&mut self, node: &NodeConfig, resources: &ResourceSet) -> Result<(), StepError> {
         let view = FelixView::compute(node, resources)?;
         if self.emulator.needs_restart(&view) {
             self.emulator = Emulator::new();
@@ -102,12 +102,12 @@ impl FelixNode {
 }
 
 impl Dataplane for FelixNode {
-    fn apply(&mut self, resources: &ResourceSet) -> Result<(), String> {
+    fn apply(&mut self, resources: &ResourceSet) -> Result<(), StepError> {
         let node = self.node.clone();
         self.sync(&node, resources)
     }
 
-    fn process(&mut self, at: &Attach, pkt: &PacketHeader, inner: Option<Tuple>) -> Result<Outcome, String> {
+    fn process(&mut self, at: &Attach, pkt: &PacketHeader, inner: Option<Tuple>) -> Result<Outcome, StepError> {
         self.inner.process(at, pkt, inner)
     }
 
@@ -115,12 +115,12 @@ impl Dataplane for FelixNode {
         self.inner.advance(by)
     }
 
-    fn set_node(&mut self, node: &NodeConfig) -> Result<(), String> {
+    fn set_node(&mut self, node: &NodeConfig) -> Result<(), StepError> {
         let resources = self.resources.clone();
         self.sync(node, &resources)
     }
 }
 
-pub fn build(node: &NodeConfig, resources: &ResourceSet) -> Result<Box<dyn Dataplane>, String> {
+pub fn build(node: &NodeConfig, resources: &ResourceSet) -> Result<Box<dyn Dataplane>, StepError> {
     Ok(Box::new(FelixNode::new(node, resources)?))
 }

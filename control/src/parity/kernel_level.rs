@@ -30,7 +30,7 @@ use calxdp_policy::resource::{Protocol, ResourceSet};
 use calxdp_policy::verdict::{Outcome, Reason, Verdict};
 
 use super::pipeline_level::step_frame;
-use super::Dataplane;
+use super::{Dataplane, StepError};
 use crate::live::{interfaces, ip, Namespaces};
 use crate::render::apply::{self, run_in};
 use crate::render::{self, Ruleset};
@@ -129,16 +129,17 @@ fn kernel_names(node: &mut NodeConfig, known: &mut KernelNames) {
     }
 }
 
-fn sysctl(ns: &str, path: &str, value: &str) -> Result<(), String> {
+fn sysctl(ns: &str, path: &str, value: &str) -> Result<(), StepError> {
     let (p, v) = (format!("/proc/sys/{path}"), value.to_string());
     netns::run_in(ns, move || std::fs::write(&p, v).map_err(|e| format!("{p}: {e}")))
-        .map_err(|e| format!("entering namespace {ns}: {e}"))?
+        .map_err(|e| format!("entering namespace {ns}: {e}"))??;
+    Ok(())
 }
 
 impl KernelLevel {
-    pub fn new(node: &NodeConfig, resources: &ResourceSet) -> Result<KernelLevel, String> {
+    pub fn new(node: &NodeConfig, resources: &ResourceSet) -> Result<KernelLevel, StepError> {
         if let Some(why) = unavailable() {
-            return Err(why);
+            return Err(why.into());
         }
         let mut node = node.clone();
         let mut names = KernelNames::new();
@@ -209,7 +210,7 @@ impl KernelLevel {
 
     /// A veth `name` in the node namespace with `mac`, its peer in the wire namespace, and a packet socket
     /// on the peer.
-    fn add_wire(&mut self, name: &str, mac: [u8; 6]) -> Result<(), String> {
+    fn add_wire(&mut self, name: &str, mac: [u8; 6]) -> Result<(), StepError> {
         let peer = format!("w{}", self.next_peer);
         self.next_peer += 1;
         let (n, w) = (self.node_ns.clone(), self.wire_ns.clone());
@@ -227,7 +228,7 @@ impl KernelLevel {
 
     /// A pod's veth as Calico's CNI and Felix set it up (notes §12.2, §12.3): the host side's MAC,
     /// proxy ARP/NDP, forwarding, a /32 (/128) route per address, a permanent neighbour for IPv4.
-    fn add_workload(&mut self, w: &calxdp_policy::node::Workload) -> Result<(), String> {
+    fn add_workload(&mut self, w: &calxdp_policy::node::Workload) -> Result<(), StepError> {
         let Some(iface) = w.interface.clone() else { return Ok(()) };
         self.add_wire(&iface, VETH_MAC)?;
         let n = self.node_ns.clone();
@@ -279,7 +280,7 @@ impl KernelLevel {
 
     /// The node's default routes: via the first uplink with a gateway of the family, else on-link out of
     /// the first uplink (where calxdp sends what no subnet holds).
-    fn default_routes(&self) -> Result<(), String> {
+    fn default_routes(&self) -> Result<(), StepError> {
         let Some(first) = self.node.uplinks.first() else { return Ok(()) };
         for fam in [IpFamily::V4, IpFamily::V6] {
             let flag = if fam == IpFamily::V4 { "-4" } else { "-6" };
@@ -336,7 +337,7 @@ impl KernelLevel {
     /// Renders the node and its resources and loads them, with the harness's first rules in raw OUTPUT:
     /// nothing but the test's packets leaves the host stack, except port unreachables (the REJECT target's
     /// answers, which go on through Felix's chains like any packet the host sends).
-    fn program(&mut self) -> Result<(), String> {
+    fn program(&mut self) -> Result<(), StepError> {
         let world = ResolvedNode::new(&self.node, &self.resources);
         let rules: Ruleset = render::render(&world);
         let drop = |what: &str, icmp: &str| {
@@ -349,7 +350,7 @@ impl KernelLevel {
         };
         let prelude = [drop("! -p icmp", ""), drop("-p icmp", "-m icmp ! --icmp-type 3/3")];
         let prelude6 = [drop("! -p ipv6-icmp", ""), drop("-p ipv6-icmp", "-m icmp6 ! --icmpv6-type 1/4")];
-        apply::apply(Some(&self.node_ns), &rules, &prelude, &prelude6)
+        Ok(apply::apply(Some(&self.node_ns), &rules, &prelude, &prelude6)?)
     }
 
     fn wire_of(&self, port: Port) -> Option<&Wire> {
@@ -381,7 +382,7 @@ impl KernelLevel {
     /// IPv6 next hops get permanent neighbour entries before a packet needs them: the node's neighbour
     /// solicitations would otherwise meet host-endpoint egress policy (as on a real node), which is not
     /// what a step is about.
-    fn ensure_neighbours(&mut self, pkt: &PacketHeader) -> Result<(), String> {
+    fn ensure_neighbours(&mut self, pkt: &PacketHeader) -> Result<(), StepError> {
         let mut targets = vec![pkt.dst];
         if let Some(svc) = calxdp_policy::service::find_service(&self.node, pkt.protocol, pkt.dst, pkt.dst_port) {
             targets.extend(svc.backends.iter().map(|b| b.ip()));
@@ -417,19 +418,19 @@ impl KernelLevel {
         Ok(())
     }
 
-    fn counters(&self, family: IpFamily) -> Result<Counters, String> {
+    fn counters(&self, family: IpFamily) -> Result<Counters, StepError> {
         let cmd = if family == IpFamily::V4 { "iptables-legacy-save" } else { "ip6tables-legacy-save" };
         Ok(Counters::parse(&run_in(Some(&self.node_ns), cmd, &["-c"], None)?))
     }
 
-    fn conntrack(&self, family: IpFamily) -> Result<Vec<CtEntry>, String> {
+    fn conntrack(&self, family: IpFamily) -> Result<Vec<CtEntry>, StepError> {
         let f = if family == IpFamily::V4 { "ipv4" } else { "ipv6" };
         let text = run_in(Some(&self.node_ns), "conntrack", &["-L", "-f", f], None)?;
         Ok(text.lines().filter_map(CtEntry::parse).collect())
     }
 
     /// `conntrack <op>` on exactly one entry (by its original tuple); "0 flow entries" is not an error.
-    fn conntrack_on(&self, op: &str, e: &CtEntry, extra: &[&str]) -> Result<(), String> {
+    fn conntrack_on(&self, op: &str, e: &CtEntry, extra: &[&str]) -> Result<(), StepError> {
         let mut args: Vec<String> =
             vec![op.into(), "-f".into(), if e.orig.src.is_ipv4() { "ipv4" } else { "ipv6" }.into()];
         args.extend(e.filter_args());
@@ -437,18 +438,18 @@ impl KernelLevel {
         let refs: Vec<&str> = args.iter().map(String::as_str).collect();
         match run_in(Some(&self.node_ns), "conntrack", &refs, None) {
             Ok(_) => Ok(()),
-            Err(e) if e.contains("0 flow entries") => Ok(()),
-            Err(e) => Err(e),
+            Err(e) if e.said("0 flow entries") => Ok(()),
+            Err(e) => Err(e.into()),
         }
     }
 
-    fn flush_address(&self, a: IpAddr) -> Result<(), String> {
+    fn flush_address(&self, a: IpAddr) -> Result<(), StepError> {
         let f = if a.is_ipv4() { "ipv4" } else { "ipv6" };
         for dir in ["--orig-src", "--reply-src"] {
             match run_in(Some(&self.node_ns), "conntrack", &["-D", "-f", f, dir, &a.to_string()], None) {
                 Ok(_) => {}
-                Err(e) if e.contains("0 flow entries") => {}
-                Err(e) => return Err(e),
+                Err(e) if e.said("0 flow entries") => {}
+                Err(e) => return Err(e.into()),
             }
         }
         Ok(())
@@ -456,12 +457,12 @@ impl KernelLevel {
 }
 
 impl Dataplane for KernelLevel {
-    fn apply(&mut self, resources: &ResourceSet) -> Result<(), String> {
+    fn apply(&mut self, resources: &ResourceSet) -> Result<(), StepError> {
         let previous = std::mem::replace(&mut self.resources, resources.clone());
         self.program().inspect_err(|_| self.resources = previous)
     }
 
-    fn process(&mut self, at: &Attach, pkt: &PacketHeader, inner: Option<Tuple>) -> Result<Outcome, String> {
+    fn process(&mut self, at: &Attach, pkt: &PacketHeader, inner: Option<Tuple>) -> Result<Outcome, StepError> {
         let port = super::port_of(&self.node, at)?;
         let family = pkt.family();
         if family == IpFamily::V6 {
@@ -509,7 +510,7 @@ impl Dataplane for KernelLevel {
                     Ok(()) => {}
                     // Netfilter dropped it on the way out (NF_DROP in OUTPUT reaches the sender as EPERM).
                     Err(e) if e.raw_os_error() == Some(libc_eperm()) => {}
-                    Err(e) => return Err(format!("sending from the node's stack: {e}")),
+                    Err(e) => return Err(format!("sending from the node's stack: {e}").into()),
                 }
             }
             _ => {
@@ -606,7 +607,7 @@ impl Dataplane for KernelLevel {
         }
     }
 
-    fn set_node(&mut self, node: &NodeConfig) -> Result<(), String> {
+    fn set_node(&mut self, node: &NodeConfig) -> Result<(), StepError> {
         let mut next = node.clone();
         kernel_names(&mut next, &mut self.names);
         // Interfaces that go (or whose pod changed addresses or interface) are removed; new ones made.
@@ -937,7 +938,7 @@ fn libc_eperm() -> i32 {
 }
 
 /// Builds the level for a scenario.
-pub fn build(node: &NodeConfig, resources: &ResourceSet) -> Result<Box<dyn Dataplane>, String> {
+pub fn build(node: &NodeConfig, resources: &ResourceSet) -> Result<Box<dyn Dataplane>, StepError> {
     Ok(Box::new(KernelLevel::new(node, resources)?))
 }
 

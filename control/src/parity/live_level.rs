@@ -30,7 +30,7 @@ use calxdp_policy::resource::ResourceSet;
 use calxdp_policy::verdict::{Egress, Outcome, Verdict};
 
 use super::pipeline_level::step_frame;
-use super::Dataplane;
+use super::{Dataplane, StepError};
 use crate::live::{ip, LiveNode, LiveOptions, Namespaces};
 use crate::wire_hosts;
 
@@ -96,9 +96,9 @@ fn kernel_names(node: &NodeConfig) -> NodeConfig {
 }
 
 impl LiveLevel {
-    pub fn new(node: &NodeConfig, resources: &ResourceSet) -> Result<LiveLevel, String> {
+    pub fn new(node: &NodeConfig, resources: &ResourceSet) -> Result<LiveLevel, StepError> {
         if let Some(why) = unavailable() {
-            return Err(why);
+            return Err(why.into());
         }
         let node = kernel_names(node);
         let k = NEXT.fetch_add(1, Ordering::Relaxed);
@@ -148,7 +148,7 @@ impl LiveLevel {
     }
 
     /// A veth for node-side interface `name`, its other end in the wire namespace.
-    fn make_veth(&mut self, name: &str) -> Result<(), String> {
+    fn make_veth(&mut self, name: &str) -> Result<(), StepError> {
         self.veths += 1;
         let peer = format!("w{}", self.veths);
         let (node_ns, wire_ns) = (&self.node_ns, &self.wire_ns);
@@ -160,7 +160,7 @@ impl LiveLevel {
     }
 
     /// A packet socket on the wire end of every attached port that has none yet.
-    fn open_sockets(&mut self) -> Result<(), String> {
+    fn open_sockets(&mut self) -> Result<(), StepError> {
         let live = self.live.as_ref().expect("running");
         let node = live.publisher.node().clone();
         let mut wanted = Vec::new();
@@ -262,11 +262,11 @@ fn interface_names(node: &NodeConfig) -> Vec<String> {
 }
 
 impl Dataplane for LiveLevel {
-    fn apply(&mut self, resources: &ResourceSet) -> Result<(), String> {
-        self.live().publisher.replace(resources.clone()).map(|_| ()).map_err(|e| e.to_string())
+    fn apply(&mut self, resources: &ResourceSet) -> Result<(), StepError> {
+        Ok(self.live().publisher.replace(resources.clone()).map(|_| ())?)
     }
 
-    fn process(&mut self, at: &Attach, pkt: &PacketHeader, inner: Option<Tuple>) -> Result<Outcome, String> {
+    fn process(&mut self, at: &Attach, pkt: &PacketHeader, inner: Option<Tuple>) -> Result<Outcome, StepError> {
         let id = {
             let tables = self.live().publisher.slot().hold();
             tables.ports.id_of(super::port_of(&tables.world.node, at)?)
@@ -280,7 +280,7 @@ impl Dataplane for LiveLevel {
             .recv_timeout(DECIDE_WITHIN)
             .map_err(|_| format!("the dataplane did not decide the frame within {DECIDE_WITHIN:?}"))?;
         if rec.header != *pkt {
-            return Err(format!("the dataplane decided another packet: {:?}", rec.header));
+            return Err(format!("the dataplane decided another packet: {:?}", rec.header).into());
         }
         let (within, expected) = match rec.verdict {
             Verdict::Allow => (ARRIVE_WITHIN, rec.out_port),
@@ -292,7 +292,9 @@ impl Dataplane for LiveLevel {
         let (verdict, out, translated) = match (&seen, rec.verdict) {
             (Some((p, bytes)), Verdict::Allow) => {
                 if Some(*p) != rec.out_port {
-                    return Err(format!("the trace says out {:?} but the frame arrived on port {p}", rec.out_port));
+                    return Err(
+                        format!("the trace says out {:?} but the frame arrived on port {p}", rec.out_port).into()
+                    );
                 }
                 let parsed =
                     parse(bytes).map_err(|m| format!("the frame that arrived does not parse: {}", m.as_str()))?;
@@ -303,10 +305,10 @@ impl Dataplane for LiveLevel {
                 (Verdict::Allow, self.egress(*p), Some(dst))
             }
             (None, Verdict::Allow) => {
-                return Err(format!("the dataplane allowed the frame out of {:?} but nothing arrived", rec.out))
+                return Err(format!("the dataplane allowed the frame out of {:?} but nothing arrived", rec.out).into())
             }
             (Some((p, _)), Verdict::Drop) if *p != id => {
-                return Err(format!("the dataplane dropped the frame but a frame arrived on port {p}"))
+                return Err(format!("the dataplane dropped the frame but a frame arrived on port {p}").into())
             }
             _ => (Verdict::Drop, None, None),
         };
@@ -335,7 +337,7 @@ impl Dataplane for LiveLevel {
 
     /// Veths for new pods, then the node changed (the running node attaches them), then the veths of pods
     /// that are gone are deleted.
-    fn set_node(&mut self, node: &NodeConfig) -> Result<(), String> {
+    fn set_node(&mut self, node: &NodeConfig) -> Result<(), StepError> {
         let node = kernel_names(node);
         let now: Vec<String> = interface_names(&node);
         for name in &now {
@@ -354,7 +356,7 @@ impl Dataplane for LiveLevel {
         while now.iter().any(|n| !self.live().is_attached(n)) {
             if Instant::now() > deadline {
                 let events = self.live().take_events();
-                return Err(format!("the node did not take over its new interfaces: {events:?}"));
+                return Err(format!("the node did not take over its new interfaces: {events:?}").into());
             }
             std::thread::sleep(Duration::from_millis(10));
             self.live().supervise();
@@ -378,6 +380,6 @@ fn answer_wire(sock: &PacketSocket, frame: &[u8]) {
 }
 
 /// Builds the level for a scenario.
-pub fn build(node: &NodeConfig, resources: &ResourceSet) -> Result<Box<dyn Dataplane>, String> {
+pub fn build(node: &NodeConfig, resources: &ResourceSet) -> Result<Box<dyn Dataplane>, StepError> {
     Ok(Box::new(LiveLevel::new(node, resources)?))
 }

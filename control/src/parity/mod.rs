@@ -1,6 +1,7 @@
 //! The parity runner: every scenario through one level of calxdp, one line per failing step, and the closing
 //! line `N passed, N failed` (shared/parity/FORMAT.md).
 
+pub mod compiled_level;
 pub mod felix_level;
 pub mod kernel_level;
 pub mod live_level;
@@ -12,15 +13,18 @@ use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use calxdp_dataplane::path::Port;
-use calxdp_policy::compile::walker::Compiled;
 use calxdp_policy::ids::Tuple;
 use calxdp_policy::node::NodeConfig;
 use calxdp_policy::packet::PacketHeader;
-use calxdp_policy::reference::{Attach, NodeModel, PolicyWalker, ReferenceNode};
+use calxdp_policy::reference::{Attach, NoSuchPort, NodeModel, PolicyWalker, ReferenceNode};
 use calxdp_policy::resource::ResourceSet;
 use calxdp_policy::selector::Selector;
 use calxdp_policy::verdict::{Egress, Outcome, Verdict};
 
+use crate::live::{IpError, StartError};
+use crate::offline::NotAttached;
+use crate::publisher::Rejected;
+use compiled_level::Compiled;
 use scenario::{parse_scenario, PacketStep, Scenario, ScenarioFile, SelectorExpect, SelectorVectors, Step};
 
 /// The levels of calxdp a scenario can run through.
@@ -54,45 +58,100 @@ impl Level {
         [Level::Reference, Level::Compiled, Level::Pipeline, Level::Felix, Level::Live, Level::Kernel];
 }
 
+/// Why a level could not build or run a step; the message ends the step's `FAIL` line.
+#[derive(Debug, thiserror::Error)]
+pub enum StepError {
+    #[error(transparent)]
+    NoSuchPort(#[from] NoSuchPort),
+    #[error(transparent)]
+    UnknownPort(#[from] UnknownPort),
+    #[error(transparent)]
+    Rejected(#[from] Rejected),
+    #[error(transparent)]
+    NotAttached(#[from] NotAttached),
+    #[error(transparent)]
+    Start(#[from] StartError),
+    #[error(transparent)]
+    Ip(#[from] IpError),
+    #[error(transparent)]
+    Command(#[from] crate::render::apply::CommandError),
+    /// A Felix stream the driver's front end refused, or a model it could not lower (the felix level).
+    #[error(transparent)]
+    Driver(#[from] crate::felix::driver::DriverError),
+    #[error(transparent)]
+    Model(#[from] crate::felix::driver::ModelError),
+    #[error(transparent)]
+    NoConfigForm(#[from] crate::felix::config::NoConfigForm),
+    /// What the level's harness saw and no dataplane may do (a frame out of a port the trace does not
+    /// name, a bad checksum, a frame never decided), or a probe of the harness itself that failed (a socket
+    /// on a test wire, a command in a test namespace). These are findings of the oracle, in its words: the
+    /// String is the report.
+    #[error("{0}")]
+    Finding(String),
+}
+
+impl From<String> for StepError {
+    fn from(finding: String) -> StepError {
+        StepError::Finding(finding)
+    }
+}
+
+impl From<&str> for StepError {
+    fn from(finding: &str) -> StepError {
+        StepError::Finding(finding.to_string())
+    }
+}
+
+/// A step's `in:` names a port the node does not have (the levels that run frames).
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+pub enum UnknownPort {
+    #[error("no interface {0}")]
+    Interface(String),
+    #[error("no workload {0}")]
+    Workload(String),
+}
+
 /// A dataplane under test: takes resources, packets and time, as a scenario gives them.
 pub trait Dataplane {
     /// Puts a whole resource set in force. An error rejects it and leaves the previous set in force.
-    fn apply(&mut self, resources: &ResourceSet) -> Result<(), String>;
-    fn process(&mut self, at: &Attach, pkt: &PacketHeader, inner: Option<Tuple>) -> Result<Outcome, String>;
+    fn apply(&mut self, resources: &ResourceSet) -> Result<(), StepError>;
+    fn process(&mut self, at: &Attach, pkt: &PacketHeader, inner: Option<Tuple>) -> Result<Outcome, StepError>;
     fn advance(&mut self, by: Duration);
     /// Puts a changed node in force (workloads and namespaces come and go); the flows of addresses no
     /// local workload has any more are flushed. An error leaves the previous node in force.
-    fn set_node(&mut self, node: &NodeConfig) -> Result<(), String>;
+    fn set_node(&mut self, node: &NodeConfig) -> Result<(), StepError>;
 }
 
 /// The reference level (interpreted walks) and the compiled level (compiled programs) share the node model.
 impl<W: PolicyWalker> Dataplane for NodeModel<W> {
-    fn apply(&mut self, resources: &ResourceSet) -> Result<(), String> {
-        self.set_resources(resources.clone())
+    fn apply(&mut self, resources: &ResourceSet) -> Result<(), StepError> {
+        self.set_resources(resources.clone());
+        Ok(())
     }
 
-    fn process(&mut self, at: &Attach, pkt: &PacketHeader, inner: Option<Tuple>) -> Result<Outcome, String> {
-        NodeModel::process(self, at, pkt, inner)
+    fn process(&mut self, at: &Attach, pkt: &PacketHeader, inner: Option<Tuple>) -> Result<Outcome, StepError> {
+        Ok(NodeModel::process(self, at, pkt, inner)?)
     }
 
     fn advance(&mut self, by: Duration) {
         NodeModel::advance(self, by)
     }
 
-    fn set_node(&mut self, node: &NodeConfig) -> Result<(), String> {
-        NodeModel::set_node(self, node.clone())
+    fn set_node(&mut self, node: &NodeConfig) -> Result<(), StepError> {
+        NodeModel::set_node(self, node.clone());
+        Ok(())
     }
 }
 
 /// The port a step's `in:` names, for the levels that run frames (pipeline, live).
-pub fn port_of(node: &NodeConfig, at: &Attach) -> Result<Port, String> {
+pub fn port_of(node: &NodeConfig, at: &Attach) -> Result<Port, UnknownPort> {
     match at {
         Attach::Host => Ok(Port::Host),
         Attach::Uplink(n) => {
-            node.uplink_by_name(n).map(|i| Port::Uplink(i as u16)).ok_or_else(|| format!("no interface {n}"))
+            node.uplink_by_name(n).map(|i| Port::Uplink(i as u16)).ok_or_else(|| UnknownPort::Interface(n.clone()))
         }
         Attach::Workload(n) => {
-            node.workload_by_name(n).map(|i| Port::Workload(i as u16)).ok_or_else(|| format!("no workload {n}"))
+            node.workload_by_name(n).map(|i| Port::Workload(i as u16)).ok_or_else(|| UnknownPort::Workload(n.clone()))
         }
     }
 }
@@ -107,10 +166,10 @@ pub fn egress_of(node: &NodeConfig, p: Port) -> Egress {
 }
 
 /// Builds a fresh dataplane of a level for a node and its initial resources.
-pub fn build(level: Level, node: &NodeConfig, resources: &ResourceSet) -> Result<Box<dyn Dataplane>, String> {
+pub fn build(level: Level, node: &NodeConfig, resources: &ResourceSet) -> Result<Box<dyn Dataplane>, StepError> {
     match level {
         Level::Reference => Ok(Box::new(ReferenceNode::new(node.clone(), resources.clone()))),
-        Level::Compiled => Ok(Box::new(NodeModel::with_walker(node.clone(), resources.clone(), Compiled::default())?)),
+        Level::Compiled => Ok(Box::new(NodeModel::with_walker(node.clone(), resources.clone(), Compiled::default()))),
         Level::Pipeline => Ok(pipeline_level::build(node, resources)),
         Level::Live => live_level::build(node, resources),
         Level::Kernel => kernel_level::build(node, resources),
@@ -132,11 +191,19 @@ impl Tally {
     }
 }
 
+/// A path given to the runner that cannot be listed.
+#[derive(Debug, thiserror::Error)]
+#[error("{}: {error}", .path.display())]
+pub struct ListError {
+    pub path: PathBuf,
+    pub error: std::io::Error,
+}
+
 /// Every `.yaml`/`.yml` file under the paths, sorted.
-pub fn scenario_files(paths: &[PathBuf]) -> Result<Vec<PathBuf>, String> {
+pub fn scenario_files(paths: &[PathBuf]) -> Result<Vec<PathBuf>, ListError> {
     let mut out = Vec::new();
     for p in paths {
-        collect(p, &mut out).map_err(|e| format!("{}: {e}", p.display()))?;
+        collect(p, &mut out).map_err(|error| ListError { path: p.clone(), error })?;
     }
     out.sort();
     Ok(out)
@@ -315,7 +382,7 @@ pub fn compare(p: &PacketStep, o: &Outcome) -> Option<String> {
 }
 
 /// Runs every file under `paths` at each level; the report holds failure lines and the closing line.
-pub fn run(paths: &[PathBuf], levels: &[Level]) -> Result<(String, Tally), String> {
+pub fn run(paths: &[PathBuf], levels: &[Level]) -> Result<(String, Tally), ListError> {
     let files = scenario_files(paths)?;
     let mut report = String::new();
     let mut total = Tally::default();

@@ -19,7 +19,7 @@ use calxdp_policy::reference::Attach;
 use calxdp_policy::resource::ResourceSet;
 use calxdp_policy::verdict::{Egress, Outcome, Verdict};
 
-use super::Dataplane;
+use super::{Dataplane, StepError};
 use crate::offline::OfflineNode;
 use crate::wire_hosts;
 
@@ -31,12 +31,7 @@ pub struct PipelineNode {
 
 impl PipelineNode {
     pub fn new(node: &NodeConfig, resources: &ResourceSet) -> PipelineNode {
-        let node = match OfflineNode::new(node.clone(), resources.clone(), false) {
-            Ok(n) => n,
-            // Whatever the node file and resources say was validated when they were loaded.
-            Err(e) => panic!("{e}"),
-        };
-        PipelineNode { node }
+        PipelineNode { node: OfflineNode::new(node.clone(), resources.clone(), false) }
     }
 
     /// A pipeline node on an offline node built elsewhere (the felix level builds it from the driver's model).
@@ -49,7 +44,7 @@ impl PipelineNode {
         &mut self.node
     }
 
-    fn port(&self, at: &Attach) -> Result<PortId, String> {
+    fn port(&self, at: &Attach) -> Result<PortId, StepError> {
         let tables = self.node.tables();
         let p = super::port_of(&tables.world.node, at)?;
         Ok(tables.ports.id_of(p))
@@ -62,13 +57,13 @@ impl PipelineNode {
 }
 
 impl Dataplane for PipelineNode {
-    fn apply(&mut self, resources: &ResourceSet) -> Result<(), String> {
-        self.node.publisher.replace(resources.clone()).map(|_| ()).map_err(|e| e.to_string())
+    fn apply(&mut self, resources: &ResourceSet) -> Result<(), StepError> {
+        Ok(self.node.publisher.replace(resources.clone()).map(|_| ())?)
     }
 
     /// The step as a real frame: built, received, decided, rewritten, sent, and parsed again where it came
     /// out.
-    fn process(&mut self, at: &Attach, pkt: &PacketHeader, inner: Option<Tuple>) -> Result<Outcome, String> {
+    fn process(&mut self, at: &Attach, pkt: &PacketHeader, inner: Option<Tuple>) -> Result<Outcome, StepError> {
         let id = self.port(at)?;
         let frame = step_frame(pkt, inner);
         for p in self.node.port_ids() {
@@ -110,7 +105,9 @@ impl Dataplane for PipelineNode {
         let (verdict, out, translated) = match (arrived, rec.verdict) {
             (Some((p, bytes)), Verdict::Allow) => {
                 if Some(p) != rec.out_port {
-                    return Err(format!("the trace says out {:?} but the frame came out of port {p}", rec.out_port));
+                    return Err(
+                        format!("the trace says out {:?} but the frame came out of port {p}", rec.out_port).into()
+                    );
                 }
                 let out = parse(&bytes).map_err(|m| format!("the rewritten frame does not parse: {}", m.as_str()))?;
                 if !ipv4_header_ok(&bytes, &out) || !out.verify_l4_checksum(&bytes) {
@@ -119,11 +116,11 @@ impl Dataplane for PipelineNode {
                 (Verdict::Allow, self.egress(p), Some(SocketAddr::new(out.header.dst, out.header.dst_port)))
             }
             (None, Verdict::Allow) => {
-                return Err(format!("the dataplane allowed the frame out of {:?} but nothing came out", rec.out))
+                return Err(format!("the dataplane allowed the frame out of {:?} but nothing came out", rec.out).into())
             }
             (Some((p, bytes)), Verdict::Drop) => {
                 let what = parse(&bytes).map(|x| format!("{:?}", x.header)).unwrap_or_default();
-                return Err(format!("the dataplane dropped the frame but a frame came out of port {p}: {what}"));
+                return Err(format!("the dataplane dropped the frame but a frame came out of port {p}: {what}").into());
             }
             (None, Verdict::Drop) => (Verdict::Drop, None, None),
         };
@@ -150,8 +147,8 @@ impl Dataplane for PipelineNode {
         self.node.clock.advance(by);
     }
 
-    fn set_node(&mut self, node: &NodeConfig) -> Result<(), String> {
-        self.node.set_node(node.clone())
+    fn set_node(&mut self, node: &NodeConfig) -> Result<(), StepError> {
+        Ok(self.node.set_node(node.clone())?)
     }
 }
 

@@ -183,7 +183,7 @@ fn parse_step(file_text: &str, f: Field<'_>, node: &mut NodeConfig) -> Result<St
         let what = format!("workload {}/{}", w.namespace, w.name);
         let mut next = node.clone();
         next.upsert_workload(w);
-        next.check().map_err(|m| f.error(m))?;
+        next.check().map_err(|e| f.error(e.to_string()))?;
         *node = next;
         return Ok(Step::Node { line, what, node: Box::new(node.clone()) });
     }

@@ -31,9 +31,28 @@ pub fn missing_tool() -> Option<String> {
     None
 }
 
+/// Why a command of the rendering failed; each names the command.
+#[derive(Debug, thiserror::Error)]
+pub enum CommandError {
+    #[error("cannot run {cmd}: {error}")]
+    Spawn { cmd: String, error: std::io::Error },
+    #[error("{cmd}: {error}")]
+    Wait { cmd: String, error: std::io::Error },
+    /// The command line, " in namespace NS" or nothing, and what the command wrote to stderr (trimmed).
+    #[error("`{command}`{place} failed: {stderr}")]
+    Failed { command: String, place: String, stderr: String },
+}
+
+impl CommandError {
+    /// Whether the command ran and said `text` on stderr.
+    pub fn said(&self, text: &str) -> bool {
+        matches!(self, CommandError::Failed { stderr, .. } if stderr.contains(text))
+    }
+}
+
 /// Runs `cmd args` inside namespace `ns` (or here, when `ns` is `None`) with `input` on its standard
 /// input; its standard output, or an error naming the command and what it said.
-pub fn run_in(ns: Option<&str>, cmd: &str, args: &[&str], input: Option<&str>) -> Result<String, String> {
+pub fn run_in(ns: Option<&str>, cmd: &str, args: &[&str], input: Option<&str>) -> Result<String, CommandError> {
     let mut c = match ns {
         Some(ns) => {
             let mut c = Command::new("ip");
@@ -44,17 +63,20 @@ pub fn run_in(ns: Option<&str>, cmd: &str, args: &[&str], input: Option<&str>) -
     };
     c.args(args).stdin(if input.is_some() { Stdio::piped() } else { Stdio::null() });
     c.stdout(Stdio::piped()).stderr(Stdio::piped());
-    let mut child = c.spawn().map_err(|e| format!("cannot run {cmd}: {e}"))?;
+    let mut child = c.spawn().map_err(|error| CommandError::Spawn { cmd: cmd.to_string(), error })?;
     if let (Some(text), Some(mut stdin)) = (input, child.stdin.take()) {
         // A write error (the command quit early) shows in its exit status and stderr below.
         let _ = stdin.write_all(text.as_bytes());
     }
-    let out = child.wait_with_output().map_err(|e| format!("{cmd}: {e}"))?;
+    let out = child.wait_with_output().map_err(|error| CommandError::Wait { cmd: cmd.to_string(), error })?;
     if out.status.success() {
         Ok(String::from_utf8_lossy(&out.stdout).into_owned())
     } else {
-        let place = ns.map(|n| format!(" in namespace {n}")).unwrap_or_default();
-        Err(format!("`{cmd} {}`{place} failed: {}", args.join(" "), String::from_utf8_lossy(&out.stderr).trim()))
+        Err(CommandError::Failed {
+            command: format!("{cmd} {}", args.join(" ")),
+            place: ns.map(|n| format!(" in namespace {n}")).unwrap_or_default(),
+            stderr: String::from_utf8_lossy(&out.stderr).trim().to_string(),
+        })
     }
 }
 
@@ -72,7 +94,7 @@ pub fn apply(
     rules: &Ruleset,
     prelude: &[(&str, String)],
     prelude6: &[(&str, String)],
-) -> Result<(), String> {
+) -> Result<(), CommandError> {
     let sets = format!("{}{}", rules.v4.ipset_text(), rules.v6.ipset_text());
     run_in(ns, "ipset", &["restore", "-exist"], Some(&sets))?;
     for (r, pre) in [(&rules.v4, prelude), (&rules.v6, prelude6)] {

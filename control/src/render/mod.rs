@@ -335,25 +335,36 @@ fn render_family_with(world: &ResolvedNode, family: IpFamily, opts: &Options) ->
     FamilyRuleset { family, tables, sets: sets.into_sets() }
 }
 
+/// Why `calxdp render` could not render or load.
+#[derive(Debug, thiserror::Error)]
+pub enum RenderError {
+    /// The node file or a policy file does not load (file:line:col: field: message).
+    #[error(transparent)]
+    Load(#[from] calxdp_policy::yaml::LoadError),
+    /// Which tool is missing and the package that has it ([`apply::missing_tool`]).
+    #[error("{0}")]
+    MissingTool(String),
+    #[error(transparent)]
+    Command(#[from] apply::CommandError),
+}
+
 /// `calxdp render iptables`: the rendering of a node file and a policy file or directory, as text; or,
 /// with `apply_in`, loaded into that network namespace (and a line saying so).
 pub fn render_files(
     node: &std::path::Path,
     policies: &std::path::Path,
     apply_in: Option<&str>,
-) -> Result<String, String> {
-    let node = calxdp_policy::node::NodeConfig::load(node).map_err(|e| e.to_string())?;
+) -> Result<String, RenderError> {
+    let node = calxdp_policy::node::NodeConfig::load(node)?;
     let mut resources = calxdp_policy::resource::ResourceSet::new();
-    resources.apply_all(
-        calxdp_policy::resource::load_path(policies).map_err(|e| e.to_string())?.into_iter().map(|d| d.resource),
-    );
+    resources.apply_all(calxdp_policy::resource::load_path(policies)?.into_iter().map(|d| d.resource));
     let world = ResolvedNode::new(&node, &resources);
     let rules = render(&world);
     match apply_in {
         None => Ok(rules.text()),
         Some(ns) => {
             if let Some(why) = apply::missing_tool() {
-                return Err(why);
+                return Err(RenderError::MissingTool(why));
             }
             apply::apply(Some(ns), &rules, &[], &[])?;
             let count = |r: &FamilyRuleset| r.restore_text(&[]).lines().filter(|l| l.starts_with("-A ")).count();

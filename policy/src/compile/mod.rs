@@ -9,7 +9,6 @@ mod deps;
 pub mod linear;
 pub mod ranges;
 pub mod terms;
-pub mod walker;
 
 use std::collections::hash_map::DefaultHasher;
 use std::collections::HashMap;

@@ -77,6 +77,15 @@ pub struct NodeModel<W: PolicyWalker> {
 /// A Log rule's bucket: its owner, direction, position and contents, and the packet's family.
 type LogBucketKey = (RuleOwner, Direction, usize, u64, IpFamily);
 
+/// A packet said to arrive where the node has no port.
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+pub enum NoSuchPort {
+    #[error("the node has no interface '{0}'")]
+    Interface(String),
+    #[error("the node has no workload '{0}'")]
+    Workload(String),
+}
+
 /// The reference evaluator: every walk interpreted directly from the resources.
 pub type ReferenceNode = NodeModel<Interpreted>;
 
@@ -98,21 +107,18 @@ struct Walk {
 
 impl ReferenceNode {
     pub fn new(node: NodeConfig, resources: ResourceSet) -> ReferenceNode {
-        match NodeModel::with_walker(node, resources, Interpreted) {
-            Ok(n) => n,
-            Err(e) => unreachable!("the interpreted walker accepts every resource set: {e}"),
-        }
+        NodeModel::with_walker(node, resources, Interpreted)
     }
 }
 
 impl<W: PolicyWalker> NodeModel<W> {
-    /// A node whose walks `walker` does; fails if the walker cannot take the resources.
-    pub fn with_walker(node: NodeConfig, resources: ResourceSet, mut walker: W) -> Result<NodeModel<W>, String> {
+    /// A node whose walks `walker` does.
+    pub fn with_walker(node: NodeConfig, resources: ResourceSet, mut walker: W) -> NodeModel<W> {
         let world = ResolvedNode::new(&node, &resources);
-        walker.rebuild(&world)?;
+        walker.rebuild(&world);
         let felix = &world.node.felix;
         let flows = Flows::new(Some(felix.conntrack_capacity), felix.conntrack_timeouts);
-        Ok(NodeModel {
+        NodeModel {
             node,
             resources,
             world,
@@ -122,7 +128,7 @@ impl<W: PolicyWalker> NodeModel<W> {
             log_buckets: HashMap::new(),
             icmp_peers: HashMap::new(),
             icmp_global: 0,
-        })
+        }
     }
 
     pub fn walker(&self) -> &W {
@@ -137,30 +143,28 @@ impl<W: PolicyWalker> NodeModel<W> {
         &self.world
     }
 
-    /// Replaces the resources in force; if the walker rejects them, the previous ones stay. Conntrack is
-    /// kept: Felix does not flush it on policy change (semantics §8.2).
-    pub fn set_resources(&mut self, resources: ResourceSet) -> Result<(), String> {
+    /// Replaces the resources in force. Conntrack is kept: Felix does not flush it on policy change
+    /// (semantics §8.2).
+    pub fn set_resources(&mut self, resources: ResourceSet) {
         let world = ResolvedNode::new(&self.node, &resources);
-        self.walker.rebuild(&world)?;
+        self.walker.rebuild(&world);
         self.flows.timeouts = world.node.felix.conntrack_timeouts;
         self.world = world;
         self.resources = resources;
-        Ok(())
     }
 
     /// Puts a changed node in force (workloads added, changed or removed; namespaces relabelled). The
     /// flows of every address a local workload no longer has are flushed, as Felix does when an address's
     /// route owner goes away (semantics §8.2).
-    pub fn set_node(&mut self, node: NodeConfig) -> Result<(), String> {
+    pub fn set_node(&mut self, node: NodeConfig) {
         let world = ResolvedNode::new(&node, &self.resources);
-        self.walker.rebuild(&world)?;
+        self.walker.rebuild(&world);
         for ip in crate::node::removed_workload_addresses(&self.world.node, &node) {
             self.flows.flush_ip(ip);
         }
         self.flows.timeouts = world.node.felix.conntrack_timeouts;
         self.world = world;
         self.node = node;
-        Ok(())
     }
 
     /// Lets time pass (conntrack expiry).
@@ -171,16 +175,16 @@ impl<W: PolicyWalker> NodeModel<W> {
 
     /// Follows one packet through the node. `inner` is the flow an ICMP error quotes, if any.
     /// Errors only for an attachment point the node does not have.
-    pub fn process(&mut self, at: &Attach, pkt: &PacketHeader, inner: Option<Tuple>) -> Result<Outcome, String> {
+    pub fn process(&mut self, at: &Attach, pkt: &PacketHeader, inner: Option<Tuple>) -> Result<Outcome, NoSuchPort> {
         self.flows.expire(self.now);
         let node = &self.world.node;
         let source = match at {
             Attach::Uplink(name) => {
-                Source::Uplink(node.uplink_by_name(name).ok_or_else(|| format!("the node has no interface '{name}'"))?)
+                Source::Uplink(node.uplink_by_name(name).ok_or_else(|| NoSuchPort::Interface(name.clone()))?)
             }
-            Attach::Workload(name) => Source::Workload(
-                node.workload_by_name(name).ok_or_else(|| format!("the node has no workload '{name}'"))?,
-            ),
+            Attach::Workload(name) => {
+                Source::Workload(node.workload_by_name(name).ok_or_else(|| NoSuchPort::Workload(name.clone()))?)
+            }
             Attach::Host => Source::Host,
         };
         let mut w = Walk::default();

@@ -240,7 +240,7 @@ fn forward_default_allow_then_aof_policy() {
     let aof = format!(
         "{HEP}---\napiVersion: projectcalico.org/v3\nkind: GlobalNetworkPolicy\nmetadata: {{name: aof}}\nspec: {{selector: has(host-endpoint), applyOnForward: true, ingress: [{{action: Deny, protocol: TCP, destination: {{ports: [3000]}}}}]}}\n"
     );
-    n.set_resources(resources(&aof)).unwrap();
+    n.set_resources(resources(&aof));
     assert_eq!(run(&mut n, eth0(), tcp(X, 40001, "192.168.1.10", 3000, tcp_flags::SYN)).0, Verdict::Drop);
 }
 
@@ -269,7 +269,7 @@ fn conntrack_survives_policy_change_and_invalid_is_dropped() {
         run(&mut n, pod("podA"), tcp("192.168.1.10", 80, "192.168.1.11", 5000, tcp_flags::SYN | tcp_flags::ACK)).0,
         Verdict::Allow
     );
-    n.set_resources(resources("apiVersion: projectcalico.org/v3\nkind: GlobalNetworkPolicy\nmetadata: {name: d}\nspec: {selector: all(), ingress: [{action: Deny}], egress: [{action: Deny}]}\n")).unwrap();
+    n.set_resources(resources("apiVersion: projectcalico.org/v3\nkind: GlobalNetworkPolicy\nmetadata: {name: d}\nspec: {selector: all(), ingress: [{action: Deny}], egress: [{action: Deny}]}\n"));
     let (v, r) = run(&mut n, pod("podB"), tcp("192.168.1.11", 5000, "192.168.1.10", 80, tcp_flags::ACK));
     assert_eq!((v, r), (Verdict::Allow, Reason::Established));
     let (v, r) =

@@ -18,8 +18,9 @@ pub enum WalkEnd {
 }
 
 pub trait PolicyWalker: std::fmt::Debug {
-    /// Takes a new resolved node; an error rejects it (the previous one stays in force).
-    fn rebuild(&mut self, world: &ResolvedNode) -> Result<(), String>;
+    /// Takes a new resolved node. Every walker takes every node: the compile cannot fail (a rule it cannot
+    /// express is refused when the resources are loaded, not here).
+    fn rebuild(&mut self, world: &ResolvedNode);
     /// Walks `ep`'s policies of `stage` for direction `d`; Log rules append to `logs`.
     fn walk(
         &self,
@@ -39,9 +40,7 @@ pub trait PolicyWalker: std::fmt::Debug {
 pub struct Interpreted;
 
 impl PolicyWalker for Interpreted {
-    fn rebuild(&mut self, _world: &ResolvedNode) -> Result<(), String> {
-        Ok(())
-    }
+    fn rebuild(&mut self, _world: &ResolvedNode) {}
 
     fn walk(
         &self,

@@ -36,11 +36,11 @@ pub fn load_path(path: &Path) -> Result<Vec<ResourceDoc>, LoadError> {
         field: String::new(),
         message,
     };
-    let files = policy_files(path).map_err(|(file, e)| whole(&file, e))?;
+    let files = policy_files(path).map_err(|(file, e)| whole(&file, e.to_string()))?;
     let mut out = Vec::new();
     for file in files {
         let name = file.display().to_string();
-        let text = read_policy_file(&file).map_err(|e| whole(&file, e))?;
+        let text = read_policy_file(&file).map_err(|e| whole(&file, e.to_string()))?;
         out.extend(load_text(&text, &Origin::file(name))?);
     }
     Ok(out)
@@ -50,30 +50,50 @@ pub fn load_path(path: &Path) -> Result<Vec<ResourceDoc>, LoadError> {
 /// (a log written into the folder, a symlink to something endless) cannot exhaust memory.
 pub const MAX_FILE_BYTES: u64 = 16 << 20;
 
-/// Reads one policy file: a regular file of at most [`MAX_FILE_BYTES`], as UTF-8 text.
-pub fn read_policy_file(file: &Path) -> Result<String, String> {
-    use std::io::Read;
-    let meta = std::fs::metadata(file).map_err(|e| format!("cannot read: {e}"))?;
-    if !meta.is_file() {
-        return Err(not_regular(&meta));
-    }
-    if meta.len() > MAX_FILE_BYTES {
-        return Err(format!("{} bytes is more than calxdp reads from one policy file ({MAX_FILE_BYTES})", meta.len()));
-    }
-    let f = std::fs::File::open(file).map_err(|e| format!("cannot read: {e}"))?;
-    let mut bytes = Vec::new();
-    f.take(MAX_FILE_BYTES + 1).read_to_end(&mut bytes).map_err(|e| format!("cannot read: {e}"))?;
-    if bytes.len() as u64 > MAX_FILE_BYTES {
-        return Err(format!("grew past {MAX_FILE_BYTES} bytes while being read"));
-    }
-    String::from_utf8(bytes)
-        .map_err(|e| format!("not UTF-8 text (byte {} is not valid UTF-8)", e.utf8_error().valid_up_to()))
+/// Why a policy file could not be read; the message follows the file's name.
+#[derive(Debug, thiserror::Error)]
+pub enum ReadError {
+    #[error("cannot read: {0}")]
+    Io(#[from] std::io::Error),
+    /// What the entry is instead ("a FIFO", "a device", "a socket", "not a file").
+    #[error("{0}, not a regular file: calxdp reads policies only from regular files")]
+    NotRegular(&'static str),
+    #[error("{0} bytes is more than calxdp reads from one policy file ({MAX_FILE_BYTES})")]
+    TooLarge(u64),
+    #[error("cannot resolve: {0}")]
+    Resolve(std::io::Error),
+    #[error("cannot list directory: {0}")]
+    List(std::io::Error),
+    #[error("grew past {MAX_FILE_BYTES} bytes while being read")]
+    Grew,
+    /// The offset of the first byte that is not valid UTF-8.
+    #[error("not UTF-8 text (byte {0} is not valid UTF-8)")]
+    NotUtf8(usize),
 }
 
-fn not_regular(meta: &std::fs::Metadata) -> String {
+/// Reads one policy file: a regular file of at most [`MAX_FILE_BYTES`], as UTF-8 text.
+pub fn read_policy_file(file: &Path) -> Result<String, ReadError> {
+    use std::io::Read;
+    let meta = std::fs::metadata(file)?;
+    if !meta.is_file() {
+        return Err(ReadError::NotRegular(not_regular(&meta)));
+    }
+    if meta.len() > MAX_FILE_BYTES {
+        return Err(ReadError::TooLarge(meta.len()));
+    }
+    let f = std::fs::File::open(file)?;
+    let mut bytes = Vec::new();
+    f.take(MAX_FILE_BYTES + 1).read_to_end(&mut bytes)?;
+    if bytes.len() as u64 > MAX_FILE_BYTES {
+        return Err(ReadError::Grew);
+    }
+    String::from_utf8(bytes).map_err(|e| ReadError::NotUtf8(e.utf8_error().valid_up_to()))
+}
+
+fn not_regular(meta: &std::fs::Metadata) -> &'static str {
     use std::os::unix::fs::FileTypeExt;
     let t = meta.file_type();
-    let what = if t.is_fifo() {
+    if t.is_fifo() {
         "a FIFO"
     } else if t.is_char_device() || t.is_block_device() {
         "a device"
@@ -81,15 +101,14 @@ fn not_regular(meta: &std::fs::Metadata) -> String {
         "a socket"
     } else {
         "not a file"
-    };
-    format!("{what}, not a regular file: calxdp reads policies only from regular files")
+    }
 }
 
 /// Every policy file under `path` (a file, or a directory walked in name order), hidden entries skipped.
 /// Symbolic links are followed, each directory at most once (a link back to a parent is not a loop to
 /// walk forever), and an entry with a policy file's name that is not a regular file (a FIFO, a device) is an
 /// error, never something to read. The error names the entry.
-pub fn policy_files(path: &Path) -> Result<Vec<PathBuf>, (PathBuf, String)> {
+pub fn policy_files(path: &Path) -> Result<Vec<PathBuf>, (PathBuf, ReadError)> {
     let mut out = Vec::new();
     let mut seen = std::collections::HashSet::new();
     collect_files(path, &mut out, &mut seen, 0)?;
@@ -104,22 +123,22 @@ fn collect_files(
     out: &mut Vec<PathBuf>,
     seen: &mut std::collections::HashSet<PathBuf>,
     depth: usize,
-) -> Result<(), (PathBuf, String)> {
-    let fail = |p: &Path, e: String| (p.to_path_buf(), e);
-    let meta = std::fs::metadata(path).map_err(|e| fail(path, format!("cannot read: {e}")))?;
+) -> Result<(), (PathBuf, ReadError)> {
+    let fail = |p: &Path, e: ReadError| (p.to_path_buf(), e);
+    let meta = std::fs::metadata(path).map_err(|e| fail(path, ReadError::Io(e)))?;
     if meta.is_file() {
         out.push(path.to_path_buf());
         return Ok(());
     }
     if !meta.is_dir() {
-        return Err(fail(path, not_regular(&meta)));
+        return Err(fail(path, ReadError::NotRegular(not_regular(&meta))));
     }
-    let real = std::fs::canonicalize(path).map_err(|e| fail(path, format!("cannot resolve: {e}")))?;
+    let real = std::fs::canonicalize(path).map_err(|e| fail(path, ReadError::Resolve(e)))?;
     if !seen.insert(real) || depth > MAX_DIR_DEPTH {
         return Ok(());
     }
     let mut entries: Vec<PathBuf> = std::fs::read_dir(path)
-        .map_err(|e| fail(path, format!("cannot list directory: {e}")))?
+        .map_err(|e| fail(path, ReadError::List(e)))?
         .filter_map(|e| e.ok().map(|e| e.path()))
         .collect();
     entries.sort();
@@ -129,12 +148,12 @@ fn collect_files(
             continue;
         }
         // A dangling link or an unreadable entry is named as itself, not by its directory.
-        let meta = std::fs::metadata(&p).map_err(|e| fail(&p, format!("cannot read: {e}")))?;
+        let meta = std::fs::metadata(&p).map_err(|e| fail(&p, ReadError::Io(e)))?;
         if meta.is_dir() {
             collect_files(&p, out, seen, depth + 1)?;
         } else if matches!(p.extension().and_then(|e| e.to_str()), Some("yaml" | "yml" | "json")) {
             if !meta.is_file() {
-                return Err(fail(&p, not_regular(&meta)));
+                return Err(fail(&p, ReadError::NotRegular(not_regular(&meta))));
             }
             out.push(p);
         }

@@ -17,7 +17,7 @@ use std::fmt;
 use std::net::IpAddr;
 use std::sync::Arc;
 
-pub use load::{load_path, load_text, policy_files, read_policy_file, ResourceDoc};
+pub use load::{load_path, load_text, policy_files, read_policy_file, ReadError, ResourceDoc};
 pub use rule::{Action, EntityRule, IcmpMatch, Port, Protocol, Rule, ServiceRef};
 pub use v3::parse_named_port;
 

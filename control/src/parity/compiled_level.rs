@@ -1,14 +1,15 @@
-//! Policy walks done by compiled programs, for the compiled parity level and the differential test.
+//! The compiled level: the reference's node model with its policy walks done by compiled programs (the
+//! classifier the dataplane runs), for `parity --level compiled` and the compiled differential test.
 
 use std::sync::Arc;
 
-use super::{flow_key, CompiledTables, ProgramCache, ProgramEnd};
-use crate::ids::EndpointRef;
-use crate::packet::PacketHeader;
-use crate::reference::walker::log_for;
-use crate::reference::{PolicyWalker, WalkEnd};
-use crate::resolve::{Direction, ResolvedNode, Stage};
-use crate::verdict::{LogEvent, RuleRef};
+use calxdp_policy::compile::{flow_key, CompiledTables, ProgramCache, ProgramEnd};
+use calxdp_policy::ids::EndpointRef;
+use calxdp_policy::packet::PacketHeader;
+use calxdp_policy::reference::walker::log_for;
+use calxdp_policy::reference::{PolicyWalker, WalkEnd};
+use calxdp_policy::resolve::{Direction, ResolvedNode, Stage};
+use calxdp_policy::verdict::{LogEvent, RuleRef};
 
 /// Walks with the compiled tables of the current resolved node.
 #[derive(Debug, Default)]
@@ -25,10 +26,9 @@ impl Compiled {
 }
 
 impl PolicyWalker for Compiled {
-    fn rebuild(&mut self, world: &ResolvedNode) -> Result<(), String> {
+    fn rebuild(&mut self, world: &ResolvedNode) {
         self.epoch += 1;
         self.tables = Arc::new(self.cache.compile(world, self.epoch));
-        Ok(())
     }
 
     fn walk(
