@@ -40,12 +40,23 @@ pub enum ProgramEnd {
 /// One compiled (endpoint, direction, stage) walk.
 #[derive(Debug)]
 pub struct Program {
-    pub flat: FlatProgram,
+    /// The walk as flattened. Its address conditions are as built: those patched since are in `patches`.
+    pub flat: Arc<FlatProgram>,
     pub classifier: Classifier,
     /// The program's Log rules (indices into `flat.rules`), in term order: the walk reports the ones it
     /// passes without matching when asked ([`Program::evaluate_reaching`]).
     log_rules: Vec<u32>,
+    /// Address conditions patched in since the program was built ([`Program::patch_addresses`]).
+    patches: Arc<AddressPatches>,
 }
+
+/// Per (term, side: 0 source / 1 destination), oldest first: inside the region, the term's addresses are
+/// the second set (the last patch whose region holds an address decides it; outside every region the
+/// term's built condition does).
+type AddressPatches = HashMap<(u32, u8), Vec<(Arc<ranges::RangeSet>, ranges::RangeSet)>>;
+
+/// Patches one term takes before a change to its sets rebuilds the program instead (the patches stay bounded).
+const MAX_PATCHES: usize = 64;
 
 impl Program {
     pub fn build(flat: FlatProgram) -> Program {
@@ -53,45 +64,70 @@ impl Program {
         // In rule order, which is term order (`terms::flatten` pushes each rule's terms after it).
         let log_rules: Vec<u32> =
             (0..flat.rules.len() as u32).filter(|&r| flat.rules[r as usize].action == Action::Log).collect();
-        Program { flat, classifier, log_rules }
+        Program { flat: Arc::new(flat), classifier, log_rules, patches: Arc::default() }
+    }
+
+    /// Whether term `i`'s conditions, with the patches, hold for `key` (the linear scan's test).
+    fn term_holds(&self, i: usize, key: &FlowKey) -> bool {
+        let c = &self.flat.terms[i].conditions;
+        if self.patches.is_empty() {
+            return c.holds(key);
+        }
+        let address = |side: u8, ip: u128, built: &Option<ranges::RangeSet>| -> bool {
+            let patched = self.patches.get(&(i as u32, side)).into_iter().flatten().rev();
+            match patched.into_iter().find(|(region, _)| region.contains(ip)) {
+                Some((_, inside)) => inside.contains(ip),
+                None => built.as_ref().is_none_or(|s| s.contains(ip)),
+            }
+        };
+        address(0, key.src_ip, &c.src_ip) && address(1, key.dst_ip, &c.dst_ip) && c.holds_apart_from_addresses(key)
     }
 
     /// This program after the address sets of some selectors changed inside `region` (and only there):
     /// `addresses(sel)` gives a selector's new addresses inside `region`, `changed` says which selectors'
-    /// sets changed. The terms reading a changed selector get their new conditions and the classifier is
-    /// patched, not rebuilt (`Classifier::patch_addresses`). `None` when the change cannot be a patch: the
-    /// program has no term for a rule alternative a changed set left empty when it was built, and the change
-    /// falls inside that alternative's addresses.
+    /// sets changed. The terms reading a changed selector get their new addresses inside the region and the
+    /// classifier is patched, not rebuilt (`Classifier::patch_addresses`); the flattened walk is shared.
+    /// `None` when the change cannot be a patch: the program has no term for a rule alternative a changed
+    /// set left empty when it was built and the change falls inside that alternative's addresses, or it
+    /// has taken [`MAX_PATCHES`] already.
     pub fn patch_addresses(
         &self,
         region: &ranges::RangeSet,
-        changed: &std::collections::HashSet<&crate::selector::Selector>,
+        changed: &[&crate::selector::Selector],
         mut addresses: impl FnMut(&crate::selector::Selector) -> ranges::RangeSet,
     ) -> Option<Program> {
-        let reads = |s: &terms::AddrSource| s.selector.iter().chain(&s.not_selector).any(|s| changed.contains(s));
+        // A change touches one or two selectors: compared, not hashed.
+        let reads = |s: &terms::AddrSource| s.selector.iter().chain(&s.not_selector).any(|s| changed.contains(&s));
         if self.flat.dropped.iter().any(|s| reads(s) && !s.fixed.intersect(region).is_empty()) {
             return None;
         }
-        let mut flat = self.flat.clone();
+        if self.patches.values().any(|p| p.len() >= MAX_PATCHES) {
+            return None;
+        }
+        let shared_region = Arc::new(region.clone());
+        let mut patches = (*self.patches).clone();
         let mut patched: Vec<(u32, u8, ranges::RangeSet)> = Vec::new();
         for (t, side, source) in &self.flat.addr_sources {
             if !reads(source) {
                 continue;
             }
             let inside = source.within(region, &mut addresses);
-            let c = &mut flat.terms[*t as usize].conditions;
-            let cond = if *side == 0 { &mut c.src_ip } else { &mut c.dst_ip };
-            let old = cond.as_ref().expect("a term with an address source has an address condition");
-            *cond = Some(old.difference(region).union(&inside));
+            patches.entry((*t, *side)).or_default().push((shared_region.clone(), inside.clone()));
             patched.push((*t, *side, inside));
         }
         let classifier = self.classifier.patch_addresses(region, &patched);
-        Some(Program { flat, classifier, log_rules: self.log_rules.clone() })
+        Some(Program {
+            flat: self.flat.clone(),
+            classifier,
+            log_rules: self.log_rules.clone(),
+            patches: Arc::new(patches),
+        })
     }
 
     /// [`Program::evaluate`] with the linear scan instead of the classifier (the benchmark baseline).
     pub fn evaluate_linear(&self, key: &FlowKey, mut on_log: impl FnMut(u32)) -> ProgramEnd {
-        self.run(|start| linear::first_match_linear(&self.flat.terms, key, start), None, |r, _| on_log(r))
+        let first = |start: usize| (start..self.flat.terms.len()).find(|&i| self.term_holds(i, key));
+        self.run(first, None, |r, _| on_log(r))
     }
 
     /// Runs the program: first match from the start, Log rules that match reported to `on_log` and
@@ -478,14 +514,17 @@ impl ProgramCache {
         );
         let near: Vec<&crate::resolve::Entity> =
             world.entities.iter().filter(|e| !terms::entity_range(e).intersect(&region).is_empty()).collect();
-        let mut inside: HashMap<crate::selector::Selector, ranges::RangeSet> = HashMap::new();
+        // The few selectors the patched terms read, with their addresses inside the region.
+        let mut inside: Vec<(crate::selector::Selector, ranges::RangeSet)> = Vec::new();
         let mut addresses = |sel: &crate::selector::Selector| -> ranges::RangeSet {
-            inside
-                .entry(sel.clone())
-                .or_insert_with(|| terms::selector_addresses_within(near.iter().copied(), sel, &region))
-                .clone()
+            if let Some((_, s)) = inside.iter().find(|(s, _)| s == sel) {
+                return s.clone();
+            }
+            let s = terms::selector_addresses_within(near.iter().copied(), sel, &region);
+            inside.push((sel.clone(), s.clone()));
+            s
         };
-        let changed: std::collections::HashSet<&crate::selector::Selector> = selectors.iter().collect();
+        let changed: Vec<&crate::selector::Selector> = selectors.iter().collect();
         let bumped: std::collections::HashSet<u32> = bumped.into_iter().collect();
         let mut by_key: HashMap<u64, Cached> = HashMap::with_capacity(self.by_key.len());
         let mut replaced: HashMap<*const Program, Arc<Program>> = HashMap::new();
@@ -493,7 +532,10 @@ impl ProgramCache {
         for c in self.by_key.values() {
             let mut c = c.clone();
             if c.atoms.iter().any(|a| bumped.contains(a)) {
-                let patched = Arc::new(c.program.patch_addresses(&region, &changed, &mut addresses)?);
+                let Some(p) = c.program.patch_addresses(&region, &changed, &mut addresses) else {
+                    return None;
+                };
+                let patched = Arc::new(p);
                 replaced.insert(Arc::as_ptr(&c.program), patched.clone());
                 c.program = patched;
                 stats.built += 1;
