@@ -7,7 +7,7 @@
 
 use std::time::{Duration, Instant};
 
-use calxdp::felix::driver::{read_all, FrontEnd};
+use calxdp::felix::driver::{read_all, FrontEnd, Publication};
 use calxdp::felix::emulator::{Emulator, FelixView};
 use calxdp::felix::framing::write_frame;
 use calxdp::felix::proto::{self, to_dataplane::Payload, ToDataplane};
@@ -16,7 +16,8 @@ use calxdp_policy::resource::ResourceSet;
 
 use crate::synth;
 
-/// Feeds `msgs` as framed bytes and publishes the front end's model; returns how long that took.
+/// Feeds `msgs` as framed bytes and publishes what the driver publishes for them (the whole model, or the IP
+/// set members patched in); returns how long that took.
 fn apply(front: &mut FrontEnd, publisher: &mut TablePublisher, msgs: &[ToDataplane]) -> Result<Duration, String> {
     let mut bytes = Vec::new();
     for m in msgs {
@@ -24,8 +25,11 @@ fn apply(front: &mut FrontEnd, publisher: &mut TablePublisher, msgs: &[ToDatapla
     }
     let t = Instant::now();
     read_all(front, &mut &bytes[..], None).map_err(|e| e.to_string())?;
-    let (node, resources) = front.model().map_err(|e| e.to_string())?;
-    publisher.set_model(node, resources).map_err(|e| e.to_string())?;
+    match front.publication().map_err(|e| e.to_string())? {
+        Publication::Model(node, resources) => publisher.set_model(node, resources).map(|_| ()),
+        Publication::Members { removed, added } => publisher.patch_entities(&removed, &added).map(|_| ()),
+    }
+    .map_err(|e| e.to_string())?;
     Ok(t.elapsed())
 }
 

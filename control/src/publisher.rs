@@ -10,7 +10,7 @@ use calxdp_dataplane::ports::PortId;
 use calxdp_dataplane::tables::{TableSet, TableSlot};
 use calxdp_policy::compile::{CompileStats, ProgramCache};
 use calxdp_policy::node::NodeConfig;
-use calxdp_policy::resolve::ResolvedNode;
+use calxdp_policy::resolve::{Entity, ResolvedNode};
 use calxdp_policy::resource::{ResourceDoc, ResourceKey, ResourceSet};
 
 /// What a publication did.
@@ -181,6 +181,41 @@ impl TablePublisher {
                 Err(e)
             }
         }
+    }
+
+    /// Puts in force the tables in force with only entities changed — `removed` taken out, `added` put in (IP
+    /// set members, from Felix's deltas) — without resolving the node again: the programs that read an
+    /// address set the change touches are patched (`ProgramCache::patch_entities`), or compiled when that
+    /// cannot be a patch. The resource set in force is not changed: the entities live in the published
+    /// world, and the next whole publication ([`TablePublisher::set_model`]) replaces both.
+    pub fn patch_entities(&mut self, removed: &[Entity], added: &[Entity]) -> Result<Published, Rejected> {
+        let start = Instant::now();
+        let current = self.slot.hold();
+        let mut world = (*current.world).clone();
+        let mut found = true;
+        for e in removed {
+            match world.entities.iter().position(|x| x == e) {
+                Some(i) => {
+                    world.entities.swap_remove(i);
+                }
+                None => found = false,
+            }
+        }
+        world.entities.extend(added.iter().cloned());
+        let epoch = self.epoch + 1;
+        let patched =
+            if found { self.cache.patch_entities(&world, &current.compiled, removed, added, epoch) } else { None };
+        let compiled = match patched {
+            Some(c) => c,
+            None => self.cache.compile(&world, epoch),
+        };
+        self.epoch = epoch;
+        let stats = compiled.stats;
+        let ids = self.ports.of(&self.node);
+        self.slot.publish_with_flushes(TableSet::with_ports(epoch, Arc::new(world), Arc::new(compiled), ids), &[]);
+        let published = Published { epoch, stats, took: start.elapsed() };
+        self.last = Some(published);
+        Ok(published)
     }
 
     /// Puts a whole resource set in force (a watched directory re-read, say).

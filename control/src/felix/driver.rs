@@ -23,12 +23,14 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use prost::Message;
 
+use calxdp_policy::net::IpNet;
 use calxdp_policy::node::{FelixConfig, NodeConfig};
+use calxdp_policy::resolve::Entity;
 use calxdp_policy::resource::ResourceSet;
 
 use super::framing::{read_frame, write_frame, FrameError};
 use super::proto::{self, from_dataplane, FromDataplane, ToDataplane};
-use super::state::{Applied, FelixState, StreamError, WorkloadKey};
+use super::state::{Applied, FelixState, Member, SetKind, StreamError, WorkloadKey};
 use super::{config, lower};
 use crate::admin::server::{AdminServer, ServeOptions};
 use crate::admin::NodeView;
@@ -111,6 +113,24 @@ pub struct FrontEnd {
     last_seq: Option<u64>,
     /// Policies as the last model lowered them, reused while unchanged (`lower::PolicyCache`).
     lowered: std::cell::RefCell<lower::PolicyCache>,
+    /// Since the last publication: the set-member entities IP set deltas changed, while nothing else changed
+    /// (`None`: something else did, or nothing was published yet; the next publication lowers everything).
+    set_changes: Option<SetChanges>,
+}
+
+/// Entities taken out and put in by IP set deltas (`lower::member_entities_within` before and after).
+#[derive(Debug, Default)]
+struct SetChanges {
+    removed: Vec<Entity>,
+    added: Vec<Entity>,
+}
+
+/// What the next publication is: the whole model, or only set-member entities changed (IP set deltas), which
+/// the publisher patches into the compiled tables (`TablePublisher::patch_entities`).
+#[derive(Debug)]
+pub enum Publication {
+    Model(NodeConfig, ResourceSet),
+    Members { removed: Vec<Entity>, added: Vec<Entity> },
 }
 
 impl FrontEnd {
@@ -121,7 +141,14 @@ impl FrontEnd {
         node.workloads.clear();
         node.remote_endpoints.clear();
         let base_felix = node.felix.clone();
-        FrontEnd { state: FelixState::new(), base: node, base_felix, last_seq: None, lowered: Default::default() }
+        FrontEnd {
+            state: FelixState::new(),
+            base: node,
+            base_felix,
+            last_seq: None,
+            lowered: Default::default(),
+            set_changes: None,
+        }
     }
 
     /// New node options (services, namespaces) under the same stream.
@@ -155,9 +182,87 @@ impl FrontEnd {
             let map: BTreeMap<String, String> = c.config.clone().into_iter().collect();
             config::settings(&map).map_err(|e| StreamError { seq, message: "ConfigUpdate", detail: e.to_string() })?;
         }
+        // An IP set delta may only change the entities at its members' prefixes: those before and after.
+        let within = match &msg.payload {
+            Some(proto::to_dataplane::Payload::IpsetDeltaUpdate(d)) if self.set_changes.is_some() => {
+                self.delta_prefixes(d)
+            }
+            _ => None,
+        };
+        let before = within.as_ref().and_then(|w| lower::member_entities_within(&self.state, w));
         let applied = self.state.apply(msg)?;
         self.last_seq = Some(seq);
+        let after = within.as_ref().and_then(|w| lower::member_entities_within(&self.state, w));
+        match (applied, before, after) {
+            (Applied::Ignored, ..) => {}
+            (_, Some(before), Some(after)) => {
+                if let Some(c) = &mut self.set_changes {
+                    c.removed.extend(before);
+                    c.added.extend(after);
+                }
+            }
+            _ => self.set_changes = None,
+        }
         Ok(applied)
+    }
+
+    /// The prefixes an `IP`/`NET` set delta adds or removes; `None` for other sets or members that do not
+    /// parse (the state refuses those).
+    fn delta_prefixes(&self, d: &proto::IpSetDeltaUpdate) -> Option<Vec<IpNet>> {
+        let set = self.state.ip_sets.get(&d.id)?;
+        if set.kind == SetKind::IpAndPort {
+            return None;
+        }
+        let mut out = Vec::new();
+        for m in &d.removed_members {
+            match set.members.get(m)? {
+                Member::Net(n) => out.push(*n),
+                Member::IpPort(..) => return None,
+            }
+        }
+        for m in &d.added_members {
+            match Member::parse(set.kind, m).ok()? {
+                Member::Net(n) => out.push(n),
+                Member::IpPort(..) => return None,
+            }
+        }
+        Some(out)
+    }
+
+    /// What to publish for the messages fed since the last publication (see [`Publication`]); the caller
+    /// publishes it, or calls [`FrontEnd::publication_failed`].
+    pub fn publication(&mut self) -> Result<Publication, ModelError> {
+        let changes = self.set_changes.replace(SetChanges::default());
+        match changes {
+            Some(SetChanges { mut removed, mut added }) if !(removed.is_empty() && added.is_empty()) => {
+                // An entity a delta put in and a later one took out (or one unchanged) is no change.
+                let mut i = 0;
+                while i < added.len() {
+                    match removed.iter().position(|r| *r == added[i]) {
+                        Some(j) => {
+                            removed.swap_remove(j);
+                            added.swap_remove(i);
+                        }
+                        None => i += 1,
+                    }
+                }
+                Ok(Publication::Members { removed, added })
+            }
+            _ => {
+                let (node, resources) = self.model()?;
+                Ok(Publication::Model(node, resources))
+            }
+        }
+    }
+
+    /// The whole model ([`FrontEnd::model`]) was published by the caller: later deltas may be patched onto it.
+    pub fn published_whole(&mut self) {
+        self.set_changes = Some(SetChanges::default());
+    }
+
+    /// The last publication was not put in force: the next one lowers the whole model.
+    pub fn publication_failed(&mut self) {
+        self.set_changes = None;
     }
 
     /// The node and resources the state stands for.
@@ -357,6 +462,8 @@ pub fn run(opts: &DriverOptions, stop: Arc<AtomicBool>) -> Result<(), DriverErro
                 Applied::InSync => {
                     if plane.is_none() {
                         let (node, resources) = front.model()?;
+                        // The first tables are the whole model; what follows may be patched onto them.
+                        front.published_whole();
                         plane = Some(start(node, resources, opts)?);
                         dirty = false;
                         if let Some(Plane::Live(live)) = &mut plane {
@@ -398,12 +505,22 @@ pub fn run(opts: &DriverOptions, stop: Arc<AtomicBool>) -> Result<(), DriverErro
         }
         if dirty {
             if let Some(p) = &mut plane {
-                let (node, resources) = front.model()?;
-                let result = match p {
-                    Plane::Live(live) => live.set_model(node, resources),
-                    Plane::Check(publisher) => publisher.set_model(node, resources).map(|_| ()),
+                let result = match (front.publication()?, &mut *p) {
+                    (Publication::Model(node, resources), Plane::Live(live)) => {
+                        live.set_model(node, resources).map_err(|e| e.to_string())
+                    }
+                    (Publication::Model(node, resources), Plane::Check(publisher)) => {
+                        publisher.set_model(node, resources).map(|_| ()).map_err(|e| e.to_string())
+                    }
+                    (Publication::Members { removed, added }, Plane::Live(live)) => {
+                        live.publisher.patch_entities(&removed, &added).map(|_| ()).map_err(|e| e.to_string())
+                    }
+                    (Publication::Members { removed, added }, Plane::Check(publisher)) => {
+                        publisher.patch_entities(&removed, &added).map(|_| ()).map_err(|e| e.to_string())
+                    }
                 };
                 if let Err(e) = result {
+                    front.publication_failed();
                     // The stream was valid; the model it describes cannot be compiled. Say so and keep the
                     // tables in force, as `run` does with a bad policy file.
                     say!("calxdp felix-driver: update rejected, tables unchanged: {e}");

@@ -27,6 +27,7 @@ use std::sync::Arc;
 
 use calxdp_policy::net::IpNet;
 use calxdp_policy::node::{FelixConfig, NodeConfig, Workload};
+use calxdp_policy::resolve::Entity;
 use calxdp_policy::resource::{
     NamedPort, NetworkSet, Policy, PolicyId, PolicyKind, Profile, Resource, ResourceSet, Tier, TierDefault,
 };
@@ -186,6 +187,53 @@ fn set_entities(state: &FelixState) -> (Vec<NetworkSet>, Vec<Workload>) {
         })
         .collect();
     (nets, endpoints)
+}
+
+/// The entities [`lower`] makes for the `IP`/`NET` members at the prefixes inside `within` (a delta's members:
+/// the entities a delta can change), as `set_entities` makes them. `None` when an `IP_AND_PORT` member's
+/// address lies inside one of them (its entity's labels and named ports would change too: not this path).
+pub fn member_entities_within(state: &FelixState, within: &[IpNet]) -> Option<Vec<Entity>> {
+    let inside =
+        |p: &IpNet, w: &IpNet| p.family() == w.family() && p.prefix_len() >= w.prefix_len() && w.contains(p.addr());
+    let mut prefixes: BTreeMap<IpNet, BTreeSet<&str>> = BTreeMap::new();
+    for set in state.ip_sets.values() {
+        for m in set.members.values() {
+            match *m {
+                Member::Net(n) => {
+                    if within.iter().any(|w| inside(&n, w)) {
+                        prefixes.entry(n).or_default();
+                    }
+                }
+                Member::IpPort(ip, ..) => {
+                    if within.iter().any(|w| w.contains(ip)) {
+                        return None;
+                    }
+                }
+            }
+        }
+    }
+    // Each prefix carries every set with a member equal to it or wider.
+    for (id, set) in &state.ip_sets {
+        for m in set.members.values() {
+            if let Member::Net(wider) = m {
+                for (p, ids) in prefixes.iter_mut() {
+                    if inside(p, wider) {
+                        ids.insert(id);
+                    }
+                }
+            }
+        }
+    }
+    Some(
+        prefixes
+            .into_iter()
+            .map(|(n, ids)| Entity {
+                labels: ids.into_iter().map(|id| (set_label(id), String::new())).collect(),
+                nets: vec![n],
+                ports: Vec::new(),
+            })
+            .collect(),
+    )
 }
 
 /// A policy's selector: the labels of the tier lists that name it (`lists` is in label order); a policy

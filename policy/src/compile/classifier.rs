@@ -58,12 +58,14 @@ struct IntervalField<T> {
 struct AddressField {
     all: IntervalField<u128>,
     v4: IntervalField<u32>,
+    /// The terms indexed in the wide part (bit per term); the others with a condition here are in the narrow.
+    wide_terms: Vec<u64>,
 }
 
 impl AddressField {
-    fn new(all: IntervalField<u128>) -> AddressField {
+    fn new(all: IntervalField<u128>, wide_terms: Vec<u64>) -> AddressField {
         let v4 = IntervalField { wide: v4_part(&all.wide), narrow: v4_part(&all.narrow) };
-        AddressField { all, v4 }
+        AddressField { all, v4, wide_terms }
     }
 
     #[inline]
@@ -159,6 +161,20 @@ impl ClassBits {
         self.sum.extend_from_slice(&sum);
         self.words.extend(dense.iter().copied().filter(|w| *w != 0));
         id
+    }
+
+    /// The specific terms of class `c` as a dense vector of `words` words.
+    fn dense(&self, c: u32, words: usize, summary_words: usize) -> Vec<u64> {
+        let c = c as usize;
+        let mut v = vec![0u64; words];
+        let mut k = self.offset[c] as usize;
+        for (w, slot) in v.iter_mut().enumerate() {
+            if self.sum[c * summary_words + w / 64] & (1 << (w % 64)) != 0 {
+                *slot = self.words[k];
+                k += 1;
+            }
+        }
+        v
     }
 
     fn bytes(&self) -> usize {
@@ -273,17 +289,24 @@ impl Classifier {
         }
         // Each interval field's sets are split into wide and narrow ones (see `split_by_width`), indexed
         // apart and ORed at lookup: wide sets are then not copied into every class narrow sets create.
-        let interval_field = |get: fn(&Conditions) -> &Option<RangeSet>| -> Option<(IntervalField<u128>, ClassBits)> {
-            let sets: Vec<Option<&RangeSet>> = conds.iter().map(|c| get(c).as_ref()).collect();
-            if sets.iter().all(Option::is_none) {
-                return None;
-            }
-            let mut bits = ClassBits::new(words, summary_words, &wildcards_of(&sets));
-            let (wide, narrow) = split_by_width(&sets);
-            let wide = build_intervals(&wide, &mut bits, words, summary_words);
-            let narrow = build_intervals(&narrow, &mut bits, words, summary_words);
-            Some((IntervalField { wide, narrow }, bits))
-        };
+        let interval_field =
+            |get: fn(&Conditions) -> &Option<RangeSet>| -> Option<(IntervalField<u128>, ClassBits, Vec<u64>)> {
+                let sets: Vec<Option<&RangeSet>> = conds.iter().map(|c| get(c).as_ref()).collect();
+                if sets.iter().all(Option::is_none) {
+                    return None;
+                }
+                let mut bits = ClassBits::new(words, summary_words, &wildcards_of(&sets));
+                let (wide, narrow) = split_by_width(&sets);
+                let mut wide_terms = vec![0u64; words];
+                for (t, s) in wide.iter().enumerate() {
+                    if s.is_some() {
+                        wide_terms[t / 64] |= 1 << (t % 64);
+                    }
+                }
+                let wide = build_intervals(&wide, &mut bits, words, summary_words);
+                let narrow = build_intervals(&narrow, &mut bits, words, summary_words);
+                Some((IntervalField { wide, narrow }, bits, wide_terms))
+            };
         let small = |f: IntervalField<u128>| -> IntervalField<u32> {
             let narrow = |i: Intervals<u128>| Intervals {
                 starts: i.starts.into_iter().map(|s| s.min(u32::MAX as u128) as u32).collect(),
@@ -291,19 +314,19 @@ impl Classifier {
             };
             IntervalField { wide: narrow(f.wide), narrow: narrow(f.narrow) }
         };
-        if let Some((f, bits)) = interval_field(|c| &c.src_ip) {
-            fields.push(Field { index: Index::SrcIp(AddressField::new(f)), bits });
+        if let Some((f, bits, wide)) = interval_field(|c| &c.src_ip) {
+            fields.push(Field { index: Index::SrcIp(AddressField::new(f, wide)), bits });
         }
-        if let Some((f, bits)) = interval_field(|c| &c.dst_ip) {
-            fields.push(Field { index: Index::DstIp(AddressField::new(f)), bits });
+        if let Some((f, bits, wide)) = interval_field(|c| &c.dst_ip) {
+            fields.push(Field { index: Index::DstIp(AddressField::new(f, wide)), bits });
         }
-        if let Some((f, bits)) = interval_field(|c| &c.src_port) {
+        if let Some((f, bits, _)) = interval_field(|c| &c.src_port) {
             fields.push(Field { index: Index::SrcPort(small(f)), bits });
         }
-        if let Some((f, bits)) = interval_field(|c| &c.dst_port) {
+        if let Some((f, bits, _)) = interval_field(|c| &c.dst_port) {
             fields.push(Field { index: Index::DstPort(small(f)), bits });
         }
-        if let Some((f, bits)) = interval_field(|c| &c.icmp) {
+        if let Some((f, bits, _)) = interval_field(|c| &c.icmp) {
             fields.push(Field { index: Index::Icmp(small(f)), bits });
         }
         let src_t: Vec<&TupleCond> = conds.iter().map(|c| &c.src_tuple).collect();
@@ -322,6 +345,42 @@ impl Classifier {
 
     pub fn terms(&self) -> usize {
         self.terms
+    }
+
+    /// This classifier with the address conditions of some terms changed inside `region` and nowhere else:
+    /// `changed` holds (term, side: 0 source / 1 destination, the term's new addresses inside `region`), each
+    /// term already having a condition on that side. The classes of the region's elementary intervals are
+    /// recomputed from their old classes with those terms' bits set anew; the rest of the index is kept, so
+    /// the result decides like a classifier built from the changed terms (docs/felix-driver.md).
+    pub fn patch_addresses(&self, region: &RangeSet, changed: &[(u32, u8, RangeSet)]) -> Classifier {
+        let mut out = self.clone();
+        let words = self.terms.div_ceil(64).max(1);
+        let sw = self.summary_words;
+        for side in [0u8, 1] {
+            let terms: Vec<(u32, &RangeSet)> =
+                changed.iter().filter(|c| c.1 == side).map(|(t, _, s)| (*t, s)).collect();
+            if terms.is_empty() {
+                continue;
+            }
+            let Some(Field { index, bits }) =
+                out.fields.iter_mut().find(|f| matches!((&f.index, side), (Index::SrcIp(_), 0) | (Index::DstIp(_), 1)))
+            else {
+                panic!("a term with an address condition on side {side} has no address field");
+            };
+            let (Index::SrcIp(a) | Index::DstIp(a)) = index else { unreachable!("matched above") };
+            let in_wide = |t: u32| a.wide_terms[t as usize / 64] & (1 << (t % 64)) != 0;
+            let wide: Vec<(u32, &RangeSet)> = terms.iter().copied().filter(|(t, _)| in_wide(*t)).collect();
+            let narrow: Vec<(u32, &RangeSet)> = terms.iter().copied().filter(|(t, _)| !in_wide(*t)).collect();
+            if !wide.is_empty() {
+                a.all.wide = patch_intervals(&a.all.wide, region, &wide, bits, words, sw);
+                a.v4.wide = v4_part(&a.all.wide);
+            }
+            if !narrow.is_empty() {
+                a.all.narrow = patch_intervals(&a.all.narrow, region, &narrow, bits, words, sw);
+                a.v4.narrow = v4_part(&a.all.narrow);
+            }
+        }
+        out
     }
 
     /// Per field: its name, number of classes, and bytes held.
@@ -451,6 +510,83 @@ impl Prepared<'_> {
         }
         None
     }
+}
+
+/// `iv` with the classes inside `region` recomputed: at each elementary interval there (bounded by `iv`'s
+/// own starts, the region's ends and the changed terms' ranges) the old class with each of `terms`' bits set
+/// to whether its new range holds there. New classes are appended to `bits` (equal ones shared).
+fn patch_intervals(
+    iv: &Intervals<u128>,
+    region: &RangeSet,
+    terms: &[(u32, &RangeSet)],
+    bits: &mut ClassBits,
+    words: usize,
+    summary_words: usize,
+) -> Intervals<u128> {
+    let mut out = iv.clone();
+    let mut made: HashMap<Vec<u64>, u32> = HashMap::new();
+    for &(lo, hi) in region.ranges() {
+        let a = out.starts.partition_point(|&s| s < lo);
+        let b = out.starts.partition_point(|&s| s <= hi);
+        let mut points: Vec<u128> = vec![lo];
+        points.extend_from_slice(&out.starts[a..b]);
+        for (_, set) in terms {
+            for &(x, y) in set.ranges() {
+                if x > lo && x <= hi {
+                    points.push(x);
+                }
+                if y >= lo && y < hi {
+                    points.push(y + 1);
+                }
+            }
+        }
+        points.sort_unstable();
+        points.dedup();
+        let after = (hi < u128::MAX && out.starts.get(b) != Some(&(hi + 1))).then(|| out.class(hi + 1));
+        let mut starts: Vec<u128> = Vec::with_capacity(out.starts.len() + points.len() + 1);
+        let mut classes: Vec<u32> = Vec::with_capacity(starts.capacity());
+        starts.extend_from_slice(&out.starts[..a]);
+        classes.extend_from_slice(&out.classes[..a]);
+        for &p in &points {
+            let old = out.class(p);
+            let before = bits.dense(old, words, summary_words);
+            let mut dense = before.clone();
+            for (t, set) in terms {
+                let bit = 1u64 << (t % 64);
+                if set.contains(p) {
+                    dense[*t as usize / 64] |= bit;
+                } else {
+                    dense[*t as usize / 64] &= !bit;
+                }
+            }
+            let class = if dense.iter().all(|w| *w == 0) {
+                0
+            } else if dense == before {
+                old
+            } else {
+                *made.entry(dense).or_insert_with_key(|d| bits.push(d, summary_words))
+            };
+            starts.push(p);
+            classes.push(class);
+        }
+        if let Some(c) = after {
+            starts.push(hi + 1);
+            classes.push(c);
+        }
+        starts.extend_from_slice(&out.starts[b..]);
+        classes.extend_from_slice(&out.classes[b..]);
+        // Neighbours with one class are one interval.
+        let mut merged =
+            Intervals { starts: Vec::with_capacity(starts.len()), classes: Vec::with_capacity(starts.len()) };
+        for (s, c) in starts.into_iter().zip(classes) {
+            if merged.classes.last() != Some(&c) {
+                merged.starts.push(s);
+                merged.classes.push(c);
+            }
+        }
+        out = merged;
+    }
+    out
 }
 
 fn wildcards_of(sets: &[Option<&RangeSet>]) -> Vec<bool> {

@@ -199,29 +199,76 @@ impl DepTracker {
     }
 }
 
-impl<'t> Deps<'t> {
-    fn versions(&self, atoms: &[u32], h: &mut impl Hasher) {
+impl DepTracker {
+    /// A program's key: what it is built from apart from set contents (`structure`), and the versions of the
+    /// atoms it reads.
+    pub fn key(&self, structure: u64, atoms: &[u32]) -> u64 {
+        let mut h = DefaultHasher::new();
+        structure.hash(&mut h);
         for &a in atoms {
-            self.tracker.versions[a as usize].hash(h);
+            self.versions[a as usize].hash(&mut h);
         }
+        h.finish()
     }
 
-    /// Hashes what policy `i` of the world contributes to a program of direction `d`.
-    pub fn policy(&self, i: usize, d: Direction, h: &mut impl Hasher) {
+    /// Takes entities `removed` out of and `added` into the previous compile's (nothing else changed) and
+    /// bumps the versions of the atoms that can see one of them. Returns the address sets (selectors) whose
+    /// atoms were bumped and whether a named-port atom was.
+    pub fn change_entities(&mut self, removed: &[Entity], added: &[Entity]) -> (Vec<u32>, Vec<Selector>, bool) {
+        for e in removed {
+            let h = hash_of(&(&e.labels, &e.nets, &e.ports));
+            if let Some(entry) = self.entities.get_mut(&h) {
+                entry.0 -= 1;
+                if entry.0 == 0 {
+                    self.entities.remove(&h);
+                }
+            }
+        }
+        for e in added {
+            let h = hash_of(&(&e.labels, &e.nets, &e.ports));
+            self.entities.entry(h).or_insert_with(|| (0, e.clone())).0 += 1;
+        }
+        let mut bumped = Vec::new();
+        let mut selectors = Vec::new();
+        let mut named_ports = false;
+        for (id, atom) in self.atoms.iter().enumerate() {
+            if removed.iter().chain(added).any(|e| atom.sees(e)) {
+                self.next_version += 1;
+                self.versions[id] = self.next_version;
+                bumped.push(id as u32);
+                match atom {
+                    Atom::Addresses(sel) => selectors.push(sel.clone()),
+                    Atom::NamedPorts(..) => named_ports = true,
+                }
+            }
+        }
+        (bumped, selectors, named_ports)
+    }
+}
+
+impl<'t> Deps<'t> {
+    /// Hashes what policy `i` of the world contributes to a program of direction `d` apart from set contents,
+    /// and appends the atoms it reads.
+    pub fn policy(&self, i: usize, d: Direction, h: &mut impl Hasher, atoms: &mut Vec<u32>) {
         let deps = &self.tracker.policies[&self.policies[i]];
         deps.contents.hash(h);
-        self.versions(&deps.atoms[super::dir_index(d)], h);
+        atoms.extend_from_slice(&deps.atoms[super::dir_index(d)]);
     }
 
-    /// Hashes what profile `name` contributes to a program of direction `d` (a missing profile denies).
-    pub fn profile(&self, name: &str, d: Direction, h: &mut impl Hasher) {
+    /// [`Deps::policy`] for profile `name` (a missing profile denies).
+    pub fn profile(&self, name: &str, d: Direction, h: &mut impl Hasher, atoms: &mut Vec<u32>) {
         match self.profiles.get(name) {
-            Some((contents, atoms)) => {
+            Some((contents, ids)) => {
                 (name, contents).hash(h);
-                self.versions(&atoms[super::dir_index(d)], h);
+                atoms.extend_from_slice(&ids[super::dir_index(d)]);
             }
             None => (name, "missing").hash(h),
         }
+    }
+
+    /// A program's key (`DepTracker::key`).
+    pub fn key(&self, structure: u64, atoms: &[u32]) -> u64 {
+        self.tracker.key(structure, atoms)
     }
 
     /// What every program depends on: the services `destination.services` rules resolve through.

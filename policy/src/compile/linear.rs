@@ -7,14 +7,19 @@ use super::terms::{Conditions, Term, TupleCond, NO_VALUE};
 impl Conditions {
     /// Whether every predicate holds for `key`.
     pub fn holds(&self, key: &FlowKey) -> bool {
+        self.src_ip.as_ref().is_none_or(|s| s.contains(key.src_ip))
+            && self.dst_ip.as_ref().is_none_or(|s| s.contains(key.dst_ip))
+            && self.holds_apart_from_addresses(key)
+    }
+
+    /// Whether every predicate but the two address ones holds for `key`.
+    pub fn holds_apart_from_addresses(&self, key: &FlowKey) -> bool {
         let tuple_ok = |cond: &TupleCond, ip: u128, port: u32| match cond {
             TupleCond::Any => true,
             TupleCond::In(s) => port != NO_VALUE && s.contains(&(ip, (key.proto & 0xff) as u8, port as u16)),
             TupleCond::NotIn(s) => port == NO_VALUE || !s.contains(&(ip, (key.proto & 0xff) as u8, port as u16)),
         };
         self.proto.contains(key.proto as u128)
-            && self.src_ip.as_ref().is_none_or(|s| s.contains(key.src_ip))
-            && self.dst_ip.as_ref().is_none_or(|s| s.contains(key.dst_ip))
             && self.src_port.as_ref().is_none_or(|s| s.contains(key.src_port as u128))
             && self.dst_port.as_ref().is_none_or(|s| s.contains(key.dst_port as u128))
             && self.icmp.as_ref().is_none_or(|s| s.contains(key.icmp as u128))

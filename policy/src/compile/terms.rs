@@ -140,6 +140,43 @@ pub struct FlatProgram {
     /// at: rules that can match nothing have no terms, so the resume term alone cannot tell a passed
     /// tier's last such rules from the next section's first (a walk reports the Log rules it reaches).
     pub pass_resume_rules: Vec<(u32, u32)>,
+    /// The terms whose address condition on one side depends on selectors, in term order: (term, side: 0
+    /// source / 1 destination, how the condition was made). A change to those selectors' address sets is
+    /// patched into the built program from these (`Program::patch_addresses`).
+    pub addr_sources: Vec<(u32, u8, Arc<AddrSource>)>,
+    /// Alternatives of rules that got no term because their address set was empty through a selector (an
+    /// IPv6 alternative of a set of IPv4 members, say): a change to one of those selectors inside the
+    /// alternative's fixed addresses is not a patch, the program is built again.
+    pub dropped: Vec<Arc<AddrSource>>,
+}
+
+/// How a term's address condition on one side was made when it depends on selectors: the part that does not
+/// (the family, the side's nets and not-nets, a service's addresses) and the selectors. Its addresses are
+/// `fixed ∩ addresses(selector) \ addresses(not_selector)`.
+#[derive(Clone, Debug, PartialEq, Eq, Hash)]
+pub struct AddrSource {
+    pub fixed: RangeSet,
+    pub selector: Option<Selector>,
+    pub not_selector: Option<Selector>,
+}
+
+impl AddrSource {
+    /// Whether the condition reads `sel`'s addresses.
+    pub fn reads(&self, sel: &Selector) -> bool {
+        self.selector.as_ref() == Some(sel) || self.not_selector.as_ref() == Some(sel)
+    }
+
+    /// The condition's addresses inside `region`, given each selector's addresses inside `region`.
+    pub fn within(&self, region: &RangeSet, mut addresses: impl FnMut(&Selector) -> RangeSet) -> RangeSet {
+        let mut s = self.fixed.intersect(region);
+        if let Some(sel) = &self.selector {
+            s = s.intersect(&addresses(sel));
+        }
+        if let Some(sel) = &self.not_selector {
+            s = s.difference(&addresses(sel));
+        }
+        s
+    }
 }
 
 /// Resolves rule selectors to address sets and named ports to tuple sets, caching per selector.
@@ -215,6 +252,25 @@ impl<'a> SetResolver<'a> {
         self.tuples.insert(key, out.clone());
         out
     }
+}
+
+/// The addresses of the entities of `entities` that `sel` matches, inside `region` (semantics §2.2).
+pub fn selector_addresses_within<'e>(
+    entities: impl IntoIterator<Item = &'e Entity>,
+    sel: &Selector,
+    region: &RangeSet,
+) -> RangeSet {
+    let ranges: Vec<(u128, u128)> = entities
+        .into_iter()
+        .filter(|e| sel.matches(&e.labels))
+        .flat_map(|e| e.nets.iter().flat_map(|n| net_range(n).ranges().to_vec()))
+        .collect();
+    RangeSet::from_ranges(ranges).intersect(region)
+}
+
+/// The addresses of an entity's nets.
+pub fn entity_range(e: &Entity) -> RangeSet {
+    RangeSet::from_ranges(e.nets.iter().flat_map(|n| net_range(n).ranges().to_vec()).collect())
 }
 
 /// Flattens the walk of an endpoint's policies for one direction and stage; profiles (normal stage only)
@@ -350,8 +406,13 @@ fn push_rule<'a>(
         families,
     });
     for family in [IpFamily::V4, IpFamily::V6] {
-        for conditions in rule_conditions(resolver, world, rule, family) {
+        for (conditions, sources) in rule_conditions(resolver, world, rule, family, &mut p.dropped) {
             let at = p.terms.len();
+            for (side, source) in sources.into_iter().enumerate() {
+                if let Some(source) = source {
+                    p.addr_sources.push((at as u32, side as u8, source));
+                }
+            }
             // Log resumes right after its own rule's terms; patched below.
             p.terms
                 .push(Term { conditions, action: TermAction::Rule { rule: rule_id, action: rule.action, resume: 0 } });
@@ -373,15 +434,20 @@ fn push_rule<'a>(
     }
 }
 
-/// One side's alternatives: (address set, port set, tuple condition). `None` when the side can never match.
-type SideAlt = (Option<RangeSet>, Option<RangeSet>, TupleCond);
+/// One side's alternatives: (address set, port set, tuple condition, how the address set was made when it
+/// depends on selectors). `None` when the side can never match.
+type SideAlt = (Option<RangeSet>, Option<RangeSet>, TupleCond, Option<Arc<AddrSource>>);
+
+/// A term's conditions and, per side, how its address condition was made when it depends on selectors.
+type TermConditions = (Conditions, [Option<Arc<AddrSource>>; 2]);
 
 fn rule_conditions<'a>(
     resolver: &mut SetResolver<'a>,
     world: &'a ResolvedNode,
     rule: &'a Rule,
     family: IpFamily,
-) -> Vec<Conditions> {
+    dropped: &mut Vec<Arc<AddrSource>>,
+) -> Vec<TermConditions> {
     if rule.family().is_some_and(|f| f != family) {
         return Vec::new();
     }
@@ -403,16 +469,16 @@ fn rule_conditions<'a>(
         return Vec::new();
     }
     let icmp = icmp_set(rule);
-    let Some(src_alts) = side_alternatives(resolver, world, rule, &rule.source, family, true) else {
+    let Some(src_alts) = side_alternatives(resolver, world, rule, &rule.source, family, true, dropped) else {
         return Vec::new();
     };
-    let Some(dst_alts) = side_alternatives(resolver, world, rule, &rule.destination, family, false) else {
+    let Some(dst_alts) = side_alternatives(resolver, world, rule, &rule.destination, family, false, dropped) else {
         return Vec::new();
     };
     let mut out = Vec::new();
-    for (src_ip, src_port, src_tuple) in &src_alts {
-        for (dst_ip, dst_port, dst_tuple) in &dst_alts {
-            out.push(Conditions {
+    for (src_ip, src_port, src_tuple, src_source) in &src_alts {
+        for (dst_ip, dst_port, dst_tuple, dst_source) in &dst_alts {
+            let conditions = Conditions {
                 proto: proto.clone(),
                 src_ip: src_ip.clone(),
                 dst_ip: dst_ip.clone(),
@@ -421,7 +487,8 @@ fn rule_conditions<'a>(
                 icmp: icmp.clone(),
                 src_tuple: src_tuple.clone(),
                 dst_tuple: dst_tuple.clone(),
-            });
+            };
+            out.push((conditions, [src_source.clone(), dst_source.clone()]));
         }
     }
     out
@@ -463,6 +530,7 @@ fn side_alternatives<'a>(
     side: &'a EntityRule,
     family: IpFamily,
     is_source: bool,
+    dropped: &mut Vec<Arc<AddrSource>>,
 ) -> Option<Vec<SideAlt>> {
     let fam = resolver.family(family).clone();
     let nets = family_nets(&side.nets, family)?;
@@ -484,6 +552,9 @@ fn side_alternatives<'a>(
         let excluded = RangeSet::from_ranges(not_nets.iter().flat_map(|n| net_range(n).ranges().to_vec()).collect());
         restrict(&mut base, excluded.complement_within(&fam));
     }
+    // What does not depend on entities (the not-selector, below, does); service source addresses are added
+    // to it where they restrict `base`.
+    let mut fixed = base.clone().unwrap_or_else(|| fam.clone());
     if let Some(neg) = &side.not_selector {
         let excluded = resolver.selector_ips(neg);
         restrict(&mut base, excluded.complement_within(&fam));
@@ -494,6 +565,7 @@ fn side_alternatives<'a>(
         let backends: Vec<std::net::SocketAddr> = service.map(|s| s.backends.clone()).unwrap_or_default();
         if is_source {
             let ips = RangeSet::from_ranges(backends.iter().map(|b| (ip_key(b.ip()), ip_key(b.ip()))).collect());
+            fixed = fixed.intersect(&ips);
             restrict(&mut base, ips);
         } else {
             let protocol = service.map(|s| s.protocol.0).unwrap_or(0);
@@ -557,31 +629,47 @@ fn side_alternatives<'a>(
         }
     };
 
+    let source = |selector: Option<&Selector>| -> Option<Arc<AddrSource>> {
+        (selector.is_some() || side.not_selector.is_some()).then(|| {
+            Arc::new(AddrSource {
+                fixed: fixed.clone(),
+                selector: selector.cloned(),
+                not_selector: side.not_selector.clone(),
+            })
+        })
+    };
     let mut alts: Vec<SideAlt> = Vec::new();
     if side.ports.is_empty() {
         let mut ip = base.clone();
         if let Some(sel) = positive {
             restrict(&mut ip, resolver.selector_ips(sel));
         }
-        alts.push((ip, ports_of(None), with_exclusion(tuple.clone())));
+        alts.push((ip, ports_of(None), with_exclusion(tuple.clone()), source(positive)));
     } else {
         if !numeric.is_empty() {
             let mut ip = base.clone();
             if let Some(sel) = positive {
                 restrict(&mut ip, resolver.selector_ips(sel));
             }
-            alts.push((ip, ports_of(Some(RangeSet::from_ranges(numeric))), with_exclusion(tuple.clone())));
+            let ports = ports_of(Some(RangeSet::from_ranges(numeric)));
+            alts.push((ip, ports, with_exclusion(tuple.clone()), source(positive)));
         }
         if !names.is_empty() {
             let named = resolver.named_ports(&names, positive, rule.protocol);
-            alts.push((base.clone(), ports_of(None), with_exclusion(TupleCond::In(named))));
+            alts.push((base.clone(), ports_of(None), with_exclusion(TupleCond::In(named)), source(None)));
         }
     }
-    // Drop alternatives that can never match.
-    alts.retain(|(ip, port, t)| {
-        ip.as_ref().is_none_or(|s| !s.is_empty())
+    // Drop alternatives that can never match, remembering the selectors an address set was empty through.
+    alts.retain(|(ip, port, t, source)| {
+        let keep = ip.as_ref().is_none_or(|s| !s.is_empty())
             && port.as_ref().is_none_or(|s| !s.is_empty())
-            && !matches!(t, TupleCond::In(s) if s.is_empty())
+            && !matches!(t, TupleCond::In(s) if s.is_empty());
+        if !keep {
+            if let Some(s) = source {
+                dropped.push(s.clone());
+            }
+        }
+        keep
     });
     Some(alts)
 }
