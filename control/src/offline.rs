@@ -136,6 +136,17 @@ impl OfflineNode {
         Ok(())
     }
 
+    /// IP set members changed and nothing else (the Felix driver's patch path): the published programs'
+    /// address sets are patched, as `calxdp felix-driver` does.
+    pub fn patch_entities(
+        &mut self,
+        removed: &[calxdp_policy::resolve::Entity],
+        added: &[calxdp_policy::resolve::Entity],
+    ) -> Result<(), Rejected> {
+        self.publisher.patch_entities(removed, added)?;
+        Ok(())
+    }
+
     /// Queues a frame to arrive on port `id`.
     pub fn inject(&mut self, id: PortId, frame: Vec<u8>) -> Result<(), NotAttached> {
         let port = self.worker.memory_port(id).ok_or(NotAttached(id))?;

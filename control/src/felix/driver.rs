@@ -156,6 +156,10 @@ impl FrontEnd {
         let mut node = base.clone();
         node.workloads.clear();
         node.remote_endpoints.clear();
+        if node != self.base {
+            // The next publication must carry the new node: no member patch stands for it.
+            self.set_changes = None;
+        }
         self.base_felix = node.felix.clone();
         self.base = node;
     }

@@ -19,7 +19,7 @@ use calxdp_policy::verdict::Outcome;
 
 use super::pipeline_level::PipelineNode;
 use super::{Dataplane, StepError};
-use crate::felix::driver::{read_all, FrontEnd};
+use crate::felix::driver::{read_all, FrontEnd, Publication};
 use crate::felix::emulator::{Emulator, FelixView};
 use crate::felix::framing::{pipe, write_frame};
 use crate::felix::proto::ToDataplane;
@@ -74,6 +74,7 @@ impl FelixNode {
         }
         let (model_node, model_resources) = front.model()?;
         let offline = OfflineNode::new(model_node, model_resources, false);
+        front.published_whole();
         Ok(FelixNode {
             inner: PipelineNode::from_offline(offline),
             emulator,
@@ -93,8 +94,18 @@ impl FelixNode {
             self.front.set_base(&options(node));
         }
         through_pipe(self.emulator.update(view), &mut self.front)?;
-        let (model_node, model_resources) = self.front.model()?;
-        self.inner.offline_mut().set_model(model_node, model_resources)?;
+        // Published as the driver publishes: member changes alone are patched into the tables, anything
+        // else puts the whole model in force.
+        let published = match self.front.publication()? {
+            Publication::Model(model_node, model_resources) => {
+                self.inner.offline_mut().set_model(model_node, model_resources)
+            }
+            Publication::Members { removed, added } => self.inner.offline_mut().patch_entities(&removed, &added),
+        };
+        if let Err(e) = published {
+            self.front.publication_failed();
+            return Err(e.into());
+        }
         self.node = node.clone();
         self.resources = resources.clone();
         Ok(())
