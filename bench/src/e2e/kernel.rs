@@ -45,40 +45,10 @@ pub fn setup(node: &NodeConfig, resources: &ResourceSet) -> Result<KernelSetup, 
         "ip",
         &["-n", NODE_NS, "route", "replace", &format!("{}/32", topo::ip_text(topo::SINK_IP)), "dev", NODE_POD_IF],
     )?;
-    run(
-        "ip",
-        &[
-            "-n",
-            NODE_NS,
-            "neigh",
-            "replace",
-            &topo::ip_text(topo::SINK_IP),
-            "lladdr",
-            &topo::mac_text(topo::SINK_MAC),
-            "dev",
-            NODE_POD_IF,
-            "nud",
-            "permanent",
-        ],
-    )?;
+    pin_neighbour(&topo::ip_text(topo::SINK_IP), &topo::mac_text(topo::SINK_MAC), NODE_POD_IF)?;
     // The sink's replies leave by the uplink toward the gateway (the generator's side, which has no address
     // to answer ARP with).
-    run(
-        "ip",
-        &[
-            "-n",
-            NODE_NS,
-            "neigh",
-            "replace",
-            &topo::ip_text(topo::GATEWAY_IP),
-            "lladdr",
-            &topo::mac_text(topo::GEN_MAC),
-            "dev",
-            up,
-            "nud",
-            "permanent",
-        ],
-    )?;
+    pin_neighbour(&topo::ip_text(topo::GATEWAY_IP), &topo::mac_text(topo::GEN_MAC), up)?;
     // The forwarding work on CPU 1 (as the other forwarders' loops are), not on the generator's CPU 0 that
     // runs the veth's receive (RPS moves the stack's processing after the veth's NAPI).
     run_in(NODE_NS, "sh", &["-c", &format!("echo 2 > /sys/class/net/{up}/queues/rx-0/rps_cpus")])?;
@@ -123,6 +93,11 @@ pub fn setup(node: &NodeConfig, resources: &ResourceSet) -> Result<KernelSetup, 
     let ipsets = rules.v4.sets.len() + rules.v6.sets.len();
     apply::apply(Some(NODE_NS), &rules, &[], &[]).map_err(|e| e.to_string())?;
     Ok(KernelSetup { backend: "iptables-legacy".into(), rules: count, pod_rules, established_at, ipsets, napi, pass })
+}
+
+/// A permanent neighbour entry in the node namespace: `ip` is at `mac` out of `dev`.
+fn pin_neighbour(ip: &str, mac: &str, dev: &str) -> Result<(), String> {
+    run("ip", &["-n", NODE_NS, "neigh", "replace", ip, "lladdr", mac, "dev", dev, "nud", "permanent"]).map(|_| ())
 }
 
 /// Undoes everything [`setup`] did, so the next forwarder finds the node namespace as it was.
