@@ -525,7 +525,7 @@ pub fn demo_keep(workers: usize, show_trace: bool, keep: Option<Keep>) -> Result
         io.ndp_answered,
         io.handed_off
     );
-    let reasons: Vec<String> = calxdp_dataplane::pipeline::DropReason::ALL
+    let reasons: Vec<String> = calxdp_dataplane::decision::DropReason::ALL
         .iter()
         .filter(|r| c.dropped(**r) > 0)
         .map(|r| format!("{} {}", c.dropped(*r), r.name()))

@@ -9,9 +9,10 @@ use std::collections::BTreeMap;
 use std::fmt::Write as _;
 use std::path::{Path, PathBuf};
 
+use calxdp_dataplane::decision::Decision;
 use calxdp_dataplane::io::pcap::{self, PcapError, Record};
 use calxdp_dataplane::path::Port;
-use calxdp_dataplane::pipeline::{explain, Decision};
+use calxdp_dataplane::pipeline::explain;
 use calxdp_policy::node::NodeConfig;
 use calxdp_policy::resource::{load_path, ResourceSet};
 use calxdp_policy::verdict::Verdict;
@@ -181,7 +182,7 @@ pub fn replay(node: NodeConfig, policies: &Path, capture: &Path) -> Result<Repla
     }
     let c = &pipeline.counters;
     let _ = writeln!(report, "\n{} frames: {allowed} allowed, {dropped} dropped", records.len());
-    for r in calxdp_dataplane::pipeline::DropReason::ALL {
+    for r in calxdp_dataplane::decision::DropReason::ALL {
         if c.dropped(r) > 0 {
             let _ = writeln!(report, "  dropped {:<26} {}", r.name(), c.dropped(r));
         }

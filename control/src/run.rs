@@ -8,7 +8,9 @@ use std::sync::mpsc::Receiver;
 use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime};
 
-use calxdp_dataplane::pipeline::{explain, DropReason};
+use calxdp_dataplane::pipeline::explain;
+
+use calxdp_dataplane::decision::DropReason;
 use calxdp_dataplane::worker::TraceRecord;
 use calxdp_policy::node::NodeConfig;
 use calxdp_policy::resource::{load_path, ResourceSet};
@@ -434,7 +436,8 @@ pub fn trace_line(live: &LiveNode, r: &TraceRecord) -> String {
 
 #[cfg(test)]
 mod summary_tests {
-    use calxdp_dataplane::pipeline::{Counters, DropReason};
+    use calxdp_dataplane::decision::DropReason;
+    use calxdp_dataplane::pipeline::Counters;
     use calxdp_dataplane::wire::Malformed;
 
     /// The 30 s line names each malformed reason with its own count.

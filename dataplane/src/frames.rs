@@ -8,8 +8,9 @@ use std::net::{IpAddr, SocketAddr};
 use calxdp_policy::resource::Protocol;
 use calxdp_policy::verdict::Verdict;
 
+use crate::decision::Decision;
 use crate::path::{Port, PortMap, WORKLOAD_GATEWAY_MAC};
-use crate::pipeline::{Decision, Packet};
+use crate::pipeline::Packet;
 use calxdp_policy::ids::Tuple;
 
 use crate::wire::checksum::{checksum, fill_l4_checksum, update_addr, update_u16};

@@ -4,6 +4,7 @@
 
 pub mod arp;
 pub mod batch;
+pub mod decision;
 pub mod flow;
 pub mod frames;
 pub mod io;

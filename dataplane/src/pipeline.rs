@@ -9,7 +9,7 @@ use std::net::{IpAddr, SocketAddr};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 
-use calxdp_policy::compile::{flow_key, Program, ProgramEnd};
+use calxdp_policy::compile::{flow_key, Program};
 use calxdp_policy::conntrack::{CtState, FlowDir};
 use calxdp_policy::ids::EndpointRef;
 use calxdp_policy::ids::Tuple;
@@ -19,173 +19,15 @@ use calxdp_policy::resolve::{Direction, Stage};
 use calxdp_policy::resource::Protocol;
 use calxdp_policy::service::{pick_backend, ServiceNat};
 use calxdp_policy::verdict::{Reason, RuleOwner, RuleRef, Verdict};
+use calxdp_policy::walk_end::{ChainEnd, WalkEnd};
 
+use crate::decision::{Decision, DropReason};
 use crate::flow::{FlowLookup, FlowTable, Nanos};
 use crate::log::MAX_LOGS;
 use crate::path::{Port, Route};
 use crate::port_drops::PortDrops;
 use crate::ports::PortId;
 use crate::tables::{TableSet, TableSlot};
-
-/// A decision without names: which rule (by its index in the program that decided), or which static
-/// behaviour. Turned into a [`Reason`] only when someone asks why.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum Decision {
-    Rule {
-        ep: EndpointRef,
-        stage: Stage,
-        dir: Direction,
-        rule: u32,
-    },
-    EndOfTier {
-        ep: EndpointRef,
-        stage: Stage,
-        dir: Direction,
-        tier: u32,
-    },
-    NoProfile {
-        ep: EndpointRef,
-        dir: Direction,
-    },
-    Failsafe {
-        inbound: bool,
-        protocol: u8,
-        port: u16,
-    },
-    EndpointToHost(EndpointToHostAction),
-    HostToLocalWorkload,
-    Established,
-    Related,
-    Invalid,
-    NoHostEndpoint,
-    ForwardDefaultAllow,
-    UntrackedAllow,
-    PreDnatAllow,
-    SourceSpoofed,
-    EncapFromWorkload,
-    Icmpv6FromWorkload,
-    NoCalicoVerdict,
-    ConntrackFull,
-    ServiceWithoutEndpoints,
-    /// A frame that did not parse.
-    Malformed(crate::wire::Malformed),
-    /// A frame that is not IP (ARP and friends), which the pipeline does not forward.
-    NotIp,
-    /// An 802.1Q-tagged frame (VLAN id other than 0): the node has no VLAN subinterface, so Linux drops it
-    /// before any hook.
-    VlanTagged,
-    /// An IPv4 packet with a loose or strict source route option: Linux drops it (`accept_source_route` is
-    /// 0 on every interface by default).
-    SourceRouted,
-}
-
-/// Why packets were dropped, as counters.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum DropReason {
-    PolicyDeny,
-    EndOfTier,
-    NoProfile,
-    EndpointToHost,
-    Invalid,
-    SourceSpoofed,
-    EncapFromWorkload,
-    ConntrackFull,
-    ServiceWithoutEndpoints,
-    Malformed,
-    NotIp,
-    TtlExceeded,
-    VlanTagged,
-    SourceRouted,
-    /// Fragments: overlapping (the datagram discarded with them), duplicates, impossible lengths, too big
-    /// a datagram, no room for another datagram, not complete in time (`crate::reassembly`).
-    FragmentOverlap,
-    FragmentDuplicate,
-    FragmentInvalid,
-    FragmentTooBig,
-    ReassemblyFull,
-    ReassemblyTimeout,
-}
-
-impl DropReason {
-    pub const ALL: [DropReason; 20] = [
-        DropReason::PolicyDeny,
-        DropReason::EndOfTier,
-        DropReason::NoProfile,
-        DropReason::EndpointToHost,
-        DropReason::Invalid,
-        DropReason::SourceSpoofed,
-        DropReason::EncapFromWorkload,
-        DropReason::ConntrackFull,
-        DropReason::ServiceWithoutEndpoints,
-        DropReason::Malformed,
-        DropReason::NotIp,
-        DropReason::TtlExceeded,
-        DropReason::VlanTagged,
-        DropReason::SourceRouted,
-        DropReason::FragmentOverlap,
-        DropReason::FragmentDuplicate,
-        DropReason::FragmentInvalid,
-        DropReason::FragmentTooBig,
-        DropReason::ReassemblyFull,
-        DropReason::ReassemblyTimeout,
-    ];
-
-    pub fn name(self) -> &'static str {
-        match self {
-            DropReason::PolicyDeny => "policy_deny",
-            DropReason::EndOfTier => "end_of_tier",
-            DropReason::NoProfile => "no_profile_matched",
-            DropReason::EndpointToHost => "endpoint_to_host_action",
-            DropReason::Invalid => "conntrack_invalid",
-            DropReason::SourceSpoofed => "source_spoofed",
-            DropReason::EncapFromWorkload => "encap_from_workload",
-            DropReason::ConntrackFull => "conntrack_full",
-            DropReason::ServiceWithoutEndpoints => "service_without_endpoints",
-            DropReason::Malformed => "malformed",
-            DropReason::NotIp => "not_ip",
-            DropReason::TtlExceeded => "ttl_exceeded",
-            DropReason::VlanTagged => "vlan_tagged",
-            DropReason::SourceRouted => "ipv4_source_route",
-            DropReason::FragmentOverlap => "fragment_overlap",
-            DropReason::FragmentDuplicate => "fragment_duplicate",
-            DropReason::FragmentInvalid => "fragment_invalid",
-            DropReason::FragmentTooBig => "fragment_too_big",
-            DropReason::ReassemblyFull => "reassembly_full",
-            DropReason::ReassemblyTimeout => "reassembly_timeout",
-        }
-    }
-
-    /// The counter of fragments dropped for `d`.
-    pub fn of_fragment(d: crate::reassembly::FragmentDrop) -> DropReason {
-        use crate::reassembly::FragmentDrop as F;
-        match d {
-            F::Overlap => DropReason::FragmentOverlap,
-            F::Duplicate => DropReason::FragmentDuplicate,
-            F::Invalid => DropReason::FragmentInvalid,
-            F::TooBig => DropReason::FragmentTooBig,
-            F::NoRoom => DropReason::ReassemblyFull,
-            F::Timeout => DropReason::ReassemblyTimeout,
-        }
-    }
-
-    fn of(d: &Decision) -> DropReason {
-        match d {
-            Decision::Rule { .. } => DropReason::PolicyDeny,
-            Decision::EndOfTier { .. } => DropReason::EndOfTier,
-            Decision::NoProfile { .. } => DropReason::NoProfile,
-            Decision::EndpointToHost(_) => DropReason::EndpointToHost,
-            Decision::SourceSpoofed => DropReason::SourceSpoofed,
-            Decision::EncapFromWorkload => DropReason::EncapFromWorkload,
-            Decision::ConntrackFull => DropReason::ConntrackFull,
-            Decision::ServiceWithoutEndpoints => DropReason::ServiceWithoutEndpoints,
-            Decision::Malformed(_) => DropReason::Malformed,
-            Decision::NotIp => DropReason::NotIp,
-            Decision::VlanTagged => DropReason::VlanTagged,
-            Decision::SourceRouted => DropReason::SourceRouted,
-            _ => DropReason::Invalid,
-        }
-    }
-}
 
 /// Counters of one worker; summed across workers on read ([`Counters::add`]).
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
@@ -441,12 +283,16 @@ impl Packet {
     }
 }
 
-/// One chain's answer.
-enum Chain {
-    Accept(Decision),
-    Drop(Decision),
-    Return(Decision),
+/// The counter of a packet dropped with decision `d`. Every drop is made with a dropping decision; were one
+/// not, the drop would still be counted (as `conntrack_invalid`) and debug builds stop here.
+fn drop_counter(d: &Decision) -> DropReason {
+    let r = d.drop_reason();
+    debug_assert!(r.is_some(), "a drop with the accepting decision {d:?}");
+    r.unwrap_or(DropReason::Invalid)
 }
+
+/// One chain's answer, with the decision behind it.
+type Chain = ChainEnd<Decision>;
 
 /// A worker's pipeline: its flow table, its counters, and where it reads tables.
 #[derive(Debug)]
@@ -687,7 +533,7 @@ impl Pipeline {
             match p.verdict {
                 Verdict::Allow => self.counters.allowed += 1,
                 Verdict::Drop => {
-                    let r = DropReason::of(&p.decision);
+                    let r = drop_counter(&p.decision);
                     self.counters.drops[r as usize] += 1;
                     self.port_drops.pipeline(port_id(t, p.port), r, 1);
                     if let Decision::Malformed(m) = p.decision {
@@ -761,7 +607,7 @@ impl Pipeline {
             }
             Verdict::Drop => {
                 // The host's own answer, dropped on its way out: counted on the host's port.
-                let r = DropReason::of(&a.decision);
+                let r = drop_counter(&a.decision);
                 self.counters.drops[r as usize] += 1;
                 self.port_drops.pipeline(port_id(t, Port::Host), r, 1);
             }
@@ -1214,11 +1060,11 @@ fn walk(t: &TableSet, ep: EndpointRef, dir: Direction, stage: Stage, p: &mut Pac
         }
     });
     match end {
-        ProgramEnd::Allow(rule) => Chain::Accept(Decision::Rule { ep, stage, dir, rule }),
-        ProgramEnd::Deny(rule) => Chain::Drop(Decision::Rule { ep, stage, dir, rule }),
-        ProgramEnd::EndOfTier(tier) => Chain::Drop(Decision::EndOfTier { ep, stage, dir, tier }),
-        ProgramEnd::NoProfileMatched => Chain::Drop(Decision::NoProfile { ep, dir }),
-        ProgramEnd::FellThrough => Chain::Return(Decision::NoCalicoVerdict),
+        WalkEnd::Allow(rule) => Chain::Accept(Decision::Rule { ep, stage, dir, rule }),
+        WalkEnd::Deny(rule) => Chain::Drop(Decision::Rule { ep, stage, dir, rule }),
+        WalkEnd::EndOfTier(tier) => Chain::Drop(Decision::EndOfTier { ep, stage, dir, tier }),
+        WalkEnd::NoProfileMatched => Chain::Drop(Decision::NoProfile { ep, dir }),
+        WalkEnd::FellThrough => Chain::Return(Decision::NoCalicoVerdict),
     }
 }
 

@@ -17,7 +17,7 @@
 //! port is no longer known when they are dropped (fragments that timed out in reassembly), and frames
 //! handed over from a port this worker has not taken yet (attachment reaches workers one at a time).
 
-use crate::pipeline::DropReason;
+use crate::decision::DropReason;
 use crate::ports::PortId;
 
 /// Frames dropped around the pipeline, by the worker.

@@ -23,6 +23,7 @@ use calxdp_policy::verdict::Verdict;
 
 use crate::arp::{self, Neighbours};
 use crate::batch::{BATCH, FRAME_MAX};
+use crate::decision::{Decision, DropReason};
 use crate::flow::Nanos;
 use crate::frames::{ingest, rewrite, time_exceeded};
 use crate::log::{log_leader, log_line, MAX_LOGS};
@@ -30,7 +31,7 @@ use crate::ndp;
 use crate::nexthop::{self, Due, Pending};
 use crate::owner::{fragment_owner, owner};
 use crate::path::{Port, PortMap, WORKLOAD_GATEWAY_MAC};
-use crate::pipeline::{rule_ref, Counters, Decision, DropReason, LogHit, Packet, Pipeline};
+use crate::pipeline::{rule_ref, Counters, LogHit, Packet, Pipeline};
 use crate::port_drops::{IoDrop, PortDrops};
 use crate::ports::{send, PortId, PortIo};
 use crate::reassembly::{Insert, MAX_FRAGMENTS};

@@ -1,6 +1,6 @@
 //! The whole pipeline on arbitrary frames: parse, decide (against a node with host endpoints, pods,
 //! services and policies of every stage), rewrite, parse again. Nothing may panic; every frame gets a
-//! verdict; a rewritten frame still parses.
+//! verdict; every drop carries a decision that names its counter; a rewritten frame still parses.
 #![no_main]
 
 use std::sync::{Arc, Mutex, OnceLock};
@@ -51,6 +51,9 @@ fuzz_target!(|data: &[u8]| {
     let mut batch = [packet];
     let mut p = pipeline().lock().unwrap_or_else(|e| e.into_inner());
     p.process_current(&mut batch, u64::from(selector) * 1_000_000_000);
+    if batch[0].verdict == calxdp_policy::verdict::Verdict::Drop {
+        assert!(batch[0].decision.drop_reason().is_some(), "a drop with the accepting decision {:?}", batch[0].decision);
+    }
     if let Some(parsed) = parsed {
         let tables = p.tables();
         if rewrite(&mut frame, &parsed, &batch[0], &tables.ports).is_ok() && parsed.is_ip() && batch[0].verdict == calxdp_policy::verdict::Verdict::Allow {

@@ -17,4 +17,5 @@ pub mod resource;
 pub mod selector;
 pub mod service;
 pub mod verdict;
+pub mod walk_end;
 pub mod yaml;

@@ -22,8 +22,9 @@ use std::thread;
 use std::time::{Duration, Instant};
 
 use calxdp::live::{LiveNode, LiveOptions};
+use calxdp_dataplane::decision::{Decision, DropReason};
 use calxdp_dataplane::path::Port;
-use calxdp_dataplane::pipeline::{Counters, Decision, DropReason};
+use calxdp_dataplane::pipeline::Counters;
 use calxdp_dataplane::sys::netns;
 use calxdp_dataplane::sys::packet::PacketSocket;
 use calxdp_dataplane::worker::{IoCounters, TraceRecord};

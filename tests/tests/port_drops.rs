@@ -6,7 +6,7 @@
 use std::net::IpAddr;
 
 use calxdp::offline::OfflineNode;
-use calxdp_dataplane::pipeline::DropReason;
+use calxdp_dataplane::decision::DropReason;
 use calxdp_dataplane::port_drops::{IoDrop, DROP_KINDS};
 use calxdp_dataplane::ports::PortId;
 use calxdp_dataplane::wire::FrameSpec;

@@ -7,8 +7,8 @@ use std::net::IpAddr;
 use std::time::Duration;
 
 use calxdp::offline::OfflineNode;
+use calxdp_dataplane::decision::DropReason;
 use calxdp_dataplane::path::Port;
-use calxdp_dataplane::pipeline::DropReason;
 use calxdp_dataplane::reassembly::{Insert, Reassembly};
 use calxdp_dataplane::wire::fragment::{cut, fragment_of};
 use calxdp_dataplane::wire::{parse, FrameSpec};

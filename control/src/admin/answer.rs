@@ -6,9 +6,10 @@ use std::net::IpAddr;
 use std::sync::mpsc::{sync_channel, Receiver, SyncSender};
 use std::time::{Duration, Instant, SystemTime};
 
+use calxdp_dataplane::decision::{Decision, DropReason};
 use calxdp_dataplane::flow::FlowView;
 use calxdp_dataplane::path::Port;
-use calxdp_dataplane::pipeline::{explain, Counters, Decision, DropReason, RuleHits};
+use calxdp_dataplane::pipeline::{explain, Counters, RuleHits};
 use calxdp_dataplane::port_drops::{kind_name, DropRow, IoDrop};
 use calxdp_dataplane::tables::TableSet;
 use calxdp_dataplane::worker::{FlowFilter, IoCounters, TraceRecord, WorkerCommand, WorkerCounters};

@@ -3,13 +3,14 @@
 
 use std::sync::Arc;
 
-use calxdp_policy::compile::{flow_key, CompiledTables, ProgramCache, ProgramEnd};
+use calxdp_policy::compile::{flow_key, CompiledTables, ProgramCache};
 use calxdp_policy::ids::EndpointRef;
 use calxdp_policy::packet::PacketHeader;
 use calxdp_policy::reference::walker::log_for;
-use calxdp_policy::reference::{PolicyWalker, WalkEnd};
+use calxdp_policy::reference::PolicyWalker;
 use calxdp_policy::resolve::{Direction, ResolvedNode, Stage};
 use calxdp_policy::verdict::{LogEvent, RuleRef};
+use calxdp_policy::walk_end::{NamedWalkEnd, WalkEnd};
 
 /// Walks with the compiled tables of the current resolved node.
 #[derive(Debug, Default)]
@@ -39,7 +40,7 @@ impl PolicyWalker for Compiled {
         stage: Stage,
         pkt: &PacketHeader,
         logs: &mut Vec<LogEvent>,
-    ) -> WalkEnd {
+    ) -> NamedWalkEnd {
         let Some(program) = self.tables.program(ep, stage, d) else { return WalkEnd::FellThrough };
         let endpoint = ep.endpoint(world).id.clone();
         let rule_ref = |rule: u32| {
@@ -56,13 +57,7 @@ impl PolicyWalker for Compiled {
         let key = flow_key(pkt);
         let end = program
             .evaluate_reaching(&key, |rule, matched| logs.push(LogEvent { matched, ..log_for(world, rule_ref(rule)) }));
-        match end {
-            ProgramEnd::Allow(r) => WalkEnd::Allow(rule_ref(r)),
-            ProgramEnd::Deny(r) => WalkEnd::Deny(rule_ref(r)),
-            ProgramEnd::EndOfTier(t) => WalkEnd::EndOfTier(program.flat.tiers[t as usize].clone()),
-            ProgramEnd::NoProfileMatched => WalkEnd::NoProfileMatched,
-            ProgramEnd::FellThrough => WalkEnd::FellThrough,
-        }
+        end.map(rule_ref, |t| program.flat.tiers[t as usize].clone())
     }
 
     fn has_policies(&self, _world: &ResolvedNode, ep: EndpointRef, stage: Stage, d: Option<Direction>) -> bool {

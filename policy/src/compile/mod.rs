@@ -23,18 +23,9 @@ use crate::packet::PacketHeader;
 use crate::resolve::{Direction, ResolvedNode, Stage};
 use crate::resource::Action;
 
-/// How a program's evaluation ended.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum ProgramEnd {
-    /// Allow or Deny by the rule with this index in [`Program::rules`].
-    Allow(u32),
-    Deny(u32),
-    /// End-of-tier drop of the tier with this index in [`Program::tiers`].
-    EndOfTier(u32),
-    NoProfileMatched,
-    /// Fell out of the last tier (stages without profiles).
-    FellThrough,
-}
+/// How a program's evaluation ended: the rule by its index in [`FlatProgram::rules`], the tier that ended
+/// in a drop by its index in [`FlatProgram::tiers`].
+pub type ProgramEnd = crate::walk_end::WalkEnd<u32, u32>;
 
 /// One compiled (endpoint, direction, stage) walk.
 #[derive(Debug)]

@@ -12,7 +12,7 @@ use std::net::{IpAddr, SocketAddr};
 use std::time::Duration;
 
 use flows::{Flows, Lookup};
-pub use walker::{Interpreted, PolicyWalker, WalkEnd};
+pub use walker::{Interpreted, PolicyWalker};
 
 use crate::conntrack::{CtState, FlowDir};
 use crate::felix::DenyAction;
@@ -25,6 +25,7 @@ use crate::resolve::{Direction, ResolvedNode, Stage, LOOPBACK};
 use crate::resource::{Protocol, ResourceSet};
 use crate::service::{find_service, pick_backend, ServiceNat};
 use crate::verdict::{Egress, LogEvent, Outcome, Reason, RuleOwner, Verdict};
+use crate::walk_end::{ChainEnd, WalkEnd};
 
 /// Where a packet enters the node.
 #[derive(Clone, Debug, PartialEq, Eq, Hash)]
@@ -46,14 +47,8 @@ enum Route {
     Uplink(usize),
 }
 
-/// One endpoint chain's answer (the iptables chain returning ACCEPT, DROP, or nothing).
-#[derive(Clone, Debug, PartialEq, Eq)]
-enum Chain {
-    Accept(Reason),
-    Drop(Reason),
-    /// No verdict: later hooks or the host's defaults decide.
-    Return(Reason),
-}
+/// One endpoint chain's answer (the iptables chain returning ACCEPT, DROP, or nothing), with its reason.
+type Chain = ChainEnd<Reason>;
 
 /// A node with state: resources in force, conntrack and a clock. The hooks are followed here; the policy
 /// walks inside them are done by `W` (interpreted from the resources, or by compiled programs).
@@ -714,7 +709,10 @@ impl<W: PolicyWalker> NodeModel<W> {
         match self.walker.walk(&self.world, ep, d, stage, pkt, &mut w.logs) {
             WalkEnd::Allow(r) => Chain::Accept(Reason::Rule(r)),
             WalkEnd::Deny(r) => Chain::Drop(Reason::Rule(r)),
-            _ => Chain::Return(Reason::NoCalicoVerdict),
+            // These stages' tiers never end in a drop (semantics §2.1) and they have no profiles.
+            WalkEnd::EndOfTier(_) | WalkEnd::NoProfileMatched | WalkEnd::FellThrough => {
+                Chain::Return(Reason::NoCalicoVerdict)
+            }
         }
     }
 

@@ -5,26 +5,8 @@ use super::matching::rule_matches;
 use crate::packet::PacketHeader;
 use crate::resolve::{Direction, Endpoint, ResolvedNode, Stage};
 use crate::resource::{Action, TierDefault};
-use crate::verdict::{LogEvent, Reason, RuleOwner, RuleRef};
-
-/// How a walk through the tiers ended.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub enum TierEnd {
-    Allow(RuleRef),
-    Deny(RuleRef),
-    /// A tier had policies for the endpoint and none gave a verdict, and its default is Deny.
-    EndOfTier(String),
-    /// No tier had a policy for the endpoint, or the last one that had ended in Pass.
-    FellThrough,
-}
-
-/// How the profiles ended.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub enum ProfileEnd {
-    Allow(RuleRef),
-    Deny(RuleRef),
-    NoMatch,
-}
+use crate::verdict::{LogEvent, RuleOwner, RuleRef};
+use crate::walk_end::{NamedWalkEnd, WalkEnd};
 
 /// What an endpoint is to the walk: its labels pick policies, its id names it in explanations.
 #[derive(Debug)]
@@ -38,7 +20,7 @@ pub struct WalkInput<'a> {
 
 /// Walks the tiers (semantics §4.2). Log rules append to `logs` and continue; every Log rule the walk
 /// passes is reported, matched or not (`LogEvent::matched`; semantics §9.1, its rate limit).
-pub fn walk_tiers(input: &WalkInput<'_>, logs: &mut Vec<LogEvent>) -> TierEnd {
+pub fn walk_tiers(input: &WalkInput<'_>, logs: &mut Vec<LogEvent>) -> NamedWalkEnd {
     let WalkInput { world, endpoint, direction, stage, pkt } = *input;
     for tier in &world.tiers {
         let mut present = false;
@@ -65,8 +47,8 @@ pub fn walk_tiers(input: &WalkInput<'_>, logs: &mut Vec<LogEvent>) -> TierEnd {
                 };
                 match rule.action {
                     Action::Log => logs.push(LogEvent { matched, ..log_event(world, at()) }),
-                    Action::Allow => return TierEnd::Allow(at()),
-                    Action::Deny => return TierEnd::Deny(at()),
+                    Action::Allow => return WalkEnd::Allow(at()),
+                    Action::Deny => return WalkEnd::Deny(at()),
                     Action::Pass => {
                         passed = true;
                         break 'policies;
@@ -81,15 +63,15 @@ pub fn walk_tiers(input: &WalkInput<'_>, logs: &mut Vec<LogEvent>) -> TierEnd {
         // Untracked and pre-DNAT tiers never end in a drop (semantics §2.1).
         let default = if stage.forces_pass() { TierDefault::Pass } else { tier.default_action };
         if !passed && default == TierDefault::Deny {
-            return TierEnd::EndOfTier(tier.name.clone());
+            return WalkEnd::EndOfTier(tier.name.clone());
         }
     }
-    TierEnd::FellThrough
+    WalkEnd::FellThrough
 }
 
 /// Runs the endpoint's profiles in order (semantics §4.2, §1.4). A missing profile denies; Pass in a profile
 /// ends that profile only.
-pub fn walk_profiles(input: &WalkInput<'_>, logs: &mut Vec<LogEvent>) -> ProfileEnd {
+pub fn walk_profiles(input: &WalkInput<'_>, logs: &mut Vec<LogEvent>) -> NamedWalkEnd {
     let WalkInput { world, endpoint, direction, stage, pkt } = *input;
     for name in &endpoint.profiles {
         let at = |index, action| RuleRef {
@@ -101,7 +83,7 @@ pub fn walk_profiles(input: &WalkInput<'_>, logs: &mut Vec<LogEvent>) -> Profile
             action,
         };
         let Some(profile) = world.profiles.get(name) else {
-            return ProfileEnd::Deny(at(0, Action::Deny));
+            return WalkEnd::Deny(at(0, Action::Deny));
         };
         for (index, rule) in profile.rules(direction).iter().enumerate() {
             let matched = rule_matches(rule, pkt, world);
@@ -111,34 +93,13 @@ pub fn walk_profiles(input: &WalkInput<'_>, logs: &mut Vec<LogEvent>) -> Profile
             }
             match rule.action {
                 Action::Log => logs.push(LogEvent { matched, ..log_event(world, at(index, Action::Log)) }),
-                Action::Allow => return ProfileEnd::Allow(at(index, Action::Allow)),
-                Action::Deny => return ProfileEnd::Deny(at(index, Action::Deny)),
+                Action::Allow => return WalkEnd::Allow(at(index, Action::Allow)),
+                Action::Deny => return WalkEnd::Deny(at(index, Action::Deny)),
                 Action::Pass => break,
             }
         }
     }
-    ProfileEnd::NoMatch
-}
-
-/// The verdict of a full normal walk: tiers, then profiles, then drop (semantics §4.2).
-pub fn walk_normal(input: &WalkInput<'_>, logs: &mut Vec<LogEvent>) -> Result<Reason, Reason> {
-    match walk_tiers(input, logs) {
-        TierEnd::Allow(r) => Ok(Reason::Rule(r)),
-        TierEnd::Deny(r) => Err(Reason::Rule(r)),
-        TierEnd::EndOfTier(tier) => Err(Reason::EndOfTier {
-            stage: input.stage,
-            direction: input.direction,
-            endpoint: input.endpoint.id.clone(),
-            tier,
-        }),
-        TierEnd::FellThrough => match walk_profiles(input, logs) {
-            ProfileEnd::Allow(r) => Ok(Reason::Rule(r)),
-            ProfileEnd::Deny(r) => Err(Reason::Rule(r)),
-            ProfileEnd::NoMatch => {
-                Err(Reason::NoProfileMatched { direction: input.direction, endpoint: input.endpoint.id.clone() })
-            }
-        },
-    }
+    WalkEnd::NoProfileMatched
 }
 
 /// The log prefix of a Log rule with its placeholders filled in (semantics §9.1).

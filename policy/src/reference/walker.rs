@@ -1,21 +1,12 @@
 //! Who walks an endpoint's policies inside the hooks: the interpreter of `walk.rs`, or compiled programs.
 //! The node model follows the hooks the same way for both, so the two can only differ in the walks.
 
-use super::walk::{log_event, walk_profiles, walk_tiers, ProfileEnd, TierEnd, WalkInput};
+use super::walk::{log_event, walk_profiles, walk_tiers, WalkInput};
 use crate::ids::EndpointRef;
 use crate::packet::PacketHeader;
 use crate::resolve::{Direction, ResolvedNode, Stage};
 use crate::verdict::{LogEvent, RuleRef};
-
-/// How one walk ended. The normal stage runs profiles after the tiers; the others stop at the tiers.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub enum WalkEnd {
-    Allow(RuleRef),
-    Deny(RuleRef),
-    EndOfTier(String),
-    NoProfileMatched,
-    FellThrough,
-}
+use crate::walk_end::{NamedWalkEnd, WalkEnd};
 
 pub trait PolicyWalker: std::fmt::Debug {
     /// Takes a new resolved node. Every walker takes every node: the compile cannot fail (a rule it cannot
@@ -30,7 +21,7 @@ pub trait PolicyWalker: std::fmt::Debug {
         stage: Stage,
         pkt: &PacketHeader,
         logs: &mut Vec<LogEvent>,
-    ) -> WalkEnd;
+    ) -> NamedWalkEnd;
     /// Whether any policy of `stage` selects `ep` (for direction `d`, or either when `None`).
     fn has_policies(&self, world: &ResolvedNode, ep: EndpointRef, stage: Stage, d: Option<Direction>) -> bool;
 }
@@ -50,18 +41,12 @@ impl PolicyWalker for Interpreted {
         stage: Stage,
         pkt: &PacketHeader,
         logs: &mut Vec<LogEvent>,
-    ) -> WalkEnd {
+    ) -> NamedWalkEnd {
         let input = WalkInput { world, endpoint: ep.endpoint(world), direction: d, stage, pkt };
+        // The normal stage runs the profiles after the tiers; the others stop at the tiers.
         match walk_tiers(&input, logs) {
-            TierEnd::Allow(r) => WalkEnd::Allow(r),
-            TierEnd::Deny(r) => WalkEnd::Deny(r),
-            TierEnd::EndOfTier(t) => WalkEnd::EndOfTier(t),
-            TierEnd::FellThrough if stage == Stage::Normal => match walk_profiles(&input, logs) {
-                ProfileEnd::Allow(r) => WalkEnd::Allow(r),
-                ProfileEnd::Deny(r) => WalkEnd::Deny(r),
-                ProfileEnd::NoMatch => WalkEnd::NoProfileMatched,
-            },
-            TierEnd::FellThrough => WalkEnd::FellThrough,
+            WalkEnd::FellThrough if stage == Stage::Normal => walk_profiles(&input, logs),
+            end => end,
         }
     }
 
