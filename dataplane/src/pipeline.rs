@@ -541,12 +541,18 @@ impl Pipeline {
                     }
                 }
             }
-            if p.logs.iter().all(Option::is_some) {
+            // Both arrays fill from the front (`Packet::note`, `Packet::log`), so their first and last slots
+            // say whether they hold anything and whether they are full: most packets (established ones)
+            // hold nothing and skip the scans.
+            if p.logs[MAX_LOGS - 1].is_some() {
                 self.counters.logs_overflowed += 1;
             }
             self.counters.logs_suppressed += u64::from(p.suppressed);
             if p.reject && p.verdict == Verdict::Drop {
                 self.answer(t, p, now);
+            }
+            if p.rule_hits[0].is_none() && p.logs[0].is_none() {
+                continue;
             }
             for h in p.rule_hits.iter().chain(p.logs.iter()).flatten() {
                 if let Some(origin) =
