@@ -237,6 +237,11 @@ pub fn hep_tier_lists(h: &proto::HostEndpoint) -> [&[proto::TierInfo]; 4] {
 /// Identifies an endpoint's tier lists by content: endpoints with equal lists carry the same label, and a
 /// policy selects the endpoints whose lists name it (see the module comment).
 pub(super) fn lists_label(lists: &[&[proto::TierInfo]]) -> String {
+    format!("felixlists/{:016x}", lists_hash(lists))
+}
+
+/// A hash of an endpoint's tier lists (tiers in order, their policies in order, default actions).
+pub(super) fn lists_hash(lists: &[&[proto::TierInfo]]) -> u64 {
     use std::hash::{Hash, Hasher};
     // `DefaultHasher::new()` has fixed keys: a label is the same in every compile and every run.
     let mut h = std::collections::hash_map::DefaultHasher::new();
@@ -253,7 +258,7 @@ pub(super) fn lists_label(lists: &[&[proto::TierInfo]]) -> String {
             }
         }
     }
-    format!("felixlists/{:016x}", h.finish())
+    h.finish()
 }
 
 /// The labels an endpoint carries: the one of its tier lists.

@@ -163,8 +163,10 @@ pub struct FelixState {
     pub hostname: Option<String>,
     pub in_sync: bool,
     set_refs: HashMap<String, usize>,
+    /// Per policy, how many distinct tier lists in `tier_lists` name it.
     policy_refs: HashMap<PolicyKey, usize>,
     profile_refs: HashMap<String, usize>,
+    tier_lists: TierLists,
     /// The version the next `ActivePolicyUpdate` gets.
     next_policy_version: u64,
 }
@@ -198,6 +200,68 @@ fn convert_rules(rules: &[proto::Rule], list: &str, sets: &mut Vec<String>) -> R
             Ok(rule)
         })
         .collect()
+}
+
+/// The distinct tier lists endpoints carry, each with how many endpoints carry it and the policies it names.
+/// Most endpoints share their lists and one names hundreds of policies: checked and counted per endpoint,
+/// they took two of the nine seconds of a 1000-endpoint, 10 000-policy snapshot.
+#[derive(Clone, Debug, Default)]
+struct TierLists {
+    by_hash: HashMap<u64, Vec<TierListUse>>,
+}
+
+#[derive(Clone, Debug)]
+struct TierListUse {
+    lists: Vec<Vec<proto::TierInfo>>,
+    policies: Vec<PolicyKey>,
+    endpoints: usize,
+}
+
+impl TierListUse {
+    fn is(&self, lists: &[&[proto::TierInfo]]) -> bool {
+        self.lists.len() == lists.len() && self.lists.iter().zip(lists).all(|(a, b)| a.as_slice() == *b)
+    }
+}
+
+impl TierLists {
+    /// Whether an endpoint carries `lists` (whose hash is `hash`).
+    fn carried(&self, hash: u64, lists: &[&[proto::TierInfo]]) -> bool {
+        self.by_hash.get(&hash).is_some_and(|uses| uses.iter().any(|u| u.is(lists)))
+    }
+
+    /// Counts one more endpoint carrying `lists`; `policies` are what they name when no endpoint carried them
+    /// yet (ignored otherwise).
+    fn take(&mut self, hash: u64, lists: &[&[proto::TierInfo]], policies: Vec<PolicyKey>) {
+        let uses = self.by_hash.entry(hash).or_default();
+        match uses.iter_mut().find(|u| u.is(lists)) {
+            Some(u) => u.endpoints += 1,
+            None => {
+                let lists = lists.iter().map(|l| l.to_vec()).collect();
+                uses.push(TierListUse { lists, policies, endpoints: 1 });
+            }
+        }
+    }
+
+    /// Counts one endpoint fewer carrying `lists`; the policies they named when it was the last.
+    fn release(&mut self, lists: &[&[proto::TierInfo]]) -> Option<Vec<PolicyKey>> {
+        let hash = super::convert::lists_hash(lists);
+        let uses = self.by_hash.get_mut(&hash)?;
+        let i = uses.iter().position(|u| u.is(lists))?;
+        uses[i].endpoints -= 1;
+        if uses[i].endpoints > 0 {
+            return None;
+        }
+        let gone = uses.swap_remove(i);
+        if uses.is_empty() {
+            self.by_hash.remove(&hash);
+        }
+        Some(gone.policies)
+    }
+
+    /// How many endpoints carry a list naming `key` (for an error message).
+    fn endpoints_naming(&self, key: &PolicyKey) -> usize {
+        self.by_hash.values().flatten().filter(|u| u.policies.binary_search(key).is_ok()).map(|u| u.endpoints).sum()
+    }
 }
 
 fn bump<K: std::hash::Hash + Eq + Clone>(refs: &mut HashMap<K, usize>, keys: &[K], up: bool) {
@@ -320,7 +384,8 @@ impl FelixState {
             }
             Payload::ActivePolicyRemove(r) => {
                 let key = PolicyKey::from_proto(&r.id.unwrap_or_default());
-                if let Some(n) = self.policy_refs.get(&key) {
+                if self.policy_refs.contains_key(&key) {
+                    let n = self.tier_lists.endpoints_naming(&key);
                     return Err(err(format!("{key} is still in the tiers of {n} endpoint(s)")));
                 }
                 let old = self.policies.remove(&key).ok_or_else(|| err(format!("unknown policy {key}")))?;
@@ -358,10 +423,7 @@ impl FelixState {
                 let key = WorkloadKey::from_proto(&u.id.unwrap_or_default());
                 let ep = u.endpoint.unwrap_or_default();
                 super::convert::workload(&key, &ep).map_err(|e| err(e.to_string()))?;
-                let (pols, profs) =
-                    self.endpoint_refs(&[&ep.tiers], &ep.profile_ids).map_err(|e| err(format!("{key}: {e}")))?;
-                bump(&mut self.policy_refs, &pols, true);
-                bump(&mut self.profile_refs, &profs, true);
+                self.take_endpoint(&[&ep.tiers], &ep.profile_ids).map_err(|e| err(format!("{key}: {e}")))?;
                 if let Some(old) = self.workloads.insert(key, ep) {
                     self.release_endpoint(&[&old.tiers], &old.profile_ids);
                 }
@@ -377,11 +439,8 @@ impl FelixState {
                 let id = u.id.map(|i| i.endpoint_id).unwrap_or_default();
                 let ep = u.endpoint.unwrap_or_default();
                 super::convert::host_endpoint("", &id, &ep).map_err(|e| err(e.to_string()))?;
-                let (pols, profs) = self
-                    .endpoint_refs(&hep_tier_lists(&ep), &ep.profile_ids)
+                self.take_endpoint(&hep_tier_lists(&ep), &ep.profile_ids)
                     .map_err(|e| err(format!("host endpoint {id}: {e}")))?;
-                bump(&mut self.policy_refs, &pols, true);
-                bump(&mut self.profile_refs, &profs, true);
                 if let Some(old) = self.host_endpoints.insert(id, ep) {
                     self.release_endpoint(&hep_tier_lists(&old), &old.profile_ids);
                 }
@@ -397,36 +456,40 @@ impl FelixState {
         }
     }
 
-    /// The policies and profiles an endpoint refers to, each checked to exist.
-    fn endpoint_refs(
-        &self,
-        lists: &[&[proto::TierInfo]],
-        profiles: &[String],
-    ) -> Result<(Vec<PolicyKey>, Vec<String>), String> {
+    /// Takes an endpoint's references: its tier lists (checked, the first time they are seen, to name only
+    /// known policies) and its profiles (checked to exist). Nothing is taken when a check fails.
+    fn take_endpoint(&mut self, lists: &[&[proto::TierInfo]], profiles: &[String]) -> Result<(), String> {
+        let hash = super::convert::lists_hash(lists);
+        let known = self.tier_lists.carried(hash, lists);
         let mut pols = Vec::new();
-        for t in lists.iter().flat_map(|l| l.iter()) {
-            for id in t.ingress_policies.iter().chain(&t.egress_policies) {
-                let key = PolicyKey::from_proto(id);
-                if !self.policies.contains_key(&key) {
-                    return Err(format!("tier {} refers to unknown policy {key}", t.name));
+        if !known {
+            for t in lists.iter().flat_map(|l| l.iter()) {
+                for id in t.ingress_policies.iter().chain(&t.egress_policies) {
+                    let key = PolicyKey::from_proto(id);
+                    if !self.policies.contains_key(&key) {
+                        return Err(format!("tier {} refers to unknown policy {key}", t.name));
+                    }
+                    pols.push(key);
                 }
-                pols.push(key);
             }
         }
         if let Some(p) = profiles.iter().find(|p| !self.profiles.contains_key(*p)) {
             return Err(format!("refers to unknown profile '{p}'"));
         }
-        Ok((pols, profiles.to_vec()))
+        if !known {
+            pols.sort();
+            pols.dedup();
+            bump(&mut self.policy_refs, &pols, true);
+        }
+        self.tier_lists.take(hash, lists, pols);
+        bump(&mut self.profile_refs, profiles, true);
+        Ok(())
     }
 
     fn release_endpoint(&mut self, lists: &[&[proto::TierInfo]], profiles: &[String]) {
-        let pols: Vec<PolicyKey> = lists
-            .iter()
-            .flat_map(|l| l.iter())
-            .flat_map(|t| t.ingress_policies.iter().chain(&t.egress_policies))
-            .map(PolicyKey::from_proto)
-            .collect();
-        bump(&mut self.policy_refs, &pols, false);
+        if let Some(pols) = self.tier_lists.release(lists) {
+            bump(&mut self.policy_refs, &pols, false);
+        }
         bump(&mut self.profile_refs, profiles, false);
     }
 }

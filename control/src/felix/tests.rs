@@ -384,3 +384,44 @@ fn host_endpoint_untracked_tiers_keep_their_order() {
     assert_eq!(verdict(&front, "10.250.0.9", "10.250.0.1", Protocol::TCP, 23), Verdict::Drop);
     assert_eq!(verdict(&front, "10.250.0.9", "10.250.0.1", Protocol::TCP, 8080), Verdict::Allow);
 }
+
+#[test]
+fn a_policy_in_endpoints_tiers_cannot_be_removed_until_the_last_endpoint_naming_it_goes() {
+    let remove_policy = |s: &mut Stream| {
+        s.push(Payload::ActivePolicyRemove(proto::ActivePolicyRemove { id: Some(pid("p", "GlobalNetworkPolicy")) }));
+    };
+    let remove_workload = |s: &mut Stream, pod: &str| {
+        s.push(Payload::WorkloadEndpointRemove(proto::WorkloadEndpointRemove { id: Some(wid(pod)) }));
+    };
+    let shared = || vec![tier("t", "Deny", &[("p", "GlobalNetworkPolicy")])];
+    let other = || vec![tier("t", "Deny", &[("q", "GlobalNetworkPolicy"), ("p", "GlobalNetworkPolicy")])];
+    let mut s = Stream::new();
+    s.profile("kns.app", "allow")
+        .policy("p", "GlobalNetworkPolicy", "t", vec![])
+        .policy("q", "GlobalNetworkPolicy", "t", vec![])
+        .workload("a", "cali1", "10.9.9.1", shared())
+        .workload("b", "cali2", "10.9.9.2", shared())
+        .workload("c", "cali3", "10.9.9.3", other());
+    // Three endpoints name p, through two distinct tier lists.
+    let mut refused = Stream(s.0.clone());
+    remove_policy(&mut refused);
+    let e = feed(&refused).err().expect("removing a policy endpoints name is refused");
+    assert!(e.contains("GlobalNetworkPolicy/p is still in the tiers of 3 endpoint(s)"), "{e}");
+    // One of the two sharing a list goes, then the one with the other list: b still names p.
+    remove_workload(&mut s, "a");
+    remove_workload(&mut s, "c");
+    let mut refused = Stream(s.0.clone());
+    remove_policy(&mut refused);
+    let e = feed(&refused).err().expect("b still names p");
+    assert!(e.contains("still in the tiers of 1 endpoint(s)"), "{e}");
+    // A changed endpoint lets go of its old list: b moves to a list without p, and p can go.
+    s.workload("b", "cali2", "10.9.9.2", vec![tier("t", "Deny", &[("q", "GlobalNetworkPolicy")])]);
+    remove_policy(&mut s);
+    let front = feed(&s).expect("no endpoint names p any more");
+    assert!(!front.state.policies.keys().any(|k| k.name == "p"));
+    // Whereas q, which b's new list names, is still held.
+    let mut refused = Stream(s.0.clone());
+    refused.push(Payload::ActivePolicyRemove(proto::ActivePolicyRemove { id: Some(pid("q", "GlobalNetworkPolicy")) }));
+    let e = feed(&refused).err().expect("b names q");
+    assert!(e.contains("GlobalNetworkPolicy/q is still in the tiers of 1 endpoint(s)"), "{e}");
+}

@@ -97,13 +97,16 @@ impl Program {
         let shared_region = Arc::new(region.clone());
         let mut patches = (*self.patches).clone();
         let mut patched: Vec<(u32, u8, ranges::RangeSet)> = Vec::new();
+        // A rule side's source is shared by every term its alternatives multiply into: whether it reads a
+        // changed selector, and its addresses inside the region, are worked out once per source.
+        let mut seen: HashMap<*const terms::AddrSource, Option<ranges::RangeSet>> = HashMap::new();
         for (t, side, source) in &self.flat.addr_sources {
-            if !reads(source) {
-                continue;
-            }
-            let inside = source.within(region, &mut addresses);
+            let inside = seen
+                .entry(Arc::as_ptr(source))
+                .or_insert_with(|| reads(source).then(|| source.within(region, &mut addresses)));
+            let Some(inside) = inside else { continue };
             patches.entry((*t, *side)).or_default().push((shared_region.clone(), inside.clone()));
-            patched.push((*t, *side, inside));
+            patched.push((*t, *side, inside.clone()));
         }
         let classifier = self.classifier.patch_addresses(region, &patched);
         Some(Program {
@@ -505,13 +508,13 @@ impl ProgramCache {
         let near: Vec<&crate::resolve::Entity> =
             world.entities.iter().filter(|e| !terms::entity_range(e).intersect(&region).is_empty()).collect();
         // The few selectors the patched terms read, with their addresses inside the region.
-        let mut inside: Vec<(crate::selector::Selector, ranges::RangeSet)> = Vec::new();
+        let mut inside: HashMap<crate::selector::Selector, ranges::RangeSet> = HashMap::new();
         let mut addresses = |sel: &crate::selector::Selector| -> ranges::RangeSet {
-            if let Some((_, s)) = inside.iter().find(|(s, _)| s == sel) {
+            if let Some(s) = inside.get(sel) {
                 return s.clone();
             }
             let s = terms::selector_addresses_within(near.iter().copied(), sel, &region);
-            inside.push((sel.clone(), s.clone()));
+            inside.insert(sel.clone(), s.clone());
             s
         };
         let changed: Vec<&crate::selector::Selector> = selectors.iter().collect();
