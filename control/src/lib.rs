@@ -8,6 +8,7 @@ pub mod check;
 pub mod demo;
 pub mod felix;
 pub mod live;
+pub mod netlink;
 pub mod offline;
 pub mod parity;
 pub mod publisher;

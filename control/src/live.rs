@@ -8,7 +8,7 @@
 //! a worker takes a new socket or gives one back between two rounds.
 
 use std::collections::BTreeMap;
-use std::net::IpAddr;
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 use std::process::Command;
 use std::sync::atomic::Ordering;
 use std::sync::mpsc::{sync_channel, Sender, SyncSender};
@@ -27,9 +27,10 @@ use calxdp_dataplane::sys::socket::{XskConfig, XskSocket};
 use calxdp_dataplane::sys::tap::Tap;
 use calxdp_dataplane::worker::{Clock, IoCounters, LogOutput, TraceRecord, Worker, WorkerCommand, WorkerShared};
 use calxdp_dataplane::xdp::Redirect;
-use calxdp_policy::node::{parse_mac, NodeConfig};
+use calxdp_policy::node::NodeConfig;
 use calxdp_policy::resource::ResourceSet;
 
+use crate::netlink::{NetlinkError, RouteSocket};
 use crate::publisher::{Rejected, TablePublisher};
 
 /// Frames in flight from one worker to another.
@@ -580,8 +581,9 @@ pub enum StartError {
     /// The tap could not be opened: the sentence names what holds it or what is missing.
     #[error("{0}")]
     Tap(String),
+    /// Configuring the host tap (or reading an uplink) failed: the error names the request and interface.
     #[error(transparent)]
-    Ip(#[from] IpError),
+    Netlink(#[from] NetlinkError),
     #[error("cannot start the log writer: {0}")]
     LogWriter(std::io::Error),
     #[error("cannot start worker thread {0}: {1}")]
@@ -670,9 +672,12 @@ fn preflight(node: &NodeConfig, opts: &LiveOptions) -> Result<(), StartError> {
     if !is_root() {
         return Err(StartError::NotRoot);
     }
+    let mut rtnl = RouteSocket::open()?;
     for u in &node.uplinks {
-        let Some(link) = link_info(&u.name) else {
-            return Err(StartError::NoUplink(u.name.clone()));
+        let link = match rtnl.link(&u.name) {
+            Ok(link) => link,
+            Err(NetlinkError::NoInterface(_)) => return Err(StartError::NoUplink(u.name.clone())),
+            Err(e) => return Err(e.into()),
         };
         if link.rx_queues.min(link.tx_queues) < opts.workers {
             return Err(StartError::FewQueues {
@@ -711,37 +716,14 @@ fn has_cap_ipc_lock() -> bool {
         .is_some_and(|c| c & (1 << CAP_IPC_LOCK) != 0)
 }
 
-/// What the node needs to know of an interface, read with `ip` (which, unlike /sys, follows the network
-/// namespace of the calling thread).
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct LinkInfo {
-    pub mtu: u32,
-    pub mac: Option<[u8; 6]>,
-    pub rx_queues: usize,
-    pub tx_queues: usize,
-}
-
-pub fn link_info(name: &str) -> Option<LinkInfo> {
-    let out = Command::new("ip").args(["-o", "-d", "link", "show", "dev", name]).output().ok()?;
-    if !out.status.success() {
-        return None;
-    }
-    let text = String::from_utf8_lossy(&out.stdout);
-    let words: Vec<&str> = text.split_whitespace().collect();
-    let after = |key: &str| words.iter().position(|w| *w == key).and_then(|i| words.get(i + 1)).copied();
-    Some(LinkInfo {
-        mtu: after("mtu").and_then(|m| m.parse().ok()).unwrap_or(1500),
-        mac: after("link/ether").and_then(parse_mac),
-        rx_queues: after("numrxqueues").and_then(|q| q.parse().ok()).unwrap_or(1),
-        tx_queues: after("numtxqueues").and_then(|q| q.parse().ok()).unwrap_or(1),
-    })
-}
+pub use crate::netlink::{link_info, LinkInfo};
 
 fn interface_mac(name: &str) -> Option<[u8; 6]> {
     link_info(name)?.mac
 }
 
-/// Why an `ip` command (or entering a namespace made with one) failed; the error names the command.
+/// Why an `ip` command (or entering a namespace made with one) failed; the error names the command. `ip`
+/// builds the topologies of the demo and the parity levels; the node itself uses [`crate::netlink`].
 #[derive(Debug, thiserror::Error)]
 pub enum IpError {
     #[error("cannot run `ip` (install iproute2): {0}")]
@@ -764,15 +746,16 @@ pub fn ip(args: &[&str]) -> Result<(), IpError> {
 }
 
 /// The tap carries the uplink's MAC and MTU; on a real node also the node's addresses, its default route
-/// and a /32 route to each local pod (so the host reaches pods through the dataplane, under policy).
-fn configure_tap(node: &NodeConfig, opts: &LiveOptions) -> Result<(), IpError> {
+/// and a /32 route to each local pod (so the host reaches pods through the dataplane, under policy). Set
+/// through netlink, in the calling thread's network namespace (the tap's).
+pub(crate) fn configure_tap(node: &NodeConfig, opts: &LiveOptions) -> Result<(), NetlinkError> {
     let tap = opts.tap.as_str();
+    let mut rtnl = RouteSocket::open()?;
     // A node without uplinks (pods only) still has a host stack; its tap gets a fixed local MAC.
     let mac = node.uplinks.first().and_then(|u| u.mac).unwrap_or([0x02, 0xca, 0x1c, 0, 0, 1]);
-    let mac = mac.iter().map(|b| format!("{b:02x}")).collect::<Vec<_>>().join(":");
-    ip(&["link", "set", "dev", tap, "address", &mac])?;
-    if let Some(link) = node.uplinks.first().and_then(|u| link_info(&u.name)) {
-        ip(&["link", "set", "dev", tap, "mtu", &link.mtu.to_string()])?;
+    rtnl.set_mac(tap, mac)?;
+    if let Some(link) = node.uplinks.first().and_then(|u| rtnl.link(&u.name).ok()) {
+        rtnl.set_mtu(tap, link.mtu)?;
     }
     // IPv6 on the tap only where the node has IPv6 to route (the host reaches IPv6 pods through it);
     // otherwise the host stack would only put autoconfiguration chatter on the node's wire.
@@ -785,31 +768,103 @@ fn configure_tap(node: &NodeConfig, opts: &LiveOptions) -> Result<(), IpError> {
         let _ = std::fs::write(format!("{conf}/router_solicitations"), "0");
     }
     let _ = std::fs::write(format!("{conf}/disable_ipv6"), if has_v6 { "0" } else { "1" });
-    ip(&["link", "set", "dev", tap, "up"])?;
+    rtnl.set_up(tap)?;
     if !opts.host_addresses {
         return Ok(());
     }
     for u in &node.uplinks {
         for (net, addr) in u.ips.iter().zip(&u.addrs) {
-            let cidr = format!("{addr}/{}", net.prefix_len());
-            ip(&["addr", "replace", &cidr, "dev", tap])?;
+            rtnl.replace_address(tap, *addr, net.prefix_len())?;
         }
     }
     for gw in node.uplinks.first().map(|u| u.gateways.clone()).unwrap_or_default() {
-        let family = if gw.is_ipv4() { "-4" } else { "-6" };
-        ip(&[family, "route", "replace", "default", "via", &gw.to_string(), "dev", tap])?;
+        let any = if gw.is_ipv4() { IpAddr::V4(Ipv4Addr::UNSPECIFIED) } else { IpAddr::V6(Ipv6Addr::UNSPECIFIED) };
+        rtnl.replace_route(tap, any, 0, Some(gw))?;
     }
     for w in &node.workloads {
         if w.interface.is_none() {
             continue;
         }
         for a in &w.ips {
-            let cidr = match a {
-                IpAddr::V4(_) => format!("{a}/32"),
-                IpAddr::V6(_) => format!("{a}/128"),
-            };
-            ip(&["route", "replace", &cidr, "dev", tap])?;
+            let host = if a.is_ipv4() { 32 } else { 128 };
+            rtnl.replace_route(tap, *a, host, None)?;
         }
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use calxdp_policy::yaml::{parse_documents, Field, Origin};
+
+    const NODE: &str = r#"
+name: n1
+interfaces:
+  - {name: up0, ips: [10.77.0.10/24, "fd00:77::10/64"], gateway: [10.77.0.1, "fd00:77::1"]}
+workloads:
+  - {name: a, namespace: default, interface: cali-a, ips: [192.168.77.5, "fd00:1::5"]}
+"#;
+
+    /// `ip -n NS ARGS`' standard output.
+    fn ip_out(ns: &str, args: &[&str]) -> String {
+        let out = Command::new("ip").args(["-n", ns]).args(args).output().expect("ip runs");
+        assert!(out.status.success(), "ip {args:?}: {}", String::from_utf8_lossy(&out.stderr));
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    }
+
+    #[test]
+    #[ignore = "needs root (network namespaces): scripts/test runs it with --include-ignored as root"]
+    fn the_tap_configuration_shows_in_ip() {
+        let origin = Origin::file("node.yaml");
+        let docs = parse_documents(NODE, &origin).unwrap();
+        let mut node = NodeConfig::parse(Field::root(&docs[0], &origin)).unwrap();
+        node.uplinks[0].mac = Some([2, 0x77, 0, 0, 0, 0x10]);
+        // A pod whose veth is not known (yet): no route to it through the tap.
+        let mut veth_unknown = node.workloads[0].clone();
+        (veth_unknown.name, veth_unknown.interface, veth_unknown.ips) =
+            ("b".into(), None, vec!["192.168.78.9".parse().unwrap()]);
+        node.workloads.push(veth_unknown);
+        let ns = format!("cxnl-tap-{}", std::process::id());
+        let mut made = Namespaces::default();
+        made.add(&ns).unwrap();
+        // A veth plays the tap; the uplink's MTU is what the tap takes.
+        ip(&["-n", &ns, "link", "add", "tap0", "type", "veth", "peer", "name", "up0"]).unwrap();
+        ip(&["-n", &ns, "link", "set", "dev", "up0", "mtu", "1420", "up"]).unwrap();
+        let opts = LiveOptions { tap: "tap0".into(), ..LiveOptions::default() };
+        // Twice: a restarted node replaces what is there.
+        for _ in 0..2 {
+            let (n, o) = (node.clone(), opts.clone());
+            netns::run_in(&ns, move || configure_tap(&n, &o)).unwrap().unwrap();
+        }
+
+        let link = ip_out(&ns, &["-o", "link", "show", "dev", "tap0"]);
+        assert!(link.contains("mtu 1420 ") && link.contains("link/ether 02:77:00:00:00:10 "), "{link}");
+        let flags = link.split(['<', '>']).nth(1).unwrap_or_default();
+        assert!(flags.split(',').any(|f| f == "UP"), "{link}");
+        let addrs = ip_out(&ns, &["-o", "addr", "show", "dev", "tap0"]);
+        assert!(addrs.contains("inet 10.77.0.10/24 ") && addrs.contains("inet6 fd00:77::10/64 "), "{addrs}");
+        let v4 = ip_out(&ns, &["-4", "route", "show"]);
+        // As `ip route replace` makes them (its `proto boot` is what `ip route show` leaves out).
+        for want in ["default via 10.77.0.1 dev tap0", "192.168.77.5 dev tap0 scope link"] {
+            assert!(v4.lines().any(|l| l.trim() == want), "{want:?} not in\n{v4}");
+        }
+        let boot = ip_out(&ns, &["-4", "route", "show", "proto", "boot"]);
+        assert_eq!(boot.lines().count(), 2, "{boot}");
+        assert!(!v4.contains("192.168.78.9"), "a pod without a veth is not routed to the host tap\n{v4}");
+        let v6 = ip_out(&ns, &["-6", "route", "show"]);
+        for want in ["default via fd00:77::1 dev tap0", "fd00:1::5 dev tap0"] {
+            assert!(v6.lines().any(|l| l.starts_with(want)), "{want:?} not in\n{v6}");
+        }
+
+        // Without host addresses (the parity level): MAC, MTU and up only.
+        let bare = LiveOptions { host_addresses: false, tap: "up0".into(), ..LiveOptions::default() };
+        let n = node.clone();
+        netns::run_in(&ns, move || configure_tap(&n, &bare)).unwrap().unwrap();
+        assert!(ip_out(&ns, &["-o", "addr", "show", "dev", "up0"]).lines().all(|l| !l.contains(" inet ")));
+
+        let missing = LiveOptions { tap: "nosuch".into(), ..LiveOptions::default() };
+        let err = netns::run_in(&ns, move || configure_tap(&node, &missing)).unwrap().unwrap_err();
+        assert_eq!(err.to_string(), "interface nosuch does not exist");
+    }
 }

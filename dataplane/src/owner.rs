@@ -9,22 +9,19 @@
 //!   *from* a backend is a reply and its client port is its destination port.
 //! - ICMP errors: the flow they quote.
 
-use std::collections::HashSet;
 use std::net::IpAddr;
 
 use calxdp_policy::ids::Tuple;
 use calxdp_policy::node::NodeConfig;
 use calxdp_policy::packet::PacketHeader;
 
-use crate::path::AddrHash;
-
 /// Every (address, port, protocol) that is a service front end or backend on this node.
 #[derive(Debug, Default)]
-pub struct ServiceEnds(HashSet<(IpAddr, u16, u8), AddrHash>);
+pub struct ServiceEnds(foldhash::HashSet<(IpAddr, u16, u8)>);
 
 impl ServiceEnds {
     pub fn new(node: &NodeConfig) -> ServiceEnds {
-        let mut set = HashSet::with_hasher(AddrHash);
+        let mut set = foldhash::HashSet::default();
         for s in &node.services {
             let p = s.protocol.0;
             if let Some(ip) = s.cluster_ip {
@@ -111,7 +108,7 @@ mod tests {
     }
 
     fn ends() -> ServiceEnds {
-        let mut set = HashSet::with_hasher(AddrHash);
+        let mut set = foldhash::HashSet::default();
         set.insert(("10.96.0.10".parse().unwrap(), 80, 6)); // ClusterIP
         set.insert(("10.0.0.10".parse().unwrap(), 30080, 6)); // NodePort on the node
         set.insert(("192.168.1.10".parse().unwrap(), 8080, 6)); // backend

@@ -2,7 +2,6 @@
 //! looks up a name: which host endpoint governs each uplink and `lo`, the `*` host endpoint, the local
 //! workloads by address, and routes (DESIGN.md "The node").
 
-use std::collections::HashMap;
 use std::net::IpAddr;
 
 use calxdp_policy::node::NodeConfig;
@@ -49,7 +48,7 @@ pub struct PortMap {
     /// The named host endpoint of `lo`, where host-to-own-address traffic crosses.
     pub loopback_hep: Option<u32>,
     pub star_hep: Option<u32>,
-    pub workload_by_ip: HashMap<IpAddr, u16, AddrHash>,
+    pub workload_by_ip: foldhash::HashMap<IpAddr, u16>,
     pub host_ips: Vec<IpAddr>,
     /// Each uplink's MAC and its gateway's MAC, where configured.
     pub uplink_mac: Vec<Option<[u8; 6]>>,
@@ -78,7 +77,7 @@ impl PortMap {
     pub fn with_workload_ports(world: &ResolvedNode, workload_port: Vec<PortId>) -> PortMap {
         let node = &world.node;
         let named = |iface: &str| world.interface_hep.get(iface).map(|&h| h as u32);
-        let mut workload_by_ip = HashMap::with_hasher(AddrHash);
+        let mut workload_by_ip = foldhash::HashMap::default();
         for (i, w) in node.workloads.iter().enumerate() {
             for ip in &w.ips {
                 workload_by_ip.insert(*ip, i as u16);
@@ -158,33 +157,6 @@ impl PortMap {
                 Some(u) => Route::Uplink(u as u16),
                 None => Route::Local,
             }
-        }
-    }
-}
-
-/// A fast hash for the node's own pod addresses (a small map built per table version).
-#[derive(Clone, Copy, Debug, Default)]
-pub struct AddrHash;
-
-impl std::hash::BuildHasher for AddrHash {
-    type Hasher = AddrHasher;
-    fn build_hasher(&self) -> AddrHasher {
-        AddrHasher(0)
-    }
-}
-
-#[derive(Clone, Copy, Debug, Default)]
-pub struct AddrHasher(u64);
-
-impl std::hash::Hasher for AddrHasher {
-    fn finish(&self) -> u64 {
-        self.0 ^ (self.0 >> 29)
-    }
-    fn write(&mut self, bytes: &[u8]) {
-        for chunk in bytes.chunks(8) {
-            let mut b = [0u8; 8];
-            b[..chunk.len()].copy_from_slice(chunk);
-            self.0 = (self.0 ^ u64::from_le_bytes(b)).wrapping_mul(0x9e37_79b9_7f4a_7c15);
         }
     }
 }

@@ -1,20 +1,17 @@
 //! The node's services as the hot path looks them up: by (protocol, cluster IP, port) and by (protocol,
 //! NodePort), compiled once per table version, instead of a scan of every service for every new flow.
 
-use std::collections::HashMap;
 use std::net::IpAddr;
 
 use calxdp_policy::node::{NodeConfig, Service};
 use calxdp_policy::resource::Protocol;
 
-use crate::path::AddrHash;
-
 /// Where each front end leads: the index of the first service (in node order) that has it, as
 /// `calxdp_policy::service::find_service` picks among services sharing a front end.
 #[derive(Debug, Default)]
 pub struct ServiceIndex {
-    by_cluster_ip: HashMap<(u8, IpAddr, u16), u32, AddrHash>,
-    by_node_port: HashMap<(u8, u16), u32, AddrHash>,
+    by_cluster_ip: foldhash::HashMap<(u8, IpAddr, u16), u32>,
+    by_node_port: foldhash::HashMap<(u8, u16), u32>,
 }
 
 impl ServiceIndex {

@@ -102,7 +102,7 @@ impl<T: Copy + Ord> IntervalField<T> {
 
 #[derive(Clone, Debug, Default)]
 struct TupleField {
-    by_tuple: HashMap<TupleKey, u32, FastHash>,
+    by_tuple: foldhash::HashMap<TupleKey, u32>,
     /// The class of tuples in no set.
     default: u32,
 }
@@ -779,7 +779,7 @@ fn build_tuples(conds: &[&TupleCond], words: usize, summary_words: usize) -> (Tu
         }
     }
     let default = interner.intern(&default_vec, default_hash, &mut bits, summary_words);
-    let mut by_tuple = HashMap::with_capacity_and_hasher(universe.len(), FastHash);
+    let mut by_tuple = HashMap::with_capacity_and_hasher(universe.len(), foldhash::fast::RandomState::default());
     let mut v = vec![0u64; words];
     for (k, terms) in universe.iter().zip(&holders) {
         // A holder flips its term: In starts clear and holds, NotIn starts set and stops holding.
@@ -793,45 +793,6 @@ fn build_tuples(conds: &[&TupleCond], words: usize, summary_words: usize) -> (Tu
         by_tuple.insert(*k, c);
     }
     (TupleField { by_tuple, default }, bits)
-}
-
-/// A small, fast hash for the tuple field's keys (addresses and ports are not attacker-chosen keys of a
-/// long-lived map here: the map is built once per compile from the node's own endpoints).
-#[derive(Clone, Copy, Debug, Default)]
-struct FastHash;
-
-impl std::hash::BuildHasher for FastHash {
-    type Hasher = FxHasher;
-    fn build_hasher(&self) -> FxHasher {
-        FxHasher(0)
-    }
-}
-
-#[derive(Clone, Copy, Debug, Default)]
-struct FxHasher(u64);
-
-impl std::hash::Hasher for FxHasher {
-    fn finish(&self) -> u64 {
-        self.0
-    }
-    fn write(&mut self, bytes: &[u8]) {
-        for b in bytes {
-            self.write_u64(*b as u64);
-        }
-    }
-    fn write_u8(&mut self, v: u8) {
-        self.write_u64(v as u64)
-    }
-    fn write_u16(&mut self, v: u16) {
-        self.write_u64(v as u64)
-    }
-    fn write_u128(&mut self, v: u128) {
-        self.write_u64(v as u64);
-        self.write_u64((v >> 64) as u64);
-    }
-    fn write_u64(&mut self, v: u64) {
-        self.0 = (self.0.rotate_left(5) ^ v).wrapping_mul(0x51_7c_c1_b7_27_22_0a_95);
-    }
 }
 
 fn splitmix(mut x: u64) -> u64 {
