@@ -90,8 +90,13 @@ fn ours_laxer_by_design(frame: &[u8], ours: &Parsed, e: &SliceError) -> bool {
     // An IPv6 authentication header whose length field is 0: etherparse rejects it as shorter than AH's
     // 12-byte fixed part (RFC 4302 §2.2); ours steps over (0 + 2) * 4 = 8 bytes, as Linux's
     // ipv6_skip_exthdr does on the forwarding path (only the AH input of a local IPsec SA checks it).
-    if matches!(e, SliceError::Ipv6Exts(Ipv6ExtsError::IpAuth(AuthError::ZeroPayloadLen))) {
-        return ours.l3 == L3::Ipv6;
+    // (With fewer than 12 bytes left, etherparse says so as a length error on the AH layer first.)
+    let short_auth =
+        matches!(e, SliceError::Len(l) if l.layer == etherparse::err::Layer::IpAuthHeader && l.required_len == 12);
+    if ours.l3 == L3::Ipv6
+        && (short_auth || matches!(e, SliceError::Ipv6Exts(Ipv6ExtsError::IpAuth(AuthError::ZeroPayloadLen))))
+    {
+        return true;
     }
     match ours.l3 {
         // Not IP to ours (ARP, MACsec, an 802.1ad 0x9100 tag, …): `wire` does not judge these, the
