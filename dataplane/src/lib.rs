@@ -19,6 +19,8 @@ pub mod ports;
 pub mod reassembly;
 pub mod reject;
 pub mod services;
+// std's atomics and cell, or loom's under `--cfg loom` (the model-checked structures use these).
+pub(crate) mod sync;
 // The one module allowed `unsafe`: syscalls and memory shared with the kernel, behind safe wrappers.
 #[allow(unsafe_code)]
 pub mod sys;

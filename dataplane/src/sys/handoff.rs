@@ -4,10 +4,10 @@
 //! and passes the slot's index on a ring; the owner decides it and gives the slot back on a second ring
 //! (the same lend-and-return shape as AF_XDP's FILL and COMPLETION rings).
 
-use std::cell::UnsafeCell;
 use std::sync::Arc;
 
 use super::ring::{spsc, Consumer, Producer, SpscRing};
+use crate::sync::UnsafeCell;
 
 /// Bytes per slot: the workers' largest frame.
 pub const SLOT_BYTES: usize = 2048;
@@ -39,20 +39,22 @@ impl std::fmt::Debug for Arena {
 impl Arena {
     /// Copies `frame` into slot `i`; the caller owns the slot.
     fn write(&self, i: u32, frame: &[u8]) {
-        let cell = &self.slots[i as usize];
-        // SAFETY: the caller took slot `i` off its free list, so no one else reads or writes it until it is
-        // published on the forward ring.
-        let slot = unsafe { &mut *cell.get() };
-        slot[..frame.len()].copy_from_slice(frame);
+        self.slots[i as usize].with_mut(|ptr| {
+            // SAFETY: the caller took slot `i` off its free list, so no one else reads or writes it until
+            // it is published on the forward ring.
+            let slot = unsafe { &mut *ptr };
+            slot[..frame.len()].copy_from_slice(frame);
+        })
     }
 
     /// Copies slot `i`'s first `len` bytes into `out`; the caller owns the slot.
     fn read(&self, i: u32, len: usize, out: &mut [u8]) {
-        let cell = &self.slots[i as usize];
-        // SAFETY: the caller popped slot `i` from the forward ring, so the sender is done with it and will
-        // not reuse it until it comes back on the return ring.
-        let slot = unsafe { &*cell.get() };
-        out[..len].copy_from_slice(&slot[..len]);
+        self.slots[i as usize].with(|ptr| {
+            // SAFETY: the caller popped slot `i` from the forward ring, so the sender is done with it and
+            // will not reuse it until it comes back on the return ring.
+            let slot = unsafe { &*ptr };
+            out[..len].copy_from_slice(&slot[..len]);
+        })
     }
 }
 
@@ -207,5 +209,49 @@ mod tests {
         }
         tx.flush();
         reader.join().unwrap();
+    }
+}
+
+/// Model check (`RUSTFLAGS="--cfg loom" cargo test --release -p calxdp-dataplane --lib loom`): the frame
+/// bytes live in `UnsafeCell` slots lent and returned over two rings; loom fails the run if a slot is
+/// written while the other side may still read it, or read before its write is ordered before the read.
+#[cfg(all(test, loom))]
+mod loom_models {
+    use super::*;
+
+    /// Two slots, three frames: the third reuses a slot that came back on the return ring.
+    #[test]
+    fn loom_handoff_frames_cross_whole_and_slots_are_reused_safely() {
+        loom::model(|| {
+            let (mut tx, mut rx) = link(2);
+            let total = 3u8;
+            let sender = loom::thread::spawn(move || {
+                let mut sent = 0u8;
+                while sent < total {
+                    if tx.send(u16::from(sent), &[sent, sent ^ 0xff, sent]) {
+                        sent += 1;
+                    } else {
+                        // Every slot in use: publish and wait for one to come back.
+                        tx.flush();
+                        loom::thread::yield_now();
+                    }
+                }
+                tx.flush();
+            });
+            let mut bufs = vec![[0u8; SLOT_BYTES]; 2];
+            let (mut lens, mut tags) = ([0usize; 2], [0u16; 2]);
+            let mut next = 0u8;
+            while next < total {
+                let n = rx.receive(&mut bufs, &mut lens, &mut tags);
+                for i in 0..n {
+                    assert_eq!((&bufs[i][..lens[i]], tags[i]), (&[next, next ^ 0xff, next][..], u16::from(next)));
+                    next += 1;
+                }
+                if n == 0 {
+                    loom::thread::yield_now();
+                }
+            }
+            sender.join().unwrap();
+        });
     }
 }

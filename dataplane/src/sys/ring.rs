@@ -9,11 +9,12 @@
 //!
 //! The memory is abstracted by [`RingMemory`]: the live socket maps it from the kernel (an `unsafe`
 //! constructor that lives with the socket code), and [`OwnedRing`] backs it with ordinary memory so the
-//! ring logic runs in plain unit tests.
+//! ring logic runs in plain unit tests, and under loom (`--cfg loom`, the atomics and cells of
+//! `crate::sync`) in model-checked ones.
 
-use std::cell::UnsafeCell;
-use std::sync::atomic::{AtomicU32, Ordering};
 use std::sync::Arc;
+
+use crate::sync::{AtomicU32, Ordering, UnsafeCell};
 
 /// The shared parts of one ring.
 pub trait RingMemory<T: Copy> {
@@ -80,7 +81,16 @@ unsafe impl<T: Send> Sync for OwnedRing<T> {}
 
 /// The two ends of a new in-memory ring of `size` entries, for two threads.
 pub fn spsc<T: Copy + Default>(size: u32) -> (Producer<SpscRing<T>>, Consumer<SpscRing<T>>) {
-    let ring = Arc::new(OwnedRing::new(size));
+    spsc_from(size, 0)
+}
+
+/// [`spsc`] with both cursors starting at `start` instead of 0 (tests start them near `u32::MAX` to cross
+/// the cursors' wrap, which takes four billion entries from 0).
+fn spsc_from<T: Copy + Default>(size: u32, start: u32) -> (Producer<SpscRing<T>>, Consumer<SpscRing<T>>) {
+    let ring = OwnedRing::new(size);
+    ring.producer.store(start, Ordering::Relaxed);
+    ring.consumer.store(start, Ordering::Relaxed);
+    let ring = Arc::new(ring);
     (Producer::new::<T>(SpscRing(ring.clone())), Consumer::new::<T>(SpscRing(ring)))
 }
 
@@ -221,20 +231,18 @@ impl<M> Consumer<M> {
 fn get<T: Copy>(cell: &UnsafeCell<T>) -> T {
     // A plain copy through the cell's pointer; the cursors' acquire/release pairs order it against the
     // producer's write, so there is no data race on this slot.
-    let ptr = cell.get();
-    read_entry(ptr)
+    cell.with(read_entry)
 }
 
 fn set<T: Copy>(cell: &UnsafeCell<T>, value: T) {
-    let ptr = cell.get();
-    write_entry(ptr, value)
+    cell.with_mut(|ptr| write_entry(ptr, value))
 }
 
 // The two accessors below are the only places a ring entry is touched through a raw pointer. They are not
 // `unsafe fn`s of their own: the pointer always comes from an `UnsafeCell` inside a ring whose cursors
 // give the exclusive access the comments above describe.
 #[allow(clippy::not_unsafe_ptr_arg_deref)]
-fn read_entry<T: Copy>(ptr: *mut T) -> T {
+fn read_entry<T: Copy>(ptr: *const T) -> T {
     // SAFETY: `ptr` comes from an `UnsafeCell<T>` of a live ring (valid, aligned); the producer wrote it
     // before its release store and will not write it again until our release store gives it back.
     unsafe { ptr.read() }
@@ -320,5 +328,77 @@ mod tests {
             }
         }
         reader.join().unwrap();
+    }
+}
+
+/// Model checks (`RUSTFLAGS="--cfg loom" cargo test --release -p calxdp-dataplane --lib loom`): loom runs the
+/// producer and the consumer under every interleaving and every reordering their orderings allow, and
+/// fails if a ring entry is read while its write is not ordered before the read (a data race on the
+/// `UnsafeCell`), besides the assertions below.
+#[cfg(all(test, loom))]
+mod loom_models {
+    use super::*;
+
+    /// A descriptor whose fields all derive from its sequence number, so a torn copy shows.
+    fn desc(i: u64) -> XdpDesc {
+        XdpDesc { addr: i * 4096, len: i as u32, options: !(i as u32) }
+    }
+
+    /// The producer sends `total` descriptors in batches of `batch` through a ring of `size` entries whose
+    /// cursors start at `start`; the consumer takes up to `batch` at a time. Every descriptor arrives
+    /// once, whole and in order.
+    fn pass(size: u32, start: u32, total: u64, batch: usize) {
+        loom::model(move || {
+            let (mut p, mut c) = spsc_from::<XdpDesc>(size, start);
+            let producer = loom::thread::spawn(move || {
+                let mut sent = 0u64;
+                while sent < total {
+                    let items: Vec<XdpDesc> = (sent..total.min(sent + batch as u64)).map(desc).collect();
+                    let n = p.push(&items);
+                    if n == 0 {
+                        // Full: wait for the consumer's release.
+                        loom::thread::yield_now();
+                        continue;
+                    }
+                    p.submit::<XdpDesc>();
+                    sent += n as u64;
+                }
+            });
+            let mut out = vec![XdpDesc::default(); batch];
+            let mut next = 0u64;
+            while next < total {
+                let n = c.pop(&mut out);
+                if n == 0 {
+                    // Empty: wait for the producer's submit.
+                    loom::thread::yield_now();
+                    continue;
+                }
+                for d in &out[..n] {
+                    assert_eq!(*d, desc(next), "descriptor {next}");
+                    next += 1;
+                }
+                c.release::<XdpDesc>();
+            }
+            producer.join().unwrap();
+            assert_eq!(c.available::<XdpDesc>(), 0, "nothing beyond what was sent");
+        });
+    }
+
+    /// Two entries, three descriptors one at a time: the ring fills, empties and wraps its slots.
+    #[test]
+    fn loom_ring_one_at_a_time_through_full_empty_and_the_wrap() {
+        pass(2, 0, 3, 1);
+    }
+
+    /// Batches of two through a ring of two, the cursors crossing `u32::MAX` on the way.
+    #[test]
+    fn loom_ring_batches_across_the_cursor_wrap() {
+        pass(2, u32::MAX - 1, 4, 2);
+    }
+
+    /// A ring of four, batches of three: a batch splits across the end of the entries.
+    #[test]
+    fn loom_ring_batches_split_across_the_end_of_the_entries() {
+        pass(4, 0, 5, 3);
     }
 }

@@ -8,14 +8,14 @@
 //! the free list for transmitting; received frames go back to FILL as soon as their batch is done (what
 //! leaves on another port is copied into that port's own UMEM).
 
-use std::cell::UnsafeCell;
+use super::ring::{Consumer, Producer, RingMemory, XdpDesc};
 use std::ffi::CString;
 use std::io;
 use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
 use std::ptr::NonNull;
-use std::sync::atomic::AtomicU32;
-
-use super::ring::{Consumer, Producer, RingMemory, XdpDesc};
+// The ring's cursors and entries in kernel memory, as the ring code takes them (std's atomics and a
+// `repr(transparent)` cell; under `--cfg loom` these are loom's, and this module only compiles, never runs).
+use crate::sync::{AtomicU32, Ordering, UnsafeCell};
 
 /// Wakeups per flush: enough to drain a full batch from every port, bounded so one busy port cannot stall
 /// the loop (what is left goes at the next round).
@@ -135,7 +135,7 @@ impl<T> MappedRing<T> {
     fn needs_wakeup(&self) -> bool {
         // SAFETY: as for `producer`: the ring's flags word inside the live mapping.
         let flags = unsafe { self.flags.as_ref() };
-        flags.load(std::sync::atomic::Ordering::Relaxed) & libc::XDP_RING_NEED_WAKEUP != 0
+        flags.load(Ordering::Relaxed) & libc::XDP_RING_NEED_WAKEUP != 0
     }
 
     /// Maps ring `pgoff` of socket `fd`, `size` entries of `T`, at the kernel's offsets.
