@@ -166,7 +166,8 @@ impl InterfaceMatch {
     }
 
     /// Felix's `RegexpPatternListParam`: comma-separated names (`[a-zA-Z0-9_-]{1,15}`) or `/regex/` without
-    /// whitespace.
+    /// whitespace. The error is a bare sentence: the caller puts it under its own position (the YAML field's
+    /// line), so a type would only be formatted at once.
     pub fn parse_list(text: &str) -> Result<Vec<InterfaceMatch>, String> {
         text.split(',')
             .map(|item| {
@@ -829,7 +830,9 @@ fn parse_failsafes(f: Field<'_>) -> Result<Vec<Failsafe>, LoadError> {
     })
 }
 
-/// Felix's string form of a failsafe list (`tcp:22,udp:68`, `tcp:10.0.0.0/8:22`, `none`).
+/// Felix's string form of a failsafe list (`tcp:22,udp:68`, `tcp:10.0.0.0/8:22`, `none`). The error is a bare
+/// sentence for the caller to place (a YAML field's line, the Felix parameter's name), as
+/// [`InterfaceMatch::parse_list`].
 pub fn parse_failsafe_string(text: &str) -> Result<Vec<Failsafe>, String> {
     let text = text.trim();
     if text.eq_ignore_ascii_case("none") {

@@ -25,6 +25,9 @@ pub enum FrameError {
     /// Reading failed.
     #[error("reading the stream: {0}")]
     Io(#[from] io::Error),
+    /// A whole frame that is not the message expected.
+    #[error("a frame that does not decode: {0}")]
+    Decode(#[from] prost::DecodeError),
 }
 
 /// Reads as much of `buf` as the stream has; returns how many bytes it read.
@@ -63,12 +66,12 @@ pub fn read_frame(r: &mut impl Read, buf: &mut Vec<u8>) -> Result<bool, FrameErr
 }
 
 /// Reads and decodes one message of type `M`; `Ok(None)` when the stream ended cleanly between frames.
-pub fn read_message<M: Message + Default>(r: &mut impl Read) -> Result<Option<M>, String> {
+pub fn read_message<M: Message + Default>(r: &mut impl Read) -> Result<Option<M>, FrameError> {
     let mut buf = Vec::new();
-    if !read_frame(r, &mut buf).map_err(|e| e.to_string())? {
+    if !read_frame(r, &mut buf)? {
         return Ok(None);
     }
-    M::decode(&buf[..]).map(Some).map_err(|e| format!("a frame that does not decode: {e}"))
+    Ok(Some(M::decode(&buf[..])?))
 }
 
 /// A pipe, both ends close-on-exec: `(read end, write end)`. (`std::io::pipe` is newer than the
