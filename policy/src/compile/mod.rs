@@ -508,13 +508,13 @@ impl ProgramCache {
         let near: Vec<&crate::resolve::Entity> =
             world.entities.iter().filter(|e| !terms::entity_range(e).intersect(&region).is_empty()).collect();
         // The few selectors the patched terms read, with their addresses inside the region.
-        let mut inside: HashMap<crate::selector::Selector, ranges::RangeSet> = HashMap::new();
+        let mut inside: Vec<(crate::selector::Selector, ranges::RangeSet)> = Vec::new();
         let mut addresses = |sel: &crate::selector::Selector| -> ranges::RangeSet {
-            if let Some(s) = inside.get(sel) {
+            if let Some((_, s)) = inside.iter().find(|(s, _)| s == sel) {
                 return s.clone();
             }
             let s = terms::selector_addresses_within(near.iter().copied(), sel, &region);
-            inside.insert(sel.clone(), s.clone());
+            inside.push((sel.clone(), s.clone()));
             s
         };
         let changed: Vec<&crate::selector::Selector> = selectors.iter().collect();
