@@ -14,6 +14,7 @@
 #![no_main]
 
 use calxdp_dataplane::wire::{self, ethernet, ipv6, EthernetFrame, Ipv4Packet, Ipv6Packet, Malformed, Parsed, L3};
+use calxdp_fuzz::with_valid_ipv4_checksum;
 use calxdp_policy::resource::Protocol;
 use etherparse::err::ip_auth::HeaderError as AuthError;
 use etherparse::err::ipv6_exts::HeaderError as Ipv6ExtsError;
@@ -300,21 +301,4 @@ fn ipv6_payload_len_zero(frame: &[u8]) -> bool {
     let Ok(eth) = EthernetFrame::new_checked(frame) else { return false };
     let ip = eth.payload();
     eth.ethertype() == ethernet::ethertype::IPV6 && ip.len() > ipv6::HEADER_LEN && ip[0] >> 4 == 6 && ip[4..6] == [0, 0]
-}
-
-/// A copy of `data` with its IPv4 header checksum made valid, if it is an IPv4 frame whose header fits.
-fn with_valid_ipv4_checksum(data: &[u8]) -> Option<Vec<u8>> {
-    let eth = EthernetFrame::new_checked(data).ok()?;
-    if eth.ethertype() != ethernet::ethertype::IPV4 {
-        return None;
-    }
-    let at = eth.header_len();
-    let mut copy = data.to_vec();
-    let ip_bytes = &mut copy[at..];
-    let header_len = usize::from(*ip_bytes.first()? & 0x0f) * 4;
-    if header_len < 20 || header_len > ip_bytes.len() {
-        return None;
-    }
-    Ipv4Packet::new_unchecked(ip_bytes).fill_checksum();
-    Some(copy)
 }

@@ -5,7 +5,8 @@
 
 #![no_main]
 
-use calxdp_dataplane::wire::{self, checksum, ethernet, EthernetFrame, Ipv4Packet, L3};
+use calxdp_dataplane::wire::{self, checksum, Ipv4Packet, L3};
+use calxdp_fuzz::with_valid_ipv4_checksum;
 use calxdp_policy::resource::Protocol;
 use libfuzzer_sys::fuzz_target;
 
@@ -51,27 +52,7 @@ fn check(frame: &[u8]) {
         coverage != 0 && (coverage < 8 || coverage > segment.len())
     };
     if !udplite_bad_coverage {
-        assert!(
-            checksum::verify_l4_checksum(h.src, h.dst, h.protocol, segment),
-            "{parsed:?}"
-        );
+        assert!(checksum::verify_l4_checksum(h.src, h.dst, h.protocol, segment), "{parsed:?}");
     }
     assert_eq!(wire::parse(&copy), Ok(parsed));
-}
-
-/// A copy of `data` with its IPv4 header checksum made valid, if it is an IPv4 frame whose header fits.
-fn with_valid_ipv4_checksum(data: &[u8]) -> Option<Vec<u8>> {
-    let eth = EthernetFrame::new_checked(data).ok()?;
-    if eth.ethertype() != ethernet::ethertype::IPV4 {
-        return None;
-    }
-    let at = eth.header_len();
-    let mut copy = data.to_vec();
-    let ip_bytes = &mut copy[at..];
-    let header_len = usize::from(*ip_bytes.first()? & 0x0f) * 4;
-    if header_len < 20 || header_len > ip_bytes.len() {
-        return None;
-    }
-    Ipv4Packet::new_unchecked(ip_bytes).fill_checksum();
-    Some(copy)
 }

@@ -52,11 +52,18 @@ fuzz_target!(|data: &[u8]| {
     let mut p = pipeline().lock().unwrap_or_else(|e| e.into_inner());
     p.process_current(&mut batch, u64::from(selector) * 1_000_000_000);
     if batch[0].verdict == calxdp_policy::verdict::Verdict::Drop {
-        assert!(batch[0].decision.drop_reason().is_some(), "a drop with the accepting decision {:?}", batch[0].decision);
+        assert!(
+            batch[0].decision.drop_reason().is_some(),
+            "a drop with the accepting decision {:?}",
+            batch[0].decision
+        );
     }
     if let Some(parsed) = parsed {
         let tables = p.tables();
-        if rewrite(&mut frame, &parsed, &batch[0], &tables.ports).is_ok() && parsed.is_ip() && batch[0].verdict == calxdp_policy::verdict::Verdict::Allow {
+        if rewrite(&mut frame, &parsed, &batch[0], &tables.ports).is_ok()
+            && parsed.is_ip()
+            && batch[0].verdict == calxdp_policy::verdict::Verdict::Allow
+        {
             assert!(parse(&frame).is_ok(), "a rewritten frame no longer parses");
         }
     }
