@@ -182,11 +182,13 @@ impl TableSlot {
 /// Frees a version nobody holds on a thread of its own. A large node's tables are many allocations: freeing
 /// one at 10 000 policies took half a second, after the next version was in force but before the control
 /// thread could take the next change. The thread is started once and lives with the process; where it cannot
-/// be started the version is freed here.
+/// be started the version is freed here. Its queue is bounded: a publisher that retires versions faster than
+/// they are freed waits for the thread, so versions waiting to be freed never pile up.
 fn free_in_background(old: Arc<TableSet>) {
-    static REAPER: std::sync::OnceLock<Option<std::sync::mpsc::Sender<Arc<TableSet>>>> = std::sync::OnceLock::new();
+    const WAITING: usize = 2;
+    static REAPER: std::sync::OnceLock<Option<std::sync::mpsc::SyncSender<Arc<TableSet>>>> = std::sync::OnceLock::new();
     let reaper = REAPER.get_or_init(|| {
-        let (tx, rx) = std::sync::mpsc::channel::<Arc<TableSet>>();
+        let (tx, rx) = std::sync::mpsc::sync_channel::<Arc<TableSet>>(WAITING);
         std::thread::Builder::new().name("calxdp-free".into()).spawn(move || rx.into_iter().for_each(drop)).ok()?;
         Some(tx)
     });

@@ -100,8 +100,16 @@ fn a_held_version_is_kept_until_released() {
     let mut publisher = TablePublisher::new(node(), ResourceSet::new());
     let slot = publisher.slot();
     let held = slot.hold();
+    let compiled = Arc::downgrade(&held.compiled);
     publisher.apply(&policy(81)).unwrap();
     assert_eq!(slot.collect(), 1, "the version a reader holds is not freed");
+    assert!(compiled.upgrade().is_some());
     drop(held);
     assert_eq!(slot.collect(), 0);
+    // Released, it is freed (on the publisher's freeing thread): its tables go with it.
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+    while compiled.upgrade().is_some() {
+        assert!(std::time::Instant::now() < deadline, "a released version was never freed");
+        thread::sleep(std::time::Duration::from_millis(10));
+    }
 }
