@@ -237,7 +237,12 @@ pub fn hep_tier_lists(h: &proto::HostEndpoint) -> [&[proto::TierInfo]; 4] {
 /// Identifies an endpoint's tier lists by content: endpoints with equal lists carry the same label, and a
 /// policy selects the endpoints whose lists name it (see the module comment).
 pub(super) fn lists_label(lists: &[&[proto::TierInfo]]) -> String {
-    format!("felixlists/{:016x}", lists_hash(lists))
+    hashed_lists_label(lists_hash(lists))
+}
+
+/// The label of tier lists whose [`lists_hash`] is `hash`.
+pub(super) fn hashed_lists_label(hash: u64) -> String {
+    format!("felixlists/{hash:016x}")
 }
 
 /// A hash of an endpoint's tier lists (tiers in order, their policies in order, default actions).
@@ -274,7 +279,9 @@ fn addrs(v4: &[String], v6: &[String], key: &WorkloadKey) -> Result<Vec<IpAddr>,
 }
 
 /// A workload endpoint as a local pod of the node.
-pub fn workload(key: &WorkloadKey, ep: &proto::WorkloadEndpoint) -> Result<Workload, ConvertError> {
+/// `lists_hash` is the [`lists_hash`] of the endpoint's tier list (the state keeps it per endpoint: hashing
+/// every endpoint's lists at every publication was a third of an endpoint change at 1000 endpoints).
+pub fn workload(key: &WorkloadKey, ep: &proto::WorkloadEndpoint, lists_hash: u64) -> Result<Workload, ConvertError> {
     if ep.name.is_empty() {
         return Err(ConvertError::NoInterface(key.clone()));
     }
@@ -297,7 +304,7 @@ pub fn workload(key: &WorkloadKey, ep: &proto::WorkloadEndpoint) -> Result<Workl
         namespace,
         interface: Some(ep.name.clone()),
         ips: addrs(&ep.ipv4_nets, &ep.ipv6_nets, key)?,
-        labels: endpoint_labels(&[&ep.tiers]),
+        labels: BTreeMap::from([(hashed_lists_label(lists_hash), String::new())]),
         service_account,
         ports: Vec::new(),
         mac,

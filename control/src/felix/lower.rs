@@ -22,6 +22,8 @@
 //! `Arc` ([`PolicyCache`]), so the compiler's caches keep every program a change does not touch.
 
 use std::collections::{BTreeMap, BTreeSet, HashMap};
+
+use foldhash::{HashSet, HashSetExt};
 use std::net::IpAddr;
 use std::sync::Arc;
 
@@ -33,7 +35,9 @@ use calxdp_policy::resource::{
 };
 use calxdp_policy::selector::{Expr, Selector};
 
-use super::convert::{has_labels, hep_tier_lists, host_endpoint, lists_label, set_label, workload, ConvertError};
+use super::convert::{
+    has_labels, hashed_lists_label, hep_tier_lists, host_endpoint, lists_label, set_label, workload, ConvertError,
+};
 use super::proto;
 use super::state::{FelixState, Member, PolicyKey};
 
@@ -63,43 +67,48 @@ pub fn policy_kind(key: &PolicyKey) -> PolicyKind {
 /// A topological order of everything the chains mention, each chain's order kept; ready items are taken in
 /// key order, so the result is deterministic. Felix's lists are consistent; if some were not, the items
 /// left in a cycle follow in key order.
-fn merge_orders<K: Ord + Clone>(chains: &[Vec<K>]) -> Vec<K> {
-    let mut nodes: BTreeSet<K> = BTreeSet::new();
-    let mut edges: BTreeSet<(K, K)> = BTreeSet::new();
+fn merge_orders<K: Ord + Clone + std::hash::Hash>(chains: &[Vec<K>]) -> Vec<K> {
+    // The graph is built on indices into the sorted distinct items, so index order is key order and the
+    // merge compares keys only once each, while sorting them (policy keys are three strings with long
+    // common prefixes: comparing them per edge was most of a publication's lowering).
+    let mut keys: Vec<&K> = chains.iter().flatten().collect();
+    keys.sort_unstable();
+    keys.dedup();
+    let ids: foldhash::HashMap<&K, u32> = keys.iter().enumerate().map(|(i, &k)| (k, i as u32)).collect();
+    let index = |k: &K| ids[k];
+    let mut edges: Vec<(u32, u32)> = Vec::new();
     for c in chains {
-        nodes.extend(c.iter().cloned());
-        for w in c.windows(2) {
-            if w[0] != w[1] {
-                edges.insert((w[0].clone(), w[1].clone()));
-            }
-        }
+        let ids: Vec<u32> = c.iter().map(index).collect();
+        edges.extend(ids.windows(2).filter(|w| w[0] != w[1]).map(|w| (w[0], w[1])));
     }
-    let mut indegree: BTreeMap<K, usize> = nodes.iter().map(|n| (n.clone(), 0)).collect();
-    let mut next: BTreeMap<K, Vec<K>> = BTreeMap::new();
-    for (a, b) in &edges {
-        *indegree.get_mut(b).expect("node") += 1;
-        next.entry(a.clone()).or_default().push(b.clone());
+    edges.sort_unstable();
+    edges.dedup();
+    let mut indegree = vec![0usize; keys.len()];
+    for &(_, b) in &edges {
+        indegree[b as usize] += 1;
     }
-    let mut ready: BTreeSet<K> = indegree.iter().filter(|(_, d)| **d == 0).map(|(k, _)| k.clone()).collect();
-    let mut out = Vec::with_capacity(nodes.len());
+    let mut ready: BTreeSet<u32> = (0..keys.len() as u32).filter(|&k| indegree[k as usize] == 0).collect();
+    let mut taken = vec![false; keys.len()];
+    let mut out = Vec::with_capacity(keys.len());
     while let Some(k) = ready.pop_first() {
-        for n in next.get(&k).into_iter().flatten() {
-            let d = indegree.get_mut(n).expect("node");
-            *d -= 1;
-            if *d == 0 {
-                ready.insert(n.clone());
+        // `edges` is sorted by source: k's successors are one run.
+        let from = edges.partition_point(|e| e.0 < k);
+        for &(_, n) in edges[from..].iter().take_while(|e| e.0 == k) {
+            indegree[n as usize] -= 1;
+            if indegree[n as usize] == 0 {
+                ready.insert(n);
             }
         }
-        indegree.remove(&k);
-        out.push(k);
+        taken[k as usize] = true;
+        out.push(keys[k as usize].clone());
     }
-    out.extend(indegree.into_keys());
+    out.extend((0..keys.len()).filter(|&k| !taken[k]).map(|k| keys[k].clone()));
     out
 }
 
-/// Each list once.
-fn distinct<K: Ord>(chains: Vec<Vec<K>>) -> Vec<Vec<K>> {
-    chains.into_iter().collect::<BTreeSet<_>>().into_iter().collect()
+/// Each list once (in no particular order: the merge's result does not depend on it).
+fn distinct<K: Eq + std::hash::Hash>(chains: Vec<Vec<K>>) -> Vec<Vec<K>> {
+    chains.into_iter().collect::<HashSet<_>>().into_iter().collect()
 }
 
 /// Orders for the tiers in `merged` that keep the built-in tiers' fixed orders and put every other tier
@@ -261,9 +270,9 @@ pub fn lower(
     let mut tier_chains: Vec<Vec<String>> = Vec::new();
     let mut policy_chains: Vec<Vec<PolicyKey>> = Vec::new();
     let mut tier_default: BTreeMap<String, TierDefault> = BTreeMap::new();
-    let mut ingress: BTreeSet<PolicyKey> = BTreeSet::new();
-    let mut egress: BTreeSet<PolicyKey> = BTreeSet::new();
-    let mut forward: BTreeSet<PolicyKey> = BTreeSet::new();
+    let mut ingress: HashSet<PolicyKey> = HashSet::new();
+    let mut egress: HashSet<PolicyKey> = HashSet::new();
+    let mut forward: HashSet<PolicyKey> = HashSet::new();
     let mut builtin: Vec<Tier> = Tier::builtin();
     builtin
         .sort_by(|a, b| a.order.unwrap_or(f64::MAX).total_cmp(&b.order.unwrap_or(f64::MAX)).then(a.name.cmp(&b.name)));
@@ -294,9 +303,10 @@ pub fn lower(
     };
     // Endpoints alike have identical lists: walk each distinct set of lists once.
     let mut seen: BTreeMap<String, Vec<&[proto::TierInfo]>> = BTreeMap::new();
-    for ep in state.workloads.values() {
+    for (key, ep) in &state.workloads {
         let lists = [&ep.tiers[..]];
-        if let std::collections::btree_map::Entry::Vacant(v) = seen.entry(lists_label(&lists)) {
+        let label = hashed_lists_label(state.workload_lists_hash(key, ep));
+        if let std::collections::btree_map::Entry::Vacant(v) = seen.entry(label) {
             walk(&lists, None);
             v.insert(lists.to_vec());
         }
@@ -311,7 +321,7 @@ pub fn lower(
     // Each policy selects the endpoints of the lists that name it.
     let mut lists_of: HashMap<PolicyKey, Vec<&str>> = HashMap::new();
     for (label, lists) in &seen {
-        let named: BTreeSet<PolicyKey> = lists
+        let named: HashSet<PolicyKey> = lists
             .iter()
             .flat_map(|l| l.iter())
             .flat_map(|t| t.ingress_policies.iter().chain(&t.egress_policies))
@@ -397,7 +407,31 @@ pub fn lower(
 
     let mut node = base.clone();
     node.felix = felix.clone();
-    node.workloads = state.workloads.iter().map(|(k, ep)| workload(k, ep)).collect::<Result<_, _>>()?;
+    node.workloads = state
+        .workloads
+        .iter()
+        .map(|(k, ep)| workload(k, ep, state.workload_lists_hash(k, ep)))
+        .collect::<Result<_, _>>()?;
     node.remote_endpoints = member_tuples;
     Ok((node, resources))
+}
+
+#[cfg(test)]
+mod merge_tests {
+    use super::merge_orders;
+
+    fn v(items: &str) -> Vec<String> {
+        items.split_whitespace().map(str::to_string).collect()
+    }
+
+    #[test]
+    fn every_chain_keeps_its_order_and_ready_items_come_in_key_order() {
+        assert_eq!(merge_orders(&[v("z b d"), v("a c d"), v("b c")]), v("a z b c d"));
+        assert_eq!(merge_orders(&[v("x"), v("x x")]), v("x"));
+    }
+
+    #[test]
+    fn items_left_in_a_cycle_follow_in_key_order() {
+        assert_eq!(merge_orders(&[v("b a"), v("a b"), v("c")]), v("c a b"));
+    }
 }

@@ -167,6 +167,8 @@ pub struct FelixState {
     policy_refs: HashMap<PolicyKey, usize>,
     profile_refs: HashMap<String, usize>,
     tier_lists: TierLists,
+    /// Each workload endpoint's `lists_hash`, kept beside `workloads`.
+    workload_lists: HashMap<WorkloadKey, u64>,
     /// The version the next `ActivePolicyUpdate` gets.
     next_policy_version: u64,
 }
@@ -422,8 +424,10 @@ impl FelixState {
             Payload::WorkloadEndpointUpdate(u) => {
                 let key = WorkloadKey::from_proto(&u.id.unwrap_or_default());
                 let ep = u.endpoint.unwrap_or_default();
-                super::convert::workload(&key, &ep).map_err(|e| err(e.to_string()))?;
-                self.take_endpoint(&[&ep.tiers], &ep.profile_ids).map_err(|e| err(format!("{key}: {e}")))?;
+                let hash = super::convert::lists_hash(&[&ep.tiers]);
+                super::convert::workload(&key, &ep, hash).map_err(|e| err(e.to_string()))?;
+                self.take_endpoint(hash, &[&ep.tiers], &ep.profile_ids).map_err(|e| err(format!("{key}: {e}")))?;
+                self.workload_lists.insert(key.clone(), hash);
                 if let Some(old) = self.workloads.insert(key, ep) {
                     self.release_endpoint(&[&old.tiers], &old.profile_ids);
                 }
@@ -432,6 +436,7 @@ impl FelixState {
             Payload::WorkloadEndpointRemove(r) => {
                 let key = WorkloadKey::from_proto(&r.id.unwrap_or_default());
                 let old = self.workloads.remove(&key).ok_or_else(|| err(format!("unknown workload endpoint {key}")))?;
+                self.workload_lists.remove(&key);
                 self.release_endpoint(&[&old.tiers], &old.profile_ids);
                 Ok(Applied::Changed)
             }
@@ -439,7 +444,8 @@ impl FelixState {
                 let id = u.id.map(|i| i.endpoint_id).unwrap_or_default();
                 let ep = u.endpoint.unwrap_or_default();
                 super::convert::host_endpoint("", &id, &ep).map_err(|e| err(e.to_string()))?;
-                self.take_endpoint(&hep_tier_lists(&ep), &ep.profile_ids)
+                let lists = hep_tier_lists(&ep);
+                self.take_endpoint(super::convert::lists_hash(&lists), &lists, &ep.profile_ids)
                     .map_err(|e| err(format!("host endpoint {id}: {e}")))?;
                 if let Some(old) = self.host_endpoints.insert(id, ep) {
                     self.release_endpoint(&hep_tier_lists(&old), &old.profile_ids);
@@ -456,10 +462,14 @@ impl FelixState {
         }
     }
 
+    /// The `lists_hash` of workload endpoint `key`'s tier list.
+    pub fn workload_lists_hash(&self, key: &WorkloadKey, ep: &proto::WorkloadEndpoint) -> u64 {
+        self.workload_lists.get(key).copied().unwrap_or_else(|| super::convert::lists_hash(&[&ep.tiers]))
+    }
+
     /// Takes an endpoint's references: its tier lists (checked, the first time they are seen, to name only
     /// known policies) and its profiles (checked to exist). Nothing is taken when a check fails.
-    fn take_endpoint(&mut self, lists: &[&[proto::TierInfo]], profiles: &[String]) -> Result<(), String> {
-        let hash = super::convert::lists_hash(lists);
+    fn take_endpoint(&mut self, hash: u64, lists: &[&[proto::TierInfo]], profiles: &[String]) -> Result<(), String> {
         let known = self.tier_lists.carried(hash, lists);
         let mut pols = Vec::new();
         if !known {

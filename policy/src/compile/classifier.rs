@@ -8,7 +8,7 @@
 //! summary bits (one per 64-bit word) skips runs of empty words, so a lookup touches
 //! `fields × (terms / 4096 + a few)` words, not one per rule. No allocation, no lock.
 
-use std::collections::HashMap;
+use foldhash::{HashMap, HashMapExt, HashSet};
 use std::sync::Arc;
 
 use super::ranges::RangeSet;
@@ -660,7 +660,7 @@ fn build_intervals(
 /// Splits a field's sets into (wide, narrow) halves: a set is wide when more than [`WIDE_SPAN`] of the
 /// field's boundaries fall inside it. Each half keeps the other half's terms as wildcards.
 fn split_by_width<'s>(sets: &[Option<&'s RangeSet>]) -> (Vec<Option<&'s RangeSet>>, Vec<Option<&'s RangeSet>>) {
-    let distinct: std::collections::HashSet<&RangeSet> = sets.iter().flatten().copied().collect();
+    let distinct: HashSet<&RangeSet> = sets.iter().flatten().copied().collect();
     let mut bounds: Vec<u128> = distinct.iter().flat_map(|s| s.ranges().iter().map(|r| r.0)).collect();
     bounds.sort_unstable();
     bounds.dedup();

@@ -9,8 +9,8 @@
 //! rules use. An entity change is then found by comparing the entities' hashes with the previous compile's,
 //! and tested against each atom once, instead of rebuilding every program because some entity changed.
 
+use foldhash::{HashMap, HashMapExt};
 use std::collections::hash_map::DefaultHasher;
-use std::collections::HashMap;
 use std::hash::{Hash, Hasher};
 use std::sync::Arc;
 

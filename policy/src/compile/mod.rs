@@ -10,8 +10,8 @@ pub mod linear;
 pub mod ranges;
 pub mod terms;
 
+use foldhash::{HashMap, HashMapExt, HashSet, HashSetExt};
 use std::collections::hash_map::DefaultHasher;
-use std::collections::HashMap;
 use std::hash::{Hash, Hasher};
 use std::sync::Arc;
 
@@ -367,7 +367,7 @@ impl RuleIds {
     }
 
     /// Frees the ids no program of the new tables uses.
-    fn retain(&mut self, used: &std::collections::HashSet<u32>) {
+    fn retain(&mut self, used: &HashSet<u32>) {
         let table = &mut self.table;
         let free = &mut self.free;
         self.by_key.retain(|_, id| {
@@ -469,7 +469,7 @@ impl ProgramCache {
         let host_endpoints =
             world.host_endpoints.iter().map(|h| build(&h.endpoint.labels, &h.endpoint.profiles, HOST_STAGES)).collect();
         stats.programs = fresh.len();
-        let mut used = std::collections::HashSet::new();
+        let mut used = HashSet::new();
         for c in fresh.values() {
             let p = &c.program;
             stats.terms += p.flat.terms.len();
@@ -518,7 +518,7 @@ impl ProgramCache {
             s
         };
         let changed: Vec<&crate::selector::Selector> = selectors.iter().collect();
-        let bumped: std::collections::HashSet<u32> = bumped.into_iter().collect();
+        let bumped: HashSet<u32> = bumped.into_iter().collect();
         let mut by_key: HashMap<u64, Cached> = HashMap::with_capacity(self.by_key.len());
         let mut replaced: HashMap<*const Program, Arc<Program>> = HashMap::new();
         let mut stats = CompileStats::default();

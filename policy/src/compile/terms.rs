@@ -5,7 +5,9 @@
 //! ports matches either way, semantics §3 "Ports"). Tier ends, Pass targets and profile boundaries become
 //! terms and jump targets, so first-match over the list with "resume at" reproduces Felix's order.
 
-use std::collections::{BTreeSet, HashMap};
+use std::collections::BTreeSet;
+
+use foldhash::{HashMap, HashMapExt};
 use std::net::IpAddr;
 use std::sync::Arc;
 
@@ -187,7 +189,19 @@ pub struct SetResolver<'a> {
     /// Named-port tuple sets by (names, selector, rule protocol): every rule of every program that names the
     /// same ports of the same peers shares one set, resolved once per compile.
     tuples: HashMap<NamedPortsKey<'a>, Arc<BTreeSet<TupleKey>>>,
+    /// Each rule's terms per family, by the rule's address in the world: a rule is in the walk of every
+    /// endpoint its policy selects (an `all()` policy in all of them), and its terms depend only on the
+    /// rule and the world, so they are worked out once per compile and copied into each program.
+    rules: HashMap<(usize, IpFamily), Arc<RuleTerms>>,
     families: [RangeSet; 2],
+}
+
+/// One rule's terms for one family, and the alternatives it lost to an empty selector (`FlatProgram::dropped`).
+#[derive(Debug)]
+struct RuleTerms {
+    fingerprint: u64,
+    terms: Vec<TermConditions>,
+    dropped: Vec<Arc<AddrSource>>,
 }
 
 type NamedPortsKey<'a> = (Vec<&'a str>, Option<&'a Selector>, Option<Protocol>);
@@ -198,12 +212,32 @@ impl<'a> SetResolver<'a> {
             entities: &world.entities,
             ips: HashMap::new(),
             tuples: HashMap::new(),
+            rules: HashMap::new(),
             families: [family_range(IpFamily::V4), family_range(IpFamily::V6)],
         }
     }
 
     fn family(&self, f: IpFamily) -> &RangeSet {
         &self.families[f as usize]
+    }
+
+    /// `rule`'s terms for `family`, made once per compile.
+    fn rule_terms(&mut self, world: &'a ResolvedNode, rule: &'a Rule, family: IpFamily) -> Arc<RuleTerms> {
+        let key = (rule as *const Rule as usize, family);
+        if let Some(made) = self.rules.get(&key) {
+            return made.clone();
+        }
+        let fingerprint = {
+            use std::hash::{Hash, Hasher};
+            let mut h = std::collections::hash_map::DefaultHasher::new();
+            rule.hash(&mut h);
+            h.finish()
+        };
+        let mut dropped = Vec::new();
+        let terms = rule_conditions(self, world, rule, family, &mut dropped);
+        let made = Arc::new(RuleTerms { fingerprint, terms, dropped });
+        self.rules.insert(key, made.clone());
+        made
     }
 
     /// The addresses of every entity `sel` matches (semantics §2.2).
@@ -386,12 +420,7 @@ fn push_rule<'a>(
     pending_pass: &mut Vec<usize>,
 ) {
     let rule_id = p.rules.len() as u32;
-    let fingerprint = {
-        use std::hash::{Hash, Hasher};
-        let mut h = std::collections::hash_map::DefaultHasher::new();
-        rule.hash(&mut h);
-        h.finish()
-    };
+    let made = [IpFamily::V4, IpFamily::V6].map(|family| resolver.rule_terms(world, rule, family));
     let term_start = p.terms.len() as u32;
     let families = u8::from(rule.in_family(IpFamily::V4)) | u8::from(rule.in_family(IpFamily::V6)) << 1;
     p.rules.push(RuleOrigin {
@@ -399,23 +428,26 @@ fn push_rule<'a>(
         index,
         action: rule.action,
         direction,
-        fingerprint,
+        fingerprint: made[0].fingerprint,
         id: 0,
         term_start,
         term_end: term_start,
         families,
     });
-    for family in [IpFamily::V4, IpFamily::V6] {
-        for (conditions, sources) in rule_conditions(resolver, world, rule, family, &mut p.dropped) {
+    for family in &made {
+        p.dropped.extend(family.dropped.iter().cloned());
+        for (conditions, sources) in &family.terms {
             let at = p.terms.len();
-            for (side, source) in sources.into_iter().enumerate() {
+            for (side, source) in sources.iter().enumerate() {
                 if let Some(source) = source {
-                    p.addr_sources.push((at as u32, side as u8, source));
+                    p.addr_sources.push((at as u32, side as u8, source.clone()));
                 }
             }
             // Log resumes right after its own rule's terms; patched below.
-            p.terms
-                .push(Term { conditions, action: TermAction::Rule { rule: rule_id, action: rule.action, resume: 0 } });
+            p.terms.push(Term {
+                conditions: conditions.clone(),
+                action: TermAction::Rule { rule: rule_id, action: rule.action, resume: 0 },
+            });
             if rule.action == Action::Pass {
                 pending_pass.push(at);
             }
