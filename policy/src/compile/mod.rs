@@ -409,28 +409,28 @@ impl ProgramCache {
 
     /// Compiles tables for the resolved node, reusing cached programs whose inputs did not change.
     pub fn compile<'w>(&mut self, world: &'w ResolvedNode, epoch: u64) -> CompiledTables {
-        let mut resolver = SetResolver::new(world);
         let fingerprints = self.deps.update(world);
         let selectors = DistinctSelectors::new(world);
         let mut stats = CompileStats::default();
-        let rule_ids = &mut self.rule_ids;
         // Endpoints with the same labels and profiles get the same programs: key them once, evaluating each
         // policy's selector once per label set.
-        type Keys = ([[(u64, u64, Arc<[u32]>); 2]; 4], std::rc::Rc<Vec<bool>>);
-        let mut keys: HashMap<(&'w crate::resource::Labels, &'w [String]), Keys> = HashMap::new();
-        let mut fresh: HashMap<u64, Cached> = HashMap::new();
-        let mut build = |labels: &'w crate::resource::Labels,
-                         profiles: &'w [String],
-                         stages: &[Stage]|
-         -> EndpointPrograms {
-            let mut eps = EndpointPrograms::default();
-            let (endpoint_keys, selecting) = keys
+        type Keys = [[(u64, u64, Arc<[u32]>); 2]; 4];
+        let mut keys: HashMap<(&'w crate::resource::Labels, &'w [String]), Arc<Keys>> = HashMap::new();
+        // The programs neither cached nor already wanted, each once, in the order endpoints first need them.
+        let mut wanted: Vec<Wanted<'w>> = Vec::new();
+        let mut wanted_keys: HashMap<u64, ()> = HashMap::new();
+        let mut key_endpoint = |labels: &'w crate::resource::Labels,
+                                profiles: &'w [String],
+                                stages: &'static [Stage]|
+         -> (Arc<Keys>, &'static [Stage]) {
+            let k = keys
                 .entry((labels, profiles))
                 .or_insert_with(|| {
                     let verdicts: Vec<bool> = selectors.distinct.iter().map(|sel| sel.matches(labels)).collect();
-                    let selecting: Vec<bool> = selectors.of_policy.iter().map(|&d| verdicts[d]).collect();
+                    let selecting: Arc<Vec<bool>> =
+                        Arc::new(selectors.of_policy.iter().map(|&d| verdicts[d]).collect());
                     let none: Arc<[u32]> = Arc::new([]);
-                    let mut k: [[(u64, u64, Arc<[u32]>); 2]; 4] = Default::default();
+                    let mut k: Keys = Default::default();
                     for row in k.iter_mut() {
                         for slot in row.iter_mut() {
                             slot.2 = none.clone();
@@ -441,22 +441,35 @@ impl ProgramCache {
                             let (structure, atoms) = program_key(&fingerprints, world, &selecting, profiles, d, stage);
                             let key = fingerprints.key(structure, &atoms);
                             k[stage_index(stage)][dir_index(d)] = (key, structure, atoms.into());
+                            if !self.by_key.contains_key(&key) && wanted_keys.insert(key, ()).is_none() {
+                                wanted.push(Wanted { key, selecting: selecting.clone(), profiles, d, stage });
+                            }
                         }
                     }
-                    (k, std::rc::Rc::new(selecting))
+                    Arc::new(k)
                 })
                 .clone();
-            for &stage in stages {
+            (k, stages)
+        };
+        let workload_keys: Vec<_> =
+            world.workloads.iter().map(|w| key_endpoint(&w.labels, &w.profiles, WORKLOAD_STAGES)).collect();
+        let host_keys: Vec<_> = world
+            .host_endpoints
+            .iter()
+            .map(|h| key_endpoint(&h.endpoint.labels, &h.endpoint.profiles, HOST_STAGES))
+            .collect();
+        stats.built = wanted.len();
+        let built: HashMap<u64, Arc<Program>> =
+            wanted.iter().map(|w| w.key).zip(build_programs(world, &wanted, &mut self.rule_ids)).collect();
+        let mut fresh: HashMap<u64, Cached> = HashMap::new();
+        let mut programs_of = |(keys, stages): &(Arc<Keys>, &'static [Stage])| -> EndpointPrograms {
+            let mut eps = EndpointPrograms::default();
+            for &stage in stages.iter() {
                 for d in [Direction::Ingress, Direction::Egress] {
-                    let (key, structure, atoms) = &endpoint_keys[stage_index(stage)][dir_index(d)];
-                    let program = match fresh.get(key).or_else(|| self.by_key.get(key)) {
-                        Some(c) => c.program.clone(),
-                        None => {
-                            stats.built += 1;
-                            let mut flat = flatten(world, &mut resolver, &selecting, profiles, d, stage);
-                            rule_ids.assign(&mut flat, stage);
-                            Arc::new(Program::build(flat))
-                        }
+                    let (key, structure, atoms) = &keys[stage_index(stage)][dir_index(d)];
+                    let program = match built.get(key) {
+                        Some(p) => p.clone(),
+                        None => self.by_key[key].program.clone(),
                     };
                     fresh
                         .insert(*key, Cached { program: program.clone(), structure: *structure, atoms: atoms.clone() });
@@ -465,9 +478,8 @@ impl ProgramCache {
             }
             eps
         };
-        let workloads = world.workloads.iter().map(|w| build(&w.labels, &w.profiles, WORKLOAD_STAGES)).collect();
-        let host_endpoints =
-            world.host_endpoints.iter().map(|h| build(&h.endpoint.labels, &h.endpoint.profiles, HOST_STAGES)).collect();
+        let workloads = workload_keys.iter().map(&mut programs_of).collect();
+        let host_endpoints = host_keys.iter().map(&mut programs_of).collect();
         stats.programs = fresh.len();
         let mut used = HashSet::new();
         for c in fresh.values() {
@@ -481,6 +493,71 @@ impl ProgramCache {
         let rules = Arc::new(self.rule_ids.table.clone());
         CompiledTables { epoch, rules, workloads, host_endpoints, stats }
     }
+}
+
+/// A program to build: its key and what `flatten` needs.
+struct Wanted<'w> {
+    key: u64,
+    selecting: Arc<Vec<bool>>,
+    profiles: &'w [String],
+    d: Direction,
+    stage: Stage,
+}
+
+/// How many threads build programs: the machine's cores. Programs are independent once flattened; only the
+/// rule ids are given out in order, between flattening and building.
+fn compile_threads() -> usize {
+    std::thread::available_parallelism().map(usize::from).unwrap_or(1)
+}
+
+/// Builds the `wanted` programs, in order: flattened and built on [`compile_threads`] threads, rule ids
+/// assigned on this one in between (in `wanted` order, so ids do not depend on the threads' timing).
+fn build_programs(world: &ResolvedNode, wanted: &[Wanted<'_>], rule_ids: &mut RuleIds) -> Vec<Arc<Program>> {
+    let threads = compile_threads();
+    let mut flats = parallel_map(
+        threads,
+        wanted.iter().collect(),
+        || SetResolver::new(world),
+        |resolver, w| flatten(world, resolver, &w.selecting, w.profiles, w.d, w.stage),
+    );
+    for (flat, w) in flats.iter_mut().zip(wanted) {
+        rule_ids.assign(flat, w.stage);
+    }
+    parallel_map(threads, flats, || (), |_, flat| Arc::new(Program::build(flat)))
+}
+
+/// `f` over `items` on up to `threads` threads (each with its own `state`), results in item order. Threads
+/// take the next item as they finish one: programs differ in size by orders of magnitude.
+fn parallel_map<T: Send, S, R: Send>(
+    threads: usize,
+    items: Vec<T>,
+    state: impl Fn() -> S + Sync,
+    f: impl Fn(&mut S, T) -> R + Sync,
+) -> Vec<R> {
+    let threads = threads.min(items.len());
+    if threads <= 1 {
+        let mut s = state();
+        return items.into_iter().map(|i| f(&mut s, i)).collect();
+    }
+    let queue = std::sync::Mutex::new(items.into_iter().enumerate());
+    let mut out: Vec<(usize, R)> = std::thread::scope(|scope| {
+        let workers: Vec<_> = (0..threads)
+            .map(|_| {
+                scope.spawn(|| {
+                    let mut s = state();
+                    let mut done = Vec::new();
+                    loop {
+                        let next = queue.lock().expect("no thread panics holding the queue").next();
+                        let Some((i, item)) = next else { break done };
+                        done.push((i, f(&mut s, item)));
+                    }
+                })
+            })
+            .collect();
+        workers.into_iter().flat_map(|w| w.join().expect("a compile thread panicked")).collect()
+    });
+    out.sort_unstable_by_key(|(i, _)| *i);
+    out.into_iter().map(|(_, r)| r).collect()
 }
 
 impl ProgramCache {
