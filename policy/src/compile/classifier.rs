@@ -277,7 +277,7 @@ impl Classifier {
 
         let every_proto = RangeSet::span(0, 511);
         let proto: Vec<Option<&RangeSet>> =
-            conds.iter().map(|c| (c.proto != every_proto).then_some(&c.proto)).collect();
+            conds.iter().map(|c| (*c.proto != every_proto).then_some(&*c.proto)).collect();
         if proto.iter().any(Option::is_some) {
             let mut bits = ClassBits::new(words, summary_words, &wildcards_of(&proto));
             let parts = build_intervals(&proto, &mut bits, words, summary_words);
@@ -290,8 +290,8 @@ impl Classifier {
         // Each interval field's sets are split into wide and narrow ones (see `split_by_width`), indexed
         // apart and ORed at lookup: wide sets are then not copied into every class narrow sets create.
         let interval_field =
-            |get: fn(&Conditions) -> &Option<RangeSet>| -> Option<(IntervalField<u128>, ClassBits, Vec<u64>)> {
-                let sets: Vec<Option<&RangeSet>> = conds.iter().map(|c| get(c).as_ref()).collect();
+            |get: fn(&Conditions) -> &Option<Arc<RangeSet>>| -> Option<(IntervalField<u128>, ClassBits, Vec<u64>)> {
+                let sets: Vec<Option<&RangeSet>> = conds.iter().map(|c| get(c).as_deref()).collect();
                 if sets.iter().all(Option::is_none) {
                     return None;
                 }
@@ -819,9 +819,9 @@ mod tests {
     #[test]
     fn first_match_respects_order_and_resume_point() {
         let mut port80 = Conditions::always();
-        port80.dst_port = Some(RangeSet::span(80, 80));
+        port80.dst_port = Some(Arc::new(RangeSet::span(80, 80)));
         let mut port_range = Conditions::always();
-        port_range.dst_port = Some(RangeSet::span(1, 1000));
+        port_range.dst_port = Some(Arc::new(RangeSet::span(1, 1000)));
         let terms = vec![term(port80.clone()), term(port_range), term(Conditions::always()), term(port80)];
         let c = Classifier::build(&terms);
         assert_eq!(c.first_match(&key(80), 0), Some(0));
@@ -837,7 +837,7 @@ mod tests {
         let mut terms = Vec::new();
         for i in 0..10_000u128 {
             let mut c = Conditions::always();
-            c.dst_port = Some(RangeSet::span(i % 5000, i % 5000));
+            c.dst_port = Some(Arc::new(RangeSet::span(i % 5000, i % 5000)));
             terms.push(term(c));
         }
         let c = Classifier::build(&terms);

@@ -63,7 +63,7 @@ impl Program {
         if self.patches.is_empty() {
             return c.holds(key);
         }
-        let address = |side: u8, ip: u128, built: &Option<ranges::RangeSet>| -> bool {
+        let address = |side: u8, ip: u128, built: &Option<Arc<ranges::RangeSet>>| -> bool {
             let patched = self.patches.get(&(i as u32, side)).into_iter().flatten().rev();
             match patched.into_iter().find(|(region, _)| region.contains(ip)) {
                 Some((_, inside)) => inside.contains(ip),

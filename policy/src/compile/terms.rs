@@ -62,17 +62,18 @@ pub enum TupleCond {
 /// (address, protocol, port) as named ports and service endpoints resolve to.
 pub type TupleKey = (u128, u8, u16);
 
-/// A conjunction of field predicates; `None` means any value.
+/// A conjunction of field predicates; `None` means any value. The sets are shared: a rule's terms are made
+/// once per compile and copied into every program that walks the rule.
 #[derive(Clone, Debug, PartialEq, Eq, Hash)]
 pub struct Conditions {
     /// Allowed `family * 256 + protocol` keys.
-    pub proto: RangeSet,
-    pub src_ip: Option<RangeSet>,
-    pub dst_ip: Option<RangeSet>,
-    pub src_port: Option<RangeSet>,
-    pub dst_port: Option<RangeSet>,
+    pub proto: Arc<RangeSet>,
+    pub src_ip: Option<Arc<RangeSet>>,
+    pub dst_ip: Option<Arc<RangeSet>>,
+    pub src_port: Option<Arc<RangeSet>>,
+    pub dst_port: Option<Arc<RangeSet>>,
     /// `type << 8 | code` for ICMP packets, [`NO_VALUE`] for others.
-    pub icmp: Option<RangeSet>,
+    pub icmp: Option<Arc<RangeSet>>,
     pub src_tuple: TupleCond,
     pub dst_tuple: TupleCond,
 }
@@ -81,7 +82,7 @@ impl Conditions {
     /// Matches every packet.
     pub fn always() -> Conditions {
         Conditions {
-            proto: RangeSet::span(0, 511),
+            proto: Arc::new(RangeSet::span(0, 511)),
             src_ip: None,
             dst_ip: None,
             src_port: None,
@@ -507,6 +508,11 @@ fn rule_conditions<'a>(
     let Some(dst_alts) = side_alternatives(resolver, world, rule, &rule.destination, family, false, dropped) else {
         return Vec::new();
     };
+    let (proto, icmp) = (Arc::new(proto), icmp.map(Arc::new));
+    let shared = |alts: Vec<SideAlt>| -> Vec<(Option<Arc<RangeSet>>, Option<Arc<RangeSet>>, TupleCond, Option<Arc<AddrSource>>)> {
+        alts.into_iter().map(|(ip, port, t, source)| (ip.map(Arc::new), port.map(Arc::new), t, source)).collect()
+    };
+    let (src_alts, dst_alts) = (shared(src_alts), shared(dst_alts));
     let mut out = Vec::new();
     for (src_ip, src_port, src_tuple, src_source) in &src_alts {
         for (dst_ip, dst_port, dst_tuple, dst_source) in &dst_alts {
