@@ -418,7 +418,7 @@ impl ProgramCache {
         let mut keys: HashMap<(&'w crate::resource::Labels, &'w [String]), Arc<Keys>> = HashMap::new();
         // The programs neither cached nor already wanted, each once, in the order endpoints first need them.
         let mut wanted: Vec<Wanted<'w>> = Vec::new();
-        let mut wanted_keys: HashMap<u64, ()> = HashMap::new();
+        let mut wanted_keys: HashSet<u64> = HashSet::default();
         let mut key_endpoint = |labels: &'w crate::resource::Labels,
                                 profiles: &'w [String],
                                 stages: &'static [Stage]|
@@ -441,7 +441,7 @@ impl ProgramCache {
                             let (structure, atoms) = program_key(&fingerprints, world, &selecting, profiles, d, stage);
                             let key = fingerprints.key(structure, &atoms);
                             k[stage_index(stage)][dir_index(d)] = (key, structure, atoms.into());
-                            if !self.by_key.contains_key(&key) && wanted_keys.insert(key, ()).is_none() {
+                            if !self.by_key.contains_key(&key) && wanted_keys.insert(key) {
                                 wanted.push(Wanted { key, selecting: selecting.clone(), profiles, d, stage });
                             }
                         }
@@ -507,7 +507,9 @@ struct Wanted<'w> {
 /// How many threads build programs: the machine's cores. Programs are independent once flattened; only the
 /// rule ids are given out in order, between flattening and building.
 fn compile_threads() -> usize {
-    std::thread::available_parallelism().map(usize::from).unwrap_or(1)
+    // Read once: `available_parallelism` reads the affinity mask and cgroup files.
+    static THREADS: std::sync::OnceLock<usize> = std::sync::OnceLock::new();
+    *THREADS.get_or_init(|| std::thread::available_parallelism().map(usize::from).unwrap_or(1))
 }
 
 /// Builds the `wanted` programs, in order: flattened and built on [`compile_threads`] threads, rule ids
