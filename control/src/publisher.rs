@@ -194,14 +194,14 @@ impl TablePublisher {
         let mut world = (*current.world).clone();
         let mut found = true;
         for e in removed {
-            match world.entities.iter().position(|x| x == e) {
+            match world.entities.iter().position(|x| **x == *e) {
                 Some(i) => {
                     world.entities.swap_remove(i);
                 }
                 None => found = false,
             }
         }
-        world.entities.extend(added.iter().cloned());
+        world.entities.extend(added.iter().cloned().map(Arc::new));
         let epoch = self.epoch + 1;
         let patched =
             if found { self.cache.patch_entities(&world, &current.compiled, removed, added, epoch) } else { None };

@@ -132,19 +132,22 @@ pub const LOOPBACK: &str = "lo";
 pub struct ResolvedNode {
     /// The node, with the Felix configuration in force: its own `config:` under the FelixConfigurations
     /// that apply to it ([`felix_config`]).
-    pub node: NodeConfig,
+    /// Shared, like the policies, tiers, profiles and endpoints: a patch that changes only entities copies
+    /// pointers, not the node.
+    pub node: std::sync::Arc<NodeConfig>,
     /// Enforced (non-staged) policies, shared with the resource set they came from.
-    pub policies: Vec<std::sync::Arc<Policy>>,
-    pub tiers: Vec<SortedTier>,
-    pub profiles: BTreeMap<String, Profile>,
+    pub policies: std::sync::Arc<Vec<std::sync::Arc<Policy>>>,
+    pub tiers: std::sync::Arc<Vec<SortedTier>>,
+    pub profiles: std::sync::Arc<BTreeMap<String, Profile>>,
     /// Same indices as `node.workloads`.
-    pub workloads: Vec<Endpoint>,
+    pub workloads: std::sync::Arc<Vec<Endpoint>>,
     pub host_endpoints: Vec<LocalHostEndpoint>,
     /// Named host endpoint governing each host interface (uplinks and `lo`), by index into `host_endpoints`.
     pub interface_hep: BTreeMap<String, usize>,
     /// The `*` host endpoint, default for every interface without its own.
     pub star_hep: Option<usize>,
-    pub entities: Vec<Entity>,
+    /// Shared one by one: a patch of a few (an IP set member) copies pointers, not every entity's labels.
+    pub entities: Vec<std::sync::Arc<Entity>>,
 }
 
 /// The Felix configuration of `node` with `resources` in force: the node file's `config:`, then
@@ -201,6 +204,7 @@ impl ResolvedNode {
             }
             entities.push(Entity { labels, nets: s.nets.clone(), ports: Vec::new() });
         }
+        let entities = entities.into_iter().map(std::sync::Arc::new).collect();
 
         let mut policies: Vec<std::sync::Arc<Policy>> =
             resources.policies().filter(|p| !p.id.kind.is_staged()).cloned().collect();
@@ -209,11 +213,11 @@ impl ResolvedNode {
         let tiers = sort_tiers(resources, &policies);
 
         ResolvedNode {
-            node: merged.clone(),
-            policies,
-            tiers,
-            profiles,
-            workloads,
+            node: std::sync::Arc::new(merged.clone()),
+            policies: std::sync::Arc::new(policies),
+            tiers: std::sync::Arc::new(tiers),
+            profiles: std::sync::Arc::new(profiles),
+            workloads: std::sync::Arc::new(workloads),
             host_endpoints,
             interface_hep,
             star_hep,

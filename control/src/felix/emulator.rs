@@ -318,7 +318,7 @@ impl FelixView {
         let mut tiers: Vec<(String, Option<TierDefault>)> = Vec::new();
         let known: BTreeSet<String> =
             resources.tiers().map(|t| t.name.clone()).chain(Tier::builtin().into_iter().map(|t| t.name)).collect();
-        for t in &world.tiers {
+        for t in world.tiers.iter() {
             tiers.push((t.name.clone(), known.contains(&t.name).then_some(t.default_action)));
         }
         let mut staged_only: Vec<String> =
@@ -362,7 +362,7 @@ impl FelixView {
 
         let mut view = FelixView { config: to_strings(&world.node.felix)?, ..FelixView::default() };
         let mut profile_names: BTreeSet<String> = BTreeSet::new();
-        for (w, ep) in world.node.workloads.iter().zip(&world.workloads) {
+        for (w, ep) in world.node.workloads.iter().zip(world.workloads.iter()) {
             let Some(iface) = &w.interface else { continue };
             let key = WorkloadKey {
                 orchestrator: "k8s".into(),

@@ -260,8 +260,9 @@ struct Field {
 pub struct Classifier {
     terms: usize,
     summary_words: usize,
-    /// Only fields where some term is not a wildcard; the rest match everything.
-    fields: Vec<Field>,
+    /// Only fields where some term is not a wildcard; the rest match everything. Shared, so a patch of one
+    /// field's addresses copies that field only (`Classifier::patch_addresses`).
+    fields: Vec<Arc<Field>>,
 }
 
 /// Most fields a classifier can have.
@@ -285,7 +286,7 @@ impl Classifier {
             for (v, slot) in table.iter_mut().enumerate() {
                 *slot = parts.class(v as u128);
             }
-            fields.push(Field { index: Index::Proto(table), bits });
+            fields.push(Arc::new(Field { index: Index::Proto(table), bits }));
         }
         // Each interval field's sets are split into wide and narrow ones (see `split_by_width`), indexed
         // apart and ORed at lookup: wide sets are then not copied into every class narrow sets create.
@@ -315,29 +316,29 @@ impl Classifier {
             IntervalField { wide: narrow(f.wide), narrow: narrow(f.narrow) }
         };
         if let Some((f, bits, wide)) = interval_field(|c| &c.src_ip) {
-            fields.push(Field { index: Index::SrcIp(AddressField::new(f, wide)), bits });
+            fields.push(Arc::new(Field { index: Index::SrcIp(AddressField::new(f, wide)), bits }));
         }
         if let Some((f, bits, wide)) = interval_field(|c| &c.dst_ip) {
-            fields.push(Field { index: Index::DstIp(AddressField::new(f, wide)), bits });
+            fields.push(Arc::new(Field { index: Index::DstIp(AddressField::new(f, wide)), bits }));
         }
         if let Some((f, bits, _)) = interval_field(|c| &c.src_port) {
-            fields.push(Field { index: Index::SrcPort(small(f)), bits });
+            fields.push(Arc::new(Field { index: Index::SrcPort(small(f)), bits }));
         }
         if let Some((f, bits, _)) = interval_field(|c| &c.dst_port) {
-            fields.push(Field { index: Index::DstPort(small(f)), bits });
+            fields.push(Arc::new(Field { index: Index::DstPort(small(f)), bits }));
         }
         if let Some((f, bits, _)) = interval_field(|c| &c.icmp) {
-            fields.push(Field { index: Index::Icmp(small(f)), bits });
+            fields.push(Arc::new(Field { index: Index::Icmp(small(f)), bits }));
         }
         let src_t: Vec<&TupleCond> = conds.iter().map(|c| &c.src_tuple).collect();
         if src_t.iter().any(|t| !matches!(t, TupleCond::Any)) {
             let (f, bits) = build_tuples(&src_t, words, summary_words);
-            fields.push(Field { index: Index::SrcTuple(f), bits });
+            fields.push(Arc::new(Field { index: Index::SrcTuple(f), bits }));
         }
         let dst_t: Vec<&TupleCond> = conds.iter().map(|c| &c.dst_tuple).collect();
         if dst_t.iter().any(|t| !matches!(t, TupleCond::Any)) {
             let (f, bits) = build_tuples(&dst_t, words, summary_words);
-            fields.push(Field { index: Index::DstTuple(f), bits });
+            fields.push(Arc::new(Field { index: Index::DstTuple(f), bits }));
         }
         debug_assert!(fields.len() <= MAX_FIELDS);
         Classifier { terms: n, summary_words, fields }
@@ -362,11 +363,12 @@ impl Classifier {
             if terms.is_empty() {
                 continue;
             }
-            let Some(Field { index, bits }) =
+            let Some(field) =
                 out.fields.iter_mut().find(|f| matches!((&f.index, side), (Index::SrcIp(_), 0) | (Index::DstIp(_), 1)))
             else {
                 panic!("a term with an address condition on side {side} has no address field");
             };
+            let Field { index, bits } = Arc::make_mut(field);
             let (Index::SrcIp(a) | Index::DstIp(a)) = index else { unreachable!("matched above") };
             let in_wide = |t: u32| a.wide_terms[t as usize / 64] & (1 << (t % 64)) != 0;
             let wide: Vec<(u32, &RangeSet)> = terms.iter().copied().filter(|(t, _)| in_wide(*t)).collect();
@@ -523,9 +525,11 @@ fn patch_intervals(
     words: usize,
     summary_words: usize,
 ) -> Intervals<u128> {
-    let mut out = iv.clone();
+    // Each range of the region rewrites the intervals the previous one left (the first reads `iv`: no copy).
+    let mut patched: Option<Intervals<u128>> = None;
     let mut made: HashMap<Vec<u64>, u32> = HashMap::new();
     for &(lo, hi) in region.ranges() {
+        let out = patched.as_ref().unwrap_or(iv);
         let a = out.starts.partition_point(|&s| s < lo);
         let b = out.starts.partition_point(|&s| s <= hi);
         let mut points: Vec<u128> = vec![lo];
@@ -584,9 +588,9 @@ fn patch_intervals(
                 merged.classes.push(c);
             }
         }
-        out = merged;
+        patched = Some(merged);
     }
-    out
+    patched.unwrap_or_else(|| iv.clone())
 }
 
 fn wildcards_of(sets: &[Option<&RangeSet>]) -> Vec<bool> {

@@ -96,7 +96,7 @@ pub struct DepTracker {
     /// Policies by identity (`Arc` address): an unchanged policy is shared between resource-set versions.
     policies: HashMap<usize, PolicyDeps>,
     /// The entities of the previous compile by content hash, with how many of each.
-    entities: HashMap<u64, (usize, Entity)>,
+    entities: HashMap<u64, (usize, Arc<Entity>)>,
 }
 
 /// Once this many atoms are known but no policy uses them, the tracker starts over (programs are rebuilt
@@ -133,7 +133,7 @@ impl DepTracker {
     /// Brings atom versions up to `world`'s entities and collects its policies' and profiles' dependencies.
     pub fn update<'t>(&'t mut self, world: &ResolvedNode) -> Deps<'t> {
         // Entities that differ from the previous compile's (added, removed or changed: both versions).
-        let mut next: HashMap<u64, (usize, Entity)> = HashMap::with_capacity(world.entities.len());
+        let mut next: HashMap<u64, (usize, Arc<Entity>)> = HashMap::with_capacity(world.entities.len());
         for e in &world.entities {
             let h = hash_of(&(&e.labels, &e.nets, &e.ports));
             next.entry(h).or_insert_with(|| (0, e.clone())).0 += 1;
@@ -163,7 +163,7 @@ impl DepTracker {
         // Policies: known ones by identity, new ones hashed and their atoms interned.
         let mut keep: HashMap<usize, PolicyDeps> = HashMap::with_capacity(world.policies.len());
         let mut order = Vec::with_capacity(world.policies.len());
-        for p in &world.policies {
+        for p in world.policies.iter() {
             let at = Arc::as_ptr(p) as usize;
             let deps = match self.policies.remove(&at).or_else(|| keep.remove(&at)) {
                 Some(d) => d,
@@ -190,7 +190,7 @@ impl DepTracker {
             return self.update(world);
         }
         let mut profiles = HashMap::with_capacity(world.profiles.len());
-        for (name, profile) in &world.profiles {
+        for (name, profile) in world.profiles.iter() {
             let atoms = [Direction::Ingress, Direction::Egress]
                 .map(|d| atoms_of(profile.rules(d)).into_iter().map(|a| self.intern(a)).collect());
             profiles.insert(name.clone(), (hash_of(profile), atoms));
@@ -226,7 +226,7 @@ impl DepTracker {
         }
         for e in added {
             let h = hash_of(&(&e.labels, &e.nets, &e.ports));
-            self.entities.entry(h).or_insert_with(|| (0, e.clone())).0 += 1;
+            self.entities.entry(h).or_insert_with(|| (0, Arc::new(e.clone()))).0 += 1;
         }
         let mut bumped = Vec::new();
         let mut selectors = Vec::new();

@@ -45,6 +45,11 @@ pub struct Program {
 /// term's built condition does).
 type AddressPatches = HashMap<(u32, u8), Vec<(Arc<ranges::RangeSet>, ranges::RangeSet)>>;
 
+/// What one address change works out per rule side (`terms::AddrSource`, shared by the programs a rule's
+/// terms were copied into): whether the side reads a changed set, and if so its addresses inside the change's
+/// region. Keyed by the source's address; the `Arc` pins it for the memo's life.
+pub type SourceMemo = HashMap<*const terms::AddrSource, (Arc<terms::AddrSource>, Option<ranges::RangeSet>)>;
+
 /// Patches one term takes before a change to its sets rebuilds the program instead (the patches stay bounded).
 const MAX_PATCHES: usize = 64;
 
@@ -77,6 +82,7 @@ impl Program {
     /// `addresses(sel)` gives a selector's new addresses inside `region`, `changed` says which selectors'
     /// sets changed. The terms reading a changed selector get their new addresses inside the region and the
     /// classifier is patched, not rebuilt (`Classifier::patch_addresses`); the flattened walk is shared.
+    /// `memo` carries what one change works out per rule side across the programs it patches.
     /// `None` when the change cannot be a patch: the program has no term for a rule alternative a changed
     /// set left empty when it was built and the change falls inside that alternative's addresses, or it
     /// has taken [`MAX_PATCHES`] already.
@@ -84,12 +90,22 @@ impl Program {
         &self,
         region: &ranges::RangeSet,
         changed: &[&crate::selector::Selector],
+        memo: &mut SourceMemo,
         mut addresses: impl FnMut(&crate::selector::Selector) -> ranges::RangeSet,
     ) -> Option<Program> {
-        // A change touches one or two selectors: compared, not hashed.
-        let reads = |s: &terms::AddrSource| s.selector.iter().chain(&s.not_selector).any(|s| changed.contains(&s));
-        if self.flat.dropped.iter().any(|s| reads(s) && !s.fixed.intersect(region).is_empty()) {
-            return None;
+        let changed: Vec<(u64, &crate::selector::Selector)> =
+            changed.iter().map(|&s| (terms::selector_hash(s), s)).collect();
+        let reads = |s: &terms::AddrSource| s.reads(&changed);
+        let mut inside_of = |source: &Arc<terms::AddrSource>, addresses: &mut dyn FnMut(&_) -> _| {
+            let (_, inside) = memo
+                .entry(Arc::as_ptr(source))
+                .or_insert_with(|| (source.clone(), reads(source).then(|| source.within(region, addresses))));
+            inside.clone()
+        };
+        for s in &self.flat.dropped {
+            if inside_of(s, &mut addresses).is_some() && !s.fixed.intersect(region).is_empty() {
+                return None;
+            }
         }
         if self.patches.values().any(|p| p.len() >= MAX_PATCHES) {
             return None;
@@ -97,14 +113,11 @@ impl Program {
         let shared_region = Arc::new(region.clone());
         let mut patches = (*self.patches).clone();
         let mut patched: Vec<(u32, u8, ranges::RangeSet)> = Vec::new();
-        // A rule side's source is shared by every term its alternatives multiply into: whether it reads a
-        // changed selector, and its addresses inside the region, are worked out once per source.
-        let mut seen: HashMap<*const terms::AddrSource, Option<ranges::RangeSet>> = HashMap::new();
+        // A rule side's source is shared by every term its alternatives multiply into, and by every program
+        // the rule's terms were copied into: whether it reads a changed selector, and its addresses inside
+        // the region, are worked out once per source and change.
         for (t, side, source) in &self.flat.addr_sources {
-            let inside = seen
-                .entry(Arc::as_ptr(source))
-                .or_insert_with(|| reads(source).then(|| source.within(region, &mut addresses)));
-            let Some(inside) = inside else { continue };
+            let Some(inside) = inside_of(source, &mut addresses) else { continue };
             patches.entry((*t, *side)).or_default().push((shared_region.clone(), inside.clone()));
             patched.push((*t, *side, inside.clone()));
         }
@@ -584,8 +597,12 @@ impl ProgramCache {
         let region = ranges::RangeSet::from_ranges(
             removed.iter().chain(added).flat_map(|e| terms::entity_range(e).ranges().to_vec()).collect(),
         );
-        let near: Vec<&crate::resolve::Entity> =
-            world.entities.iter().filter(|e| !terms::entity_range(e).intersect(&region).is_empty()).collect();
+        let near: Vec<&crate::resolve::Entity> = world
+            .entities
+            .iter()
+            .map(|e| &**e)
+            .filter(|e| !terms::entity_range(e).intersect(&region).is_empty())
+            .collect();
         // The few selectors the patched terms read, with their addresses inside the region.
         let mut inside: Vec<(crate::selector::Selector, ranges::RangeSet)> = Vec::new();
         let mut addresses = |sel: &crate::selector::Selector| -> ranges::RangeSet {
@@ -601,10 +618,11 @@ impl ProgramCache {
         let mut by_key: HashMap<u64, Cached> = HashMap::with_capacity(self.by_key.len());
         let mut replaced: HashMap<*const Program, Arc<Program>> = HashMap::new();
         let mut stats = CompileStats::default();
+        let mut memo = SourceMemo::new();
         for c in self.by_key.values() {
             let mut c = c.clone();
             if c.atoms.iter().any(|a| bumped.contains(a)) {
-                let Some(p) = c.program.patch_addresses(&region, &changed, &mut addresses) else {
+                let Some(p) = c.program.patch_addresses(&region, &changed, &mut memo, &mut addresses) else {
                     return None;
                 };
                 let patched = Arc::new(p);
@@ -674,7 +692,7 @@ fn program_key(
     let mut h = DefaultHasher::new();
     let mut atoms = Vec::new();
     (stage_index(stage), dir_index(d), deps.services()).hash(&mut h);
-    for tier in &world.tiers {
+    for tier in world.tiers.iter() {
         let mut any = false;
         for &i in &tier.policies {
             let p = &world.policies[i];
@@ -970,11 +988,11 @@ spec:
             // Members that stay, in every set, so no rule's alternative starts empty (that is a rebuild).
             for at in ["10.5.3.3/32", "10.5.1.3/32"] {
                 let labels = (0..4).map(|s| (format!("s{s}"), String::new())).collect();
-                world.entities.push(Entity { labels, nets: vec![at.parse().unwrap()], ports: Vec::new() });
+                world.entities.push(Arc::new(Entity { labels, nets: vec![at.parse().unwrap()], ports: Vec::new() }));
             }
             let fixed = world.entities.len();
             for _ in 0..3 {
-                world.entities.push(entity(&mut rng));
+                world.entities.push(Arc::new(entity(&mut rng)));
             }
             let mut cache = ProgramCache::new();
             let mut tables = cache.compile(&world, 1);
@@ -982,19 +1000,19 @@ spec:
                 let (removed, added) = match rng.below(3) {
                     0 if world.entities.len() > fixed => {
                         let at = fixed + rng.below((world.entities.len() - fixed) as u64) as usize;
-                        (vec![world.entities.remove(at)], vec![])
+                        (vec![(*world.entities.remove(at)).clone()], vec![])
                     }
                     1 if world.entities.len() > fixed => {
                         // A member whose sets change: one entity's labels replaced.
                         let at = fixed + rng.below((world.entities.len() - fixed) as u64) as usize;
                         let mut e = entity(&mut rng);
                         e.nets = world.entities[at].nets.clone();
-                        let old = std::mem::replace(&mut world.entities[at], e.clone());
-                        (vec![old], vec![e])
+                        let old = std::mem::replace(&mut world.entities[at], Arc::new(e.clone()));
+                        (vec![(*old).clone()], vec![e])
                     }
                     _ => {
                         let e = entity(&mut rng);
-                        world.entities.push(e.clone());
+                        world.entities.push(Arc::new(e.clone()));
                         (vec![], vec![e])
                     }
                 };

@@ -161,12 +161,31 @@ pub struct AddrSource {
     pub fixed: RangeSet,
     pub selector: Option<Selector>,
     pub not_selector: Option<Selector>,
+    /// [`selector_hash`] of each selector (0 for none): a patch asks every source whether it reads a changed
+    /// selector, and most answers are no after comparing one number instead of two expression trees.
+    hashes: [u64; 2],
+}
+
+/// The hash [`AddrSource::reads`] compares first.
+pub fn selector_hash(sel: &Selector) -> u64 {
+    use std::hash::{Hash, Hasher};
+    let mut h = std::collections::hash_map::DefaultHasher::new();
+    sel.hash(&mut h);
+    h.finish() | 1
 }
 
 impl AddrSource {
-    /// Whether the condition reads `sel`'s addresses.
-    pub fn reads(&self, sel: &Selector) -> bool {
-        self.selector.as_ref() == Some(sel) || self.not_selector.as_ref() == Some(sel)
+    pub fn new(fixed: RangeSet, selector: Option<Selector>, not_selector: Option<Selector>) -> AddrSource {
+        let hashes = [selector.as_ref().map_or(0, selector_hash), not_selector.as_ref().map_or(0, selector_hash)];
+        AddrSource { fixed, selector, not_selector, hashes }
+    }
+
+    /// Whether the condition reads one of `changed`, given with their [`selector_hash`]es.
+    pub fn reads(&self, changed: &[(u64, &Selector)]) -> bool {
+        let [a, b] = self.hashes;
+        changed.iter().any(|&(h, sel)| {
+            (h == a && self.selector.as_ref() == Some(sel)) || (h == b && self.not_selector.as_ref() == Some(sel))
+        })
     }
 
     /// The condition's addresses inside `region`, given each selector's addresses inside `region`.
@@ -185,7 +204,7 @@ impl AddrSource {
 /// Resolves rule selectors to address sets and named ports to tuple sets, caching per selector.
 #[derive(Debug)]
 pub struct SetResolver<'a> {
-    entities: &'a [Entity],
+    entities: &'a [Arc<Entity>],
     ips: HashMap<&'a Selector, RangeSet>,
     /// Named-port tuple sets by (names, selector, rule protocol): every rule of every program that names the
     /// same ports of the same peers shares one set, resolved once per compile.
@@ -321,7 +340,7 @@ pub fn flatten<'a>(
     let mut p = FlatProgram::default();
     // Pass targets are only known once the next section starts: remember which terms to patch.
     let mut pending_pass: Vec<usize> = Vec::new();
-    for tier in &world.tiers {
+    for tier in world.tiers.iter() {
         let members: Vec<usize> = tier
             .policies
             .iter()
@@ -668,13 +687,8 @@ fn side_alternatives<'a>(
     };
 
     let source = |selector: Option<&Selector>| -> Option<Arc<AddrSource>> {
-        (selector.is_some() || side.not_selector.is_some()).then(|| {
-            Arc::new(AddrSource {
-                fixed: fixed.clone(),
-                selector: selector.cloned(),
-                not_selector: side.not_selector.clone(),
-            })
-        })
+        (selector.is_some() || side.not_selector.is_some())
+            .then(|| Arc::new(AddrSource::new(fixed.clone(), selector.cloned(), side.not_selector.clone())))
     };
     let mut alts: Vec<SideAlt> = Vec::new();
     if side.ports.is_empty() {

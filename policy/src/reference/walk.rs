@@ -22,7 +22,7 @@ pub struct WalkInput<'a> {
 /// passes is reported, matched or not (`LogEvent::matched`; semantics §9.1, its rate limit).
 pub fn walk_tiers(input: &WalkInput<'_>, logs: &mut Vec<LogEvent>) -> NamedWalkEnd {
     let WalkInput { world, endpoint, direction, stage, pkt } = *input;
-    for tier in &world.tiers {
+    for tier in world.tiers.iter() {
         let mut present = false;
         let mut passed = false;
         'policies: for &pi in &tier.policies {
