@@ -16,8 +16,8 @@ use calxdp_policy::resource::ResourceSet;
 
 use crate::synth;
 
-/// Feeds `msgs` as framed bytes and publishes what the driver publishes for them (the whole model, or the IP
-/// set members patched in); returns how long that took.
+/// Feeds `msgs` as framed bytes and publishes what the driver publishes for them (the whole model, or a patch
+/// of IP set members and workloads); returns how long that took.
 fn apply(front: &mut FrontEnd, publisher: &mut TablePublisher, msgs: &[ToDataplane]) -> Result<Duration, String> {
     let mut bytes = Vec::new();
     for m in msgs {
@@ -25,11 +25,16 @@ fn apply(front: &mut FrontEnd, publisher: &mut TablePublisher, msgs: &[ToDatapla
     }
     let t = Instant::now();
     read_all(front, &mut &bytes[..], None).map_err(|e| e.to_string())?;
-    match front.publication().map_err(|e| e.to_string())? {
-        Publication::Model(node, resources) => publisher.set_model(node, resources).map(|_| ()),
-        Publication::Members { removed, added } => publisher.patch_entities(&removed, &added).map(|_| ()),
-    }
-    .map_err(|e| e.to_string())?;
+    let (node, resources) = match front.publication().map_err(|e| e.to_string())? {
+        Publication::Model(node, resources) => (node, resources),
+        Publication::Patch { removed, added, workloads } => {
+            if publisher.patch(&removed, &added, workloads).map_err(|e| e.to_string())?.is_some() {
+                return Ok(t.elapsed());
+            }
+            front.model().map_err(|e| e.to_string())?
+        }
+    };
+    publisher.set_model(node, resources).map_err(|e| e.to_string())?;
     Ok(t.elapsed())
 }
 

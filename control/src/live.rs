@@ -430,6 +430,25 @@ impl LiveNode {
         self.commands.iter().cloned().zip(self.shared.iter().cloned()).collect()
     }
 
+    /// [`TablePublisher::patch`], then the ports when the workloads changed (new pods attached if their veth
+    /// exists, removed ones detached). `false`, with nothing changed, when the change is more than a patch.
+    pub fn patch(
+        &mut self,
+        removed: &[calxdp_policy::resolve::Entity],
+        added: &[calxdp_policy::resolve::Entity],
+        workloads: Option<Vec<calxdp_policy::node::Workload>>,
+    ) -> Result<bool, Rejected> {
+        let workloads_changed = workloads.is_some();
+        if self.publisher.patch(removed, added, workloads)?.is_none() {
+            return Ok(false);
+        }
+        if workloads_changed {
+            self.node.workloads = self.publisher.node().workloads.clone();
+            self.supervise();
+        }
+        Ok(true)
+    }
+
     /// [`LiveNode::set_node`] with a new resource set too, in one publication (the Felix driver).
     pub fn set_model(&mut self, node: NodeConfig, resources: ResourceSet) -> Result<(), Rejected> {
         let mut node = node;

@@ -136,15 +136,23 @@ impl OfflineNode {
         Ok(())
     }
 
-    /// IP set members changed and nothing else (the Felix driver's patch path): the published programs'
-    /// address sets are patched, as `calxdp felix-driver` does.
-    pub fn patch_entities(
+    /// IP set members and workloads changed and nothing else (the Felix driver's patch path): the published
+    /// programs are patched and the pods' ports follow, as `calxdp felix-driver` does. `false`, with nothing
+    /// changed, when the change is more than a patch ([`TablePublisher::patch`]).
+    pub fn patch(
         &mut self,
         removed: &[calxdp_policy::resolve::Entity],
         added: &[calxdp_policy::resolve::Entity],
-    ) -> Result<(), Rejected> {
-        self.publisher.patch_entities(removed, added)?;
-        Ok(())
+        workloads: Option<Vec<calxdp_policy::node::Workload>>,
+    ) -> Result<bool, Rejected> {
+        let workloads_changed = workloads.is_some();
+        if self.publisher.patch(removed, added, workloads)?.is_none() {
+            return Ok(false);
+        }
+        if workloads_changed {
+            self.attach_pods();
+        }
+        Ok(true)
     }
 
     /// Queues a frame to arrive on port `id`.

@@ -183,39 +183,74 @@ impl TablePublisher {
         }
     }
 
-    /// Puts in force the tables in force with only entities changed — `removed` taken out, `added` put in (IP
-    /// set members, from Felix's deltas) — without resolving the node again: the programs that read an
-    /// address set the change touches are patched (`ProgramCache::patch_entities`), or compiled when that
-    /// cannot be a patch. The resource set in force is not changed: the entities live in the published
-    /// world, and the next whole publication ([`TablePublisher::set_model`]) replaces both.
-    pub fn patch_entities(&mut self, removed: &[Entity], added: &[Entity]) -> Result<Published, Rejected> {
+    /// Puts in force the tables in force with only entities and local workloads changed — entities `removed`
+    /// taken out and `added` put in (IP set members, from Felix's deltas), and the node's workloads replaced
+    /// by `workloads` when given — without resolving the node again: the programs that read an address set
+    /// the change touches are patched, and each workload gets the programs of an endpoint like it
+    /// (`ProgramCache::patch`); what cannot be patched is compiled. The resource set in force is not changed:
+    /// the entities live in the published world, and the next whole publication
+    /// ([`TablePublisher::set_model`]) replaces both. Returns the publication and the addresses whose flows
+    /// were flushed (as [`TablePublisher::set_node`]); `None`, with nothing changed, when the change is more
+    /// than that (the node's rest, its Felix configuration or its generated profiles differ, or a removed
+    /// entity is not in the world): put the whole model in force instead.
+    pub fn patch(
+        &mut self,
+        removed: &[Entity],
+        added: &[Entity],
+        workloads: Option<Vec<calxdp_policy::node::Workload>>,
+    ) -> Result<Option<(Published, Vec<std::net::IpAddr>)>, Rejected> {
         let start = Instant::now();
         let current = self.slot.hold();
         let mut world = (*current.world).clone();
-        let mut found = true;
+        // Entities after the local workloads' (which come first, in node order) are set members and the rest.
+        let locals = world.workloads.len();
         for e in removed {
-            match world.entities.iter().position(|x| **x == *e) {
+            match world.entities[locals..].iter().position(|x| **x == *e) {
                 Some(i) => {
-                    world.entities.swap_remove(i);
+                    world.entities.remove(locals + i);
                 }
-                None => found = false,
+                None => return Ok(None),
             }
         }
         world.entities.extend(added.iter().cloned().map(Arc::new));
+        let (mut removed, mut added) = (removed.to_vec(), added.to_vec());
+        let mut next_node = None;
+        let mut flush = Vec::new();
+        if let Some(workloads) = workloads {
+            let node = NodeConfig {
+                name: self.node.name.clone(),
+                uplinks: self.node.uplinks.clone(),
+                namespaces: self.node.namespaces.clone(),
+                workloads,
+                remote_endpoints: self.node.remote_endpoints.clone(),
+                services: self.node.services.clone(),
+                felix: self.node.felix.clone(),
+            };
+            node.check()?;
+            let Some((patched, gone, came)) = world.with_workloads(&node, &self.resources) else {
+                return Ok(None);
+            };
+            world = patched;
+            removed.extend(gone);
+            added.extend(came);
+            flush = calxdp_policy::node::removed_workload_addresses(&self.node, &node);
+            next_node = Some(node);
+        }
         let epoch = self.epoch + 1;
-        let patched =
-            if found { self.cache.patch_entities(&world, &current.compiled, removed, added, epoch) } else { None };
-        let compiled = match patched {
+        let compiled = match self.cache.patch(&world, &current.compiled, &removed, &added, next_node.is_some(), epoch) {
             Some(c) => c,
             None => self.cache.compile(&world, epoch),
         };
         self.epoch = epoch;
+        if let Some(node) = next_node {
+            self.node = node;
+        }
         let stats = compiled.stats;
         let ids = self.ports.of(&self.node);
-        self.slot.publish_with_flushes(TableSet::with_ports(epoch, Arc::new(world), Arc::new(compiled), ids), &[]);
+        self.slot.publish_with_flushes(TableSet::with_ports(epoch, Arc::new(world), Arc::new(compiled), ids), &flush);
         let published = Published { epoch, stats, took: start.elapsed() };
         self.last = Some(published);
-        Ok(published)
+        Ok(Some((published, flush)))
     }
 
     /// Puts a whole resource set in force (a watched directory re-read, say).

@@ -174,14 +174,13 @@ impl NodeConfig {
                 return Err(NodeError::InterfaceNameTwice(u.name.clone()));
             }
         }
+        let mut interfaces: std::collections::HashSet<&str> = std::collections::HashSet::new();
         for w in &self.workloads {
             if names.insert(&w.name, "workload").is_some() || w.name == "host" {
                 return Err(NodeError::WorkloadNameUsed(w.name.clone()));
             }
             if let Some(i) = &w.interface {
-                if self.uplinks.iter().any(|u| &u.name == i)
-                    || self.workloads.iter().filter(|o| o.interface.as_ref() == Some(i)).count() > 1
-                {
+                if self.uplinks.iter().any(|u| &u.name == i) || !interfaces.insert(i) {
                     return Err(NodeError::WorkloadInterfaceTwice(i.clone()));
                 }
             }

@@ -179,14 +179,11 @@ impl ResolvedNode {
         host_endpoints.sort_by(|a, b| a.hep.name.cmp(&b.hep.name));
         let (interface_hep, star_hep) = bind_host_endpoints(node, &host_endpoints);
 
-        let mut entities: Vec<Entity> = Vec::new();
-        for w in node.workloads.iter().chain(&node.remote_endpoints) {
-            let ep = workload_endpoint(node, w, &profiles);
-            entities.push(Entity {
-                labels: ep.labels,
-                nets: w.ips.iter().map(|ip| IpNet::host(*ip)).collect(),
-                ports: w.ports.clone(),
-            });
+        // Local workloads first, in the node's order (`with_workloads` relies on it), then remote ones.
+        let mut entities: Vec<Entity> =
+            workloads.iter().zip(&node.workloads).map(|(ep, w)| workload_entity(w, ep)).collect();
+        for w in &node.remote_endpoints {
+            entities.push(workload_entity(w, &workload_endpoint(node, w, &profiles)));
         }
         for h in resources.host_endpoints() {
             let ep = host_endpoint(h, &profiles);
@@ -223,6 +220,67 @@ impl ResolvedNode {
             star_hep,
             entities,
         }
+    }
+
+    /// This world with `node`'s local workloads in place of its own, when nothing else differs: the rest of
+    /// the node, the Felix configuration and the profiles (Kubernetes' generated ones depend on the
+    /// workloads' namespaces and service accounts) are the same. Unchanged workloads keep their endpoints and
+    /// entities; the entities of workloads that went or changed, and of those that came or changed, are
+    /// returned beside it, so the compiled tables can be patched instead of compiled (`ProgramCache::patch`).
+    /// `None` when something else differs: resolve the node whole.
+    pub fn with_workloads(
+        &self,
+        node: &NodeConfig,
+        resources: &ResourceSet,
+    ) -> Option<(ResolvedNode, Vec<Entity>, Vec<Entity>)> {
+        let old = &*self.node;
+        let same_apart_from_workloads = node.name == old.name
+            && node.uplinks == old.uplinks
+            && node.namespaces == old.namespaces
+            && node.remote_endpoints == old.remote_endpoints
+            && node.services == old.services;
+        if !same_apart_from_workloads {
+            return None;
+        }
+        let merged = NodeConfig { felix: felix_config(node, resources), ..node.clone() };
+        if merged.felix != old.felix {
+            return None;
+        }
+        let profiles = all_profiles(&merged, resources);
+        if profiles != *self.profiles {
+            return None;
+        }
+        let at: std::collections::HashMap<(&str, &str), usize> =
+            old.workloads.iter().enumerate().map(|(i, w)| ((w.namespace.as_str(), w.name.as_str()), i)).collect();
+        let mut kept = vec![false; old.workloads.len()];
+        let mut workloads = Vec::with_capacity(merged.workloads.len());
+        let mut entities = Vec::with_capacity(self.entities.len() - old.workloads.len() + merged.workloads.len());
+        let mut added = Vec::new();
+        for w in &merged.workloads {
+            match at.get(&(w.namespace.as_str(), w.name.as_str())).filter(|&&i| old.workloads[i] == *w) {
+                Some(&i) => {
+                    kept[i] = true;
+                    workloads.push(self.workloads[i].clone());
+                    entities.push(self.entities[i].clone());
+                }
+                None => {
+                    let ep = workload_endpoint(&merged, w, &profiles);
+                    let e = workload_entity(w, &ep);
+                    added.push(e.clone());
+                    workloads.push(ep);
+                    entities.push(std::sync::Arc::new(e));
+                }
+            }
+        }
+        let removed = (0..old.workloads.len()).filter(|&i| !kept[i]).map(|i| (*self.entities[i]).clone()).collect();
+        entities.extend(self.entities[old.workloads.len()..].iter().cloned());
+        let world = ResolvedNode {
+            node: std::sync::Arc::new(merged),
+            workloads: std::sync::Arc::new(workloads),
+            entities,
+            ..self.clone()
+        };
+        Some((world, removed, added))
     }
 
     /// The host endpoint of a host interface: its own, else the `*` one if `allow_star`.
@@ -365,6 +423,15 @@ fn workload_endpoint(_node: &NodeConfig, w: &Workload, profiles: &BTreeMap<Strin
         .unwrap_or_else(|| vec![format!("kns.{}", w.namespace), format!("ksa.{}.{}", w.namespace, w.service_account)]);
     inherit(&mut labels, &profile_names, profiles);
     Endpoint { id: format!("WorkloadEndpoint/{}/{}", w.namespace, w.name), labels, profiles: profile_names }
+}
+
+/// What rule selectors see of a workload (local or remote): its endpoint's labels at its addresses.
+fn workload_entity(w: &Workload, ep: &Endpoint) -> Entity {
+    Entity {
+        labels: ep.labels.clone(),
+        nets: w.ips.iter().map(|ip| IpNet::host(*ip)).collect(),
+        ports: w.ports.clone(),
+    }
 }
 
 fn host_endpoint(h: &HostEndpoint, profiles: &BTreeMap<String, Profile>) -> Endpoint {

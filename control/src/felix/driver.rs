@@ -113,24 +113,30 @@ pub struct FrontEnd {
     last_seq: Option<u64>,
     /// Policies as the last model lowered them, reused while unchanged (`lower::PolicyCache`).
     lowered: std::cell::RefCell<lower::PolicyCache>,
-    /// Since the last publication: the set-member entities IP set deltas changed, while nothing else changed
-    /// (`None`: something else did, or nothing was published yet; the next publication lowers everything).
+    /// Since the last publication: the set-member entities IP set deltas changed and whether workload
+    /// endpoints changed, while nothing else did (`None`: something else did, or nothing was published yet;
+    /// the next publication lowers everything).
     set_changes: Option<SetChanges>,
 }
 
-/// Entities taken out and put in by IP set deltas (`lower::member_entities_within` before and after).
+/// Entities taken out and put in by IP set deltas (`lower::member_entities_within` before and after), and
+/// whether workload endpoints came, changed or went without changing the distinct tier lists (so every
+/// policy, tier and order lowers as before).
 #[derive(Debug, Default)]
 struct SetChanges {
     removed: Vec<Entity>,
     added: Vec<Entity>,
+    workloads: bool,
 }
 
-/// What the next publication is: the whole model, or only set-member entities changed (IP set deltas), which
-/// the publisher patches into the compiled tables (`TablePublisher::patch_entities`).
+/// What the next publication is: the whole model, or a patch — set-member entities changed (IP set deltas)
+/// and, when `workloads` is given, the node's workloads replaced by it — which the publisher puts into the
+/// compiled tables without lowering or resolving the rest (`TablePublisher::patch`; if that says the change
+/// is more than a patch, publish [`FrontEnd::model`]).
 #[derive(Debug)]
 pub enum Publication {
     Model(NodeConfig, ResourceSet),
-    Members { removed: Vec<Entity>, added: Vec<Entity> },
+    Patch { removed: Vec<Entity>, added: Vec<Entity>, workloads: Option<Vec<calxdp_policy::node::Workload>> },
 }
 
 impl FrontEnd {
@@ -194,6 +200,12 @@ impl FrontEnd {
             _ => None,
         };
         let before = within.as_ref().and_then(|w| lower::member_entities_within(&self.state, w));
+        let workload = matches!(
+            &msg.payload,
+            Some(proto::to_dataplane::Payload::WorkloadEndpointUpdate(_))
+                | Some(proto::to_dataplane::Payload::WorkloadEndpointRemove(_))
+        );
+        let lists = self.state.lists_generation();
         let applied = self.state.apply(msg)?;
         self.last_seq = Some(seq);
         let after = within.as_ref().and_then(|w| lower::member_entities_within(&self.state, w));
@@ -203,6 +215,13 @@ impl FrontEnd {
                 if let Some(c) = &mut self.set_changes {
                     c.removed.extend(before);
                     c.added.extend(after);
+                }
+            }
+            // An endpoint under tier lists others already carry (or that others still carry after it left):
+            // the policies, tiers and their orders lower as before.
+            _ if workload && self.state.lists_generation() == lists => {
+                if let Some(c) = &mut self.set_changes {
+                    c.workloads = true;
                 }
             }
             _ => self.set_changes = None,
@@ -238,7 +257,9 @@ impl FrontEnd {
     pub fn publication(&mut self) -> Result<Publication, ModelError> {
         let changes = self.set_changes.replace(SetChanges::default());
         match changes {
-            Some(SetChanges { mut removed, mut added }) if !(removed.is_empty() && added.is_empty()) => {
+            Some(SetChanges { mut removed, mut added, workloads })
+                if workloads || !(removed.is_empty() && added.is_empty()) =>
+            {
                 // An entity a delta put in and a later one took out (or one unchanged) is no change.
                 let mut i = 0;
                 while i < added.len() {
@@ -250,13 +271,22 @@ impl FrontEnd {
                         None => i += 1,
                     }
                 }
-                Ok(Publication::Members { removed, added })
+                let workloads = match workloads {
+                    true => Some(self.workloads()?),
+                    false => None,
+                };
+                Ok(Publication::Patch { removed, added, workloads })
             }
             _ => {
                 let (node, resources) = self.model()?;
                 Ok(Publication::Model(node, resources))
             }
         }
+    }
+
+    /// The node's workloads as the state has them (as [`FrontEnd::model`] lowers them).
+    fn workloads(&self) -> Result<Vec<calxdp_policy::node::Workload>, ModelError> {
+        Ok(lower::workloads(&self.state)?)
     }
 
     /// The whole model ([`FrontEnd::model`]) was published by the caller: later deltas may be patched onto it.
@@ -351,6 +381,32 @@ pub fn iso_timestamp(t: SystemTime) -> String {
 enum Plane {
     Live(Box<LiveNode>),
     Check(Box<TablePublisher>),
+}
+
+impl Plane {
+    /// Puts what the stream changed since the last publication in force: a patch when the front end has one
+    /// and the publisher can take it, else the whole model. `Err` inside: the model was refused (the tables
+    /// in force stay); outside: the stream's state makes no model.
+    fn publish(&mut self, front: &mut FrontEnd) -> Result<Result<(), String>, ModelError> {
+        let (node, resources) = match front.publication()? {
+            Publication::Model(node, resources) => (node, resources),
+            Publication::Patch { removed, added, workloads } => {
+                let patched = match self {
+                    Plane::Live(live) => live.patch(&removed, &added, workloads),
+                    Plane::Check(publisher) => publisher.patch(&removed, &added, workloads).map(|p| p.is_some()),
+                };
+                match patched {
+                    Ok(true) => return Ok(Ok(())),
+                    Ok(false) => front.model()?,
+                    Err(e) => return Ok(Err(e.to_string())),
+                }
+            }
+        };
+        Ok(match self {
+            Plane::Live(live) => live.set_model(node, resources).map_err(|e| e.to_string()),
+            Plane::Check(publisher) => publisher.set_model(node, resources).map(|_| ()).map_err(|e| e.to_string()),
+        })
+    }
 }
 
 /// The messages back to Felix.
@@ -509,20 +565,7 @@ pub fn run(opts: &DriverOptions, stop: Arc<AtomicBool>) -> Result<(), DriverErro
         }
         if dirty {
             if let Some(p) = &mut plane {
-                let result = match (front.publication()?, &mut *p) {
-                    (Publication::Model(node, resources), Plane::Live(live)) => {
-                        live.set_model(node, resources).map_err(|e| e.to_string())
-                    }
-                    (Publication::Model(node, resources), Plane::Check(publisher)) => {
-                        publisher.set_model(node, resources).map(|_| ()).map_err(|e| e.to_string())
-                    }
-                    (Publication::Members { removed, added }, Plane::Live(live)) => {
-                        live.publisher.patch_entities(&removed, &added).map(|_| ()).map_err(|e| e.to_string())
-                    }
-                    (Publication::Members { removed, added }, Plane::Check(publisher)) => {
-                        publisher.patch_entities(&removed, &added).map(|_| ()).map_err(|e| e.to_string())
-                    }
-                };
+                let result = p.publish(&mut front)?;
                 if let Err(e) = result {
                     front.publication_failed();
                     // The stream was valid; the model it describes cannot be compiled. Say so and keep the

@@ -407,13 +407,14 @@ pub fn lower(
 
     let mut node = base.clone();
     node.felix = felix.clone();
-    node.workloads = state
-        .workloads
-        .iter()
-        .map(|(k, ep)| workload(k, ep, state.workload_lists_hash(k, ep)))
-        .collect::<Result<_, _>>()?;
+    node.workloads = workloads(state)?;
     node.remote_endpoints = member_tuples;
     Ok((node, resources))
+}
+
+/// The node's workloads: every workload endpoint, in key order.
+pub fn workloads(state: &FelixState) -> Result<Vec<Workload>, ConvertError> {
+    state.workloads.iter().map(|(k, ep)| workload(k, ep, state.workload_lists_hash(k, ep))).collect()
 }
 
 #[cfg(test)]

@@ -173,6 +173,15 @@ pub struct FelixState {
     next_policy_version: u64,
 }
 
+impl FelixState {
+    /// Changes whenever a tier list no endpoint carried comes, or the last endpoint carrying one goes: while
+    /// it stays, endpoints came and went under lists others carry, and the policies' selectors, tiers and
+    /// orders lower as before.
+    pub fn lists_generation(&self) -> u64 {
+        self.tier_lists.generation
+    }
+}
+
 fn payload_name(p: &Payload) -> &'static str {
     match p {
         Payload::InSync(_) => "InSync",
@@ -210,6 +219,8 @@ fn convert_rules(rules: &[proto::Rule], list: &str, sets: &mut Vec<String>) -> R
 #[derive(Clone, Debug, Default)]
 struct TierLists {
     by_hash: HashMap<u64, Vec<TierListUse>>,
+    /// Bumped when a distinct list comes or goes (`FelixState::lists_generation`).
+    generation: u64,
 }
 
 #[derive(Clone, Debug)]
@@ -240,6 +251,7 @@ impl TierLists {
             None => {
                 let lists = lists.iter().map(|l| l.to_vec()).collect();
                 uses.push(TierListUse { lists, policies, endpoints: 1 });
+                self.generation += 1;
             }
         }
     }
@@ -257,6 +269,7 @@ impl TierLists {
         if uses.is_empty() {
             self.by_hash.remove(&hash);
         }
+        self.generation += 1;
         Some(gone.policies)
     }
 

@@ -425,3 +425,138 @@ fn a_policy_in_endpoints_tiers_cannot_be_removed_until_the_last_endpoint_naming_
     let e = feed(&refused).err().expect("b names q");
     assert!(e.contains("GlobalNetworkPolicy/q is still in the tiers of 1 endpoint(s)"), "{e}");
 }
+
+/// The decisions of every workload's normal programs (ingress and egress) of the tables in force, in node
+/// order, over every pair of `addresses` on TCP 80 and UDP 53.
+fn decisions(publisher: &crate::publisher::TablePublisher, addresses: &[&str]) -> Vec<(String, Vec<String>)> {
+    use calxdp_policy::ids::EndpointRef;
+    use calxdp_policy::resolve::{Direction, Stage};
+    let tables = publisher.slot().hold();
+    let mut out = Vec::new();
+    for (i, w) in tables.world.node.workloads.iter().enumerate() {
+        let mut ends = Vec::new();
+        for d in [Direction::Ingress, Direction::Egress] {
+            let program = tables.compiled.program(EndpointRef::Workload(i), Stage::Normal, d).expect("a program");
+            for src in addresses {
+                for dst in addresses {
+                    for (protocol, dst_port) in [(Protocol::TCP, 80), (Protocol::UDP, 53)] {
+                        let pkt = PacketHeader {
+                            src: src.parse().unwrap(),
+                            dst: dst.parse().unwrap(),
+                            protocol,
+                            src_port: 40000,
+                            dst_port,
+                            tcp_flags: if protocol == Protocol::TCP { tcp_flags::SYN } else { 0 },
+                            icmp_type: 0,
+                            icmp_code: 0,
+                            icmp_id: 0,
+                        };
+                        let key = calxdp_policy::compile::flow_key(&pkt);
+                        ends.push(format!("{:?}", program.evaluate(&key, |_| {})));
+                    }
+                }
+            }
+        }
+        out.push((w.name.clone(), ends));
+    }
+    out
+}
+
+/// An endpoint that comes, changes or goes under tier lists other endpoints carry is patched into the
+/// tables in force (no lowering, no resolving), with the IP set deltas Felix sends beside it, and decides
+/// as the whole model published afresh; one that brings a list no endpoint carried, or takes the last
+/// endpoint off one, publishes the whole model.
+#[test]
+fn endpoints_under_lists_others_carry_are_patched_in() {
+    use super::driver::Publication;
+    use crate::publisher::TablePublisher;
+    let shared = || vec![tier("t", "Deny", &[("p", "GlobalNetworkPolicy")])];
+    let allow_from = |set: &str| proto::Rule {
+        action: "allow".into(),
+        protocol: named("tcp"),
+        src_ip_set_ids: vec![set.into()],
+        ..Default::default()
+    };
+    let mut s = Stream::new();
+    s.set("s:pods", IpSetType::Net, &["10.9.9.1/32", "10.9.9.2/32"])
+        .profile("kns.app", "allow")
+        .policy("p", "GlobalNetworkPolicy", "t", vec![allow_from("s:pods")])
+        .policy("q", "GlobalNetworkPolicy", "t", vec![])
+        .workload("a", "cali1", "10.9.9.1", shared())
+        .workload("b", "cali2", "10.9.9.2", shared());
+    s.push(Payload::InSync(proto::InSync {}));
+    let mut front = feed(&s).unwrap();
+    let (node, resources) = front.model().unwrap();
+    let mut publisher = TablePublisher::new(node, resources);
+    front.published_whole();
+    let addresses = ["10.9.9.1", "10.9.9.2", "10.9.9.3", "10.7.0.1"];
+    let delta = |added: &[&str], removed: &[&str]| {
+        Payload::IpsetDeltaUpdate(proto::IpSetDeltaUpdate {
+            id: "s:pods".into(),
+            added_members: added.iter().map(|m| m.to_string()).collect(),
+            removed_members: removed.iter().map(|m| m.to_string()).collect(),
+        })
+    };
+    let feed_more = |front: &mut FrontEnd, from: usize, s: &Stream| {
+        let mut bytes = Vec::new();
+        for m in &s.0[from..] {
+            write_frame(&mut bytes, m).unwrap();
+        }
+        read_all(front, &mut &bytes[..], None).unwrap();
+    };
+    // Each step: the messages, and whether they are a patch.
+    type Step = Box<dyn Fn(&mut Stream)>;
+    let steps: Vec<(Step, bool)> = vec![
+        // A pod like a and b: its endpoint, and its address into the set.
+        (
+            Box::new(move |s: &mut Stream| {
+                s.workload("c", "cali3", "10.9.9.3", shared()).push(delta(&["10.9.9.3/32"], &[]));
+            }),
+            true,
+        ),
+        // a leaves: its endpoint and its address.
+        (
+            Box::new(move |s: &mut Stream| {
+                s.push(Payload::WorkloadEndpointRemove(proto::WorkloadEndpointRemove { id: Some(wid("a")) }))
+                    .push(delta(&[], &["10.9.9.1/32"]));
+            }),
+            true,
+        ),
+        // b gets another address (the old one's flows are flushed).
+        (
+            Box::new(move |s: &mut Stream| {
+                s.workload("b", "cali2", "10.7.0.1", shared());
+            }),
+            true,
+        ),
+        // c moves to a list no endpoint carried: the policies' selectors change.
+        (
+            Box::new(move |s: &mut Stream| {
+                s.workload("c", "cali3", "10.9.9.3", vec![tier("t", "Deny", &[("q", "GlobalNetworkPolicy")])]);
+            }),
+            false,
+        ),
+    ];
+    for (i, (step, patch)) in steps.into_iter().enumerate() {
+        let from = s.0.len();
+        step(&mut s);
+        feed_more(&mut front, from, &s);
+        match front.publication().unwrap() {
+            Publication::Patch { removed, added, workloads } => {
+                assert!(patch, "step {i} is not a patch");
+                assert!(workloads.is_some(), "step {i}: the workloads changed");
+                let flushed = publisher.patch(&removed, &added, workloads).unwrap().expect("a patch").1;
+                if i == 2 {
+                    assert_eq!(flushed, vec!["10.9.9.2".parse::<IpAddr>().unwrap()], "b's old address");
+                }
+            }
+            Publication::Model(node, resources) => {
+                assert!(!patch, "step {i} is a patch");
+                publisher.set_model(node, resources).unwrap();
+            }
+        }
+        let (node, resources) = front.model().unwrap();
+        let fresh = TablePublisher::new(node, resources);
+        assert_eq!(decisions(&publisher, &addresses), decisions(&fresh, &addresses), "step {i}");
+    }
+}

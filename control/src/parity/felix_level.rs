@@ -100,7 +100,16 @@ impl FelixNode {
             Publication::Model(model_node, model_resources) => {
                 self.inner.offline_mut().set_model(model_node, model_resources)
             }
-            Publication::Members { removed, added } => self.inner.offline_mut().patch_entities(&removed, &added),
+            Publication::Patch { removed, added, workloads } => {
+                match self.inner.offline_mut().patch(&removed, &added, workloads) {
+                    Ok(true) => Ok(()),
+                    Ok(false) => {
+                        let (model_node, model_resources) = self.front.model()?;
+                        self.inner.offline_mut().set_model(model_node, model_resources)
+                    }
+                    Err(e) => Err(e),
+                }
+            }
         };
         if let Err(e) = published {
             self.front.publication_failed();

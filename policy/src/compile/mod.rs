@@ -12,7 +12,7 @@ pub mod terms;
 
 use foldhash::{HashMap, HashMapExt, HashSet, HashSetExt};
 use std::collections::hash_map::DefaultHasher;
-use std::hash::{Hash, Hasher};
+use std::hash::{BuildHasher, Hash, Hasher};
 use std::sync::Arc;
 
 use classifier::{Classifier, FlowKey};
@@ -400,6 +400,23 @@ pub struct ProgramCache {
     rule_ids: RuleIds,
     by_key: HashMap<u64, Cached>,
     deps: deps::DepTracker,
+    /// The programs of the last tables' workload endpoints by what they depend on of the endpoint: its
+    /// labels and profiles. A workload that comes with the labels and profiles of one already there gets
+    /// these programs without keying ([`ProgramCache::patch`]).
+    shapes: HashMap<u64, Vec<(Arc<Shape>, EndpointPrograms)>>,
+}
+
+/// What a workload endpoint's programs depend on of it (the world's policies, tiers and profiles aside).
+#[derive(Debug, PartialEq, Hash)]
+struct Shape {
+    labels: crate::resource::Labels,
+    profiles: Vec<String>,
+}
+
+fn shape_hash(labels: &crate::resource::Labels, profiles: &[String]) -> u64 {
+    let mut h = foldhash::quality::FixedState::default().build_hasher();
+    (labels, profiles).hash(&mut h);
+    h.finish()
 }
 
 /// A program in the cache with its key's parts: what it is built from apart from set contents, and the
@@ -491,8 +508,16 @@ impl ProgramCache {
             }
             eps
         };
-        let workloads = workload_keys.iter().map(&mut programs_of).collect();
+        let workloads: Vec<EndpointPrograms> = workload_keys.iter().map(&mut programs_of).collect();
         let host_endpoints = host_keys.iter().map(&mut programs_of).collect();
+        self.shapes.clear();
+        for (w, programs) in world.workloads.iter().zip(&workloads) {
+            if self.shape(&w.labels, &w.profiles).is_none() {
+                let shape = Shape { labels: w.labels.clone(), profiles: w.profiles.clone() };
+                let h = shape_hash(&w.labels, &w.profiles);
+                self.shapes.entry(h).or_default().push((Arc::new(shape), programs.clone()));
+            }
+        }
         stats.programs = fresh.len();
         let mut used = HashSet::new();
         for c in fresh.values() {
@@ -576,20 +601,73 @@ fn parallel_map<T: Send, S, R: Send>(
 }
 
 impl ProgramCache {
+    /// The programs of the last tables for a workload endpoint with these labels and profiles.
+    fn shape(&self, labels: &crate::resource::Labels, profiles: &[String]) -> Option<&EndpointPrograms> {
+        let bucket = self.shapes.get(&shape_hash(labels, profiles))?;
+        bucket.iter().find(|(s, _)| s.labels == *labels && s.profiles == profiles).map(|(_, p)| p)
+    }
+
     /// Tables for `world`, which is the world `previous` was compiled from (by this cache) with only entities
-    /// changed: `removed` taken out, `added` put in (an IP set member added or removed, say). The programs
-    /// that read an address set the change touches are patched (`Program::patch_addresses`), the others are
-    /// kept, and none is built. `None` when the change cannot be a patch (a named-port set changed, or a
-    /// program has no term for an alternative a changed set left empty): [`ProgramCache::compile`] then
-    /// builds what is needed, with the versions this call brought up to date.
-    pub fn patch_entities(
+    /// and local workloads changed: entities `removed` taken out, `added` put in (an IP set member added or
+    /// removed, a pod's address), and, when `workloads_changed`, workloads added, changed or removed (their
+    /// entities among `removed` and `added`). The programs that read an address set the change touches are
+    /// patched (`Program::patch_addresses`), the others are kept, each workload gets the programs of an
+    /// endpoint with its labels and profiles, and none is built. `None` when the change cannot be a patch (a
+    /// named-port set changed, a program has no term for an alternative a changed set left empty, or a
+    /// workload's labels and profiles are new): [`ProgramCache::compile`] then builds what is needed, with
+    /// the versions this call brought up to date.
+    pub fn patch(
         &mut self,
         world: &ResolvedNode,
         previous: &CompiledTables,
         removed: &[crate::resolve::Entity],
         added: &[crate::resolve::Entity],
+        workloads_changed: bool,
         epoch: u64,
     ) -> Option<CompiledTables> {
+        let mut stats = CompileStats::default();
+        let replaced = if removed.is_empty() && added.is_empty() {
+            HashMap::new()
+        } else {
+            self.patch_programs(world, removed, added, &mut stats)?
+        };
+        let map = |eps: &EndpointPrograms| -> EndpointPrograms {
+            let mut out = eps.clone();
+            for p in out.programs.iter_mut().flatten().flatten() {
+                if let Some(new) = replaced.get(&Arc::as_ptr(p)) {
+                    *p = new.clone();
+                }
+            }
+            out
+        };
+        if !replaced.is_empty() {
+            for (_, programs) in self.shapes.values_mut().flatten() {
+                *programs = map(programs);
+            }
+        }
+        let workloads = if workloads_changed {
+            world.workloads.iter().map(|w| self.shape(&w.labels, &w.profiles).cloned()).collect::<Option<_>>()?
+        } else {
+            previous.workloads.iter().map(map).collect()
+        };
+        let host_endpoints = previous.host_endpoints.iter().map(map).collect();
+        stats.programs = self.by_key.len();
+        for c in self.by_key.values() {
+            stats.terms += c.program.flat.terms.len();
+            stats.table_bytes += c.program.classifier.table_bytes();
+        }
+        Some(CompiledTables { epoch, rules: previous.rules.clone(), workloads, host_endpoints, stats })
+    }
+
+    /// Patches the cached programs that read an address set the entity change touches; returns each replaced
+    /// program's new version by the old one's address. `None` as [`ProgramCache::patch`] says.
+    fn patch_programs(
+        &mut self,
+        world: &ResolvedNode,
+        removed: &[crate::resolve::Entity],
+        added: &[crate::resolve::Entity],
+        stats: &mut CompileStats,
+    ) -> Option<HashMap<*const Program, Arc<Program>>> {
         let (bumped, selectors, named_ports) = self.deps.change_entities(removed, added);
         if named_ports {
             return None;
@@ -617,15 +695,11 @@ impl ProgramCache {
         let bumped: HashSet<u32> = bumped.into_iter().collect();
         let mut by_key: HashMap<u64, Cached> = HashMap::with_capacity(self.by_key.len());
         let mut replaced: HashMap<*const Program, Arc<Program>> = HashMap::new();
-        let mut stats = CompileStats::default();
         let mut memo = SourceMemo::new();
         for c in self.by_key.values() {
             let mut c = c.clone();
             if c.atoms.iter().any(|a| bumped.contains(a)) {
-                let Some(p) = c.program.patch_addresses(&region, &changed, &mut memo, &mut addresses) else {
-                    return None;
-                };
-                let patched = Arc::new(p);
+                let patched = Arc::new(c.program.patch_addresses(&region, &changed, &mut memo, &mut addresses)?);
                 replaced.insert(Arc::as_ptr(&c.program), patched.clone());
                 c.program = patched;
                 stats.built += 1;
@@ -633,23 +707,7 @@ impl ProgramCache {
             by_key.insert(self.deps.key(c.structure, &c.atoms), c);
         }
         self.by_key = by_key;
-        let map = |eps: &EndpointPrograms| -> EndpointPrograms {
-            let mut out = eps.clone();
-            for p in out.programs.iter_mut().flatten().flatten() {
-                if let Some(new) = replaced.get(&Arc::as_ptr(p)) {
-                    *p = new.clone();
-                }
-            }
-            out
-        };
-        let workloads = previous.workloads.iter().map(map).collect();
-        let host_endpoints = previous.host_endpoints.iter().map(map).collect();
-        stats.programs = self.by_key.len();
-        for c in self.by_key.values() {
-            stats.terms += c.program.flat.terms.len();
-            stats.table_bytes += c.program.classifier.table_bytes();
-        }
-        Some(CompiledTables { epoch, rules: previous.rules.clone(), workloads, host_endpoints, stats })
+        Some(replaced)
     }
 }
 
@@ -1016,7 +1074,7 @@ spec:
                         (vec![], vec![e])
                     }
                 };
-                let next = match cache.patch_entities(&world, &tables, &removed, &added, step + 2) {
+                let next = match cache.patch(&world, &tables, &removed, &added, false, step + 2) {
                     Some(t) => {
                         patches += 1;
                         let again = cache.compile(&world, step + 2);
@@ -1031,5 +1089,99 @@ spec:
             }
         }
         assert!(patches > 200, "the patch path ran {patches} times");
+    }
+
+    /// After every random change of the node's workloads (a pod added, removed, or given other labels or
+    /// addresses; labels that rules' selectors read, from a few shapes so most pods look like one already
+    /// there) the patched tables decide as tables compiled afresh from the node resolved whole, for every
+    /// workload in order; a pod with labels no pod had is not a patch.
+    #[test]
+    fn patched_tables_decide_like_a_fresh_compile_after_every_workload_change() {
+        let mut rs = ResourceSet::new();
+        rs.apply_all(load_text(POLICIES, &Origin::file("p.yaml")).unwrap().into_iter().map(|d| d.resource));
+        let keys: Vec<FlowKey> = ADDRESSES
+            .iter()
+            .flat_map(|src| ADDRESSES.iter().map(move |dst| (src, dst)))
+            .flat_map(|(src, dst)| {
+                [(6u8, 22u32), (6, 80), (17, 53)].map(|(proto, port)| FlowKey {
+                    proto: proto as u16,
+                    src_ip: terms::ip_key(src.parse().unwrap()),
+                    dst_ip: terms::ip_key(dst.parse().unwrap()),
+                    src_port: 40000,
+                    dst_port: port,
+                    icmp: NO_VALUE,
+                })
+            })
+            .collect();
+        let shapes: [&[(&str, &str)]; 4] =
+            [&[("app", "a")], &[("app", "b"), ("s0", "")], &[("s2", "")], &[("app", "b")]];
+        let pod = |rng: &mut Rng, name: usize, shapes_in_use: usize| crate::node::Workload {
+            name: format!("pod{name}"),
+            namespace: "app".into(),
+            interface: Some(format!("cali{name}")),
+            ips: vec![ADDRESSES[rng.below(ADDRESSES.len() as u64) as usize].parse().unwrap()],
+            labels: shapes[rng.below(shapes_in_use as u64) as usize]
+                .iter()
+                .map(|(k, v)| (k.to_string(), v.to_string()))
+                .collect(),
+            service_account: "default".into(),
+            ports: Vec::new(),
+            mac: None,
+            profiles: None,
+        };
+        let (mut patches, mut whole) = (0, 0);
+        for seed in 0..30 {
+            let mut rng = Rng(seed);
+            let mut node = node();
+            let mut cache = ProgramCache::new();
+            let mut world = ResolvedNode::new(&node, &rs);
+            let mut tables = cache.compile(&world, 1);
+            let mut next_name = 0;
+            for step in 0..12u64 {
+                // Mostly the shapes of the first pods; now and then one no pod had.
+                let in_use = if rng.below(6) == 0 { 4 } else { 3 };
+                match rng.below(3) {
+                    0 if node.workloads.len() > 1 => {
+                        node.workloads.remove(rng.below(node.workloads.len() as u64) as usize);
+                    }
+                    1 if !node.workloads.is_empty() => {
+                        let at = rng.below(node.workloads.len() as u64) as usize;
+                        let mut changed = pod(&mut rng, 0, in_use);
+                        changed.name = node.workloads[at].name.clone();
+                        changed.interface = node.workloads[at].interface.clone();
+                        node.workloads[at] = changed;
+                    }
+                    _ => {
+                        next_name += 1;
+                        node.workloads.push(pod(&mut rng, next_name, in_use));
+                    }
+                }
+                let fresh_world = ResolvedNode::new(&node, &rs);
+                let (patched_world, removed, added) =
+                    world.with_workloads(&node, &rs).expect("only workloads changed, in one namespace and account");
+                let next = match cache.patch(&patched_world, &tables, &removed, &added, true, step + 2) {
+                    Some(t) => {
+                        patches += 1;
+                        t
+                    }
+                    None => {
+                        whole += 1;
+                        cache.compile(&patched_world, step + 2)
+                    }
+                };
+                let fresh = ProgramCache::new().compile(&fresh_world, step + 2);
+                assert_eq!(next.workloads.len(), node.workloads.len());
+                assert_eq!(decisions(&next, &keys), decisions(&fresh, &keys), "seed {seed} step {step}");
+                assert_eq!(patched_world.entities, fresh_world.entities, "seed {seed} step {step}");
+                tables = next;
+                world = patched_world;
+            }
+        }
+        assert!(patches > 150 && whole > 10, "patched {patches} times, compiled {whole} times");
+        // A pod in a namespace no pod was in brings Kubernetes' generated profiles for it: resolve whole.
+        let base = node();
+        let mut other = base.clone();
+        other.workloads.push(crate::node::Workload { namespace: "other".into(), ..pod(&mut Rng(1), 99, 1) });
+        assert!(ResolvedNode::new(&base, &rs).with_workloads(&other, &rs).is_none());
     }
 }
