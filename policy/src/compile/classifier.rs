@@ -368,19 +368,30 @@ impl Classifier {
             else {
                 panic!("a term with an address condition on side {side} has no address field");
             };
-            let Field { index, bits } = Arc::make_mut(field);
-            let (Index::SrcIp(a) | Index::DstIp(a)) = index else { unreachable!("matched above") };
+            // The field is made anew from the old one's parts: only its class bits are copied whole (a patch
+            // adds classes to them), each interval part is read once into its patched version.
+            let (Index::SrcIp(a) | Index::DstIp(a)) = &field.index else { unreachable!("matched above") };
+            let mut bits = field.bits.clone();
             let in_wide = |t: u32| a.wide_terms[t as usize / 64] & (1 << (t % 64)) != 0;
             let wide: Vec<(u32, &RangeSet)> = terms.iter().copied().filter(|(t, _)| in_wide(*t)).collect();
             let narrow: Vec<(u32, &RangeSet)> = terms.iter().copied().filter(|(t, _)| !in_wide(*t)).collect();
-            if !wide.is_empty() {
-                a.all.wide = patch_intervals(&a.all.wide, region, &wide, bits, words, sw);
-                a.v4.wide = v4_part(&a.all.wide);
-            }
-            if !narrow.is_empty() {
-                a.all.narrow = patch_intervals(&a.all.narrow, region, &narrow, bits, words, sw);
-                a.v4.narrow = v4_part(&a.all.narrow);
-            }
+            let mut part = |old: &Intervals<u128>, old_v4: &Intervals<u32>, terms: &[(u32, &RangeSet)]| {
+                if terms.is_empty() {
+                    return (old.clone(), old_v4.clone());
+                }
+                let all = patch_intervals(old, region, terms, &mut bits, words, sw);
+                let v4 = v4_part(&all);
+                (all, v4)
+            };
+            let (all_wide, v4_wide) = part(&a.all.wide, &a.v4.wide, &wide);
+            let (all_narrow, v4_narrow) = part(&a.all.narrow, &a.v4.narrow, &narrow);
+            let patched = AddressField {
+                all: IntervalField { wide: all_wide, narrow: all_narrow },
+                v4: IntervalField { wide: v4_wide, narrow: v4_narrow },
+                wide_terms: a.wide_terms.clone(),
+            };
+            let index = if side == 0 { Index::SrcIp(patched) } else { Index::DstIp(patched) };
+            *field = Arc::new(Field { index, bits });
         }
         out
     }

@@ -116,7 +116,12 @@ impl Program {
         // A rule side's source is shared by every term its alternatives multiply into, and by every program
         // the rule's terms were copied into: whether it reads a changed selector, and its addresses inside
         // the region, are worked out once per source and change.
-        for (t, side, source) in &self.flat.addr_sources {
+        let mut reading: Vec<&(u32, u8, Arc<terms::AddrSource>)> =
+            changed.iter().flat_map(|(h, _)| self.flat.addr_sources.get(h).into_iter().flatten()).collect();
+        // In term order, each (term, side) once (a side reading two changed selectors is listed under both).
+        reading.sort_unstable_by_key(|(t, side, _)| (*t, *side));
+        reading.dedup_by_key(|(t, side, _)| (*t, *side));
+        for (t, side, source) in reading {
             let Some(inside) = inside_of(source, &mut addresses) else { continue };
             patches.entry((*t, *side)).or_default().push((shared_region.clone(), inside.clone()));
             patched.push((*t, *side, inside.clone()));

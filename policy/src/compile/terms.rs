@@ -143,10 +143,11 @@ pub struct FlatProgram {
     /// at: rules that can match nothing have no terms, so the resume term alone cannot tell a passed
     /// tier's last such rules from the next section's first (a walk reports the Log rules it reaches).
     pub pass_resume_rules: Vec<(u32, u32)>,
-    /// The terms whose address condition on one side depends on selectors, in term order: (term, side: 0
-    /// source / 1 destination, how the condition was made). A change to those selectors' address sets is
-    /// patched into the built program from these (`Program::patch_addresses`).
-    pub addr_sources: Vec<(u32, u8, Arc<AddrSource>)>,
+    /// The terms whose address condition on one side depends on selectors, by the [`selector_hash`] of each
+    /// selector it reads, in term order: (term, side: 0 source / 1 destination, how the condition was made).
+    /// A change to those selectors' address sets is patched into the built program from these
+    /// (`Program::patch_addresses`), which visits only the terms that read a changed selector.
+    pub addr_sources: foldhash::HashMap<u64, Vec<(u32, u8, Arc<AddrSource>)>>,
     /// Alternatives of rules that got no term because their address set was empty through a selector (an
     /// IPv6 alternative of a set of IPv4 members, say): a change to one of those selectors inside the
     /// alternative's fixed addresses is not a patch, the program is built again.
@@ -460,7 +461,10 @@ fn push_rule<'a>(
             let at = p.terms.len();
             for (side, source) in sources.iter().enumerate() {
                 if let Some(source) = source {
-                    p.addr_sources.push((at as u32, side as u8, source.clone()));
+                    let [a, b] = source.hashes;
+                    for h in [a, b].into_iter().filter(|&h| h != 0).take(if a == b { 1 } else { 2 }) {
+                        p.addr_sources.entry(h).or_default().push((at as u32, side as u8, source.clone()));
+                    }
                 }
             }
             // Log resumes right after its own rule's terms; patched below.
