@@ -7,7 +7,7 @@
 
 use std::time::{Duration, Instant};
 
-use calxdp::felix::driver::{read_all, FrontEnd, Publication};
+use calxdp::felix::driver::{read_all, FrontEnd};
 use calxdp::felix::emulator::{Emulator, FelixView};
 use calxdp::felix::framing::write_frame;
 use calxdp::felix::proto::{self, to_dataplane::Payload, ToDataplane};
@@ -25,16 +25,7 @@ fn apply(front: &mut FrontEnd, publisher: &mut TablePublisher, msgs: &[ToDatapla
     }
     let t = Instant::now();
     read_all(front, &mut &bytes[..], None).map_err(|e| e.to_string())?;
-    let (node, resources) = match front.publication().map_err(|e| e.to_string())? {
-        Publication::Model(node, resources) => (node, resources),
-        Publication::Patch { removed, added, workloads } => {
-            if publisher.patch(&removed, &added, workloads).map_err(|e| e.to_string())?.is_some() {
-                return Ok(t.elapsed());
-            }
-            front.model().map_err(|e| e.to_string())?
-        }
-    };
-    publisher.set_model(node, resources).map_err(|e| e.to_string())?;
+    front.publish(publisher).map_err(|e| e.to_string())?.map_err(|e| e.to_string())?;
     Ok(t.elapsed())
 }
 

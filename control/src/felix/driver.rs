@@ -35,7 +35,7 @@ use super::{config, lower};
 use crate::admin::server::{AdminServer, ServeOptions};
 use crate::admin::NodeView;
 use crate::live::{LiveNode, LiveOptions, PortEvent};
-use crate::publisher::TablePublisher;
+use crate::publisher::{Rejected, TablePublisher};
 
 /// How often the driver tells Felix it is alive (Felix's own dataplane: every `ReportingIntervalSecs`, 30 s
 /// by default; the issue asks for 10 s).
@@ -92,7 +92,7 @@ pub enum DriverError {
     #[error(transparent)]
     Start(#[from] crate::live::StartError),
     #[error(transparent)]
-    Rejected(#[from] crate::publisher::Rejected),
+    Rejected(#[from] Rejected),
     #[error(transparent)]
     Admin(#[from] crate::admin::server::ServeError),
     #[error("writing to Felix: {0}")]
@@ -284,6 +284,30 @@ impl FrontEnd {
         }
     }
 
+    /// Puts what the stream changed since the last publication in force on `target`: a patch when there is
+    /// one and the target takes it, else the whole model. On either error the next publication is the whole
+    /// model. `Err` outside: the stream's state makes no model; inside: the target refused it (the tables in
+    /// force stay).
+    pub fn publish(&mut self, target: &mut impl Target) -> Result<Result<(), Rejected>, ModelError> {
+        let result = self.publish_on(target);
+        if !matches!(result, Ok(Ok(()))) {
+            self.publication_failed();
+        }
+        result
+    }
+
+    fn publish_on(&mut self, target: &mut impl Target) -> Result<Result<(), Rejected>, ModelError> {
+        let (node, resources) = match self.publication()? {
+            Publication::Model(node, resources) => (node, resources),
+            Publication::Patch { removed, added, workloads } => match target.patch(&removed, &added, workloads) {
+                Ok(true) => return Ok(Ok(())),
+                Ok(false) => self.model()?,
+                Err(e) => return Ok(Err(e)),
+            },
+        };
+        Ok(target.set_model(node, resources))
+    }
+
     /// The node's workloads as the state has them (as [`FrontEnd::model`] lowers them).
     fn workloads(&self) -> Result<Vec<calxdp_policy::node::Workload>, ModelError> {
         Ok(lower::workloads(&self.state)?)
@@ -383,29 +407,60 @@ enum Plane {
     Check(Box<TablePublisher>),
 }
 
-impl Plane {
-    /// Puts what the stream changed since the last publication in force: a patch when the front end has one
-    /// and the publisher can take it, else the whole model. `Err` inside: the model was refused (the tables
-    /// in force stay); outside: the stream's state makes no model.
-    fn publish(&mut self, front: &mut FrontEnd) -> Result<Result<(), String>, ModelError> {
-        let (node, resources) = match front.publication()? {
-            Publication::Model(node, resources) => (node, resources),
-            Publication::Patch { removed, added, workloads } => {
-                let patched = match self {
-                    Plane::Live(live) => live.patch(&removed, &added, workloads),
-                    Plane::Check(publisher) => publisher.patch(&removed, &added, workloads).map(|p| p.is_some()),
-                };
-                match patched {
-                    Ok(true) => return Ok(Ok(())),
-                    Ok(false) => front.model()?,
-                    Err(e) => return Ok(Err(e.to_string())),
-                }
-            }
-        };
-        Ok(match self {
-            Plane::Live(live) => live.set_model(node, resources).map_err(|e| e.to_string()),
-            Plane::Check(publisher) => publisher.set_model(node, resources).map(|_| ()).map_err(|e| e.to_string()),
-        })
+/// Where [`FrontEnd::publish`] puts a publication in force: the tables alone, or a node that also follows
+/// the workloads with its ports.
+pub trait Target {
+    /// Entities and workloads changed and nothing else (`TablePublisher::patch`); `Ok(false)`, with nothing
+    /// changed, when the change is more than a patch.
+    fn patch(
+        &mut self,
+        removed: &[Entity],
+        added: &[Entity],
+        workloads: Option<Vec<calxdp_policy::node::Workload>>,
+    ) -> Result<bool, Rejected>;
+    /// The whole model, in one publication.
+    fn set_model(&mut self, node: NodeConfig, resources: ResourceSet) -> Result<(), Rejected>;
+}
+
+impl Target for TablePublisher {
+    fn patch(
+        &mut self,
+        removed: &[Entity],
+        added: &[Entity],
+        workloads: Option<Vec<calxdp_policy::node::Workload>>,
+    ) -> Result<bool, Rejected> {
+        Ok(TablePublisher::patch(self, removed, added, workloads)?.is_some())
+    }
+    fn set_model(&mut self, node: NodeConfig, resources: ResourceSet) -> Result<(), Rejected> {
+        TablePublisher::set_model(self, node, resources).map(|_| ())
+    }
+}
+
+impl Target for LiveNode {
+    fn patch(
+        &mut self,
+        removed: &[Entity],
+        added: &[Entity],
+        workloads: Option<Vec<calxdp_policy::node::Workload>>,
+    ) -> Result<bool, Rejected> {
+        LiveNode::patch(self, removed, added, workloads)
+    }
+    fn set_model(&mut self, node: NodeConfig, resources: ResourceSet) -> Result<(), Rejected> {
+        LiveNode::set_model(self, node, resources)
+    }
+}
+
+impl Target for crate::offline::OfflineNode {
+    fn patch(
+        &mut self,
+        removed: &[Entity],
+        added: &[Entity],
+        workloads: Option<Vec<calxdp_policy::node::Workload>>,
+    ) -> Result<bool, Rejected> {
+        crate::offline::OfflineNode::patch(self, removed, added, workloads)
+    }
+    fn set_model(&mut self, node: NodeConfig, resources: ResourceSet) -> Result<(), Rejected> {
+        crate::offline::OfflineNode::set_model(self, node, resources)
     }
 }
 
@@ -565,9 +620,11 @@ pub fn run(opts: &DriverOptions, stop: Arc<AtomicBool>) -> Result<(), DriverErro
         }
         if dirty {
             if let Some(p) = &mut plane {
-                let result = p.publish(&mut front)?;
+                let result = match p {
+                    Plane::Live(live) => front.publish(&mut **live)?,
+                    Plane::Check(publisher) => front.publish(&mut **publisher)?,
+                };
                 if let Err(e) = result {
-                    front.publication_failed();
                     // The stream was valid; the model it describes cannot be compiled. Say so and keep the
                     // tables in force, as `run` does with a bad policy file.
                     say!("calxdp felix-driver: update rejected, tables unchanged: {e}");

@@ -19,7 +19,7 @@ use calxdp_policy::verdict::Outcome;
 
 use super::pipeline_level::PipelineNode;
 use super::{Dataplane, StepError};
-use crate::felix::driver::{read_all, FrontEnd, Publication};
+use crate::felix::driver::{read_all, FrontEnd};
 use crate::felix::emulator::{Emulator, FelixView};
 use crate::felix::framing::{pipe, write_frame};
 use crate::felix::proto::ToDataplane;
@@ -96,25 +96,7 @@ impl FelixNode {
         through_pipe(self.emulator.update(view), &mut self.front)?;
         // Published as the driver publishes: member changes alone are patched into the tables, anything
         // else puts the whole model in force.
-        let published = match self.front.publication()? {
-            Publication::Model(model_node, model_resources) => {
-                self.inner.offline_mut().set_model(model_node, model_resources)
-            }
-            Publication::Patch { removed, added, workloads } => {
-                match self.inner.offline_mut().patch(&removed, &added, workloads) {
-                    Ok(true) => Ok(()),
-                    Ok(false) => {
-                        let (model_node, model_resources) = self.front.model()?;
-                        self.inner.offline_mut().set_model(model_node, model_resources)
-                    }
-                    Err(e) => Err(e),
-                }
-            }
-        };
-        if let Err(e) = published {
-            self.front.publication_failed();
-            return Err(e.into());
-        }
+        self.front.publish(self.inner.offline_mut())??;
         self.node = node.clone();
         self.resources = resources.clone();
         Ok(())
