@@ -432,14 +432,9 @@ impl LiveNode {
 
     /// [`TablePublisher::patch`], then the ports when the workloads changed (new pods attached if their veth
     /// exists, removed ones detached). `false`, with nothing changed, when the change is more than a patch.
-    pub fn patch(
-        &mut self,
-        removed: &[calxdp_policy::resolve::Entity],
-        added: &[calxdp_policy::resolve::Entity],
-        workloads: Option<Vec<calxdp_policy::node::Workload>>,
-    ) -> Result<bool, Rejected> {
-        let workloads_changed = workloads.is_some();
-        if self.publisher.patch(removed, added, workloads)?.is_none() {
+    pub fn patch(&mut self, patch: crate::publisher::Patch) -> Result<bool, Rejected> {
+        let workloads_changed = patch.workloads.is_some();
+        if self.publisher.patch(patch)?.is_none() {
             return Ok(false);
         }
         if workloads_changed {

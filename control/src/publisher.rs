@@ -11,7 +11,7 @@ use calxdp_dataplane::tables::{TableSet, TableSlot};
 use calxdp_policy::compile::{CompileStats, ProgramCache};
 use calxdp_policy::node::NodeConfig;
 use calxdp_policy::resolve::{Entity, ResolvedNode};
-use calxdp_policy::resource::{ResourceDoc, ResourceKey, ResourceSet};
+use calxdp_policy::resource::{Policy, Resource, ResourceDoc, ResourceKey, ResourceSet};
 
 /// What a publication did.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -31,6 +31,29 @@ pub enum Rejected {
     Node(#[from] calxdp_policy::node::NodeError),
     #[error("the node's interfaces (uplinks) changed: restart calxdp to take them over")]
     UplinksChanged,
+}
+
+/// What a patch publication changes ([`TablePublisher::patch`]), the rest of the model staying as in force:
+/// entities `removed` taken out and `added` put in (IP set members, from Felix's deltas), the node's
+/// workloads replaced by `workloads` when given, and `policies` — new versions of policies in force whose
+/// rules alone changed (same id, tier, order, selector, types and stage flags).
+#[derive(Debug, Default)]
+pub struct Patch {
+    pub removed: Vec<Entity>,
+    pub added: Vec<Entity>,
+    pub workloads: Option<Vec<calxdp_policy::node::Workload>>,
+    pub policies: Vec<Arc<Policy>>,
+}
+
+/// Whether `new` is `old` with other rules only: what a policy patch may change.
+fn rules_alone_differ(old: &Policy, new: &Policy) -> bool {
+    old.id == new.id
+        && old.tier == new.tier
+        && old.order == new.order
+        && old.selector == new.selector
+        && (old.applies_ingress, old.applies_egress) == (new.applies_ingress, new.applies_egress)
+        && (old.do_not_track, old.pre_dnat, old.apply_on_forward)
+            == (new.do_not_track, new.pre_dnat, new.apply_on_forward)
 }
 
 /// The port ids of the pods' interfaces (`calxdp_dataplane::ports`): an interface keeps its id from the
@@ -183,28 +206,31 @@ impl TablePublisher {
         }
     }
 
-    /// Puts in force the tables in force with only entities and local workloads changed — entities `removed`
-    /// taken out and `added` put in (IP set members, from Felix's deltas), and the node's workloads replaced
-    /// by `workloads` when given — without resolving the node again: the programs that read an address set
-    /// the change touches are patched, and each workload gets the programs of an endpoint like it
-    /// (`ProgramCache::patch`); what cannot be patched is compiled. The resource set in force is not changed:
-    /// the entities live in the published world, and the next whole publication
-    /// ([`TablePublisher::set_model`]) replaces both. Returns the publication and the addresses whose flows
-    /// were flushed (as [`TablePublisher::set_node`]); `None`, with nothing changed, when the change is more
-    /// than that (the node's rest, its Felix configuration or its generated profiles differ, or a removed
-    /// entity is not in the world): put the whole model in force instead.
-    pub fn patch(
-        &mut self,
-        removed: &[Entity],
-        added: &[Entity],
-        workloads: Option<Vec<calxdp_policy::node::Workload>>,
-    ) -> Result<Option<(Published, Vec<std::net::IpAddr>)>, Rejected> {
+    /// Puts in force the tables in force with only what `patch` says changed, without resolving the node
+    /// again: the programs that read an address set the entity change touches are patched, each workload
+    /// gets the programs of an endpoint like it (`ProgramCache::patch`), and the programs that walk a changed
+    /// policy get its new rules spliced in (`ProgramCache::patch_policies`); what cannot be patched is
+    /// compiled. Entities live in the published world only (the next whole publication,
+    /// [`TablePublisher::set_model`], replaces it); patched policies replace theirs in the resource set in
+    /// force. Returns the publication and the addresses whose flows were flushed (as
+    /// [`TablePublisher::set_node`]); `None`, with nothing changed, when the change is more than that (the
+    /// node's rest, its Felix configuration or its generated profiles differ, a removed entity is not in the
+    /// world, a policy is not in force or more than its rules changed, or policies changed beside entities
+    /// or workloads): put the whole model in force instead.
+    pub fn patch(&mut self, patch: Patch) -> Result<Option<(Published, Vec<std::net::IpAddr>)>, Rejected> {
         let start = Instant::now();
+        let Patch { removed, added, workloads, policies } = patch;
+        if !policies.is_empty() {
+            if !(removed.is_empty() && added.is_empty() && workloads.is_none()) {
+                return Ok(None);
+            }
+            return Ok(self.patch_policies(policies, start));
+        }
         let current = self.slot.hold();
         let mut world = (*current.world).clone();
         // Entities after the local workloads' (which come first, in node order) are set members and the rest.
         let locals = world.workloads.len();
-        for e in removed {
+        for e in &removed {
             match world.entities[locals..].iter().position(|x| **x == *e) {
                 Some(i) => {
                     world.entities.remove(locals + i);
@@ -213,7 +239,7 @@ impl TablePublisher {
             }
         }
         world.entities.extend(added.iter().cloned().map(Arc::new));
-        let (mut removed, mut added) = (removed.to_vec(), added.to_vec());
+        let (mut removed, mut added) = (removed, added);
         let mut next_node = None;
         let mut flush = Vec::new();
         if let Some(workloads) = workloads {
@@ -241,16 +267,58 @@ impl TablePublisher {
             Some(c) => c,
             None => self.cache.compile(&world, epoch),
         };
-        self.epoch = epoch;
         if let Some(node) = next_node {
             self.node = node;
         }
+        let published = self.put_in_force(epoch, world, compiled, &flush, start);
+        Ok(Some((published, flush)))
+    }
+
+    /// [`TablePublisher::patch`] of policies whose rules alone changed.
+    fn patch_policies(
+        &mut self,
+        policies: Vec<Arc<Policy>>,
+        start: Instant,
+    ) -> Option<(Published, Vec<std::net::IpAddr>)> {
+        let current = self.slot.hold();
+        let mut world = (*current.world).clone();
+        let mut all = (*world.policies).clone();
+        let mut changed = Vec::with_capacity(policies.len());
+        for new in &policies {
+            let i = all.iter().position(|p| p.id == new.id)?;
+            if !rules_alone_differ(&all[i], new) {
+                return None;
+            }
+            changed.push((i, std::mem::replace(&mut all[i], new.clone())));
+        }
+        world.policies = Arc::new(all);
+        let epoch = self.epoch + 1;
+        let compiled = match self.cache.patch_policies(&world, &current.compiled, &changed, epoch) {
+            Some(c) => c,
+            None => self.cache.compile(&world, epoch),
+        };
+        for p in policies {
+            self.resources.apply(Resource::Policy(p));
+        }
+        Some((self.put_in_force(epoch, world, compiled, &[], start), Vec::new()))
+    }
+
+    /// Publishes tables made from the tables in force (a patch) as version `epoch`.
+    fn put_in_force(
+        &mut self,
+        epoch: u64,
+        world: ResolvedNode,
+        compiled: calxdp_policy::compile::CompiledTables,
+        flush: &[std::net::IpAddr],
+        start: Instant,
+    ) -> Published {
+        self.epoch = epoch;
         let stats = compiled.stats;
         let ids = self.ports.of(&self.node);
-        self.slot.publish_with_flushes(TableSet::with_ports(epoch, Arc::new(world), Arc::new(compiled), ids), &flush);
+        self.slot.publish_with_flushes(TableSet::with_ports(epoch, Arc::new(world), Arc::new(compiled), ids), flush);
         let published = Published { epoch, stats, took: start.elapsed() };
         self.last = Some(published);
-        Ok(Some((published, flush)))
+        published
     }
 
     /// Puts a whole resource set in force (a watched directory re-read, say).

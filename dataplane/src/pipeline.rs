@@ -555,9 +555,7 @@ impl Pipeline {
                 continue;
             }
             for h in p.rule_hits.iter().chain(p.logs.iter()).flatten() {
-                if let Some(origin) =
-                    program(t, h.ep, h.stage, h.dir).and_then(|prog| prog.flat.rules.get(h.rule as usize))
-                {
+                if let Some(origin) = program(t, h.ep, h.stage, h.dir).and_then(|prog| prog.rule(h.rule)) {
                     self.rule_hits.add(t, origin.id);
                 }
             }
@@ -1055,7 +1053,7 @@ fn walk(t: &TableSet, ep: EndpointRef, dir: Direction, stage: Stage, p: &mut Pac
     let family = header.family();
     let now = p.now;
     let end = crate::walk_cache::evaluate(prog, t.generation, &key, reaching, |rule, matched| {
-        let admitted = !reaching || prog.flat.rules.get(rule as usize).is_none_or(|o| limits.admit(o.id, family, now));
+        let admitted = !reaching || prog.rule(rule).is_none_or(|o| limits.admit(o.id, family, now));
         if !matched {
             return;
         }
@@ -1122,7 +1120,7 @@ pub fn explain(t: &TableSet, d: &Decision) -> Reason {
 
 /// A rule of a compiled program, named.
 pub fn rule_ref(t: &TableSet, ep: EndpointRef, stage: Stage, dir: Direction, rule: u32) -> RuleRef {
-    let origin = program(t, ep, stage, dir).and_then(|p| p.flat.rules.get(rule as usize));
+    let origin = program(t, ep, stage, dir).and_then(|p| p.rule(rule));
     let (owner, index, action) = match origin {
         Some(o) => (o.owner.clone(), o.index, o.action),
         None => (RuleOwner::Profile(String::new()), 0, calxdp_policy::resource::Action::Deny),

@@ -26,16 +26,16 @@ use prost::Message;
 use calxdp_policy::net::IpNet;
 use calxdp_policy::node::{FelixConfig, NodeConfig};
 use calxdp_policy::resolve::Entity;
-use calxdp_policy::resource::ResourceSet;
+use calxdp_policy::resource::{Policy, ResourceSet};
 
 use super::framing::{read_frame, write_frame, FrameError};
 use super::proto::{self, from_dataplane, FromDataplane, ToDataplane};
-use super::state::{Applied, FelixState, Member, SetKind, StreamError, WorkloadKey};
+use super::state::{Applied, FelixState, Member, PolicyKey, SetKind, StreamError, WorkloadKey};
 use super::{config, lower};
 use crate::admin::server::{AdminServer, ServeOptions};
 use crate::admin::NodeView;
 use crate::live::{LiveNode, LiveOptions, PortEvent};
-use crate::publisher::{Rejected, TablePublisher};
+use crate::publisher::{Patch, Rejected, TablePublisher};
 
 /// How often the driver tells Felix it is alive (Felix's own dataplane: every `ReportingIntervalSecs`, 30 s
 /// by default; the issue asks for 10 s).
@@ -127,16 +127,18 @@ struct SetChanges {
     removed: Vec<Entity>,
     added: Vec<Entity>,
     workloads: bool,
+    /// Policies in force whose rules alone changed (`ActivePolicyUpdate` with the same tier and stage flags).
+    policies: BTreeSet<PolicyKey>,
 }
 
-/// What the next publication is: the whole model, or a patch — set-member entities changed (IP set deltas)
-/// and, when `workloads` is given, the node's workloads replaced by it — which the publisher puts into the
-/// compiled tables without lowering or resolving the rest (`TablePublisher::patch`; if that says the change
-/// is more than a patch, publish [`FrontEnd::model`]).
+/// What the next publication is: the whole model, or a patch — set-member entities changed (IP set deltas),
+/// the node's workloads replaced, or policies' rules changed — which the publisher puts into the compiled
+/// tables without lowering or resolving the rest (`TablePublisher::patch`; if that says the change is more
+/// than a patch, publish [`FrontEnd::model`]).
 #[derive(Debug)]
 pub enum Publication {
     Model(NodeConfig, ResourceSet),
-    Patch { removed: Vec<Entity>, added: Vec<Entity>, workloads: Option<Vec<calxdp_policy::node::Workload>> },
+    Patch(Patch),
 }
 
 impl FrontEnd {
@@ -206,6 +208,18 @@ impl FrontEnd {
                 | Some(proto::to_dataplane::Payload::WorkloadEndpointRemove(_))
         );
         let lists = self.state.lists_generation();
+        // A policy update that keeps its tier and stage flags changes its rules alone.
+        let flags = |state: &FelixState, key: &PolicyKey| {
+            state.policies.get(key).map(|p| (p.tier.clone(), p.untracked, p.pre_dnat))
+        };
+        let policy_before = match &msg.payload {
+            Some(proto::to_dataplane::Payload::ActivePolicyUpdate(u)) => u.id.as_ref().map(|id| {
+                let key = PolicyKey::from_proto(id);
+                let before = flags(&self.state, &key);
+                (key, before)
+            }),
+            _ => None,
+        };
         let applied = self.state.apply(msg)?;
         self.last_seq = Some(seq);
         let after = within.as_ref().and_then(|w| lower::member_entities_within(&self.state, w));
@@ -222,6 +236,14 @@ impl FrontEnd {
             _ if workload && self.state.lists_generation() == lists => {
                 if let Some(c) = &mut self.set_changes {
                     c.workloads = true;
+                }
+            }
+            _ if policy_before
+                .as_ref()
+                .is_some_and(|(k, before)| before.is_some() && flags(&self.state, k) == *before) =>
+            {
+                if let (Some(c), Some((key, _))) = (&mut self.set_changes, policy_before) {
+                    c.policies.insert(key);
                 }
             }
             _ => self.set_changes = None,
@@ -257,8 +279,8 @@ impl FrontEnd {
     pub fn publication(&mut self) -> Result<Publication, ModelError> {
         let changes = self.set_changes.replace(SetChanges::default());
         match changes {
-            Some(SetChanges { mut removed, mut added, workloads })
-                if workloads || !(removed.is_empty() && added.is_empty()) =>
+            Some(SetChanges { mut removed, mut added, workloads, policies })
+                if workloads || !(removed.is_empty() && added.is_empty() && policies.is_empty()) =>
             {
                 // An entity a delta put in and a later one took out (or one unchanged) is no change.
                 let mut i = 0;
@@ -275,13 +297,33 @@ impl FrontEnd {
                     true => Some(self.workloads()?),
                     false => None,
                 };
-                Ok(Publication::Patch { removed, added, workloads })
+                let Some(policies) = self.lower_rules(&policies) else {
+                    let (node, resources) = self.model()?;
+                    return Ok(Publication::Model(node, resources));
+                };
+                Ok(Publication::Patch(Patch { removed, added, workloads, policies }))
             }
             _ => {
                 let (node, resources) = self.model()?;
                 Ok(Publication::Model(node, resources))
             }
         }
+    }
+
+    /// The policies `keys` as the last lowering made them with the state's rules: their order, selector and
+    /// types depend on the endpoints' tier lists, which have not changed. `None` if one was not lowered.
+    fn lower_rules(&self, keys: &BTreeSet<PolicyKey>) -> Option<Vec<Arc<Policy>>> {
+        let mut lowered = self.lowered.borrow_mut();
+        let mut out = Vec::with_capacity(keys.len());
+        for key in keys {
+            let p = self.state.policies.get(key)?;
+            let (version, before) = lowered.get_mut(key)?;
+            let policy =
+                Arc::new(Policy { ingress: p.inbound.clone(), egress: p.outbound.clone(), ..(**before).clone() });
+            (*version, *before) = (p.version, policy.clone());
+            out.push(policy);
+        }
+        Some(out)
     }
 
     /// Puts what the stream changed since the last publication in force on `target`: a patch when there is
@@ -299,7 +341,7 @@ impl FrontEnd {
     fn publish_on(&mut self, target: &mut impl Target) -> Result<Result<(), Rejected>, ModelError> {
         let (node, resources) = match self.publication()? {
             Publication::Model(node, resources) => (node, resources),
-            Publication::Patch { removed, added, workloads } => match target.patch(&removed, &added, workloads) {
+            Publication::Patch(patch) => match target.patch(patch) {
                 Ok(true) => return Ok(Ok(())),
                 Ok(false) => self.model()?,
                 Err(e) => return Ok(Err(e)),
@@ -410,26 +452,16 @@ enum Plane {
 /// Where [`FrontEnd::publish`] puts a publication in force: the tables alone, or a node that also follows
 /// the workloads with its ports.
 pub trait Target {
-    /// Entities and workloads changed and nothing else (`TablePublisher::patch`); `Ok(false)`, with nothing
+    /// What the patch says changed and nothing else (`TablePublisher::patch`); `Ok(false)`, with nothing
     /// changed, when the change is more than a patch.
-    fn patch(
-        &mut self,
-        removed: &[Entity],
-        added: &[Entity],
-        workloads: Option<Vec<calxdp_policy::node::Workload>>,
-    ) -> Result<bool, Rejected>;
+    fn patch(&mut self, patch: Patch) -> Result<bool, Rejected>;
     /// The whole model, in one publication.
     fn set_model(&mut self, node: NodeConfig, resources: ResourceSet) -> Result<(), Rejected>;
 }
 
 impl Target for TablePublisher {
-    fn patch(
-        &mut self,
-        removed: &[Entity],
-        added: &[Entity],
-        workloads: Option<Vec<calxdp_policy::node::Workload>>,
-    ) -> Result<bool, Rejected> {
-        Ok(TablePublisher::patch(self, removed, added, workloads)?.is_some())
+    fn patch(&mut self, patch: Patch) -> Result<bool, Rejected> {
+        Ok(TablePublisher::patch(self, patch)?.is_some())
     }
     fn set_model(&mut self, node: NodeConfig, resources: ResourceSet) -> Result<(), Rejected> {
         TablePublisher::set_model(self, node, resources).map(|_| ())
@@ -437,13 +469,8 @@ impl Target for TablePublisher {
 }
 
 impl Target for LiveNode {
-    fn patch(
-        &mut self,
-        removed: &[Entity],
-        added: &[Entity],
-        workloads: Option<Vec<calxdp_policy::node::Workload>>,
-    ) -> Result<bool, Rejected> {
-        LiveNode::patch(self, removed, added, workloads)
+    fn patch(&mut self, patch: Patch) -> Result<bool, Rejected> {
+        LiveNode::patch(self, patch)
     }
     fn set_model(&mut self, node: NodeConfig, resources: ResourceSet) -> Result<(), Rejected> {
         LiveNode::set_model(self, node, resources)
@@ -451,13 +478,8 @@ impl Target for LiveNode {
 }
 
 impl Target for crate::offline::OfflineNode {
-    fn patch(
-        &mut self,
-        removed: &[Entity],
-        added: &[Entity],
-        workloads: Option<Vec<calxdp_policy::node::Workload>>,
-    ) -> Result<bool, Rejected> {
-        crate::offline::OfflineNode::patch(self, removed, added, workloads)
+    fn patch(&mut self, patch: Patch) -> Result<bool, Rejected> {
+        crate::offline::OfflineNode::patch(self, patch)
     }
     fn set_model(&mut self, node: NodeConfig, resources: ResourceSet) -> Result<(), Rejected> {
         crate::offline::OfflineNode::set_model(self, node, resources)

@@ -452,7 +452,13 @@ fn decisions(publisher: &crate::publisher::TablePublisher, addresses: &[&str]) -
                             icmp_id: 0,
                         };
                         let key = calxdp_policy::compile::flow_key(&pkt);
-                        ends.push(format!("{:?}", program.evaluate(&key, |_| {})));
+                        // The rule by owner and index: a spliced program numbers its rules otherwise.
+                        let rule = |r: u32| program.rule(r).map(|o| format!("{:?} #{}", o.owner, o.index));
+                        ends.push(match program.evaluate(&key, |_| {}) {
+                            calxdp_policy::walk_end::WalkEnd::Allow(r) => format!("allow {:?}", rule(r)),
+                            calxdp_policy::walk_end::WalkEnd::Deny(r) => format!("deny {:?}", rule(r)),
+                            other => format!("{other:?}"),
+                        });
                     }
                 }
             }
@@ -529,6 +535,33 @@ fn endpoints_under_lists_others_carry_are_patched_in() {
             }),
             true,
         ),
+        // p's rules change (b and c walk it): a patch of the policy alone.
+        (
+            Box::new(move |s: &mut Stream| {
+                let deny_ssh = proto::Rule {
+                    action: "deny".into(),
+                    protocol: named("tcp"),
+                    dst_ports: vec![proto::PortRange { first: 22, last: 22 }],
+                    ..Default::default()
+                };
+                s.policy("p", "GlobalNetworkPolicy", "t", vec![deny_ssh, allow_from("s:pods")]);
+            }),
+            true,
+        ),
+        // q, which no endpoint lists, gets a rule: a patch that splices nothing.
+        (
+            Box::new(move |s: &mut Stream| {
+                s.policy("q", "GlobalNetworkPolicy", "t", vec![allow_from("s:pods")]);
+            }),
+            true,
+        ),
+        // p moves to another tier: more than its rules.
+        (
+            Box::new(move |s: &mut Stream| {
+                s.policy("p", "GlobalNetworkPolicy", "u", vec![allow_from("s:pods")]);
+            }),
+            false,
+        ),
         // c moves to a list no endpoint carried: the policies' selectors change.
         (
             Box::new(move |s: &mut Stream| {
@@ -542,10 +575,11 @@ fn endpoints_under_lists_others_carry_are_patched_in() {
         step(&mut s);
         feed_more(&mut front, from, &s);
         match front.publication().unwrap() {
-            Publication::Patch { removed, added, workloads } => {
+            Publication::Patch(p) => {
                 assert!(patch, "step {i} is not a patch");
-                assert!(workloads.is_some(), "step {i}: the workloads changed");
-                let flushed = publisher.patch(&removed, &added, workloads).unwrap().expect("a patch").1;
+                assert_eq!(p.workloads.is_some(), i < 3, "step {i}: whether the workloads changed");
+                assert_eq!(p.policies.len(), usize::from((3..5).contains(&i)), "step {i}: the policies changed");
+                let flushed = publisher.patch(p).unwrap().expect("a patch").1;
                 if i == 2 {
                     assert_eq!(flushed, vec!["10.9.9.2".parse::<IpAddr>().unwrap()], "b's old address");
                 }

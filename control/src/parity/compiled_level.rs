@@ -44,7 +44,7 @@ impl PolicyWalker for Compiled {
         let Some(program) = self.tables.program(ep, stage, d) else { return WalkEnd::FellThrough };
         let endpoint = ep.endpoint(world).id.clone();
         let rule_ref = |rule: u32| {
-            let origin = &program.flat.rules[rule as usize];
+            let origin = program.rule(rule).expect("a rule the walk ended at");
             RuleRef {
                 stage,
                 direction: d,

@@ -211,6 +211,11 @@ impl DepTracker {
         h.finish()
     }
 
+    /// The atoms `rules` read, interned: what a program spliced with them depends on (it has no key).
+    pub fn rule_atoms(&mut self, rules: &[Rule]) -> Vec<u32> {
+        atoms_of(rules).into_iter().map(|a| self.intern(a)).collect()
+    }
+
     /// Takes entities `removed` out of and `added` into the previous compile's (nothing else changed) and
     /// bumps the versions of the atoms that can see one of them. Returns the address sets (selectors) whose
     /// atoms were bumped and whether a named-port atom was.

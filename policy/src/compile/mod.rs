@@ -33,11 +33,59 @@ pub struct Program {
     /// The walk as flattened. Its address conditions are as built: those patched since are in `patches`.
     pub flat: Arc<FlatProgram>,
     pub classifier: Classifier,
-    /// The program's Log rules (indices into `flat.rules`), in term order: the walk reports the ones it
-    /// passes without matching when asked ([`Program::evaluate_reaching`]).
-    log_rules: Vec<u32>,
+    /// The program's Log rules in walk order: the walk reports the ones it passes without matching when
+    /// asked ([`Program::evaluate_reaching`]).
+    log_rules: Vec<LogRule>,
     /// Address conditions patched in since the program was built ([`Program::patch_addresses`]).
     patches: Arc<AddressPatches>,
+    /// Policies whose rules changed since the program was built, walked in place of their old rules
+    /// ([`ProgramCache::patch_policies`]), in base term order. Empty for a program as built.
+    splices: Vec<Arc<Splice>>,
+}
+
+/// One policy's new rules in a built program: the base's terms `terms.0..terms.1` and rules
+/// `rules.0..rules.1` (the policy's old rules) are skipped, and `flat` — the new rules flattened on their
+/// own — is walked in their place by a linear scan (a policy has few terms; the base's classifier stays as
+/// built). The program numbers the new terms after the base's (`base terms + 1 + offset`: the base's own
+/// end, `base terms`, stays "the end") and the new rules after the base's (`base rules + offset`), in
+/// splice order.
+#[derive(Debug)]
+struct Splice {
+    owner: crate::verdict::RuleOwner,
+    terms: (u32, u32),
+    rules: (u32, u32),
+    /// Numbered from 0; a Log rule resumes at its next local term (or, past the last, at `terms.1`), a Pass
+    /// rule at the base's next section (a base term index).
+    flat: FlatProgram,
+    /// `flat`'s term actions in the program's numbering.
+    actions: Vec<TermAction>,
+    term_offset: u32,
+    rule_offset: u32,
+    /// How far the splices before this one moved the walk's later terms and rules (new minus replaced).
+    term_shift: i64,
+    rule_shift: i64,
+    /// The base's first rule of the next section (where a Pass rule's walk resumes reporting Log rules).
+    pass_next_rule: u32,
+}
+
+/// A Log rule where the walk meets it: its place among the walk's rules and the walk's term where its terms
+/// end (both as the walk orders them: a splice's rules stand where the rules they replace stood), its
+/// index in the program's numbering, and its families.
+#[derive(Clone, Copy, Debug)]
+struct LogRule {
+    order: u32,
+    term_end: u32,
+    rule: u32,
+    families: u8,
+}
+
+/// Splices a program takes before a change to its policies rebuilds it instead (each costs a linear scan).
+const MAX_SPLICES: usize = 4;
+
+/// Where a spliced walk stands: at a base term, or at a term of a splice's new rules.
+enum At {
+    Base(usize),
+    Splice(usize, usize),
 }
 
 /// Per (term, side: 0 source / 1 destination), oldest first: inside the region, the term's addresses are
@@ -57,9 +105,325 @@ impl Program {
     pub fn build(flat: FlatProgram) -> Program {
         let classifier = Classifier::build(&flat.terms);
         // In rule order, which is term order (`terms::flatten` pushes each rule's terms after it).
-        let log_rules: Vec<u32> =
-            (0..flat.rules.len() as u32).filter(|&r| flat.rules[r as usize].action == Action::Log).collect();
-        Program { flat: Arc::new(flat), classifier, log_rules, patches: Arc::default() }
+        let log_rules: Vec<LogRule> = (0..flat.rules.len() as u32)
+            .filter(|&r| flat.rules[r as usize].action == Action::Log)
+            .map(|r| {
+                let o = &flat.rules[r as usize];
+                LogRule { order: r, term_end: o.term_end, rule: r, families: o.families }
+            })
+            .collect();
+        Program { flat: Arc::new(flat), classifier, log_rules, patches: Arc::default(), splices: Vec::new() }
+    }
+
+    /// A rule of the program by its index in the walk's numbering (the base's rules, then the splices').
+    #[inline]
+    pub fn rule(&self, r: u32) -> Option<&terms::RuleOrigin> {
+        let base = self.flat.rules.len() as u32;
+        if r < base || self.splices.is_empty() {
+            return self.flat.rules.get(r as usize);
+        }
+        let at = r - base;
+        let s = self.splices.iter().find(|s| at >= s.rule_offset && at - s.rule_offset < s.flat.rules.len() as u32)?;
+        s.flat.rules.get((at - s.rule_offset) as usize)
+    }
+
+    /// Every rule the program can report (the base's, including rules a splice replaced, and the splices').
+    pub fn rules(&self) -> impl Iterator<Item = &terms::RuleOrigin> + '_ {
+        self.flat.rules.iter().chain(self.splices.iter().flat_map(|s| s.flat.rules.iter()))
+    }
+
+    /// How many terms the walk has (a splice's replaced terms not counted).
+    pub fn term_count(&self) -> usize {
+        let replaced: usize = self.splices.iter().map(|s| (s.terms.1 - s.terms.0) as usize).sum();
+        let added: usize = self.splices.iter().map(|s| s.flat.terms.len()).sum();
+        self.flat.terms.len() - replaced + added
+    }
+
+    /// Term `i`'s action, in the walk's numbering.
+    #[inline]
+    fn action(&self, i: usize) -> TermAction {
+        match self.flat.terms.get(i) {
+            Some(t) => t.action,
+            None => {
+                let at = (i - self.flat.terms.len() - 1) as u32;
+                let s = self
+                    .splices
+                    .iter()
+                    .find(|s| at >= s.term_offset && at - s.term_offset < s.actions.len() as u32)
+                    .expect("a term index the walk handed out");
+                s.actions[(at - s.term_offset) as usize]
+            }
+        }
+    }
+
+    /// The first term at or after `start` (the walk's numbering) that holds, walking each splice's new rules
+    /// in place of the base terms it replaces: `base_first(p, limit)` is the first base term in `p..limit`
+    /// that holds (it may answer one past `limit`, which is ignored), `holds` tests a splice's term.
+    #[inline]
+    fn spliced_first(
+        &self,
+        start: usize,
+        base_first: impl Fn(usize, usize) -> Option<usize>,
+        holds: impl Fn(&terms::Conditions) -> bool,
+    ) -> Option<usize> {
+        let n = self.flat.terms.len();
+        let mut at = if start <= n {
+            At::Base(start)
+        } else {
+            let local = (start - n - 1) as u32;
+            let s = self
+                .splices
+                .iter()
+                .position(|s| local >= s.term_offset && local - s.term_offset < s.actions.len() as u32)?;
+            At::Splice(s, (local - self.splices[s].term_offset) as usize)
+        };
+        loop {
+            at = match at {
+                At::Base(p) => {
+                    // The first splice not behind `p` (ranges are sorted, disjoint and not empty).
+                    let s = self.splices.partition_point(|s| s.terms.1 as usize <= p);
+                    match self.splices.get(s) {
+                        Some(sp) if sp.terms.0 as usize <= p => At::Splice(s, 0),
+                        next => {
+                            let limit = next.map_or(n, |sp| sp.terms.0 as usize);
+                            if let Some(m) = base_first(p, limit).filter(|&m| m < limit) {
+                                return Some(m);
+                            }
+                            next?;
+                            At::Splice(s, 0)
+                        }
+                    }
+                }
+                At::Splice(s, j) => {
+                    let sp = &self.splices[s];
+                    if let Some(k) = (j..sp.flat.terms.len()).find(|&k| holds(&sp.flat.terms[k].conditions)) {
+                        return Some(n + 1 + (sp.term_offset as usize) + k);
+                    }
+                    At::Base(sp.terms.1 as usize)
+                }
+            }
+        }
+    }
+
+    /// This program with the rules of `policies` (`(owner, new rules flattened on their own with rule ids
+    /// given, Pass resuming at 0)`) walked in place of their old ones, without rebuilding the classifier.
+    /// `None` when it cannot be a splice — a policy's old rules have no terms here, or the program has taken
+    /// [`MAX_SPLICES`]: build it instead.
+    fn splice(&self, policies: Vec<(crate::verdict::RuleOwner, FlatProgram)>) -> Option<Program> {
+        let mut splices: Vec<(crate::verdict::RuleOwner, (u32, u32), (u32, u32), FlatProgram, u32)> = Vec::new();
+        let mut kept: Vec<&Arc<Splice>> = self.splices.iter().collect();
+        for (owner, mut flat) in policies {
+            // A policy spliced before keeps its place; otherwise its rules are a run of the base's.
+            let (terms, rules) = match kept.iter().position(|s| s.owner == owner) {
+                Some(i) => {
+                    let old = kept.remove(i);
+                    (old.terms, old.rules)
+                }
+                None => {
+                    let first = self.flat.rules.iter().position(|r| r.owner == owner)?;
+                    let len = self.flat.rules[first..].iter().take_while(|r| r.owner == owner).count();
+                    let last = &self.flat.rules[first + len - 1];
+                    let terms = (self.flat.rules[first].term_start, last.term_end);
+                    (terms, (first as u32, (first + len) as u32))
+                }
+            };
+            if terms.0 == terms.1 {
+                return None;
+            }
+            // Pass resumes at the base's next section: after the tier's remaining rules and its end.
+            let tier = match &owner {
+                crate::verdict::RuleOwner::Policy { tier, .. } => tier,
+                _ => return None,
+            };
+            let mut next = terms.1;
+            let mut next_rule = rules.1;
+            for r in &self.flat.rules[rules.1 as usize..] {
+                match &r.owner {
+                    crate::verdict::RuleOwner::Policy { tier: t, .. } if t == tier => {
+                        next = next.max(r.term_end);
+                        next_rule += 1;
+                    }
+                    _ => break,
+                }
+            }
+            // The tier's own end (a tier that ends in Pass has none; the next tier's may follow at once).
+            if let Some(TermAction::EndOfTier { tier: t }) = self.flat.terms.get(next as usize).map(|t| t.action) {
+                if self.flat.tiers.get(t as usize) == Some(tier) {
+                    next += 1;
+                }
+            }
+            for t in &mut flat.terms {
+                if let TermAction::Rule { action: Action::Pass, resume, .. } = &mut t.action {
+                    *resume = next;
+                }
+            }
+            splices.push((owner, terms, rules, flat, next_rule));
+        }
+        if kept.len() + splices.len() > MAX_SPLICES {
+            return None;
+        }
+        let mut all: Vec<(crate::verdict::RuleOwner, (u32, u32), (u32, u32), FlatProgram, u32)> =
+            kept.iter().map(|s| (s.owner.clone(), s.terms, s.rules, s.flat.clone(), s.pass_next_rule)).collect();
+        all.extend(splices);
+        all.sort_by_key(|(_, terms, ..)| *terms);
+        let (n, base_rules) = (self.flat.terms.len() as u32, self.flat.rules.len() as u32);
+        let (mut term_offset, mut rule_offset) = (0u32, 0u32);
+        let (mut term_shift, mut rule_shift) = (0i64, 0i64);
+        let mut out = Vec::with_capacity(all.len());
+        for (owner, terms, rules, flat, pass_next_rule) in all {
+            let len = flat.terms.len() as u32;
+            let actions = flat
+                .terms
+                .iter()
+                .map(|t| match t.action {
+                    TermAction::Rule { rule, action, resume } => TermAction::Rule {
+                        rule: base_rules + rule_offset + rule,
+                        action,
+                        resume: match action {
+                            Action::Pass => resume,
+                            _ if resume < len => n + 1 + term_offset + resume,
+                            _ => terms.1,
+                        },
+                    },
+                    other => other,
+                })
+                .collect();
+            let (tl, rl) = (len, flat.rules.len() as u32);
+            let shifts = (tl as i64 - (terms.1 - terms.0) as i64, rl as i64 - (rules.1 - rules.0) as i64);
+            out.push(Arc::new(Splice {
+                owner,
+                terms,
+                rules,
+                flat,
+                actions,
+                term_offset,
+                rule_offset,
+                term_shift,
+                rule_shift,
+                pass_next_rule,
+            }));
+            term_offset += tl;
+            rule_offset += rl;
+            term_shift += shifts.0;
+            rule_shift += shifts.1;
+        }
+        let mut program = Program {
+            flat: self.flat.clone(),
+            classifier: self.classifier.clone(),
+            log_rules: Vec::new(),
+            patches: self.patches.clone(),
+            splices: out,
+        };
+        // The Log rules in walk order: the base's outside the replaced runs, and the splices'.
+        let replaced = |r: u32| program.splices.iter().any(|s| (s.rules.0..s.rules.1).contains(&r));
+        let mut logs: Vec<LogRule> = self
+            .flat
+            .rules
+            .iter()
+            .enumerate()
+            .filter(|(r, o)| o.action == Action::Log && !replaced(*r as u32))
+            .map(|(r, o)| LogRule {
+                order: program.rule_order(r as u32),
+                term_end: program.term_order(o.term_end as usize) as u32,
+                rule: r as u32,
+                families: o.families,
+            })
+            .collect();
+        for (s, sp) in program.splices.iter().enumerate() {
+            for (k, o) in sp.flat.rules.iter().enumerate().filter(|(_, o)| o.action == Action::Log) {
+                let rule = base_rules + sp.rule_offset + k as u32;
+                let start = program.splice_start(s);
+                logs.push(LogRule {
+                    order: program.rule_order(rule),
+                    term_end: (start + o.term_end as usize) as u32,
+                    rule,
+                    families: o.families,
+                });
+            }
+        }
+        logs.sort_by_key(|l| l.order);
+        program.log_rules = logs;
+        Some(program)
+    }
+
+    /// Where splice `s`'s first term stands in the walk's order.
+    fn splice_start(&self, s: usize) -> usize {
+        let sp = &self.splices[s];
+        (sp.terms.0 as i64 + sp.term_shift) as usize
+    }
+
+    /// Where term `i` (the program's numbering) stands in the walk's order (the identity without splices).
+    #[inline]
+    fn term_order(&self, i: usize) -> usize {
+        if self.splices.is_empty() {
+            return i;
+        }
+        let n = self.flat.terms.len();
+        if i > n {
+            let at = (i - n - 1) as u32;
+            let s = self
+                .splices
+                .iter()
+                .position(|s| at >= s.term_offset && at - s.term_offset < s.actions.len() as u32)
+                .expect("a term index the walk handed out");
+            return self.splice_start(s) + (at - self.splices[s].term_offset) as usize;
+        }
+        let s = self.splices.partition_point(|sp| sp.terms.1 as usize <= i);
+        let shift = match self.splices.get(s) {
+            Some(sp) => sp.term_shift,
+            None => {
+                let last = self.splices.last().expect("splices");
+                last.term_shift + last.flat.terms.len() as i64 - (last.terms.1 - last.terms.0) as i64
+            }
+        };
+        (i as i64 + shift) as usize
+    }
+
+    /// Where rule `r` (the program's numbering) stands among the walk's rules (the identity without splices).
+    #[inline]
+    fn rule_order(&self, r: u32) -> u32 {
+        if self.splices.is_empty() {
+            return r;
+        }
+        let base = self.flat.rules.len() as u32;
+        if r >= base {
+            let at = r - base;
+            let sp = self
+                .splices
+                .iter()
+                .find(|s| at >= s.rule_offset && at - s.rule_offset < s.flat.rules.len() as u32)
+                .expect("a rule index the walk handed out");
+            return (sp.rules.0 as i64 + sp.rule_shift) as u32 + (at - sp.rule_offset);
+        }
+        let s = self.splices.partition_point(|sp| sp.rules.1 <= r);
+        let shift = match self.splices.get(s) {
+            Some(sp) => sp.rule_shift,
+            None => {
+                let last = self.splices.last().expect("splices");
+                last.rule_shift + last.flat.rules.len() as i64 - (last.rules.1 - last.rules.0) as i64
+            }
+        };
+        (r as i64 + shift) as u32
+    }
+
+    /// Where the walk's Log reporting resumes after Pass rule `rule`: the next section's first rule.
+    #[inline]
+    fn pass_next_rule(&self, rule: u32) -> u32 {
+        let base = self.flat.rules.len() as u32;
+        let next = if rule < base {
+            let at = self.flat.pass_resume_rules.partition_point(|&(r, _)| r < rule);
+            match self.flat.pass_resume_rules.get(at) {
+                Some(&(_, next)) => next,
+                None => return u32::MAX,
+            }
+        } else {
+            let at = rule - base;
+            match self.splices.iter().find(|s| at >= s.rule_offset && at - s.rule_offset < s.flat.rules.len() as u32) {
+                Some(sp) => sp.pass_next_rule,
+                None => return u32::MAX,
+            }
+        };
+        self.rule_order(next)
     }
 
     /// Whether term `i`'s conditions, with the patches, hold for `key` (the linear scan's test).
@@ -93,6 +457,10 @@ impl Program {
         memo: &mut SourceMemo,
         mut addresses: impl FnMut(&crate::selector::Selector) -> ranges::RangeSet,
     ) -> Option<Program> {
+        // A splice's terms were made from the sets as they were: rebuilt, the program reads them afresh.
+        if !self.splices.is_empty() {
+            return None;
+        }
         let changed: Vec<(u64, &crate::selector::Selector)> =
             changed.iter().map(|&s| (terms::selector_hash(s), s)).collect();
         let reads = |s: &terms::AddrSource| s.reads(&changed);
@@ -132,11 +500,17 @@ impl Program {
             classifier,
             log_rules: self.log_rules.clone(),
             patches: Arc::new(patches),
+            splices: Vec::new(),
         })
     }
 
     /// [`Program::evaluate`] with the linear scan instead of the classifier (the benchmark baseline).
     pub fn evaluate_linear(&self, key: &FlowKey, mut on_log: impl FnMut(u32)) -> ProgramEnd {
+        if !self.splices.is_empty() {
+            let base = |start: usize, limit: usize| (start..limit).find(|&i| self.term_holds(i, key));
+            let first = |start: usize| self.spliced_first(start, base, |c| c.holds(key));
+            return self.run(first, None, |r, _| on_log(r));
+        }
         let first = |start: usize| (start..self.flat.terms.len()).find(|&i| self.term_holds(i, key));
         self.run(first, None, |r, _| on_log(r))
     }
@@ -146,15 +520,16 @@ impl Program {
     #[inline]
     pub fn evaluate(&self, key: &FlowKey, mut on_log: impl FnMut(u32)) -> ProgramEnd {
         let prepared = self.classifier.prepare(key);
-        self.run(
-            |start| prepared.first_match(start),
-            None,
-            |r, matched| {
-                if matched {
-                    on_log(r)
-                }
-            },
-        )
+        let on_log = |r, matched| {
+            if matched {
+                on_log(r)
+            }
+        };
+        if !self.splices.is_empty() {
+            let base = |start: usize, _| prepared.first_match(start);
+            return self.run(|start| self.spliced_first(start, base, |c| c.holds(key)), None, on_log);
+        }
+        self.run(|start| prepared.first_match(start), None, on_log)
     }
 
     /// [`Program::evaluate`], reporting every Log rule of the packet's family the walk passes as
@@ -164,6 +539,10 @@ impl Program {
     pub fn evaluate_reaching(&self, key: &FlowKey, on_log: impl FnMut(u32, bool)) -> ProgramEnd {
         let prepared = self.classifier.prepare(key);
         let family = if key.proto >= 256 { 0b10 } else { 0b01 };
+        if !self.splices.is_empty() {
+            let base = |start: usize, _| prepared.first_match(start);
+            return self.run(|start| self.spliced_first(start, base, |c| c.holds(key)), Some(family), on_log);
+        }
         self.run(|start| prepared.first_match(start), Some(family), on_log)
     }
 
@@ -171,14 +550,13 @@ impl Program {
     /// without a match). Rules are in program order, so their terms are too.
     #[inline]
     fn passed_logs(&self, first_rule: u32, stop: usize, family: u8, on_log: &mut impl FnMut(u32, bool)) {
-        let from = self.log_rules.partition_point(|&r| r < first_rule);
-        for &r in &self.log_rules[from..] {
-            let o = &self.flat.rules[r as usize];
-            if o.term_end as usize > stop {
+        let from = self.log_rules.partition_point(|l| l.order < first_rule);
+        for l in &self.log_rules[from..] {
+            if l.term_end as usize > stop {
                 break;
             }
-            if o.families & family != 0 {
-                on_log(r, false);
+            if l.families & family != 0 {
+                on_log(l.rule, false);
             }
         }
     }
@@ -196,23 +574,23 @@ impl Program {
         loop {
             let found = first_match(start);
             if let Some(family) = reaching.filter(|_| !self.log_rules.is_empty()) {
-                self.passed_logs(first_rule, found.unwrap_or(self.flat.terms.len()), family, &mut on_log);
+                let stop = found.map_or_else(|| self.term_count(), |i| self.term_order(i));
+                self.passed_logs(first_rule, stop, family, &mut on_log);
             }
             let Some(i) = found else { return ProgramEnd::FellThrough };
-            match self.flat.terms[i].action {
+            match self.action(i) {
                 TermAction::Rule { rule, action, resume } => match action {
                     Action::Allow => return ProgramEnd::Allow(rule),
                     Action::Deny => return ProgramEnd::Deny(rule),
                     Action::Log => {
                         on_log(rule, true);
                         start = resume as usize;
-                        first_rule = rule + 1;
+                        first_rule = self.rule_order(rule) + 1;
                     }
                     Action::Pass => {
                         start = resume as usize;
                         if reaching.is_some() {
-                            let at = self.flat.pass_resume_rules.partition_point(|&(r, _)| r < rule);
-                            first_rule = self.flat.pass_resume_rules.get(at).map_or(u32::MAX, |&(_, next)| next);
+                            first_rule = self.pass_next_rule(rule);
                         }
                     }
                 },
@@ -409,7 +787,16 @@ pub struct ProgramCache {
     /// labels and profiles. A workload that comes with the labels and profiles of one already there gets
     /// these programs without keying ([`ProgramCache::patch`]).
     shapes: HashMap<u64, Vec<(Arc<Shape>, EndpointPrograms)>>,
+    /// Programs in force that were spliced since the last compile ([`ProgramCache::patch_policies`]). No key
+    /// names them (the next compile builds their walks afresh); their atoms are the base's and the new
+    /// rules', so an IP set change they read rebuilds them instead of patching.
+    spliced: Vec<Cached>,
+    /// Policy patches since the rule ids were last pruned (a compile prunes them each time).
+    policy_patches: usize,
 }
+
+/// Policy patches between prunings of the rule ids the patches' replaced rules still hold.
+const PRUNE_RULE_IDS_EVERY: usize = 32;
 
 /// What a workload endpoint's programs depend on of it (the world's policies, tiers and profiles aside).
 #[derive(Debug, PartialEq, Hash)]
@@ -527,11 +914,13 @@ impl ProgramCache {
         let mut used = HashSet::new();
         for c in fresh.values() {
             let p = &c.program;
-            stats.terms += p.flat.terms.len();
+            stats.terms += p.term_count();
             stats.table_bytes += p.classifier.table_bytes();
-            used.extend(p.flat.rules.iter().map(|r| r.id));
+            used.extend(p.rules().map(|r| r.id));
         }
         self.by_key = fresh;
+        self.spliced.clear();
+        self.policy_patches = 0;
         self.rule_ids.retain(&used);
         let rules = Arc::new(self.rule_ids.table.clone());
         CompiledTables { epoch, rules, workloads, host_endpoints, stats }
@@ -656,9 +1045,9 @@ impl ProgramCache {
             previous.workloads.iter().map(map).collect()
         };
         let host_endpoints = previous.host_endpoints.iter().map(map).collect();
-        stats.programs = self.by_key.len();
-        for c in self.by_key.values() {
-            stats.terms += c.program.flat.terms.len();
+        stats.programs = self.by_key.len() + self.spliced.len();
+        for c in self.by_key.values().chain(&self.spliced) {
+            stats.terms += c.program.term_count();
             stats.table_bytes += c.program.classifier.table_bytes();
         }
         Some(CompiledTables { epoch, rules: previous.rules.clone(), workloads, host_endpoints, stats })
@@ -698,6 +1087,9 @@ impl ProgramCache {
         };
         let changed: Vec<&crate::selector::Selector> = selectors.iter().collect();
         let bumped: HashSet<u32> = bumped.into_iter().collect();
+        if self.spliced.iter().any(|c| c.atoms.iter().any(|a| bumped.contains(a))) {
+            return None;
+        }
         let mut by_key: HashMap<u64, Cached> = HashMap::with_capacity(self.by_key.len());
         let mut replaced: HashMap<*const Program, Arc<Program>> = HashMap::new();
         let mut memo = SourceMemo::new();
@@ -713,6 +1105,112 @@ impl ProgramCache {
         }
         self.by_key = by_key;
         Some(replaced)
+    }
+}
+
+impl ProgramCache {
+    /// Tables for `world`, which is the world `previous` was compiled from (by this cache) with only the
+    /// rules of some policies changed: `changed` gives each one's index in `world.policies` and its version
+    /// in force before (same id, tier, order, selector, types and stage flags). Each program that walks a
+    /// changed policy's rules gets the new rules spliced in place of the old (`Program::splice`: the new
+    /// rules flattened, the classifier kept); none is built. `None` when a program cannot take a splice:
+    /// [`ProgramCache::compile`] then builds what is needed.
+    pub fn patch_policies(
+        &mut self,
+        world: &ResolvedNode,
+        previous: &CompiledTables,
+        changed: &[(usize, Arc<crate::resource::Policy>)],
+        epoch: u64,
+    ) -> Option<CompiledTables> {
+        let mut resolver = SetResolver::new(world);
+        // Endpoints alike share programs: each program is spliced once, by its address.
+        let mut replaced: HashMap<*const Program, (Arc<Program>, Vec<u32>)> = HashMap::new();
+        let endpoints =
+            previous.workloads.iter().zip(world.workloads.iter().map(|w| (&w.labels, WORKLOAD_STAGES))).chain(
+                previous
+                    .host_endpoints
+                    .iter()
+                    .zip(world.host_endpoints.iter().map(|h| (&h.endpoint.labels, HOST_STAGES))),
+            );
+        for (eps, (labels, stages)) in endpoints {
+            for &stage in stages {
+                for d in [Direction::Ingress, Direction::Egress] {
+                    let Some(program) = eps.get(stage, d) else { continue };
+                    if replaced.contains_key(&Arc::as_ptr(program)) {
+                        continue;
+                    }
+                    let walked: Vec<usize> = changed
+                        .iter()
+                        .filter(|(i, old)| {
+                            let p = &world.policies[*i];
+                            p.selector.matches(labels) && stage.holds(p) && p.applies(d) && p.rules(d) != old.rules(d)
+                        })
+                        .map(|(i, _)| *i)
+                        .collect();
+                    if walked.is_empty() {
+                        continue;
+                    }
+                    let mut atoms = Vec::new();
+                    let policies = walked
+                        .iter()
+                        .map(|&i| {
+                            let p = &world.policies[i];
+                            let mut flat = terms::flatten_policy(world, &mut resolver, i, d);
+                            self.rule_ids.assign(&mut flat, stage);
+                            atoms.extend(self.deps.rule_atoms(p.rules(d)));
+                            (crate::verdict::RuleOwner::Policy { tier: p.tier.clone(), id: p.id.clone() }, flat)
+                        })
+                        .collect();
+                    let spliced = Arc::new(program.splice(policies)?);
+                    replaced.insert(Arc::as_ptr(program), (spliced, atoms));
+                }
+            }
+        }
+        let map = |eps: &EndpointPrograms| -> EndpointPrograms {
+            let mut out = eps.clone();
+            for p in out.programs.iter_mut().flatten().flatten() {
+                if let Some((new, _)) = replaced.get(&Arc::as_ptr(p)) {
+                    *p = new.clone();
+                }
+            }
+            out
+        };
+        let workloads = previous.workloads.iter().map(map).collect();
+        let host_endpoints = previous.host_endpoints.iter().map(map).collect();
+        for (_, programs) in self.shapes.values_mut().flatten() {
+            *programs = map(programs);
+        }
+        let built = replaced.len();
+        // The replaced programs leave the keyed cache (their keys name the old walks) for `spliced`.
+        let mut spliced = std::mem::take(&mut self.spliced);
+        for c in &mut spliced {
+            if let Some((new, atoms)) = replaced.remove(&Arc::as_ptr(&c.program)) {
+                c.program = new;
+                c.atoms = c.atoms.iter().chain(&atoms).copied().collect();
+            }
+        }
+        self.by_key.retain(|_, c| match replaced.remove(&Arc::as_ptr(&c.program)) {
+            Some((new, atoms)) => {
+                let atoms = c.atoms.iter().chain(&atoms).copied().collect();
+                spliced.push(Cached { program: new, structure: 0, atoms });
+                false
+            }
+            None => true,
+        });
+        self.spliced = spliced;
+        let programs = || self.by_key.values().chain(&self.spliced).map(|c| &c.program);
+        self.policy_patches += 1;
+        if self.policy_patches % PRUNE_RULE_IDS_EVERY == 0 {
+            let used: HashSet<u32> = programs().flat_map(|p| p.rules().map(|r| r.id)).collect();
+            self.rule_ids.retain(&used);
+        }
+        let mut stats = CompileStats { built, programs: self.by_key.len() + self.spliced.len(), ..Default::default() };
+        for p in programs() {
+            stats.terms += p.term_count();
+            stats.table_bytes += p.classifier.table_bytes();
+        }
+        let rules = Arc::new(self.rule_ids.table.clone());
+        Some(CompiledTables { epoch, rules, workloads, host_endpoints, stats })
     }
 }
 
@@ -1094,6 +1592,165 @@ spec:
             }
         }
         assert!(patches > 200, "the patch path ran {patches} times");
+    }
+
+    /// Rules of every kind a splice must walk in place: ports, protocols, nets and their negations,
+    /// selectors, Pass out of a tier, and Log (reported where the walk meets it).
+    const SPLICE_RULES: &[&str] = &[
+        "{action: Allow, protocol: TCP, destination: {ports: [80]}}",
+        "{action: Deny, protocol: UDP}",
+        "{action: Pass, source: {nets: [10.5.0.0/16]}}",
+        "{action: Allow, source: {selector: \"has(s0)\"}}",
+        "{action: Deny, protocol: TCP, source: {notNets: [10.5.1.0/24]}, destination: {ports: [22]}}",
+        "{action: Allow, protocol: ICMP}",
+        "{action: Deny, destination: {notNets: [10.1.0.2/32]}}",
+        "{action: Pass, protocol: TCP}",
+        "{action: Allow, source: {nets: [10.5.0.0/30, 10.7.0.0/16]}}",
+        "{action: Log, protocol: UDP}",
+        "{action: Log, source: {nets: [10.5.0.0/16]}}",
+    ];
+
+    /// Four policies in two tiers (one ending in Pass, one in Deny), each with random rules.
+    fn splice_policies(rng: &mut Rng) -> String {
+        let mut y = String::from("apiVersion: projectcalico.org/v3\nkind: Tier\nmetadata: {name: t1}\nspec: {order: 10, defaultAction: Pass}\n");
+        for (name, tier, order, selector) in [
+            ("q1", "t1", 1, "all()"),
+            ("q2", "t1", 2, "app == 'b'"),
+            ("q3", "default", 1, "all()"),
+            ("q4", "default", 2, "app == 'a'"),
+        ] {
+            let rules = |rng: &mut Rng| -> String {
+                // Mostly one to three rules; now and then none (no place to splice: a rebuild).
+                let n = if rng.below(12) == 0 { 0 } else { 1 + rng.below(3) };
+                let mut pick = || SPLICE_RULES[rng.below(SPLICE_RULES.len() as u64) as usize];
+                let rules: Vec<&str> = (0..n).map(|_| pick()).collect();
+                format!("[{}]", rules.join(", "))
+            };
+            let (ingress, egress) = (rules(rng), rules(rng));
+            s_push(&mut y, &format!("---\napiVersion: projectcalico.org/v3\nkind: GlobalNetworkPolicy\nmetadata: {{name: {name}}}\nspec:\n  tier: {tier}\n  order: {order}\n  selector: \"{selector}\"\n  types: [Ingress, Egress]\n  ingress: {ingress}\n  egress: {egress}\n"));
+        }
+        y
+    }
+
+    fn s_push(y: &mut String, s: &str) {
+        y.push_str(s);
+    }
+
+    /// A program's decision with its rule named by owner and index (spliced and fresh programs number their
+    /// rules differently).
+    fn named(p: &Program, end: ProgramEnd) -> String {
+        let rule = |r: u32| p.rule(r).map(|o| format!("{:?} #{}", o.owner, o.index)).unwrap_or_default();
+        match end {
+            ProgramEnd::Allow(r) => format!("allow {}", rule(r)),
+            ProgramEnd::Deny(r) => format!("deny {}", rule(r)),
+            other => format!("{other:?}"),
+        }
+    }
+
+    /// After every random change of some policies' rules, the spliced tables decide as tables compiled
+    /// afresh, by the classifier and by the linear scan, naming the same rule; a compile after a splice
+    /// builds the spliced walks afresh.
+    #[test]
+    fn spliced_tables_decide_like_a_fresh_compile_after_every_policy_change() {
+        let keys: Vec<FlowKey> = ADDRESSES
+            .iter()
+            .flat_map(|src| ["10.1.0.1", "10.1.0.2", "10.5.0.1"].map(move |dst| (src, dst)))
+            .flat_map(|(src, dst)| {
+                [(6u8, 22u32), (6, 80), (17, 53), (1, 0)].map(|(proto, port)| FlowKey {
+                    proto: proto as u16,
+                    src_ip: terms::ip_key(src.parse().unwrap()),
+                    dst_ip: terms::ip_key(dst.parse().unwrap()),
+                    src_port: if proto == 1 { NO_VALUE } else { 40000 },
+                    dst_port: if proto == 1 { NO_VALUE } else { port },
+                    icmp: if proto == 1 { 8 << 8 } else { NO_VALUE },
+                })
+            })
+            .collect();
+        let decide = |t: &CompiledTables| -> Vec<String> {
+            let mut out = Vec::new();
+            for eps in &t.workloads {
+                for d in [Direction::Ingress, Direction::Egress] {
+                    let p = eps.get(Stage::Normal, d).expect("a workload has normal programs");
+                    let name = |r: u32| p.rule(r).map(|o| format!("{:?} #{}", o.owner, o.index)).unwrap_or_default();
+                    for k in &keys {
+                        let mut logged = Vec::new();
+                        let end = p.evaluate(k, |r| logged.push(name(r)));
+                        let mut scanned = Vec::new();
+                        let linear = p.evaluate_linear(k, |r| scanned.push(name(r)));
+                        assert_eq!(
+                            (named(p, end), &logged),
+                            (named(p, linear), &scanned),
+                            "the classifier and the scan"
+                        );
+                        // Every Log rule the walk reaches, matched or not (rate-limited LOG, semantics §9.1).
+                        let mut reached = Vec::new();
+                        let again = p.evaluate_reaching(k, |r, matched| reached.push(format!("{} {matched}", name(r))));
+                        assert_eq!(named(p, again), named(p, end));
+                        out.push(format!("{} logs {logged:?} reached {reached:?}", named(p, end)));
+                    }
+                }
+            }
+            out
+        };
+        let load = |y: &str| {
+            let mut rs = ResourceSet::new();
+            rs.apply_all(load_text(y, &Origin::file("p.yaml")).unwrap().into_iter().map(|d| d.resource));
+            rs
+        };
+        let mut entities = Rng(99);
+        let (mut spliced, mut rebuilt) = (0, 0);
+        for seed in 0..40 {
+            let mut rng = Rng(seed);
+            let mut cache = ProgramCache::new();
+            let mut world = ResolvedNode::new(&node(), &load(&splice_policies(&mut rng)));
+            for _ in 0..4 {
+                world.entities.push(Arc::new(entity(&mut entities)));
+            }
+            let mut tables = cache.compile(&world, 1);
+            for step in 0..10u64 {
+                // Some policies' rules change; the rest of the world stays.
+                let fresh_world = ResolvedNode::new(&node(), &load(&splice_policies(&mut rng)));
+                let mut policies = (*world.policies).clone();
+                let mut changed = Vec::new();
+                for (i, p) in fresh_world.policies.iter().enumerate() {
+                    if rng.below(2) == 0 && (p.ingress != policies[i].ingress || p.egress != policies[i].egress) {
+                        assert_eq!(p.id, policies[i].id);
+                        changed.push((i, std::mem::replace(&mut policies[i], p.clone())));
+                    }
+                }
+                world.policies = Arc::new(policies);
+                let next = match cache.patch_policies(&world, &tables, &changed, step + 2) {
+                    Some(t) => {
+                        spliced += t.stats.built;
+                        t
+                    }
+                    None => {
+                        rebuilt += 1;
+                        cache.compile(&world, step + 2)
+                    }
+                };
+                let fresh = ProgramCache::new().compile(&world, step + 2);
+                let (got, want) = (decide(&next), decide(&fresh));
+                if let Some(i) = (0..got.len()).find(|&i| got[i] != want[i]) {
+                    let per = keys.len();
+                    panic!(
+                        "seed {seed} step {step}: workload {} direction {} key {:?}: spliced {} fresh {}",
+                        i / per / 2,
+                        i / per % 2,
+                        keys[i % per],
+                        got[i],
+                        want[i]
+                    );
+                }
+                tables = next;
+            }
+            // A compile after splices builds the spliced walks afresh, and they decide alike.
+            let again = cache.compile(&world, 100);
+            assert_eq!(decide(&again), decide(&ProgramCache::new().compile(&world, 100)), "seed {seed}: recompiled");
+            tables = again;
+            let _ = tables;
+        }
+        assert!(spliced > 200 && rebuilt > 10, "{spliced} programs spliced, {rebuilt} changes rebuilt");
     }
 
     /// After every random change of the node's workloads (a pod added, removed, or given other labels or

@@ -417,6 +417,24 @@ pub fn flatten<'a>(
     p
 }
 
+/// One policy's rules for direction `d` flattened on their own, numbered from 0 (rules and terms), as
+/// [`flatten`] makes them inside a walk; their Pass rules resume at 0 (the caller knows the next section).
+pub fn flatten_policy<'a>(
+    world: &'a ResolvedNode,
+    resolver: &mut SetResolver<'a>,
+    policy: usize,
+    d: Direction,
+) -> FlatProgram {
+    let pol = &world.policies[policy];
+    let mut p = FlatProgram::default();
+    let mut pending_pass = Vec::new();
+    for (index, rule) in pol.rules(d).iter().enumerate() {
+        let owner = RuleOwner::Policy { tier: pol.tier.clone(), id: pol.id.clone() };
+        push_rule(&mut p, resolver, world, rule, (owner, d), index, &mut pending_pass);
+    }
+    p
+}
+
 /// Points every pending Pass at the current end of the list (the next section's first term).
 fn patch_resume(p: &mut FlatProgram, pending: &mut Vec<usize>) {
     let here = p.terms.len() as u32;
