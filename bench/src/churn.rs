@@ -67,6 +67,7 @@ pub fn run(quick: bool) -> Result<(), String> {
         .map(|(id, _)| id.clone())
         .next()
         .ok_or("the snapshot has no NET set")?;
+    let set_id_again = set_id.clone();
     let delta = next(Payload::IpsetDeltaUpdate(proto::IpSetDeltaUpdate {
         id: set_id,
         added_members: vec!["10.99.0.1/32".into()],
@@ -110,9 +111,22 @@ pub fn run(quick: bool) -> Result<(), String> {
         policy: Some(policy),
     }));
     let policy_update = apply(&mut front, &mut publisher, &[update])?;
+
+    // The same set's member again, after the policy change: a program the change spliced is compiled
+    // afresh when a set it reads changes (`ProgramCache::spliced`), so this delta pays for those builds.
+    let again = next(Payload::IpsetDeltaUpdate(proto::IpSetDeltaUpdate {
+        id: set_id_again,
+        added_members: vec!["10.99.0.2/32".into()],
+        removed_members: Vec::new(),
+    }));
+    let delta_after_splice = apply(&mut front, &mut publisher, &[again])?;
     println!(
         "baseline: yaml_insync_ms={} (the same node and policies published straight from the resources)",
         ms(yaml_insync)
+    );
+    println!(
+        "after the policy change: ipset_delta_after_splice_ms={} (the programs it spliced are compiled again)",
+        ms(delta_after_splice)
     );
     println!(
         "endpoints={endpoints} policies={policies} insync_ms={} ipset_delta_ms={} endpoint_add_ms={} policy_update_ms={}",
