@@ -52,6 +52,9 @@ pub struct Program {
 #[derive(Debug)]
 struct Splice {
     owner: crate::verdict::RuleOwner,
+    /// The walk's direction and stage (what re-flattening the policy after a set change needs).
+    direction: Direction,
+    stage: Stage,
     terms: (u32, u32),
     rules: (u32, u32),
     /// Numbered from 0; a Log rule resumes at its next local term (or, past the last, at `terms.1`), a Pass
@@ -104,6 +107,11 @@ const MAX_PATCHES: usize = 64;
 impl Program {
     pub fn build(flat: FlatProgram) -> Program {
         let classifier = Classifier::build(&flat.terms);
+        Program::build_from(Arc::new(flat), classifier)
+    }
+
+    /// A program of a flattened walk and its classifier.
+    fn build_from(flat: Arc<FlatProgram>, classifier: Classifier) -> Program {
         // In rule order, which is term order (`terms::flatten` pushes each rule's terms after it).
         let log_rules: Vec<LogRule> = (0..flat.rules.len() as u32)
             .filter(|&r| flat.rules[r as usize].action == Action::Log)
@@ -112,7 +120,7 @@ impl Program {
                 LogRule { order: r, term_end: o.term_end, rule: r, families: o.families }
             })
             .collect();
-        Program { flat: Arc::new(flat), classifier, log_rules, patches: Arc::default(), splices: Vec::new() }
+        Program { flat, classifier, log_rules, patches: Arc::default(), splices: Vec::new() }
     }
 
     /// A rule of the program by its index in the walk's numbering (the base's rules, then the splices').
@@ -209,7 +217,12 @@ impl Program {
     /// given, Pass resuming at 0)`) walked in place of their old ones, without rebuilding the classifier.
     /// `None` when it cannot be a splice — a policy's old rules have no terms here, or the program has taken
     /// [`MAX_SPLICES`]: build it instead.
-    fn splice(&self, policies: Vec<(crate::verdict::RuleOwner, FlatProgram)>) -> Option<Program> {
+    fn splice(
+        &self,
+        policies: Vec<(crate::verdict::RuleOwner, FlatProgram)>,
+        direction: Direction,
+        stage: Stage,
+    ) -> Option<Program> {
         let mut splices: Vec<(crate::verdict::RuleOwner, (u32, u32), (u32, u32), FlatProgram, u32)> = Vec::new();
         let mut kept: Vec<&Arc<Splice>> = self.splices.iter().collect();
         for (owner, mut flat) in policies {
@@ -292,6 +305,8 @@ impl Program {
             let shifts = (tl as i64 - (terms.1 - terms.0) as i64, rl as i64 - (rules.1 - rules.0) as i64);
             out.push(Arc::new(Splice {
                 owner,
+                direction,
+                stage,
                 terms,
                 rules,
                 flat,
@@ -344,6 +359,13 @@ impl Program {
         logs.sort_by_key(|l| l.order);
         program.log_rules = logs;
         Some(program)
+    }
+
+    /// The program as built, with the address patches since and without its splices.
+    fn base(&self) -> Program {
+        let mut base = Program::build_from(self.flat.clone(), self.classifier.clone());
+        base.patches = self.patches.clone();
+        base
     }
 
     /// Where splice `s`'s first term stands in the walk's order.
@@ -1087,9 +1109,6 @@ impl ProgramCache {
         };
         let changed: Vec<&crate::selector::Selector> = selectors.iter().collect();
         let bumped: HashSet<u32> = bumped.into_iter().collect();
-        if self.spliced.iter().any(|c| c.atoms.iter().any(|a| bumped.contains(a))) {
-            return None;
-        }
         let mut by_key: HashMap<u64, Cached> = HashMap::with_capacity(self.by_key.len());
         let mut replaced: HashMap<*const Program, Arc<Program>> = HashMap::new();
         let mut memo = SourceMemo::new();
@@ -1102,6 +1121,34 @@ impl ProgramCache {
                 stats.built += 1;
             }
             by_key.insert(self.deps.key(c.structure, &c.atoms), c);
+        }
+        // A spliced program that reads a changed set: its base patched as any program, its splices' policies
+        // flattened again from the changed world.
+        let mut resolver: Option<SetResolver<'_>> = None;
+        let mut respliced = Vec::new();
+        for (i, c) in self.spliced.iter().enumerate() {
+            if !c.atoms.iter().any(|a| bumped.contains(a)) {
+                continue;
+            }
+            let base = c.program.base().patch_addresses(&region, &changed, &mut memo, &mut addresses)?;
+            let first = c.program.splices.first()?;
+            let (direction, stage) = (first.direction, first.stage);
+            let resolver = resolver.get_or_insert_with(|| SetResolver::new(world));
+            let mut policies = Vec::with_capacity(c.program.splices.len());
+            for sp in &c.program.splices {
+                let crate::verdict::RuleOwner::Policy { tier, id } = &sp.owner else { return None };
+                let at = world.policies.iter().position(|p| p.id == *id && p.tier == *tier)?;
+                let mut flat = terms::flatten_policy(world, resolver, at, direction);
+                self.rule_ids.assign(&mut flat, stage);
+                policies.push((sp.owner.clone(), flat));
+            }
+            respliced.push((i, Arc::new(base.splice(policies, direction, stage)?)));
+        }
+        for (i, program) in respliced {
+            let c = &mut self.spliced[i];
+            replaced.insert(Arc::as_ptr(&c.program), program.clone());
+            c.program = program;
+            stats.built += 1;
         }
         self.by_key = by_key;
         Some(replaced)
@@ -1161,7 +1208,7 @@ impl ProgramCache {
                             (crate::verdict::RuleOwner::Policy { tier: p.tier.clone(), id: p.id.clone() }, flat)
                         })
                         .collect();
-                    let spliced = Arc::new(program.splice(policies)?);
+                    let spliced = Arc::new(program.splice(policies, d, stage)?);
                     replaced.insert(Arc::as_ptr(program), (spliced, atoms));
                 }
             }
@@ -1601,6 +1648,7 @@ spec:
         "{action: Deny, protocol: UDP}",
         "{action: Pass, source: {nets: [10.5.0.0/16]}}",
         "{action: Allow, source: {selector: \"has(s0)\"}}",
+        "{action: Deny, protocol: TCP, source: {selector: \"has(s1) && !has(s2)\"}}",
         "{action: Deny, protocol: TCP, source: {notNets: [10.5.1.0/24]}, destination: {ports: [22]}}",
         "{action: Allow, protocol: ICMP}",
         "{action: Deny, destination: {notNets: [10.1.0.2/32]}}",
@@ -1698,7 +1746,7 @@ spec:
             rs
         };
         let mut entities = Rng(99);
-        let (mut spliced, mut rebuilt) = (0, 0);
+        let (mut spliced, mut rebuilt, mut respliced) = (0, 0, 0);
         for seed in 0..40 {
             let mut rng = Rng(seed);
             let mut cache = ProgramCache::new();
@@ -1708,7 +1756,31 @@ spec:
             }
             let mut tables = cache.compile(&world, 1);
             for step in 0..10u64 {
-                // Some policies' rules change; the rest of the world stays.
+                // Now and then a set member changes instead (a spliced program's base is patched and its
+                // splices flattened again); mostly some policies' rules change, the rest of the world staying.
+                if rng.below(3) == 0 {
+                    let (removed, added) = if world.entities.len() > 4 && rng.below(2) == 0 {
+                        let at = rng.below(world.entities.len() as u64) as usize;
+                        (vec![(*world.entities.remove(at)).clone()], vec![])
+                    } else {
+                        let e = entity(&mut entities);
+                        world.entities.push(Arc::new(e.clone()));
+                        (vec![], vec![e])
+                    };
+                    let before: Vec<*const Program> = cache.spliced.iter().map(|c| Arc::as_ptr(&c.program)).collect();
+                    tables = match cache.patch(&world, &tables, &removed, &added, false, step + 2) {
+                        Some(t) => {
+                            // Spliced programs this change patched and spliced again.
+                            respliced +=
+                                cache.spliced.iter().filter(|c| !before.contains(&Arc::as_ptr(&c.program))).count();
+                            t
+                        }
+                        None => cache.compile(&world, step + 2),
+                    };
+                    let fresh = ProgramCache::new().compile(&world, step + 2);
+                    assert_eq!(decide(&tables), decide(&fresh), "seed {seed} step {step}: after a member change");
+                    continue;
+                }
                 let fresh_world = ResolvedNode::new(&node(), &load(&splice_policies(&mut rng)));
                 let mut policies = (*world.policies).clone();
                 let mut changed = Vec::new();
@@ -1750,7 +1822,10 @@ spec:
             tables = again;
             let _ = tables;
         }
-        assert!(spliced > 200 && rebuilt > 10, "{spliced} programs spliced, {rebuilt} changes rebuilt");
+        assert!(
+            spliced > 200 && rebuilt > 10 && respliced > 20,
+            "{spliced} programs spliced, {rebuilt} changes rebuilt, {respliced} member changes patched over splices"
+        );
     }
 
     /// After every random change of the node's workloads (a pod added, removed, or given other labels or
