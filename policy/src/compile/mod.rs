@@ -1675,13 +1675,9 @@ spec:
                 format!("[{}]", rules.join(", "))
             };
             let (ingress, egress) = (rules(rng), rules(rng));
-            s_push(&mut y, &format!("---\napiVersion: projectcalico.org/v3\nkind: GlobalNetworkPolicy\nmetadata: {{name: {name}}}\nspec:\n  tier: {tier}\n  order: {order}\n  selector: \"{selector}\"\n  types: [Ingress, Egress]\n  ingress: {ingress}\n  egress: {egress}\n"));
+            y.push_str(&format!("---\napiVersion: projectcalico.org/v3\nkind: GlobalNetworkPolicy\nmetadata: {{name: {name}}}\nspec:\n  tier: {tier}\n  order: {order}\n  selector: \"{selector}\"\n  types: [Ingress, Egress]\n  ingress: {ingress}\n  egress: {egress}\n"));
         }
         y
-    }
-
-    fn s_push(y: &mut String, s: &str) {
-        y.push_str(s);
     }
 
     /// A program's decision with its rule named by owner and index (spliced and fresh programs number their
