@@ -52,20 +52,19 @@ struct IntervalField<T> {
     narrow: Intervals<T>,
 }
 
-/// An address field: the two parts on the whole number line, and again restricted to IPv4 with 4-byte
-/// starts, so the common IPv4 lookup searches a quarter of the bytes.
-#[derive(Clone, Debug)]
-struct AddressField {
+/// An address field's index as built (or last folded): the two parts on the whole number line, and again
+/// restricted to IPv4 with 4-byte starts, so the common IPv4 lookup searches a quarter of the bytes. Shared
+/// by every version set-member patches make of the field.
+#[derive(Debug)]
+struct AddressIndex {
     all: IntervalField<u128>,
     v4: IntervalField<u32>,
-    /// The terms indexed in the wide part (bit per term); the others with a condition here are in the narrow.
-    wide_terms: Vec<u64>,
 }
 
-impl AddressField {
-    fn new(all: IntervalField<u128>, wide_terms: Vec<u64>) -> AddressField {
+impl AddressIndex {
+    fn new(all: IntervalField<u128>) -> AddressIndex {
         let v4 = IntervalField { wide: v4_part(&all.wide), narrow: v4_part(&all.narrow) };
-        AddressField { all, v4, wide_terms }
+        AddressIndex { all, v4 }
     }
 
     #[inline]
@@ -76,6 +75,189 @@ impl AddressField {
             self.all.classes(ip)
         }
     }
+}
+
+/// An address field: its shared index, and the addresses whose classes set-member changes recomputed since
+/// (`Classifier::patch_addresses`). A patch writes only the overlay, a few spans and classes, so patching a
+/// large program costs what the change touches, not what the program holds; the overlay is folded into a
+/// new index when it grows past [`MAX_OVERLAY`].
+#[derive(Clone, Debug)]
+struct AddressField {
+    index: Arc<AddressIndex>,
+    overlay: Overlay,
+}
+
+/// Sorted disjoint address spans `(first, last, class)`, looked up before the index: inside a span the class
+/// (of `bits`, which holds no wildcards) is the field's whole class there, both parts of the index in one.
+#[derive(Clone, Debug, Default)]
+struct Overlay {
+    spans: Vec<(u128, u128, u32)>,
+    bits: ClassBits,
+}
+
+/// Spans or classes an overlay holds before a patch folds it into the index (the lookup's binary search
+/// stays short and the classes replaced patches leave behind are dropped).
+const MAX_OVERLAY: usize = if cfg!(test) { 6 } else { 64 };
+
+impl AddressField {
+    fn new(all: IntervalField<u128>) -> AddressField {
+        AddressField { index: Arc::new(AddressIndex::new(all)), overlay: Overlay::default() }
+    }
+
+    /// The field's row for `ip`: the overlay's class where a span holds it, else the index's two parts.
+    #[inline]
+    fn row<'a>(&'a self, bits: &'a ClassBits, ip: u128, summary_words: usize) -> Row<'a> {
+        if !self.overlay.spans.is_empty() {
+            if let Some(c) = self.overlay_class(ip) {
+                return Row::of(bits, (&self.overlay.bits, c), (bits, 0), summary_words);
+            }
+        }
+        let (a, b) = self.index.classes(ip);
+        Row::new(bits, a, b, summary_words)
+    }
+
+    /// The overlay's class at `ip`, if a span holds it.
+    #[inline]
+    fn overlay_class(&self, ip: u128) -> Option<u32> {
+        let spans = &self.overlay.spans;
+        let i = spans.partition_point(|s| s.0 <= ip);
+        (i > 0 && spans[i - 1].1 >= ip).then(|| spans[i - 1].2)
+    }
+
+    /// The specific terms holding at `ip`, dense: the overlay's class there, else both parts of the index's.
+    fn dense_at(&self, bits: &ClassBits, ip: u128, words: usize, summary_words: usize) -> Vec<u64> {
+        if let Some(c) = self.overlay_class(ip) {
+            return self.overlay.bits.dense(c, words, summary_words);
+        }
+        let (a, b) = self.index.all.classes(ip);
+        let mut dense = bits.dense(a, words, summary_words);
+        for (w, x) in dense.iter_mut().zip(bits.dense(b, words, summary_words)) {
+            *w |= x;
+        }
+        dense
+    }
+
+    /// The overlay with the classes inside `region` recomputed: at each elementary interval there (bounded by
+    /// the index's starts, the overlay's spans, the region's ends and the changed terms' ranges) the class
+    /// that held before with each of `terms`' bits set to whether its new range holds there. Spans outside
+    /// the region are kept.
+    fn overlay_patched(
+        &self,
+        bits: &ClassBits,
+        region: &RangeSet,
+        terms: &[(u32, &RangeSet)],
+        words: usize,
+        summary_words: usize,
+    ) -> Overlay {
+        let old = &self.overlay;
+        let mut classes =
+            if old.bits.offset.is_empty() { ClassBits::new(words, summary_words, &[]) } else { old.bits.clone() };
+        let mut spans: Vec<(u128, u128, u32)> = Vec::with_capacity(old.spans.len() + 2 * region.ranges().len());
+        for &(lo, hi, c) in &old.spans {
+            let outside = RangeSet::span(lo, hi).difference(region);
+            spans.extend(outside.ranges().iter().map(|&(x, y)| (x, y, c)));
+        }
+        let mut made: HashMap<Vec<u64>, u32> = HashMap::new();
+        for &(lo, hi) in region.ranges() {
+            let mut points: Vec<u128> = vec![lo];
+            for part in [&self.index.all.wide, &self.index.all.narrow] {
+                let a = part.starts.partition_point(|&s| s <= lo);
+                let b = part.starts.partition_point(|&s| s <= hi);
+                points.extend_from_slice(&part.starts[a..b]);
+            }
+            let ends = old.spans.iter().map(|&(x, y, _)| (x, y));
+            for (x, y) in ends.chain(terms.iter().flat_map(|(_, set)| set.ranges().iter().copied())) {
+                if x > lo && x <= hi {
+                    points.push(x);
+                }
+                if y >= lo && y < hi {
+                    points.push(y + 1);
+                }
+            }
+            points.sort_unstable();
+            points.dedup();
+            let first_new = spans.len();
+            for (k, &p) in points.iter().enumerate() {
+                let end = points.get(k + 1).map_or(hi, |next| next - 1);
+                let mut dense = self.dense_at(bits, p, words, summary_words);
+                for (t, set) in terms {
+                    let bit = 1u64 << (t % 64);
+                    if set.contains(p) {
+                        dense[*t as usize / 64] |= bit;
+                    } else {
+                        dense[*t as usize / 64] &= !bit;
+                    }
+                }
+                let class = if dense.iter().all(|w| *w == 0) {
+                    0
+                } else {
+                    *made.entry(dense).or_insert_with_key(|d| classes.push(d, summary_words))
+                };
+                // Neighbours with one class are one span.
+                let joins = spans.len() > first_new && spans.last().is_some_and(|last| last.2 == class);
+                match spans.last_mut() {
+                    Some(last) if joins => last.1 = end,
+                    _ => spans.push((p, end, class)),
+                }
+            }
+        }
+        spans.sort_unstable_by_key(|s| s.0);
+        Overlay { spans, bits: classes }
+    }
+
+    /// The field with its overlay written into a new index (and the overlay's classes into `bits`' copy):
+    /// inside each span the wide part takes the span's class and the narrow part none.
+    fn folded(&self, bits: &ClassBits, words: usize, summary_words: usize) -> (AddressField, Arc<ClassBits>) {
+        let mut folded = bits.clone();
+        let mut made: HashMap<Vec<u64>, u32> = HashMap::new();
+        let mut class_of = |c: u32| -> u32 {
+            let dense = self.overlay.bits.dense(c, words, summary_words);
+            if dense.iter().all(|w| *w == 0) {
+                return 0;
+            }
+            *made.entry(dense).or_insert_with_key(|d| folded.push(d, summary_words))
+        };
+        let wide: Vec<(u128, u128, u32)> = self.overlay.spans.iter().map(|&(x, y, c)| (x, y, class_of(c))).collect();
+        let none: Vec<(u128, u128, u32)> = self.overlay.spans.iter().map(|&(x, y, _)| (x, y, 0)).collect();
+        let all = IntervalField {
+            wide: overwritten(&self.index.all.wide, &wide),
+            narrow: overwritten(&self.index.all.narrow, &none),
+        };
+        (AddressField::new(all), Arc::new(folded))
+    }
+}
+
+/// `iv` with each of the sorted disjoint `spans` `(first, last, class)` taking its class over its addresses.
+fn overwritten(iv: &Intervals<u128>, spans: &[(u128, u128, u32)]) -> Intervals<u128> {
+    let mut out = Intervals {
+        starts: Vec::with_capacity(iv.starts.len() + 2 * spans.len()),
+        classes: Vec::with_capacity(iv.starts.len() + 2 * spans.len()),
+    };
+    // Neighbours with one class are one interval.
+    let mut push = |start: u128, class: u32| {
+        if out.classes.last() != Some(&class) {
+            out.starts.push(start);
+            out.classes.push(class);
+        }
+    };
+    let mut i = 0;
+    for &(lo, hi, class) in spans {
+        while i < iv.starts.len() && iv.starts[i] < lo {
+            push(iv.starts[i], iv.classes[i]);
+            i += 1;
+        }
+        push(lo, class);
+        while i < iv.starts.len() && iv.starts[i] <= hi {
+            i += 1;
+        }
+        if hi < u128::MAX && iv.starts.get(i) != Some(&(hi + 1)) {
+            push(hi + 1, iv.class(hi + 1));
+        }
+    }
+    for (&s, &c) in iv.starts[i..].iter().zip(&iv.classes[i..]) {
+        push(s, c);
+    }
+    out
 }
 
 /// The IPv4 slice of an interval index: the class at the first IPv4 address, then every start inside.
@@ -193,10 +375,13 @@ fn summary_of(dense: &[u64], summary_words: usize) -> Vec<u64> {
     sum
 }
 
-/// One field's vector for a packet: its wildcards ORed with up to two stored classes (class 0 is empty).
+/// One field's vector for a packet: its wildcards ORed with up to two stored classes (class 0 is empty), each
+/// read from the class bits that hold it (an address overlay's classes are kept apart from the index's).
 #[derive(Clone, Copy)]
 struct Row<'a> {
-    bits: &'a ClassBits,
+    wild: &'a ClassBits,
+    a: &'a ClassBits,
+    b: &'a ClassBits,
     /// Start of each class's summary words (= class × summary words).
     sum_a: u32,
     sum_b: u32,
@@ -205,19 +390,28 @@ struct Row<'a> {
 impl<'a> Row<'a> {
     #[inline]
     fn new(bits: &'a ClassBits, a: u32, b: u32, summary_words: usize) -> Row<'a> {
-        Row { bits, sum_a: a * summary_words as u32, sum_b: b * summary_words as u32 }
+        Row::of(bits, (bits, a), (bits, b), summary_words)
+    }
+
+    #[inline]
+    fn of(
+        wild: &'a ClassBits,
+        (a, class_a): (&'a ClassBits, u32),
+        (b, class_b): (&'a ClassBits, u32),
+        summary_words: usize,
+    ) -> Row<'a> {
+        let sw = summary_words as u32;
+        Row { wild, a, b, sum_a: class_a * sw, sum_b: class_b * sw }
     }
 
     #[inline]
     fn summary(&self, sw: usize) -> u64 {
-        let b = self.bits;
-        b.wild_sum[sw] | b.sum[self.sum_a as usize + sw] | b.sum[self.sum_b as usize + sw]
+        self.wild.wild_sum[sw] | self.a.sum[self.sum_a as usize + sw] | self.b.sum[self.sum_b as usize + sw]
     }
 
-    /// Word `w` of the stored class whose summary starts at `sum_at`.
+    /// Word `w` of the class of `b` whose summary starts at `sum_at`.
     #[inline]
-    fn class_word(&self, sum_at: u32, w: usize, summary_words: usize) -> u64 {
-        let b = self.bits;
+    fn class_word(b: &ClassBits, sum_at: u32, w: usize, summary_words: usize) -> u64 {
         let (sw, bit) = (w / 64, w % 64);
         let at = sum_at as usize + sw;
         let marks = b.sum[at];
@@ -231,9 +425,9 @@ impl<'a> Row<'a> {
 
     #[inline]
     fn word(&self, w: usize, summary_words: usize) -> u64 {
-        self.bits.wild[w]
-            | self.class_word(self.sum_a, w, summary_words)
-            | self.class_word(self.sum_b, w, summary_words)
+        self.wild.wild[w]
+            | Row::class_word(self.a, self.sum_a, w, summary_words)
+            | Row::class_word(self.b, self.sum_b, w, summary_words)
     }
 }
 
@@ -252,7 +446,8 @@ enum Index {
 #[derive(Clone, Debug)]
 struct Field {
     index: Index,
-    bits: ClassBits,
+    /// Shared by the versions address patches make of the field (they add classes to the overlay only).
+    bits: Arc<ClassBits>,
 }
 
 /// A compiled program's lookup structure.
@@ -286,27 +481,21 @@ impl Classifier {
             for (v, slot) in table.iter_mut().enumerate() {
                 *slot = parts.class(v as u128);
             }
-            fields.push(Arc::new(Field { index: Index::Proto(table), bits }));
+            fields.push(Arc::new(Field { index: Index::Proto(table), bits: Arc::new(bits) }));
         }
         // Each interval field's sets are split into wide and narrow ones (see `split_by_width`), indexed
         // apart and ORed at lookup: wide sets are then not copied into every class narrow sets create.
         let interval_field =
-            |get: fn(&Conditions) -> &Option<Arc<RangeSet>>| -> Option<(IntervalField<u128>, ClassBits, Vec<u64>)> {
+            |get: fn(&Conditions) -> &Option<Arc<RangeSet>>| -> Option<(IntervalField<u128>, Arc<ClassBits>)> {
                 let sets: Vec<Option<&RangeSet>> = conds.iter().map(|c| get(c).as_deref()).collect();
                 if sets.iter().all(Option::is_none) {
                     return None;
                 }
                 let mut bits = ClassBits::new(words, summary_words, &wildcards_of(&sets));
                 let (wide, narrow) = split_by_width(&sets);
-                let mut wide_terms = vec![0u64; words];
-                for (t, s) in wide.iter().enumerate() {
-                    if s.is_some() {
-                        wide_terms[t / 64] |= 1 << (t % 64);
-                    }
-                }
                 let wide = build_intervals(&wide, &mut bits, words, summary_words);
                 let narrow = build_intervals(&narrow, &mut bits, words, summary_words);
-                Some((IntervalField { wide, narrow }, bits, wide_terms))
+                Some((IntervalField { wide, narrow }, Arc::new(bits)))
             };
         let small = |f: IntervalField<u128>| -> IntervalField<u32> {
             let narrow = |i: Intervals<u128>| Intervals {
@@ -315,30 +504,30 @@ impl Classifier {
             };
             IntervalField { wide: narrow(f.wide), narrow: narrow(f.narrow) }
         };
-        if let Some((f, bits, wide)) = interval_field(|c| &c.src_ip) {
-            fields.push(Arc::new(Field { index: Index::SrcIp(AddressField::new(f, wide)), bits }));
+        if let Some((f, bits)) = interval_field(|c| &c.src_ip) {
+            fields.push(Arc::new(Field { index: Index::SrcIp(AddressField::new(f)), bits }));
         }
-        if let Some((f, bits, wide)) = interval_field(|c| &c.dst_ip) {
-            fields.push(Arc::new(Field { index: Index::DstIp(AddressField::new(f, wide)), bits }));
+        if let Some((f, bits)) = interval_field(|c| &c.dst_ip) {
+            fields.push(Arc::new(Field { index: Index::DstIp(AddressField::new(f)), bits }));
         }
-        if let Some((f, bits, _)) = interval_field(|c| &c.src_port) {
+        if let Some((f, bits)) = interval_field(|c| &c.src_port) {
             fields.push(Arc::new(Field { index: Index::SrcPort(small(f)), bits }));
         }
-        if let Some((f, bits, _)) = interval_field(|c| &c.dst_port) {
+        if let Some((f, bits)) = interval_field(|c| &c.dst_port) {
             fields.push(Arc::new(Field { index: Index::DstPort(small(f)), bits }));
         }
-        if let Some((f, bits, _)) = interval_field(|c| &c.icmp) {
+        if let Some((f, bits)) = interval_field(|c| &c.icmp) {
             fields.push(Arc::new(Field { index: Index::Icmp(small(f)), bits }));
         }
         let src_t: Vec<&TupleCond> = conds.iter().map(|c| &c.src_tuple).collect();
         if src_t.iter().any(|t| !matches!(t, TupleCond::Any)) {
             let (f, bits) = build_tuples(&src_t, words, summary_words);
-            fields.push(Arc::new(Field { index: Index::SrcTuple(f), bits }));
+            fields.push(Arc::new(Field { index: Index::SrcTuple(f), bits: Arc::new(bits) }));
         }
         let dst_t: Vec<&TupleCond> = conds.iter().map(|c| &c.dst_tuple).collect();
         if dst_t.iter().any(|t| !matches!(t, TupleCond::Any)) {
             let (f, bits) = build_tuples(&dst_t, words, summary_words);
-            fields.push(Arc::new(Field { index: Index::DstTuple(f), bits }));
+            fields.push(Arc::new(Field { index: Index::DstTuple(f), bits: Arc::new(bits) }));
         }
         debug_assert!(fields.len() <= MAX_FIELDS);
         Classifier { terms: n, summary_words, fields }
@@ -368,29 +557,14 @@ impl Classifier {
             else {
                 panic!("a term with an address condition on side {side} has no address field");
             };
-            // The field is made anew from the old one's parts: only its class bits are copied whole (a patch
-            // adds classes to them), each interval part is read once into its patched version.
-            let (Index::SrcIp(a) | Index::DstIp(a)) = &field.index else { unreachable!("matched above") };
-            let mut bits = field.bits.clone();
-            let in_wide = |t: u32| a.wide_terms[t as usize / 64] & (1 << (t % 64)) != 0;
-            let wide: Vec<(u32, &RangeSet)> = terms.iter().copied().filter(|(t, _)| in_wide(*t)).collect();
-            let narrow: Vec<(u32, &RangeSet)> = terms.iter().copied().filter(|(t, _)| !in_wide(*t)).collect();
-            let mut part = |old: &Intervals<u128>, old_v4: &Intervals<u32>, terms: &[(u32, &RangeSet)]| {
-                if terms.is_empty() {
-                    return (old.clone(), old_v4.clone());
-                }
-                let all = patch_intervals(old, region, terms, &mut bits, words, sw);
-                let v4 = v4_part(&all);
-                (all, v4)
-            };
-            let (all_wide, v4_wide) = part(&a.all.wide, &a.v4.wide, &wide);
-            let (all_narrow, v4_narrow) = part(&a.all.narrow, &a.v4.narrow, &narrow);
-            let patched = AddressField {
-                all: IntervalField { wide: all_wide, narrow: all_narrow },
-                v4: IntervalField { wide: v4_wide, narrow: v4_narrow },
-                wide_terms: a.wide_terms.clone(),
-            };
-            let index = if side == 0 { Index::SrcIp(patched) } else { Index::DstIp(patched) };
+            let (Index::SrcIp(address) | Index::DstIp(address)) = &field.index else { unreachable!("matched above") };
+            // The index and its class bits are shared with the field patched; only the overlay is new.
+            let (mut address, mut bits) = (address.clone(), field.bits.clone());
+            if address.overlay.spans.len() >= MAX_OVERLAY || address.overlay.bits.offset.len() >= MAX_OVERLAY {
+                (address, bits) = address.folded(&bits, words, sw);
+            }
+            address.overlay = address.overlay_patched(&bits, region, &terms, words, sw);
+            let index = if side == 0 { Index::SrcIp(address) } else { Index::DstIp(address) };
             *field = Arc::new(Field { index, bits });
         }
         out
@@ -424,8 +598,11 @@ impl Classifier {
                 let idx = match &f.index {
                     Index::Proto(_) => 512 * 4,
                     Index::SrcIp(i) | Index::DstIp(i) => {
-                        (i.all.wide.starts.len() + i.all.narrow.starts.len()) * 20
-                            + (i.v4.wide.starts.len() + i.v4.narrow.starts.len()) * 8
+                        let index = &i.index;
+                        (index.all.wide.starts.len() + index.all.narrow.starts.len()) * 20
+                            + (index.v4.wide.starts.len() + index.v4.narrow.starts.len()) * 8
+                            + i.overlay.spans.len() * 36
+                            + i.overlay.bits.bytes()
                     }
                     Index::SrcPort(i) | Index::DstPort(i) | Index::Icmp(i) => {
                         (i.wide.starts.len() + i.narrow.starts.len()) * 8
@@ -452,8 +629,14 @@ impl Classifier {
         for (slot, f) in rows.iter_mut().zip(&self.fields) {
             let (a, b) = match &f.index {
                 Index::Proto(t) => (t[key.proto as usize & 511], 0),
-                Index::SrcIp(i) => i.classes(key.src_ip),
-                Index::DstIp(i) => i.classes(key.dst_ip),
+                Index::SrcIp(i) => {
+                    *slot = Some(i.row(&f.bits, key.src_ip, sw_n));
+                    continue;
+                }
+                Index::DstIp(i) => {
+                    *slot = Some(i.row(&f.bits, key.dst_ip, sw_n));
+                    continue;
+                }
                 Index::SrcPort(i) => i.classes(key.src_port),
                 Index::DstPort(i) => i.classes(key.dst_port),
                 Index::Icmp(i) => i.classes(key.icmp),
@@ -523,85 +706,6 @@ impl Prepared<'_> {
         }
         None
     }
-}
-
-/// `iv` with the classes inside `region` recomputed: at each elementary interval there (bounded by `iv`'s
-/// own starts, the region's ends and the changed terms' ranges) the old class with each of `terms`' bits set
-/// to whether its new range holds there. New classes are appended to `bits` (equal ones shared).
-fn patch_intervals(
-    iv: &Intervals<u128>,
-    region: &RangeSet,
-    terms: &[(u32, &RangeSet)],
-    bits: &mut ClassBits,
-    words: usize,
-    summary_words: usize,
-) -> Intervals<u128> {
-    // Each range of the region rewrites the intervals the previous one left (the first reads `iv`: no copy).
-    let mut patched: Option<Intervals<u128>> = None;
-    let mut made: HashMap<Vec<u64>, u32> = HashMap::new();
-    for &(lo, hi) in region.ranges() {
-        let out = patched.as_ref().unwrap_or(iv);
-        let a = out.starts.partition_point(|&s| s < lo);
-        let b = out.starts.partition_point(|&s| s <= hi);
-        let mut points: Vec<u128> = vec![lo];
-        points.extend_from_slice(&out.starts[a..b]);
-        for (_, set) in terms {
-            for &(x, y) in set.ranges() {
-                if x > lo && x <= hi {
-                    points.push(x);
-                }
-                if y >= lo && y < hi {
-                    points.push(y + 1);
-                }
-            }
-        }
-        points.sort_unstable();
-        points.dedup();
-        let after = (hi < u128::MAX && out.starts.get(b) != Some(&(hi + 1))).then(|| out.class(hi + 1));
-        let mut starts: Vec<u128> = Vec::with_capacity(out.starts.len() + points.len() + 1);
-        let mut classes: Vec<u32> = Vec::with_capacity(starts.capacity());
-        starts.extend_from_slice(&out.starts[..a]);
-        classes.extend_from_slice(&out.classes[..a]);
-        for &p in &points {
-            let old = out.class(p);
-            let before = bits.dense(old, words, summary_words);
-            let mut dense = before.clone();
-            for (t, set) in terms {
-                let bit = 1u64 << (t % 64);
-                if set.contains(p) {
-                    dense[*t as usize / 64] |= bit;
-                } else {
-                    dense[*t as usize / 64] &= !bit;
-                }
-            }
-            let class = if dense.iter().all(|w| *w == 0) {
-                0
-            } else if dense == before {
-                old
-            } else {
-                *made.entry(dense).or_insert_with_key(|d| bits.push(d, summary_words))
-            };
-            starts.push(p);
-            classes.push(class);
-        }
-        if let Some(c) = after {
-            starts.push(hi + 1);
-            classes.push(c);
-        }
-        starts.extend_from_slice(&out.starts[b..]);
-        classes.extend_from_slice(&out.classes[b..]);
-        // Neighbours with one class are one interval.
-        let mut merged =
-            Intervals { starts: Vec::with_capacity(starts.len()), classes: Vec::with_capacity(starts.len()) };
-        for (s, c) in starts.into_iter().zip(classes) {
-            if merged.classes.last() != Some(&c) {
-                merged.starts.push(s);
-                merged.classes.push(c);
-            }
-        }
-        patched = Some(merged);
-    }
-    patched.unwrap_or_else(|| iv.clone())
 }
 
 fn wildcards_of(sets: &[Option<&RangeSet>]) -> Vec<bool> {

@@ -492,8 +492,8 @@ impl Program {
                 .or_insert_with(|| (source.clone(), reads(source).then(|| source.within(region, addresses))));
             inside.clone()
         };
-        for s in &self.flat.dropped {
-            if inside_of(s, &mut addresses).is_some() && !s.fixed.intersect(region).is_empty() {
+        for s in changed.iter().flat_map(|(h, _)| self.flat.dropped.get(h).into_iter().flatten()) {
+            if reads(s) && s.fixed.overlaps(region) {
                 return None;
             }
         }
@@ -1091,12 +1091,8 @@ impl ProgramCache {
         let region = ranges::RangeSet::from_ranges(
             removed.iter().chain(added).flat_map(|e| terms::entity_range(e).ranges().to_vec()).collect(),
         );
-        let near: Vec<&crate::resolve::Entity> = world
-            .entities
-            .iter()
-            .map(|e| &**e)
-            .filter(|e| !terms::entity_range(e).intersect(&region).is_empty())
-            .collect();
+        let near: Vec<&crate::resolve::Entity> =
+            world.entities.iter().map(|e| &**e).filter(|e| terms::entity_overlaps(e, &region)).collect();
         // The few selectors the patched terms read, with their addresses inside the region.
         let mut inside: Vec<(crate::selector::Selector, ranges::RangeSet)> = Vec::new();
         let mut addresses = |sel: &crate::selector::Selector| -> ranges::RangeSet {
@@ -1109,18 +1105,17 @@ impl ProgramCache {
         };
         let changed: Vec<&crate::selector::Selector> = selectors.iter().collect();
         let bumped: HashSet<u32> = bumped.into_iter().collect();
-        let mut by_key: HashMap<u64, Cached> = HashMap::with_capacity(self.by_key.len());
         let mut replaced: HashMap<*const Program, Arc<Program>> = HashMap::new();
         let mut memo = SourceMemo::new();
-        for c in self.by_key.values() {
-            let mut c = c.clone();
+        // Programs that read no changed set keep their entry and key (the versions it hashes did not move).
+        let mut rekeyed: Vec<(u64, Cached)> = Vec::new();
+        for (&key, c) in &self.by_key {
             if c.atoms.iter().any(|a| bumped.contains(a)) {
                 let patched = Arc::new(c.program.patch_addresses(&region, &changed, &mut memo, &mut addresses)?);
                 replaced.insert(Arc::as_ptr(&c.program), patched.clone());
-                c.program = patched;
+                rekeyed.push((key, Cached { program: patched, structure: c.structure, atoms: c.atoms.clone() }));
                 stats.built += 1;
             }
-            by_key.insert(self.deps.key(c.structure, &c.atoms), c);
         }
         // A spliced program that reads a changed set: its base patched as any program, its splices' policies
         // flattened again from the changed world.
@@ -1150,7 +1145,12 @@ impl ProgramCache {
             c.program = program;
             stats.built += 1;
         }
-        self.by_key = by_key;
+        for (old, _) in &rekeyed {
+            self.by_key.remove(old);
+        }
+        for (_, c) in rekeyed {
+            self.by_key.insert(self.deps.key(c.structure, &c.atoms), c);
+        }
         Some(replaced)
     }
 }

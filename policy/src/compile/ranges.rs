@@ -57,6 +57,30 @@ impl RangeSet {
         RangeSet::from_ranges(all)
     }
 
+    /// Whether the sets share a value (`intersect` without building the intersection).
+    pub fn overlaps(&self, other: &RangeSet) -> bool {
+        let (a, b) = (&self.ranges, &other.ranges);
+        let (mut i, mut j) = (0, 0);
+        while i < a.len() && j < b.len() {
+            if a[i].0.max(b[j].0) <= a[i].1.min(b[j].1) {
+                return true;
+            }
+            if a[i].1 < b[j].1 {
+                i += 1;
+            } else {
+                j += 1;
+            }
+        }
+        false
+    }
+
+    /// Whether the set holds a value of `lo..=hi`.
+    pub fn overlaps_span(&self, lo: u128, hi: u128) -> bool {
+        // The first range not wholly below `lo`.
+        let i = self.ranges.partition_point(|r| r.1 < lo);
+        self.ranges.get(i).is_some_and(|r| r.0 <= hi)
+    }
+
     pub fn intersect(&self, other: &RangeSet) -> RangeSet {
         let (a, b) = (&self.ranges, &other.ranges);
         let (mut i, mut j) = (0, 0);
@@ -105,6 +129,18 @@ impl RangeSet {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn overlaps_is_a_non_empty_intersection() {
+        let a = RangeSet::from_ranges(vec![(0, 9), (20, 29), (40, 49)]);
+        for (lo, hi) in [(10, 19), (9, 9), (29, 40), (50, 60), (15, 25), (0, 100), (30, 39)] {
+            let b = RangeSet::span(lo, hi);
+            assert_eq!(a.overlaps(&b), !a.intersect(&b).is_empty(), "{lo}..={hi}");
+            assert_eq!(b.overlaps(&a), !a.intersect(&b).is_empty(), "{lo}..={hi}");
+            assert_eq!(a.overlaps_span(lo, hi), !a.intersect(&b).is_empty(), "{lo}..={hi}");
+        }
+        assert!(!a.overlaps(&RangeSet::empty()));
+    }
 
     #[test]
     fn set_algebra() {

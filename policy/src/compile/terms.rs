@@ -38,6 +38,12 @@ pub fn family_range(f: IpFamily) -> RangeSet {
 }
 
 fn net_range(n: &IpNet) -> RangeSet {
+    let (lo, hi) = net_span(n);
+    RangeSet::span(lo, hi)
+}
+
+/// The first and last value of a net on the address line.
+fn net_span(n: &IpNet) -> (u128, u128) {
     let bits = match n.family() {
         IpFamily::V4 => 32,
         IpFamily::V6 => 128,
@@ -45,7 +51,15 @@ fn net_range(n: &IpNet) -> RangeSet {
     let lo = ip_key(n.addr());
     let host_bits = bits - n.prefix_len() as u32;
     let span = if host_bits >= 128 { u128::MAX } else { (1u128 << host_bits) - 1 };
-    RangeSet::span(lo, lo.saturating_add(span))
+    (lo, lo.saturating_add(span))
+}
+
+/// Whether one of the entity's nets holds a value of `region` (no set is built).
+pub fn entity_overlaps(e: &Entity, region: &RangeSet) -> bool {
+    e.nets.iter().any(|n| {
+        let (lo, hi) = net_span(n);
+        region.overlaps_span(lo, hi)
+    })
 }
 
 /// The port/ICMP number line: 0–65535 are values, 65536 means "the packet has none".
@@ -150,8 +164,9 @@ pub struct FlatProgram {
     pub addr_sources: foldhash::HashMap<u64, Vec<(u32, u8, Arc<AddrSource>)>>,
     /// Alternatives of rules that got no term because their address set was empty through a selector (an
     /// IPv6 alternative of a set of IPv4 members, say): a change to one of those selectors inside the
-    /// alternative's fixed addresses is not a patch, the program is built again.
-    pub dropped: Vec<Arc<AddrSource>>,
+    /// alternative's fixed addresses is not a patch, the program is built again. By the [`selector_hash`] of
+    /// each selector it reads, as `addr_sources` (a program can hold thousands; a change visits its own).
+    pub dropped: foldhash::HashMap<u64, Vec<Arc<AddrSource>>>,
 }
 
 /// How a term's address condition on one side was made when it depends on selectors: the part that does not
@@ -474,7 +489,12 @@ fn push_rule<'a>(
         families,
     });
     for family in &made {
-        p.dropped.extend(family.dropped.iter().cloned());
+        for source in &family.dropped {
+            let [a, b] = source.hashes;
+            for h in [a, b].into_iter().filter(|&h| h != 0).take(if a == b { 1 } else { 2 }) {
+                p.dropped.entry(h).or_default().push(source.clone());
+            }
+        }
         for (conditions, sources) in &family.terms {
             let at = p.terms.len();
             for (side, source) in sources.iter().enumerate() {
