@@ -542,13 +542,13 @@ impl Classifier {
     /// term already having a condition on that side. The classes of the region's elementary intervals are
     /// recomputed from their old classes with those terms' bits set anew; the rest of the index is kept, so
     /// the result decides like a classifier built from the changed terms (docs/felix-driver.md).
-    pub fn patch_addresses(&self, region: &RangeSet, changed: &[(u32, u8, RangeSet)]) -> Classifier {
+    pub fn patch_addresses(&self, region: &RangeSet, changed: &[(u32, u8, Arc<RangeSet>)]) -> Classifier {
         let mut out = self.clone();
         let words = self.terms.div_ceil(64).max(1);
         let sw = self.summary_words;
         for side in [0u8, 1] {
             let terms: Vec<(u32, &RangeSet)> =
-                changed.iter().filter(|c| c.1 == side).map(|(t, _, s)| (*t, s)).collect();
+                changed.iter().filter(|c| c.1 == side).map(|(t, _, s)| (*t, &**s)).collect();
             if terms.is_empty() {
                 continue;
             }

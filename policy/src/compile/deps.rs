@@ -10,7 +10,6 @@
 //! and tested against each atom once, instead of rebuilding every program because some entity changed.
 
 use foldhash::{HashMap, HashMapExt};
-use std::collections::hash_map::DefaultHasher;
 use std::hash::{Hash, Hasher};
 use std::sync::Arc;
 
@@ -41,7 +40,7 @@ impl Atom {
 }
 
 fn hash_of<T: Hash + ?Sized>(v: &T) -> u64 {
-    let mut h = DefaultHasher::new();
+    let mut h = super::hasher();
     v.hash(&mut h);
     h.finish()
 }
@@ -203,7 +202,7 @@ impl DepTracker {
     /// A program's key: what it is built from apart from set contents (`structure`), and the versions of the
     /// atoms it reads.
     pub fn key(&self, structure: u64, atoms: &[u32]) -> u64 {
-        let mut h = DefaultHasher::new();
+        let mut h = super::hasher();
         structure.hash(&mut h);
         for &a in atoms {
             self.versions[a as usize].hash(&mut h);

@@ -11,7 +11,6 @@ pub mod ranges;
 pub mod terms;
 
 use foldhash::{HashMap, HashMapExt, HashSet, HashSetExt};
-use std::collections::hash_map::DefaultHasher;
 use std::hash::{BuildHasher, Hash, Hasher};
 use std::sync::Arc;
 
@@ -94,15 +93,22 @@ enum At {
 /// Per (term, side: 0 source / 1 destination), oldest first: inside the region, the term's addresses are
 /// the second set (the last patch whose region holds an address decides it; outside every region the
 /// term's built condition does).
-type AddressPatches = HashMap<(u32, u8), Vec<(Arc<ranges::RangeSet>, ranges::RangeSet)>>;
+type AddressPatches = HashMap<(u32, u8), Vec<(Arc<ranges::RangeSet>, Arc<ranges::RangeSet>)>>;
 
 /// What one address change works out per rule side (`terms::AddrSource`, shared by the programs a rule's
 /// terms were copied into): whether the side reads a changed set, and if so its addresses inside the change's
 /// region. Keyed by the source's address; the `Arc` pins it for the memo's life.
-pub type SourceMemo = HashMap<*const terms::AddrSource, (Arc<terms::AddrSource>, Option<ranges::RangeSet>)>;
+pub type SourceMemo = HashMap<*const terms::AddrSource, (Arc<terms::AddrSource>, Option<Arc<ranges::RangeSet>>)>;
 
 /// Patches one term takes before a change to its sets rebuilds the program instead (the patches stay bounded).
 const MAX_PATCHES: usize = 64;
+
+/// The hasher of what a compile keys and fingerprints (program keys, rule fingerprints, selector hashes):
+/// fixed-seeded, so a value hashes alike in every compile and run, and fast (a program's key hashes the
+/// versions of thousands of atoms; SipHash was a fifth of an IP set patch).
+pub(crate) fn hasher() -> impl Hasher {
+    foldhash::fast::FixedState::with_seed(0x6361_6c78_6470).build_hasher()
+}
 
 impl Program {
     pub fn build(flat: FlatProgram) -> Program {
@@ -489,7 +495,7 @@ impl Program {
         let mut inside_of = |source: &Arc<terms::AddrSource>, addresses: &mut dyn FnMut(&_) -> _| {
             let (_, inside) = memo
                 .entry(Arc::as_ptr(source))
-                .or_insert_with(|| (source.clone(), reads(source).then(|| source.within(region, addresses))));
+                .or_insert_with(|| (source.clone(), reads(source).then(|| Arc::new(source.within(region, addresses)))));
             inside.clone()
         };
         for s in changed.iter().flat_map(|(h, _)| self.flat.dropped.get(h).into_iter().flatten()) {
@@ -502,7 +508,7 @@ impl Program {
         }
         let shared_region = Arc::new(region.clone());
         let mut patches = (*self.patches).clone();
-        let mut patched: Vec<(u32, u8, ranges::RangeSet)> = Vec::new();
+        let mut patched: Vec<(u32, u8, Arc<ranges::RangeSet>)> = Vec::new();
         // A rule side's source is shared by every term its alternatives multiply into, and by every program
         // the rule's terms were copied into: whether it reads a changed selector, and its addresses inside
         // the region, are worked out once per source and change.
@@ -514,7 +520,7 @@ impl Program {
         for (t, side, source) in reading {
             let Some(inside) = inside_of(source, &mut addresses) else { continue };
             patches.entry((*t, *side)).or_default().push((shared_region.clone(), inside.clone()));
-            patched.push((*t, *side, inside.clone()));
+            patched.push((*t, *side, inside));
         }
         let classifier = self.classifier.patch_addresses(region, &patched);
         Some(Program {
@@ -1297,7 +1303,7 @@ fn program_key(
     d: Direction,
     stage: Stage,
 ) -> (u64, Vec<u32>) {
-    let mut h = DefaultHasher::new();
+    let mut h = hasher();
     let mut atoms = Vec::new();
     (stage_index(stage), dir_index(d), deps.services()).hash(&mut h);
     for tier in world.tiers.iter() {

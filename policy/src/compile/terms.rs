@@ -185,7 +185,7 @@ pub struct AddrSource {
 /// The hash [`AddrSource::reads`] compares first.
 pub fn selector_hash(sel: &Selector) -> u64 {
     use std::hash::{Hash, Hasher};
-    let mut h = std::collections::hash_map::DefaultHasher::new();
+    let mut h = super::hasher();
     sel.hash(&mut h);
     h.finish() | 1
 }
@@ -265,7 +265,7 @@ impl<'a> SetResolver<'a> {
         }
         let fingerprint = {
             use std::hash::{Hash, Hasher};
-            let mut h = std::collections::hash_map::DefaultHasher::new();
+            let mut h = super::hasher();
             rule.hash(&mut h);
             h.finish()
         };
