@@ -237,23 +237,24 @@ impl TierListUse {
 }
 
 impl TierLists {
-    /// Whether an endpoint carries `lists` (whose hash is `hash`).
-    fn carried(&self, hash: u64, lists: &[&[proto::TierInfo]]) -> bool {
-        self.by_hash.get(&hash).is_some_and(|uses| uses.iter().any(|u| u.is(lists)))
+    /// Where among the lists of its hash an endpoint carries `lists` (whose hash is `hash`), if one does.
+    /// (Lists run to thousands of policy ids: they are compared once per endpoint taken.)
+    fn position(&self, hash: u64, lists: &[&[proto::TierInfo]]) -> Option<usize> {
+        self.by_hash.get(&hash)?.iter().position(|u| u.is(lists))
     }
 
-    /// Counts one more endpoint carrying `lists`; `policies` are what they name when no endpoint carried them
-    /// yet (ignored otherwise).
-    fn take(&mut self, hash: u64, lists: &[&[proto::TierInfo]], policies: Vec<PolicyKey>) {
-        let uses = self.by_hash.entry(hash).or_default();
-        match uses.iter_mut().find(|u| u.is(lists)) {
-            Some(u) => u.endpoints += 1,
-            None => {
-                let lists = lists.iter().map(|l| l.to_vec()).collect();
-                uses.push(TierListUse { lists, policies, endpoints: 1 });
-                self.generation += 1;
-            }
+    /// Counts one more endpoint carrying the lists [`TierLists::position`] found at `at`.
+    fn take_carried(&mut self, hash: u64, at: usize) {
+        if let Some(u) = self.by_hash.get_mut(&hash).and_then(|uses| uses.get_mut(at)) {
+            u.endpoints += 1;
         }
+    }
+
+    /// Counts the first endpoint carrying `lists`, which name `policies`.
+    fn take_new(&mut self, hash: u64, lists: &[&[proto::TierInfo]], policies: Vec<PolicyKey>) {
+        let lists = lists.iter().map(|l| l.to_vec()).collect();
+        self.by_hash.entry(hash).or_default().push(TierListUse { lists, policies, endpoints: 1 });
+        self.generation += 1;
     }
 
     /// Counts one endpoint fewer carrying `lists`; the policies they named when it was the last.
@@ -483,9 +484,9 @@ impl FelixState {
     /// Takes an endpoint's references: its tier lists (checked, the first time they are seen, to name only
     /// known policies) and its profiles (checked to exist). Nothing is taken when a check fails.
     fn take_endpoint(&mut self, hash: u64, lists: &[&[proto::TierInfo]], profiles: &[String]) -> Result<(), String> {
-        let known = self.tier_lists.carried(hash, lists);
+        let carried = self.tier_lists.position(hash, lists);
         let mut pols = Vec::new();
-        if !known {
+        if carried.is_none() {
             for t in lists.iter().flat_map(|l| l.iter()) {
                 for id in t.ingress_policies.iter().chain(&t.egress_policies) {
                     let key = PolicyKey::from_proto(id);
@@ -499,12 +500,15 @@ impl FelixState {
         if let Some(p) = profiles.iter().find(|p| !self.profiles.contains_key(*p)) {
             return Err(format!("refers to unknown profile '{p}'"));
         }
-        if !known {
-            pols.sort();
-            pols.dedup();
-            bump(&mut self.policy_refs, &pols, true);
+        match carried {
+            Some(at) => self.tier_lists.take_carried(hash, at),
+            None => {
+                pols.sort();
+                pols.dedup();
+                bump(&mut self.policy_refs, &pols, true);
+                self.tier_lists.take_new(hash, lists, pols);
+            }
         }
-        self.tier_lists.take(hash, lists, pols);
         bump(&mut self.profile_refs, profiles, true);
         Ok(())
     }
