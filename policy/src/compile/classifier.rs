@@ -601,7 +601,7 @@ impl Classifier {
                         let index = &i.index;
                         (index.all.wide.starts.len() + index.all.narrow.starts.len()) * 20
                             + (index.v4.wide.starts.len() + index.v4.narrow.starts.len()) * 8
-                            + i.overlay.spans.len() * 36
+                            + std::mem::size_of_val(i.overlay.spans.as_slice())
                             + i.overlay.bits.bytes()
                     }
                     Index::SrcPort(i) | Index::DstPort(i) | Index::Icmp(i) => {
