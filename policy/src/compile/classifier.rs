@@ -59,12 +59,14 @@ struct IntervalField<T> {
 struct AddressIndex {
     all: IntervalField<u128>,
     v4: IntervalField<u32>,
+    /// Overlays folded into it since the field was built.
+    folds: u32,
 }
 
 impl AddressIndex {
-    fn new(all: IntervalField<u128>) -> AddressIndex {
+    fn new(all: IntervalField<u128>, folds: u32) -> AddressIndex {
         let v4 = IntervalField { wide: v4_part(&all.wide), narrow: v4_part(&all.narrow) };
-        AddressIndex { all, v4 }
+        AddressIndex { all, v4, folds }
     }
 
     #[inline]
@@ -99,9 +101,15 @@ struct Overlay {
 /// stays short and the classes replaced patches leave behind are dropped).
 const MAX_OVERLAY: usize = if cfg!(test) { 6 } else { 64 };
 
+/// Folds a field takes before its classifier is worn (`Classifier::worn`): each fold appends the overlay's
+/// classes to the field's class bits and leaves those the new spans replaced unused, so the unused ones are
+/// bounded by building the program again (at most 16 × 64 classes; at one change a second, every ~15 min
+/// for a term every change patches).
+const MAX_FOLDS: u32 = if cfg!(test) { 12 } else { 16 };
+
 impl AddressField {
-    fn new(all: IntervalField<u128>) -> AddressField {
-        AddressField { index: Arc::new(AddressIndex::new(all)), overlay: Overlay::default() }
+    fn new(all: IntervalField<u128>, folds: u32) -> AddressField {
+        AddressField { index: Arc::new(AddressIndex::new(all, folds)), overlay: Overlay::default() }
     }
 
     /// The field's row for `ip`: the overlay's class where a span holds it, else the index's two parts.
@@ -223,7 +231,7 @@ impl AddressField {
             wide: overwritten(&self.index.all.wide, &wide),
             narrow: overwritten(&self.index.all.narrow, &none),
         };
-        (AddressField::new(all), Arc::new(folded))
+        (AddressField::new(all, self.index.folds + 1), Arc::new(folded))
     }
 }
 
@@ -505,10 +513,10 @@ impl Classifier {
             IntervalField { wide: narrow(f.wide), narrow: narrow(f.narrow) }
         };
         if let Some((f, bits)) = interval_field(|c| &c.src_ip) {
-            fields.push(Arc::new(Field { index: Index::SrcIp(AddressField::new(f)), bits }));
+            fields.push(Arc::new(Field { index: Index::SrcIp(AddressField::new(f, 0)), bits }));
         }
         if let Some((f, bits)) = interval_field(|c| &c.dst_ip) {
-            fields.push(Arc::new(Field { index: Index::DstIp(AddressField::new(f)), bits }));
+            fields.push(Arc::new(Field { index: Index::DstIp(AddressField::new(f, 0)), bits }));
         }
         if let Some((f, bits)) = interval_field(|c| &c.src_port) {
             fields.push(Arc::new(Field { index: Index::SrcPort(small(f)), bits }));
@@ -568,6 +576,15 @@ impl Classifier {
             *field = Arc::new(Field { index, bits });
         }
         out
+    }
+
+    /// Whether an address field has taken [`MAX_FOLDS`] folds: the program is then built again instead of
+    /// patched.
+    pub fn worn(&self) -> bool {
+        self.fields.iter().any(|f| match &f.index {
+            Index::SrcIp(a) | Index::DstIp(a) => a.index.folds >= MAX_FOLDS,
+            _ => false,
+        })
     }
 
     /// Per field: its name, number of classes, and bytes held.

@@ -90,18 +90,16 @@ enum At {
     Splice(usize, usize),
 }
 
-/// Per (term, side: 0 source / 1 destination), oldest first: inside the region, the term's addresses are
-/// the second set (the last patch whose region holds an address decides it; outside every region the
-/// term's built condition does).
-type AddressPatches = HashMap<(u32, u8), Vec<(Arc<ranges::RangeSet>, Arc<ranges::RangeSet>)>>;
+/// Per (term, side: 0 source / 1 destination), the patches it took, merged: the addresses their regions
+/// cover, and the term's addresses inside them (outside every region the term's built condition holds).
+/// Merged, not listed, so a term patched on every change of a week holds what its set holds now, not its
+/// history.
+type AddressPatches = HashMap<(u32, u8), (Arc<ranges::RangeSet>, Arc<ranges::RangeSet>)>;
 
 /// What one address change works out per rule side (`terms::AddrSource`, shared by the programs a rule's
 /// terms were copied into): whether the side reads a changed set, and if so its addresses inside the change's
 /// region. Keyed by the source's address; the `Arc` pins it for the memo's life.
 pub type SourceMemo = HashMap<*const terms::AddrSource, (Arc<terms::AddrSource>, Option<Arc<ranges::RangeSet>>)>;
-
-/// Patches one term takes before a change to its sets rebuilds the program instead (the patches stay bounded).
-const MAX_PATCHES: usize = 64;
 
 /// The hasher of what a compile keys and fingerprints (program keys, rule fingerprints, selector hashes):
 /// fixed-seeded, so a value hashes alike in every compile and run, and fast (a program's key hashes the
@@ -461,10 +459,9 @@ impl Program {
             return c.holds(key);
         }
         let address = |side: u8, ip: u128, built: &Option<Arc<ranges::RangeSet>>| -> bool {
-            let patched = self.patches.get(&(i as u32, side)).into_iter().flatten().rev();
-            match patched.into_iter().find(|(region, _)| region.contains(ip)) {
-                Some((_, inside)) => inside.contains(ip),
-                None => built.as_ref().is_none_or(|s| s.contains(ip)),
+            match self.patches.get(&(i as u32, side)) {
+                Some((covered, inside)) if covered.contains(ip) => inside.contains(ip),
+                _ => built.as_ref().is_none_or(|s| s.contains(ip)),
             }
         };
         address(0, key.src_ip, &c.src_ip) && address(1, key.dst_ip, &c.dst_ip) && c.holds_apart_from_addresses(key)
@@ -476,8 +473,9 @@ impl Program {
     /// classifier is patched, not rebuilt (`Classifier::patch_addresses`); the flattened walk is shared.
     /// `memo` carries what one change works out per rule side across the programs it patches.
     /// `None` when the change cannot be a patch: the program has no term for a rule alternative a changed
-    /// set left empty when it was built and the change falls inside that alternative's addresses, or it
-    /// has taken [`MAX_PATCHES`] already.
+    /// set left empty when it was built and the change falls inside that alternative's addresses, or its
+    /// classifier is worn (`Classifier::worn`: the classes its folds left unused are bounded by building it
+    /// again).
     pub fn patch_addresses(
         &self,
         region: &ranges::RangeSet,
@@ -503,10 +501,9 @@ impl Program {
                 return None;
             }
         }
-        if self.patches.values().any(|p| p.len() >= MAX_PATCHES) {
+        if self.classifier.worn() {
             return None;
         }
-        let shared_region = Arc::new(region.clone());
         let mut patches = (*self.patches).clone();
         let mut patched: Vec<(u32, u8, Arc<ranges::RangeSet>)> = Vec::new();
         // A rule side's source is shared by every term its alternatives multiply into, and by every program
@@ -519,7 +516,11 @@ impl Program {
         reading.dedup_by_key(|(t, side, _)| (*t, *side));
         for (t, side, source) in reading {
             let Some(inside) = inside_of(source, &mut addresses) else { continue };
-            patches.entry((*t, *side)).or_default().push((shared_region.clone(), inside.clone()));
+            let merged = match patches.get(&(*t, *side)) {
+                Some((covered, was)) => (covered.union(region), was.difference(region).union(&inside)),
+                None => (region.clone(), (*inside).clone()),
+            };
+            patches.insert((*t, *side), (Arc::new(merged.0), Arc::new(merged.1)));
             patched.push((*t, *side, inside));
         }
         let classifier = self.classifier.patch_addresses(region, &patched);
