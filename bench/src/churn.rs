@@ -16,11 +16,10 @@ use calxdp_policy::resource::ResourceSet;
 
 use crate::synth;
 
-/// Feeds `msgs` as framed bytes and publishes what the driver publishes for them (the whole model, or a patch
-/// of IP set members and workloads); returns how long that took.
-/// Feeds `msgs` to the front end and puts what they change in force; returns the time that took. Each change
-/// is timed on an idle node: the versions earlier changes retired are freed (on the publisher's background
-/// thread) before it starts, as between the changes a node takes apart.
+/// Feeds `msgs` to the front end as framed bytes and puts what they change in force (the whole model or a
+/// patch); returns the time that took. Each change is timed on an idle node: the versions earlier changes
+/// retired are freed (on the publisher's background thread) before it starts, as between the changes a node
+/// takes apart.
 fn apply(front: &mut FrontEnd, publisher: &mut TablePublisher, msgs: &[ToDataplane]) -> Result<Duration, String> {
     std::thread::sleep(SETTLE);
     let mut bytes = Vec::new();

@@ -115,10 +115,8 @@ impl AddressField {
     /// The field's row for `ip`: the overlay's class where a span holds it, else the index's two parts.
     #[inline]
     fn row<'a>(&'a self, bits: &'a ClassBits, ip: u128, summary_words: usize) -> Row<'a> {
-        if !self.overlay.spans.is_empty() {
-            if let Some(c) = self.overlay_class(ip) {
-                return Row::of(bits, (&self.overlay.bits, c), (bits, 0), summary_words);
-            }
+        if let Some(c) = self.overlay_class(ip) {
+            return Row::of(bits, (&self.overlay.bits, c), (bits, 0), summary_words);
         }
         let (a, b) = self.index.classes(ip);
         Row::new(bits, a, b, summary_words)
@@ -196,11 +194,7 @@ impl AddressField {
                         dense[*t as usize / 64] &= !bit;
                     }
                 }
-                let class = if dense.iter().all(|w| *w == 0) {
-                    0
-                } else {
-                    *made.entry(dense).or_insert_with_key(|d| classes.push(d, summary_words))
-                };
+                let class = intern_dense(&mut made, &mut classes, dense, summary_words);
                 // Neighbours with one class are one span.
                 let joins = spans.len() > first_new && spans.last().is_some_and(|last| last.2 == class);
                 match spans.last_mut() {
@@ -218,12 +212,8 @@ impl AddressField {
     fn folded(&self, bits: &ClassBits, words: usize, summary_words: usize) -> (AddressField, Arc<ClassBits>) {
         let mut folded = bits.clone();
         let mut made: HashMap<Vec<u64>, u32> = HashMap::new();
-        let mut class_of = |c: u32| -> u32 {
-            let dense = self.overlay.bits.dense(c, words, summary_words);
-            if dense.iter().all(|w| *w == 0) {
-                return 0;
-            }
-            *made.entry(dense).or_insert_with_key(|d| folded.push(d, summary_words))
+        let mut class_of = |c: u32| {
+            intern_dense(&mut made, &mut folded, self.overlay.bits.dense(c, words, summary_words), summary_words)
         };
         let wide: Vec<(u128, u128, u32)> = self.overlay.spans.iter().map(|&(x, y, c)| (x, y, class_of(c))).collect();
         let none: Vec<(u128, u128, u32)> = self.overlay.spans.iter().map(|&(x, y, _)| (x, y, 0)).collect();
@@ -233,6 +223,15 @@ impl AddressField {
         };
         (AddressField::new(all, self.index.folds + 1), Arc::new(folded))
     }
+}
+
+/// The class of `bits` whose specific terms are `dense`: class 0 when it has none, else the one `made` already
+/// pushed for it, else a new one.
+fn intern_dense(made: &mut HashMap<Vec<u64>, u32>, bits: &mut ClassBits, dense: Vec<u64>, summary_words: usize) -> u32 {
+    if dense.iter().all(|w| *w == 0) {
+        return 0;
+    }
+    *made.entry(dense).or_insert_with_key(|d| bits.push(d, summary_words))
 }
 
 /// `iv` with each of the sorted disjoint `spans` `(first, last, class)` taking its class over its addresses.

@@ -196,6 +196,12 @@ impl AddrSource {
         AddrSource { fixed, selector, not_selector, hashes }
     }
 
+    /// The [`selector_hash`] of each selector the condition reads, once each (what `FlatProgram` indexes it by).
+    pub fn selector_hashes(&self) -> impl Iterator<Item = u64> {
+        let [a, b] = self.hashes;
+        [a, b].into_iter().filter(|&h| h != 0).take(if a == b { 1 } else { 2 })
+    }
+
     /// Whether the condition reads one of `changed`, given with their [`selector_hash`]es.
     pub fn reads(&self, changed: &[(u64, &Selector)]) -> bool {
         let [a, b] = self.hashes;
@@ -490,8 +496,7 @@ fn push_rule<'a>(
     });
     for family in &made {
         for source in &family.dropped {
-            let [a, b] = source.hashes;
-            for h in [a, b].into_iter().filter(|&h| h != 0).take(if a == b { 1 } else { 2 }) {
+            for h in source.selector_hashes() {
                 p.dropped.entry(h).or_default().push(source.clone());
             }
         }
@@ -499,8 +504,7 @@ fn push_rule<'a>(
             let at = p.terms.len();
             for (side, source) in sources.iter().enumerate() {
                 if let Some(source) = source {
-                    let [a, b] = source.hashes;
-                    for h in [a, b].into_iter().filter(|&h| h != 0).take(if a == b { 1 } else { 2 }) {
+                    for h in source.selector_hashes() {
                         p.addr_sources.entry(h).or_default().push((at as u32, side as u8, source.clone()));
                     }
                 }
