@@ -23,7 +23,10 @@ fn main() -> ExitCode {
     match args.first().map(String::as_str) {
         Some("classify") => classify(quick),
         Some("compile") => compile(quick),
-        Some("pipeline") => pipeline(quick),
+        Some("pipeline") => {
+            let only = args.iter().position(|a| a == "--only").and_then(|i| args.get(i + 1)).cloned();
+            pipeline(quick, only.as_deref())
+        }
         Some("e2e") => calxdp_bench::e2e::run(quick),
         Some("curves") => {
             let out = args.iter().position(|a| a == "--out").and_then(|i| args.get(i + 1)).map(Into::into);
@@ -48,7 +51,8 @@ fn main() -> ExitCode {
         }
         _ => {
             eprintln!(
-                "usage: calxdp-bench classify|compile|pipeline|e2e|curves|soak|churn [--quick] [--minutes N] [--out DIR]"
+                "usage: calxdp-bench classify|compile|pipeline|e2e|curves|soak|churn [--quick] [--minutes N] [--out DIR] \
+                 [--only established|new] (pipeline, for profiling one path)"
             );
             return ExitCode::from(2);
         }
@@ -170,8 +174,9 @@ fn compile(quick: bool) {
 /// The pipeline on one core, on frames: each packet is parsed from its bytes, decided, and rewritten in
 /// place (TTL, MACs, NAT), as a worker does between its RX and TX rings. New flows against 1k policies,
 /// and packets of 100k established flows. The decide-only figures (headers handed to the pipeline) are
-/// printed beside them, for telling the parse and rewrite apart from the decision.
-fn pipeline(quick: bool) {
+/// printed beside them, for telling the parse and rewrite apart from the decision. `only` (`established` or
+/// `new`) runs one path's whole-path measure alone, for `perf`.
+fn pipeline(quick: bool, only: Option<&str>) {
     use calxdp_dataplane::path::Port;
     use calxdp_dataplane::pipeline::{Packet, Pipeline};
 
@@ -185,17 +190,24 @@ fn pipeline(quick: bool) {
     // New flows: every packet a flow the table has never seen; a fresh table per round, outside the timing.
     let (mut new_pkts, mut new_time, mut new_decide_pkts, mut new_decide_time) = (0, Duration::ZERO, 0, Duration::ZERO);
     let mut round = 0usize;
-    while new_time < budget {
+    while new_time < budget && only != Some("established") {
         let mut p = Pipeline::new(slot.clone(), 1 << 20);
         let first = round * 7919 % 300_000;
         let start = Instant::now();
         new_pkts += requests.run(&mut p, Port::Uplink(0), first..first + flows, 0);
         new_time += start.elapsed();
+        round += 1;
+        if only.is_some() {
+            continue;
+        }
         let mut p = Pipeline::new(slot.clone(), 1 << 20);
         let start = Instant::now();
         new_decide_pkts += decide(&mut p, Port::Uplink(0), (first..first + flows).map(synth::dns_flow), 0);
         new_decide_time += start.elapsed();
-        round += 1;
+    }
+    if only == Some("new") {
+        println!("new_flow_mpps={:.2}", new_pkts as f64 / new_time.as_secs_f64() / 1e6);
+        return;
     }
 
     // Established: 100k flows opened and answered (a UDP flow is NEW until its reply), then their packets
@@ -213,10 +225,13 @@ fn pipeline(quick: bool) {
         let start = Instant::now();
         est_pkts += requests.run(&mut p, Port::Uplink(0), from..(from + 4096).min(flows), 1);
         est_time += start.elapsed();
+        b += 1;
+        if only.is_some() {
+            continue;
+        }
         let start = Instant::now();
         est_decide_pkts += decide(&mut p, Port::Uplink(0), (from..(from + 4096).min(flows)).map(synth::dns_flow), 1);
         est_decide_time += start.elapsed();
-        b += 1;
     }
     // Every measured packet must have been an allowed packet of an established flow, or the figure means
     // something else.
@@ -277,7 +292,7 @@ fn pipeline(quick: bool) {
         }
 
         fn run(&self, p: &mut Pipeline, port: Port, range: std::ops::Range<usize>, now: u64) -> usize {
-            use calxdp_dataplane::frames::{ingest, rewrite};
+            use calxdp_dataplane::frames::{ingest_into, rewrite};
             let len = self.len;
             let mut buffers = [[0u8; 128]; BATCH];
             let mut batch = [Packet::new(port, synth::dns_flow(0), None); BATCH];
@@ -289,7 +304,7 @@ fn pipeline(quick: bool) {
                 for j in 0..k {
                     let f = &mut buffers[j][..len];
                     f.copy_from_slice(&self.bytes[(i + j) * len..(i + j + 1) * len]);
-                    (batch[j], parsed[j]) = ingest(port, f);
+                    ingest_into(port, f, &mut batch[j], &mut parsed[j]);
                 }
                 let t = p.process_current(&mut batch[..k], now);
                 for j in 0..k {

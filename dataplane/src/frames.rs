@@ -15,7 +15,7 @@ use calxdp_policy::ids::Tuple;
 
 use crate::wire::checksum::{checksum, fill_l4_checksum, update_addr, update_u16};
 
-use crate::wire::{parse, InnerHeader, Parsed, L3};
+use crate::wire::{parse_into, InnerHeader, Parsed, L3};
 
 /// Why an allowed frame could not be sent on.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -26,21 +26,30 @@ pub enum RewriteError {
 
 /// Parses a frame that arrived on `port` into a pipeline packet.
 pub fn ingest(port: Port, frame: &[u8]) -> (Packet, Option<Parsed>) {
-    match parse(frame) {
+    let (mut packet, mut parsed) = (Packet::EMPTY, None);
+    ingest_into(port, frame, &mut packet, &mut parsed);
+    (packet, parsed)
+}
+
+/// [`ingest`] into a batch's slots: the packet is written in place (`Packet::reset`), not built and moved.
+#[inline]
+pub fn ingest_into(port: Port, frame: &[u8], packet: &mut Packet, parsed: &mut Option<Parsed>) {
+    let p = parsed.get_or_insert(Parsed::EMPTY);
+    if let Err(m) = parse_into(frame, p) {
+        packet.reset_unparsed(port, Decision::Malformed(m));
+        *parsed = None;
+        return;
+    }
+    if p.outer_vlan.is_some_and(|v| v != 0) {
         // Linux drops these before any hook: a VLAN tag with no subinterface for it (a priority tag, id 0,
         // is untagged), and an IPv4 source route (accept_source_route is 0).
-        Ok(parsed) if parsed.outer_vlan.is_some_and(|v| v != 0) => {
-            (Packet::unparsed(port, Decision::VlanTagged), Some(parsed))
-        }
-        Ok(parsed) if parsed.is_ip() && parsed.source_routed => {
-            (Packet::unparsed(port, Decision::SourceRouted), Some(parsed))
-        }
-        Ok(parsed) if parsed.is_ip() => {
-            let inner = parsed.inner.map(|i| Tuple::of(&i.to_packet_header()));
-            (Packet::new(port, parsed.header, inner), Some(parsed))
-        }
-        Ok(parsed) => (Packet::unparsed(port, Decision::NotIp), Some(parsed)),
-        Err(m) => (Packet::unparsed(port, Decision::Malformed(m)), None),
+        packet.reset_unparsed(port, Decision::VlanTagged);
+    } else if p.is_ip() && p.source_routed {
+        packet.reset_unparsed(port, Decision::SourceRouted);
+    } else if p.is_ip() {
+        packet.reset(port, p.header, p.inner.map(|i| Tuple::of(&i.to_packet_header())));
+    } else {
+        packet.reset_unparsed(port, Decision::NotIp);
     }
 }
 
@@ -276,6 +285,7 @@ pub fn ipv4_header_ok(frame: &[u8], parsed: &Parsed) -> bool {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::wire::parse;
     use crate::wire::FrameSpec;
     use calxdp_policy::packet::{tcp_flags, PacketHeader};
 

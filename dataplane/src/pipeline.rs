@@ -220,41 +220,109 @@ pub struct Packet {
 }
 
 impl Packet {
+    /// A batch slot before any frame fills it (what `reset` overwrites; finished, so no stage reads it).
+    pub const EMPTY: Packet = Packet {
+        port: Port::Host,
+        header: PacketHeader::EMPTY,
+        inner: None,
+        verdict: Verdict::Drop,
+        decision: Decision::NotIp,
+        out: None,
+        translated: None,
+        translated_src: None,
+        inner_nat: None,
+        tracked: false,
+        logs: [None; MAX_LOGS],
+        rule_hits: [None; MAX_RULE_HITS],
+        reject: false,
+        suppressed: 0,
+        now: 0,
+        answer: None,
+        done: true,
+        committed: false,
+        accepted: None,
+        lookup: FlowLookup { state: CtState::New, entry: None, tcp_next: None },
+        post: PacketHeader::EMPTY,
+        snat: None,
+        route: Route::Local,
+    };
+
     pub fn new(port: Port, header: PacketHeader, inner: Option<Tuple>) -> Packet {
-        Packet {
-            port,
-            header,
-            inner,
-            verdict: Verdict::Drop,
-            decision: Decision::NoCalicoVerdict,
-            out: None,
-            translated: None,
-            translated_src: None,
-            inner_nat: None,
-            tracked: false,
-            logs: [None; MAX_LOGS],
-            rule_hits: [None; MAX_RULE_HITS],
-            reject: false,
-            suppressed: 0,
-            now: 0,
-            answer: None,
-            done: false,
-            committed: false,
-            accepted: None,
-            lookup: FlowLookup { state: CtState::New, entry: None, tcp_next: None },
-            post: header,
-            snat: None,
-            route: Route::Local,
-        }
+        let mut p = Packet::EMPTY;
+        p.reset(port, header, inner);
+        p
+    }
+
+    /// Makes this slot the packet `header` that arrived on `port`, with nothing decided yet. In place,
+    /// field by field: a packet is over 500 bytes, and a worker fills its batch's slots for every frame, so
+    /// building one and moving it in would copy it twice per frame.
+    #[inline]
+    pub fn reset(&mut self, port: Port, header: PacketHeader, inner: Option<Tuple>) {
+        // Every field named (no `..`): a field added to `Packet` must be given its starting value here.
+        let Packet {
+            port: port_,
+            header: header_,
+            inner: inner_,
+            verdict,
+            decision,
+            out,
+            translated,
+            translated_src,
+            inner_nat,
+            tracked,
+            logs,
+            rule_hits,
+            reject,
+            suppressed,
+            now,
+            answer,
+            done,
+            committed,
+            accepted,
+            lookup,
+            post,
+            snat,
+            route,
+        } = self;
+        *port_ = port;
+        *header_ = header;
+        *inner_ = inner;
+        *verdict = Verdict::Drop;
+        *decision = Decision::NoCalicoVerdict;
+        *out = None;
+        *translated = None;
+        *translated_src = None;
+        *inner_nat = None;
+        *tracked = false;
+        *logs = [None; MAX_LOGS];
+        *rule_hits = [None; MAX_RULE_HITS];
+        *reject = false;
+        *suppressed = 0;
+        *now = 0;
+        *answer = None;
+        *done = false;
+        *committed = false;
+        *accepted = None;
+        *lookup = FlowLookup { state: CtState::New, entry: None, tcp_next: None };
+        *post = header;
+        *snat = None;
+        *route = Route::Local;
     }
 
     /// A frame that could not become a packet (`Decision::Malformed` or `Decision::NotIp`): dropped
     /// before any stage, counted under its reason.
     pub fn unparsed(port: Port, reason: Decision) -> Packet {
-        let mut p = Packet::new(port, PacketHeader::EMPTY, None);
-        p.done = true;
-        p.decision = reason;
+        let mut p = Packet::EMPTY;
+        p.reset_unparsed(port, reason);
         p
+    }
+
+    /// [`Packet::unparsed`], in place.
+    #[inline]
+    pub fn reset_unparsed(&mut self, port: Port, reason: Decision) {
+        self.reset(port, PacketHeader::EMPTY, None);
+        self.done = true;
+        self.decision = reason;
     }
 
     fn drop(&mut self, d: Decision) {

@@ -25,7 +25,7 @@ use crate::arp::{self, Neighbours};
 use crate::batch::{BATCH, FRAME_MAX};
 use crate::decision::{Decision, DropReason};
 use crate::flow::Nanos;
-use crate::frames::{ingest, rewrite, time_exceeded};
+use crate::frames::{ingest, ingest_into, rewrite, time_exceeded};
 use crate::log::{log_leader, log_line, MAX_LOGS};
 use crate::ndp;
 use crate::nexthop::{self, Due, Pending};
@@ -391,8 +391,8 @@ impl Worker {
             workers: 1,
             handoff_out: Vec::new(),
             handoff_in: Vec::new(),
-            batch: Vec::with_capacity(BATCH),
-            parsed: Vec::with_capacity(BATCH),
+            batch: vec![Packet::EMPTY; BATCH],
+            parsed: vec![None; BATCH],
             frame_of: Vec::with_capacity(BATCH),
             datagram_of: Vec::with_capacity(BATCH),
             flow_steered: [false; BATCH],
@@ -719,8 +719,8 @@ impl Worker {
         // One version of the tables for the whole batch: steering, deciding, rewriting and reporting.
         let tables = self.pipeline.tables();
         let t: &TableSet = &tables;
-        self.batch.clear();
-        self.parsed.clear();
+        // The batch's packet slots are filled in place (`ingest_into`); `kept` of them hold this batch's.
+        let mut kept = 0;
         self.frame_of.clear();
         self.datagram_of.clear();
         let mut is_arp = [false; BATCH];
@@ -773,9 +773,10 @@ impl Worker {
                 Some(s) => self.pipeline.reassembly.datagram(s),
                 None => &self.bufs[i][..self.lens[i]],
             };
-            let (packet, parsed) = ingest(port, frame);
+            ingest_into(port, frame, &mut self.batch[kept], &mut self.parsed[kept]);
+            let (header, inner) = (self.batch[kept].header, self.batch[kept].inner);
             if let Some(s) = datagram.filter(|_| self.workers > 1 && !self.flow_steered[i]) {
-                let o = owner(&packet.header, packet.inner, &t.service_ends, self.workers);
+                let o = owner(&header, inner, &t.service_ends, self.workers);
                 if o != self.id {
                     // Its flow is another worker's: the fragments go there, to be gathered and decided.
                     finished -= 1;
@@ -783,16 +784,19 @@ impl Worker {
                     continue;
                 }
             }
-            if datagram.is_none() && self.workers > 1 && !handed && parsed.as_ref().is_some_and(Parsed::is_ip) {
-                let o = owner(&packet.header, packet.inner, &t.service_ends, self.workers);
+            if datagram.is_none()
+                && self.workers > 1
+                && !handed
+                && self.parsed[kept].as_ref().is_some_and(Parsed::is_ip)
+            {
+                let o = owner(&header, inner, &t.service_ends, self.workers);
                 if o != self.id {
                     finished -= 1;
                     self.hand_off(o, id, i);
                     continue;
                 }
             }
-            self.batch.push(packet);
-            self.parsed.push(parsed);
+            kept += 1;
             self.frame_of.push(i);
             self.datagram_of.push(datagram);
         }
@@ -802,16 +806,16 @@ impl Worker {
                 self.arp(t, port, i);
             }
         }
-        if self.batch.is_empty() {
+        if kept == 0 {
             return finished;
         }
-        self.pipeline.process(t, &mut self.batch, now);
+        self.pipeline.process(t, &mut self.batch[..kept], now);
         // Borrowed out of `self` for the loop (a move of the vectors, not of their contents): a packet is
-        // 480 bytes, too big to copy per frame.
+        // over 500 bytes, too big to copy per frame.
         let batch = std::mem::take(&mut self.batch);
         let parsed_all = std::mem::take(&mut self.parsed);
         let frame_of = std::mem::take(&mut self.frame_of);
-        for (b, p) in batch.iter().enumerate() {
+        for (b, p) in batch[..kept].iter().enumerate() {
             let i = frame_of[b];
             let parsed = &parsed_all[b];
             let datagram = self.datagram_of[b];

@@ -58,7 +58,7 @@ pub use icmp::{IcmpPacket, QuotedPacket};
 pub use ipv4::Ipv4Packet;
 pub use ipv6::Ipv6Packet;
 pub use malformed::Malformed;
-pub use parse::{parse, InnerHeader, Parsed, L3};
+pub use parse::{parse, parse_into, InnerHeader, Parsed, L3};
 pub use sctp::SctpPacket;
 pub use tcp::TcpPacket;
 pub use udp::UdpPacket;

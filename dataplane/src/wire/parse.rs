@@ -156,11 +156,39 @@ impl Parsed {
 /// The header of frames that are not IP, and the starting point for those that are.
 const EMPTY_HEADER: PacketHeader = PacketHeader::EMPTY;
 
+impl Parsed {
+    /// A slot before any frame is parsed into it: a frame that is not IP, of no length.
+    pub const EMPTY: Parsed = Parsed {
+        l3: L3::NotIp(0),
+        ethertype: 0,
+        outer_vlan: None,
+        inner_vlan: None,
+        l3_offset: 0,
+        l4_offset: 0,
+        l3_end: 0,
+        fragmented: false,
+        routing_pending: false,
+        header: EMPTY_HEADER,
+        inner: None,
+        inner_at: None,
+        source_routed: false,
+    };
+}
+
 /// Parses one frame. Allocates nothing and never panics.
 pub fn parse(frame: &[u8]) -> Result<Parsed, Malformed> {
+    let mut parsed = Parsed::EMPTY;
+    parse_into(frame, &mut parsed)?;
+    Ok(parsed)
+}
+
+/// [`parse`] into `out` (a batch's slot), written in place: a parse returned by value and moved into the
+/// slot is read back right after its fields were stored one by one, which stalls the store buffer.
+#[inline]
+pub fn parse_into(frame: &[u8], out: &mut Parsed) -> Result<(), Malformed> {
     let eth = EthernetFrame::new_checked(frame)?;
     let l3_offset = eth.header_len();
-    let mut parsed = Parsed {
+    *out = Parsed {
         l3: L3::NotIp(eth.ethertype()),
         ethertype: eth.ethertype(),
         outer_vlan: eth.vlan_id(0),
@@ -175,12 +203,11 @@ pub fn parse(frame: &[u8]) -> Result<Parsed, Malformed> {
         inner_at: None,
         source_routed: false,
     };
-    match parsed.ethertype {
-        ethertype::IPV4 => parse_ipv4(eth.payload(), &mut parsed)?,
-        ethertype::IPV6 => parse_ipv6(eth.payload(), &mut parsed)?,
-        _ => {}
+    match out.ethertype {
+        ethertype::IPV4 => parse_ipv4(eth.payload(), out),
+        ethertype::IPV6 => parse_ipv6(eth.payload(), out),
+        _ => Ok(()),
     }
-    Ok(parsed)
 }
 
 fn parse_ipv4(packet: &[u8], parsed: &mut Parsed) -> Result<(), Malformed> {
