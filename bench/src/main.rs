@@ -25,7 +25,9 @@ fn main() -> ExitCode {
         Some("compile") => compile(quick),
         Some("pipeline") => {
             let only = args.iter().position(|a| a == "--only").and_then(|i| args.get(i + 1)).cloned();
-            pipeline(quick, only.as_deref())
+            let count =
+                args.iter().position(|a| a == "--count").and_then(|i| args.get(i + 1)).and_then(|c| c.parse().ok());
+            pipeline(quick, only.as_deref(), count)
         }
         Some("e2e") => calxdp_bench::e2e::run(quick),
         Some("curves") => {
@@ -52,7 +54,7 @@ fn main() -> ExitCode {
         _ => {
             eprintln!(
                 "usage: calxdp-bench classify|compile|pipeline|e2e|curves|soak|churn [--quick] [--minutes N] [--out DIR] \
-                 [--only established|new] (pipeline, for profiling one path)"
+                 [--only established|new [--count PACKETS]] (pipeline, for profiling one path)"
             );
             return ExitCode::from(2);
         }
@@ -175,12 +177,16 @@ fn compile(quick: bool) {
 /// place (TTL, MACs, NAT), as a worker does between its RX and TX rings. New flows against 1k policies,
 /// and packets of 100k established flows. The decide-only figures (headers handed to the pipeline) are
 /// printed beside them, for telling the parse and rewrite apart from the decision. `only` (`established` or
-/// `new`) runs one path's whole-path measure alone, for `perf`.
-fn pipeline(quick: bool, only: Option<&str>) {
+/// `new`) runs one path's whole-path measure alone, for `perf`; `count`, for about that many packets
+/// instead of for a time (for instruction counts: `valgrind --tool=callgrind
+/// --toggle-collect='*Frames::run*'` with two counts gives the instructions per packet, which machine
+/// noise does not move).
+fn pipeline(quick: bool, only: Option<&str>, count: Option<usize>) {
     use calxdp_dataplane::path::Port;
     use calxdp_dataplane::pipeline::{Packet, Pipeline};
 
     let budget = Duration::from_millis(if quick { 500 } else { 3000 });
+    let more = |packets: usize, time: Duration| count.map_or(time < budget, |c| packets < c);
     let slot = synth::pipeline_tables();
     const BATCH: usize = 32;
     let flows = 100_000usize;
@@ -190,7 +196,7 @@ fn pipeline(quick: bool, only: Option<&str>) {
     // New flows: every packet a flow the table has never seen; a fresh table per round, outside the timing.
     let (mut new_pkts, mut new_time, mut new_decide_pkts, mut new_decide_time) = (0, Duration::ZERO, 0, Duration::ZERO);
     let mut round = 0usize;
-    while new_time < budget && only != Some("established") {
+    while more(new_pkts, new_time) && only != Some("established") {
         let mut p = Pipeline::new(slot.clone(), 1 << 20);
         let first = round * 7919 % 300_000;
         let start = Instant::now();
@@ -220,7 +226,7 @@ fn pipeline(quick: bool, only: Option<&str>) {
     let (mut est_pkts, mut est_decide_pkts) = (0usize, 0usize);
     let (mut est_time, mut est_decide_time) = (Duration::ZERO, Duration::ZERO);
     let mut b = 0usize;
-    while est_time < budget {
+    while more(est_pkts, est_time) {
         let from = b * 4096 % flows;
         let start = Instant::now();
         est_pkts += requests.run(&mut p, Port::Uplink(0), from..(from + 4096).min(flows), 1);

@@ -209,6 +209,14 @@ fn tcp_state(c: u8) -> TcpState {
     }
 }
 
+/// A packet's flow key and the index slot its lookup starts at, worked out once per batch
+/// ([`FlowTable::probe`], which prefetches that slot) and kept for the packet's lookup.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Probe {
+    key: Key,
+    at: u32,
+}
+
 /// Where a packet stands: its conntrack state, its entry and direction, and for TCP the state the entry
 /// moves to if the packet is let through.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -295,7 +303,11 @@ impl FlowTable {
     }
 
     fn find(&self, k: &Key) -> Option<(u32, FlowDir)> {
-        let mut i = k.hash() as usize & self.mask;
+        self.find_at(k, k.hash() as usize & self.mask)
+    }
+
+    fn find_at(&self, k: &Key, at: usize) -> Option<(u32, FlowDir)> {
+        let mut i = at & self.mask;
         loop {
             let v = self.index[i];
             if v == EMPTY {
@@ -418,6 +430,18 @@ impl FlowTable {
     /// Classifies a packet (semantics §8.1, §8.3); an expired entry is removed on the way. `inner` is the
     /// flow an ICMP error quotes.
     pub fn lookup(&mut self, pkt: &PacketHeader, inner: Option<Tuple>, now: Nanos) -> FlowLookup {
+        self.lookup_probed(pkt, inner, None, now)
+    }
+
+    /// [`FlowTable::lookup`] with the [`FlowTable::probe`] of `pkt`, if it was made (the key is neither
+    /// built nor hashed again).
+    pub fn lookup_probed(
+        &mut self,
+        pkt: &PacketHeader,
+        inner: Option<Tuple>,
+        probe: Option<&Probe>,
+        now: Nanos,
+    ) -> FlowLookup {
         let none = |state| FlowLookup { state, entry: None, tcp_next: None };
         if pkt.is_icmp_error() {
             // As Linux's icmp_error_message: the quoted packet travelled the other way, so its tuple is
@@ -430,8 +454,11 @@ impl FlowTable {
         if pkt.protocol == Protocol::ICMPV6 && calxdp_policy::conntrack::icmpv6_untracked(pkt.icmp_type) {
             return none(CtState::Untracked);
         }
-        let k = Key::of(&Tuple::of(pkt));
-        match self.find_live(&k, now) {
+        let found = match probe {
+            Some(p) => self.find_live_at(&p.key, p.at as usize, now),
+            None => self.find_live(&Key::of(&Tuple::of(pkt)), now),
+        };
+        match found {
             Some((slot, dir)) => {
                 let e = &self.entries[slot as usize];
                 let mut established = dir == FlowDir::Reply || e.seen_reply;
@@ -471,19 +498,23 @@ impl FlowTable {
         }
     }
 
-    /// Step one of a batched lookup: where `pkt`'s flow would be found in the index, that line prefetched.
-    /// Step two is [`FlowTable::prefetch_entry`] with the answer; lookups that follow find both in cache.
-    /// Only the first probe is warmed (the index is kept at most a quarter full, so most keys are there).
-    pub fn prefetch_index(&self, pkt: &PacketHeader) -> usize {
-        let i = Key::of(&Tuple::of(pkt)).hash() as usize & self.mask;
-        crate::sys::prefetch::prefetch(&self.index[i]);
-        i
+    /// Step one of a batched lookup: `pkt`'s key and where its flow would be found in the index, that line
+    /// prefetched. Step two is [`FlowTable::prefetch_entry`] with the answer; lookups that follow find both
+    /// in cache. Only the first slot is warmed (the index is kept at most a quarter full, so most keys are
+    /// there). Not for ICMP errors (they are looked up by the flow they quote).
+    #[inline]
+    pub fn probe(&self, pkt: &PacketHeader) -> Probe {
+        let key = Key::of(&Tuple::of(pkt));
+        let at = key.hash() as usize & self.mask;
+        crate::sys::prefetch::prefetch(&self.index[at]);
+        Probe { key, at: at as u32 }
     }
 
-    /// Step two of a batched lookup: the entry the index slot `i` names, prefetched (both of its lines when
-    /// it straddles two).
-    pub fn prefetch_entry(&self, i: usize) {
-        let v = self.index[i & self.mask];
+    /// Step two of a batched lookup: the entry the probed index slot names, prefetched (both of its lines
+    /// when it straddles two).
+    #[inline]
+    pub fn prefetch_entry(&self, probe: &Probe) {
+        let v = self.index[probe.at as usize & self.mask];
         if v != EMPTY {
             let e = &self.entries[(v >> 1) as usize];
             crate::sys::prefetch::prefetch(e);
@@ -492,13 +523,62 @@ impl FlowTable {
     }
 
     fn find_live(&mut self, k: &Key, now: Nanos) -> Option<(u32, FlowDir)> {
-        let (slot, dir) = self.find(k)?;
+        self.find_live_at(k, k.hash() as usize & self.mask, now)
+    }
+
+    /// [`FlowTable::find_live`] from index slot `at`, where `k` hashes.
+    fn find_live_at(&mut self, k: &Key, at: usize, now: Nanos) -> Option<(u32, FlowDir)> {
+        let (slot, dir) = self.find_at(k, at)?;
         if self.entries[slot as usize].expires <= now {
             self.remove(slot);
             self.stats.expired += 1;
             return None;
         }
         Some((slot, dir))
+    }
+
+    /// Records an allowed packet of a flow the table holds (`lookup` found its entry): its TCP state, its
+    /// timeout, a first reply. What [`FlowTable::commit`] does for such a packet, without its new-flow
+    /// arguments: an established packet's entry is refreshed as it is looked up.
+    pub fn refresh(&mut self, lookup: &FlowLookup, now: Nanos) {
+        let Some((slot, dir)) = lookup.entry else { return };
+        let (kind, tcp) = (self.entries[slot as usize].kind, self.entries[slot as usize].tcp);
+        let reopened = matches!(lookup.tcp_next, Some(TcpState::SynSent))
+            && kind == KIND_TCP
+            && matches!(tcp_state(tcp), TcpState::TimeWait | TcpState::Close);
+        // The same order of changes as the reference model: a reopened flow is unassured again (the
+        // newest), a reply assures it.
+        if reopened {
+            if !self.entries[slot as usize].assured() {
+                self.unlink_unassured(slot);
+            }
+            self.entries[slot as usize].seen_reply = false;
+            self.push_unassured(slot);
+        }
+        // As the reference: a UDP flow that saw a reply before and is older than two seconds is a
+        // stream (assured); the entry is refreshed before this packet's reply is noted.
+        let e = &self.entries[slot as usize];
+        let stream_after = calxdp_policy::reference::flows::UDP_STREAM_AFTER.as_millis() as u32;
+        if e.kind == KIND_UDP
+            && e.tcp != UDP_STREAM
+            && e.seen_reply
+            && millis(now).wrapping_sub(e.created_ms) > stream_after
+        {
+            self.unlink_unassured(slot);
+            self.entries[slot as usize].tcp = UDP_STREAM;
+        }
+        let timeouts = &self.timeout_ns;
+        let e = &mut self.entries[slot as usize];
+        if let Some(next) = lookup.tcp_next {
+            e.tcp = tcp_code(next);
+        }
+        e.expires = now + timeouts[timeout_slot(e)];
+        if dir == FlowDir::Reply && !e.seen_reply {
+            e.seen_reply = true;
+            if e.assured() {
+                self.unlink_unassured(slot);
+            }
+        }
     }
 
     /// Records an allowed packet: updates its entry, or creates one whose replies carry `reply`.
@@ -511,44 +591,8 @@ impl FlowTable {
         now: Nanos,
     ) -> Result<(), CommitError> {
         match lookup.entry {
-            Some((slot, dir)) => {
-                let e = self.entries[slot as usize];
-                let reopened = matches!(lookup.tcp_next, Some(TcpState::SynSent))
-                    && e.kind == KIND_TCP
-                    && matches!(tcp_state(e.tcp), TcpState::TimeWait | TcpState::Close);
-                // The same order of changes as the reference model: a reopened flow is unassured again (the
-                // newest), a reply assures it.
-                if reopened {
-                    if !e.assured() {
-                        self.unlink_unassured(slot);
-                    }
-                    self.entries[slot as usize].seen_reply = false;
-                    self.push_unassured(slot);
-                }
-                // As the reference: a UDP flow that saw a reply before and is older than two seconds is a
-                // stream (assured); the entry is refreshed before this packet's reply is noted.
-                let e = self.entries[slot as usize];
-                let stream_after = calxdp_policy::reference::flows::UDP_STREAM_AFTER.as_millis() as u32;
-                if e.kind == KIND_UDP
-                    && e.tcp != UDP_STREAM
-                    && e.seen_reply
-                    && millis(now).wrapping_sub(e.created_ms) > stream_after
-                {
-                    self.unlink_unassured(slot);
-                    self.entries[slot as usize].tcp = UDP_STREAM;
-                }
-                let timeouts = &self.timeout_ns;
-                let e = &mut self.entries[slot as usize];
-                if let Some(next) = lookup.tcp_next {
-                    e.tcp = tcp_code(next);
-                }
-                e.expires = now + timeouts[timeout_slot(e)];
-                if dir == FlowDir::Reply && !e.seen_reply {
-                    e.seen_reply = true;
-                    if e.assured() {
-                        self.unlink_unassured(slot);
-                    }
-                }
+            Some(_) => {
+                self.refresh(lookup, now);
                 Ok(())
             }
             None => {

@@ -22,7 +22,7 @@ use calxdp_policy::verdict::{Reason, RuleOwner, RuleRef, Verdict};
 use calxdp_policy::walk_end::{ChainEnd, WalkEnd};
 
 use crate::decision::{Decision, DropReason};
-use crate::flow::{FlowLookup, FlowTable, Nanos};
+use crate::flow::{FlowLookup, FlowTable, Nanos, Probe};
 use crate::log::MAX_LOGS;
 use crate::path::{Port, Route};
 use crate::port_drops::PortDrops;
@@ -214,6 +214,8 @@ pub struct Packet {
     committed: bool,
     accepted: Option<Decision>,
     lookup: FlowLookup,
+    /// Its flow key and index slot, worked out (and prefetched) once for the batch.
+    probe: Option<Probe>,
     post: PacketHeader,
     snat: Option<IpAddr>,
     route: Route,
@@ -242,6 +244,7 @@ impl Packet {
         committed: false,
         accepted: None,
         lookup: FlowLookup { state: CtState::New, entry: None, tcp_next: None },
+        probe: None,
         post: PacketHeader::EMPTY,
         snat: None,
         route: Route::Local,
@@ -280,6 +283,7 @@ impl Packet {
             committed,
             accepted,
             lookup,
+            probe,
             post,
             snat,
             route,
@@ -304,6 +308,7 @@ impl Packet {
         *committed = false;
         *accepted = None;
         *lookup = FlowLookup { state: CtState::New, entry: None, tcp_next: None };
+        *probe = None;
         *post = header;
         *snat = None;
         *route = Route::Local;
@@ -351,6 +356,17 @@ impl Packet {
     }
 }
 
+/// How many of a flow table's `slots` the sweep visits at `now`, having kept pace until `until`, and the
+/// time it has kept pace until after them: one whole table per [`SWEEP_PERIOD`], at most
+/// [`SWEEP_BUDGET`] a round, and never more than one whole pass owed (after a long idle gap one pass finds
+/// everything expired).
+fn sweep_step(until: Nanos, now: Nanos, slots: usize) -> (usize, Nanos) {
+    let until = until.max(now.saturating_sub(SWEEP_PERIOD));
+    let due = (now.saturating_sub(until) as u128 * slots as u128 / SWEEP_PERIOD as u128) as usize;
+    let n = due.min(SWEEP_BUDGET);
+    (n, until + (n as u128 * SWEEP_PERIOD as u128 / slots.max(1) as u128) as Nanos)
+}
+
 /// The counter of a packet dropped with decision `d`. Every drop is made with a dropping decision; were one
 /// not, the drop would still be counted (as `conntrack_invalid`) and debug builds stop here.
 fn drop_counter(d: &Decision) -> DropReason {
@@ -383,15 +399,17 @@ pub struct Pipeline {
     icmp_limits: crate::reject::IcmpErrorLimits,
     /// Datagrams being reassembled before conntrack (the worker feeds it fragments; swept here).
     pub reassembly: crate::reassembly::Reassembly,
-    /// The flow index slots the batch's lookups will read (prefetched; allocated once).
-    flow_slots: Vec<usize>,
+    /// The clock time the flow table's sweep has kept pace with ([`SWEEP_PERIOD`]).
+    swept_until: Nanos,
 }
 
-/// Slots of the flow table the sweep looks at per worker round: a whole table of 2^18 entries every
-/// 4096 rounds (well under a second on a busy worker), a few hundred nanoseconds per round.
-pub const SWEEP_BUDGET: usize = 64;
-/// Most flow lookups of one batch whose lines are prefetched (a worker's batches are smaller).
-const PREFETCH_MAX: usize = 256;
+/// How long the sweep takes to visit every slot of the flow table, whatever its size and however often the
+/// worker runs rounds: an expired entry leaves the table within this of expiring (a lookup that meets it
+/// removes it at once). Paced by the clock, not by rounds: a worker waiting on a congested port runs
+/// rounds back to back, and a fixed 64 slots a round was a tenth of its core (e2e, `perf`).
+pub const SWEEP_PERIOD: Nanos = 1_000_000_000;
+/// Most flow table slots one round sweeps (after a gap, the slots due are caught up over several rounds).
+pub const SWEEP_BUDGET: usize = 1024;
 /// Reassembly slots the sweep looks at per round (all of them every few rounds).
 pub const REASSEMBLY_SWEEP_BUDGET: usize = 16;
 
@@ -413,7 +431,7 @@ impl Pipeline {
             answers: Vec::with_capacity(crate::batch::BATCH),
             icmp_limits: Default::default(),
             reassembly: crate::reassembly::Reassembly::new(),
-            flow_slots: Vec::with_capacity(PREFETCH_MAX),
+            swept_until: 0,
         }
     }
 
@@ -422,12 +440,21 @@ impl Pipeline {
     pub fn maintain(&mut self, now: Nanos) {
         let t = self.slot.load();
         self.catch_up(&t);
-        self.flows.expire(now, SWEEP_BUDGET);
+        self.sweep_flows(now);
         let expired = self.reassembly.expire(now, REASSEMBLY_SWEEP_BUDGET);
         if expired > 0 {
             // Which port the timed-out fragments came by is not kept: they are unattributed.
             self.fragments_dropped(None, crate::reassembly::FragmentDrop::Timeout, expired);
         }
+    }
+
+    /// Sweeps the flow table slots due by `now` at the pace of one whole table per [`SWEEP_PERIOD`].
+    fn sweep_flows(&mut self, now: Nanos) {
+        let (n, until) = sweep_step(self.swept_until, now, self.flows.capacity());
+        if n > 0 {
+            self.flows.expire(now, n);
+        }
+        self.swept_until = until;
     }
 
     /// Applies what versions newer than the last one seen carry: flushes of removed addresses (with the
@@ -475,7 +502,7 @@ impl Pipeline {
     /// flow's second packet, its reply) starts a new window after that packet is committed.
     pub fn process(&mut self, t: &TableSet, batch: &mut [Packet], now: Nanos) {
         self.catch_up(t);
-        self.prefetch_index(batch);
+        self.prefetch_index(&mut *batch);
         self.answers.clear();
         for p in batch.iter_mut() {
             p.now = now;
@@ -486,7 +513,7 @@ impl Pipeline {
         for p in batch.iter_mut().filter(|p| !p.done) {
             untracked_stage(t, p);
         }
-        self.prefetch_entries();
+        self.prefetch_entries(batch);
         let mut start = 0;
         while start < batch.len() {
             let end = start + self.conntrack_window(t, &mut batch[start..], now);
@@ -506,23 +533,21 @@ impl Pipeline {
     }
 
     /// Step one of warming the flow table's lines the batch's lookups will read: the index slot of every
-    /// packet that will look its flow up, prefetched and noted in `flow_slots`. Step two
-    /// ([`Pipeline::prefetch_entries`]) comes after other work, so the misses of a batch overlap each other and
-    /// that work rather than queueing behind one another.
-    fn prefetch_index(&mut self, batch: &[Packet]) {
-        self.flow_slots.clear();
-        for p in batch.iter().filter(|p| !p.done && !p.header.is_icmp_error()) {
-            if self.flow_slots.len() == self.flow_slots.capacity() {
-                break;
-            }
-            self.flow_slots.push(self.flows.prefetch_index(&p.header));
+    /// packet that will look its flow up, prefetched and kept in the packet (its lookup starts there). Step
+    /// two ([`Pipeline::prefetch_entries`]) comes after other work, so the misses of a batch overlap each
+    /// other and that work rather than queueing behind one another.
+    fn prefetch_index(&self, batch: &mut [Packet]) {
+        for p in batch.iter_mut().filter(|p| !p.done && !p.header.is_icmp_error()) {
+            p.probe = Some(self.flows.probe(&p.header));
         }
     }
 
     /// Step two: the entries the prefetched index slots name.
-    fn prefetch_entries(&self) {
-        for &i in &self.flow_slots {
-            self.flows.prefetch_entry(i);
+    fn prefetch_entries(&self, batch: &[Packet]) {
+        for p in batch.iter().filter(|p| !p.done) {
+            if let Some(probe) = &p.probe {
+                self.flows.prefetch_entry(probe);
+            }
         }
     }
 
@@ -547,16 +572,15 @@ impl Pipeline {
             if n_open > 0 && (depends_on(p, &open[..n_open]) || self.flows.free_slots() <= n_open) {
                 return i;
             }
-            p.lookup = self.flows.lookup(&p.header, p.inner, now);
+            p.lookup = self.flows.lookup_probed(&p.header, p.inner, p.probe.as_ref(), now);
             match p.lookup.state {
                 CtState::Established | CtState::Related => {
                     established(t, &self.flows, p);
                     // Its verdict is settled: its entry moves on now, as the kernel's does on arrival. A
                     // RELATED error changes nothing in the entry (Linux neither refreshes it nor counts a
                     // reply).
-                    if p.lookup.state == CtState::Established && p.lookup.entry.is_some() {
-                        let reply = Tuple::of(&p.header).reversed();
-                        let _ = self.flows.commit(&p.header, &p.lookup, reply, t.epoch as u32, now);
+                    if p.lookup.state == CtState::Established {
+                        self.flows.refresh(&p.lookup, now);
                     }
                     p.committed = true;
                 }
@@ -1194,4 +1218,48 @@ pub fn rule_ref(t: &TableSet, ep: EndpointRef, stage: Stage, dir: Direction, rul
         None => (RuleOwner::Profile(String::new()), 0, calxdp_policy::resource::Action::Deny),
     };
     RuleRef { stage, direction: dir, endpoint: ep.endpoint(&t.world).id.clone(), owner, index, action }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_flow_sweep_keeps_pace_with_the_clock_not_with_rounds() {
+        let slots = 1 << 16;
+        // Rounds back to back at one instant sweep the one pass owed after an idle start, a budget a round,
+        // and then nothing.
+        let (mut until, mut swept) = (0, 0);
+        let start = 5 * SWEEP_PERIOD;
+        for _ in 0..10_000 {
+            let (n, u) = sweep_step(until, start, slots);
+            swept += n;
+            until = u;
+        }
+        assert_eq!(swept, slots, "one pass, after an idle start");
+        // Rounds a microsecond apart for one period sweep the whole table once (within rounding), however
+        // many rounds that is.
+        let (mut swept, mut now) = (0, start);
+        while now < start + SWEEP_PERIOD {
+            now += 1_000;
+            let (n, u) = sweep_step(until, now, slots);
+            swept += n;
+            until = u;
+        }
+        assert!((slots - SWEEP_BUDGET..=slots + 8).contains(&swept), "{swept} slots swept in one period");
+        // Rounds a millisecond apart: the same pace, in larger steps.
+        let (mut swept, end) = (0, now + SWEEP_PERIOD);
+        while now < end {
+            now += 1_000_000;
+            let (n, u) = sweep_step(until, now, slots);
+            assert!(n <= SWEEP_BUDGET);
+            swept += n;
+            until = u;
+        }
+        assert!((slots - 8..=slots + 8).contains(&swept), "{swept} slots swept in one period");
+        // After an hour without rounds, no more than one pass is owed, a budget at a time.
+        let (n, u) = sweep_step(until, now + 3600 * SWEEP_PERIOD, slots);
+        assert_eq!(n, SWEEP_BUDGET);
+        assert!(now + 3600 * SWEEP_PERIOD - u <= SWEEP_PERIOD);
+    }
 }

@@ -9,7 +9,7 @@
 //! admitted, so many one-off flows do not evict the heavy ones or pay for stores. The table set's generation (unique in the process) is part of
 //! the key, so a publication invalidates every entry at once, and a program's address is never mistaken
 //! for a freed one's (a later table set carries a later generation). Per thread (each worker has its own), so it
-//! takes no lock; it is allocated once per thread.
+//! takes no lock; it lives in the thread's static storage.
 
 use std::cell::RefCell;
 
@@ -35,14 +35,16 @@ struct Entry {
 }
 
 struct WalkCache {
-    slots: Vec<Option<Entry>>,
-    seen: Vec<u64>,
+    slots: [Option<Entry>; SLOTS],
+    seen: [u64; SEEN_BITS / 64],
     hits: u64,
     misses: u64,
 }
 
 thread_local! {
-    static CACHE: RefCell<WalkCache> = RefCell::new(WalkCache { slots: vec![None; SLOTS], seen: vec![0; SEEN_BITS / 64], hits: 0, misses: 0 });
+    // Initialised by a constant, so a use is a plain thread-local access (no first-use check per walk).
+    static CACHE: RefCell<WalkCache> =
+        const { RefCell::new(WalkCache { slots: [None; SLOTS], seen: [0; SEEN_BITS / 64], hits: 0, misses: 0 }) };
 }
 
 /// The key's hash: the low bits pick its slot, the high bits its admission bit.
