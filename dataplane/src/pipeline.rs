@@ -554,11 +554,10 @@ impl Pipeline {
     /// Looks packets up in order until one depends on an earlier packet of the window whose verdict is
     /// still open; returns how many packets the window holds (at least one).
     fn conntrack_window(&mut self, t: &TableSet, batch: &mut [Packet], now: Nanos) -> usize {
-        // The client ports of new flows looked up in this window, with their protocol: a later packet
-        // carrying one of them (the flow's next packet, its reply even through NAT, an ICMP error quoting
-        // it) waits for the next window.
-        let mut open: [(u8, u16); 64] = [(0, 0); 64];
-        let mut n_open = 0;
+        // The new flows looked up in this window: a later packet that could find the entry one of them
+        // makes (the flow's next packet, its reply even through NAT, an ICMP error quoting it) waits for the
+        // next window.
+        let mut open = OpenFlows::default();
         for (i, p) in batch.iter_mut().enumerate() {
             if p.done {
                 continue;
@@ -569,7 +568,9 @@ impl Pipeline {
             }
             // A packet of a flow still open in this window waits for it; so does every packet when the open
             // flows may have to make room in a full table (their commit could evict the entry it would find).
-            if n_open > 0 && (depends_on(p, &open[..n_open]) || self.flows.free_slots() <= n_open) {
+            if open.count > 0
+                && (open.may_find(p, |ip| t.ports.is_host_ip(ip)) || self.flows.free_slots() <= open.count)
+            {
                 return i;
             }
             p.lookup = self.flows.lookup_probed(&p.header, p.inner, p.probe.as_ref(), now);
@@ -585,11 +586,10 @@ impl Pipeline {
                     p.committed = true;
                 }
                 CtState::New => {
-                    if n_open == open.len() {
+                    if open.count == OpenFlows::MAX {
                         return i.max(1);
                     }
-                    open[n_open] = (p.header.protocol.0, client_port(p));
-                    n_open += 1;
+                    open.insert(p.header.protocol.0, client_port(p), p.header.src);
                 }
                 CtState::Invalid | CtState::Untracked => {}
             }
@@ -754,15 +754,80 @@ fn client_port(p: &Packet) -> u16 {
 /// Whether packet `p` could be decided differently once the new flows in `open` are committed: it carries
 /// one of their client ports (as its source or destination port, or in the flow an ICMP error quotes).
 /// Some packets that do not depend on them match too; they only start a new window early.
-fn depends_on(p: &Packet, open: &[(u8, u16)]) -> bool {
-    let proto = p.header.protocol.0;
-    let carries = |proto: u8, a: u16, b: u16| open.iter().any(|&(op, port)| op == proto && (port == a || port == b));
-    let own = if p.header.has_ports() {
-        carries(proto, p.header.src_port, p.header.dst_port)
-    } else {
-        carries(proto, p.header.icmp_id, p.header.icmp_id)
+/// The new flows a conntrack window has looked up and not yet committed, as two Bloom filters: a packet
+/// the filters say may find an entry one of them makes waits for the next window (a false positive only
+/// splits a window). A flow's entry holds the original tuple (from the client) and the reply tuple (to the
+/// client, or to the host address it is masqueraded to), both with the client's port, which NAT here never
+/// changes (ICMP: the echo identifier). So a packet of either carries that port and has the client as source
+/// or destination, or a host address as destination; an ICMP error's quote does. Packets of other clients
+/// that happen to use the same port do not wait.
+#[derive(Default)]
+struct OpenFlows {
+    count: usize,
+    /// (protocol, client port, client address) of each flow.
+    by_client: [u64; 16],
+    /// (protocol, client port) of each flow, for packets to a host address.
+    by_port: [u64; 16],
+}
+
+impl OpenFlows {
+    /// Most open flows in one window (the filters stay sparse).
+    const MAX: usize = 64;
+
+    fn insert(&mut self, protocol: u8, port: u16, client: IpAddr) {
+        debug_assert!(self.count < Self::MAX);
+        set_bit(&mut self.by_client, open_hash(protocol, port, Some(client)));
+        set_bit(&mut self.by_port, open_hash(protocol, port, None));
+        self.count += 1;
+    }
+
+    /// Whether `p` may find an open flow's entry; `is_host` tells the host's own addresses.
+    fn may_find(&self, p: &Packet, is_host: impl Fn(IpAddr) -> bool) -> bool {
+        let h = &p.header;
+        let own = if h.has_ports() {
+            self.touches(&is_host, h.protocol.0, h.src_port, h.dst_port, h.src, h.dst)
+        } else {
+            self.touches(&is_host, h.protocol.0, h.icmp_id, h.icmp_id, h.src, h.dst)
+        };
+        own || p.inner.is_some_and(|i| self.touches(&is_host, i.protocol.0, i.src_port, i.dst_port, i.src, i.dst))
+    }
+
+    fn touches(
+        &self,
+        is_host: impl Fn(IpAddr) -> bool,
+        protocol: u8,
+        a: u16,
+        b: u16,
+        src: IpAddr,
+        dst: IpAddr,
+    ) -> bool {
+        let client = |port| {
+            get_bit(&self.by_client, open_hash(protocol, port, Some(src)))
+                || get_bit(&self.by_client, open_hash(protocol, port, Some(dst)))
+        };
+        let to_host = |port| get_bit(&self.by_port, open_hash(protocol, port, None));
+        client(a) || client(b) || ((to_host(a) || to_host(b)) && is_host(dst))
+    }
+}
+
+fn open_hash(protocol: u8, port: u16, addr: Option<IpAddr>) -> u64 {
+    let a = match addr {
+        None => 0,
+        Some(IpAddr::V4(a)) => u32::from(a) as u128,
+        Some(IpAddr::V6(a)) => u128::from(a),
     };
-    own || p.inner.is_some_and(|i| carries(i.protocol.0, i.src_port, i.dst_port))
+    let folded = (a as u64) ^ (a >> 64) as u64;
+    // The product's top bits depend on every input bit: they pick the filter bit.
+    (folded ^ (u64::from(protocol) << 16 | u64::from(port))).wrapping_mul(0x9e37_79b9_7f4a_7c15) >> 54
+}
+
+/// Sets bit `b` (below 1024) of a filter: a few percent of its bits at most, so few false positives.
+fn set_bit(bits: &mut [u64; 16], b: u64) {
+    bits[(b >> 6) as usize & 15] |= 1 << (b & 63);
+}
+
+fn get_bit(bits: &[u64; 16], b: u64) -> bool {
+    bits[(b >> 6) as usize & 15] & 1 << (b & 63) != 0
 }
 
 /// Strict reverse-path check for pods (semantics §7.1 (R) 3).
@@ -1223,6 +1288,42 @@ pub fn rule_ref(t: &TableSet, ep: EndpointRef, stage: Stage, dir: Direction, rul
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_window_holds_back_what_may_find_an_open_flow_and_not_other_clients_on_its_port() {
+        let ip = |s: &str| -> IpAddr { s.parse().unwrap() };
+        let udp = |src: &str, sport: u16, dst: &str, dport: u16| {
+            let h = PacketHeader {
+                src: ip(src),
+                dst: ip(dst),
+                protocol: calxdp_policy::resource::Protocol::UDP,
+                src_port: sport,
+                dst_port: dport,
+                ..PacketHeader::EMPTY
+            };
+            Packet::new(Port::Uplink(0), h, None)
+        };
+        let host = |a: IpAddr| a == "10.0.0.1".parse::<IpAddr>().unwrap();
+        let mut open = OpenFlows::default();
+        // A pod's DNS query, open in the window.
+        open.insert(17, 40_000, ip("192.168.1.10"));
+        for (what, p) in [
+            ("its next packet", udp("192.168.1.10", 40_000, "10.96.0.10", 53)),
+            ("its reply", udp("192.168.1.20", 53, "192.168.1.10", 40_000)),
+            ("its reply, masqueraded to the host", udp("8.8.8.8", 53, "10.0.0.1", 40_000)),
+        ] {
+            assert!(open.may_find(&p, host), "{what} waits");
+        }
+        let mut error = udp("10.9.9.9", 0, "192.168.1.10", 0);
+        error.header.protocol = calxdp_policy::resource::Protocol::ICMP;
+        error.header.icmp_type = 3;
+        error.inner = Some(Tuple::of(&udp("192.168.1.10", 40_000, "8.8.8.8", 53).header));
+        assert!(open.may_find(&error, host), "an ICMP error quoting it waits");
+        // Other pods that use the same port: their flows cannot find its entry.
+        let others = (0..20).filter(|i| open.may_find(&udp(&format!("192.168.2.{i}"), 40_000, "10.96.0.10", 53), host));
+        assert!(others.count() <= 1, "other clients on the same port mostly go on (a filter bit may collide)");
+        assert!(!open.may_find(&udp("192.168.1.10", 40_001, "10.96.0.10", 53), host), "another port goes on");
+    }
 
     #[test]
     fn the_flow_sweep_keeps_pace_with_the_clock_not_with_rounds() {
