@@ -270,7 +270,7 @@ fn pipeline(quick: bool, only: Option<&str>, count: Option<usize>) {
         while headers.peek().is_some() {
             let mut k = 0;
             for (slot, h) in batch.iter_mut().zip(headers.by_ref()) {
-                *slot = Packet::new(port, h, None);
+                slot.reset(port, h, None);
                 k += 1;
             }
             p.process_current(&mut batch[..k], now);

@@ -80,8 +80,10 @@ pub fn rewrite(frame: &mut [u8], parsed: &Parsed, p: &Packet, ports: &PortMap) -
     if h.protocol == Protocol::SCTP && (p.translated.is_some() || p.translated_src.is_some()) {
         refresh_sctp_crc(frame, parsed);
     }
-    if let (Some(t), Some((ip_at, l4_at, has_l4)), Some(inner)) = (p.inner_nat, parsed.inner_at, parsed.inner) {
-        rewrite_quote(frame, parsed.l3, ip_at, l4_at, has_l4, &inner, &t);
+    // By reference: the three are over 100 bytes together, and almost every frame has none of them.
+    if let (Some(t), Some((ip_at, l4_at, has_l4)), Some(inner)) = (&p.inner_nat, &parsed.inner_at, &parsed.inner) {
+        let (ip_at, l4_at, has_l4) = (*ip_at, *l4_at, *has_l4);
+        rewrite_quote(frame, parsed.l3, ip_at, l4_at, has_l4, inner, t);
         // The error's own checksum covers the quote: computed again over the whole message.
         let src = p.translated_src.map_or(h.src, |a| a.ip());
         let dst = p.translated.map_or(h.dst, |a| a.ip());
