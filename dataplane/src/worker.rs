@@ -152,6 +152,12 @@ pub struct IoCounters {
     pub no_port: u64,
     /// Time spent in rounds that moved frames (the worker's busy time; idle polling and sleeps excluded).
     pub busy_nanos: u64,
+    /// Frames the kernel dropped before they reached the worker's AF_XDP receive rings (`XDP_STATISTICS`,
+    /// summed over its sockets, read when the counters are published): for want of a free UMEM frame in
+    /// the fill ring, for want of room in the receive ring, and for any other reason (`rx_dropped`).
+    pub xsk_fill_empty: u64,
+    pub xsk_rx_ring_full: u64,
+    pub xsk_rx_dropped: u64,
     /// Frames received and sent, by port id.
     pub rx: Vec<u64>,
     pub tx: Vec<u64>,
@@ -193,6 +199,9 @@ impl IoCounters {
             rejected,
             no_port,
             busy_nanos,
+            xsk_fill_empty,
+            xsk_rx_ring_full,
+            xsk_rx_dropped,
             rx,
             tx,
         } = o;
@@ -217,6 +226,9 @@ impl IoCounters {
         self.rejected += rejected;
         self.no_port += no_port;
         self.busy_nanos += busy_nanos;
+        self.xsk_fill_empty += xsk_fill_empty;
+        self.xsk_rx_ring_full += xsk_rx_ring_full;
+        self.xsk_rx_dropped += xsk_rx_dropped;
         for (mine, theirs) in [(&mut self.rx, rx), (&mut self.tx, tx)] {
             if mine.len() < theirs.len() {
                 mine.resize(theirs.len(), 0);
@@ -356,6 +368,8 @@ pub struct Worker {
     /// An operator's `calxdp trace`: where to send records, and how many more frames to trace.
     asked_trace: Option<(SyncSender<TraceRecord>, u32)>,
     congested_streak: u32,
+    /// Each port's socket drop counters as last read (`IoCounters::xsk_*` add what they grew by).
+    xsk_seen: Vec<[u64; 3]>,
 }
 
 impl Worker {
@@ -409,6 +423,7 @@ impl Worker {
             commands: None,
             asked_trace: None,
             congested_streak: 0,
+            xsk_seen: Vec::new(),
         }
     }
 
@@ -446,6 +461,11 @@ impl Worker {
             self.ports.resize_with(i + 1, || None);
         }
         self.ports[i] = Some(io);
+        if self.xsk_seen.len() <= i {
+            self.xsk_seen.resize(i + 1, [0; 3]);
+        }
+        // A newly attached socket counts from zero.
+        self.xsk_seen[i] = [0; 3];
         self.io.open(id);
         self.pipeline.port_drops.open(id);
     }
@@ -592,12 +612,29 @@ impl Worker {
 
     /// Copies the counters where the control thread can read them, if it is not reading right now.
     pub fn publish(&mut self) {
+        self.read_socket_drops();
         if let Ok(mut s) = self.shared.snapshot.try_lock() {
             s.pipeline.clone_from(&self.pipeline.counters);
             s.io.clone_from(&self.io);
             s.port_drops.clone_from(&self.pipeline.port_drops);
             s.flows = self.pipeline.flows.stats;
             s.entries = self.pipeline.flows.len();
+        }
+    }
+
+    /// Adds what the kernel's drop counters of each AF_XDP socket grew by since they were last read (one
+    /// `getsockopt` per socket, at publication: every 100 ms, never per round).
+    fn read_socket_drops(&mut self) {
+        for (i, port) in self.ports.iter().enumerate() {
+            let Some(PortIo::Xsk(sock)) = port else { continue };
+            let Ok(st) = sock.statistics() else { continue };
+            let now = [st.rx_fill_ring_empty_descs, st.rx_ring_full, st.rx_dropped];
+            let Some(seen) = self.xsk_seen.get_mut(i) else { continue };
+            let grew = |k: usize| now[k].saturating_sub(seen[k]);
+            self.io.xsk_fill_empty += grew(0);
+            self.io.xsk_rx_ring_full += grew(1);
+            self.io.xsk_rx_dropped += grew(2);
+            *seen = now;
         }
     }
 

@@ -174,9 +174,13 @@ fn bench(quick: bool) -> Result<(), String> {
         {
             let reflector = Reflector::start()?;
             let measured = drive(&counters, warm, window, Mix::OneWay);
-            let (rx, tx) = reflector.stop()?;
+            let (rx, tx, drops) = reflector.stop()?;
             let (w, g, _) = measured?;
-            results[0].push(w, g, format!("reflector received {rx}, sent {tx} (copy mode, both veths native XDP)"));
+            results[0].push(
+                w,
+                g,
+                format!("reflector received {rx}, sent {tx} (copy mode, both veths native XDP); dropped by the kernel before its receive ring: {drops}"),
+            );
         }
 
         // 2. calxdp with the policies, the one-way then the established mix.
@@ -189,11 +193,18 @@ fn bench(quick: bool) -> Result<(), String> {
             let (w, g, _) = one_way?;
             let (we, ge, replies) = established.expect("driven after a one-way success")?;
             let note = format!(
-                "XDP {}; last round, both mixes: worker packets {} allowed {} tx_full {}",
+                "XDP {}; last round, both mixes: worker packets {} allowed {} tx_full {} batches {} congested \
+                 rounds {}; dropped by the kernel before the receive rings: fill ring empty {} receive ring full {} \
+                 other {}",
                 modes.join(" "),
                 c.packets,
                 c.allowed,
-                io.tx_full
+                io.tx_full,
+                io.batches,
+                io.congested_rounds,
+                io.xsk_fill_empty,
+                io.xsk_rx_ring_full,
+                io.xsk_rx_dropped
             );
             Ok(((w, g, note), (we, ge, format!("replies forwarded to the client: {replies}/{REPLIES}"))))
         })?;
@@ -355,7 +366,7 @@ fn ingress_terms(node: &NodeConfig, resources: &ResourceSet) -> usize {
 /// The ceiling's forwarder: AF_XDP sockets on both node veths, frames from the uplink reflected to the pod.
 struct Reflector {
     stop: Arc<AtomicBool>,
-    thread: Option<JoinHandle<Result<(u64, u64), String>>>,
+    thread: Option<JoinHandle<Result<(u64, u64, String), String>>>,
 }
 
 impl Reflector {
@@ -365,7 +376,7 @@ impl Reflector {
         let (ready_tx, ready_rx) = std::sync::mpsc::channel::<Result<(), String>>();
         let thread = std::thread::Builder::new()
             .name("cxb-reflector".into())
-            .spawn(move || -> Result<(u64, u64), String> {
+            .spawn(move || -> Result<(u64, u64, String), String> {
                 let setup = (|| -> Result<_, String> {
                     topo::enter(topo::NODE_NS)?;
                     topo::pin(Some(FORWARD_CPU));
@@ -408,7 +419,14 @@ impl Reflector {
                         tx.wake_tx();
                     }
                 }
-                Ok((received, sent))
+                let drops = match rx.statistics() {
+                    Ok(st) => format!(
+                        "fill ring empty {} receive ring full {} other {}",
+                        st.rx_fill_ring_empty_descs, st.rx_ring_full, st.rx_dropped
+                    ),
+                    Err(e) => format!("unknown ({e})"),
+                };
+                Ok((received, sent, drops))
             })
             .map_err(|e| format!("cannot start the reflector thread: {e}"))?;
         let reflector = Reflector { stop, thread: Some(thread) };
@@ -419,11 +437,12 @@ impl Reflector {
         }
     }
 
-    fn stop(mut self) -> Result<(u64, u64), String> {
-        self.finish().unwrap_or(Ok((0, 0)))
+    /// Frames received and sent, and the receive socket's kernel drop counters.
+    fn stop(mut self) -> Result<(u64, u64, String), String> {
+        self.finish().unwrap_or(Ok((0, 0, String::new())))
     }
 
-    fn finish(&mut self) -> Option<Result<(u64, u64), String>> {
+    fn finish(&mut self) -> Option<Result<(u64, u64, String), String>> {
         self.stop.store(true, Ordering::Relaxed);
         let t = self.thread.take()?;
         Some(t.join().unwrap_or_else(|_| Err("the reflector thread panicked".into())))
