@@ -65,6 +65,17 @@ impl PortIo {
     pub fn tx_congested(&self) -> bool {
         matches!(self, PortIo::Xsk(s) if s.tx_congested())
     }
+
+    /// Wakes a congested AF_XDP port's transmit (one syscall, on whose way out the kernel also runs the
+    /// receive work that completes earlier transmits) and takes back what completed.
+    pub fn wake_congested(&mut self) {
+        if let PortIo::Xsk(s) = self {
+            if s.tx_congested() {
+                s.wake_tx();
+                s.flush();
+            }
+        }
+    }
 }
 
 /// Sends one frame out of a port; false if there is no such port (detached) or it would not take it. A

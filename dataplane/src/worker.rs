@@ -43,8 +43,6 @@ use crate::wire::Parsed;
 
 /// Congested rounds in a row before the worker receives regardless (roughly 100 µs).
 const MAX_CONGESTED_STREAK: u32 = 64;
-/// Spins between transmit wakeups while an output port is congested (about a microsecond).
-const CONGESTED_PAUSE_SPINS: u32 = 256;
 
 /// In a handoff tag (the port id a frame arrived on): the frame is a fragment of a datagram already gathered
 /// by another worker and sent to this one because it owns the datagram's flow, which it decides.
@@ -544,12 +542,13 @@ impl Worker {
             self.congested_streak += 1;
             self.io.congested_rounds += 1;
             self.flush();
-            // The kernel refuses more until the peer drains; give it a moment rather than a syscall storm
-            // of refused wakeups. Frames handed over by other workers are still taken (their rings are not
-            // the congested port's).
-            for _ in 0..CONGESTED_PAUSE_SPINS {
-                std::hint::spin_loop();
+            // Copy mode: the frames in flight complete when the peer's receive work runs on this CPU, which
+            // a worker spinning in user space holds off until its next syscall. One wakeup per congested port
+            // lets it run (the reflector the e2e ceiling is measured with wakes its transmit every loop).
+            for p in self.ports.iter_mut().flatten() {
+                p.wake_congested();
             }
+            // Frames handed over by other workers are still taken (their rings are not the congested port's).
             let mut moved = 0;
             for k in 0..self.handoff_in.len() {
                 moved += self.poll_handoff(k);
