@@ -180,6 +180,10 @@ fn a_running_demo_answers_every_admin_command_and_leaves_nothing_behind() {
         "{body}"
     );
     assert!(body.contains("calxdp_port_rx_frames_total{port=\"caliweb\"}"), "{body}");
+    // The kernel's drops before the AF_XDP receive rings, by reason (the node's sockets, read by the workers).
+    for reason in ["fill_ring_empty", "rx_ring_full", "all"] {
+        assert!(body.contains(&format!("calxdp_xsk_rx_dropped_total{{reason=\"{reason}\"}} ")), "{body}");
+    }
     assert!(body.contains("felix_active_local_selectors "), "{body}");
     promtool_check(&body);
     let (answer, _) = common::http_get(&metrics, "/other");

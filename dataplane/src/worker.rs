@@ -152,7 +152,8 @@ pub struct IoCounters {
     pub busy_nanos: u64,
     /// Frames the kernel dropped before they reached the worker's AF_XDP receive rings (`XDP_STATISTICS`,
     /// summed over its sockets, read when the counters are published): for want of a free UMEM frame in
-    /// the fill ring, for want of room in the receive ring, and for any other reason (`rx_dropped`).
+    /// the fill ring, for want of room in the receive ring, and all of them whatever the reason
+    /// (`rx_dropped`, which counts the fill-ring drops too).
     pub xsk_fill_empty: u64,
     pub xsk_rx_ring_full: u64,
     pub xsk_rx_dropped: u64,

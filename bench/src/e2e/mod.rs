@@ -195,7 +195,7 @@ fn bench(quick: bool) -> Result<(), String> {
             let note = format!(
                 "XDP {}; last round, both mixes: worker packets {} allowed {} tx_full {} batches {} congested \
                  rounds {}; dropped by the kernel before the receive rings: fill ring empty {} receive ring full {} \
-                 other {}",
+                 in all {}",
                 modes.join(" "),
                 c.packets,
                 c.allowed,
@@ -421,7 +421,7 @@ impl Reflector {
                 }
                 let drops = match rx.statistics() {
                     Ok(st) => format!(
-                        "fill ring empty {} receive ring full {} other {}",
+                        "fill ring empty {} receive ring full {} in all {}",
                         st.rx_fill_ring_empty_descs, st.rx_ring_full, st.rx_dropped
                     ),
                     Err(e) => format!("unknown ({e})"),

@@ -308,6 +308,18 @@ pub fn render(view: &NodeView) -> String {
     single(o, "calxdp_log_suppressed_total", Counter, "Log rule hits over their rate limit.", c.logs_suppressed as f64);
     single(o, "calxdp_rejected_total", Counter, "Denied packets answered (Reject deny action).", io.rejected as f64);
     single(o, "calxdp_trace_lost_total", Counter, "Trace records lost to a full queue.", io.trace_lost as f64);
+    by_label(
+        o,
+        "calxdp_xsk_rx_dropped_total",
+        Counter,
+        "Frames the kernel dropped before the AF_XDP receive rings, by reason.",
+        "reason",
+        [
+            ("fill_ring_empty".to_string(), io.xsk_fill_empty as f64),
+            ("rx_ring_full".to_string(), io.xsk_rx_ring_full as f64),
+            ("all".to_string(), io.xsk_rx_dropped as f64),
+        ],
+    );
     single(
         o,
         "calxdp_uptime_seconds",
