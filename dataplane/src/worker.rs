@@ -756,8 +756,8 @@ impl Worker {
         // One version of the tables for the whole batch: steering, deciding, rewriting and reporting.
         let tables = self.pipeline.tables();
         let t: &TableSet = &tables;
-        // The batch's packet slots are filled in place (`ingest_into`); `kept` of them hold this batch's.
-        let mut kept = 0;
+        // The batch's packet slots are filled in place (`ingest_into`); the first `frame_of.len()` of them
+        // hold this batch's packets.
         self.frame_of.clear();
         self.datagram_of.clear();
         let mut is_arp = [false; BATCH];
@@ -810,6 +810,7 @@ impl Worker {
                 Some(s) => self.pipeline.reassembly.datagram(s),
                 None => &self.bufs[i][..self.lens[i]],
             };
+            let kept = self.frame_of.len();
             ingest_into(port, frame, &mut self.batch[kept], &mut self.parsed[kept]);
             let (header, inner) = (self.batch[kept].header, self.batch[kept].inner);
             if let Some(s) = datagram.filter(|_| self.workers > 1 && !self.flow_steered[i]) {
@@ -833,7 +834,6 @@ impl Worker {
                     continue;
                 }
             }
-            kept += 1;
             self.frame_of.push(i);
             self.datagram_of.push(datagram);
         }
@@ -843,6 +843,7 @@ impl Worker {
                 self.arp(t, port, i);
             }
         }
+        let kept = self.frame_of.len();
         if kept == 0 {
             return finished;
         }

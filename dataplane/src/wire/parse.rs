@@ -196,12 +196,7 @@ pub fn parse_into(frame: &[u8], out: &mut Parsed) -> Result<(), Malformed> {
         l3_offset,
         l4_offset: l3_offset,
         l3_end: frame.len(),
-        fragmented: false,
-        routing_pending: false,
-        header: EMPTY_HEADER,
-        inner: None,
-        inner_at: None,
-        source_routed: false,
+        ..Parsed::EMPTY
     };
     match out.ethertype {
         ethertype::IPV4 => parse_ipv4(eth.payload(), out),
