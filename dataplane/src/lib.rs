@@ -18,6 +18,7 @@ pub mod port_drops;
 pub mod ports;
 pub mod reassembly;
 pub mod reject;
+pub mod routes;
 pub mod services;
 // std's atomics and cell, or loom's under `--cfg loom` (the model-checked structures use these).
 pub(crate) mod sync;

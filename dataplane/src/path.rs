@@ -8,6 +8,7 @@ use calxdp_policy::node::NodeConfig;
 use calxdp_policy::resolve::{ResolvedNode, LOOPBACK};
 
 use crate::ports::PortId;
+use crate::routes::RouteTable;
 
 /// Where a frame enters or leaves the node.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
@@ -48,7 +49,8 @@ pub struct PortMap {
     /// The named host endpoint of `lo`, where host-to-own-address traffic crosses.
     pub loopback_hep: Option<u32>,
     pub star_hep: Option<u32>,
-    pub workload_by_ip: foldhash::HashMap<IpAddr, u16>,
+    /// Routes and the owners of local addresses, compiled.
+    pub routes: RouteTable,
     pub host_ips: Vec<IpAddr>,
     /// Each uplink's MAC and its gateway's MAC, where configured.
     pub uplink_mac: Vec<Option<[u8; 6]>>,
@@ -77,12 +79,6 @@ impl PortMap {
     pub fn with_workload_ports(world: &ResolvedNode, workload_port: Vec<PortId>) -> PortMap {
         let node = &world.node;
         let named = |iface: &str| world.interface_hep.get(iface).map(|&h| h as u32);
-        let mut workload_by_ip = foldhash::HashMap::default();
-        for (i, w) in node.workloads.iter().enumerate() {
-            for ip in &w.ips {
-                workload_by_ip.insert(*ip, i as u16);
-            }
-        }
         assert_eq!(workload_port.len(), node.workloads.len(), "a port id per local workload");
         let top = workload_port.iter().copied().max().map_or(0, |m| m as usize + 1);
         let mut port_workload = vec![None; top];
@@ -95,7 +91,7 @@ impl PortMap {
             uplink_hep: node.uplinks.iter().map(|u| named(&u.name)).collect(),
             loopback_hep: named(LOOPBACK),
             star_hep: world.star_hep.map(|h| h as u32),
-            workload_by_ip,
+            routes: RouteTable::new(node),
             host_ips: node.uplinks.iter().flat_map(|u| u.addrs.iter().copied()).collect(),
             uplink_mac: node.uplinks.iter().map(|u| u.mac).collect(),
             gateway_mac: node.uplinks.iter().map(|u| u.gateway_mac).collect(),
@@ -134,7 +130,7 @@ impl PortMap {
     }
 
     pub fn is_host_ip(&self, ip: IpAddr) -> bool {
-        ip.is_loopback() || self.host_ips.contains(&ip)
+        self.routes.is_host(ip)
     }
 
     /// The host endpoint of an uplink: its own, else `*`.
@@ -147,16 +143,15 @@ impl PortMap {
         self.loopback_hep.or(self.star_hep)
     }
 
-    pub fn route(&self, world: &ResolvedNode, dst: IpAddr) -> Route {
-        if self.is_host_ip(dst) {
-            Route::Local
-        } else if let Some(&w) = self.workload_by_ip.get(&dst) {
-            Route::Workload(w)
-        } else {
-            match world.node.uplink_for(dst) {
-                Some(u) => Route::Uplink(u as u16),
-                None => Route::Local,
-            }
-        }
+    /// Where routing sends a packet to `dst` ([`RouteTable::route`]).
+    #[inline]
+    pub fn route(&self, dst: IpAddr) -> Route {
+        self.routes.route(dst)
+    }
+
+    /// The local pod that owns `ip`.
+    #[inline]
+    pub fn workload_of(&self, ip: IpAddr) -> Option<u16> {
+        self.routes.workload(ip)
     }
 }

@@ -844,7 +844,7 @@ fn untracked_stage(t: &TableSet, p: &mut Packet) {
     let (hep, dir) = match p.port {
         Port::Uplink(u) => (t.ports.uplink_hep.get(u as usize).copied().flatten(), Direction::Ingress),
         Port::Host => {
-            let hep = match t.ports.route(&t.world, p.header.dst) {
+            let hep = match t.ports.route(p.header.dst) {
                 Route::Uplink(u) => t.ports.uplink_hep.get(u as usize).copied().flatten(),
                 Route::Local => t.ports.loopback_hep,
                 Route::Workload(_) => None,
@@ -914,7 +914,7 @@ fn established(t: &TableSet, flows: &FlowTable, p: &mut Packet) {
     }
     p.note(if p.lookup.state == CtState::Established { Decision::Established } else { Decision::Related });
     p.verdict = Verdict::Allow;
-    p.out = Some(egress_port(t.ports.route(&t.world, dst)));
+    p.out = Some(egress_port(t.ports.route(dst)));
     p.translated = Some(SocketAddr::new(dst, dst_port));
     p.translated_src = Some(SocketAddr::new(src, src_port));
     p.done = true;
@@ -953,7 +953,7 @@ fn prednat_stage(t: &TableSet, p: &mut Packet) {
 fn service_nat(t: &TableSet, p: &mut Packet) {
     p.post = p.header;
     if !(p.header.has_ports() && p.lookup.state == CtState::New) {
-        p.route = t.ports.route(&t.world, p.post.dst);
+        p.route = t.ports.route(p.post.dst);
         return;
     }
     let node = &t.world.node;
@@ -971,7 +971,7 @@ fn service_nat(t: &TableSet, p: &mut Packet) {
                 // kube-proxy masquerades every NodePort flow from outside the host, to a local backend too,
                 // and a pod that reaches itself through its service (the reference's service NAT).
                 if (via_node_port && p.port != Port::Host) || b.ip() == p.header.src {
-                    let via = match t.ports.route(&t.world, b.ip()) {
+                    let via = match t.ports.route(b.ip()) {
                         Route::Uplink(u) => Some(u as usize),
                         _ => None,
                     };
@@ -980,7 +980,7 @@ fn service_nat(t: &TableSet, p: &mut Packet) {
             }
         }
     }
-    p.route = t.ports.route(&t.world, p.post.dst);
+    p.route = t.ports.route(p.post.dst);
 }
 
 /// filter INPUT / FORWARD / OUTPUT by path (semantics §7.1 (I), (F), §7.2 (O)).

@@ -1069,7 +1069,7 @@ impl Worker {
                 }
             }
             Port::Workload(w) => {
-                if p.decision != Decision::SourceSpoofed && t.ports.workload_by_ip.get(&p.header.src) == Some(&w) {
+                if p.decision != Decision::SourceSpoofed && t.ports.workload_of(p.header.src) == Some(w) {
                     self.neighbours.learn(p.header.src, mac);
                 }
             }
@@ -1239,7 +1239,7 @@ impl Worker {
         if let Some(na) = ndp::parse_advertisement(frame) {
             let target = IpAddr::V6(na.target);
             let learn = match port {
-                Port::Workload(w) => t.ports.workload_by_ip.get(&target) == Some(&w),
+                Port::Workload(w) => t.ports.workload_of(target) == Some(w),
                 Port::Uplink(u) => t.ports.uplink_on_link(u, target) || is_gateway(t, u, target),
                 Port::Host => false,
             };
@@ -1253,7 +1253,7 @@ impl Worker {
         let Some(ns) = ndp::parse_solicitation(frame) else { return false };
         let answer = match port {
             Port::Workload(_) => Some(WORKLOAD_GATEWAY_MAC),
-            Port::Host if t.ports.workload_by_ip.contains_key(&IpAddr::V6(ns.target)) => Some(mac_for_host(&t.ports)),
+            Port::Host if t.ports.workload_of(IpAddr::V6(ns.target)).is_some() => Some(mac_for_host(&t.ports)),
             _ => None,
         };
         let Some(mac) = answer else { return false };
@@ -1276,7 +1276,7 @@ impl Worker {
         let host = self.host_port();
         match port {
             Port::Workload(w) => {
-                if t.ports.workload_by_ip.get(&IpAddr::V4(a.sender_ip)) == Some(&w) {
+                if t.ports.workload_of(IpAddr::V4(a.sender_ip)) == Some(w) {
                     self.neighbours.learn(IpAddr::V4(a.sender_ip), a.sender_mac);
                 }
                 if a.request {
@@ -1294,7 +1294,7 @@ impl Worker {
                 }
             }
             Port::Host => {
-                let pod = t.ports.workload_by_ip.contains_key(&IpAddr::V4(a.target_ip));
+                let pod = t.ports.workload_of(IpAddr::V4(a.target_ip)).is_some();
                 if a.request && pod {
                     let n = arp::reply(&a, mac_for_host(&t.ports), &mut self.scratch);
                     Self::transmit(&mut self.ports, &mut self.io, host, &self.scratch[..n]);
