@@ -289,8 +289,6 @@ impl Packet {
             route,
         } = self;
         *port_ = port;
-        *header_ = header;
-        *inner_ = inner;
         *verdict = Verdict::Drop;
         *decision = Decision::NoCalicoVerdict;
         *out = None;
@@ -309,9 +307,14 @@ impl Packet {
         *accepted = None;
         *lookup = FlowLookup { state: CtState::New, entry: None, tcp_next: None };
         *probe = None;
-        *post = header;
         *snat = None;
         *route = Route::Local;
+        // Last: a frame's header was parsed just before, field by field, and reading it back whole at once
+        // would stall on those stores (they cannot forward to a wider load); after the stores above, they
+        // have left the store buffer.
+        *header_ = header;
+        *post = header;
+        *inner_ = inner;
     }
 
     /// A frame that could not become a packet (`Decision::Malformed` or `Decision::NotIp`): dropped
