@@ -54,6 +54,20 @@ impl Key {
         }
     }
 
+    /// `Key::of(&Tuple::of(pkt))`, without the tuple in between (the established path makes one per packet).
+    #[inline]
+    fn of_header(pkt: &PacketHeader) -> Key {
+        let (src_port, dst_port) = Tuple::ports_of(pkt);
+        Key {
+            src: addr_key(pkt.src),
+            dst: addr_key(pkt.dst),
+            src_port,
+            dst_port,
+            protocol: pkt.protocol.0,
+            v4: pkt.src.is_ipv4(),
+        }
+    }
+
     fn tuple(&self) -> Tuple {
         let addr = |b: [u8; 16]| {
             let a = std::net::Ipv6Addr::from(b);
@@ -209,11 +223,12 @@ fn tcp_state(c: u8) -> TcpState {
     }
 }
 
-/// A packet's flow key and the index slot its lookup starts at, worked out once per batch
-/// ([`FlowTable::probe`], which prefetches that slot) and kept for the packet's lookup.
+/// The index slot a packet's lookup starts at, worked out once per batch ([`FlowTable::probe`], which
+/// prefetches that slot) and kept for the packet's lookup. The key itself is made again at the lookup
+/// rather than kept: copying it into the packet and back cost more than making it (the copy read narrow
+/// stores back wide, which stalls).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct Probe {
-    key: Key,
     at: u32,
 }
 
@@ -455,8 +470,8 @@ impl FlowTable {
             return none(CtState::Untracked);
         }
         let found = match probe {
-            Some(p) => self.find_live_at(&p.key, p.at as usize, now),
-            None => self.find_live(&Key::of(&Tuple::of(pkt)), now),
+            Some(p) => self.find_live_at(&Key::of_header(pkt), p.at as usize, now),
+            None => self.find_live(&Key::of_header(pkt), now),
         };
         match found {
             Some((slot, dir)) => {
@@ -498,16 +513,15 @@ impl FlowTable {
         }
     }
 
-    /// Step one of a batched lookup: `pkt`'s key and where its flow would be found in the index, that line
+    /// Step one of a batched lookup: where `pkt`'s flow would be found in the index, that line
     /// prefetched. Step two is [`FlowTable::prefetch_entry`] with the answer; lookups that follow find both
     /// in cache. Only the first slot is warmed (the index is kept at most a quarter full, so most keys are
     /// there). Not for ICMP errors (they are looked up by the flow they quote).
     #[inline]
     pub fn probe(&self, pkt: &PacketHeader) -> Probe {
-        let key = Key::of(&Tuple::of(pkt));
-        let at = key.hash() as usize & self.mask;
+        let at = Key::of_header(pkt).hash() as usize & self.mask;
         crate::sys::prefetch::prefetch(&self.index[at]);
-        Probe { key, at: at as u32 }
+        Probe { at: at as u32 }
     }
 
     /// Step two of a batched lookup: the entry the probed index slot names, prefetched (both of its lines
@@ -610,7 +624,7 @@ impl FlowTable {
                     _ => KIND_OTHER,
                 };
                 let mut e = Entry {
-                    original: Key::of(&Tuple::of(pkt)),
+                    original: Key::of_header(pkt),
                     reply: Key::of(&reply),
                     expires: 0,
                     epoch,
@@ -657,7 +671,7 @@ impl FlowTable {
 
     /// Whether a live entry holds this packet's flow.
     pub fn tracks(&mut self, pkt: &PacketHeader, now: Nanos) -> bool {
-        self.find_live(&Key::of(&Tuple::of(pkt)), now).is_some()
+        self.find_live(&Key::of_header(pkt), now).is_some()
     }
 
     /// Removes up to `budget` expired entries, continuing where the last sweep stopped.
@@ -820,11 +834,24 @@ mod tests {
     }
 
     #[test]
+    fn a_key_made_from_a_header_is_the_key_of_its_tuple() {
+        for (proto, icmp_type) in
+            [(1, 8), (1, 0), (1, 3), (58, 128), (58, 129), (58, 135), (6, 0), (17, 0), (47, 0), (132, 0)]
+        {
+            let mut p = pkt(1, 2, Protocol(proto), 1000, 53, 0);
+            p.icmp_type = icmp_type;
+            p.icmp_id = 0xffff;
+            assert_eq!(Key::of(&Tuple::of(&p)), Key::of_header(&p), "{proto}/{icmp_type}");
+        }
+    }
+
+    #[test]
     fn a_key_and_its_reverse_hash_alike_and_distinct_flows_spread() {
         let mut slots = std::collections::HashSet::new();
         for i in 0..4096u16 {
             let p = pkt((i % 200) as u8, 2, Protocol::UDP, 1000 + i, 53, 0);
             let k = Key::of(&Tuple::of(&p));
+            assert_eq!(k, Key::of_header(&p));
             assert_eq!(k.hash(), Key::of(&Tuple::of(&p).reversed()).hash());
             slots.insert(k.hash() & 0xffff);
         }

@@ -67,18 +67,20 @@ pub fn rewrite(frame: &mut [u8], parsed: &Parsed, p: &Packet, ports: &PortMap) -
     if forwarded {
         decrement_ttl(frame, parsed.l3, l3)?;
     }
-    if let Some(dst) = p.translated {
-        if dst.ip() != h.dst || (h.has_ports() && dst.port() != h.dst_port) {
-            rewrite_endpoint(frame, parsed, l3, l4, false, SocketAddr::new(h.dst, h.dst_port), dst);
+    if p.nat {
+        if let Some(dst) = p.translated {
+            if dst.ip() != h.dst || (h.has_ports() && dst.port() != h.dst_port) {
+                rewrite_endpoint(frame, parsed, l3, l4, false, SocketAddr::new(h.dst, h.dst_port), dst);
+            }
         }
-    }
-    if let Some(src) = p.translated_src {
-        if src.ip() != h.src || (h.has_ports() && src.port() != h.src_port) {
-            rewrite_endpoint(frame, parsed, l3, l4, true, SocketAddr::new(h.src, h.src_port), src);
+        if let Some(src) = p.translated_src {
+            if src.ip() != h.src || (h.has_ports() && src.port() != h.src_port) {
+                rewrite_endpoint(frame, parsed, l3, l4, true, SocketAddr::new(h.src, h.src_port), src);
+            }
         }
-    }
-    if h.protocol == Protocol::SCTP && (p.translated.is_some() || p.translated_src.is_some()) {
-        refresh_sctp_crc(frame, parsed);
+        if h.protocol == Protocol::SCTP {
+            refresh_sctp_crc(frame, parsed);
+        }
     }
     // By reference: the three are over 100 bytes together, and almost every frame has none of them.
     if let (Some(t), Some((ip_at, l4_at, has_l4)), Some(inner)) = (&p.inner_nat, &parsed.inner_at, &parsed.inner) {
@@ -385,6 +387,7 @@ mod tests {
         let (mut p, parsed) = allowed(Port::Workload(0), Port::Workload(0), &frame);
         p.translated = Some(SocketAddr::new(client, 0));
         p.translated_src = Some(SocketAddr::new(vip, 0));
+        p.nat = true;
         p.inner_nat = Some(Tuple { src: client, dst: vip, protocol: Protocol::UDP, src_port: 5353, dst_port: 80 });
         rewrite(&mut frame, &parsed, &p, &ports()).unwrap();
         let out = parse(&frame).expect("the translated error parses");

@@ -194,6 +194,10 @@ pub struct Packet {
     pub translated_src: Option<SocketAddr>,
     /// For an ICMP error about a translated flow: the quoted packet as its sender sent it.
     pub inner_nat: Option<Tuple>,
+    /// Whether `translated` or `translated_src` may differ from the header: false when neither does, so the
+    /// rewrite skips comparing them (an established packet of an untranslated flow, most packets). Set
+    /// wherever they are.
+    pub(crate) nat: bool,
     /// Whether conntrack held the packet's flow right after it (filled when the pipeline is asked to, for
     /// traces: the state as deciding packets one at a time would leave it).
     pub tracked: bool,
@@ -233,6 +237,7 @@ impl Packet {
         translated: None,
         translated_src: None,
         inner_nat: None,
+        nat: false,
         tracked: false,
         logs: [None; MAX_LOGS],
         rule_hits: [None; MAX_RULE_HITS],
@@ -272,6 +277,7 @@ impl Packet {
             translated,
             translated_src,
             inner_nat,
+            nat,
             tracked,
             logs,
             rule_hits,
@@ -295,9 +301,16 @@ impl Packet {
         *translated = None;
         *translated_src = None;
         *inner_nat = None;
+        *nat = false;
         *tracked = false;
-        *logs = [None; MAX_LOGS];
-        *rule_hits = [None; MAX_RULE_HITS];
+        // Both fill from the front (`Packet::log`, `Packet::note`): an empty first slot is an empty array,
+        // and most packets (established ones) leave them empty, so most slots need no clearing.
+        if logs[0].is_some() {
+            *logs = [None; MAX_LOGS];
+        }
+        if rule_hits[0].is_some() {
+            *rule_hits = [None; MAX_RULE_HITS];
+        }
         *reject = false;
         *suppressed = 0;
         *now = 0;
@@ -887,6 +900,7 @@ fn established(t: &TableSet, flows: &FlowTable, p: &mut Packet) {
     let (mut dst, mut dst_port) = (p.header.dst, p.header.dst_port);
     let (mut src, mut src_port) = (p.header.src, p.header.src_port);
     if let Some((slot, dir)) = p.lookup.entry.filter(|(slot, _)| flows.is_translated(*slot)) {
+        p.nat = true;
         let (original, reply) = flows.tuples(slot);
         if p.lookup.state == CtState::Related {
             // The packet an error quotes went the other way, translated: the quote is put back as its
@@ -1005,6 +1019,7 @@ fn filter_stage(t: &TableSet, p: &mut Packet) {
             p.out = Some(out);
             p.translated = Some(SocketAddr::new(p.post.dst, p.post.dst_port));
             p.translated_src = Some(SocketAddr::new(p.snat.unwrap_or(p.post.src), p.post.src_port));
+            p.nat = true;
         }
     }
     p.done = true;

@@ -21,11 +21,7 @@ pub struct Tuple {
 
 impl Tuple {
     pub fn of(pkt: &PacketHeader) -> Tuple {
-        if pkt.is_icmp_echo() {
-            let request = matches!(pkt.icmp_type, 8 | 128);
-            return Tuple::echo(pkt.src, pkt.dst, pkt.protocol, request, pkt.icmp_id);
-        }
-        let (src_port, dst_port) = if pkt.has_ports() { (pkt.src_port, pkt.dst_port) } else { (0, 0) };
+        let (src_port, dst_port) = Tuple::ports_of(pkt);
         Tuple { src: pkt.src, dst: pkt.dst, protocol: pkt.protocol, src_port, dst_port }
     }
 
@@ -35,9 +31,31 @@ impl Tuple {
     /// hold it as (id, id+1) for a request and (id+1, id) for a reply: reversing one gives the other, and no
     /// request's pair is any reply's (that would need id+2 == id).
     pub fn echo(src: IpAddr, dst: IpAddr, protocol: Protocol, request: bool, id: u16) -> Tuple {
-        let next = id.wrapping_add(1);
-        let (src_port, dst_port) = if request { (id, next) } else { (next, id) };
+        let (src_port, dst_port) = Tuple::echo_ports(request, id);
         Tuple { src, dst, protocol, src_port, dst_port }
+    }
+
+    /// The (source, destination) ports an echo request's or reply's tuple holds ([`Tuple::echo`]).
+    #[inline]
+    pub fn echo_ports(request: bool, id: u16) -> (u16, u16) {
+        let next = id.wrapping_add(1);
+        if request {
+            (id, next)
+        } else {
+            (next, id)
+        }
+    }
+
+    /// The (source, destination) ports of the tuple of `pkt` ([`Tuple::of`]).
+    #[inline]
+    pub fn ports_of(pkt: &PacketHeader) -> (u16, u16) {
+        if pkt.has_ports() {
+            (pkt.src_port, pkt.dst_port)
+        } else if pkt.is_icmp_echo() {
+            Tuple::echo_ports(matches!(pkt.icmp_type, 8 | 128), pkt.icmp_id)
+        } else {
+            (0, 0)
+        }
     }
 
     pub fn reversed(&self) -> Tuple {
