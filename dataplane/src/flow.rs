@@ -68,6 +68,12 @@ impl Key {
         }
     }
 
+    /// The key of the other direction.
+    #[inline]
+    fn reversed(&self) -> Key {
+        Key { src: self.dst, dst: self.src, src_port: self.dst_port, dst_port: self.src_port, ..*self }
+    }
+
     fn tuple(&self) -> Tuple {
         let addr = |b: [u8; 16]| {
             let a = std::net::Ipv6Addr::from(b);
@@ -604,6 +610,40 @@ impl FlowTable {
         epoch: u32,
         now: Nanos,
     ) -> Result<(), CommitError> {
+        self.commit_key(pkt, lookup, || Key::of(&reply), epoch, now)
+    }
+
+    /// [`FlowTable::commit`] of a packet that leaves as `post` (after DNAT) from `snat` (its source after
+    /// SNAT, if any): its replies carry `post` reversed, to `snat`. The pipeline's form: the reply key is
+    /// made from the headers in place, not from a tuple built for the call (reading that back stalled on
+    /// the stores that had just built it).
+    pub fn commit_nat(
+        &mut self,
+        pkt: &PacketHeader,
+        lookup: &FlowLookup,
+        post: &PacketHeader,
+        snat: Option<IpAddr>,
+        epoch: u32,
+        now: Nanos,
+    ) -> Result<(), CommitError> {
+        let reply = || {
+            let mut k = Key::of_header(post).reversed();
+            if let Some(a) = snat {
+                k.dst = addr_key(a);
+            }
+            k
+        };
+        self.commit_key(pkt, lookup, reply, epoch, now)
+    }
+
+    fn commit_key(
+        &mut self,
+        pkt: &PacketHeader,
+        lookup: &FlowLookup,
+        reply: impl FnOnce() -> Key,
+        epoch: u32,
+        now: Nanos,
+    ) -> Result<(), CommitError> {
         match lookup.entry {
             Some(_) => {
                 self.refresh(lookup, now);
@@ -625,7 +665,7 @@ impl FlowTable {
                 };
                 let mut e = Entry {
                     original: Key::of_header(pkt),
-                    reply: Key::of(&reply),
+                    reply: reply(),
                     expires: 0,
                     epoch,
                     kind,
@@ -830,6 +870,28 @@ mod tests {
         for (q, at) in [(p, 0), (r, 0), (p, later)] {
             let l = t.lookup(&q, None, at);
             t.commit(&q, &l, Tuple::of(&q).reversed(), 1, at).unwrap();
+        }
+    }
+
+    #[test]
+    fn a_flow_committed_from_its_headers_is_the_flow_committed_from_its_reply_tuple() {
+        let p = pkt(1, 2, Protocol::UDP, 1000, 53, 0);
+        let mut post = p;
+        post.dst = IpAddr::from([10, 0, 0, 9]);
+        post.dst_port = 5353;
+        let snat = IpAddr::from([10, 0, 0, 200]);
+        for snat in [None, Some(snat)] {
+            let (mut a, mut b) = (FlowTable::with_capacity(8), FlowTable::with_capacity(8));
+            let l = a.lookup(&p, None, 0);
+            let mut reply = Tuple::of(&post).reversed();
+            if let Some(s) = snat {
+                reply.dst = s;
+            }
+            a.commit(&p, &l, reply, 1, 0).unwrap();
+            b.commit_nat(&p, &l, &post, snat, 1, 0).unwrap();
+            assert_eq!(a.entries[0].original, b.entries[0].original);
+            assert_eq!(a.entries[0].reply, b.entries[0].reply);
+            assert_eq!(a.entries[0].reply, Key::of(&reply));
         }
     }
 

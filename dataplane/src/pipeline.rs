@@ -623,11 +623,7 @@ impl Pipeline {
                 // Untracked packets (a doNotTrack allow) never get an entry; everything else allowed does.
                 let track = matches!(lookup.state, CtState::New | CtState::Established | CtState::Related);
                 if track && (lookup.entry.is_some() || lookup.state == CtState::New) {
-                    let mut reply = Tuple::of(&p.post).reversed();
-                    if let Some(a) = p.snat {
-                        reply.dst = a;
-                    }
-                    if self.flows.commit(&p.header, &lookup, reply, epoch, now).is_err() {
+                    if self.flows.commit_nat(&p.header, &lookup, &p.post, p.snat, epoch, now).is_err() {
                         p.drop(Decision::ConntrackFull);
                     }
                 }
