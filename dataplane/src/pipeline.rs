@@ -426,6 +426,8 @@ pub struct Pipeline {
 pub const SWEEP_PERIOD: Nanos = 1_000_000_000;
 /// Most flow table slots one round sweeps (after a gap, the slots due are caught up over several rounds).
 pub const SWEEP_BUDGET: usize = 1024;
+/// How many packets ahead of its lookup a packet's flow entry is prefetched.
+const ENTRY_PREFETCH_AHEAD: usize = 8;
 /// Reassembly slots the sweep looks at per round (all of them every few rounds).
 pub const REASSEMBLY_SWEEP_BUDGET: usize = 16;
 
@@ -529,7 +531,7 @@ impl Pipeline {
         for p in batch.iter_mut().filter(|p| !p.done) {
             untracked_stage(t, p);
         }
-        self.prefetch_entries(batch);
+        self.prefetch_entries(&batch[..batch.len().min(ENTRY_PREFETCH_AHEAD)]);
         let mut start = 0;
         while start < batch.len() {
             let end = start + self.conntrack_window(t, &mut batch[start..], now);
@@ -558,12 +560,19 @@ impl Pipeline {
         }
     }
 
-    /// Step two: the entries the prefetched index slots name.
+    /// Step two: the entries the prefetched index slots name, of the first packets; the lookups prefetch
+    /// the rest as they go, [`ENTRY_PREFETCH_AHEAD`] packets ahead of themselves, so each entry has that
+    /// many packets' work to arrive in rather than the few instructions between one loop and the next.
     fn prefetch_entries(&self, batch: &[Packet]) {
-        for p in batch.iter().filter(|p| !p.done) {
-            if let Some(probe) = &p.probe {
-                self.flows.prefetch_entry(probe);
-            }
+        for p in batch {
+            self.prefetch_entry(p);
+        }
+    }
+
+    #[inline]
+    fn prefetch_entry(&self, p: &Packet) {
+        if let (false, Some(probe)) = (p.done, &p.probe) {
+            self.flows.prefetch_entry(probe);
         }
     }
 
@@ -574,7 +583,11 @@ impl Pipeline {
         // makes (the flow's next packet, its reply even through NAT, an ICMP error quoting it) waits for the
         // next window.
         let mut open = OpenFlows::default();
-        for (i, p) in batch.iter_mut().enumerate() {
+        for i in 0..batch.len() {
+            if let Some(ahead) = batch.get(i + ENTRY_PREFETCH_AHEAD) {
+                self.prefetch_entry(ahead);
+            }
+            let p = &mut batch[i];
             if p.done {
                 continue;
             }
