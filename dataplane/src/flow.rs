@@ -610,7 +610,7 @@ impl FlowTable {
         epoch: u32,
         now: Nanos,
     ) -> Result<(), CommitError> {
-        self.commit_key(pkt, lookup, || Key::of(&reply), epoch, now)
+        self.commit_key(pkt, lookup, |_| Key::of(&reply), epoch, now)
     }
 
     /// [`FlowTable::commit`] of a packet that leaves as `post` (after DNAT) from `snat` (its source after
@@ -626,7 +626,11 @@ impl FlowTable {
         epoch: u32,
         now: Nanos,
     ) -> Result<(), CommitError> {
-        let reply = || {
+        let reply = |original: &Key| {
+            if snat.is_none() && post == pkt {
+                // Untranslated (most flows): the original key reversed.
+                return original.reversed();
+            }
             let mut k = Key::of_header(post).reversed();
             if let Some(a) = snat {
                 k.dst = addr_key(a);
@@ -640,7 +644,7 @@ impl FlowTable {
         &mut self,
         pkt: &PacketHeader,
         lookup: &FlowLookup,
-        reply: impl FnOnce() -> Key,
+        reply: impl FnOnce(&Key) -> Key,
         epoch: u32,
         now: Nanos,
     ) -> Result<(), CommitError> {
@@ -663,9 +667,10 @@ impl FlowTable {
                     Protocol::ICMP | Protocol::ICMPV6 => KIND_ICMP,
                     _ => KIND_OTHER,
                 };
+                let original = Key::of_header(pkt);
                 let mut e = Entry {
-                    original: Key::of_header(pkt),
-                    reply: reply(),
+                    original,
+                    reply: reply(&original),
                     expires: 0,
                     epoch,
                     kind,
@@ -880,7 +885,7 @@ mod tests {
         post.dst = IpAddr::from([10, 0, 0, 9]);
         post.dst_port = 5353;
         let snat = IpAddr::from([10, 0, 0, 200]);
-        for snat in [None, Some(snat)] {
+        for (post, snat) in [(p, None), (post, None), (post, Some(snat)), (p, Some(snat))] {
             let (mut a, mut b) = (FlowTable::with_capacity(8), FlowTable::with_capacity(8));
             let l = a.lookup(&p, None, 0);
             let mut reply = Tuple::of(&post).reversed();

@@ -801,8 +801,8 @@ impl OpenFlows {
 
     fn insert(&mut self, protocol: u8, port: u16, client: IpAddr) {
         debug_assert!(self.count < Self::MAX);
-        set_bit(&mut self.by_client, open_hash(protocol, port, Some(client)));
-        set_bit(&mut self.by_port, open_hash(protocol, port, None));
+        set_bit(&mut self.by_client, open_hash(protocol, port, fold(Some(client))));
+        set_bit(&mut self.by_port, open_hash(protocol, port, fold(None)));
         self.count += 1;
     }
 
@@ -826,22 +826,31 @@ impl OpenFlows {
         src: IpAddr,
         dst: IpAddr,
     ) -> bool {
+        // Each address folded once, not once per port it is tried with.
+        let (src, dst_folded) = (fold(Some(src)), fold(Some(dst)));
         let client = |port| {
-            get_bit(&self.by_client, open_hash(protocol, port, Some(src)))
-                || get_bit(&self.by_client, open_hash(protocol, port, Some(dst)))
+            get_bit(&self.by_client, open_hash(protocol, port, src))
+                || get_bit(&self.by_client, open_hash(protocol, port, dst_folded))
         };
-        let to_host = |port| get_bit(&self.by_port, open_hash(protocol, port, None));
+        let to_host = |port| get_bit(&self.by_port, open_hash(protocol, port, fold(None)));
         client(a) || client(b) || ((to_host(a) || to_host(b)) && is_host(dst))
     }
 }
 
-fn open_hash(protocol: u8, port: u16, addr: Option<IpAddr>) -> u64 {
+/// An address as the filters hash it ([`open_hash`]); no address is 0.
+#[inline]
+fn fold(addr: Option<IpAddr>) -> u64 {
     let a = match addr {
         None => 0,
         Some(IpAddr::V4(a)) => u32::from(a) as u128,
         Some(IpAddr::V6(a)) => u128::from(a),
     };
-    let folded = (a as u64) ^ (a >> 64) as u64;
+    (a as u64) ^ (a >> 64) as u64
+}
+
+/// The filter bit of (protocol, port, folded address).
+#[inline]
+fn open_hash(protocol: u8, port: u16, folded: u64) -> u64 {
     // The product's top bits depend on every input bit: they pick the filter bit.
     (folded ^ (u64::from(protocol) << 16 | u64::from(port))).wrapping_mul(0x9e37_79b9_7f4a_7c15) >> 54
 }
@@ -1028,7 +1037,8 @@ fn filter_stage(t: &TableSet, p: &mut Packet) {
             p.out = Some(out);
             p.translated = Some(SocketAddr::new(p.post.dst, p.post.dst_port));
             p.translated_src = Some(SocketAddr::new(p.snat.unwrap_or(p.post.src), p.post.src_port));
-            p.nat = true;
+            // Service NAT changes the destination only; the source changes only by SNAT.
+            p.nat = p.snat.is_some() || p.post.dst != p.header.dst || p.post.dst_port != p.header.dst_port;
         }
     }
     p.done = true;
@@ -1227,14 +1237,14 @@ fn has_policies(t: &TableSet, ep: EndpointRef, stage: Stage, dir: Option<Directi
 /// which see the original destination — semantics §3 "What addresses policy sees").
 fn walk(t: &TableSet, ep: EndpointRef, dir: Direction, stage: Stage, p: &mut Packet) -> Chain {
     let Some(prog) = program(t, ep, stage, dir) else { return Chain::Return(Decision::NoCalicoVerdict) };
-    let header = if matches!(stage, Stage::Untracked | Stage::PreDnat) { p.header } else { p.post };
-    let key = flow_key(&header);
+    // By reference: the key and the family are all the walk needs of the header (a copy is 44 bytes).
+    let header = if matches!(stage, Stage::Untracked | Stage::PreDnat) { &p.header } else { &p.post };
+    let (key, family) = (flow_key(header), header.family());
     let mut overflow = false;
     // With a rate limit every Log rule the walk reaches takes a token, matched or not (Felix puts the
     // `limit` match first in its LOG rules); a hit is logged when it matched and had a token (semantics §9.1).
     let limits = &t.log_limits;
     let reaching = limits.limited();
-    let family = header.family();
     let now = p.now;
     let end = crate::walk_cache::evaluate(prog, t.generation, &key, reaching, |rule, matched| {
         let admitted = !reaching || prog.rule(rule).is_none_or(|o| limits.admit(o.id, family, now));
