@@ -454,8 +454,8 @@ impl FlowTable {
         self.lookup_probed(pkt, inner, None, now)
     }
 
-    /// [`FlowTable::lookup`] with the [`FlowTable::probe`] of `pkt`, if it was made (the key is neither
-    /// built nor hashed again).
+    /// [`FlowTable::lookup`] with the [`FlowTable::probe`] of `pkt`, if it was made (the key is made again,
+    /// but not hashed: the probe holds the index slot it hashes to).
     pub fn lookup_probed(
         &mut self,
         pkt: &PacketHeader,
@@ -880,12 +880,30 @@ mod tests {
 
     #[test]
     fn a_flow_committed_from_its_headers_is_the_flow_committed_from_its_reply_tuple() {
-        let p = pkt(1, 2, Protocol::UDP, 1000, 53, 0);
-        let mut post = p;
-        post.dst = IpAddr::from([10, 0, 0, 9]);
-        post.dst_port = 5353;
+        let udp = pkt(1, 2, Protocol::UDP, 1000, 53, 0);
+        let mut dnat = udp;
+        dnat.dst = IpAddr::from([10, 0, 0, 9]);
+        dnat.dst_port = 5353;
         let snat = IpAddr::from([10, 0, 0, 200]);
-        for (post, snat) in [(p, None), (post, None), (post, Some(snat)), (p, Some(snat))] {
+        let mut echo = pkt(1, 2, Protocol::ICMP, 0, 0, 0);
+        echo.icmp_type = 8;
+        echo.icmp_id = 99;
+        let gre = pkt(1, 2, Protocol(47), 0, 0, 0);
+        let v6 = |a: u16| IpAddr::from([0xfd00, 0, 0, 0, 0, 0, 0, a]);
+        let udp6 = PacketHeader { src: v6(1), dst: v6(2), ..udp };
+        let dnat6 = PacketHeader { dst: v6(9), dst_port: 5353, ..udp6 };
+        let cases = [
+            (udp, udp, None),
+            (udp, dnat, None),
+            (udp, dnat, Some(snat)),
+            (udp, udp, Some(snat)),
+            (echo, echo, None),
+            (echo, echo, Some(snat)),
+            (gre, gre, None),
+            (udp6, udp6, None),
+            (udp6, dnat6, Some(v6(200))),
+        ];
+        for (p, post, snat) in cases {
             let (mut a, mut b) = (FlowTable::with_capacity(8), FlowTable::with_capacity(8));
             let l = a.lookup(&p, None, 0);
             let mut reply = Tuple::of(&post).reversed();
@@ -902,14 +920,36 @@ mod tests {
 
     #[test]
     fn a_key_made_from_a_header_is_the_key_of_its_tuple() {
-        for (proto, icmp_type) in
-            [(1, 8), (1, 0), (1, 3), (58, 128), (58, 129), (58, 135), (6, 0), (17, 0), (47, 0), (132, 0)]
-        {
+        // (protocol, ICMP type) and the ports the key must hold: an echo request (id, id+1) and its reply
+        // (id+1, id), wrapping; no ports for ICMP errors, other ICMPv6 and protocols without ports.
+        let id = 0xffff_u16;
+        for (proto, icmp_type, ports) in [
+            (1, 8, (id, 0)),
+            (1, 0, (0, id)),
+            (1, 3, (0, 0)),
+            (58, 128, (id, 0)),
+            (58, 129, (0, id)),
+            (58, 135, (0, 0)),
+            (6, 0, (1000, 53)),
+            (17, 0, (1000, 53)),
+            (132, 0, (1000, 53)),
+            (136, 0, (1000, 53)),
+            (47, 0, (0, 0)),
+        ] {
             let mut p = pkt(1, 2, Protocol(proto), 1000, 53, 0);
             p.icmp_type = icmp_type;
-            p.icmp_id = 0xffff;
-            assert_eq!(Key::of(&Tuple::of(&p)), Key::of_header(&p), "{proto}/{icmp_type}");
+            p.icmp_id = id;
+            let k = Key::of_header(&p);
+            assert_eq!((k.src_port, k.dst_port), ports, "{proto}/{icmp_type}");
+            assert_eq!(k, Key::of(&Tuple::of(&p)), "{proto}/{icmp_type}");
+            assert_eq!(k.reversed(), Key::of(&Tuple::of(&p).reversed()), "{proto}/{icmp_type}");
         }
+        // An echo reply's key is its request's reversed.
+        let mut request = pkt(1, 2, Protocol::ICMP, 0, 0, 0);
+        request.icmp_type = 8;
+        request.icmp_id = 7;
+        let reply = PacketHeader { src: request.dst, dst: request.src, icmp_type: 0, ..request };
+        assert_eq!(Key::of_header(&reply), Key::of_header(&request).reversed());
     }
 
     #[test]

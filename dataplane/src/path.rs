@@ -130,7 +130,7 @@ impl PortMap {
     }
 
     pub fn is_host_ip(&self, ip: IpAddr) -> bool {
-        self.routes.is_host(ip)
+        ip.is_loopback() || self.host_ips.contains(&ip)
     }
 
     /// The host endpoint of an uplink: its own, else `*`.

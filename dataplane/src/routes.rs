@@ -34,16 +34,17 @@ impl RouteTable {
             IpAddr::V4(a) => v4.push((u32::from(a), r)),
             IpAddr::V6(a) => v6.push((u128::from(a), r)),
         };
-        // Pods first and host addresses after: a later insert of the same address wins, and a host address
-        // comes before any pod's.
-        for (w, pod) in node.workloads.iter().enumerate() {
-            for ip in &pod.ips {
-                add(*ip, Route::Workload(w as u16));
-            }
-        }
+        // Host addresses first, then pods in node order: the first entry of an address is kept, so a host
+        // address is never a pod's, and of two pods that claim one address the first has it (as the
+        // reference's `NodeConfig::local_workload_by_ip` finds it).
         for u in &node.uplinks {
             for ip in &u.addrs {
                 add(*ip, Route::Local);
+            }
+        }
+        for (w, pod) in node.workloads.iter().enumerate() {
+            for ip in &pod.ips {
+                add(*ip, Route::Workload(w as u16));
             }
         }
         let mut subnets_v4 = Vec::new();
@@ -103,15 +104,6 @@ impl RouteTable {
         }
     }
 
-    /// Whether `ip` is one of the host's own addresses (or loopback).
-    #[inline]
-    pub fn is_host(&self, ip: IpAddr) -> bool {
-        match ip {
-            IpAddr::V4(a) => a.is_loopback() || self.v4.get(u32::from(a)) == Some(Route::Local),
-            IpAddr::V6(a) => a.is_loopback() || self.v6.get(u128::from(a)) == Some(Route::Local),
-        }
-    }
-
     /// The local pod that owns `ip` (a host address is no pod's, even if a pod claims it too).
     #[inline]
     pub fn workload(&self, ip: IpAddr) -> Option<u16> {
@@ -153,7 +145,7 @@ struct ExactTable<K> {
 }
 
 impl<K: AddrKey> ExactTable<K> {
-    /// The table of `entries`; of two entries with one key, the later wins.
+    /// The table of `entries`; of two entries with one key, the first is kept.
     fn new(entries: Vec<(K, Route)>) -> ExactTable<K> {
         let size = (entries.len() * 2).next_power_of_two().max(2);
         let mut t = ExactTable { slots: vec![None; size], shift: 64 - size.trailing_zeros() };
@@ -161,10 +153,7 @@ impl<K: AddrKey> ExactTable<K> {
             let mut i = t.first(k);
             loop {
                 match &mut t.slots[i] {
-                    Some((key, route)) if *key == k => {
-                        *route = r;
-                        break;
-                    }
+                    Some((key, _)) if *key == k => break,
                     Some(_) => i = (i + 1) & (size - 1),
                     empty @ None => {
                         *empty = Some((k, r));
@@ -263,11 +252,21 @@ mod tests {
                 _ => None,
             };
             assert_eq!(t.workload(dst), pod, "{dst}");
-            assert_eq!(t.is_host(dst), dst.is_loopback() || n.uplinks.iter().any(|u| u.addrs.contains(&dst)), "{dst}");
         }
         // eth1 has the gateways: off-subnet traffic of both families leaves by it.
         assert_eq!(t.route("8.8.8.8".parse().unwrap()), Route::Uplink(1));
         assert_eq!(t.route("2001:db8::1".parse().unwrap()), Route::Uplink(1));
+    }
+
+    #[test]
+    fn of_two_pods_claiming_one_address_the_first_in_node_order_has_it() {
+        let mut n = node();
+        let shared: IpAddr = "10.65.0.7".parse().unwrap();
+        n.workloads[200].ips.push(shared);
+        n.workloads[9].ips.push(shared);
+        let t = RouteTable::new(&n);
+        assert_eq!(t.route(shared), Route::Workload(7));
+        assert_eq!(t.workload(shared), n.local_workload_by_ip(shared).map(|w| w as u16));
     }
 
     #[test]
