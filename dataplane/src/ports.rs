@@ -66,19 +66,6 @@ impl PortIo {
         matches!(self, PortIo::Xsk(s) if s.tx_congested())
     }
 
-    /// Wakes an AF_XDP port's transmit while frames are in flight, whether or not the kernel asked to be
-    /// woken: in copy mode a wakeup is where the kernel sends them (a few dozen each), and completions come
-    /// back in the receive work that runs on a syscall's way out. A worker forwarding at full rate makes one
-    /// such call per round instead of waiting for the ring's flag (the AF_XDP ceiling's reflector wakes its
-    /// transmit every loop).
-    pub fn wake_in_flight(&mut self) {
-        if let PortIo::Xsk(s) = self {
-            if s.in_flight > 0 {
-                s.wake_tx();
-            }
-        }
-    }
-
     /// Wakes a congested AF_XDP port's transmit (one syscall, on whose way out the kernel also runs the
     /// receive work that completes earlier transmits) and takes back what completed.
     pub fn wake_congested(&mut self) {

@@ -41,12 +41,6 @@ use crate::tables::TableSet;
 use crate::wire::fragment::{fragment_of, write_fragment};
 use crate::wire::Parsed;
 
-/// Rounds the worker does not read the host tap after finding it empty. A read of an empty tap is a syscall
-/// for nothing, and a forwarding worker runs hundreds of thousands of rounds a second (e2e: 250 k tap reads
-/// a second, as many as rounds, for no frame); the host's own frames wait a few rounds (microseconds) at
-/// most, and a tap with frames is read every round.
-const TAP_REST_ROUNDS: u32 = 7;
-
 /// Congested rounds in a row before the worker receives regardless (roughly 100 µs).
 const MAX_CONGESTED_STREAK: u32 = 64;
 
@@ -373,8 +367,6 @@ pub struct Worker {
     /// An operator's `calxdp trace`: where to send records, and how many more frames to trace.
     asked_trace: Option<(SyncSender<TraceRecord>, u32)>,
     congested_streak: u32,
-    /// Rounds left before the tap is read again, after a read found it empty ([`TAP_REST_ROUNDS`]).
-    tap_rest: u32,
     /// Each port's socket drop counters as last read (`IoCounters::xsk_*` add what they grew by).
     xsk_seen: Vec<[u64; 3]>,
 }
@@ -430,7 +422,6 @@ impl Worker {
             commands: None,
             asked_trace: None,
             congested_streak: 0,
-            tap_rest: 0,
             xsk_seen: Vec::new(),
         }
     }
@@ -577,11 +568,6 @@ impl Worker {
             self.resolve_next_hops(now);
         }
         self.flush();
-        if moved > 0 {
-            for p in self.ports.iter_mut().flatten() {
-                p.wake_in_flight();
-            }
-        }
         moved
     }
 
@@ -702,10 +688,6 @@ impl Worker {
                 sock.recycle(&self.addrs[..received]);
                 n
             }
-            Some(Some(PortIo::Tap(_))) if self.tap_rest > 0 => {
-                self.tap_rest -= 1;
-                return 0;
-            }
             Some(Some(PortIo::Tap(tap))) => {
                 let mut n = 0;
                 while n < BATCH {
@@ -720,9 +702,6 @@ impl Worker {
                         }
                         None => break,
                     }
-                }
-                if n == 0 {
-                    self.tap_rest = TAP_REST_ROUNDS;
                 }
                 n
             }
