@@ -40,13 +40,9 @@ struct Key {
 
 impl Key {
     fn of(t: &Tuple) -> Key {
-        let addr = |ip: IpAddr| match ip {
-            IpAddr::V4(a) => a.to_ipv6_mapped().octets(),
-            IpAddr::V6(a) => a.octets(),
-        };
         Key {
-            src: addr(t.src),
-            dst: addr(t.dst),
+            src: addr_key(t.src),
+            dst: addr_key(t.dst),
             src_port: t.src_port,
             dst_port: t.dst_port,
             protocol: t.protocol.0,

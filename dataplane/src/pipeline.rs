@@ -827,9 +827,9 @@ impl OpenFlows {
         dst: IpAddr,
     ) -> bool {
         // Each address folded once, not once per port it is tried with.
-        let (src, dst_folded) = (fold(Some(src)), fold(Some(dst)));
+        let (src_folded, dst_folded) = (fold(Some(src)), fold(Some(dst)));
         let client = |port| {
-            get_bit(&self.by_client, open_hash(protocol, port, src))
+            get_bit(&self.by_client, open_hash(protocol, port, src_folded))
                 || get_bit(&self.by_client, open_hash(protocol, port, dst_folded))
         };
         let to_host = |port| get_bit(&self.by_port, open_hash(protocol, port, fold(None)));
@@ -840,11 +840,7 @@ impl OpenFlows {
 /// An address as the filters hash it ([`open_hash`]); no address is 0.
 #[inline]
 fn fold(addr: Option<IpAddr>) -> u64 {
-    let a = match addr {
-        None => 0,
-        Some(IpAddr::V4(a)) => u32::from(a) as u128,
-        Some(IpAddr::V6(a)) => u128::from(a),
-    };
+    let a = addr.map_or(0, calxdp_policy::net::addr_bits);
     (a as u64) ^ (a >> 64) as u64
 }
 
