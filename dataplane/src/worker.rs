@@ -392,6 +392,8 @@ impl Worker {
             pipeline.port_drops.open(id as PortId);
             io.open(id as PortId);
         }
+        // A row for every port given here (a socket among them counts from zero, as an attached one does).
+        let xsk_seen = vec![[0; 3]; ports.len()];
         Worker {
             pipeline,
             ports,
@@ -422,7 +424,7 @@ impl Worker {
             commands: None,
             asked_trace: None,
             congested_streak: 0,
-            xsk_seen: Vec::new(),
+            xsk_seen,
         }
     }
 
@@ -471,6 +473,9 @@ impl Worker {
 
     /// Stops using port `id`: frames held for it are dropped (counted), its queue is handed back.
     pub fn detach(&mut self, id: PortId) -> Option<PortIo> {
+        // What its socket's kernel counters grew by since the last publication is read while the socket is
+        // still ours: after the detach nobody reads it again.
+        self.read_socket_drops_of(id as usize);
         let (io, drops) = (&mut self.io, &mut self.pipeline.port_drops);
         self.pending.forget_port(id, &mut |from| count_drop(io, drops, from, IoDrop::NoNeighbour));
         self.ports.get_mut(id as usize).and_then(Option::take)
@@ -625,17 +630,22 @@ impl Worker {
     /// Adds what the kernel's drop counters of each AF_XDP socket grew by since they were last read (one
     /// `getsockopt` per socket, at publication: every 100 ms, never per round).
     fn read_socket_drops(&mut self) {
-        for (i, port) in self.ports.iter().enumerate() {
-            let Some(PortIo::Xsk(sock)) = port else { continue };
-            let Ok(st) = sock.statistics() else { continue };
-            let now = [st.rx_fill_ring_empty_descs, st.rx_ring_full, st.rx_dropped];
-            let Some(seen) = self.xsk_seen.get_mut(i) else { continue };
-            let grew = |k: usize| now[k].saturating_sub(seen[k]);
-            self.io.xsk_fill_empty += grew(0);
-            self.io.xsk_rx_ring_full += grew(1);
-            self.io.xsk_rx_dropped += grew(2);
-            *seen = now;
+        for i in 0..self.ports.len() {
+            self.read_socket_drops_of(i);
         }
+    }
+
+    /// [`Worker::read_socket_drops`] for port `i`, if it is an AF_XDP socket.
+    fn read_socket_drops_of(&mut self, i: usize) {
+        let Some(Some(PortIo::Xsk(sock))) = self.ports.get(i) else { return };
+        let Ok(st) = sock.statistics() else { return };
+        let now = [st.rx_fill_ring_empty_descs, st.rx_ring_full, st.rx_dropped];
+        let Some(seen) = self.xsk_seen.get_mut(i) else { return };
+        let grew = |k: usize| now[k].saturating_sub(seen[k]);
+        self.io.xsk_fill_empty += grew(0);
+        self.io.xsk_rx_ring_full += grew(1);
+        self.io.xsk_rx_dropped += grew(2);
+        *seen = now;
     }
 
     fn tx_congested(&self) -> bool {
@@ -1336,4 +1346,83 @@ fn is_gateway(t: &TableSet, u: u16, ip: IpAddr) -> bool {
 /// tap carries too.
 fn mac_for_host(ports: &PortMap) -> [u8; 6] {
     ports.uplink_mac.first().copied().flatten().unwrap_or(WORKLOAD_GATEWAY_MAC)
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::Arc;
+
+    use calxdp_policy::compile::ProgramCache;
+    use calxdp_policy::node::NodeConfig;
+    use calxdp_policy::resolve::ResolvedNode;
+    use calxdp_policy::resource::ResourceSet;
+    use calxdp_policy::yaml::{parse_documents, Field, Origin};
+
+    use super::{Clock, PortIo, Worker, WorkerShared};
+    use crate::pipeline::Pipeline;
+    use crate::ports::MemoryPort;
+    use crate::sys::socket::{XskConfig, XskSocket};
+    use crate::tables::{TableSet, TableSlot};
+
+    /// Frames the kernel drops in front of a socket the worker has not read since its last publication are
+    /// counted when the socket is detached (root: a veth pair in a namespace of its own; the worker never
+    /// polls, so the socket's small rings overflow).
+    #[test]
+    #[ignore = "needs root (a network namespace of its own): scripts/test runs it with --include-ignored as root"]
+    fn a_detached_sockets_last_kernel_drops_are_counted() {
+        assert!(crate::sys::process::is_root(), "needs root");
+        let ns = format!("cxw{}", std::process::id());
+        let ip = |args: &[&str]| std::process::Command::new("ip").args(args).status().unwrap().success();
+        assert!(ip(&["netns", "add", &ns]));
+        assert!(ip(&["-n", &ns, "link", "add", "wa", "type", "veth", "peer", "name", "wb"]));
+        assert!(ip(&["-n", &ns, "link", "set", "wa", "up"]));
+        assert!(ip(&["-n", &ns, "link", "set", "wb", "up"]));
+        let cfg = XskConfig { frames: 64, frame_size: 2048, ring_size: 16 };
+        let opened = crate::sys::netns::run_in(&ns, move || {
+            let mut redirect = crate::xdp::Redirect::attach("wa").map_err(|e| e.to_string())?;
+            let sock = XskSocket::open("wa", 0, cfg).map_err(|e| e.to_string())?;
+            redirect.register(0, sock.fd()).map_err(|e| e.to_string())?;
+            // More frames than the socket's rings and UMEM hold, into a worker that does not read them.
+            let out = crate::sys::packet::PacketSocket::open("wb").map_err(|e| e.to_string())?;
+            let mut frame = vec![0u8; 60];
+            frame[..6].copy_from_slice(&[0xff; 6]);
+            frame[6..12].copy_from_slice(&[2, 0, 0, 0, 0, 1]);
+            frame[12..14].copy_from_slice(&0x88b5u16.to_be_bytes());
+            for _ in 0..200 {
+                out.send(&frame).map_err(|e| e.to_string())?;
+            }
+            Ok::<_, String>((redirect, sock))
+        });
+        let (redirect, sock) = match opened {
+            Ok(Ok(made)) => made,
+            other => {
+                ip(&["netns", "del", &ns]);
+                panic!("setting up the socket: {other:?}");
+            }
+        };
+
+        let origin = Origin::file("node.yaml");
+        let docs = parse_documents("name: n\n", &origin).unwrap();
+        let node = NodeConfig::parse(Field::root(&docs[0], &origin)).unwrap();
+        let world = ResolvedNode::new(&node, &ResourceSet::new());
+        let compiled = ProgramCache::new().compile(&world, 1);
+        let slot = Arc::new(TableSlot::new(TableSet::new(1, Arc::new(world), Arc::new(compiled))));
+        let ports = vec![Some(PortIo::Xsk(Box::new(sock))), Some(PortIo::Memory(MemoryPort::new()))];
+        let shared = Arc::new(WorkerShared::default());
+        let mut w = Worker::new(Pipeline::new(slot, 16), ports, 1, shared, Arc::new(Clock::manual()), None, None);
+        let back = w.detach(0);
+        let Some(PortIo::Xsk(sock)) = back else { panic!("the socket is handed back") };
+        let st = sock.statistics().unwrap();
+        drop(sock);
+        drop(redirect);
+        ip(&["netns", "del", &ns]);
+
+        let kernel = st.rx_fill_ring_empty_descs + st.rx_ring_full + st.rx_dropped;
+        assert!(kernel > 0, "the kernel dropped frames in front of the socket: {st:?}");
+        assert_eq!(
+            [w.io.xsk_fill_empty, w.io.xsk_rx_ring_full, w.io.xsk_rx_dropped],
+            [st.rx_fill_ring_empty_descs, st.rx_ring_full, st.rx_dropped],
+            "every drop the kernel counted is the worker's"
+        );
+    }
 }
