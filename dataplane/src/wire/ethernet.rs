@@ -51,6 +51,18 @@ pub fn is_tpid(ethertype: u16) -> bool {
 /// A MAC address.
 pub type MacAddr = [u8; 6];
 
+/// A frame's header as [`EthernetFrame::layout`] reads it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Layout {
+    /// The ethertype of the payload (after any tags).
+    pub ethertype: u16,
+    /// The header's length with its tags: where the payload starts.
+    pub header_len: usize,
+    /// The outer and the inner tag's 12-bit VLAN id, where there are tags.
+    pub outer_vlan: Option<u16>,
+    pub inner_vlan: Option<u16>,
+}
+
 /// A view of an Ethernet II frame.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct EthernetFrame<T: AsRef<[u8]>> {
@@ -111,6 +123,24 @@ impl<T: AsRef<[u8]>> EthernetFrame<T> {
             1
         } else {
             2
+        }
+    }
+
+    /// The tags counted once, and what follows from their count: what a parse reads (each accessor below
+    /// counts them again).
+    #[inline]
+    pub fn layout(&self) -> Layout {
+        let tags = self.vlan_count();
+        let type_at = field::TYPE.start + tags * field::TAG_LEN;
+        let data = self.buffer.as_ref();
+        let vlan_id = |n: usize| {
+            (n < tags).then(|| read_u16(&data[field::TYPE.start + n * field::TAG_LEN + field::TCI..]) & 0x0fff)
+        };
+        Layout {
+            ethertype: read_u16(&data[type_at..]),
+            header_len: type_at + 2,
+            outer_vlan: vlan_id(0),
+            inner_vlan: vlan_id(1),
         }
     }
 
@@ -248,6 +278,26 @@ mod tests {
         assert!(!f.set_vlan_id(2, 12));
         f.set_ethertype(ethertype::IPV4);
         assert_eq!((f.vlan_id(1), f.ethertype()), (Some(12), ethertype::IPV4));
+    }
+
+    /// The layout read at once is what the accessors read one by one, with no, one and two tags.
+    #[test]
+    fn the_layout_is_what_the_accessors_say() {
+        let mut buf = [0u8; 26];
+        for (tags, ethertype) in
+            [(&[][..], ethertype::IPV4), (&[100][..], ethertype::IPV6), (&[7, 4095][..], ethertype::ARP)]
+        {
+            write_header(&mut buf, DST, SRC, tags, ethertype);
+            let f = EthernetFrame::new_checked(&buf[..]).unwrap();
+            let want = Layout {
+                ethertype: f.ethertype(),
+                header_len: f.header_len(),
+                outer_vlan: f.vlan_id(0),
+                inner_vlan: f.vlan_id(1),
+            };
+            assert_eq!(f.layout(), want, "{tags:?}");
+            assert_eq!((want.ethertype, want.header_len), (ethertype, 14 + 4 * tags.len()));
+        }
     }
 
     #[test]

@@ -186,21 +186,21 @@ pub fn parse(frame: &[u8]) -> Result<Parsed, Malformed> {
 /// slot is read back right after its fields were stored one by one, which stalls the store buffer.
 #[inline]
 pub fn parse_into(frame: &[u8], out: &mut Parsed) -> Result<(), Malformed> {
-    let eth = EthernetFrame::new_checked(frame)?;
-    let l3_offset = eth.header_len();
+    let eth = EthernetFrame::new_checked(frame)?.layout();
     *out = Parsed {
-        l3: L3::NotIp(eth.ethertype()),
-        ethertype: eth.ethertype(),
-        outer_vlan: eth.vlan_id(0),
-        inner_vlan: eth.vlan_id(1),
-        l3_offset,
-        l4_offset: l3_offset,
+        l3: L3::NotIp(eth.ethertype),
+        ethertype: eth.ethertype,
+        outer_vlan: eth.outer_vlan,
+        inner_vlan: eth.inner_vlan,
+        l3_offset: eth.header_len,
+        l4_offset: eth.header_len,
         l3_end: frame.len(),
         ..Parsed::EMPTY
     };
-    match out.ethertype {
-        ethertype::IPV4 => parse_ipv4(eth.payload(), out),
-        ethertype::IPV6 => parse_ipv6(eth.payload(), out),
+    let payload = &frame[eth.header_len..];
+    match eth.ethertype {
+        ethertype::IPV4 => parse_ipv4(payload, out),
+        ethertype::IPV6 => parse_ipv6(payload, out),
         _ => Ok(()),
     }
 }
