@@ -870,6 +870,9 @@ fn source_checks(t: &TableSet, p: &mut Packet) {
 }
 
 /// raw PREROUTING / OUTPUT: doNotTrack policy of a named host endpoint (semantics §7.1 (R) 4, §7.2 (R)).
+/// Inlined up to the host endpoint: most packets have none (they come from pods, or the uplink has no
+/// named host endpoint), and a call for them cost more than the check.
+#[inline]
 fn untracked_stage(t: &TableSet, p: &mut Packet) {
     let (hep, dir) = match p.port {
         Port::Uplink(u) => (t.ports.uplink_hep.get(u as usize).copied().flatten(), Direction::Ingress),
@@ -883,7 +886,14 @@ fn untracked_stage(t: &TableSet, p: &mut Packet) {
         }
         Port::Workload(_) => (None, Direction::Ingress),
     };
-    let Some(h) = hep else { return };
+    if let Some(h) = hep {
+        untracked_walk(t, p, h, dir);
+    }
+}
+
+/// [`untracked_stage`] for a packet of host endpoint `h`.
+#[inline(never)]
+fn untracked_walk(t: &TableSet, p: &mut Packet, h: u32, dir: Direction) {
     let ep = EndpointRef::Host(h as usize);
     if !has_policies(t, ep, Stage::Untracked, None) {
         return;
