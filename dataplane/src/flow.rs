@@ -39,6 +39,8 @@ struct Key {
 }
 
 impl Key {
+    const VACANT: Key = Key { src: [0; 16], dst: [0; 16], src_port: 0, dst_port: 0, protocol: 0, v4: false };
+
     fn of(t: &Tuple) -> Key {
         Key {
             src: addr_key(t.src),
@@ -50,7 +52,7 @@ impl Key {
         }
     }
 
-    /// `Key::of(&Tuple::of(pkt))`, without the tuple in between (the established path makes one per packet).
+    /// `Key::of(&Tuple::of(pkt))`, without the tuple in between.
     #[inline]
     fn of_header(pkt: &PacketHeader) -> Key {
         let (src_port, dst_port) = Tuple::ports_of(pkt);
@@ -90,20 +92,26 @@ impl Key {
     /// Symmetric: a key and its reverse hash alike, so an untranslated flow's two index slots share a line
     /// and a new flow's second insert finds it in cache (most flows are untranslated).
     fn hash(&self) -> u64 {
-        // Multiply-fold over the key's words: keys come from packets, but the index is probed, never
-        // trusted, and its load is bounded, so a weak hash costs speed at worst, never correctness.
-        let word = |b: &[u8; 16], i: usize| {
-            u64::from_le_bytes([b[i], b[i + 1], b[i + 2], b[i + 3], b[i + 4], b[i + 5], b[i + 6], b[i + 7]])
-        };
-        let mix = |h: u64, v: u64| (h ^ v).wrapping_mul(0x9e37_79b9_7f4a_7c15).rotate_left(29);
-        let end = |addr: &[u8; 16], port: u16| {
-            let h = mix(0x243f_6a88_85a3_08d3, word(addr, 0));
-            mix(mix(h, word(addr, 8)), port as u64)
-        };
-        // A sum, not a xor: a flow from an address and port to themselves does not hash to zero.
-        let h = mix(end(&self.src, self.src_port).wrapping_add(end(&self.dst, self.dst_port)), self.protocol as u64);
-        h ^ (h >> 32)
+        let (src, dst) = (u128::from_be_bytes(self.src), u128::from_be_bytes(self.dst));
+        hash_of(src, self.src_port, dst, self.dst_port, self.protocol)
     }
+}
+
+/// [`Key::hash`] from the key's parts, its addresses as [`mapped_bits`] gives them: a packet's key is hashed
+/// from values in registers, not read back from the bytes just stored (a wide load of narrow stores waits
+/// for them to retire).
+#[inline]
+fn hash_of(src: u128, src_port: u16, dst: u128, dst_port: u16, protocol: u8) -> u64 {
+    // Multiply-fold over the key's words: keys come from packets, but the index is probed, never
+    // trusted, and its load is bounded, so a weak hash costs speed at worst, never correctness.
+    let mix = |h: u64, v: u64| (h ^ v).wrapping_mul(0x9e37_79b9_7f4a_7c15).rotate_left(29);
+    let end = |addr: u128, port: u16| {
+        let h = mix(0x243f_6a88_85a3_08d3, (addr >> 64) as u64);
+        mix(mix(h, addr as u64), port as u64)
+    };
+    // A sum, not a xor: a flow from an address and port to themselves does not hash to zero.
+    let h = mix(end(src, src_port).wrapping_add(end(dst, dst_port)), protocol as u64);
+    h ^ (h >> 32)
 }
 
 /// One flow.
@@ -225,13 +233,30 @@ fn tcp_state(c: u8) -> TcpState {
     }
 }
 
-/// The index slot a packet's lookup starts at, worked out once per batch ([`FlowTable::probe`], which
-/// prefetches that slot) and kept for the packet's lookup. The key itself is made again at the lookup
-/// rather than kept: copying it into the packet and back cost more than making it (the copy read narrow
-/// stores back wide, which stalls).
+/// A packet's flow key and the index slot its lookup starts at, made once per batch
+/// ([`FlowTable::probe_into`], which prefetches that slot) and kept in the packet for its lookup. Filled in
+/// place, field by field, and read much later: a key made by value and copied into the packet was read
+/// back wide right after its narrow stores, which stalls (that once made keeping it cost more than making
+/// it twice).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct Probe {
+    key: Key,
+    /// [`Probe::NONE`]'s `at` when no probe was made.
     at: u32,
+}
+
+impl Probe {
+    /// No probe: the lookup makes its key and hashes it itself.
+    pub const NONE: Probe = Probe { key: Key::VACANT, at: u32::MAX };
+
+    pub fn is_made(&self) -> bool {
+        self.at != u32::MAX
+    }
+
+    /// Makes this [`Probe::NONE`] again (one store: the key is not looked at until a probe is made).
+    pub fn clear(&mut self) {
+        self.at = u32::MAX;
+    }
 }
 
 /// Where a packet stands: its conntrack state, its entry and direction, and for TCP the state the entry
@@ -472,8 +497,8 @@ impl FlowTable {
             return none(CtState::Untracked);
         }
         let found = match probe {
-            Some(p) => self.find_live_at(&Key::of_header(pkt), p.at as usize, now),
-            None => self.find_live(&Key::of_header(pkt), now),
+            Some(p) if p.is_made() => self.find_live_at(&p.key, p.at as usize, now),
+            _ => self.find_live(&Key::of_header(pkt), now),
         };
         match found {
             Some((slot, dir)) => {
@@ -515,15 +540,24 @@ impl FlowTable {
         }
     }
 
-    /// Step one of a batched lookup: where `pkt`'s flow would be found in the index, that line
-    /// prefetched. Step two is [`FlowTable::prefetch_entry`] with the answer; lookups that follow find both
+    /// Step one of a batched lookup: `pkt`'s flow key and where it would be found in the index, into `out`,
+    /// that line prefetched. Step two is [`FlowTable::prefetch_entry`] with the answer; lookups that follow find both
     /// in cache. Only the first slot is warmed (the index is kept at most a quarter full, so most keys are
     /// there). Not for ICMP errors (they are looked up by the flow they quote).
     #[inline]
-    pub fn probe(&self, pkt: &PacketHeader) -> Probe {
-        let at = Key::of_header(pkt).hash() as usize & self.mask;
+    pub fn probe_into(&self, pkt: &PacketHeader, out: &mut Probe) {
+        let (src_port, dst_port) = Tuple::ports_of(pkt);
+        let (src, dst) = (mapped_bits(pkt.src), mapped_bits(pkt.dst));
+        let at = hash_of(src, src_port, dst, dst_port, pkt.protocol.0) as usize & self.mask;
         crate::sys::prefetch::prefetch(&self.index[at]);
-        Probe { at: at as u32 }
+        let k = &mut out.key;
+        k.src = src.to_be_bytes();
+        k.dst = dst.to_be_bytes();
+        k.src_port = src_port;
+        k.dst_port = dst_port;
+        k.protocol = pkt.protocol.0;
+        k.v4 = pkt.src.is_ipv4();
+        out.at = at as u32;
     }
 
     /// Step two of a batched lookup: the entry the probed index slot names, prefetched (both of its lines
@@ -811,9 +845,15 @@ pub struct FlowView {
 }
 
 fn addr_key(ip: IpAddr) -> [u8; 16] {
+    mapped_bits(ip).to_be_bytes()
+}
+
+/// A key's address as a number: IPv6 as it is, IPv4 mapped into IPv6 (`::ffff:a.b.c.d`).
+#[inline]
+fn mapped_bits(ip: IpAddr) -> u128 {
     match ip {
-        IpAddr::V4(a) => a.to_ipv6_mapped().octets(),
-        IpAddr::V6(a) => a.octets(),
+        IpAddr::V4(a) => 0xffff << 32 | u128::from(u32::from(a)),
+        IpAddr::V6(a) => u128::from(a),
     }
 }
 
@@ -936,6 +976,9 @@ mod tests {
             p.icmp_type = icmp_type;
             p.icmp_id = id;
             let k = Key::of_header(&p);
+            let mut probe = Probe::NONE;
+            FlowTable::with_capacity(16).probe_into(&p, &mut probe);
+            assert_eq!(probe.key, k, "{proto}/{icmp_type}");
             assert_eq!((k.src_port, k.dst_port), ports, "{proto}/{icmp_type}");
             assert_eq!(k, Key::of(&Tuple::of(&p)), "{proto}/{icmp_type}");
             assert_eq!(k.reversed(), Key::of(&Tuple::of(&p).reversed()), "{proto}/{icmp_type}");
@@ -946,6 +989,33 @@ mod tests {
         request.icmp_id = 7;
         let reply = PacketHeader { src: request.dst, dst: request.src, icmp_type: 0, ..request };
         assert_eq!(Key::of_header(&reply), Key::of_header(&request).reversed());
+    }
+
+    /// A key holds IPv4 addresses mapped into IPv6 and IPv6 as they are, and a probe made from a header's
+    /// values holds the key and the slot hashing the key gives, in both families.
+    #[test]
+    fn keys_hold_mapped_addresses_and_hash_alike_made_either_way() {
+        for (src, dst) in [("10.1.2.3", "192.168.7.9"), ("fd00::1", "2001:db8::ff:2"), ("::ffff:10.0.0.1", "::")] {
+            let (src, dst): (IpAddr, IpAddr) = (src.parse().unwrap(), dst.parse().unwrap());
+            let octets = |a: IpAddr| match a {
+                IpAddr::V4(a) => a.to_ipv6_mapped().octets(),
+                IpAddr::V6(a) => a.octets(),
+            };
+            assert_eq!((addr_key(src), addr_key(dst)), (octets(src), octets(dst)));
+            let p = PacketHeader {
+                src,
+                dst,
+                protocol: Protocol::TCP,
+                src_port: 40000,
+                dst_port: 443,
+                ..PacketHeader::EMPTY
+            };
+            let table = FlowTable::with_capacity(1 << 16);
+            let mut probe = Probe::NONE;
+            table.probe_into(&p, &mut probe);
+            let k = Key::of(&Tuple::of(&p));
+            assert_eq!((probe.key, probe.at as usize), (k, k.hash() as usize & table.mask), "{src} {dst}");
+        }
     }
 
     #[test]

@@ -219,7 +219,7 @@ pub struct Packet {
     accepted: Option<Decision>,
     lookup: FlowLookup,
     /// Its flow key and index slot, worked out (and prefetched) once for the batch.
-    probe: Option<Probe>,
+    probe: Probe,
     post: PacketHeader,
     snat: Option<IpAddr>,
     route: Route,
@@ -249,7 +249,7 @@ impl Packet {
         committed: false,
         accepted: None,
         lookup: FlowLookup { state: CtState::New, entry: None, tcp_next: None },
-        probe: None,
+        probe: Probe::NONE,
         post: PacketHeader::EMPTY,
         snat: None,
         route: Route::Local,
@@ -319,7 +319,7 @@ impl Packet {
         *committed = false;
         *accepted = None;
         *lookup = FlowLookup { state: CtState::New, entry: None, tcp_next: None };
-        *probe = None;
+        probe.clear();
         *snat = None;
         *route = Route::Local;
         // Last: a frame's header was parsed just before, field by field, and reading it back whole at once
@@ -556,7 +556,7 @@ impl Pipeline {
     /// other and that work rather than queueing behind one another.
     fn prefetch_index(&self, batch: &mut [Packet]) {
         for p in batch.iter_mut().filter(|p| !p.done && !p.header.is_icmp_error()) {
-            p.probe = Some(self.flows.probe(&p.header));
+            self.flows.probe_into(&p.header, &mut p.probe);
         }
     }
 
@@ -571,8 +571,8 @@ impl Pipeline {
 
     #[inline]
     fn prefetch_entry(&self, p: &Packet) {
-        if let (false, Some(probe)) = (p.done, &p.probe) {
-            self.flows.prefetch_entry(probe);
+        if !p.done && p.probe.is_made() {
+            self.flows.prefetch_entry(&p.probe);
         }
     }
 
@@ -602,7 +602,7 @@ impl Pipeline {
             {
                 return i;
             }
-            p.lookup = self.flows.lookup_probed(&p.header, p.inner, p.probe.as_ref(), now);
+            p.lookup = self.flows.lookup_probed(&p.header, p.inner, Some(&p.probe), now);
             match p.lookup.state {
                 CtState::Established | CtState::Related => {
                     established(t, &self.flows, p);
