@@ -389,7 +389,10 @@ struct Row<'a> {
     wild: &'a ClassBits,
     a: &'a ClassBits,
     b: &'a ClassBits,
-    /// Start of each class's summary words (= class × summary words).
+    /// The two classes, and where each one's summary words start (= class × summary words): both kept, so a
+    /// word's lookup does not divide to get one from the other.
+    class_a: u32,
+    class_b: u32,
     sum_a: u32,
     sum_b: u32,
 }
@@ -408,7 +411,7 @@ impl<'a> Row<'a> {
         summary_words: usize,
     ) -> Row<'a> {
         let sw = summary_words as u32;
-        Row { wild, a, b, sum_a: class_a * sw, sum_b: class_b * sw }
+        Row { wild, a, b, class_a, class_b, sum_a: class_a * sw, sum_b: class_b * sw }
     }
 
     #[inline]
@@ -416,25 +419,24 @@ impl<'a> Row<'a> {
         self.wild.wild_sum[sw] | self.a.sum[self.sum_a as usize + sw] | self.b.sum[self.sum_b as usize + sw]
     }
 
-    /// Word `w` of the class of `b` whose summary starts at `sum_at`.
+    /// Word `w` of class `class` of `b`, whose summary starts at `sum_at`.
     #[inline]
-    fn class_word(b: &ClassBits, sum_at: u32, w: usize, summary_words: usize) -> u64 {
+    fn class_word(b: &ClassBits, class: u32, sum_at: u32, w: usize) -> u64 {
         let (sw, bit) = (w / 64, w % 64);
         let at = sum_at as usize + sw;
         let marks = b.sum[at];
         if marks & (1 << bit) == 0 {
             return 0;
         }
-        let class = sum_at as usize / summary_words;
         let before = (marks & ((1u64 << bit) - 1)).count_ones();
-        b.words[(b.offset[class] + b.rank[at] + before) as usize]
+        b.words[(b.offset[class as usize] + b.rank[at] + before) as usize]
     }
 
     #[inline]
-    fn word(&self, w: usize, summary_words: usize) -> u64 {
+    fn word(&self, w: usize) -> u64 {
         self.wild.wild[w]
-            | Row::class_word(self.a, self.sum_a, w, summary_words)
-            | Row::class_word(self.b, self.sum_b, w, summary_words)
+            | Row::class_word(self.a, self.class_a, self.sum_a, w)
+            | Row::class_word(self.b, self.class_b, self.sum_b, w)
     }
 }
 
@@ -637,12 +639,15 @@ impl Classifier {
     }
 
     /// Resolves every field's class for `key` once; the result answers first-match queries from any
-    /// resume point (Log and Pass resume without looking the fields up again).
-    #[inline]
+    /// resume point (Log and Pass resume without looking the fields up again). Always inlined: called, its
+    /// answer (over 300 bytes) was copied into the caller's.
+    #[inline(always)]
     pub fn prepare<'a>(&'a self, key: &FlowKey) -> Prepared<'a> {
         let sw_n = self.summary_words;
-        let mut rows: [Option<Row<'a>>; MAX_FIELDS] = [None; MAX_FIELDS];
-        for (slot, f) in rows.iter_mut().zip(&self.fields) {
+        // Filled in place: rows made in an array of their own were copied into the answer whole (256 bytes).
+        let mut prepared =
+            Prepared { rows: [None; MAX_FIELDS], fields: self.fields.len(), terms: self.terms, summary_words: sw_n };
+        for (slot, f) in prepared.rows.iter_mut().zip(&self.fields) {
             let (a, b) = match &f.index {
                 Index::Proto(t) => (t[key.proto as usize & 511], 0),
                 Index::SrcIp(i) => {
@@ -661,7 +666,7 @@ impl Classifier {
             };
             *slot = Some(Row::new(&f.bits, a, b, sw_n));
         }
-        Prepared { rows, fields: self.fields.len(), terms: self.terms, summary_words: self.summary_words }
+        prepared
     }
 }
 
@@ -690,7 +695,6 @@ impl Prepared<'_> {
             return Some(start);
         }
         let rows = &self.rows[..self.fields];
-        let swn = self.summary_words;
         let start_word = start / 64;
         let mut sw = start_word / 64;
         while sw < self.summary_words {
@@ -706,7 +710,7 @@ impl Prepared<'_> {
                 s &= s - 1;
                 let mut x = u64::MAX;
                 for r in rows.iter().flatten() {
-                    x &= r.word(w, swn);
+                    x &= r.word(w);
                     if x == 0 {
                         break;
                     }
