@@ -475,8 +475,8 @@ impl FlowTable {
         self.lookup_probed(pkt, inner, None, now)
     }
 
-    /// [`FlowTable::lookup`] with the [`FlowTable::probe`] of `pkt`, if it was made (the key is made again,
-    /// but not hashed: the probe holds the index slot it hashes to).
+    /// [`FlowTable::lookup`] with the [`FlowTable::probe_into`] of `pkt`, if it was made (the probe holds the
+    /// key and the index slot it hashes to: neither is made again).
     pub fn lookup_probed(
         &mut self,
         pkt: &PacketHeader,
