@@ -639,15 +639,23 @@ impl Classifier {
     }
 
     /// Resolves every field's class for `key` once; the result answers first-match queries from any
-    /// resume point (Log and Pass resume without looking the fields up again). Always inlined: called, its
-    /// answer (over 300 bytes) was copied into the caller's.
-    #[inline(always)]
+    /// resume point (Log and Pass resume without looking the fields up again).
+    #[inline]
     pub fn prepare<'a>(&'a self, key: &FlowKey) -> Prepared<'a> {
+        let mut prepared = Prepared::EMPTY;
+        self.prepare_into(key, &mut prepared);
+        prepared
+    }
+
+    /// [`Classifier::prepare`] into `out`, in place: an answer made and returned was copied into the
+    /// caller's whole (over 300 bytes a walk).
+    #[inline]
+    pub fn prepare_into<'a>(&'a self, key: &FlowKey, out: &mut Prepared<'a>) {
         let sw_n = self.summary_words;
-        // Filled in place: rows made in an array of their own were copied into the answer whole (256 bytes).
-        let mut prepared =
-            Prepared { rows: [None; MAX_FIELDS], fields: self.fields.len(), terms: self.terms, summary_words: sw_n };
-        for (slot, f) in prepared.rows.iter_mut().zip(&self.fields) {
+        out.fields = self.fields.len();
+        out.terms = self.terms;
+        out.summary_words = sw_n;
+        for (slot, f) in out.rows.iter_mut().zip(&self.fields) {
             let (a, b) = match &f.index {
                 Index::Proto(t) => (t[key.proto as usize & 511], 0),
                 Index::SrcIp(i) => {
@@ -666,7 +674,6 @@ impl Classifier {
             };
             *slot = Some(Row::new(&f.bits, a, b, sw_n));
         }
-        prepared
     }
 }
 
@@ -685,6 +692,9 @@ impl std::fmt::Debug for Prepared<'_> {
 }
 
 impl Prepared<'_> {
+    /// No fields resolved yet: what [`Classifier::prepare_into`] fills.
+    pub const EMPTY: Prepared<'static> = Prepared { rows: [None; MAX_FIELDS], fields: 0, terms: 0, summary_words: 0 };
+
     /// The first term at or after `start` whose every predicate holds.
     #[inline]
     pub fn first_match(&self, start: usize) -> Option<usize> {

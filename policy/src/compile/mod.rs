@@ -14,7 +14,7 @@ use foldhash::{HashMap, HashMapExt, HashSet, HashSetExt};
 use std::hash::{BuildHasher, Hash, Hasher};
 use std::sync::Arc;
 
-use classifier::{Classifier, FlowKey};
+use classifier::{Classifier, FlowKey, Prepared};
 use terms::{flatten, ip_key, FlatProgram, SetResolver, TermAction, NO_VALUE};
 
 use crate::net::IpFamily;
@@ -548,7 +548,8 @@ impl Program {
     /// skipped, Pass resuming at the next section. No allocation.
     #[inline]
     pub fn evaluate(&self, key: &FlowKey, mut on_log: impl FnMut(u32)) -> ProgramEnd {
-        let prepared = self.classifier.prepare(key);
+        let mut prepared = Prepared::EMPTY;
+        self.classifier.prepare_into(key, &mut prepared);
         let on_log = |r, matched| {
             if matched {
                 on_log(r)
@@ -566,7 +567,8 @@ impl Program {
     /// (semantics §9.1). Only programs with Log rules do more work.
     #[inline]
     pub fn evaluate_reaching(&self, key: &FlowKey, on_log: impl FnMut(u32, bool)) -> ProgramEnd {
-        let prepared = self.classifier.prepare(key);
+        let mut prepared = Prepared::EMPTY;
+        self.classifier.prepare_into(key, &mut prepared);
         let family = if key.proto >= 256 { 0b10 } else { 0b01 };
         if !self.splices.is_empty() {
             let base = |start: usize, _| prepared.first_match(start);
