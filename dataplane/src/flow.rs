@@ -238,7 +238,7 @@ fn tcp_state(c: u8) -> TcpState {
 /// place, field by field, and read much later: a key made by value and copied into the packet was read
 /// back wide right after its narrow stores, which stalls (that once made keeping it cost more than making
 /// it twice).
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[derive(Clone, Copy, Debug)]
 pub struct Probe {
     key: Key,
     /// [`Probe::NONE`]'s `at` when no probe was made.
@@ -253,7 +253,8 @@ impl Probe {
         self.at != u32::MAX
     }
 
-    /// Makes this [`Probe::NONE`] again (one store: the key is not looked at until a probe is made).
+    /// Makes this probe not made, as [`Probe::NONE`] (one store: the key is not looked at until a probe
+    /// is made, so the old one is left in place).
     pub fn clear(&mut self) {
         self.at = u32::MAX;
     }
@@ -497,7 +498,10 @@ impl FlowTable {
             return none(CtState::Untracked);
         }
         let found = match probe {
-            Some(p) if p.is_made() => self.find_live_at(&p.key, p.at as usize, now),
+            Some(p) if p.is_made() => {
+                debug_assert!(p.key == Key::of_header(pkt), "a probe is used for the packet it was made for");
+                self.find_live_at(&p.key, p.at as usize, now)
+            }
             _ => self.find_live(&Key::of_header(pkt), now),
         };
         match found {

@@ -550,8 +550,9 @@ impl Pipeline {
         }
     }
 
-    /// Step one of warming the flow table's lines the batch's lookups will read: the index slot of every
-    /// packet that will look its flow up, prefetched and kept in the packet (its lookup starts there). Step
+    /// Step one of warming the flow table's lines the batch's lookups will read: the flow key and index slot
+    /// of every packet that will look its flow up, the slot prefetched, both kept in the packet (its lookup
+    /// compares that key from that slot). Step
     /// two ([`Pipeline::prefetch_entries`]) comes after other work, so the misses of a batch overlap each
     /// other and that work rather than queueing behind one another.
     fn prefetch_index(&self, batch: &mut [Packet]) {

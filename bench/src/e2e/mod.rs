@@ -204,7 +204,7 @@ fn bench(quick: bool) -> Result<(), String> {
                 io.congested_rounds,
                 io.xsk_fill_empty,
                 io.xsk_rx_ring_full,
-                io.xsk_rx_dropped
+                io.xsk_dropped()
             );
             Ok(((w, g, note), (we, ge, format!("replies forwarded to the client: {replies}/{REPLIES}"))))
         })?;

@@ -312,12 +312,14 @@ pub fn render(view: &NodeView) -> String {
         o,
         "calxdp_xsk_rx_dropped_total",
         Counter,
-        "Frames the kernel dropped before the AF_XDP receive rings, by reason.",
+        "Frames the kernel dropped before the AF_XDP receive rings: no free frame in the fill ring, no room in \
+         the receive ring, and all (every such drop, frames too big for a UMEM frame too; the total, not a third \
+         reason).",
         "reason",
         [
             ("fill_ring_empty".to_string(), io.xsk_fill_empty as f64),
             ("rx_ring_full".to_string(), io.xsk_rx_ring_full as f64),
-            ("all".to_string(), io.xsk_rx_dropped as f64),
+            ("all".to_string(), io.xsk_dropped() as f64),
         ],
     );
     single(
