@@ -1379,17 +1379,9 @@ mod tests {
     #[ignore = "needs root (a network namespace of its own): scripts/test runs it with --include-ignored as root"]
     fn a_detached_sockets_last_kernel_drops_are_counted() {
         assert!(crate::sys::process::is_root(), "needs root");
-        let ns = format!("cxw{}", std::process::id());
+        let namespace = crate::sys::netns::TestNamespace::new("cxw");
+        let ns = namespace.0.clone();
         let ip = |args: &[&str]| std::process::Command::new("ip").args(args).status().unwrap().success();
-        /// Deletes the namespace however the test ends.
-        struct Namespace(String);
-        impl Drop for Namespace {
-            fn drop(&mut self) {
-                let _ = std::process::Command::new("ip").args(["netns", "del", &self.0]).status();
-            }
-        }
-        assert!(ip(&["netns", "add", &ns]));
-        let _ns = Namespace(ns.clone());
         // No IPv6: its timers (DAD, router solicitations) would send frames of their own into the socket.
         for key in ["net.ipv6.conf.all.disable_ipv6=1", "net.ipv6.conf.default.disable_ipv6=1"] {
             assert!(ip(&["netns", "exec", &ns, "sysctl", "-q", "-w", key]));
@@ -1443,6 +1435,7 @@ mod tests {
         let st = sock.statistics().unwrap();
         drop(sock);
         drop(redirect);
+        drop(namespace);
 
         assert!(st.rx_dropped + st.rx_ring_full > 0, "the kernel dropped frames in front of the socket: {st:?}");
         assert_eq!(

@@ -135,12 +135,11 @@ mod tests {
     #[ignore = "needs root (a network namespace of its own): scripts/test runs it with --include-ignored as root"]
     fn a_busy_interface_names_the_program_that_holds_it() {
         assert!(crate::sys::process::is_root(), "needs root");
-        let ns = format!("cxb{}", std::process::id());
+        let ns = crate::sys::netns::TestNamespace::new("cxb");
         let ip = |args: &[&str]| std::process::Command::new("ip").args(args).status().unwrap().success();
-        assert!(ip(&["netns", "add", &ns]));
-        assert!(ip(&["-n", &ns, "link", "add", "xa", "type", "veth", "peer", "name", "xb"]));
-        assert!(ip(&["-n", &ns, "link", "set", "xa", "up"]));
-        let got = crate::sys::netns::run_in(&ns, || {
+        assert!(ip(&["-n", &ns.0, "link", "add", "xa", "type", "veth", "peer", "name", "xb"]));
+        assert!(ip(&["-n", &ns.0, "link", "set", "xa", "up"]));
+        let got = crate::sys::netns::run_in(&ns.0, || {
             let first = super::Redirect::attach("xa").map(|_r| ());
             let held = super::Redirect::attach("xa");
             let second = super::Redirect::attach("xa").map(|_| ());
@@ -148,7 +147,7 @@ mod tests {
             (first, second)
         })
         .unwrap();
-        ip(&["netns", "del", &ns]);
+        drop(ns);
         assert!(got.0.is_ok(), "{:?}", got.0);
         let e = got.1.expect_err("the interface is held");
         assert!(matches!(&e, super::XdpError::Busy { interface, .. } if interface == "xa"), "{e:?}");

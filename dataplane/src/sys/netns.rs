@@ -140,6 +140,27 @@ pub fn current_netns_id() -> io::Result<u64> {
     Ok(std::fs::metadata("/proc/thread-self/ns/net")?.ino())
 }
 
+/// A namespace of a root test's own, `{prefix}{pid}`, deleted (with what it holds) however the test ends.
+#[cfg(test)]
+pub(crate) struct TestNamespace(pub String);
+
+#[cfg(test)]
+impl TestNamespace {
+    pub fn new(prefix: &str) -> TestNamespace {
+        let name = format!("{prefix}{}", std::process::id());
+        let added = std::process::Command::new("ip").args(["netns", "add", &name]).status();
+        assert!(added.is_ok_and(|s| s.success()), "ip netns add {name}");
+        TestNamespace(name)
+    }
+}
+
+#[cfg(test)]
+impl Drop for TestNamespace {
+    fn drop(&mut self) {
+        let _ = std::process::Command::new("ip").args(["netns", "del", &self.0]).status();
+    }
+}
+
 #[cfg(test)]
 mod lock_tests {
     use super::*;

@@ -98,10 +98,8 @@ mod tests {
     #[ignore = "needs root (a network namespace of its own): scripts/test runs it with --include-ignored as root"]
     fn a_busy_tap_is_reported_as_busy() {
         assert!(crate::sys::process::is_root(), "needs root");
-        let ns = format!("cxt{}", std::process::id());
-        let ip = |args: &[&str]| std::process::Command::new("ip").args(args).status().unwrap().success();
-        assert!(ip(&["netns", "add", &ns]));
-        let got = crate::sys::netns::run_in(&ns, || {
+        let ns = crate::sys::netns::TestNamespace::new("cxt");
+        let got = crate::sys::netns::run_in(&ns.0, || {
             let first = Tap::open("cxtap", false).map(|_| ()).map_err(|e| e.to_string());
             let held = Tap::open("cxtap", false);
             let second = Tap::open("cxtap", false).map(|_| ());
@@ -109,7 +107,7 @@ mod tests {
             (first, second.map_err(|e| Tap::open_error("cxtap", &e)))
         })
         .unwrap();
-        ip(&["netns", "del", &ns]);
+        drop(ns);
         assert!(got.0.is_ok(), "{:?}", got.0);
         let e = got.1.expect_err("busy");
         assert!(e.contains("it is busy, another process holds it"), "{e}");
