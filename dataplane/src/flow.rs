@@ -138,8 +138,8 @@ struct Entry {
 
 impl Entry {
     const VACANT: Entry = Entry {
-        original: Key { src: [0; 16], dst: [0; 16], src_port: 0, dst_port: 0, protocol: 0, v4: false },
-        reply: Key { src: [0; 16], dst: [0; 16], src_port: 0, dst_port: 0, protocol: 0, v4: false },
+        original: Key::VACANT,
+        reply: Key::VACANT,
         expires: 0,
         epoch: 0,
         kind: 0,
@@ -473,18 +473,12 @@ impl FlowTable {
     /// Classifies a packet (semantics §8.1, §8.3); an expired entry is removed on the way. `inner` is the
     /// flow an ICMP error quotes.
     pub fn lookup(&mut self, pkt: &PacketHeader, inner: Option<Tuple>, now: Nanos) -> FlowLookup {
-        self.lookup_probed(pkt, inner, None, now)
+        self.lookup_probed(pkt, inner, &Probe::NONE, now)
     }
 
     /// [`FlowTable::lookup`] with the [`FlowTable::probe_into`] of `pkt`, if it was made (the probe holds the
-    /// key and the index slot it hashes to: neither is made again).
-    pub fn lookup_probed(
-        &mut self,
-        pkt: &PacketHeader,
-        inner: Option<Tuple>,
-        probe: Option<&Probe>,
-        now: Nanos,
-    ) -> FlowLookup {
+    /// key and the index slot it hashes to: neither is made again; [`Probe::NONE`] when it was not).
+    pub fn lookup_probed(&mut self, pkt: &PacketHeader, inner: Option<Tuple>, probe: &Probe, now: Nanos) -> FlowLookup {
         let none = |state| FlowLookup { state, entry: None, tcp_next: None };
         if pkt.is_icmp_error() {
             // As Linux's icmp_error_message: the quoted packet travelled the other way, so its tuple is
@@ -497,12 +491,11 @@ impl FlowTable {
         if pkt.protocol == Protocol::ICMPV6 && calxdp_policy::conntrack::icmpv6_untracked(pkt.icmp_type) {
             return none(CtState::Untracked);
         }
-        let found = match probe {
-            Some(p) if p.is_made() => {
-                debug_assert!(p.key == Key::of_header(pkt), "a probe is used for the packet it was made for");
-                self.find_live_at(&p.key, p.at as usize, now)
-            }
-            _ => self.find_live(&Key::of_header(pkt), now),
+        let found = if probe.is_made() {
+            debug_assert!(probe.key == Key::of_header(pkt), "a probe is used for the packet it was made for");
+            self.find_live_at(&probe.key, probe.at as usize, now)
+        } else {
+            self.find_live(&Key::of_header(pkt), now)
         };
         match found {
             Some((slot, dir)) => {

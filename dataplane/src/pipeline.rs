@@ -603,7 +603,7 @@ impl Pipeline {
             {
                 return i;
             }
-            p.lookup = self.flows.lookup_probed(&p.header, p.inner, Some(&p.probe), now);
+            p.lookup = self.flows.lookup_probed(&p.header, p.inner, &p.probe, now);
             match p.lookup.state {
                 CtState::Established | CtState::Related => {
                     established(t, &self.flows, p);
